@@ -1,0 +1,4 @@
+//! paxring-engine: the pure Multi-Paxos core, the per-core group table, the simulator,
+//! and (later) the thread-per-core runtime and embedding API.
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
