@@ -2,3 +2,5 @@
 //! and (later) the thread-per-core runtime and embedding API.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
+
+pub mod core;
