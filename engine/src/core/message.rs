@@ -1,0 +1,408 @@
+//! The messages replicas of one group exchange, and their byte codec.
+//!
+//! Owns: [`Message`] and its body layout (little-endian, fixed widths; the first byte is the
+//! kind, the group id travels in the frame header). Must never panic or allocate beyond the
+//! input's length on any input: `decode` bounds every count by the bytes that remain.
+use super::wal_types::{Ballot, Instance};
+use super::{PROMISE_SPAN_INSTANCES, VALUE_BYTES_MAX};
+use bytes::{BufMut, Bytes};
+
+/// One entry of a Promise: what the acceptor holds for an instance at or above the prepared one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PromiseEntry {
+    /// The instance.
+    pub instance: Instance,
+    /// The ballot the value was accepted with (`Ballot::ZERO` when `chosen` came via catch-up).
+    pub ballot: Ballot,
+    /// The acceptor knows this value is chosen.
+    pub chosen: bool,
+    /// The value.
+    pub value: Bytes,
+}
+
+/// A protocol message of one group (docs/PROTOCOL.md#messages).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Message {
+    /// Phase 1a: promise `ballot` for `first` and every later instance.
+    Prepare {
+        /// The proposer's ballot.
+        ballot: Ballot,
+        /// The first instance the proposer does not know to be chosen.
+        first: Instance,
+    },
+    /// Phase 1b (durable before it leaves): the promise and what the acceptor holds from `first`.
+    Promise {
+        /// The ballot promised.
+        ballot: Ballot,
+        /// The acceptor's first instance not yet applied.
+        applied_next: Instance,
+        /// The acceptor holds entries beyond `first + PROMISE_SPAN_INSTANCES` (not reported).
+        truncated: bool,
+        /// Accepted or chosen values at or above `first`, ascending.
+        entries: Vec<PromiseEntry>,
+    },
+    /// Phase 2a: accept `value` at `instance`; carries the leader's applied point.
+    Accept {
+        /// The leader's ballot.
+        ballot: Ballot,
+        /// The instance.
+        instance: Instance,
+        /// The value (an encoded batch of commands).
+        value: Bytes,
+        /// Every instance below this is chosen (the leader's applied point).
+        chosen_through: Instance,
+    },
+    /// Phase 2b (durable before it leaves): `instance` accepted with `ballot`.
+    Accepted {
+        /// The ballot accepted.
+        ballot: Ballot,
+        /// The instance.
+        instance: Instance,
+    },
+    /// A Prepare or Accept with `rejected` lost to the acceptor's higher `promised`.
+    Reject {
+        /// The ballot that was refused.
+        rejected: Ballot,
+        /// The acceptor's promise (higher).
+        promised: Ballot,
+    },
+    /// The leader's applied point and checksum (also its heartbeat).
+    Commit {
+        /// The leader's ballot.
+        ballot: Ballot,
+        /// Every instance below this is chosen.
+        chosen_through: Instance,
+        /// Rolling checksum of the chosen sequence through `chosen_through - 1` (0 if none).
+        checksum: u32,
+    },
+    /// A learner asks for chosen values from `from` on.
+    CatchupRequest {
+        /// The first instance it lacks.
+        from: Instance,
+    },
+    /// Chosen values (consecutive from the request's `from`), and the sender's applied point.
+    CatchupReply {
+        /// The sender's first instance not yet applied.
+        applied_next: Instance,
+        /// Chosen values, ascending and consecutive.
+        entries: Vec<(Instance, Bytes)>,
+        /// The sender's rolling checksum through the last entry (0 if none).
+        checksum: u32,
+    },
+}
+
+/// Bytes that are not a message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// The input ended inside a field.
+    #[error("message truncated at byte {offset}")]
+    Truncated {
+        /// Where the missing field starts.
+        offset: usize,
+    },
+    /// The kind byte is not one of ours.
+    #[error("unknown message kind {0}")]
+    UnknownKind(u8),
+    /// A count or length beyond its limit or the input.
+    #[error("{what} = {value} exceeds its limit at byte {offset}")]
+    Limit {
+        /// The field.
+        what: &'static str,
+        /// Its value.
+        value: u64,
+        /// Where it was read.
+        offset: usize,
+    },
+    /// A boolean byte other than 0 or 1.
+    #[error("bad flag byte {value} at byte {offset}")]
+    Flag {
+        /// The byte.
+        value: u8,
+        /// Where it was read.
+        offset: usize,
+    },
+    /// Bytes left after the message.
+    #[error("{0} trailing bytes after the message")]
+    Trailing(usize),
+}
+
+/// The largest kind byte in use (kinds are 1..=MESSAGE_KIND_MAX).
+pub const MESSAGE_KIND_MAX: u8 = 8;
+
+impl Message {
+    /// The kind byte (first byte of the encoding; the network frame header repeats it).
+    pub fn kind(&self) -> u8 {
+        match self {
+            Message::Prepare { .. } => 1,
+            Message::Promise { .. } => 2,
+            Message::Accept { .. } => 3,
+            Message::Accepted { .. } => 4,
+            Message::Reject { .. } => 5,
+            Message::Commit { .. } => 6,
+            Message::CatchupRequest { .. } => 7,
+            Message::CatchupReply { .. } => 8,
+        }
+    }
+
+    /// A short name, for traces and counters.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Message::Prepare { .. } => "prepare",
+            Message::Promise { .. } => "promise",
+            Message::Accept { .. } => "accept",
+            Message::Accepted { .. } => "accepted",
+            Message::Reject { .. } => "reject",
+            Message::Commit { .. } => "commit",
+            Message::CatchupRequest { .. } => "catchup-request",
+            Message::CatchupReply { .. } => "catchup-reply",
+        }
+    }
+
+    /// Appends the encoding (kind byte first) to `out`.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        out.put_u8(self.kind());
+        match self {
+            Message::Prepare { ballot, first } => {
+                put_ballot(out, *ballot);
+                out.put_u64_le(first.0);
+            }
+            Message::Promise {
+                ballot,
+                applied_next,
+                truncated,
+                entries,
+            } => {
+                put_ballot(out, *ballot);
+                out.put_u64_le(applied_next.0);
+                out.put_u8(u8::from(*truncated));
+                out.put_u32_le(u32::try_from(entries.len()).expect("entries fit u32"));
+                for entry in entries {
+                    out.put_u64_le(entry.instance.0);
+                    put_ballot(out, entry.ballot);
+                    out.put_u8(u8::from(entry.chosen));
+                    put_bytes(out, &entry.value);
+                }
+            }
+            Message::Accept {
+                ballot,
+                instance,
+                value,
+                chosen_through,
+            } => {
+                put_ballot(out, *ballot);
+                out.put_u64_le(instance.0);
+                out.put_u64_le(chosen_through.0);
+                put_bytes(out, value);
+            }
+            Message::Accepted { ballot, instance } => {
+                put_ballot(out, *ballot);
+                out.put_u64_le(instance.0);
+            }
+            Message::Reject { rejected, promised } => {
+                put_ballot(out, *rejected);
+                put_ballot(out, *promised);
+            }
+            Message::Commit {
+                ballot,
+                chosen_through,
+                checksum,
+            } => {
+                put_ballot(out, *ballot);
+                out.put_u64_le(chosen_through.0);
+                out.put_u32_le(*checksum);
+            }
+            Message::CatchupRequest { from } => out.put_u64_le(from.0),
+            Message::CatchupReply {
+                applied_next,
+                entries,
+                checksum,
+            } => {
+                out.put_u64_le(applied_next.0);
+                out.put_u32_le(*checksum);
+                out.put_u32_le(u32::try_from(entries.len()).expect("entries fit u32"));
+                for (instance, value) in entries {
+                    out.put_u64_le(instance.0);
+                    put_bytes(out, value);
+                }
+            }
+        }
+    }
+
+    /// The encoding (kind byte first).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64);
+        self.encode_into(&mut out);
+        out
+    }
+
+    /// Parses one message; never panics, never allocates beyond what `bytes` can hold.
+    pub fn decode(bytes: &[u8]) -> Result<Message, DecodeError> {
+        let mut reader = Reader { bytes, offset: 0 };
+        let kind = reader.u8()?;
+        let message = match kind {
+            1 => Message::Prepare {
+                ballot: reader.ballot()?,
+                first: Instance(reader.u64()?),
+            },
+            2 => {
+                let ballot = reader.ballot()?;
+                let applied_next = Instance(reader.u64()?);
+                let truncated = reader.flag()?;
+                // Each entry takes at least 8 + 12 + 1 + 4 bytes.
+                let count = reader.count(25, PROMISE_SPAN_INSTANCES, "promise entries")?;
+                let mut entries = Vec::with_capacity(count);
+                for _ in 0..count {
+                    entries.push(PromiseEntry {
+                        instance: Instance(reader.u64()?),
+                        ballot: reader.ballot()?,
+                        chosen: reader.flag()?,
+                        value: reader.value()?,
+                    });
+                }
+                Message::Promise {
+                    ballot,
+                    applied_next,
+                    truncated,
+                    entries,
+                }
+            }
+            3 => Message::Accept {
+                ballot: reader.ballot()?,
+                instance: Instance(reader.u64()?),
+                chosen_through: Instance(reader.u64()?),
+                value: reader.value()?,
+            },
+            4 => Message::Accepted {
+                ballot: reader.ballot()?,
+                instance: Instance(reader.u64()?),
+            },
+            5 => Message::Reject {
+                rejected: reader.ballot()?,
+                promised: reader.ballot()?,
+            },
+            6 => Message::Commit {
+                ballot: reader.ballot()?,
+                chosen_through: Instance(reader.u64()?),
+                checksum: reader.u32()?,
+            },
+            7 => Message::CatchupRequest {
+                from: Instance(reader.u64()?),
+            },
+            8 => {
+                let applied_next = Instance(reader.u64()?);
+                let checksum = reader.u32()?;
+                let count =
+                    reader.count(12, super::CATCHUP_BATCH_MAX as u64, "catch-up entries")?;
+                let mut entries = Vec::with_capacity(count);
+                for _ in 0..count {
+                    entries.push((Instance(reader.u64()?), reader.value()?));
+                }
+                Message::CatchupReply {
+                    applied_next,
+                    entries,
+                    checksum,
+                }
+            }
+            other => return Err(DecodeError::UnknownKind(other)),
+        };
+        let left = bytes.len() - reader.offset;
+        if left != 0 {
+            return Err(DecodeError::Trailing(left));
+        }
+        Ok(message)
+    }
+}
+
+fn put_ballot(out: &mut Vec<u8>, ballot: Ballot) {
+    out.put_u64_le(ballot.number);
+    out.put_u32_le(ballot.node);
+}
+
+fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.put_u32_le(u32::try_from(bytes.len()).expect("value fits u32"));
+    out.extend_from_slice(bytes);
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    offset: usize,
+}
+
+impl Reader<'_> {
+    fn take(&mut self, len: usize) -> Result<&[u8], DecodeError> {
+        let end = self
+            .offset
+            .checked_add(len)
+            .filter(|end| *end <= self.bytes.len())
+            .ok_or(DecodeError::Truncated {
+                offset: self.offset,
+            })?;
+        let slice = &self.bytes[self.offset..end];
+        self.offset = end;
+        Ok(slice)
+    }
+
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        let slice = self.take(4)?;
+        Ok(u32::from_le_bytes([slice[0], slice[1], slice[2], slice[3]]))
+    }
+
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        let low = u64::from(self.u32()?);
+        let high = u64::from(self.u32()?);
+        Ok(low | (high << 32))
+    }
+
+    fn ballot(&mut self) -> Result<Ballot, DecodeError> {
+        Ok(Ballot {
+            number: self.u64()?,
+            node: self.u32()?,
+        })
+    }
+
+    fn flag(&mut self) -> Result<bool, DecodeError> {
+        let offset = self.offset;
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            value => Err(DecodeError::Flag { value, offset }),
+        }
+    }
+
+    /// A count whose items take at least `item_bytes_min` each and number at most `limit`.
+    fn count(
+        &mut self,
+        item_bytes_min: usize,
+        limit: u64,
+        what: &'static str,
+    ) -> Result<usize, DecodeError> {
+        let offset = self.offset;
+        let count = self.u32()?;
+        let remaining = (self.bytes.len() - self.offset) / item_bytes_min;
+        if u64::from(count) > limit || count as usize > remaining {
+            return Err(DecodeError::Limit {
+                what,
+                value: u64::from(count),
+                offset,
+            });
+        }
+        Ok(count as usize)
+    }
+
+    fn value(&mut self) -> Result<Bytes, DecodeError> {
+        let offset = self.offset;
+        let len = self.u32()?;
+        if len > VALUE_BYTES_MAX {
+            return Err(DecodeError::Limit {
+                what: "value bytes",
+                value: u64::from(len),
+                offset,
+            });
+        }
+        Ok(Bytes::copy_from_slice(self.take(len as usize)?))
+    }
+}

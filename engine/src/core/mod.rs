@@ -1,0 +1,261 @@
+//! The consensus core: Multi-Paxos groups as a pure, deterministic state machine.
+//!
+//! Owns: the protocol (proposer, acceptor, learner of each group), the per-core [`CoreTable`]
+//! that steps many groups and merges their durable records into one ordered stream, the wire
+//! [`Message`]s and their codec, and the protocol counters. Must never read a clock, do I/O,
+//! spawn a thread or draw randomness of its own: time arrives as [`Tick`]s, randomness from the
+//! seeded [`Prng`] the driver passes in, and everything that must be persisted or sent leaves as
+//! an output. A "tidy" test enforces this (see `tests/tidy.rs`).
+//!
+//! # Driving a core (the runtime and the simulator do exactly this)
+//! ```
+//! use paxring_engine::core::*;
+//! use bytes::Bytes;
+//! let members = [NodeId(1), NodeId(2), NodeId(3)];
+//! let mut table = CoreTable::new(
+//!     Config::default(), NodeId(1), &members, &[GroupId(0)], Prng::new(7),
+//! ).unwrap();
+//! let mut out = Outputs::default();
+//! table.tick(Tick(1));
+//! // A proposal on a node that is not (yet) the leader fails at once with a hint.
+//! let early = table.propose(GroupId(0), ProposalId(1), Bytes::from_static(b"x"));
+//! assert!(matches!(early, Err(FailReason::NotLeader { .. })));
+//! table.poll(&mut out);
+//! // Each round: append `out.appends` to the WAL in order, send `out.sends` now, hold each
+//! // `out.sends_after_durable` until the WAL reports `durable(lsn)`, hand `out.chosen` to the
+//! // executor, answer clients from `out.results`.
+//! ```
+//!
+//! Inputs: [`CoreTable::on_message`], [`CoreTable::tick`], [`CoreTable::propose`],
+//! [`CoreTable::durable`]; restart with [`CoreTable::restore`] from the WAL's `Recovery`.
+//! Outputs ([`Outputs`], drained by [`CoreTable::poll`]): `appends` (records in Lsn order, Lsns
+//! assigned consecutively from the recovery's `next_lsn`), `sends` (need no durability),
+//! `sends_after_durable` (Promise, Accepted: released only once `durable >= lsn`), `chosen`
+//! (values in instance order per group), `results` (Committed / Failed / Unknown per proposal)
+//! and `stopped` (a group halted by a checksum mismatch). The protocol and its invariants are
+//! documented in `docs/PROTOCOL.md`.
+mod group;
+mod message;
+mod table;
+pub mod value;
+mod wal_types;
+
+pub use message::{DecodeError, Message, PromiseEntry, MESSAGE_KIND_MAX};
+pub use table::{
+    Chosen, CoreStats, CoreTable, FailReason, GroupError, Outputs, ProposalResult, Send,
+    SendAfterDurable,
+};
+pub use wal_types::{
+    Ballot, Damage, GroupId, Instance, Lsn, Record, RecordKind, RecordRef, Recovery,
+};
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// A node of the cluster (the `node` half of a [`Ballot`]).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct NodeId(pub u32);
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "n{}", self.0)
+    }
+}
+
+/// The caller's id for one proposed command; echoed in its [`ProposalResult`].
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct ProposalId(pub u64);
+
+/// Logical time. The core never reads a clock; the driver says what time it is.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct Tick(pub u64);
+
+/// The most instances one group may have in flight (`Config::pipeline_depth` is at most this).
+pub const PIPELINE_MAX: u32 = 256;
+/// An acceptor accepts only instances below `applied_next + ACCEPT_WINDOW_INSTANCES`; beyond
+/// it, it is too far behind and asks for catch-up instead (bounds its memory).
+pub const ACCEPT_WINDOW_INSTANCES: u64 = 1024;
+/// A Promise reports at most this many instances from the prepared one; an acceptor holding
+/// more sets `truncated` and the candidate catches up before it leads.
+pub const PROMISE_SPAN_INSTANCES: u64 = 2 * ACCEPT_WINDOW_INSTANCES;
+/// Chosen values per catch-up reply.
+pub const CATCHUP_BATCH_MAX: usize = 64;
+/// The largest value (a batch of commands) in bytes; a proposal larger than the batch limit
+/// fails, and a decoder refuses anything larger.
+pub const VALUE_BYTES_MAX: u32 = 16 << 20;
+
+// Limits that depend on each other (STYLE.md rule 3).
+const _: () = assert!(ACCEPT_WINDOW_INSTANCES > 2 * PIPELINE_MAX as u64);
+const _: () = assert!(PROMISE_SPAN_INSTANCES >= 2 * ACCEPT_WINDOW_INSTANCES);
+
+/// Protocol configuration of one core (identical on every node of a cluster).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Config {
+    /// Instances in flight per group (1 = PhxPaxos's serial mode), `1..=PIPELINE_MAX`.
+    pub pipeline_depth: u32,
+    /// Largest value (a batch of commands, with its framing) in bytes.
+    pub batch_bytes_max: u32,
+    /// Most commands in one value.
+    pub batch_commands_max: u32,
+    /// Most proposals queued per group before `propose` answers Overloaded.
+    pub proposal_queue_max: u32,
+    /// Ticks without hearing a leader before a follower prepares.
+    pub election_timeout_ticks: u64,
+    /// Upper bound of the seeded random extra wait added to each election timeout and backoff.
+    pub election_jitter_ticks: u64,
+    /// A leader with nothing else to send announces itself this often.
+    pub heartbeat_ticks: u64,
+    /// Unanswered Prepare/Accept/catch-up requests are re-sent after this many ticks.
+    pub retransmit_ticks: u64,
+    /// Chosen values kept in memory below the applied point (to serve catch-up).
+    pub chosen_retained_max: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            pipeline_depth: 8,
+            batch_bytes_max: 64 << 10,
+            batch_commands_max: 256,
+            proposal_queue_max: 4096,
+            election_timeout_ticks: 100,
+            election_jitter_ticks: 100,
+            heartbeat_ticks: 20,
+            retransmit_ticks: 30,
+            chosen_retained_max: 1 << 16,
+        }
+    }
+}
+
+/// A configuration that cannot work, with what to change.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// `pipeline_depth` outside `1..=PIPELINE_MAX`.
+    #[error("pipeline_depth = {0}: must be between 1 and {PIPELINE_MAX}")]
+    PipelineDepth(u32),
+    /// A batch limit of zero, or bytes above `VALUE_BYTES_MAX`.
+    #[error("batch limits (bytes {bytes}, commands {commands}): need commands >= 1 and 16 <= bytes <= {VALUE_BYTES_MAX}")]
+    Batch {
+        /// The configured byte limit.
+        bytes: u32,
+        /// The configured command limit.
+        commands: u32,
+    },
+    /// `proposal_queue_max` of zero.
+    #[error("proposal_queue_max = 0: must be at least 1")]
+    QueueLimit,
+    /// Timeouts that cannot elect a stable leader.
+    #[error("timeouts (election {election}, heartbeat {heartbeat}, retransmit {retransmit}): need 1 <= heartbeat < election and retransmit >= 1")]
+    Timeouts {
+        /// election_timeout_ticks
+        election: u64,
+        /// heartbeat_ticks
+        heartbeat: u64,
+        /// retransmit_ticks
+        retransmit: u64,
+    },
+    /// `chosen_retained_max` below one catch-up window.
+    #[error("chosen_retained_max = {0}: must be at least {ACCEPT_WINDOW_INSTANCES}")]
+    Retained(u64),
+    /// This node is not among the members, members repeat, or there are none.
+    #[error("membership: node {me} must appear exactly once among {count} distinct members")]
+    Membership {
+        /// This node.
+        me: u32,
+        /// Number of members given.
+        count: usize,
+    },
+    /// A group listed twice.
+    #[error("group {0} listed twice")]
+    DuplicateGroup(u32),
+}
+
+impl Config {
+    /// Checks the limits once, at start-up.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.pipeline_depth == 0 || self.pipeline_depth > PIPELINE_MAX {
+            return Err(ConfigError::PipelineDepth(self.pipeline_depth));
+        }
+        if self.batch_commands_max == 0
+            || self.batch_bytes_max < 16
+            || self.batch_bytes_max > VALUE_BYTES_MAX
+        {
+            return Err(ConfigError::Batch {
+                bytes: self.batch_bytes_max,
+                commands: self.batch_commands_max,
+            });
+        }
+        if self.proposal_queue_max == 0 {
+            return Err(ConfigError::QueueLimit);
+        }
+        if self.heartbeat_ticks == 0
+            || self.heartbeat_ticks >= self.election_timeout_ticks
+            || self.retransmit_ticks == 0
+        {
+            return Err(ConfigError::Timeouts {
+                election: self.election_timeout_ticks,
+                heartbeat: self.heartbeat_ticks,
+                retransmit: self.retransmit_ticks,
+            });
+        }
+        if self.chosen_retained_max < ACCEPT_WINDOW_INSTANCES {
+            return Err(ConfigError::Retained(self.chosen_retained_max));
+        }
+        Ok(())
+    }
+}
+
+/// A small deterministic generator (splitmix64), seeded by the driver. The core's only source
+/// of randomness (election jitter, catch-up peer choice).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Prng {
+    state: u64,
+}
+
+impl Prng {
+    /// A generator whose whole sequence is fixed by `seed`.
+    pub fn new(seed: u64) -> Prng {
+        Prng { state: seed }
+    }
+
+    /// The next 64 pseudo-random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..bound` (0 when `bound` is 0).
+    pub fn below(&mut self, bound: u64) -> u64 {
+        if bound == 0 {
+            return 0;
+        }
+        self.next_u64() % bound
+    }
+
+    /// True with probability `numerator / denominator`.
+    pub fn chance(&mut self, numerator: u64, denominator: u64) -> bool {
+        self.below(denominator) < numerator
+    }
+}
+
+/// Known protocol bugs the simulator can inject to prove its checkers catch them.
+/// Compiled only with the `sim-bugs` feature, never in a default build.
+#[cfg(feature = "sim-bugs")]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Bugs {
+    /// The acceptor does not persist promises (it still replies).
+    pub forget_promise: bool,
+    /// Promise and Accepted leave before the record that justifies them is durable.
+    pub reply_before_durable: bool,
+    /// A new leader skips phase 1 and proposes from its own log position.
+    pub skip_prepare_on_new_leader: bool,
+}

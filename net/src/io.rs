@@ -1,0 +1,92 @@
+//! The eventfd that tells a core "frames are waiting": the crate's only `unsafe` code.
+//!
+//! Owns one eventfd per inbox: created non-blocking and close-on-exec, signalled by the
+//! network thread, cleared and polled by the core. It must never block the network thread
+//! (writes are non-blocking; a saturated counter is already readable, which is all we need).
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+/// A non-blocking eventfd used as a level-triggered "something is waiting" flag.
+#[derive(Debug)]
+pub(crate) struct EventFd {
+    fd: OwnedFd,
+}
+
+impl EventFd {
+    pub(crate) fn new() -> io::Result<EventFd> {
+        // SAFETY: eventfd takes no pointers; a negative return is an error reported via errno.
+        let raw = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a fresh, valid descriptor that nothing else owns; OwnedFd closes it once.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        Ok(EventFd { fd })
+    }
+
+    pub(crate) fn raw(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// Makes the eventfd readable. EAGAIN (counter saturated) means it already is: fine.
+    pub(crate) fn signal(&self) {
+        let one: u64 = 1;
+        // SAFETY: the fd is owned by self and open; the buffer is a live 8-byte u64 on our stack,
+        // only read by the kernel for the duration of the call.
+        let written = unsafe { libc::write(self.raw(), (&one as *const u64).cast(), 8) };
+        debug_assert!(
+            written == 8 || io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
+        );
+    }
+
+    /// Resets the counter to zero (not readable). EAGAIN means it already was zero.
+    pub(crate) fn clear(&self) {
+        let mut value: u64 = 0;
+        // SAFETY: the fd is owned by self and open; the buffer is a live, writable 8-byte u64 on
+        // our stack, written by the kernel only during the call.
+        let read = unsafe { libc::read(self.raw(), (&mut value as *mut u64).cast(), 8) };
+        debug_assert!(read == 8 || io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock);
+    }
+
+    /// Waits until the eventfd is readable or `timeout` passes; true when readable.
+    pub(crate) fn wait_readable(&self, timeout: Duration) -> io::Result<bool> {
+        let mut pollfd = libc::pollfd {
+            fd: self.raw(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let timeout_ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+        loop {
+            // SAFETY: `pollfd` is one live, writable pollfd on our stack and nfds is 1; the
+            // kernel writes `revents` only during the call.
+            let ready = unsafe { libc::poll(&mut pollfd, 1, timeout_ms) };
+            if ready >= 0 {
+                return Ok(ready > 0 && pollfd.revents & libc::POLLIN != 0);
+            }
+            let err = io::Error::last_os_error();
+            if err.kind() != io::ErrorKind::Interrupted {
+                return Err(err);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signal_makes_readable_and_clear_resets() {
+        let efd = EventFd::new().unwrap();
+        assert!(!efd.wait_readable(Duration::ZERO).unwrap());
+        efd.signal();
+        efd.signal();
+        assert!(efd.wait_readable(Duration::ZERO).unwrap());
+        efd.clear();
+        assert!(!efd.wait_readable(Duration::ZERO).unwrap());
+        efd.clear();
+        assert!(!efd.wait_readable(Duration::ZERO).unwrap());
+    }
+}

@@ -1,0 +1,1063 @@
+//! The network thread: listener, one outbound connection per peer, inbound connections, routing.
+//!
+//! Owns every socket of the node and the tasks that drive them on one thread (tokio-uring, or
+//! plain tokio on epoll when io_uring is unavailable). Cores talk to it only through
+//! [`NetHandle::send_batch`] and their [`Inbox`]. It must never block on a core, never buffer
+//! without a bound, never drop an inbound frame silently, and never panic on peer input.
+
+use crate::config::{Backend as BackendChoice, ConfigError, NetConfig};
+use crate::frame::{
+    outbound_header, Decoder, Hello, HelloStatus, FRAME_HEADER_BYTES, HELLO_BYTES, PROTOCOL_VERSION,
+};
+use crate::inbox::{inbox, Inbox, InboxSender, PushError};
+use crate::stats::{add, bump, AtomicCounters, NetStats, SharedStats};
+use crate::transport::{Backend, Epoll, Stream, Uring};
+use bytes::{Buf, Bytes, BytesMut};
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, Notify};
+
+/// Where an outbound frame goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dest {
+    /// One peer, by node id.
+    Peer(u32),
+    /// Every configured peer (the same `Bytes` is shared, not re-encoded).
+    AllPeers,
+}
+
+/// Why the network thread could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// `cores` was zero.
+    #[error("the network thread needs at least one core to route frames to (cores = 0)")]
+    NoCores,
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// An inbox eventfd could not be created.
+    #[error("cannot create the eventfd of inbox {core}: {source}")]
+    EventFd {
+        /// The core index.
+        core: usize,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// io_uring was required (`Backend::IoUring`) and is unavailable.
+    #[error("io_uring is unavailable ({source}); use Backend::Auto or Backend::Epoll")]
+    UringUnavailable {
+        /// The OS error of the ring setup.
+        source: io::Error,
+    },
+    /// The runtime or thread could not be created.
+    #[error("cannot start the network thread: {source}")]
+    Runtime {
+        /// The OS error.
+        source: io::Error,
+    },
+}
+
+/// The network thread. Dropping it stops it too; [`NetThread::shutdown`] says so explicitly.
+#[derive(Debug)]
+pub struct NetThread {
+    stop: Option<oneshot::Sender<()>>,
+    join: Option<JoinHandle<()>>,
+}
+
+/// A batch handed to the network thread.
+type Batch = Vec<(Dest, Bytes)>;
+
+/// The cores' handle on the network thread. Cheap to clone; `Send + Sync`.
+#[derive(Clone, Debug)]
+pub struct NetHandle {
+    inner: Arc<HandleInner>,
+}
+
+#[derive(Debug)]
+struct HandleInner {
+    tx: mpsc::Sender<Batch>,
+    stats: Arc<SharedStats>,
+    backend: &'static str,
+    local_addr: SocketAddr,
+}
+
+/// The route function: group id to the owning core's index (`None`: not ours).
+pub type Route = Arc<dyn Fn(u32) -> Option<usize> + Send + Sync>;
+
+impl NetThread {
+    /// Starts the network thread (tokio-uring; plain tokio/epoll fallback if io_uring is
+    /// unavailable, said at start and visible in stats). `route` maps a group to the owning core
+    /// index, None = unknown group (count + drop). Returns one Inbox per core.
+    ///
+    /// The listen socket is bound before this returns, so bind errors come back here.
+    /// `route` runs on the network thread for every inbound frame: keep it cheap and panic-free.
+    pub fn start(
+        cfg: NetConfig,
+        cores: usize,
+        route: Route,
+    ) -> Result<(NetThread, NetHandle, Vec<Inbox>), NetError> {
+        cfg.validate()?;
+        if cores == 0 {
+            return Err(NetError::NoCores);
+        }
+        let listener =
+            std::net::TcpListener::bind(cfg.listen).map_err(|source| NetError::Listen {
+                addr: cfg.listen,
+                source,
+            })?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|source| NetError::Listen {
+                addr: cfg.listen,
+                source,
+            })?;
+        let local_addr = listener.local_addr().map_err(|source| NetError::Listen {
+            addr: cfg.listen,
+            source,
+        })?;
+        let mut senders = Vec::with_capacity(cores);
+        let mut inboxes = Vec::with_capacity(cores);
+        for core in 0..cores {
+            let (tx, rx) =
+                inbox(cfg.inbox_capacity).map_err(|source| NetError::EventFd { core, source })?;
+            senders.push(tx);
+            inboxes.push(rx);
+        }
+        let stats = Arc::new(SharedStats::new(
+            cfg.node_id,
+            cfg.peers.iter().map(|(id, _)| *id).collect(),
+        ));
+        let (batch_tx, batch_rx) = mpsc::channel(cfg.send_batch_capacity);
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<&'static str, NetError>>();
+        let setup = Setup {
+            cfg,
+            listener,
+            senders,
+            route,
+            stats: stats.clone(),
+            batch_rx,
+            stop_rx,
+            ready_tx,
+        };
+        let join = std::thread::Builder::new()
+            .name("paxring-net".into())
+            .spawn(move || thread_main(setup))
+            .map_err(|source| NetError::Runtime { source })?;
+        let backend = match ready_rx.recv() {
+            Ok(Ok(backend)) => backend,
+            Ok(Err(err)) => {
+                let _ = join.join();
+                return Err(err);
+            }
+            Err(_) => {
+                let _ = join.join();
+                return Err(NetError::Runtime {
+                    source: io::Error::other("the network thread exited during start"),
+                });
+            }
+        };
+        let handle = NetHandle {
+            inner: Arc::new(HandleInner {
+                tx: batch_tx,
+                stats,
+                backend,
+                local_addr,
+            }),
+        };
+        Ok((
+            NetThread {
+                stop: Some(stop_tx),
+                join: Some(join),
+            },
+            handle,
+            inboxes,
+        ))
+    }
+
+    /// Stops the thread (closing every connection) and joins it.
+    pub fn shutdown(mut self) {
+        self.stop_and_join();
+    }
+
+    fn stop_and_join(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(join) = self.join.take() {
+            if join.join().is_err() {
+                tracing::error!("the network thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for NetThread {
+    fn drop(&mut self) {
+        self.stop_and_join();
+    }
+}
+
+impl NetHandle {
+    /// One hand-off per core round: all of that round's outbound frames. Bounded: when the queue
+    /// is full returns Err(batch) back (back-pressure), nothing dropped silently. Also returns the
+    /// batch when the network thread has stopped.
+    ///
+    /// Each `Bytes` must be one whole frame from [`crate::encode_frame`] with this node's id as
+    /// sender; others are dropped and counted (`invalid_outbound_frames`).
+    pub fn send_batch(&self, batch: Vec<(Dest, Bytes)>) -> Result<(), Vec<(Dest, Bytes)>> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        match self.inner.tx.try_send(batch) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(batch)) => {
+                bump(&self.inner.stats.send_batches_refused);
+                Err(batch)
+            }
+            Err(mpsc::error::TrySendError::Closed(batch)) => Err(batch),
+        }
+    }
+
+    /// A snapshot of the counters, per peer and in total.
+    pub fn stats(&self) -> NetStats {
+        self.inner.stats.snapshot(self.inner.backend)
+    }
+
+    /// The bound listen address (tests bind port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.local_addr
+    }
+
+    /// `"io_uring"` or `"epoll"`.
+    pub fn backend(&self) -> &'static str {
+        self.inner.backend
+    }
+}
+
+struct Setup {
+    cfg: NetConfig,
+    listener: std::net::TcpListener,
+    senders: Vec<InboxSender>,
+    route: Route,
+    stats: Arc<SharedStats>,
+    batch_rx: mpsc::Receiver<Batch>,
+    stop_rx: oneshot::Receiver<()>,
+    ready_tx: std::sync::mpsc::Sender<Result<&'static str, NetError>>,
+}
+
+fn thread_main(setup: Setup) {
+    match setup.cfg.backend {
+        BackendChoice::Epoll => run_epoll(setup, None),
+        BackendChoice::Auto | BackendChoice::IoUring => {
+            match tokio_uring::Runtime::new(&tokio_uring::builder()) {
+                Ok(runtime) => {
+                    tracing::info!(
+                        node = setup.cfg.node_id,
+                        "network thread on io_uring (tokio-uring)"
+                    );
+                    runtime.block_on(node_main::<Uring>(setup));
+                }
+                Err(source) if setup.cfg.backend == BackendChoice::Auto => {
+                    run_epoll(setup, Some(source))
+                }
+                Err(source) => {
+                    let _ = setup
+                        .ready_tx
+                        .send(Err(NetError::UringUnavailable { source }));
+                }
+            }
+        }
+    }
+}
+
+fn run_epoll(setup: Setup, uring_error: Option<io::Error>) {
+    if let Some(err) = &uring_error {
+        tracing::warn!(node = setup.cfg.node_id, %err, "io_uring unavailable: network thread falls back to epoll (plain tokio)");
+    } else {
+        tracing::info!(
+            node = setup.cfg.node_id,
+            "network thread on epoll (plain tokio), as configured"
+        );
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(source) => {
+            let _ = setup.ready_tx.send(Err(NetError::Runtime { source }));
+            return;
+        }
+    };
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, node_main::<Epoll>(setup));
+}
+
+/// Per-peer outbound state, shared by the dispatcher and the peer's connection task.
+struct PeerOut {
+    node_id: u32,
+    addr: SocketAddr,
+    queue: RefCell<VecDeque<Bytes>>,
+    /// Woken when frames are queued.
+    wake: Notify,
+    /// The largest body the peer accepts (from its handshake; ours until then).
+    max_frame_bytes: Cell<u32>,
+}
+
+/// The network thread's state, shared by its tasks (single thread: `Rc`, `RefCell`).
+struct Ctx {
+    cfg: NetConfig,
+    stats: Arc<SharedStats>,
+    inboxes: Vec<InboxSender>,
+    route: Route,
+    peers: Vec<PeerOut>,
+    peer_index: HashMap<u32, usize>,
+    rng: Cell<u64>,
+    /// Closers of live connections, run at shutdown so pending operations complete.
+    live: RefCell<HashMap<u64, Box<dyn Fn()>>>,
+    next_live: Cell<u64>,
+    inbound_live: Cell<usize>,
+}
+
+/// The most inbound connections open at once (authenticated or not); more are closed at once.
+const INBOUND_CONNECTIONS_MAX: usize = 1024;
+/// Read buffer growth step for an authenticated connection.
+const READ_CHUNK_BYTES: usize = 64 * 1024;
+
+/// Removes a connection from the live set when it ends.
+struct LiveGuard {
+    ctx: Rc<Ctx>,
+    id: u64,
+}
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        self.ctx.live.borrow_mut().remove(&self.id);
+    }
+}
+
+impl Ctx {
+    fn register<S: Stream>(self: &Rc<Self>, stream: &Rc<S>) -> LiveGuard {
+        let id = self.next_live.get();
+        self.next_live.set(id + 1);
+        let weak = Rc::downgrade(stream);
+        self.live.borrow_mut().insert(
+            id,
+            Box::new(move || {
+                if let Some(stream) = weak.upgrade() {
+                    stream.close();
+                }
+            }),
+        );
+        LiveGuard {
+            ctx: self.clone(),
+            id,
+        }
+    }
+
+    fn hello(&self, status: HelloStatus) -> [u8; HELLO_BYTES] {
+        Hello {
+            version: PROTOCOL_VERSION,
+            status,
+            cluster_id: self.cfg.cluster_id,
+            node_id: self.cfg.node_id,
+            max_frame_bytes: self.cfg.max_frame_bytes,
+        }
+        .encode()
+    }
+
+    fn counters(&self, peer: usize) -> &AtomicCounters {
+        &self.stats.peers[peer].counters
+    }
+
+    /// The next reconnect delay: capped exponential, with jitter in [delay/2, delay].
+    fn backoff(&self, attempt: u32) -> Duration {
+        let min = self.cfg.reconnect_backoff_min;
+        let max = self.cfg.reconnect_backoff_max;
+        let delay = min.saturating_mul(1u32 << attempt.min(20)).min(max);
+        // xorshift64*: jitter only, not security.
+        let mut x = self.rng.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng.set(x);
+        let fraction = (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64;
+        delay.mul_f64(0.5 + fraction / 2.0)
+    }
+}
+
+async fn node_main<B: Backend>(setup: Setup) {
+    let Setup {
+        cfg,
+        listener,
+        senders,
+        route,
+        stats,
+        batch_rx,
+        stop_rx,
+        ready_tx,
+    } = setup;
+    let listener = match B::listener(listener) {
+        Ok(listener) => listener,
+        Err(source) => {
+            let _ = ready_tx.send(Err(NetError::Runtime { source }));
+            return;
+        }
+    };
+    let peers = cfg
+        .peers
+        .iter()
+        .map(|(node_id, addr)| PeerOut {
+            node_id: *node_id,
+            addr: *addr,
+            queue: RefCell::new(VecDeque::new()),
+            wake: Notify::new(),
+            max_frame_bytes: Cell::new(cfg.max_frame_bytes),
+        })
+        .collect();
+    let peer_index = cfg
+        .peers
+        .iter()
+        .enumerate()
+        .map(|(index, (id, _))| (*id, index))
+        .collect();
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+        ^ (u64::from(cfg.node_id) << 32)
+        | 1;
+    let ctx = Rc::new(Ctx {
+        cfg,
+        stats,
+        inboxes: senders,
+        route,
+        peers,
+        peer_index,
+        rng: Cell::new(seed),
+        live: RefCell::new(HashMap::new()),
+        next_live: Cell::new(0),
+        inbound_live: Cell::new(0),
+    });
+    tokio::task::spawn_local(accept_loop::<B>(ctx.clone(), listener));
+    for peer in 0..ctx.peers.len() {
+        tokio::task::spawn_local(peer_loop::<B>(ctx.clone(), peer));
+    }
+    tokio::task::spawn_local(dispatch(ctx.clone(), batch_rx));
+    let _ = ready_tx.send(Ok(B::NAME));
+    // Runs until `shutdown` (or the NetThread is dropped: the sender closes).
+    let _ = stop_rx.await;
+    tracing::debug!(node = ctx.cfg.node_id, "network thread stopping");
+    let closers: Vec<Box<dyn Fn()>> = ctx
+        .live
+        .borrow_mut()
+        .drain()
+        .map(|(_, closer)| closer)
+        .collect();
+    for close in closers {
+        close();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Outbound
+
+/// Takes core batches and queues each frame on its peers (bounded: drop + count when full).
+async fn dispatch(ctx: Rc<Ctx>, mut rx: mpsc::Receiver<Batch>) {
+    let mut touched = vec![false; ctx.peers.len()];
+    while let Some(batch) = rx.recv().await {
+        enqueue_batch(&ctx, batch, &mut touched);
+        // Take what else is already waiting, so writers coalesce more per write.
+        while let Ok(batch) = rx.try_recv() {
+            enqueue_batch(&ctx, batch, &mut touched);
+        }
+        for (peer, flag) in touched.iter_mut().enumerate() {
+            if std::mem::take(flag) {
+                ctx.peers[peer].wake.notify_one();
+            }
+        }
+    }
+}
+
+fn enqueue_batch(ctx: &Ctx, batch: Batch, touched: &mut [bool]) {
+    for (dest, frame) in batch {
+        let Some((body_bytes, from)) = outbound_header(&frame) else {
+            bump(&ctx.stats.invalid_outbound_frames);
+            tracing::error!(
+                len = frame.len(),
+                "send_batch: not one whole encoded frame; dropped"
+            );
+            continue;
+        };
+        if from != ctx.cfg.node_id {
+            bump(&ctx.stats.invalid_outbound_frames);
+            tracing::error!(
+                from,
+                node = ctx.cfg.node_id,
+                "send_batch: frame sender is not this node; dropped"
+            );
+            continue;
+        }
+        match dest {
+            Dest::Peer(node_id) => match ctx.peer_index.get(&node_id) {
+                Some(&peer) => enqueue(ctx, peer, frame, body_bytes, touched),
+                None => {
+                    bump(&ctx.stats.invalid_outbound_frames);
+                    tracing::error!(node_id, "send_batch: no such peer; frame dropped");
+                }
+            },
+            Dest::AllPeers => {
+                for peer in 0..ctx.peers.len() {
+                    enqueue(ctx, peer, frame.clone(), body_bytes, touched);
+                }
+            }
+        }
+    }
+}
+
+fn enqueue(ctx: &Ctx, peer: usize, frame: Bytes, body_bytes: u32, touched: &mut [bool]) {
+    let out = &ctx.peers[peer];
+    let counters = ctx.counters(peer);
+    if body_bytes > out.max_frame_bytes.get() {
+        bump(&counters.oversize_dropped_frames);
+        return;
+    }
+    let mut queue = out.queue.borrow_mut();
+    if queue.len() >= ctx.cfg.outbound_capacity {
+        // The peer is slow or down. Paxos tolerates message loss; memory must stay bounded.
+        bump(&counters.outbound_dropped_frames);
+        return;
+    }
+    queue.push_back(frame);
+    ctx.stats.peers[peer]
+        .outbound_queued_frames
+        .store(queue.len() as u64, Ordering::Relaxed);
+    touched[peer] = true;
+}
+
+/// Keeps one outbound connection to `peer` up: connect, handshake, write queued frames;
+/// reconnect with capped exponential backoff and jitter.
+async fn peer_loop<B: Backend>(ctx: Rc<Ctx>, peer: usize) {
+    let mut attempt: u32 = 0;
+    let mut ever_connected = false;
+    loop {
+        match connect_peer::<B>(&ctx, peer).await {
+            Ok(stream) => {
+                if ever_connected {
+                    bump(&ctx.counters(peer).reconnects);
+                }
+                ever_connected = true;
+                attempt = 0;
+                let stream = Rc::new(stream);
+                let _live = ctx.register(&stream);
+                ctx.stats.peers[peer]
+                    .connected
+                    .store(true, Ordering::Relaxed);
+                tracing::info!(
+                    node = ctx.cfg.node_id,
+                    peer = ctx.peers[peer].node_id,
+                    "connected to peer"
+                );
+                write_loop(&ctx, peer, &stream).await;
+                ctx.stats.peers[peer]
+                    .connected
+                    .store(false, Ordering::Relaxed);
+                stream.close();
+            }
+            Err(err) => {
+                bump(&ctx.counters(peer).connect_failures);
+                tracing::debug!(node = ctx.cfg.node_id, peer = ctx.peers[peer].node_id, %err, "connect failed");
+            }
+        }
+        tokio::time::sleep(ctx.backoff(attempt)).await;
+        attempt = attempt.saturating_add(1);
+    }
+}
+
+/// Connects and completes the client side of the handshake within the handshake timeout.
+async fn connect_peer<B: Backend>(ctx: &Rc<Ctx>, peer: usize) -> io::Result<B::Stream> {
+    let out = &ctx.peers[peer];
+    let attempt = async {
+        let stream = B::connect(out.addr).await?;
+        let hello = Bytes::copy_from_slice(&ctx.hello(HelloStatus::Hello));
+        let (result, _) = stream.write_all_vectored(vec![hello]).await;
+        result?;
+        let buf = read_at_least(&stream, BytesMut::with_capacity(HELLO_BYTES), HELLO_BYTES).await?;
+        Ok::<_, io::Error>((stream, buf))
+    };
+    let (stream, buf) = match tokio::time::timeout(ctx.cfg.handshake_timeout, attempt).await {
+        Ok(result) => result?,
+        Err(_) => {
+            bump(&ctx.stats.handshake_timeouts);
+            tracing::warn!(
+                node = ctx.cfg.node_id,
+                peer = out.node_id,
+                "handshake with peer timed out"
+            );
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+    };
+    let refuse = |reason: String| {
+        tracing::warn!(node = ctx.cfg.node_id, peer = out.node_id, addr = %out.addr, "peer handshake failed: {reason}");
+        stream.close();
+        Err(io::Error::new(io::ErrorKind::ConnectionRefused, reason))
+    };
+    let hello = match Hello::decode(&buf[..HELLO_BYTES]) {
+        Ok(hello) => hello,
+        Err(err) => return refuse(format!("bad handshake: {err}")),
+    };
+    if buf.len() > HELLO_BYTES {
+        return refuse("bytes after the handshake on an outbound connection".into());
+    }
+    match hello.status {
+        HelloStatus::Hello => {}
+        HelloStatus::RefusedCluster => {
+            return refuse(format!(
+                "refused us: its cluster id is {}",
+                hello.cluster_id
+            ))
+        }
+        HelloStatus::RefusedVersion => {
+            return refuse(format!("refused our protocol version {PROTOCOL_VERSION}"))
+        }
+        HelloStatus::RefusedNode => {
+            return refuse(format!("refused our node id {}", ctx.cfg.node_id))
+        }
+    }
+    if hello.version != PROTOCOL_VERSION {
+        return refuse(format!(
+            "speaks protocol version {}, we speak {PROTOCOL_VERSION}",
+            hello.version
+        ));
+    }
+    if hello.cluster_id != ctx.cfg.cluster_id {
+        return refuse(format!(
+            "cluster id {} is not ours ({})",
+            hello.cluster_id, ctx.cfg.cluster_id
+        ));
+    }
+    if hello.node_id != out.node_id {
+        return refuse(format!(
+            "answered as node {}, expected node {}",
+            hello.node_id, out.node_id
+        ));
+    }
+    out.max_frame_bytes.set(
+        hello
+            .max_frame_bytes
+            .min(crate::frame::MAX_FRAME_BYTES_LIMIT),
+    );
+    Ok(stream)
+}
+
+/// Reads until `buf` holds at least `n` bytes (EOF first is `UnexpectedEof`).
+async fn read_at_least<S: Stream>(stream: &S, mut buf: BytesMut, n: usize) -> io::Result<BytesMut> {
+    while buf.len() < n {
+        buf.reserve(n - buf.len());
+        let (result, returned) = stream.read_some(buf).await;
+        buf = returned;
+        if result? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+    Ok(buf)
+}
+
+/// Writes queued frames to a connected peer until the connection fails.
+async fn write_loop<S: Stream>(ctx: &Rc<Ctx>, peer: usize, stream: &Rc<S>) {
+    let out = &ctx.peers[peer];
+    let counters = ctx.counters(peer);
+    let dead = Rc::new(Notify::new());
+    let watcher = tokio::task::spawn_local(watch_outbound(
+        ctx.clone(),
+        peer,
+        stream.clone(),
+        dead.clone(),
+    ));
+    loop {
+        while out.queue.borrow().is_empty() {
+            tokio::select! {
+                biased;
+                _ = dead.notified() => {
+                    watcher.abort();
+                    return;
+                }
+                _ = out.wake.notified() => {}
+            }
+        }
+        let (bufs, frames, bytes) = take_write(ctx, peer);
+        let (result, _) = stream.write_all_vectored(bufs).await;
+        match result {
+            Ok(()) => {
+                add(&counters.frames_sent, frames);
+                add(&counters.bytes_sent, bytes);
+                bump(&counters.writes);
+            }
+            Err(err) => {
+                add(&counters.lost_on_disconnect_frames, frames);
+                tracing::warn!(node = ctx.cfg.node_id, peer = out.node_id, %err, frames, "write to peer failed; reconnecting");
+                watcher.abort();
+                return;
+            }
+        }
+    }
+}
+
+/// Pops frames for one write (up to `write_batch_bytes_max`, at least one): small frames are
+/// copied into one buffer, large ones go as their own iovec. Returns (buffers, frames, bytes).
+fn take_write(ctx: &Ctx, peer: usize) -> (Vec<Bytes>, u64, u64) {
+    let out = &ctx.peers[peer];
+    let mut queue = out.queue.borrow_mut();
+    assert!(!queue.is_empty());
+    let threshold = ctx.cfg.copy_threshold_bytes;
+    let mut frames = Vec::new();
+    let mut total = 0usize;
+    let mut small = 0usize;
+    while let Some(front) = queue.front() {
+        if !frames.is_empty() && total + front.len() > ctx.cfg.write_batch_bytes_max {
+            break;
+        }
+        let frame = queue.pop_front().expect("front exists");
+        total += frame.len();
+        if frame.len() < threshold {
+            small += frame.len();
+        }
+        frames.push(frame);
+    }
+    ctx.stats.peers[peer]
+        .outbound_queued_frames
+        .store(queue.len() as u64, Ordering::Relaxed);
+    drop(queue);
+    let frame_count = frames.len() as u64;
+    if small == total && frames.len() == 1 {
+        return (frames, frame_count, total as u64);
+    }
+    let mut chunk = BytesMut::with_capacity(small);
+    let mut bufs = Vec::new();
+    for frame in frames {
+        if frame.len() < threshold {
+            chunk.extend_from_slice(&frame);
+        } else {
+            if !chunk.is_empty() {
+                bufs.push(chunk.split().freeze());
+            }
+            bufs.push(frame);
+        }
+    }
+    if !chunk.is_empty() {
+        bufs.push(chunk.freeze());
+    }
+    assert_eq!(bufs.iter().map(|b| b.len()).sum::<usize>(), total);
+    (bufs, frame_count, total as u64)
+}
+
+/// Reads the outbound connection: the peer never sends after the handshake, so EOF or an error
+/// means the connection is gone, and bytes are a protocol error. Either way `dead` is notified.
+async fn watch_outbound<S: Stream>(ctx: Rc<Ctx>, peer: usize, stream: Rc<S>, dead: Rc<Notify>) {
+    let (result, _) = stream.read_some(BytesMut::with_capacity(64)).await;
+    match result {
+        Ok(0) => tracing::info!(
+            node = ctx.cfg.node_id,
+            peer = ctx.peers[peer].node_id,
+            "peer closed our connection"
+        ),
+        Ok(n) => {
+            bump(&ctx.counters(peer).protocol_errors);
+            tracing::warn!(
+                node = ctx.cfg.node_id,
+                peer = ctx.peers[peer].node_id,
+                n,
+                "peer sent bytes on our outbound connection; closing"
+            );
+        }
+        Err(err) => {
+            tracing::info!(node = ctx.cfg.node_id, peer = ctx.peers[peer].node_id, %err, "outbound connection failed")
+        }
+    }
+    dead.notify_one();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Inbound
+
+async fn accept_loop<B: Backend>(ctx: Rc<Ctx>, listener: B::Listener) {
+    loop {
+        match B::accept(&listener).await {
+            Ok((stream, addr)) => {
+                bump(&ctx.stats.connections_accepted);
+                if ctx.inbound_live.get() >= INBOUND_CONNECTIONS_MAX {
+                    tracing::warn!(node = ctx.cfg.node_id, %addr, "too many inbound connections; closing the new one");
+                    stream.close();
+                    continue;
+                }
+                tokio::task::spawn_local(serve_inbound::<B>(ctx.clone(), stream, addr));
+            }
+            Err(err) => {
+                // EMFILE and friends: wait a little instead of spinning.
+                tracing::warn!(node = ctx.cfg.node_id, %err, "accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+/// Decrements the live inbound count when a connection task ends (however it ends).
+struct InboundSlot(Rc<Ctx>);
+
+impl Drop for InboundSlot {
+    fn drop(&mut self) {
+        self.0.inbound_live.set(self.0.inbound_live.get() - 1);
+    }
+}
+
+async fn serve_inbound<B: Backend>(ctx: Rc<Ctx>, stream: B::Stream, addr: SocketAddr) {
+    ctx.inbound_live.set(ctx.inbound_live.get() + 1);
+    let _slot = InboundSlot(ctx.clone());
+    let stream = Rc::new(stream);
+    let _live = ctx.register(&stream);
+    let Some((peer, buf)) = accept_handshake(&ctx, &*stream, addr).await else {
+        stream.close();
+        return;
+    };
+    read_loop(&ctx, peer, &*stream, buf).await;
+    stream.close();
+}
+
+/// The server side of the handshake. Returns the peer index and any bytes read past the hello.
+async fn accept_handshake<S: Stream>(
+    ctx: &Ctx,
+    stream: &S,
+    addr: SocketAddr,
+) -> Option<(usize, BytesMut)> {
+    let read = read_at_least(
+        stream,
+        BytesMut::with_capacity(HELLO_BYTES * 2),
+        HELLO_BYTES,
+    );
+    let mut buf = match tokio::time::timeout(ctx.cfg.handshake_timeout, read).await {
+        Ok(Ok(buf)) => buf,
+        Ok(Err(err)) => {
+            bump(&ctx.stats.handshake_errors);
+            tracing::warn!(node = ctx.cfg.node_id, %addr, %err, "connection closed before its handshake");
+            return None;
+        }
+        Err(_) => {
+            bump(&ctx.stats.handshake_timeouts);
+            tracing::warn!(node = ctx.cfg.node_id, %addr, "handshake timed out; closing");
+            return None;
+        }
+    };
+    let hello = match Hello::decode(&buf[..HELLO_BYTES]) {
+        Ok(hello) if hello.status == HelloStatus::Hello => hello,
+        Ok(hello) => {
+            bump(&ctx.stats.handshake_errors);
+            tracing::warn!(node = ctx.cfg.node_id, %addr, status = ?hello.status, "handshake opened with a refusal; closing");
+            return None;
+        }
+        Err(err) => {
+            bump(&ctx.stats.handshake_errors);
+            tracing::warn!(node = ctx.cfg.node_id, %addr, %err, "not a paxring handshake; closing");
+            return None;
+        }
+    };
+    let peer = ctx.peer_index.get(&hello.node_id).copied();
+    let refusal = if hello.version != PROTOCOL_VERSION {
+        Some((
+            HelloStatus::RefusedVersion,
+            format!(
+                "protocol version {} is not supported (we speak {PROTOCOL_VERSION})",
+                hello.version
+            ),
+        ))
+    } else if hello.cluster_id != ctx.cfg.cluster_id {
+        Some((
+            HelloStatus::RefusedCluster,
+            format!(
+                "cluster id {} is not ours ({})",
+                hello.cluster_id, ctx.cfg.cluster_id
+            ),
+        ))
+    } else if peer.is_none() {
+        Some((
+            HelloStatus::RefusedNode,
+            format!("node id {} is not a configured peer", hello.node_id),
+        ))
+    } else {
+        None
+    };
+    let reply = Bytes::copy_from_slice(
+        &ctx.hello(
+            refusal
+                .as_ref()
+                .map_or(HelloStatus::Hello, |(status, _)| *status),
+        ),
+    );
+    let written = tokio::time::timeout(
+        ctx.cfg.handshake_timeout,
+        stream.write_all_vectored(vec![reply]),
+    )
+    .await;
+    if let Some((_, reason)) = refusal {
+        bump(&ctx.stats.handshakes_refused);
+        tracing::warn!(node = ctx.cfg.node_id, %addr, from = hello.node_id, "handshake refused: {reason}");
+        return None;
+    }
+    match written {
+        Ok((Ok(()), _)) => {}
+        Ok((Err(err), _)) => {
+            tracing::warn!(node = ctx.cfg.node_id, %addr, %err, "handshake reply failed");
+            return None;
+        }
+        Err(_) => {
+            bump(&ctx.stats.handshake_timeouts);
+            tracing::warn!(node = ctx.cfg.node_id, %addr, "handshake reply timed out");
+            return None;
+        }
+    }
+    let peer = peer.expect("checked above");
+    tracing::info!(node = ctx.cfg.node_id, %addr, from = hello.node_id, "inbound peer connection authenticated");
+    buf.advance(HELLO_BYTES);
+    Some((peer, buf))
+}
+
+/// Reads, decodes and routes the frames of one authenticated inbound connection until it ends.
+async fn read_loop<S: Stream>(ctx: &Ctx, peer: usize, stream: &S, mut buf: BytesMut) {
+    let peer_id = ctx.peers[peer].node_id;
+    let counters = ctx.counters(peer);
+    let mut decoder = Decoder::new(ctx.cfg.max_frame_bytes);
+    let mut touched = vec![false; ctx.inboxes.len()];
+    loop {
+        loop {
+            match decoder.decode(&mut buf) {
+                Ok(Some(frame)) => {
+                    if frame.from != peer_id {
+                        bump(&counters.protocol_errors);
+                        tracing::warn!(
+                            node = ctx.cfg.node_id,
+                            peer = peer_id,
+                            claimed = frame.from,
+                            "frame claims another sender than the handshake; closing"
+                        );
+                        signal_touched(ctx, &mut touched);
+                        return;
+                    }
+                    deliver(ctx, counters, frame, &mut touched).await;
+                }
+                Ok(None) => break,
+                Err(err) => {
+                    bump(&counters.decode_errors);
+                    tracing::warn!(node = ctx.cfg.node_id, peer = peer_id, %err, "undecodable bytes from peer; closing");
+                    signal_touched(ctx, &mut touched);
+                    return;
+                }
+            }
+        }
+        signal_touched(ctx, &mut touched);
+        let needed = decoder.bytes_needed(&buf);
+        let additional = needed.saturating_sub(buf.len()).max(READ_CHUNK_BYTES / 4);
+        if buf.capacity() - buf.len() < additional {
+            buf.reserve(additional.max(READ_CHUNK_BYTES));
+        }
+        let (result, returned) = stream.read_some(buf).await;
+        buf = returned;
+        match result {
+            Ok(0) if buf.is_empty() => {
+                tracing::info!(
+                    node = ctx.cfg.node_id,
+                    peer = peer_id,
+                    "peer closed its connection"
+                );
+                return;
+            }
+            Ok(0) => {
+                bump(&counters.decode_errors);
+                tracing::warn!(
+                    node = ctx.cfg.node_id,
+                    peer = peer_id,
+                    bytes = buf.len(),
+                    "connection ended inside a frame (truncated)"
+                );
+                return;
+            }
+            Ok(_) => {}
+            Err(err) => {
+                tracing::info!(node = ctx.cfg.node_id, peer = peer_id, %err, "inbound connection failed");
+                return;
+            }
+        }
+    }
+}
+
+fn signal_touched(ctx: &Ctx, touched: &mut [bool]) {
+    for (core, flag) in touched.iter_mut().enumerate() {
+        if std::mem::take(flag) {
+            ctx.inboxes[core].signal();
+        }
+    }
+}
+
+/// Routes one frame to its core's inbox, waiting (and so not reading) while that inbox is full.
+async fn deliver(ctx: &Ctx, counters: &AtomicCounters, frame: Frame, touched: &mut [bool]) {
+    let Some(core) = (ctx.route)(frame.group) else {
+        bump(&counters.unknown_group_frames);
+        tracing::debug!(
+            node = ctx.cfg.node_id,
+            group = frame.group,
+            "frame for an unknown group dropped"
+        );
+        return;
+    };
+    if core >= ctx.inboxes.len() {
+        bump(&counters.unknown_group_frames);
+        tracing::error!(
+            group = frame.group,
+            core,
+            cores = ctx.inboxes.len(),
+            "route returned a core that does not exist; frame dropped"
+        );
+        return;
+    }
+    let bytes = (FRAME_HEADER_BYTES + frame.body.len()) as u64;
+    let inbox = &ctx.inboxes[core];
+    let mut frame = frame;
+    loop {
+        match inbox.try_push(frame) {
+            Ok(()) => {
+                bump(&counters.frames_received);
+                add(&counters.bytes_received, bytes);
+                touched[core] = true;
+                return;
+            }
+            Err(PushError::Full(back)) => {
+                frame = back;
+                bump(&counters.queue_full_events);
+                // Wake every core we fed, then stop reading until this one makes room.
+                signal_touched(ctx, touched);
+                inbox.signal();
+                inbox.space().await;
+            }
+            Err(PushError::Closed) => {
+                bump(&ctx.stats.inbox_closed_dropped_frames);
+                return;
+            }
+        }
+    }
+}
+
+use crate::frame::Frame;
