@@ -1,14 +1,24 @@
 //! paxring-wal: the segmented, group-committed, O_DIRECT write-ahead log of one core.
 //!
 //! A leaf crate: it imports nothing of paxring's. See `docs/WAL_FORMAT.md`.
-//! `types` and `format` and `recovery` are pure (the simulator runs them on simulated disks);
-//! the real log lives in `wal`.
+//! `types`, `format` and `recovery` are pure (the simulator runs them on simulated disks);
+//! the real log lives in `wal`, its system calls in `ring` and `segfile`.
 #![deny(missing_docs)]
 
+pub mod error;
 pub mod format;
 pub mod recovery;
+mod ring;
+pub mod segfile;
 pub mod types;
+pub mod wal;
 
+pub use error::WalError;
 pub use format::{encode_batch, scan_segment, BatchHeader, SegmentScan, BLOCK_BYTES};
 pub use recovery::{recover_images, Damage, RecordLocation, Recovery};
+pub use ring::WAIT_FDS_MAX;
 pub use types::{Ballot, GroupId, Instance, Lsn, Record, RecordKind, RecordRef};
+pub use wal::{
+    inspect_dir, Backend, BackendInUse, PurgeReport, SyncMode, WaitOutcome, Wal, WalOptions,
+    WalStats,
+};

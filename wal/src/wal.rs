@@ -1,0 +1,1288 @@
+//! The real log of one core: segments, group commit with double buffering, durable writes
+//! through io_uring (or the blocking fallback), reads by (group, instance), purge and counters.
+//!
+//! Owns: the two aligned write buffers, the segment files of one directory, the per-group index
+//! and the durable LSN. Must never acknowledge (advance `durable_lsn` past) a record before the
+//! write holding it completed with DSYNC or its fdatasync succeeded, never rewrite a block that
+//! holds acknowledged records, and never retry a failed durable write (it poisons the log).
+use crate::error::WalError;
+use crate::format::{
+    batch_bytes_for, decode_record_at, encode_record_into, finish_batch_into, record_bytes,
+    BATCH_BYTES_MAX, BATCH_HEADER_BYTES, BLOCK_BYTES, RECORD_HEADER_BYTES,
+};
+use crate::recovery::{recover_images, RecordLocation, Recovery, SegmentSummary};
+use crate::ring::{self, Completion, Ring, WAIT_FDS_MAX};
+use crate::segfile;
+use crate::types::{GroupId, Instance, Lsn, Record, RecordRef};
+use hdrhistogram::Histogram;
+use memmap2::{Mmap, MmapMut};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::{AsRawFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Default size of a segment file.
+pub const SEGMENT_BYTES_DEFAULT: u64 = 64 << 20;
+/// Default size of one round's write buffer.
+pub const BUFFER_BYTES_DEFAULT: usize = 1 << 20;
+/// Smallest segment accepted.
+pub const SEGMENT_BYTES_MIN: u64 = 64 << 10;
+/// Spare (purged) segment files kept for recycling.
+const SPARES_MAX: usize = 2;
+
+/// How a batch write is made durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncMode {
+    /// The write itself carries RWF_DSYNC (one durable write per round).
+    Dsync,
+    /// The write is linked to an fdatasync (one durable write per round: the fdatasync).
+    Fdatasync,
+}
+
+/// The default sync mode, chosen by measurement (see `docs/WAL_FORMAT.md`).
+pub const SYNC_MODE_DEFAULT: SyncMode = SyncMode::Dsync;
+
+/// Which I/O backend to use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// io_uring if available, else the blocking backend (with a warning).
+    Auto,
+    /// io_uring or an error.
+    Uring,
+    /// Blocking `pwrite` + `fdatasync` (or RWF_DSYNC) and poll(2).
+    Blocking,
+}
+
+/// The backend actually in use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendInUse {
+    /// io_uring.
+    Uring,
+    /// Blocking system calls.
+    Blocking,
+}
+
+/// Options of `Wal::open`.
+#[derive(Clone, Debug)]
+pub struct WalOptions {
+    /// The directory of this core's segments (created if absent).
+    pub dir: PathBuf,
+    /// The core whose log this is (named in every segment and batch).
+    pub core: u32,
+    /// Size of every segment file; a multiple of 4 KiB, at least 64 KiB and one buffer.
+    pub segment_bytes: u64,
+    /// Largest write of one round; a multiple of 4 KiB, at least 8 KiB.
+    pub buffer_bytes: usize,
+    /// How writes are made durable.
+    pub sync_mode: SyncMode,
+    /// Which I/O backend to use.
+    pub backend: Backend,
+}
+
+impl WalOptions {
+    /// Options with the defaults for `dir` and `core`.
+    pub fn new(dir: impl Into<PathBuf>, core: u32) -> WalOptions {
+        WalOptions {
+            dir: dir.into(),
+            core,
+            segment_bytes: SEGMENT_BYTES_DEFAULT,
+            buffer_bytes: BUFFER_BYTES_DEFAULT,
+            sync_mode: SYNC_MODE_DEFAULT,
+            backend: Backend::Auto,
+        }
+    }
+
+    fn validate(&self) -> Result<(), WalError> {
+        let block = BLOCK_BYTES as u64;
+        if self.buffer_bytes % BLOCK_BYTES != 0 || self.buffer_bytes < 2 * BLOCK_BYTES {
+            return Err(WalError::Config(format!(
+                "buffer_bytes = {} must be a multiple of 4096 and at least 8192",
+                self.buffer_bytes
+            )));
+        }
+        if self.buffer_bytes > BATCH_BYTES_MAX {
+            return Err(WalError::Config(format!(
+                "buffer_bytes = {} exceeds the format's largest batch ({BATCH_BYTES_MAX})",
+                self.buffer_bytes
+            )));
+        }
+        if self.segment_bytes % block != 0
+            || self.segment_bytes < SEGMENT_BYTES_MIN
+            || self.segment_bytes < self.buffer_bytes as u64
+        {
+            return Err(WalError::Config(format!(
+                "segment_bytes = {} must be a multiple of 4096, at least {SEGMENT_BYTES_MIN} and at least buffer_bytes ({})",
+                self.segment_bytes, self.buffer_bytes
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// What woke `Wal::wait`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WaitOutcome {
+    /// The durable LSN after the wait.
+    pub durable_lsn: Lsn,
+    /// True when a write completed during the wait.
+    pub write_completed: bool,
+    /// The watched fds that became readable.
+    pub ready_fds: Vec<RawFd>,
+    /// True when the timeout fired.
+    pub timed_out: bool,
+}
+
+/// A group holding the oldest segment back.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PurgeHold {
+    /// The group.
+    pub group: u32,
+    /// Highest instance it has in the oldest segment.
+    pub instance_max: u64,
+    /// Its purge floor (records below it are no longer needed), if it set one.
+    pub floor: Option<u64>,
+}
+
+/// What `purge` did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct PurgeReport {
+    /// Segments removed (or kept as spares for recycling), oldest first.
+    pub removed_segments: Vec<u64>,
+    /// Their total size.
+    pub freed_bytes: u64,
+    /// The oldest segment still there.
+    pub oldest_segment: Option<u64>,
+    /// The groups keeping `oldest_segment` (empty if it is the one being written).
+    pub held_back_by: Vec<PurgeHold>,
+}
+
+/// Summary of a latency histogram, in microseconds.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct LatencySummary {
+    /// Samples.
+    pub count: u64,
+    /// Median.
+    pub p50: u64,
+    /// 99th percentile.
+    pub p99: u64,
+    /// 99.9th percentile.
+    pub p999: u64,
+    /// Largest.
+    pub max: u64,
+    /// Mean.
+    pub mean: f64,
+}
+
+/// Summary of a per-write count.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct CountSummary {
+    /// Mean per write.
+    pub mean: f64,
+    /// Median per write.
+    pub p50: u64,
+    /// Largest per write.
+    pub max: u64,
+}
+
+/// The WAL's counters (exact, since open).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct WalStats {
+    /// Backend in use.
+    pub backend: BackendInUse,
+    /// Sync mode in use.
+    pub sync_mode: SyncMode,
+    /// Batch writes completed.
+    pub writes: u64,
+    /// Durable operations completed: DSYNC writes plus fdatasyncs.
+    pub durable_writes: u64,
+    /// Bytes written by batch writes (headers + records + padding).
+    pub bytes_written: u64,
+    /// Of which record payload.
+    pub payload_bytes: u64,
+    /// Of which batch headers, record headers and record alignment.
+    pub header_bytes: u64,
+    /// Of which padding to the 4 KiB boundary.
+    pub padding_bytes: u64,
+    /// Records written.
+    pub records: u64,
+    /// Records per write.
+    pub records_per_write: CountSummary,
+    /// Distinct groups per write.
+    pub groups_per_write: CountSummary,
+    /// Time from issuing a write to reaping its durable completion, in microseconds.
+    pub write_latency_us: LatencySummary,
+    /// Segment files created new.
+    pub segments_created: u64,
+    /// Segment files made from spares.
+    pub segments_recycled: u64,
+    /// Segments purged.
+    pub segments_purged: u64,
+    /// Times a round had to wait for the next segment to be prepared.
+    pub segment_prepare_waits: u64,
+    /// Highest LSN appended.
+    pub appended_lsn: Lsn,
+    /// Highest durable LSN.
+    pub durable_lsn: Lsn,
+}
+
+struct Counters {
+    writes: u64,
+    durable_writes: u64,
+    bytes_written: u64,
+    payload_bytes: u64,
+    header_bytes: u64,
+    padding_bytes: u64,
+    records: u64,
+    segments_created: u64,
+    segments_recycled: u64,
+    segments_purged: u64,
+    segment_prepare_waits: u64,
+    latency_us: Histogram<u64>,
+    records_per_write: Histogram<u64>,
+    groups_per_write: Histogram<u64>,
+}
+
+impl Counters {
+    fn new() -> Counters {
+        let histogram = || Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("bounds");
+        Counters {
+            writes: 0,
+            durable_writes: 0,
+            bytes_written: 0,
+            payload_bytes: 0,
+            header_bytes: 0,
+            padding_bytes: 0,
+            records: 0,
+            segments_created: 0,
+            segments_recycled: 0,
+            segments_purged: 0,
+            segment_prepare_waits: 0,
+            latency_us: histogram(),
+            records_per_write: histogram(),
+            groups_per_write: histogram(),
+        }
+    }
+}
+
+fn count_summary(histogram: &Histogram<u64>) -> CountSummary {
+    CountSummary {
+        mean: histogram.mean(),
+        p50: histogram.value_at_quantile(0.5),
+        max: histogram.max(),
+    }
+}
+
+/// The batch accumulating in the free buffer.
+struct Batch {
+    buffer: usize,
+    segment: u64,
+    offset: u64,
+    capacity_bytes: usize,
+    first_lsn: Lsn,
+    count: u32,
+    records_bytes: usize,
+    payload_bytes: u64,
+    groups: Vec<GroupId>,
+}
+
+/// The write the kernel owns.
+struct InFlight {
+    buffer: usize,
+    segment: u64,
+    offset: u64,
+    len: usize,
+    first_lsn: Lsn,
+    last_lsn: Lsn,
+    issued: Instant,
+    write_reaped: bool,
+    records: u32,
+    groups: u64,
+    payload_bytes: u64,
+    padding_bytes: u64,
+}
+
+struct SegmentFile {
+    path: PathBuf,
+    direct: File,
+    reader: File,
+}
+
+enum Io {
+    Uring(Box<Ring>),
+    Blocking,
+}
+
+struct Preparation {
+    segment: u64,
+    recycled: bool,
+    handle: JoinHandle<Result<(), WalError>>,
+}
+
+/// The write-ahead log of one core.
+pub struct Wal {
+    opts: WalOptions,
+    io: Io,
+    buffers: [MmapMut; 2],
+    acc_buffer: usize,
+    batch: Option<Batch>,
+    inflight: Option<InFlight>,
+    next_write: (u64, u64),
+    segments: BTreeMap<u64, SegmentFile>,
+    summaries: BTreeMap<u64, SegmentSummary>,
+    index: BTreeMap<GroupId, BTreeMap<Instance, RecordLocation>>,
+    floors: BTreeMap<GroupId, Instance>,
+    next_lsn: Lsn,
+    durable_lsn: Lsn,
+    preparation: Option<Preparation>,
+    spares: Vec<PathBuf>,
+    spare_serial: u64,
+    counters: Counters,
+    poisoned: Option<String>,
+    completions: Vec<Completion>,
+    ready_fds: Vec<RawFd>,
+    groups_scratch: Vec<GroupId>,
+    timeout_generation: Option<u64>,
+    timed_out: bool,
+    write_completed: bool,
+    _lock: File,
+}
+
+fn io_err(op: &'static str, path: &Path, offset: u64, source: io::Error) -> WalError {
+    WalError::Io {
+        op,
+        path: path.to_path_buf(),
+        offset,
+        source,
+    }
+}
+
+/// Reads and recovers a core's segments in `dir` without modifying anything (for tools).
+/// Returns the recovery and the segment paths it read.
+pub fn inspect_dir(dir: &Path, core: u32) -> Result<(Recovery, Vec<(u64, PathBuf)>), WalError> {
+    let listing = segfile::list_dir(dir, core)?;
+    let maps = map_segments(&listing.segments)?;
+    let images: Vec<(u64, &[u8])> = maps
+        .iter()
+        .map(|(segment, map)| (*segment, map.as_deref().unwrap_or(&[])))
+        .collect();
+    Ok((recover_images(core, &images), listing.segments))
+}
+
+fn map_segments(segments: &[(u64, PathBuf)]) -> Result<Vec<(u64, Option<Mmap>)>, WalError> {
+    let mut maps = Vec::with_capacity(segments.len());
+    for (segment, path) in segments {
+        let file = File::open(path).map_err(|e| io_err("open segment", path, 0, e))?;
+        let length = file
+            .metadata()
+            .map_err(|e| io_err("stat segment", path, 0, e))?
+            .len();
+        let map = if length == 0 {
+            None
+        } else {
+            // SAFETY: the mapping is read-only and private to this call; segment files are
+            // only written by the single process holding the directory lock, and recovery
+            // tolerates any bytes (a concurrent change can only look like damage).
+            Some(unsafe { Mmap::map(&file) }.map_err(|e| io_err("mmap segment", path, 0, e))?)
+        };
+        maps.push((*segment, map));
+    }
+    Ok(maps)
+}
+
+fn lock_dir(dir: &Path) -> Result<File, WalError> {
+    let path = dir.join("LOCK");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| io_err("open lock", &path, 0, e))?;
+    // SAFETY: plain system call on an owned, open descriptor.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let error = io::Error::last_os_error();
+        if error.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Err(WalError::Locked { path });
+        }
+        return Err(io_err("flock", &path, 0, error));
+    }
+    Ok(file)
+}
+
+fn open_segment(path: &Path) -> Result<SegmentFile, WalError> {
+    Ok(SegmentFile {
+        path: path.to_path_buf(),
+        direct: segfile::open_direct(path)?,
+        reader: File::open(path).map_err(|e| io_err("open segment", path, 0, e))?,
+    })
+}
+
+impl Wal {
+    /// Opens (creating if absent) the log in `opts.dir`, recovers it and returns what was found.
+    /// Cut tails are zeroed before anything new is written.
+    pub fn open(opts: WalOptions) -> Result<(Wal, Recovery), WalError> {
+        opts.validate()?;
+        std::fs::create_dir_all(&opts.dir)
+            .map_err(|e| io_err("create directory", &opts.dir, 0, e))?;
+        let lock = lock_dir(&opts.dir)?;
+        let mut listing = segfile::list_dir(&opts.dir, opts.core)?;
+        for leftover in &listing.preparing {
+            std::fs::remove_file(leftover)
+                .map_err(|e| io_err("remove unfinished segment", leftover, 0, e))?;
+        }
+        let recovery = {
+            let maps = map_segments(&listing.segments)?;
+            let images: Vec<(u64, &[u8])> = maps
+                .iter()
+                .map(|(segment, map)| (*segment, map.as_deref().unwrap_or(&[])))
+                .collect();
+            recover_images(opts.core, &images)
+        };
+        let io = Self::open_backend(opts.backend)?;
+        let buffers = [
+            MmapMut::map_anon(opts.buffer_bytes)
+                .map_err(|e| io_err("mmap write buffer", &opts.dir, 0, e))?,
+            MmapMut::map_anon(opts.buffer_bytes)
+                .map_err(|e| io_err("mmap write buffer", &opts.dir, 0, e))?,
+        ];
+        let mut counters = Counters::new();
+        if listing.segments.is_empty() {
+            let path = opts.dir.join(segfile::segment_name(opts.core, 1));
+            let preparing = opts.dir.join(segfile::preparing_name(opts.core, 1));
+            segfile::create_segment(&opts.dir, &preparing, &path, opts.segment_bytes, None)?;
+            counters.segments_created += 1;
+            listing.segments.push((1, path));
+        }
+        let resume = recovery.resume.unwrap_or((listing.segments[0].0, 0));
+        let mut segments = BTreeMap::new();
+        for (segment, path) in &listing.segments {
+            let file = open_segment(path)?;
+            if *segment >= resume.0 {
+                let length = file
+                    .direct
+                    .metadata()
+                    .map_err(|e| io_err("stat segment", path, 0, e))?
+                    .len();
+                if length < opts.segment_bytes {
+                    file.direct
+                        .set_len(opts.segment_bytes)
+                        .map_err(|e| io_err("extend segment", path, length, e))?;
+                }
+            }
+            segments.insert(*segment, file);
+        }
+        for region in &recovery.tail_regions {
+            if let Some(file) = segments.get(&region.segment) {
+                let len = region
+                    .len
+                    .min(opts.segment_bytes.saturating_sub(region.offset));
+                segfile::zero_range(&file.direct, &file.path, region.offset, len)?;
+            }
+        }
+        let summaries = recovery
+            .segments
+            .iter()
+            .map(|s| (s.segment, s.clone()))
+            .collect();
+        let spare_serial = listing.spares.len() as u64;
+        let mut wal = Wal {
+            io,
+            buffers,
+            acc_buffer: 0,
+            batch: None,
+            inflight: None,
+            next_write: resume,
+            segments,
+            summaries,
+            index: recovery.index.clone(),
+            floors: BTreeMap::new(),
+            next_lsn: recovery.next_lsn,
+            durable_lsn: Lsn(recovery.next_lsn.0 - 1),
+            preparation: None,
+            spares: listing.spares,
+            spare_serial,
+            counters,
+            poisoned: None,
+            completions: Vec::with_capacity(ring::RING_ENTRIES as usize * 2),
+            ready_fds: Vec::new(),
+            groups_scratch: Vec::new(),
+            timeout_generation: None,
+            timed_out: false,
+            write_completed: false,
+            _lock: lock,
+            opts,
+        };
+        wal.prepare_ahead(resume.0 + 1);
+        Ok((wal, recovery))
+    }
+
+    fn open_backend(backend: Backend) -> Result<Io, WalError> {
+        match backend {
+            Backend::Blocking => Ok(Io::Blocking),
+            Backend::Uring => Ring::new()
+                .map(|ring| Io::Uring(Box::new(ring)))
+                .map_err(WalError::UringUnavailable),
+            Backend::Auto => match Ring::new() {
+                Ok(ring) => Ok(Io::Uring(Box::new(ring))),
+                Err(error) if ring::means_unavailable(&error) => {
+                    tracing::warn!(
+                        %error,
+                        "io_uring is unavailable; the WAL falls back to blocking pwrite + fdatasync"
+                    );
+                    Ok(Io::Blocking)
+                }
+                Err(error) => Err(WalError::UringUnavailable(error)),
+            },
+        }
+    }
+
+    fn check_poisoned(&self) -> Result<(), WalError> {
+        match &self.poisoned {
+            Some(cause) => Err(WalError::Poisoned {
+                cause: cause.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn poison(&mut self, error: WalError) -> WalError {
+        tracing::error!(%error, "WAL poisoned");
+        if self.poisoned.is_none() {
+            self.poisoned = Some(error.to_string());
+        }
+        error
+    }
+
+    /// The largest encoded record one batch can hold.
+    pub fn record_bytes_max(&self) -> usize {
+        self.opts.buffer_bytes - BATCH_HEADER_BYTES
+    }
+
+    /// Appends one record to the accumulating batch and returns its LSN. Nothing is written
+    /// until `submit`. `BufferFull` appends nothing: submit, wait, and retry.
+    pub fn append(&mut self, record: RecordRef<'_>) -> Result<Lsn, WalError> {
+        self.check_poisoned()?;
+        let size = record_bytes(record.payload.len());
+        if size > self.record_bytes_max() {
+            return Err(WalError::RecordTooLarge {
+                record_bytes: size,
+                limit_bytes: self.record_bytes_max(),
+            });
+        }
+        if self.batch.is_none() {
+            self.start_batch(size);
+        }
+        let batch = self.batch.as_mut().expect("batch started");
+        let used = BATCH_HEADER_BYTES + batch.records_bytes;
+        if batch_bytes_for(batch.records_bytes + size) > batch.capacity_bytes {
+            return Err(WalError::BufferFull {
+                needed_bytes: size,
+                free_bytes: batch.capacity_bytes.saturating_sub(used),
+            });
+        }
+        let lsn = self.next_lsn;
+        let buffer = &mut self.buffers[batch.buffer][used..used + size];
+        let written = encode_record_into(self.opts.core, batch.segment, lsn, &record, buffer);
+        assert_eq!(written, size);
+        let location = RecordLocation {
+            lsn,
+            segment: batch.segment,
+            offset: batch.offset + used as u64,
+            len: size as u32,
+        };
+        batch.count += 1;
+        batch.records_bytes += size;
+        batch.payload_bytes += record.payload.len() as u64;
+        batch.groups.push(record.group);
+        self.index
+            .entry(record.group)
+            .or_default()
+            .insert(record.instance, location);
+        let summary = self
+            .summaries
+            .entry(batch.segment)
+            .or_insert_with(|| SegmentSummary {
+                segment: batch.segment,
+                ..SegmentSummary::default()
+            });
+        if summary.first_lsn == Lsn::ZERO {
+            summary.first_lsn = lsn;
+        }
+        summary.last_lsn = lsn;
+        summary.records += 1;
+        let high = summary
+            .groups_max_instance
+            .entry(record.group)
+            .or_insert(record.instance);
+        *high = (*high).max(record.instance);
+        self.next_lsn = lsn.next();
+        Ok(lsn)
+    }
+
+    /// Places a new batch after the last issued one, or at the start of the next segment when
+    /// the first record would not fit in what is left of the current one.
+    fn start_batch(&mut self, first_record_bytes: usize) {
+        let (mut segment, mut offset) = self.next_write;
+        let left = self.opts.segment_bytes - offset;
+        if (batch_bytes_for(first_record_bytes) as u64) > left {
+            segment += 1;
+            offset = 0;
+        }
+        let capacity = (self.opts.segment_bytes - offset).min(self.opts.buffer_bytes as u64);
+        assert!(offset % BLOCK_BYTES as u64 == 0, "batches start on a block");
+        let groups = std::mem::take(&mut self.groups_scratch);
+        self.batch = Some(Batch {
+            buffer: self.acc_buffer,
+            segment,
+            offset,
+            capacity_bytes: capacity as usize,
+            first_lsn: self.next_lsn,
+            count: 0,
+            records_bytes: 0,
+            payload_bytes: 0,
+            groups,
+        });
+    }
+
+    /// Issues ONE write of everything appended since the last write, unless a write is in
+    /// flight (then the batch keeps accumulating and goes out at the first `submit` after that
+    /// write's completion has been reaped).
+    pub fn submit(&mut self) -> Result<(), WalError> {
+        self.check_poisoned()?;
+        if self.inflight.is_some() {
+            self.reap()?;
+        }
+        if self.inflight.is_some() {
+            return Ok(());
+        }
+        let Some(batch) = self.batch.take() else {
+            return Ok(());
+        };
+        if batch.count == 0 {
+            return Ok(());
+        }
+        if !self.segments.contains_key(&batch.segment) {
+            if let Err(error) = self.enter_segment(batch.segment) {
+                self.batch = Some(batch);
+                return Err(error);
+            }
+        }
+        self.issue(batch)
+    }
+
+    fn issue(&mut self, mut batch: Batch) -> Result<(), WalError> {
+        let len = batch_bytes_for(batch.records_bytes);
+        assert!(len <= batch.capacity_bytes, "batch overran its capacity");
+        assert!(batch.offset + len as u64 <= self.opts.segment_bytes);
+        assert_eq!(batch.first_lsn.0 + u64::from(batch.count), self.next_lsn.0);
+        let buffer = &mut self.buffers[batch.buffer][..len];
+        finish_batch_into(
+            self.opts.core,
+            batch.segment,
+            batch.first_lsn,
+            batch.count,
+            batch.records_bytes,
+            buffer,
+        );
+        batch.groups.sort_unstable();
+        batch.groups.dedup();
+        let record_overhead = batch.records_bytes as u64 - batch.payload_bytes;
+        let inflight = InFlight {
+            buffer: batch.buffer,
+            segment: batch.segment,
+            offset: batch.offset,
+            len,
+            first_lsn: batch.first_lsn,
+            last_lsn: Lsn(batch.first_lsn.0 + u64::from(batch.count) - 1),
+            issued: Instant::now(),
+            write_reaped: false,
+            records: batch.count,
+            groups: batch.groups.len() as u64,
+            payload_bytes: batch.payload_bytes,
+            padding_bytes: (len - BATCH_HEADER_BYTES - batch.records_bytes) as u64,
+        };
+        debug_assert!(record_overhead >= u64::from(batch.count) * RECORD_HEADER_BYTES as u64);
+        batch.groups.clear();
+        // Keep the group list's allocation for the next batch.
+        let spare_groups = std::mem::take(&mut batch.groups);
+        self.next_write = (batch.segment, batch.offset + len as u64);
+        self.acc_buffer = 1 - batch.buffer;
+        let segment = &self.segments[&batch.segment];
+        let dsync = self.opts.sync_mode == SyncMode::Dsync;
+        let fd = segment.direct.as_raw_fd();
+        let result = match &mut self.io {
+            Io::Uring(ring) => {
+                let pointer = self.buffers[inflight.buffer].as_ptr();
+                // SAFETY: the buffer is one of `self.buffers`, mapped for the life of `self`;
+                // from here until the write's completion is reaped (`reap`; `Drop` waits for
+                // it) it is the in-flight buffer, which `append` never writes (appends go to
+                // `acc_buffer`, the other one) and only `read` reads.
+                let pushed =
+                    unsafe { ring.push_write(fd, pointer, len as u32, inflight.offset, dsync) };
+                pushed.and_then(|()| ring.submit())
+            }
+            Io::Blocking => {
+                let bytes = &self.buffers[inflight.buffer][..len];
+                ring::blocking_durable_write(fd, bytes, inflight.offset, dsync)
+            }
+        };
+        let path = segment.path.clone();
+        let offset = inflight.offset;
+        let blocking = matches!(self.io, Io::Blocking);
+        self.inflight = Some(inflight);
+        self.groups_scratch = spare_groups;
+        if let Err(source) = result {
+            if let Some(flight) = self.inflight.as_mut() {
+                // A failed submission never reached the kernel, or we cannot tell: either way
+                // nothing more will be reaped for it and its buffer is ours again.
+                flight.write_reaped = true;
+            }
+            let error = self.durable_error(&path, offset, source);
+            return Err(self.poison(error));
+        }
+        if blocking {
+            self.complete_inflight();
+        }
+        self.prepare_ahead(self.next_write.0 + 1);
+        Ok(())
+    }
+
+    fn durable_error(&self, path: &Path, offset: u64, source: io::Error) -> WalError {
+        if source.raw_os_error() == Some(libc::EINVAL) {
+            return WalError::DirectIoUnsupported {
+                path: path.to_path_buf(),
+            };
+        }
+        WalError::DurableWriteFailed {
+            path: path.to_path_buf(),
+            offset,
+            source,
+        }
+    }
+
+    fn complete_inflight(&mut self) {
+        let flight = self.inflight.take().expect("a write in flight");
+        assert!(flight.last_lsn > self.durable_lsn, "durable LSN only grows");
+        assert_eq!(
+            flight.first_lsn.0,
+            self.durable_lsn.0 + 1,
+            "writes complete in order"
+        );
+        self.durable_lsn = flight.last_lsn;
+        let c = &mut self.counters;
+        c.writes += 1;
+        c.durable_writes += 1;
+        c.bytes_written += flight.len as u64;
+        c.payload_bytes += flight.payload_bytes;
+        c.padding_bytes += flight.padding_bytes;
+        c.header_bytes += flight.len as u64 - flight.payload_bytes - flight.padding_bytes;
+        c.records += u64::from(flight.records);
+        let micros = flight.issued.elapsed().as_micros().max(1) as u64;
+        c.latency_us.saturating_record(micros);
+        c.records_per_write
+            .saturating_record(u64::from(flight.records));
+        c.groups_per_write.saturating_record(flight.groups);
+        self.write_completed = true;
+    }
+
+    /// Reaps available completions without blocking.
+    fn reap(&mut self) -> Result<(), WalError> {
+        let Io::Uring(ring) = &mut self.io else {
+            return Ok(());
+        };
+        ring.reap(&mut self.completions);
+        let completions = std::mem::take(&mut self.completions);
+        let mut failure = None;
+        for completion in &completions {
+            match *completion {
+                Completion::Write(result) => {
+                    let flight = self
+                        .inflight
+                        .as_mut()
+                        .expect("write completion without a write");
+                    flight.write_reaped = true;
+                    let expected = flight.len;
+                    if result < 0 || result as usize != expected {
+                        let source = if result < 0 {
+                            io::Error::from_raw_os_error(-result)
+                        } else {
+                            io::Error::new(
+                                io::ErrorKind::WriteZero,
+                                format!("short write: {result} of {expected} bytes"),
+                            )
+                        };
+                        failure.get_or_insert(source);
+                    } else if self.opts.sync_mode == SyncMode::Dsync && failure.is_none() {
+                        self.complete_inflight();
+                    }
+                }
+                Completion::Sync(result) => {
+                    if result < 0 {
+                        failure.get_or_insert(io::Error::from_raw_os_error(-result));
+                    } else if failure.is_none() && self.inflight.is_some() {
+                        self.complete_inflight();
+                    }
+                }
+                Completion::Poll(fd, _) => {
+                    if !self.ready_fds.contains(&fd) {
+                        self.ready_fds.push(fd);
+                    }
+                }
+                Completion::Timeout(generation, _) => {
+                    if self.timeout_generation == Some(generation) {
+                        self.timed_out = true;
+                        self.timeout_generation = None;
+                    }
+                }
+                Completion::Other => {}
+            }
+        }
+        self.completions = completions;
+        self.completions.clear();
+        if let Some(source) = failure {
+            let (path, offset) = match &self.inflight {
+                Some(flight) => (self.segments[&flight.segment].path.clone(), flight.offset),
+                None => (self.opts.dir.clone(), 0),
+            };
+            let error = self.durable_error(&path, offset, source);
+            return Err(self.poison(error));
+        }
+        Ok(())
+    }
+
+    /// Sleeps in ONE `io_uring_enter` until this WAL's write completes, one of `fds` becomes
+    /// readable, or `timeout` passes (returns at once if none of these can happen). With the
+    /// blocking backend: poll(2) on `fds`.
+    pub fn wait(
+        &mut self,
+        fds: &[RawFd],
+        timeout: Option<Duration>,
+    ) -> Result<WaitOutcome, WalError> {
+        self.check_poisoned()?;
+        if fds.len() > WAIT_FDS_MAX {
+            return Err(WalError::Config(format!(
+                "wait watches at most {WAIT_FDS_MAX} fds, got {}",
+                fds.len()
+            )));
+        }
+        self.write_completed = false;
+        self.timed_out = false;
+        match &mut self.io {
+            Io::Blocking => {
+                if fds.is_empty() && timeout.is_none() {
+                    return Ok(self.outcome(fds));
+                }
+                let ready = ring::blocking_poll(fds, timeout)
+                    .map_err(|e| io_err("poll", &self.opts.dir, 0, e))?;
+                self.timed_out = ready.is_empty() && timeout.is_some();
+                self.ready_fds = ready;
+                Ok(self.outcome(fds))
+            }
+            Io::Uring(ring) => {
+                let dir = self.opts.dir.clone();
+                ring.arm_polls(fds)
+                    .map_err(|e| io_err("io_uring poll", &dir, 0, e))?;
+                self.timeout_generation = match timeout {
+                    Some(after) => Some(
+                        ring.arm_timeout(after)
+                            .map_err(|e| io_err("io_uring timeout", &dir, 0, e))?,
+                    ),
+                    None => {
+                        ring.cancel_timeout()
+                            .map_err(|e| io_err("io_uring timeout", &dir, 0, e))?;
+                        None
+                    }
+                };
+                loop {
+                    self.reap()?;
+                    let woken = self.write_completed
+                        || self.timed_out
+                        || self.ready_fds.iter().any(|fd| fds.contains(fd));
+                    let can_wake = self.inflight.is_some() || !fds.is_empty() || timeout.is_some();
+                    if woken || !can_wake {
+                        return Ok(self.outcome(fds));
+                    }
+                    let Io::Uring(ring) = &mut self.io else {
+                        unreachable!("backend does not change")
+                    };
+                    ring.submit_and_wait_one()
+                        .map_err(|e| io_err("io_uring_enter", &dir, 0, e))?;
+                }
+            }
+        }
+    }
+
+    fn outcome(&mut self, fds: &[RawFd]) -> WaitOutcome {
+        let ready_fds = self
+            .ready_fds
+            .iter()
+            .copied()
+            .filter(|fd| fds.contains(fd))
+            .collect();
+        self.ready_fds.clear();
+        WaitOutcome {
+            durable_lsn: self.durable_lsn,
+            write_completed: self.write_completed,
+            ready_fds,
+            timed_out: self.timed_out,
+        }
+    }
+
+    /// Reaps completions without blocking; returns the durable LSN.
+    pub fn poll(&mut self) -> Result<Lsn, WalError> {
+        self.check_poisoned()?;
+        if let Io::Uring(ring) = &mut self.io {
+            ring.submit()
+                .map_err(|e| io_err("io_uring_enter", &self.opts.dir, 0, e))?;
+        }
+        self.reap()?;
+        Ok(self.durable_lsn)
+    }
+
+    /// Highest LSN whose write completed durably.
+    pub fn durable_lsn(&self) -> Lsn {
+        self.durable_lsn
+    }
+
+    /// Highest LSN appended (durable or not).
+    pub fn appended_lsn(&self) -> Lsn {
+        Lsn(self.next_lsn.0 - 1)
+    }
+
+    /// True when a write is in flight.
+    pub fn write_in_flight(&self) -> bool {
+        self.inflight.is_some()
+    }
+
+    /// Records appended and not yet handed to a write.
+    pub fn pending_records(&self) -> u32 {
+        self.batch.as_ref().map_or(0, |b| b.count)
+    }
+
+    /// The newest record for `(group, instance)` (appended, possibly not yet durable).
+    pub fn read(&self, group: GroupId, instance: Instance) -> Result<Option<Record>, WalError> {
+        self.check_poisoned()?;
+        let Some(location) = self.index.get(&group).and_then(|g| g.get(&instance)) else {
+            return Ok(None);
+        };
+        let in_buffer = |buffer: usize, base: u64| {
+            let start = (location.offset - base) as usize;
+            let bytes = &self.buffers[buffer][start..start + location.len as usize];
+            decode_record_at(self.opts.core, location.segment, location.lsn, bytes)
+        };
+        let decoded = match (&self.batch, &self.inflight) {
+            (Some(batch), _) if batch.count > 0 && location.lsn >= batch.first_lsn => {
+                in_buffer(batch.buffer, batch.offset)
+            }
+            (_, Some(flight)) if location.lsn >= flight.first_lsn => {
+                in_buffer(flight.buffer, flight.offset)
+            }
+            _ => {
+                let file = self
+                    .segments
+                    .get(&location.segment)
+                    .expect("indexed segment is open");
+                let mut bytes = vec![0u8; location.len as usize];
+                file.reader
+                    .read_exact_at(&mut bytes, location.offset)
+                    .map_err(|e| io_err("read record", &file.path, location.offset, e))?;
+                decode_record_at(self.opts.core, location.segment, location.lsn, &bytes)
+            }
+        };
+        match decoded {
+            Some(record) => Ok(Some(record)),
+            None => Err(WalError::CorruptRead {
+                path: self.segment_path(location.segment),
+                offset: location.offset,
+            }),
+        }
+    }
+
+    fn segment_path(&self, segment: u64) -> PathBuf {
+        self.opts
+            .dir
+            .join(segfile::segment_name(self.opts.core, segment))
+    }
+
+    /// Declares that `group` no longer needs its records for instances below `below`.
+    /// Floors only rise. (The engine must re-log what it still needs, e.g. its promise, above
+    /// the floor before raising it.)
+    pub fn set_purge_floor(&mut self, group: GroupId, below: Instance) {
+        let floor = self.floors.entry(group).or_insert(below);
+        *floor = (*floor).max(below);
+    }
+
+    /// Removes the oldest segments whose every group is past its floor (oldest first; never the
+    /// segment being written). Reports which groups hold the oldest remaining segment back.
+    pub fn purge(&mut self) -> Result<PurgeReport, WalError> {
+        self.check_poisoned()?;
+        let mut report = PurgeReport::default();
+        let mut oldest_live = self.next_write.0;
+        if let Some(flight) = &self.inflight {
+            oldest_live = oldest_live.min(flight.segment);
+        }
+        let candidates: Vec<u64> = self.segments.keys().copied().collect();
+        for segment in candidates {
+            let holds = self.holds(segment);
+            if segment >= oldest_live || !holds.is_empty() {
+                report.oldest_segment = Some(segment);
+                report.held_back_by = holds;
+                break;
+            }
+            self.remove_segment(segment)?;
+            report.removed_segments.push(segment);
+            report.freed_bytes += self.opts.segment_bytes;
+        }
+        if !report.removed_segments.is_empty() {
+            segfile::fsync_dir(&self.opts.dir)?;
+        }
+        Ok(report)
+    }
+
+    fn holds(&self, segment: u64) -> Vec<PurgeHold> {
+        let Some(summary) = self.summaries.get(&segment) else {
+            return Vec::new();
+        };
+        summary
+            .groups_max_instance
+            .iter()
+            .filter_map(|(group, high)| {
+                let floor = self.floors.get(group).copied();
+                let needed = floor.is_none_or(|floor| *high >= floor);
+                needed.then_some(PurgeHold {
+                    group: group.0,
+                    instance_max: high.0,
+                    floor: floor.map(|f| f.0),
+                })
+            })
+            .collect()
+    }
+
+    fn remove_segment(&mut self, segment: u64) -> Result<(), WalError> {
+        let file = self.segments.remove(&segment).expect("listed segment");
+        if let Some(summary) = self.summaries.remove(&segment) {
+            for (group, high) in &summary.groups_max_instance {
+                if let Some(map) = self.index.get_mut(group) {
+                    let gone: Vec<Instance> = map
+                        .range(..=*high)
+                        .filter(|(_, location)| location.segment == segment)
+                        .map(|(instance, _)| *instance)
+                        .collect();
+                    for instance in gone {
+                        map.remove(&instance);
+                    }
+                    if map.is_empty() {
+                        self.index.remove(group);
+                    }
+                }
+            }
+        }
+        let path = file.path.clone();
+        drop(file);
+        if self.spares.len() < SPARES_MAX {
+            self.spare_serial += 1;
+            let spare = self
+                .opts
+                .dir
+                .join(segfile::spare_name(self.opts.core, self.spare_serial));
+            std::fs::rename(&path, &spare)
+                .map_err(|e| io_err("rename purged segment", &path, 0, e))?;
+            self.spares.push(spare);
+        } else {
+            std::fs::remove_file(&path)
+                .map_err(|e| io_err("remove purged segment", &path, 0, e))?;
+        }
+        self.counters.segments_purged += 1;
+        Ok(())
+    }
+
+    /// Starts preparing segment `segment` in the background unless it exists or is underway.
+    fn prepare_ahead(&mut self, segment: u64) {
+        if self.segments.contains_key(&segment) || self.preparation.is_some() {
+            return;
+        }
+        let final_path = self.segment_path(segment);
+        if final_path.exists() {
+            return;
+        }
+        let preparing = self
+            .opts
+            .dir
+            .join(segfile::preparing_name(self.opts.core, segment));
+        let spare = self.spares.pop();
+        let recycled = spare.is_some();
+        let dir = self.opts.dir.clone();
+        let segment_bytes = self.opts.segment_bytes;
+        let spawned = std::thread::Builder::new()
+            .name(format!("wal-prepare-{}", self.opts.core))
+            .spawn(move || {
+                segfile::create_segment(
+                    &dir,
+                    &preparing,
+                    &final_path,
+                    segment_bytes,
+                    spare.as_deref(),
+                )
+            });
+        match spawned {
+            Ok(handle) => {
+                self.preparation = Some(Preparation {
+                    segment,
+                    recycled,
+                    handle,
+                })
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot start segment preparation; will prepare on demand")
+            }
+        }
+    }
+
+    /// Makes `segment` (the next one) writable: takes the prepared file, or prepares it now.
+    fn enter_segment(&mut self, segment: u64) -> Result<(), WalError> {
+        let path = self.segment_path(segment);
+        match self.preparation.take() {
+            Some(preparation) if preparation.segment == segment => {
+                if !preparation.handle.is_finished() {
+                    self.counters.segment_prepare_waits += 1;
+                }
+                let result = preparation
+                    .handle
+                    .join()
+                    .map_err(|_| WalError::Config("segment preparation thread panicked".into()))?;
+                result?;
+                if preparation.recycled {
+                    self.counters.segments_recycled += 1;
+                } else {
+                    self.counters.segments_created += 1;
+                }
+            }
+            other => {
+                if let Some(stale) = other {
+                    let _ = stale.handle.join();
+                }
+                if !path.exists() {
+                    self.counters.segment_prepare_waits += 1;
+                    let preparing = self
+                        .opts
+                        .dir
+                        .join(segfile::preparing_name(self.opts.core, segment));
+                    let spare = self.spares.pop();
+                    segfile::create_segment(
+                        &self.opts.dir,
+                        &preparing,
+                        &path,
+                        self.opts.segment_bytes,
+                        spare.as_deref(),
+                    )?;
+                    if spare.is_some() {
+                        self.counters.segments_recycled += 1;
+                    } else {
+                        self.counters.segments_created += 1;
+                    }
+                }
+            }
+        }
+        self.segments.insert(segment, open_segment(&path)?);
+        self.prepare_ahead(segment + 1);
+        Ok(())
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> WalStats {
+        let c = &self.counters;
+        let latency = &c.latency_us;
+        WalStats {
+            backend: self.backend(),
+            sync_mode: self.opts.sync_mode,
+            writes: c.writes,
+            durable_writes: c.durable_writes,
+            bytes_written: c.bytes_written,
+            payload_bytes: c.payload_bytes,
+            header_bytes: c.header_bytes,
+            padding_bytes: c.padding_bytes,
+            records: c.records,
+            records_per_write: count_summary(&c.records_per_write),
+            groups_per_write: count_summary(&c.groups_per_write),
+            write_latency_us: LatencySummary {
+                count: latency.len(),
+                p50: latency.value_at_quantile(0.5),
+                p99: latency.value_at_quantile(0.99),
+                p999: latency.value_at_quantile(0.999),
+                max: latency.max(),
+                mean: latency.mean(),
+            },
+            segments_created: c.segments_created,
+            segments_recycled: c.segments_recycled,
+            segments_purged: c.segments_purged,
+            segment_prepare_waits: c.segment_prepare_waits,
+            appended_lsn: self.appended_lsn(),
+            durable_lsn: self.durable_lsn,
+        }
+    }
+
+    /// The write latency histogram (microseconds), for harnesses that merge histograms.
+    pub fn write_latency_histogram(&self) -> &Histogram<u64> {
+        &self.counters.latency_us
+    }
+
+    /// The backend in use.
+    pub fn backend(&self) -> BackendInUse {
+        match self.io {
+            Io::Uring(_) => BackendInUse::Uring,
+            Io::Blocking => BackendInUse::Blocking,
+        }
+    }
+
+    /// The options the log was opened with.
+    pub fn options(&self) -> &WalOptions {
+        &self.opts
+    }
+
+    /// Segment numbers present, oldest first.
+    pub fn segment_numbers(&self) -> Vec<u64> {
+        self.segments.keys().copied().collect()
+    }
+}
+
+impl Drop for Wal {
+    fn drop(&mut self) {
+        // The kernel may still read the in-flight buffer: wait for the write's completion before
+        // the buffers are unmapped.
+        if let Io::Uring(ring) = &mut self.io {
+            let mut completions = Vec::new();
+            while self.inflight.as_ref().is_some_and(|f| !f.write_reaped) {
+                if ring.submit_and_wait_one().is_err() {
+                    // Cannot wait: leak the buffers rather than unmap memory the kernel may use.
+                    if let (Ok(first), Ok(second)) = (
+                        MmapMut::map_anon(BLOCK_BYTES),
+                        MmapMut::map_anon(BLOCK_BYTES),
+                    ) {
+                        std::mem::forget(std::mem::replace(&mut self.buffers, [first, second]));
+                    }
+                    break;
+                }
+                ring.reap(&mut completions);
+                if completions
+                    .iter()
+                    .any(|c| matches!(c, Completion::Write(_)))
+                {
+                    if let Some(flight) = self.inflight.as_mut() {
+                        flight.write_reaped = true;
+                    }
+                }
+                completions.clear();
+            }
+        }
+        if let Some(preparation) = self.preparation.take() {
+            let _ = preparation.handle.join();
+        }
+    }
+}

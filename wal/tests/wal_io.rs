@@ -1,0 +1,405 @@
+//! Proves the real log on a real O_DIRECT file system: appended records become durable through
+//! exactly one durable write per round (both backends, both sync modes), double buffering keeps
+//! a batch accumulating while a write is in flight, reads return the newest record, a reopen
+//! recovers exactly what was durable, a torn tail is cut and zeroed, `wait` wakes on fds and
+//! timeouts, buffer limits are explicit errors, purge removes only segments every group is past
+//! and names the groups holding it back, and the directory lock and per-core ownership hold.
+mod common;
+
+use common::{direct_io_dir, payload, record, small_options};
+use paxring_wal::{Backend, BackendInUse, GroupId, Instance, Lsn, SyncMode, Wal, WalError};
+use std::os::unix::io::RawFd;
+use std::time::Duration;
+
+/// Submits and waits until everything appended is durable; returns the rounds issued.
+fn drain(wal: &mut Wal) -> u64 {
+    let mut rounds = 0;
+    let before = wal.stats().writes;
+    for _ in 0..10_000 {
+        wal.submit().expect("submit");
+        if wal.durable_lsn() == wal.appended_lsn() {
+            break;
+        }
+        wal.wait(&[], Some(Duration::from_secs(5))).expect("wait");
+        rounds += 1;
+    }
+    assert_eq!(wal.durable_lsn(), wal.appended_lsn(), "drained");
+    let _ = rounds;
+    wal.stats().writes - before
+}
+
+fn round_trip(backend: Backend, sync_mode: SyncMode) {
+    let name = format!("round_trip {backend:?} {sync_mode:?}");
+    let Some(dir) = direct_io_dir(&name) else {
+        return;
+    };
+    let opts = small_options(dir.path(), backend, sync_mode);
+    let (mut wal, recovery) = Wal::open(opts.clone()).expect("open");
+    assert!(recovery.records.is_empty());
+    assert_eq!(wal.durable_lsn(), Lsn(0));
+    if backend == Backend::Blocking {
+        assert_eq!(wal.backend(), BackendInUse::Blocking);
+    }
+    let rounds = 20u64;
+    let mut lsn_expected = 1;
+    for round in 0..rounds {
+        for group in 0..5u32 {
+            let body = payload(group, round, 100 + group as usize * 10);
+            let lsn = wal.append(record(group, round, &body)).expect("append");
+            assert_eq!(lsn, Lsn(lsn_expected));
+            lsn_expected += 1;
+        }
+        let writes = drain(&mut wal);
+        assert_eq!(writes, 1, "one write per round");
+    }
+    let stats = wal.stats();
+    assert_eq!(stats.writes, rounds);
+    assert_eq!(
+        stats.durable_writes, rounds,
+        "exactly one durable write per round"
+    );
+    assert_eq!(stats.records, rounds * 5);
+    assert_eq!(stats.groups_per_write.max, 5);
+    assert_eq!(
+        stats.bytes_written,
+        stats.payload_bytes + stats.header_bytes + stats.padding_bytes
+    );
+    assert_eq!(stats.bytes_written % 4096, 0);
+    assert_eq!(stats.write_latency_us.count, rounds);
+    let read = wal
+        .read(GroupId(3), Instance(7))
+        .expect("read")
+        .expect("present");
+    assert_eq!(read.payload.as_ref(), payload(3, 7, 130).as_slice());
+    assert!(wal.read(GroupId(9), Instance(7)).expect("read").is_none());
+    drop(wal);
+    let (wal, recovery) = Wal::open(opts).expect("reopen");
+    assert!(recovery.is_clean(), "{recovery:?}");
+    assert_eq!(recovery.records.len() as u64, rounds * 5);
+    for (lsn, rec) in &recovery.records {
+        let round = (lsn.0 - 1) / 5;
+        let group = ((lsn.0 - 1) % 5) as u32;
+        assert_eq!(rec.group, GroupId(group));
+        assert_eq!(rec.instance, Instance(round));
+        assert_eq!(
+            rec.payload.as_ref(),
+            payload(group, round, 100 + group as usize * 10)
+        );
+    }
+    assert_eq!(wal.durable_lsn(), Lsn(rounds * 5));
+    assert_eq!(
+        wal.read(GroupId(4), Instance(19))
+            .expect("read")
+            .map(|r| r.instance),
+        Some(Instance(19))
+    );
+}
+
+#[test]
+fn uring_dsync_round_trip() {
+    round_trip(Backend::Auto, SyncMode::Dsync);
+}
+
+#[test]
+fn uring_fdatasync_round_trip() {
+    round_trip(Backend::Auto, SyncMode::Fdatasync);
+}
+
+#[test]
+fn blocking_fallback_dsync_round_trip() {
+    round_trip(Backend::Blocking, SyncMode::Dsync);
+}
+
+#[test]
+fn blocking_fallback_fdatasync_round_trip() {
+    round_trip(Backend::Blocking, SyncMode::Fdatasync);
+}
+
+#[test]
+fn double_buffering_accumulates_while_a_write_is_in_flight() {
+    let Some(dir) = direct_io_dir("double_buffering") else {
+        return;
+    };
+    let opts = small_options(dir.path(), Backend::Auto, SyncMode::Fdatasync);
+    let (mut wal, _) = Wal::open(opts).expect("open");
+    if wal.backend() != BackendInUse::Uring {
+        eprintln!("\n**********\nSKIPPED double_buffering: io_uring unavailable\n**********\n");
+        return;
+    }
+    let mut overlapped = 0;
+    for round in 0..20u64 {
+        wal.append(record(1, round * 2, b"first")).expect("append");
+        wal.submit().expect("submit");
+        assert_eq!(wal.pending_records(), 0, "an idle log issues at once");
+        wal.append(record(1, round * 2 + 1, b"second"))
+            .expect("append");
+        wal.submit().expect("submit");
+        if wal.write_in_flight() && wal.pending_records() == 1 {
+            overlapped += 1;
+            // The second record is not durable until its own write completes.
+            assert!(wal.durable_lsn() < wal.appended_lsn());
+            let first_done = wal.wait(&[], Some(Duration::from_secs(5))).expect("wait");
+            assert!(first_done.write_completed);
+            assert_eq!(first_done.durable_lsn, Lsn(wal.appended_lsn().0 - 1));
+        }
+        drain(&mut wal);
+        let second = wal.read(GroupId(1), Instance(round * 2 + 1)).expect("read");
+        assert_eq!(second.expect("present").payload.as_ref(), b"second");
+    }
+    assert!(
+        overlapped > 0,
+        "a write was never still in flight at the second submit"
+    );
+    assert_eq!(wal.stats().writes, 40);
+    assert_eq!(wal.stats().durable_writes, 40);
+}
+
+#[test]
+fn buffer_full_loses_nothing_and_oversized_records_are_refused() {
+    let Some(dir) = direct_io_dir("buffer_full") else {
+        return;
+    };
+    let mut opts = small_options(dir.path(), Backend::Auto, SyncMode::Dsync);
+    opts.buffer_bytes = 8192;
+    let (mut wal, _) = Wal::open(opts.clone()).expect("open");
+    let body = vec![7u8; 1000];
+    let mut appended = 0u64;
+    let mut full = 0;
+    while appended < 50 {
+        match wal.append(record(1, appended, &body)) {
+            Ok(lsn) => {
+                appended += 1;
+                assert_eq!(lsn, Lsn(appended));
+            }
+            Err(WalError::BufferFull { .. }) => {
+                full += 1;
+                drain(&mut wal);
+            }
+            Err(other) => panic!("unexpected {other}"),
+        }
+    }
+    drain(&mut wal);
+    assert!(full > 0, "the 8 KiB buffer filled");
+    let big = vec![0u8; 8192];
+    assert!(matches!(
+        wal.append(record(1, 99, &big)),
+        Err(WalError::RecordTooLarge { .. })
+    ));
+    drop(wal);
+    let (_, recovery) = Wal::open(opts).expect("reopen");
+    assert_eq!(recovery.records.len(), 50);
+    assert!(recovery.is_clean());
+}
+
+#[test]
+fn segments_roll_over_and_recover_in_order() {
+    let Some(dir) = direct_io_dir("segments_roll_over") else {
+        return;
+    };
+    let mut opts = small_options(dir.path(), Backend::Auto, SyncMode::Dsync);
+    opts.segment_bytes = 64 << 10;
+    opts.buffer_bytes = 16 << 10;
+    let (mut wal, _) = Wal::open(opts.clone()).expect("open");
+    let body = vec![1u8; 3000];
+    for instance in 0..200u64 {
+        loop {
+            match wal.append(record((instance % 3) as u32, instance, &body)) {
+                Ok(_) => break,
+                Err(WalError::BufferFull { .. }) => {
+                    drain(&mut wal);
+                }
+                Err(other) => panic!("{other}"),
+            }
+        }
+    }
+    drain(&mut wal);
+    assert!(
+        wal.segment_numbers().len() >= 9,
+        "{:?}",
+        wal.segment_numbers()
+    );
+    assert!(wal.stats().segments_created >= 9);
+    drop(wal);
+    let (wal, recovery) = Wal::open(opts).expect("reopen");
+    assert!(recovery.is_clean(), "{recovery:?}");
+    let lsns: Vec<u64> = recovery.records.iter().map(|(l, _)| l.0).collect();
+    assert_eq!(lsns, (1..=200).collect::<Vec<_>>());
+    assert_eq!(wal.appended_lsn(), Lsn(200));
+}
+
+#[test]
+fn purge_removes_only_what_every_group_is_past() {
+    let Some(dir) = direct_io_dir("purge") else {
+        return;
+    };
+    let mut opts = small_options(dir.path(), Backend::Auto, SyncMode::Dsync);
+    opts.segment_bytes = 64 << 10;
+    opts.buffer_bytes = 16 << 10;
+    let (mut wal, _) = Wal::open(opts.clone()).expect("open");
+    let body = vec![2u8; 3000];
+    // Group 1 writes instances 0..100; group 2 writes only at the start (instance 0..3).
+    for instance in 0..100u64 {
+        let group = if instance < 3 { 2 } else { 1 };
+        loop {
+            match wal.append(record(group, instance, &body)) {
+                Ok(_) => break,
+                Err(WalError::BufferFull { .. }) => {
+                    drain(&mut wal);
+                }
+                Err(other) => panic!("{other}"),
+            }
+        }
+    }
+    drain(&mut wal);
+    let before = wal.segment_numbers();
+    assert!(before.len() >= 4);
+    // No floors: nothing goes, and group 2 (oldest segment) and group 1 are named.
+    let report = wal.purge().expect("purge");
+    assert!(report.removed_segments.is_empty());
+    assert_eq!(report.oldest_segment, Some(before[0]));
+    let holders: Vec<u32> = report.held_back_by.iter().map(|h| h.group).collect();
+    assert!(holders.contains(&2), "{report:?}");
+    // Group 1 is past 60, group 2 not: still held back by group 2 alone.
+    wal.set_purge_floor(GroupId(1), Instance(60));
+    let report = wal.purge().expect("purge");
+    assert!(report.removed_segments.is_empty());
+    assert_eq!(report.held_back_by.len(), 1);
+    assert_eq!(report.held_back_by[0].group, 2);
+    assert_eq!(report.held_back_by[0].floor, None);
+    // Group 2 lets go: segments holding only instances < 60 of group 1 go.
+    wal.set_purge_floor(GroupId(2), Instance(3));
+    let report = wal.purge().expect("purge");
+    assert!(!report.removed_segments.is_empty(), "{report:?}");
+    assert_eq!(report.removed_segments[0], before[0]);
+    let holders: Vec<u32> = report.held_back_by.iter().map(|h| h.group).collect();
+    assert_eq!(holders, vec![1]);
+    assert!(report.held_back_by[0].instance_max >= 60);
+    assert!(wal.read(GroupId(2), Instance(0)).expect("read").is_none());
+    assert!(wal.read(GroupId(1), Instance(99)).expect("read").is_some());
+    // Floors never lower.
+    wal.set_purge_floor(GroupId(1), Instance(10));
+    assert!(wal.purge().expect("purge").removed_segments.is_empty());
+    let kept_first_lsn = {
+        let (recovery, _) = paxring_wal::inspect_dir(dir.path(), 2).expect("inspect");
+        recovery.records[0].0
+    };
+    // Write on (recycling the purged files) and reopen: the log starts after the purged part
+    // and nothing is reported damaged.
+    for instance in 100..160u64 {
+        loop {
+            match wal.append(record(1, instance, &body)) {
+                Ok(_) => break,
+                Err(WalError::BufferFull { .. }) => {
+                    drain(&mut wal);
+                }
+                Err(other) => panic!("{other}"),
+            }
+        }
+    }
+    drain(&mut wal);
+    assert!(wal.stats().segments_recycled > 0, "{:?}", wal.stats());
+    drop(wal);
+    let (wal, recovery) = Wal::open(opts).expect("reopen");
+    assert!(recovery.is_clean(), "{recovery:?}");
+    assert_eq!(recovery.records[0].0, kept_first_lsn);
+    assert_eq!(recovery.records.last().map(|r| r.0), Some(Lsn(160)));
+    assert!(wal.read(GroupId(1), Instance(159)).expect("read").is_some());
+}
+
+#[test]
+fn torn_tail_is_cut_zeroed_and_writing_resumes() {
+    let Some(dir) = direct_io_dir("torn_tail") else {
+        return;
+    };
+    let opts = small_options(dir.path(), Backend::Auto, SyncMode::Dsync);
+    let (mut wal, _) = Wal::open(opts.clone()).expect("open");
+    for round in 0..3u64 {
+        wal.append(record(1, round, &[5u8; 200])).expect("append");
+        drain(&mut wal);
+    }
+    drop(wal);
+    // Damage the last batch (the third 4 KiB block): it looks like a torn write.
+    let segment = dir.path().join(paxring_wal::segfile::segment_name(2, 1));
+    let mut bytes = std::fs::read(&segment).expect("read");
+    bytes[2 * 4096 + 64 + 56 + 10] ^= 0xff;
+    std::fs::write(&segment, &bytes).expect("write");
+    let (mut wal, recovery) = Wal::open(opts.clone()).expect("reopen");
+    assert_eq!(recovery.torn_tail_bytes, 4096);
+    assert_eq!(recovery.records.len(), 2);
+    assert_eq!(wal.appended_lsn(), Lsn(2));
+    let lsn = wal.append(record(1, 2, b"rewritten")).expect("append");
+    assert_eq!(lsn, Lsn(3));
+    drain(&mut wal);
+    drop(wal);
+    let (_, recovery) = Wal::open(opts).expect("reopen");
+    assert!(recovery.is_clean(), "{recovery:?}");
+    assert_eq!(recovery.records.len(), 3);
+    assert_eq!(recovery.records[2].1.payload.as_ref(), b"rewritten");
+}
+
+#[test]
+fn wait_wakes_on_fds_and_timeouts() {
+    use std::io::Write;
+    use std::os::unix::io::AsRawFd;
+    for backend in [Backend::Auto, Backend::Blocking] {
+        let Some(dir) = direct_io_dir("wait_wakes") else {
+            return;
+        };
+        let opts = small_options(dir.path(), backend, SyncMode::Dsync);
+        let (mut wal, _) = Wal::open(opts).expect("open");
+        // A pipe's read end stands in for a core's inbox eventfd.
+        let (reader, mut writer) = std::io::pipe().expect("pipe");
+        let fd: RawFd = reader.as_raw_fd();
+        let timed = wal
+            .wait(&[fd], Some(Duration::from_millis(20)))
+            .expect("wait");
+        assert!(timed.timed_out, "{backend:?}");
+        assert!(timed.ready_fds.is_empty());
+        writer.write_all(b"x").expect("pipe write");
+        let ready = wal.wait(&[fd], Some(Duration::from_secs(5))).expect("wait");
+        assert_eq!(ready.ready_fds, vec![fd], "{backend:?}");
+        assert!(!ready.timed_out);
+        // Nothing to wait for: returns at once.
+        let idle = wal.wait(&[], None).expect("wait");
+        assert!(!idle.timed_out && idle.ready_fds.is_empty() && !idle.write_completed);
+        // A write completion wakes it too.
+        wal.append(record(1, 1, b"x")).expect("append");
+        wal.submit().expect("submit");
+        if wal.write_in_flight() {
+            let done = wal.wait(&[], Some(Duration::from_secs(5))).expect("wait");
+            assert!(done.write_completed);
+        }
+        assert_eq!(wal.poll().expect("poll"), Lsn(1));
+        // Too many fds is a clear error, not a silent truncation.
+        let many = vec![fd; paxring_wal::WAIT_FDS_MAX + 1];
+        assert!(matches!(wal.wait(&many, None), Err(WalError::Config(_))));
+        drop(reader);
+    }
+}
+
+#[test]
+fn a_second_opener_and_a_foreign_core_are_refused() {
+    let Some(dir) = direct_io_dir("lock_and_owner") else {
+        return;
+    };
+    let opts = small_options(dir.path(), Backend::Auto, SyncMode::Dsync);
+    let (wal, _) = Wal::open(opts.clone()).expect("open");
+    assert!(matches!(
+        Wal::open(opts.clone()),
+        Err(WalError::Locked { .. })
+    ));
+    drop(wal);
+    let mut other = opts.clone();
+    other.core = 9;
+    assert!(matches!(
+        Wal::open(other),
+        Err(WalError::ForeignSegment {
+            owner: 2,
+            core: 9,
+            ..
+        })
+    ));
+    let mut bad = opts;
+    bad.buffer_bytes = 5000;
+    assert!(matches!(Wal::open(bad), Err(WalError::Config(_))));
+}
