@@ -13,7 +13,7 @@
 
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
-use paxring_net::{encode_frame, Dest, EventFd, Frame, Inbox, NetHandle};
+use paxring_net::{encode_frame, Dest, Frame, Inbox, NetHandle};
 use paxring_wal::{GroupId, Instance, Lsn, Wal, WalError, WalOptions, WalStats};
 use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
@@ -25,6 +25,7 @@ use super::api::{Error, Reply};
 use super::config::{core_of_group, NodeConfig, SyncModeConfig};
 use super::executor::ExecMsg;
 use super::node::{ProposalMsg, Shared};
+use super::wake::Wake;
 use crate::core::{
     value, Config as CoreConfig, CoreStats, CoreTable, FailReason, Message, NodeId, Outputs, Prng,
     ProposalId, ProposalResult, Tick,
@@ -37,7 +38,7 @@ pub(crate) struct CoreStart {
     pub inbox: Inbox,
     pub net: NetHandle,
     pub proposals: Receiver<ProposalMsg>,
-    pub wake: Arc<EventFd>,
+    pub wake: Arc<Wake>,
     pub exec: Sender<ExecMsg>,
     pub shared: Arc<Shared>,
     /// Each group's state machine checkpoint: replay starts above it.
@@ -86,7 +87,11 @@ const FRAMES_PER_ROUND_MAX: usize = 16 * 1024;
 pub(crate) fn run(start: CoreStart, ready: Sender<Result<(), String>>) {
     if let Some(cpu) = start.cpu {
         if !core_affinity::set_for_current(cpu) {
-            tracing::warn!(core = start.core, "could not pin the core thread to CPU {}", cpu.id);
+            tracing::warn!(
+                core = start.core,
+                "could not pin the core thread to CPU {}",
+                cpu.id
+            );
         }
     }
     let shared = start.shared.clone();
@@ -115,7 +120,7 @@ struct Core {
     inbox: Inbox,
     net: NetHandle,
     proposals: Receiver<ProposalMsg>,
-    wake: Arc<EventFd>,
+    wake: Arc<Wake>,
     exec: Sender<ExecMsg>,
     shared: Arc<Shared>,
     tick: Duration,
@@ -140,7 +145,10 @@ impl Core {
             .filter(|g| core_of_group(*g, config.cores) == start.core)
             .map(GroupId)
             .collect();
-        let dir = config.data_dir.join("wal").join(format!("core-{}", start.core));
+        let dir = config
+            .data_dir
+            .join("wal")
+            .join(format!("core-{}", start.core));
         let (wal, recovery) = Wal::open(WalOptions {
             dir: dir.clone(),
             core: start.core as u32,
@@ -152,12 +160,26 @@ impl Core {
             },
             backend: paxring_wal::Backend::Auto,
         })
-        .map_err(|e| format!("core {}: cannot open the WAL in {}: {e}", start.core, dir.display()))?;
+        .map_err(|e| {
+            format!(
+                "core {}: cannot open the WAL in {}: {e}",
+                start.core,
+                dir.display()
+            )
+        })?;
         if recovery.torn_tail_bytes > 0 {
-            tracing::warn!(core = start.core, bytes = recovery.torn_tail_bytes, "WAL recovery cut a torn tail");
+            tracing::warn!(
+                core = start.core,
+                bytes = recovery.torn_tail_bytes,
+                "WAL recovery cut a torn tail"
+            );
         }
         for damage in &recovery.damaged {
-            tracing::error!(core = start.core, ?damage, "WAL damage: the groups it touched re-learn from peers");
+            tracing::error!(
+                core = start.core,
+                ?damage,
+                "WAL damage: the groups it touched re-learn from peers"
+            );
         }
         let core_config = CoreConfig {
             pipeline_depth: config.pipeline_depth,
@@ -172,8 +194,15 @@ impl Core {
         };
         let members: Vec<NodeId> = config.members().into_iter().map(NodeId).collect();
         let seed = seed_for(config.node_id, start.core);
-        let table = CoreTable::restore(core_config, NodeId(config.node_id), &members, &groups, &recovery, Prng::new(seed))
-            .map_err(|e| format!("core {}: {e}", start.core))?;
+        let table = CoreTable::restore(
+            core_config,
+            NodeId(config.node_id),
+            &members,
+            &groups,
+            &recovery,
+            Prng::new(seed),
+        )
+        .map_err(|e| format!("core {}: {e}", start.core))?;
         let replay_from = start
             .applied_from
             .iter()
@@ -218,14 +247,20 @@ impl Core {
             let elapsed = self.started.elapsed();
             let next_tick_at = self.tick * (ticks_done as u32 + 1);
             let timeout = next_tick_at.saturating_sub(elapsed);
-            let idle = self.exec_backlog.is_empty() && self.proposals.is_empty() && self.inbox.is_empty();
-            let wait = if idle { Some(timeout) } else { Some(Duration::ZERO) };
+            let idle =
+                self.exec_backlog.is_empty() && self.proposals.is_empty() && self.inbox.is_empty();
+            let wait = if idle {
+                Some(timeout)
+            } else {
+                Some(Duration::ZERO)
+            };
             let outcome = self.wal.wait(&fds, wait).map_err(|e| self.wal_failed(e))?;
             self.table.durable(outcome.durable_lsn);
 
             self.take_frames();
             self.take_proposals();
-            let now_ticks = (self.started.elapsed().as_nanos() / self.tick.as_nanos().max(1)) as u64;
+            let now_ticks =
+                (self.started.elapsed().as_nanos() / self.tick.as_nanos().max(1)) as u64;
             if now_ticks > ticks_done {
                 ticks_done = now_ticks;
                 self.table.tick(Tick(ticks_done));
@@ -252,12 +287,17 @@ impl Core {
                     Err(WalError::BufferFull { .. }) => {
                         // The round outgrew one write: write what we have, then go on.
                         self.wal.submit().map_err(|e| self.wal_failed(e))?;
-                        self.wal.wait(&[], Some(Duration::from_millis(100))).map_err(|e| self.wal_failed(e))?;
+                        self.wal
+                            .wait(&[], Some(Duration::from_millis(100)))
+                            .map_err(|e| self.wal_failed(e))?;
                     }
                     Err(e) => return Err(self.wal_failed(e)),
                 }
             };
-            assert_eq!(appended, *lsn, "the WAL and the core table must number records alike");
+            assert_eq!(
+                appended, *lsn,
+                "the WAL and the core table must number records alike"
+            );
         }
         if !out.appends.is_empty() {
             self.snapshot.write_rounds += 1;
@@ -273,7 +313,10 @@ impl Core {
         for send in out.sends_after_durable.drain(..) {
             let frame = self.encode(send.group, &send.msg);
             if let Some((last, _, _)) = self.after_durable.back() {
-                assert!(*last <= send.lsn, "durable-gated replies arrive in Lsn order");
+                assert!(
+                    *last <= send.lsn,
+                    "durable-gated replies arrive in Lsn order"
+                );
             }
             self.after_durable.push_back((send.lsn, send.to, frame));
         }
@@ -289,7 +332,10 @@ impl Core {
                 continue;
             }
             let commands = value::decode(&chosen.value).map_err(|e| {
-                format!("core {}: chosen value of group {} instance {} does not decode: {e}", self.index, chosen.group.0, chosen.instance.0)
+                format!(
+                    "core {}: chosen value of group {} instance {} does not decode: {e}",
+                    self.index, chosen.group.0, chosen.instance.0
+                )
             })?;
             self.exec_backlog.push_back(ExecMsg::Chosen {
                 group: chosen.group,
@@ -323,7 +369,10 @@ impl Core {
                 break;
             }
             let (lsn, to, frame) = self.after_durable.pop_front().expect("front exists");
-            assert!(lsn <= self.wal.durable_lsn(), "a reply leaves only after its record is durable");
+            assert!(
+                lsn <= self.wal.durable_lsn(),
+                "a reply leaves only after its record is durable"
+            );
             self.net_batch.push((Dest::Peer(to.0), frame));
         }
     }
@@ -339,10 +388,16 @@ impl Core {
         self.inbox.drain(&mut self.frames, FRAMES_PER_ROUND_MAX);
         for frame in self.frames.drain(..) {
             match Message::decode(&frame.body) {
-                Ok(msg) => self.table.on_message(NodeId(frame.from), GroupId(frame.group), msg),
+                Ok(msg) => self
+                    .table
+                    .on_message(NodeId(frame.from), GroupId(frame.group), msg),
                 Err(e) => {
                     self.snapshot.undecodable_frames += 1;
-                    tracing::warn!(from = frame.from, group = frame.group, "dropping an undecodable message: {e}");
+                    tracing::warn!(
+                        from = frame.from,
+                        group = frame.group,
+                        "dropping an undecodable message: {e}"
+                    );
                 }
             }
         }
@@ -400,7 +455,9 @@ impl Core {
             }
             ProposalResult::Unknown { id, .. } => {
                 if let Some(reply) = self.replies.remove(&id) {
-                    let _ = reply.send(Err(Error::Unknown("leadership changed while the command was in flight".into())));
+                    let _ = reply.send(Err(Error::Unknown(
+                        "leadership changed while the command was in flight".into(),
+                    )));
                 }
             }
         }
@@ -416,7 +473,8 @@ impl Core {
                     break;
                 }
                 Err(TrySendError::Disconnected(_)) => {
-                    self.shared.fail(format!("core {}: the executor thread stopped", self.index));
+                    self.shared
+                        .fail(format!("core {}: the executor thread stopped", self.index));
                     self.exec_backlog.clear();
                     break;
                 }
@@ -425,27 +483,22 @@ impl Core {
     }
 
     fn wal_failed(&self, error: WalError) -> String {
-        format!("core {}: WAL failed (fatal, never retried): {error}", self.index)
+        format!(
+            "core {}: WAL failed (fatal, never retried): {error}",
+            self.index
+        )
     }
 
     fn publish(&mut self) {
         let wal = self.wal.stats();
         self.snapshot.durable_writes = wal.durable_writes;
         self.snapshot.records_written = wal.records;
-        self.snapshot.groups_per_write = if wal.writes > 0 { wal.groups_total as f64 / wal.writes as f64 } else { 0.0 };
+        self.snapshot.groups_per_write = wal.groups_per_write.mean;
         self.snapshot.wal = Some(wal);
         self.snapshot.protocol = self.table.stats().clone();
         for group in self.table.groups() {
             let hint = self.table.leader_hint(group).map_or(0, |n| u64::from(n.0));
             self.shared.leader_hints[group.0 as usize].store(hint, Ordering::Release);
-        }
-        let checkpoints: Vec<(GroupId, u64)> = self
-            .table
-            .groups()
-            .map(|g| (g, self.shared.progress[g.0 as usize].checkpoint_next.load(Ordering::Acquire)))
-            .collect();
-        for (group, below) in checkpoints {
-            self.wal.set_purge_floor(group, Instance(below));
         }
         self.shared.snapshots.lock().expect("snapshot lock")[self.index] = self.snapshot.clone();
     }
@@ -467,7 +520,9 @@ fn fail_error(reason: FailReason, core: usize) -> Error {
         FailReason::Overloaded => Error::Overloaded,
         FailReason::TooLarge => Error::TooLarge { bytes: 0, max: 0 },
         FailReason::UnknownGroup => Error::Start(format!("core {core} does not own the group")),
-        FailReason::Stopped => Error::Stopped("the group stopped on an error (see the node's log)".into()),
+        FailReason::Stopped => {
+            Error::Stopped("the group stopped on an error (see the node's log)".into())
+        }
     }
 }
 

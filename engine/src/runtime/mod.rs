@@ -13,9 +13,12 @@ mod core_loop;
 pub(crate) mod executor;
 mod node;
 pub mod state_machine;
+mod wake;
 
 pub use api::{Committed, Error, Proposal};
-pub use config::{core_of_group, ConfigError, NodeConfig, NodeConfigBuilder, PeerConfig, SyncModeConfig};
+pub use config::{
+    core_of_group, ConfigError, NodeConfig, NodeConfigBuilder, PeerConfig, SyncModeConfig,
+};
 pub use core_loop::CoreSnapshot;
 pub use node::{Node, NodeStats, NodeTotals};
 pub use state_machine::{StateMachine, StateMachineFactory};

@@ -6,7 +6,7 @@
 
 use bytes::Bytes;
 use crossbeam_channel::{bounded, Sender, TrySendError};
-use paxring_net::{EventFd, NetConfig, NetHandle, NetThread};
+use paxring_net::{NetConfig, NetHandle, NetThread};
 use paxring_wal::{GroupId, Instance};
 use serde::Serialize;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -19,6 +19,7 @@ use super::config::{core_of_group, NodeConfig};
 use super::core_loop::{self, CoreSnapshot, CoreStart};
 use super::executor::{self, GroupProgress};
 use super::state_machine::StateMachineFactory;
+use super::wake::Wake;
 
 /// A proposal on its way into a core.
 pub(crate) struct ProposalMsg {
@@ -56,7 +57,7 @@ impl Shared {
 
 struct CoreHandle {
     proposals: Sender<ProposalMsg>,
-    wake: Arc<EventFd>,
+    wake: Arc<Wake>,
 }
 
 /// A running paxring node. Dropping it stops it (as [`Node::shutdown`] does).
@@ -111,7 +112,10 @@ impl Node {
     pub fn start(config: NodeConfig, mut factory: StateMachineFactory) -> Result<Node, Error> {
         config.validate()?;
         std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-            Error::Start(format!("cannot create data dir {}: {e}", config.data_dir.display()))
+            Error::Start(format!(
+                "cannot create data dir {}: {e}",
+                config.data_dir.display()
+            ))
         })?;
         let cores = config.cores;
         let groups = config.groups;
@@ -120,7 +124,9 @@ impl Node {
             fatal: Mutex::new(None),
             snapshots: Mutex::new(vec![CoreSnapshot::default(); cores]),
             leader_hints: (0..groups).map(|_| AtomicU64::new(0)).collect(),
-            progress: (0..groups).map(|_| Arc::new(GroupProgress::default())).collect(),
+            progress: (0..groups)
+                .map(|_| Arc::new(GroupProgress::default()))
+                .collect(),
             applied_commands: Arc::new(AtomicU64::new(0)),
         });
 
@@ -137,19 +143,17 @@ impl Node {
         }
 
         // The network thread.
-        let net_config = NetConfig {
-            cluster_id: config.cluster_id,
-            node_id: config.node_id,
-            listen: config.listen,
-            peers: config.peers.iter().map(|p| (p.id, p.addr)).collect(),
-            max_frame_bytes: config.frame_bytes_max,
-            inbox_capacity: config.inbox_frames_max,
-            ..NetConfig::default()
-        };
+        let mut net_config = NetConfig::new(
+            config.cluster_id,
+            config.node_id,
+            config.listen,
+            config.peers.iter().map(|p| (p.id, p.addr)).collect(),
+        );
+        net_config.max_frame_bytes = config.frame_bytes_max;
+        net_config.inbox_capacity = config.inbox_frames_max;
         let group_count = groups;
-        let route: paxring_net::Route = Arc::new(move |group: u32| {
-            (group < group_count).then(|| core_of_group(group, cores))
-        });
+        let route: paxring_net::Route =
+            Arc::new(move |group: u32| (group < group_count).then(|| core_of_group(group, cores)));
         let (net, net_handle, inboxes) = NetThread::start(net_config, cores, route)
             .map_err(|e| Error::Start(format!("network thread: {e}")))?;
 
@@ -165,12 +169,14 @@ impl Node {
         let mut threads = Vec::with_capacity(2 * cores);
         for (core, (inbox, machines)) in inboxes.into_iter().zip(machines_by_core).enumerate() {
             let wake = Arc::new(
-                EventFd::new().map_err(|e| Error::Start(format!("eventfd for core {core}: {e}")))?,
+                Wake::new().map_err(|e| Error::Start(format!("eventfd for core {core}: {e}")))?,
             );
             let (proposals_tx, proposals_rx) = bounded(config.proposal_queue_max);
             let (exec_tx, exec_rx) = bounded(EXEC_QUEUE_MAX);
-            let applied_from: Vec<(GroupId, Option<Instance>)> =
-                machines.iter().map(|(g, m, _)| (*g, m.checkpoint_instance())).collect();
+            let applied_from: Vec<(GroupId, Option<Instance>)> = machines
+                .iter()
+                .map(|(g, m, _)| (*g, m.checkpoint_instance()))
+                .collect();
             let applied = shared.applied_commands.clone();
             threads.push(
                 std::thread::Builder::new()
@@ -211,7 +217,9 @@ impl Node {
                     shared.fail(format!("core thread {core} died while starting"));
                     stop_threads(&shared, &handles, threads);
                     net.shutdown();
-                    return Err(Error::Start(format!("core thread {core} died while starting")));
+                    return Err(Error::Start(format!(
+                        "core thread {core} died while starting"
+                    )));
                 }
             }
             handles.push(CoreHandle {
@@ -254,24 +262,38 @@ impl Node {
         }
         let core = &self.cores[core_of_group(group.0, self.config.cores)];
         let (proposal, reply) = Proposal::pending();
-        match core.proposals.try_send(ProposalMsg { group, command, reply }) {
+        match core.proposals.try_send(ProposalMsg {
+            group,
+            command,
+            reply,
+        }) {
             Ok(()) => {
                 core.wake.signal();
                 proposal
             }
             Err(TrySendError::Full(_)) => Proposal::ready(Err(Error::Overloaded)),
-            Err(TrySendError::Disconnected(_)) => Proposal::ready(Err(Error::Stopped(self.stop_reason()))),
+            Err(TrySendError::Disconnected(_)) => {
+                Proposal::ready(Err(Error::Stopped(self.stop_reason())))
+            }
         }
     }
 
     /// Proposes one command and blocks until its outcome is known.
-    pub fn propose_blocking(&self, group: GroupId, command: Bytes) -> Result<super::Committed, Error> {
+    pub fn propose_blocking(
+        &self,
+        group: GroupId,
+        command: Bytes,
+    ) -> Result<super::Committed, Error> {
         self.propose(group, command).wait()
     }
 
     /// Proposes several commands to one group; they may share instances. At most
     /// `batch_commands_max` commands per call (more is `Error::Overloaded` for the excess).
-    pub fn propose_batch(&self, group: GroupId, commands: impl IntoIterator<Item = Bytes>) -> Vec<Proposal> {
+    pub fn propose_batch(
+        &self,
+        group: GroupId,
+        commands: impl IntoIterator<Item = Bytes>,
+    ) -> Vec<Proposal> {
         let limit = self.config.batch_commands_max as usize;
         commands
             .into_iter()
@@ -288,7 +310,11 @@ impl Node {
 
     /// The node that this node believes leads `group` (itself included), if known.
     pub fn leader_hint(&self, group: GroupId) -> Option<u32> {
-        let hint = self.shared.leader_hints.get(group.0 as usize)?.load(Ordering::Acquire);
+        let hint = self
+            .shared
+            .leader_hints
+            .get(group.0 as usize)?
+            .load(Ordering::Acquire);
         (hint != 0).then_some(hint as u32)
     }
 
@@ -336,7 +362,8 @@ impl Node {
             commit_instances += core.protocol.commit_instances;
         }
         if totals.write_rounds > 0 {
-            totals.durable_writes_per_round = totals.durable_writes as f64 / totals.write_rounds as f64;
+            totals.durable_writes_per_round =
+                totals.durable_writes as f64 / totals.write_rounds as f64;
             totals.groups_per_round = groups_weighted / totals.write_rounds as f64;
             totals.records_per_round = records as f64 / totals.write_rounds as f64;
         }
