@@ -20,6 +20,19 @@ pub enum SyncModeConfig {
     Fdatasync,
 }
 
+/// Which I/O backend the WALs use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum WalBackendConfig {
+    /// io_uring when the kernel allows it, else blocking system calls (with a warning).
+    #[default]
+    Auto,
+    /// io_uring or fail at start.
+    Uring,
+    /// Blocking `pwrite` + `fdatasync` (or RWF_DSYNC): every durable write is a visible syscall.
+    Blocking,
+}
+
 /// A peer: another member of the cluster.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerConfig {
@@ -72,6 +85,9 @@ pub struct NodeConfig {
     /// How a WAL write becomes durable.
     #[serde(default)]
     pub sync_mode: SyncModeConfig,
+    /// Which I/O backend the WALs use.
+    #[serde(default)]
+    pub wal_backend: WalBackendConfig,
     /// Size of one WAL segment file, in bytes (a multiple of 4096).
     #[serde(default = "defaults::segment_bytes")]
     pub segment_bytes: u64,
@@ -208,6 +224,7 @@ impl NodeConfig {
                 batch_linger_us: 0,
                 proposal_queue_max: defaults::proposal_queue_max(),
                 sync_mode: SyncModeConfig::default(),
+                wal_backend: WalBackendConfig::default(),
                 segment_bytes: defaults::segment_bytes(),
                 round_bytes_max: defaults::round_bytes_max(),
                 tick_ms: defaults::tick_ms(),
@@ -458,6 +475,8 @@ impl NodeConfigBuilder {
         proposal_queue_max: usize,
         /// Sets `sync_mode`.
         sync_mode: SyncModeConfig,
+        /// Sets `wal_backend`.
+        wal_backend: WalBackendConfig,
         /// Sets `segment_bytes`.
         segment_bytes: u64,
         /// Sets `round_bytes_max`.

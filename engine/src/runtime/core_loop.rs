@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::api::{Error, Reply};
-use super::config::{core_of_group, NodeConfig, SyncModeConfig};
+use super::config::{core_of_group, NodeConfig, SyncModeConfig, WalBackendConfig};
 use super::executor::ExecMsg;
 use super::node::{ProposalMsg, Shared};
 use super::wake::Wake;
@@ -158,7 +158,11 @@ impl Core {
                 SyncModeConfig::Dsync => paxring_wal::SyncMode::Dsync,
                 SyncModeConfig::Fdatasync => paxring_wal::SyncMode::Fdatasync,
             },
-            backend: paxring_wal::Backend::Auto,
+            backend: match config.wal_backend {
+                WalBackendConfig::Auto => paxring_wal::Backend::Auto,
+                WalBackendConfig::Uring => paxring_wal::Backend::Uring,
+                WalBackendConfig::Blocking => paxring_wal::Backend::Blocking,
+            },
         })
         .map_err(|e| {
             format!(
