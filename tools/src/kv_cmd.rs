@@ -136,7 +136,12 @@ fn run_kv(args: KvArgs) -> Result<ExitCode, String> {
     let mut client = KvClient::connect(&addrs, reply_timeout, 0)?;
     match client.execute(&request, retry_for) {
         Attempt::Done(response) => {
-            println!("{}", serde_json::to_string(&response).expect("serializes"));
+            let mut json = serde_json::to_value(&response).expect("serializes");
+            // An absent value is part of the answer ("the key was absent"): print it.
+            if json.get("value").is_none() {
+                json["value"] = serde_json::Value::Null;
+            }
+            println!("{json}");
             Ok(ExitCode::SUCCESS)
         }
         Attempt::Fail(reason) => {

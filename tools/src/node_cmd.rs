@@ -66,7 +66,7 @@ impl NodeFile {
                 path.display()
             ));
         }
-        if file.client_listen == file.node.listen {
+        if file.client_listen == file.node.listen && file.client_listen.port() != 0 {
             return Err(format!(
                 "node file {}: client_listen equals node.listen {} (fix: use two ports)",
                 path.display(),

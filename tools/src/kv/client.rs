@@ -170,6 +170,11 @@ impl KvClient {
                                 Some(leader) if Some(leader) != this && self.index_of(leader).is_some() => {
                                     self.leaders[group] = Some(leader);
                                 }
+                                Some(leader) if Some(leader) != this => {
+                                    return Attempt::Fail(format!(
+                                        "{last}: the leader is node {leader}, whose client address was not given (add it to --addr)"
+                                    ));
+                                }
                                 _ => {
                                     self.forget_leader(group);
                                     self.advance(target);

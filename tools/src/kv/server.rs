@@ -177,10 +177,28 @@ fn serve(stream: TcpStream, context: &ServerShared) -> std::io::Result<()> {
                     format!("request line longer than {LINE_BYTES_MAX} bytes; closing"),
                 );
                 write_response(&mut writer, &response_json(&response))?;
+                drain_and_close(&mut reader, &writer);
                 return Ok(());
             }
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
             Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Closes our side, then reads and drops what the client still sends (at most 1 MiB, 1 s), so
+/// that closing does not reset the connection before the client has read our answer.
+fn drain_and_close(reader: &mut BufReader<TcpStream>, writer: &TcpStream) {
+    let _ = writer.shutdown(std::net::Shutdown::Write);
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let mut drained = 0usize;
+    let mut sink = [0u8; 16 * 1024];
+    while drained < (1 << 20) && Instant::now() < deadline {
+        match std::io::Read::read(reader, &mut sink) {
+            Ok(0) => return,
+            Ok(n) => drained += n,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => return,
         }
     }
 }

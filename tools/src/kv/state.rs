@@ -273,12 +273,14 @@ impl KvState {
         self.view.clone()
     }
 
-    /// The current value of `key` (local, not linearizable: for tests and inspection).
+    /// The current value of `key` (local, not linearizable: for tests).
+    #[cfg(test)]
     pub fn value(&self, key: &str) -> Option<&String> {
         self.map.get(key)
     }
 
     /// The rolling digest of the applied sequence.
+    #[cfg(test)]
     pub fn digest(&self) -> u32 {
         self.digest
     }
