@@ -51,11 +51,26 @@ fn free_addrs(count: usize) -> Vec<SocketAddr> {
     listeners.iter().map(|l| l.local_addr().unwrap()).collect()
 }
 
-fn config(id: u32, addrs: &[SocketAddr], dir: &Path, groups: u32) -> NodeConfig {
+#[derive(Clone, Copy)]
+struct Shape {
+    groups: u32,
+    pipeline_depth: u32,
+    linger_us: u64,
+}
+
+const DEFAULT_SHAPE: Shape = Shape {
+    groups: 4,
+    pipeline_depth: 8,
+    linger_us: 0,
+};
+
+fn config(id: u32, addrs: &[SocketAddr], dir: &Path, shape: Shape) -> NodeConfig {
     let mut builder =
         NodeConfig::builder(id, addrs[id as usize - 1], dir.join(format!("node-{id}")))
             .cluster_id(7)
-            .groups(groups)
+            .pipeline_depth(shape.pipeline_depth)
+            .batch_linger_us(shape.linger_us)
+            .groups(shape.groups)
             .cores(2)
             .pin_cores(false)
             .segment_bytes(16 << 20)
@@ -73,12 +88,12 @@ fn config(id: u32, addrs: &[SocketAddr], dir: &Path, groups: u32) -> NodeConfig 
     builder.build().unwrap()
 }
 
-fn start(id: u32, addrs: &[SocketAddr], dir: &Path, groups: u32, log: Log) -> Node {
+fn start(id: u32, addrs: &[SocketAddr], dir: &Path, shape: Shape, log: Log) -> Node {
     let factory: StateMachineFactory =
         Box::new(
             move |_group| Ok(Box::new(Recorder { log: log.clone() }) as Box<dyn StateMachine>),
         );
-    Node::start(config(id, addrs, dir, groups), factory).expect("node starts")
+    Node::start(config(id, addrs, dir, shape), factory).expect("node starts")
 }
 
 /// Proposes through whichever node leads `group`, following NotLeader hints; bounded in time.
@@ -139,7 +154,8 @@ fn sequences(log: &Log) -> Vec<(u32, u64, Vec<Bytes>)> {
 fn three_nodes_commit_apply_identically_and_restart() {
     let dir = tempfile::tempdir().unwrap();
     let addrs = free_addrs(3);
-    let groups = 4;
+    let shape = DEFAULT_SHAPE;
+    let groups = shape.groups;
     let logs: Vec<Log> = (0..3).map(|_| Log::default()).collect();
     let mut nodes: Vec<Option<Node>> = (1..=3)
         .map(|id| {
@@ -147,7 +163,7 @@ fn three_nodes_commit_apply_identically_and_restart() {
                 id,
                 &addrs,
                 dir.path(),
-                groups,
+                shape,
                 logs[id as usize - 1].clone(),
             ))
         })
@@ -190,6 +206,8 @@ fn three_nodes_commit_apply_identically_and_restart() {
     for node in nodes.iter().flatten() {
         let stats = node.stats();
         assert!(stats.totals.write_rounds > 0);
+        assert_eq!(stats.totals.durable_writes, stats.totals.write_rounds);
+        assert_eq!(stats.totals.durable_writes_per_round, 1.0);
         for core in &stats.cores {
             let wal = core.wal.as_ref().expect("published");
             assert!(wal.writes > 0);
@@ -206,7 +224,7 @@ fn three_nodes_commit_apply_identically_and_restart() {
         propose(&nodes, i % groups, &format!("cmd-{i}"));
     }
     let fresh: Log = Log::default();
-    nodes[2] = Some(start(3, &addrs, dir.path(), groups, fresh.clone()));
+    nodes[2] = Some(start(3, &addrs, dir.path(), shape, fresh.clone()));
     let logs_after = [logs[0].clone(), logs[1].clone(), fresh.clone()];
     wait_applied(&logs_after, 60);
     let reference = sequences(&logs[0]);
@@ -215,6 +233,57 @@ fn three_nodes_commit_apply_identically_and_restart() {
         reference,
         "the restarted replica replays and catches up to the same sequence"
     );
+    for node in nodes.into_iter().flatten() {
+        node.shutdown().unwrap();
+    }
+}
+
+#[test]
+fn serial_pipeline_with_linger_commits_concurrent_proposals_in_shared_instances() {
+    let dir = tempfile::tempdir().unwrap();
+    let addrs = free_addrs(3);
+    let shape = Shape {
+        groups: 1,
+        pipeline_depth: 1,
+        linger_us: 2_000,
+    };
+    let logs: Vec<Log> = (0..3).map(|_| Log::default()).collect();
+    let nodes: Vec<Option<Node>> = (1..=3)
+        .map(|id| {
+            Some(start(
+                id,
+                &addrs,
+                dir.path(),
+                shape,
+                logs[id as usize - 1].clone(),
+            ))
+        })
+        .collect();
+    // Find the leader with one command, then send 50 at once: lingering lets them share instances.
+    let first = propose(&nodes, 0, "first");
+    let leader = nodes
+        .iter()
+        .flatten()
+        .find(|n| n.leader_hint(GroupId(0)) == Some(n.config().node_id))
+        .expect("a leader after a commit");
+    let proposals: Vec<_> = (0..50)
+        .map(|i| leader.propose(GroupId(0), Bytes::from(format!("c{i}"))))
+        .collect();
+    let committed: Vec<Committed> = proposals.into_iter().map(|p| p.wait().unwrap()).collect();
+    let instances: std::collections::BTreeSet<u64> =
+        committed.iter().map(|c| c.instance.0).collect();
+    assert!(instances.iter().all(|i| *i > first.instance.0));
+    assert!(
+        instances.len() < committed.len(),
+        "batching put several commands in one instance ({} instances for {} commands)",
+        instances.len(),
+        committed.len()
+    );
+    wait_applied(&logs, 51);
+    let reference = sequences(&logs[0]);
+    for log in &logs[1..] {
+        assert_eq!(sequences(log), reference);
+    }
     for node in nodes.into_iter().flatten() {
         node.shutdown().unwrap();
     }

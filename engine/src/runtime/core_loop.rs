@@ -55,7 +55,8 @@ pub struct CoreSnapshot {
     pub groups: usize,
     /// Loop iterations.
     pub rounds: u64,
-    /// Rounds that issued a WAL write.
+    /// WAL writes issued (a round issues at most one; rounds whose records join a write
+    /// still in flight are carried by the next one).
     pub write_rounds: u64,
     /// Durable writes (DSYNC writes or fdatasyncs), as the WAL counts them.
     pub durable_writes: u64,
@@ -136,6 +137,14 @@ struct Core {
     snapshot: CoreSnapshot,
     /// Per group: replay to the executor starts at this instance.
     replay_from: HashMap<u32, u64>,
+    /// How long a proposal may wait for others to join its batch (zero: not at all).
+    linger: Duration,
+    batch_commands_max: usize,
+    batch_bytes_max: usize,
+    /// Proposals held back to form larger batches, oldest first.
+    lingering: VecDeque<ProposalMsg>,
+    lingering_bytes: usize,
+    linger_since: Instant,
 }
 
 impl Core {
@@ -239,6 +248,12 @@ impl Core {
                 ..CoreSnapshot::default()
             },
             replay_from,
+            linger: Duration::from_micros(config.batch_linger_us),
+            batch_commands_max: config.batch_commands_max as usize,
+            batch_bytes_max: config.batch_bytes_max as usize,
+            lingering: VecDeque::new(),
+            lingering_bytes: 0,
+            linger_since: Instant::now(),
         })
     }
 
@@ -249,8 +264,14 @@ impl Core {
         while !self.shared.stopping.load(Ordering::Acquire) {
             self.snapshot.rounds += 1;
             let elapsed = self.started.elapsed();
-            let next_tick_at = self.tick * (ticks_done as u32 + 1);
-            let timeout = next_tick_at.saturating_sub(elapsed);
+            let next_tick_at = Duration::from_nanos(
+                (self.tick.as_nanos() * (u128::from(ticks_done) + 1)).min(u128::from(u64::MAX))
+                    as u64,
+            );
+            let mut timeout = next_tick_at.saturating_sub(elapsed);
+            if let Some(linger) = self.linger_timeout() {
+                timeout = timeout.min(linger);
+            }
             let idle =
                 self.exec_backlog.is_empty() && self.proposals.is_empty() && self.inbox.is_empty();
             let wait = if idle {
@@ -302,9 +323,6 @@ impl Core {
                 appended, *lsn,
                 "the WAL and the core table must number records alike"
             );
-        }
-        if !out.appends.is_empty() {
-            self.snapshot.write_rounds += 1;
         }
         self.wal.submit().map_err(|e| self.wal_failed(e))?;
 
@@ -418,20 +436,54 @@ impl Core {
                 let _ = proposal.reply.send(Err(Error::Overloaded));
                 continue;
             }
-            let id = ProposalId(self.next_proposal);
-            self.next_proposal += 1;
-            match self.table.propose(proposal.group, id, proposal.command) {
-                Ok(()) => {
-                    self.replies.insert(id, proposal.reply);
+            if self.linger.is_zero() {
+                self.propose(proposal);
+            } else {
+                if self.lingering.is_empty() {
+                    self.linger_since = Instant::now();
                 }
-                Err(reason) => {
-                    let _ = proposal.reply.send(Err(fail_error(reason, self.index)));
-                }
+                self.lingering_bytes += proposal.command.len();
+                self.lingering.push_back(proposal);
+            }
+        }
+        if !self.lingering.is_empty()
+            && (self.lingering.len() >= self.batch_commands_max
+                || self.lingering_bytes >= self.batch_bytes_max
+                || self.linger_since.elapsed() >= self.linger)
+        {
+            self.lingering_bytes = 0;
+            while let Some(proposal) = self.lingering.pop_front() {
+                self.propose(proposal);
             }
         }
         if !self.proposals.is_empty() {
             // More wait than one round takes: make sure the next wait does not sleep.
             self.wake.signal();
+        }
+    }
+
+    /// When lingering proposals must be released, if any wait.
+    fn linger_timeout(&self) -> Option<Duration> {
+        (!self.lingering.is_empty())
+            .then(|| self.linger.saturating_sub(self.linger_since.elapsed()))
+    }
+
+    fn propose(&mut self, proposal: ProposalMsg) {
+        let bytes = proposal.command.len();
+        let id = ProposalId(self.next_proposal);
+        self.next_proposal += 1;
+        match self.table.propose(proposal.group, id, proposal.command) {
+            Ok(()) => {
+                self.replies.insert(id, proposal.reply);
+            }
+            Err(reason) => {
+                let _ = proposal.reply.send(Err(fail_error(
+                    reason,
+                    self.index,
+                    bytes,
+                    self.batch_bytes_max,
+                )));
+            }
         }
     }
 
@@ -454,7 +506,8 @@ impl Core {
             }
             ProposalResult::Failed { id, reason, .. } => {
                 if let Some(reply) = self.replies.remove(&id) {
-                    let _ = reply.send(Err(fail_error(reason, self.index)));
+                    let _ =
+                        reply.send(Err(fail_error(reason, self.index, 0, self.batch_bytes_max)));
                 }
             }
             ProposalResult::Unknown { id, .. } => {
@@ -495,6 +548,7 @@ impl Core {
 
     fn publish(&mut self) {
         let wal = self.wal.stats();
+        self.snapshot.write_rounds = wal.writes;
         self.snapshot.durable_writes = wal.durable_writes;
         self.snapshot.records_written = wal.records;
         self.snapshot.groups_per_write = wal.groups_per_write.mean;
@@ -508,6 +562,10 @@ impl Core {
     }
 
     fn fail_pending(&mut self, why: &str) {
+        for proposal in self.lingering.drain(..) {
+            // Never handed to the protocol: definitely not proposed.
+            let _ = proposal.reply.send(Err(Error::Stopped(why.into())));
+        }
         for (_, reply) in self.replies.drain() {
             let _ = reply.send(Err(Error::Unknown(why.into())));
         }
@@ -516,13 +574,17 @@ impl Core {
     }
 }
 
-fn fail_error(reason: FailReason, core: usize) -> Error {
+/// Maps the protocol's refusal to the API's error; `bytes` is the command's size when known.
+fn fail_error(reason: FailReason, core: usize, bytes: usize, batch_bytes_max: usize) -> Error {
     match reason {
         FailReason::NotLeader { leader_hint } => Error::NotLeader {
             leader: leader_hint.map(|n| n.0),
         },
         FailReason::Overloaded => Error::Overloaded,
-        FailReason::TooLarge => Error::TooLarge { bytes: 0, max: 0 },
+        FailReason::TooLarge => Error::TooLarge {
+            bytes,
+            max: batch_bytes_max as u32,
+        },
         FailReason::UnknownGroup => Error::Start(format!("core {core} does not own the group")),
         FailReason::Stopped => {
             Error::Stopped("the group stopped on an error (see the node's log)".into())

@@ -90,11 +90,11 @@ pub struct NodeStats {
 /// Sums over a node's cores.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct NodeTotals {
-    /// Loop rounds that wrote to the WAL.
+    /// WAL writes (one per writing round).
     pub write_rounds: u64,
     /// Durable writes (DSYNC writes or fdatasyncs).
     pub durable_writes: u64,
-    /// Durable writes per writing round (1.0 is the design).
+    /// Durable writes per WAL write, i.e. per writing round (1.0 is the design).
     pub durable_writes_per_round: f64,
     /// Groups with records per WAL write, on average.
     pub groups_per_round: f64,
