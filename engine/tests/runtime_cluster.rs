@@ -77,8 +77,7 @@ fn config(id: u32, addrs: &[SocketAddr], dir: &Path, shape: Shape) -> NodeConfig
             .round_bytes_max(1 << 20)
             .tick_ms(5)
             .election_timeout_ticks(40)
-            .heartbeat_ticks(4)
-            .lease_ticks(20);
+            .heartbeat_ticks(4);
     for (i, addr) in addrs.iter().enumerate() {
         let peer = i as u32 + 1;
         if peer != id {

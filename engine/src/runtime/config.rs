@@ -103,9 +103,6 @@ pub struct NodeConfig {
     /// Ticks between a leader's heartbeats.
     #[serde(default = "defaults::heartbeat_ticks")]
     pub heartbeat_ticks: u32,
-    /// Length of a master lease in ticks (must be shorter than the election timeout).
-    #[serde(default = "defaults::lease_ticks")]
-    pub lease_ticks: u32,
     /// Largest frame accepted from a peer, in bytes.
     #[serde(default = "defaults::frame_bytes_max")]
     pub frame_bytes_max: u32,
@@ -150,9 +147,6 @@ mod defaults {
     }
     pub fn heartbeat_ticks() -> u32 {
         5
-    }
-    pub fn lease_ticks() -> u32 {
-        20
     }
     pub fn frame_bytes_max() -> u32 {
         16 * 1024 * 1024
@@ -230,7 +224,6 @@ impl NodeConfig {
                 tick_ms: defaults::tick_ms(),
                 election_timeout_ticks: defaults::election_timeout_ticks(),
                 heartbeat_ticks: defaults::heartbeat_ticks(),
-                lease_ticks: defaults::lease_ticks(),
                 frame_bytes_max: defaults::frame_bytes_max(),
                 inbox_frames_max: defaults::inbox_frames_max(),
             },
@@ -363,6 +356,23 @@ impl NodeConfig {
                 "use at least 64 bytes",
             ));
         }
+        if self.round_bytes_max % 4096 != 0 || self.round_bytes_max < 64 * 1024 {
+            return Err(invalid(
+                "round_bytes_max",
+                format!("is {}", self.round_bytes_max),
+                "use a multiple of 4096, at least 65536",
+            ));
+        }
+        if self.segment_bytes % 4096 != 0 || self.segment_bytes < 4 * self.round_bytes_max as u64 {
+            return Err(invalid(
+                "segment_bytes",
+                format!(
+                    "is {} with round_bytes_max = {}",
+                    self.segment_bytes, self.round_bytes_max
+                ),
+                "use a multiple of 4096, at least 4 x round_bytes_max",
+            ));
+        }
         if u64::from(self.batch_bytes_max) + 4096 > self.round_bytes_max as u64 {
             return Err(invalid(
                 "batch_bytes_max",
@@ -390,23 +400,6 @@ impl NodeConfig {
                 "use at least 1",
             ));
         }
-        if self.round_bytes_max % 4096 != 0 || self.round_bytes_max < 64 * 1024 {
-            return Err(invalid(
-                "round_bytes_max",
-                format!("is {}", self.round_bytes_max),
-                "use a multiple of 4096, at least 65536",
-            ));
-        }
-        if self.segment_bytes % 4096 != 0 || self.segment_bytes < 4 * self.round_bytes_max as u64 {
-            return Err(invalid(
-                "segment_bytes",
-                format!(
-                    "is {} with round_bytes_max = {}",
-                    self.segment_bytes, self.round_bytes_max
-                ),
-                "use a multiple of 4096, at least 4 x round_bytes_max",
-            ));
-        }
         if self.tick_ms == 0 || self.tick_ms > 10_000 {
             return Err(invalid(
                 "tick_ms",
@@ -422,13 +415,6 @@ impl NodeConfig {
                     self.heartbeat_ticks, self.election_timeout_ticks
                 ),
                 "keep 0 < heartbeat_ticks < election_timeout_ticks",
-            ));
-        }
-        if self.lease_ticks == 0 || self.lease_ticks >= self.election_timeout_ticks {
-            return Err(invalid(
-                "lease_ticks",
-                format!("is {} with election_timeout_ticks = {}", self.lease_ticks, self.election_timeout_ticks),
-                "keep 0 < lease_ticks < election_timeout_ticks, so a lease ends before another node may lead",
             ));
         }
         if self.inbox_frames_max == 0 {
@@ -487,8 +473,6 @@ impl NodeConfigBuilder {
         election_timeout_ticks: u32,
         /// Sets `heartbeat_ticks`.
         heartbeat_ticks: u32,
-        /// Sets `lease_ticks`.
-        lease_ticks: u32,
         /// Sets `frame_bytes_max`.
         frame_bytes_max: u32,
         /// Sets `inbox_frames_max`.
@@ -553,7 +537,6 @@ mod tests {
             (base().segment_bytes(4096), "segment_bytes"),
             (base().batch_bytes_max(8 * 1024 * 1024), "batch_bytes_max"),
             (base().heartbeat_ticks(100), "heartbeat_ticks"),
-            (base().lease_ticks(0), "lease_ticks"),
             (base().tick_ms(0), "tick_ms"),
         ];
         for (builder, field) in cases {
