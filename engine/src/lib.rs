@@ -4,3 +4,9 @@
 #![forbid(unsafe_code)]
 
 pub mod core;
+pub mod sim;
+
+pub use crate::core::{
+    Ballot, Config, CoreStats, CoreTable, GroupId, Instance, Lsn, Message, NodeId, Outputs, Prng,
+    ProposalId, ProposalResult, Tick,
+};
