@@ -1,12 +1,429 @@
-//! `paxring-bench wal`: not built yet (see the open issue that owns it).
+//! `paxring-bench wal`: the WAL's group-committed rounds against a raw O_DIRECT loop with the
+//! same write size and durability, measured in the same run on the same file system.
+//!
+//! Owns: the WAL benchmark and its report (table and JSON). Must never report a figure it did
+//! not measure in this run; speed is a ratio against the in-run baseline.
+use clap::{Args, ValueEnum};
+use hdrhistogram::Histogram;
+use paxring_wal::format::BLOCK_BYTES;
+use paxring_wal::raw::{durable_write, AlignedBuffer};
+use paxring_wal::segfile;
+use paxring_wal::{
+    inspect_dir, Backend, Ballot, GroupId, Instance, RecordKind, RecordRef, SyncMode, Wal,
+    WalError, WalOptions,
+};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+/// How writes are made durable (both the WAL and the baseline use it).
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum SyncArg {
+    /// RWF_DSYNC on the write.
+    Dsync,
+    /// The write followed by fdatasync.
+    Fdatasync,
+}
+
+/// The WAL backend.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum BackendArg {
+    /// io_uring, else blocking.
+    Auto,
+    /// io_uring only.
+    Uring,
+    /// Blocking pwrite + fdatasync / RWF_DSYNC.
+    Blocking,
+}
 
 /// Arguments of `paxring-bench wal`.
-#[derive(clap::Args, Debug)]
-pub struct WalBenchArgs {}
+#[derive(Args, Debug)]
+pub struct WalBenchArgs {
+    /// Where the data goes (default: a fresh directory under the system temp dir).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Keep the WAL at the end (it passes `paxring wal verify DIR`).
+    #[arg(long)]
+    keep: bool,
+    /// Seconds for each phase (WAL, then baseline).
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// Bytes of one round's write (the WAL buffer size); a multiple of 4096.
+    #[arg(long, default_value_t = 256 << 10)]
+    round_bytes: usize,
+    /// Payload bytes of each record.
+    #[arg(long, default_value_t = 256)]
+    record_bytes: usize,
+    /// Groups the records are spread over (round robin).
+    #[arg(long, default_value_t = 64)]
+    groups: u32,
+    /// Write the JSON report here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Durability of each write (default: the WAL's default).
+    #[arg(long, value_enum)]
+    sync: Option<SyncArg>,
+    /// I/O backend of the WAL.
+    #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
+    backend: BackendArg,
+    /// Segment file size.
+    #[arg(long, default_value_t = 64 << 20)]
+    segment_bytes: u64,
+}
+
+#[derive(Serialize, Default)]
+struct Latency {
+    p50: u64,
+    p99: u64,
+    p999: u64,
+    max: u64,
+}
+
+fn latency(histogram: &Histogram<u64>) -> Latency {
+    Latency {
+        p50: histogram.value_at_quantile(0.5),
+        p99: histogram.value_at_quantile(0.99),
+        p999: histogram.value_at_quantile(0.999),
+        max: histogram.max(),
+    }
+}
+
+#[derive(Serialize)]
+struct Report {
+    round_bytes: usize,
+    record_bytes: usize,
+    groups: u32,
+    seconds: f64,
+    sync_mode: SyncMode,
+    backend: paxring_wal::BackendInUse,
+    rounds: u64,
+    durable_writes: u64,
+    durable_writes_per_round: f64,
+    records: u64,
+    records_per_round: f64,
+    groups_per_round: f64,
+    records_per_s: f64,
+    bytes_written: u64,
+    payload_bytes: u64,
+    wal_mb_per_s: f64,
+    wal_payload_mb_per_s: f64,
+    baseline_writes: u64,
+    baseline_mb_per_s: f64,
+    ratio: f64,
+    payload_ratio: f64,
+    latency_us: Latency,
+    baseline_latency_us: Latency,
+    segments_created: u64,
+    segments_recycled: u64,
+    segments_purged: u64,
+    segment_prepare_waits: u64,
+    verified_clean: bool,
+    dir: Option<PathBuf>,
+}
 
 /// Runs `paxring-bench wal`.
-pub fn run(_args: WalBenchArgs) -> ExitCode {
-    eprintln!("paxring-bench wal: not built yet");
-    ExitCode::from(2)
+pub fn run(args: WalBenchArgs) -> ExitCode {
+    match bench(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("paxring-bench wal: {message}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn bench(args: WalBenchArgs) -> Result<(), String> {
+    if args.round_bytes % BLOCK_BYTES != 0 || args.round_bytes < 2 * BLOCK_BYTES {
+        return Err(format!(
+            "--round-bytes {} must be a multiple of 4096 and at least 8192",
+            args.round_bytes
+        ));
+    }
+    if args.groups == 0 || !args.seconds.is_finite() || args.seconds <= 0.0 {
+        return Err("--groups and --seconds must be positive".into());
+    }
+    let (dir, temp) = match &args.dir {
+        Some(dir) => (dir.clone(), None),
+        None => {
+            let temp = tempfile::Builder::new()
+                .prefix("paxring-bench-wal-")
+                .tempdir()
+                .map_err(|e| format!("cannot create a temp dir: {e}"))?;
+            (temp.path().to_path_buf(), Some(temp))
+        }
+    };
+    let mut opts = WalOptions::new(&dir, 0);
+    opts.buffer_bytes = args.round_bytes;
+    opts.segment_bytes = args.segment_bytes;
+    if let Some(sync) = args.sync {
+        opts.sync_mode = match sync {
+            SyncArg::Dsync => SyncMode::Dsync,
+            SyncArg::Fdatasync => SyncMode::Fdatasync,
+        };
+    }
+    opts.backend = match args.backend {
+        BackendArg::Auto => Backend::Auto,
+        BackendArg::Uring => Backend::Uring,
+        BackendArg::Blocking => Backend::Blocking,
+    };
+    let seconds = Duration::from_secs_f64(args.seconds);
+    let wal_phase = run_wal(&opts, &args, seconds).map_err(|e| e.to_string())?;
+    let baseline = run_baseline(&dir, &args, opts.sync_mode, seconds)?;
+    let (recovery, _) = inspect_dir(&dir, 0).map_err(|e| e.to_string())?;
+    let verified_clean = recovery.is_clean() && recovery.last_lsn() == wal_phase.last_lsn;
+
+    let stats = &wal_phase.stats;
+    let mb = |bytes: u64, elapsed: Duration| bytes as f64 / 1e6 / elapsed.as_secs_f64();
+    let wal_mb_per_s = mb(stats.bytes_written, wal_phase.elapsed);
+    let baseline_mb_per_s = mb(baseline.bytes, baseline.elapsed);
+    let report = Report {
+        round_bytes: args.round_bytes,
+        record_bytes: args.record_bytes,
+        groups: args.groups,
+        seconds: args.seconds,
+        sync_mode: stats.sync_mode,
+        backend: stats.backend,
+        rounds: stats.writes,
+        durable_writes: stats.durable_writes,
+        durable_writes_per_round: stats.durable_writes as f64 / stats.writes.max(1) as f64,
+        records: stats.records,
+        records_per_round: stats.records_per_write.mean,
+        groups_per_round: stats.groups_per_write.mean,
+        records_per_s: stats.records as f64 / wal_phase.elapsed.as_secs_f64(),
+        bytes_written: stats.bytes_written,
+        payload_bytes: stats.payload_bytes,
+        wal_mb_per_s,
+        wal_payload_mb_per_s: mb(stats.payload_bytes, wal_phase.elapsed),
+        baseline_writes: baseline.writes,
+        baseline_mb_per_s,
+        ratio: wal_mb_per_s / baseline_mb_per_s,
+        payload_ratio: mb(stats.payload_bytes, wal_phase.elapsed) / baseline_mb_per_s,
+        latency_us: latency(&wal_phase.latency),
+        baseline_latency_us: latency(&baseline.latency),
+        segments_created: stats.segments_created,
+        segments_recycled: stats.segments_recycled,
+        segments_purged: stats.segments_purged,
+        segment_prepare_waits: stats.segment_prepare_waits,
+        verified_clean,
+        dir: args.keep.then(|| dir.clone()),
+    };
+    print_table(&report);
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+        std::fs::write(path, text + "\n")
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    let _ = std::fs::remove_file(dir.join(BASELINE_FILE));
+    match (args.keep, temp) {
+        (true, Some(temp)) => {
+            let kept = temp.keep();
+            eprintln!("kept the WAL in {}", kept.display());
+        }
+        (true, None) => eprintln!("kept the WAL in {}", dir.display()),
+        (false, Some(temp)) => drop(temp),
+        (false, None) => remove_wal_files(&dir)?,
+    }
+    if !verified_clean {
+        return Err("the WAL left by the run did not verify clean".into());
+    }
+    Ok(())
+}
+
+const BASELINE_FILE: &str = "baseline.dat";
+
+fn remove_wal_files(dir: &Path) -> Result<(), String> {
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.ends_with(".wal") || name.ends_with(".preparing") || name == "LOCK" {
+            std::fs::remove_file(entry.path())
+                .map_err(|e| format!("{}: {e}", entry.path().display()))?;
+        }
+    }
+    Ok(())
+}
+
+struct WalPhase {
+    stats: paxring_wal::WalStats,
+    latency: Histogram<u64>,
+    elapsed: Duration,
+    last_lsn: paxring_wal::Lsn,
+}
+
+fn run_wal(
+    opts: &WalOptions,
+    args: &WalBenchArgs,
+    seconds: Duration,
+) -> Result<WalPhase, WalError> {
+    let (mut wal, recovery) = Wal::open(opts.clone())?;
+    let payload: Vec<u8> = (0..args.record_bytes).map(|i| i as u8).collect();
+    // Continue each group's instances after whatever the directory already held.
+    let mut next_instance: Vec<u64> = (0..args.groups)
+        .map(|g| {
+            recovery
+                .index
+                .get(&GroupId(g))
+                .and_then(|m| m.keys().next_back())
+                .map_or(0, |i| i.0 + 1)
+        })
+        .collect();
+    drop(recovery);
+    let mut group = 0u32;
+    let start = Instant::now();
+    let deadline = start + seconds;
+    let mut rounds_since_purge = 0u32;
+    while Instant::now() < deadline {
+        // Fill the accumulating batch to the round size.
+        loop {
+            let record = RecordRef {
+                kind: RecordKind::Accept,
+                group: GroupId(group),
+                instance: Instance(next_instance[group as usize]),
+                promised: Ballot { number: 1, node: 1 },
+                accepted: Ballot { number: 1, node: 1 },
+                payload: &payload,
+            };
+            match wal.append(record) {
+                Ok(_) => {
+                    next_instance[group as usize] += 1;
+                    group = (group + 1) % args.groups;
+                }
+                Err(WalError::BufferFull { .. }) => break,
+                Err(error) => return Err(error),
+            }
+        }
+        wal.submit()?;
+        if wal.pending_records() > 0 {
+            // A write is in flight and the next round is full: sleep until it completes.
+            while wal.write_in_flight() {
+                wal.wait(&[], None)?;
+            }
+            wal.submit()?;
+        }
+        rounds_since_purge += 1;
+        if rounds_since_purge >= 64 {
+            // Keep the last ~64 rounds per group, like an engine that checkpoints often.
+            rounds_since_purge = 0;
+            let per_round = (args.round_bytes / (args.record_bytes + 56)).max(1) as u64;
+            let keep = 64 * per_round / u64::from(args.groups) + 1;
+            for (g, next) in next_instance.iter().enumerate() {
+                wal.set_purge_floor(GroupId(g as u32), Instance(next.saturating_sub(keep)));
+            }
+            wal.purge()?;
+        }
+    }
+    while wal.durable_lsn() < wal.appended_lsn() {
+        wal.submit()?;
+        if wal.write_in_flight() {
+            wal.wait(&[], None)?;
+        }
+    }
+    let elapsed = start.elapsed();
+    Ok(WalPhase {
+        stats: wal.stats(),
+        latency: wal.write_latency_histogram().clone(),
+        elapsed,
+        last_lsn: wal.durable_lsn(),
+    })
+}
+
+struct Baseline {
+    writes: u64,
+    bytes: u64,
+    elapsed: Duration,
+    latency: Histogram<u64>,
+}
+
+/// A plain loop of O_DIRECT writes of `round_bytes` to a pre-written file on the same file
+/// system, each made durable the same way as the WAL's (RWF_DSYNC, or write + fdatasync).
+fn run_baseline(
+    dir: &Path,
+    args: &WalBenchArgs,
+    sync_mode: SyncMode,
+    seconds: Duration,
+) -> Result<Baseline, String> {
+    let path = dir.join(BASELINE_FILE);
+    let preparing = dir.join("baseline.preparing");
+    let file_bytes = args.segment_bytes.max(args.round_bytes as u64 * 4);
+    segfile::create_segment(dir, &preparing, &path, file_bytes, None).map_err(|e| e.to_string())?;
+    let file = segfile::open_direct(&path).map_err(|e| e.to_string())?;
+    let mut buffer = AlignedBuffer::new(args.round_bytes).map_err(|e| e.to_string())?;
+    for (i, byte) in buffer.iter_mut().enumerate() {
+        *byte = (i % 251) as u8;
+    }
+    let slots = file_bytes / args.round_bytes as u64;
+    let mut latency = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).expect("bounds");
+    let mut writes = 0u64;
+    let start = Instant::now();
+    let deadline = start + seconds;
+    while Instant::now() < deadline {
+        let offset = (writes % slots) * args.round_bytes as u64;
+        let issued = Instant::now();
+        durable_write(&file, &buffer, offset, sync_mode)
+            .map_err(|e| format!("baseline write to {} at {offset}: {e}", path.display()))?;
+        latency.saturating_record(issued.elapsed().as_micros().max(1) as u64);
+        writes += 1;
+    }
+    Ok(Baseline {
+        writes,
+        bytes: writes * args.round_bytes as u64,
+        elapsed: start.elapsed(),
+        latency,
+    })
+}
+
+fn print_table(r: &Report) {
+    println!(
+        "paxring-bench wal: {} s per phase, round {} B, record payload {} B, {} groups, {:?}, {:?}",
+        r.seconds, r.round_bytes, r.record_bytes, r.groups, r.sync_mode, r.backend
+    );
+    println!("{:<28} {:>14} {:>14}", "", "wal", "raw baseline");
+    println!(
+        "{:<28} {:>14} {:>14}",
+        "writes (rounds)", r.rounds, r.baseline_writes
+    );
+    println!(
+        "{:<28} {:>14.1} {:>14.1}",
+        "MB/s written", r.wal_mb_per_s, r.baseline_mb_per_s
+    );
+    println!(
+        "{:<28} {:>14.1} {:>14}",
+        "payload MB/s", r.wal_payload_mb_per_s, "-"
+    );
+    println!(
+        "{:<28} {:>14} {:>14}",
+        "latency p50 us", r.latency_us.p50, r.baseline_latency_us.p50
+    );
+    println!(
+        "{:<28} {:>14} {:>14}",
+        "latency p99 us", r.latency_us.p99, r.baseline_latency_us.p99
+    );
+    println!(
+        "{:<28} {:>14} {:>14}",
+        "latency p999 us", r.latency_us.p999, r.baseline_latency_us.p999
+    );
+    println!("{:<28} {:>14.3}", "ratio (wal/baseline)", r.ratio);
+    println!("{:<28} {:>14.3}", "payload ratio", r.payload_ratio);
+    println!(
+        "{:<28} {:>14.3}",
+        "durable writes per round", r.durable_writes_per_round
+    );
+    println!("{:<28} {:>14.1}", "records per round", r.records_per_round);
+    println!("{:<28} {:>14.1}", "groups per round", r.groups_per_round);
+    println!("{:<28} {:>14.0}", "records/s", r.records_per_s);
+    println!(
+        "{:<28} {:>14}",
+        "segments new/recycled/purged",
+        format!(
+            "{}/{}/{}",
+            r.segments_created, r.segments_recycled, r.segments_purged
+        )
+    );
+    println!(
+        "{:<28} {:>14}",
+        "segment prepare waits", r.segment_prepare_waits
+    );
+    println!("{:<28} {:>14}", "WAL verified clean", r.verified_clean);
 }

@@ -5,3 +5,9 @@
 
 pub mod core;
 pub mod runtime;
+pub mod sim;
+
+pub use crate::core::{
+    Ballot, Config, CoreStats, CoreTable, GroupId, Instance, Lsn, Message, NodeId, Outputs, Prng,
+    ProposalId, ProposalResult, Tick,
+};

@@ -7,6 +7,7 @@
 
 pub mod error;
 pub mod format;
+pub mod raw;
 pub mod recovery;
 mod ring;
 pub mod segfile;

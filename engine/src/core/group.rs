@@ -658,8 +658,17 @@ impl Group {
             );
             return;
         }
+        let raised = ballot > self.promised;
         self.promised = ballot;
         self.leader_contact(ctx, ballot);
+        let votes = instance >= self.applied_next
+            && !self.chosen.contains_key(&instance)
+            && instance.0 < self.applied_next.0 + ACCEPT_WINDOW_INSTANCES;
+        if raised && !votes {
+            // The higher promise must be durable even without an Accept record to carry it:
+            // a repeated Prepare with this ballot is answered from it.
+            self.persist_promise(ctx, self.applied_next);
+        }
         if instance < self.applied_next && !self.chosen.contains_key(&instance) {
             // Applied long ago and pruned: nothing to vote on, nothing to report.
         } else if let Some(chosen) = self.chosen_value(instance) {
@@ -674,7 +683,7 @@ impl Group {
                     checksum,
                 },
             );
-        } else if instance.0 < self.applied_next.0 + ACCEPT_WINDOW_INSTANCES {
+        } else if votes {
             self.accepted.insert(instance, (ballot, value.clone()));
             let lsn = ctx.append(Record {
                 kind: RecordKind::Accept,
@@ -875,7 +884,7 @@ impl Group {
             Some((_, accepted)) if accepted == value => Bytes::new(),
             _ => value.clone(),
         };
-        ctx.append(Record {
+        ctx.defer_mark(Record {
             kind: RecordKind::Chosen,
             group: self.id,
             instance,

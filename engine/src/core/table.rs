@@ -235,6 +235,7 @@ pub(super) struct Ctx<'a> {
     pub out: &'a mut Outputs,
     pub local: &'a mut VecDeque<(GroupId, Message)>,
     pub local_after_durable: &'a mut VecDeque<(Lsn, GroupId, Message)>,
+    pub marks: &'a mut Vec<Record>,
     pub stats: &'a mut CoreStats,
     #[cfg(feature = "sim-bugs")]
     pub bugs: super::Bugs,
@@ -254,6 +255,12 @@ impl Ctx<'_> {
         self.out.appends.push((lsn, record));
         self.stats.records_appended += 1;
         lsn
+    }
+
+    /// A chosen mark: it needs no write of its own and rides in the next batch that has
+    /// other records (docs/PROTOCOL.md#durability). Losing it only costs a re-learn.
+    pub fn defer_mark(&mut self, record: Record) {
+        self.marks.push(record);
     }
 
     /// The Lsn of the last record appended (0 if none).
@@ -351,10 +358,15 @@ pub struct CoreTable {
     out: Outputs,
     local: VecDeque<(GroupId, Message)>,
     local_after_durable: VecDeque<(Lsn, GroupId, Message)>,
+    marks: Vec<Record>,
+    marks_since: Tick,
     stats: CoreStats,
     #[cfg(feature = "sim-bugs")]
     bugs: super::Bugs,
 }
+
+/// Chosen marks waiting for a batch are flushed on their own beyond this many.
+const MARKS_PENDING_MAX: usize = 1024;
 
 /// Loopback deliveries in one call are bounded (a broken invariant must not spin forever).
 const LOOPBACK_STEPS_MAX: usize = 1 << 20;
@@ -372,6 +384,7 @@ macro_rules! ctx {
             out: &mut $self.out,
             local: &mut $self.local,
             local_after_durable: &mut $self.local_after_durable,
+            marks: &mut $self.marks,
             stats: &mut $self.stats,
             #[cfg(feature = "sim-bugs")]
             bugs: $self.bugs,
@@ -427,6 +440,8 @@ impl CoreTable {
             out: Outputs::default(),
             local: VecDeque::new(),
             local_after_durable: VecDeque::new(),
+            marks: Vec::new(),
+            marks_since: Tick(0),
             stats: CoreStats::default(),
             #[cfg(feature = "sim-bugs")]
             bugs: super::Bugs::default(),
@@ -436,16 +451,10 @@ impl CoreTable {
                 return Err(ConfigError::DuplicateGroup(group.0));
             }
         }
-        // Damage with no group named may concern any group.
-        let damage_everywhere = recovery
-            .damaged
-            .iter()
-            .any(|damage| !damage.identities_complete || damage.groups_instances.is_empty());
-        let damaged: BTreeSet<GroupId> = recovery
-            .damaged
-            .iter()
-            .flat_map(|damage| damage.groups_instances.iter().map(|(group, _)| *group))
-            .collect();
+        // Any damage makes every group of this core re-learn: the (group, instance) names
+        // recovery reads from a damaged record's header are unverified hints, and a wrong hint
+        // would let a group vote on what it forgot (docs/PROTOCOL.md#restart).
+        let damaged = !recovery.damaged.is_empty();
         let mut per_group: BTreeMap<GroupId, Vec<&Record>> = BTreeMap::new();
         let mut previous = Lsn::ZERO;
         for (lsn, record) in &recovery.records {
@@ -458,7 +467,7 @@ impl CoreTable {
         let ids: Vec<GroupId> = table.groups.keys().copied().collect();
         for id in ids {
             let records = per_group.get(&id).unwrap_or(&empty);
-            let is_damaged = damage_everywhere || damaged.contains(&id);
+            let is_damaged = damaged;
             let group = table.groups.get_mut(&id).expect("group exists");
             let mut ctx = ctx!(table);
             group.restore(&mut ctx, records, is_damaged);
@@ -550,6 +559,7 @@ impl CoreTable {
             group.flush(&mut ctx);
         }
         self.drain_loopback();
+        self.flush_marks();
         self.out.take_into(out);
     }
 
@@ -596,6 +606,26 @@ impl CoreTable {
     /// The groups of this core, ascending.
     pub fn groups(&self) -> impl Iterator<Item = GroupId> + '_ {
         self.groups.keys().copied()
+    }
+
+    /// Chosen marks ride with other records; alone, only when many wait or they waited a
+    /// heartbeat (so an idle group's marks still reach the disk).
+    fn flush_marks(&mut self) {
+        if self.marks.is_empty() {
+            self.marks_since = self.now;
+            return;
+        }
+        let ride = !self.out.appends.is_empty();
+        let stale = self.now.0 >= self.marks_since.0 + self.config.heartbeat_ticks;
+        if ride || stale || self.marks.len() >= MARKS_PENDING_MAX {
+            for record in std::mem::take(&mut self.marks) {
+                let lsn = self.next_lsn;
+                self.next_lsn = lsn.next();
+                self.stats.records_appended += 1;
+                self.out.appends.push((lsn, record));
+            }
+            self.marks_since = self.now;
+        }
     }
 
     fn drain_loopback(&mut self) {

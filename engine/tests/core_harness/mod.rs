@@ -1,0 +1,348 @@
+//! A tiny hand-driven cluster for transcript tests: real `CoreTable`s, a FIFO network the test
+//! can cut, and in-memory logs whose durability the test controls. Every event is written to
+//! a transcript (one line each) that tests compare or search.
+#![allow(dead_code)]
+use bytes::Bytes;
+use paxring_engine::core::*;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+pub const GROUP: GroupId = GroupId(7);
+
+pub struct Node {
+    pub table: Option<CoreTable>,
+    /// Every record appended, with whether it is durable.
+    pub log: Vec<(Lsn, Record, bool)>,
+    pub held: Vec<SendAfterDurable>,
+    pub applied: Vec<(Instance, Bytes)>,
+    pub now: u64,
+}
+
+pub struct Cluster {
+    pub config: Config,
+    pub members: Vec<NodeId>,
+    pub group: GroupId,
+    pub nodes: BTreeMap<NodeId, Node>,
+    pub net: VecDeque<(NodeId, NodeId, Message)>,
+    /// Links that drop everything (from, to).
+    pub cut: BTreeSet<(NodeId, NodeId)>,
+    /// Nodes whose disk does not complete writes.
+    pub stalled: BTreeSet<NodeId>,
+    pub results: Vec<(NodeId, ProposalResult)>,
+    pub transcript: Vec<String>,
+    /// Log the messages too (the transcript of a steady-state run).
+    pub log_messages: bool,
+}
+
+impl Cluster {
+    pub fn new(nodes: u32, config: Config) -> Cluster {
+        let members: Vec<NodeId> = (1..=nodes).map(NodeId).collect();
+        let group = GroupId(7);
+        let mut map = BTreeMap::new();
+        for &id in &members {
+            let table = CoreTable::new(
+                config.clone(),
+                id,
+                &members,
+                &[group],
+                Prng::new(u64::from(id.0)),
+            )
+            .unwrap();
+            map.insert(
+                id,
+                Node {
+                    table: Some(table),
+                    log: Vec::new(),
+                    held: Vec::new(),
+                    applied: Vec::new(),
+                    now: 0,
+                },
+            );
+        }
+        Cluster {
+            config,
+            members,
+            group,
+            nodes: map,
+            net: VecDeque::new(),
+            cut: BTreeSet::new(),
+            stalled: BTreeSet::new(),
+            results: Vec::new(),
+            transcript: Vec::new(),
+            log_messages: false,
+        }
+    }
+
+    pub fn note(&mut self, line: String) {
+        self.transcript.push(line);
+    }
+
+    pub fn table(&mut self, node: u32) -> &mut CoreTable {
+        self.nodes
+            .get_mut(&NodeId(node))
+            .unwrap()
+            .table
+            .as_mut()
+            .expect("node is up")
+    }
+
+    /// Advances one node's clock by `ticks` (one tick at a time), settling after each.
+    pub fn tick_node(&mut self, node: u32, ticks: u64) {
+        for _ in 0..ticks {
+            let n = self.nodes.get_mut(&NodeId(node)).unwrap();
+            n.now += 1;
+            let now = n.now;
+            if let Some(table) = &mut n.table {
+                table.tick(Tick(now));
+            }
+            self.settle();
+        }
+    }
+
+    /// Advances every node's clock.
+    pub fn tick_all(&mut self, ticks: u64) {
+        for _ in 0..ticks {
+            for id in self.members.clone() {
+                let n = self.nodes.get_mut(&id).unwrap();
+                n.now += 1;
+                let now = n.now;
+                if let Some(table) = &mut n.table {
+                    table.tick(Tick(now));
+                }
+            }
+            self.settle();
+        }
+    }
+
+    /// Elects `node`: ticks it alone past its election timeout, then settles.
+    pub fn elect(&mut self, node: u32) {
+        let limit = self.config.election_timeout_ticks + self.config.election_jitter_ticks + 2;
+        for _ in 0..limit {
+            if self.table(node).is_leader(GROUP) {
+                return;
+            }
+            self.tick_node(node, 1);
+        }
+        assert!(self.table(node).is_leader(GROUP), "node {node} did not win");
+    }
+
+    pub fn propose(&mut self, node: u32, id: u64, command: &str) -> Result<(), FailReason> {
+        let group = self.group;
+        let result = self.table(node).propose(
+            group,
+            ProposalId(id),
+            Bytes::copy_from_slice(command.as_bytes()),
+        );
+        self.note(format!("n{node} propose #{id} {command:?} -> {result:?}"));
+        result
+    }
+
+    /// Polls every node, writes, syncs, delivers, until nothing moves (bounded).
+    pub fn settle(&mut self) {
+        for _ in 0..10_000 {
+            let mut moved = false;
+            for id in self.members.clone() {
+                moved |= self.poll_node(id);
+            }
+            if let Some((from, to, msg)) = self.net.pop_front() {
+                moved = true;
+                if self.cut.contains(&(from, to)) {
+                    continue;
+                }
+                if self.log_messages {
+                    self.note(format!("{from} -> {to}: {}", describe(&msg)));
+                }
+                let group = self.group;
+                if let Some(table) = &mut self.nodes.get_mut(&to).unwrap().table {
+                    table.on_message(from, group, msg);
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+        panic!("cluster does not settle");
+    }
+
+    fn poll_node(&mut self, id: NodeId) -> bool {
+        let stalled = self.stalled.contains(&id);
+        let node = self.nodes.get_mut(&id).unwrap();
+        let Some(table) = &mut node.table else {
+            return false;
+        };
+        let mut out = Outputs::default();
+        table.poll(&mut out);
+        let mut moved = !out.is_empty();
+        for (lsn, record) in out.appends {
+            node.log.push((lsn, record, false));
+        }
+        if !stalled {
+            if let Some(last) = node
+                .log
+                .iter()
+                .rev()
+                .find(|(_, _, d)| !d)
+                .map(|(l, _, _)| *l)
+            {
+                for entry in node.log.iter_mut() {
+                    entry.2 = true;
+                }
+                table.durable(last);
+                moved = true;
+            }
+        }
+        node.held.extend(out.sends_after_durable);
+        let durable = table.durable_lsn();
+        let (ready, waiting): (Vec<_>, Vec<_>) =
+            node.held.drain(..).partition(|h| h.lsn <= durable);
+        node.held = waiting;
+        for send in out.sends {
+            self.net.push_back((id, send.to, send.msg));
+        }
+        for reply in ready {
+            moved = true;
+            self.net.push_back((id, reply.to, reply.msg));
+        }
+        let node = self.nodes.get_mut(&id).unwrap();
+        for chosen in out.chosen {
+            node.applied.push((chosen.instance, chosen.value.clone()));
+            let commands = value::decode(&chosen.value).unwrap();
+            let text: Vec<String> = commands
+                .iter()
+                .map(|c| String::from_utf8_lossy(c).into_owned())
+                .collect();
+            self.transcript.push(format!(
+                "{id} applies instance {} = {text:?}",
+                chosen.instance.0
+            ));
+        }
+        for result in out.results {
+            self.transcript.push(format!("{id} result {result:?}"));
+            self.results.push((id, result));
+        }
+        for (group, error) in out.stopped {
+            self.transcript
+                .push(format!("{id} STOPPED group {group}: {error}"));
+        }
+        moved
+    }
+
+    /// A crash: the table is gone, and records never made durable are lost.
+    pub fn crash(&mut self, node: u32) {
+        let n = self.nodes.get_mut(&NodeId(node)).unwrap();
+        n.table = None;
+        n.held.clear();
+        n.log.retain(|(_, _, durable)| *durable);
+        n.applied.clear();
+        self.net.retain(|(_, to, _)| *to != NodeId(node));
+        self.note(format!("n{node} crashes"));
+    }
+
+    /// Restart from what the (in-memory) disk holds; `damage` names records to report damaged
+    /// (dropped from the recovered records).
+    pub fn restart(&mut self, node: u32, damage: &[Lsn]) {
+        let id = NodeId(node);
+        let n = self.nodes.get_mut(&id).unwrap();
+        let next = n.log.last().map_or(Lsn(1), |(l, _, _)| l.next());
+        let mut recovery = Recovery {
+            next_lsn: next,
+            ..Recovery::default()
+        };
+        for (lsn, record, _) in &n.log {
+            if damage.contains(lsn) {
+                recovery.damaged.push(Damage {
+                    first_lsn: *lsn,
+                    last_lsn: *lsn,
+                    groups_instances: vec![(record.group, record.instance)],
+                    identities_complete: true,
+                    segment: 0,
+                    offset: 0,
+                    reason: "test damage".to_string(),
+                });
+            } else {
+                recovery.records.push((*lsn, record.clone()));
+            }
+        }
+        let table = CoreTable::restore(
+            self.config.clone(),
+            id,
+            &self.members,
+            &[self.group],
+            &recovery,
+            Prng::new(99 + u64::from(node)),
+        )
+        .unwrap();
+        n.table = Some(table);
+        let now = n.now;
+        n.table.as_mut().unwrap().tick(Tick(now));
+        self.note(format!(
+            "n{node} restarts with {} records",
+            recovery.records.len()
+        ));
+        self.settle();
+    }
+
+    pub fn applied(&self, node: u32) -> Vec<(Instance, Bytes)> {
+        self.nodes[&NodeId(node)].applied.clone()
+    }
+
+    pub fn committed(&self) -> Vec<(ProposalId, Instance, u32)> {
+        self.results
+            .iter()
+            .filter_map(|(_, r)| match r {
+                ProposalResult::Committed {
+                    id,
+                    instance,
+                    index,
+                    ..
+                } => Some((*id, *instance, *index)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The records of `kind` a node appended.
+    pub fn records(&self, node: u32, kind: RecordKind) -> usize {
+        self.nodes[&NodeId(node)]
+            .log
+            .iter()
+            .filter(|(_, r, _)| r.kind == kind)
+            .count()
+    }
+}
+
+pub fn describe(msg: &Message) -> String {
+    match msg {
+        Message::Prepare { ballot, first } => format!("Prepare {ballot} from {}", first.0),
+        Message::Promise {
+            ballot, entries, ..
+        } => {
+            format!("Promise {ballot} ({} entries)", entries.len())
+        }
+        Message::Accept {
+            ballot,
+            instance,
+            chosen_through,
+            ..
+        } => format!(
+            "Accept {ballot} instance {} (chosen through {})",
+            instance.0, chosen_through.0
+        ),
+        Message::Accepted { ballot, instance } => {
+            format!("Accepted {ballot} instance {}", instance.0)
+        }
+        Message::Reject { rejected, promised } => {
+            format!("Reject {rejected} (promised {promised})")
+        }
+        Message::Commit {
+            ballot,
+            chosen_through,
+            ..
+        } => {
+            format!("Commit {ballot} chosen through {}", chosen_through.0)
+        }
+        Message::CatchupRequest { from } => format!("CatchupRequest from {}", from.0),
+        Message::CatchupReply { entries, .. } => {
+            format!("CatchupReply ({} entries)", entries.len())
+        }
+    }
+}

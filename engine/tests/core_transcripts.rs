@@ -1,0 +1,374 @@
+//! Transcript-style scenarios of the consensus core, driven by hand through the same
+//! `CoreTable` API as the runtime: steady state (1 RTT, one durable record per instance per
+//! replica, compared against `testdata/transcript_steady.txt`), prepare rejected, duelling
+//! proposers, leader crash mid-pipeline, partitioned minority, restart after losing unsynced
+//! writes, and a damaged WAL record (re-learn before voting).
+//!
+//! Regenerate the steady-state transcript with `UPDATE_TRANSCRIPTS=1 cargo test -p
+//! paxring-engine --test core_transcripts` and review the diff.
+mod core_harness;
+
+use core_harness::{Cluster, GROUP};
+use paxring_engine::core::*;
+use std::collections::BTreeSet;
+
+fn config() -> Config {
+    Config {
+        pipeline_depth: 8,
+        election_timeout_ticks: 50,
+        election_jitter_ticks: 10,
+        heartbeat_ticks: 10,
+        retransmit_ticks: 20,
+        ..Config::default()
+    }
+}
+
+fn commands(values: &[(Instance, bytes::Bytes)]) -> Vec<String> {
+    values
+        .iter()
+        .flat_map(|(_, v)| value::decode(v).unwrap())
+        .map(|c| String::from_utf8_lossy(&c).into_owned())
+        .collect()
+}
+
+#[test]
+fn steady_state_is_one_round_trip_and_one_record_per_instance() {
+    let mut cluster = Cluster::new(3, config());
+    cluster.elect(1);
+    let prepared = cluster.table(1).stats().prepares_started;
+    cluster.log_messages = true;
+    cluster.note("-- steady state: two proposals in two rounds".to_string());
+    cluster.propose(1, 1, "a").unwrap();
+    cluster.settle();
+    cluster.propose(1, 2, "b").unwrap();
+    cluster.settle();
+    cluster.tick_all(12); // a heartbeat carries the applied point to the followers
+    assert_eq!(
+        cluster.table(1).stats().prepares_started,
+        prepared,
+        "no new Prepare"
+    );
+    let stats = cluster.table(1).stats().clone();
+    assert_eq!(stats.commit_instances, 2);
+    assert_eq!(stats.commit_rtts_total, 2, "1 RTT per commit");
+    for node in 1..=3 {
+        assert_eq!(cluster.records(node, RecordKind::Accept), 2, "node {node}");
+        assert_eq!(commands(&cluster.applied(node)), ["a", "b"], "node {node}");
+    }
+    let start = cluster
+        .transcript
+        .iter()
+        .position(|l| l.starts_with("-- steady"))
+        .unwrap();
+    let text = cluster.transcript[start..].join("\n") + "\n";
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/testdata/transcript_steady.txt"
+    );
+    if std::env::var_os("UPDATE_TRANSCRIPTS").is_some() {
+        std::fs::write(path, &text).unwrap();
+    }
+    let expected = std::fs::read_to_string(path).expect("testdata transcript exists");
+    assert_eq!(text, expected, "transcript changed; regenerate and review");
+}
+
+#[test]
+fn batches_many_proposals_into_one_instance() {
+    let mut cluster = Cluster::new(3, config());
+    cluster.elect(1);
+    for id in 0..10 {
+        cluster.propose(1, id, &format!("c{id}")).unwrap();
+    }
+    cluster.settle();
+    let committed = cluster.committed();
+    assert_eq!(committed.len(), 10);
+    let instances: BTreeSet<Instance> = committed.iter().map(|c| c.1).collect();
+    assert_eq!(instances.len(), 1, "one instance for one round's commands");
+    let indexes: Vec<u32> = committed.iter().map(|c| c.2).collect();
+    assert_eq!(indexes, (0..10).collect::<Vec<u32>>());
+}
+
+#[test]
+fn full_queue_is_overloaded_at_once() {
+    let mut cluster = Cluster::new(
+        3,
+        Config {
+            proposal_queue_max: 2,
+            ..config()
+        },
+    );
+    cluster.elect(1);
+    cluster.propose(1, 1, "a").unwrap();
+    cluster.propose(1, 2, "b").unwrap();
+    assert_eq!(cluster.propose(1, 3, "c"), Err(FailReason::Overloaded));
+    assert_eq!(
+        cluster.propose(2, 4, "d"),
+        Err(FailReason::NotLeader {
+            leader_hint: Some(NodeId(1))
+        })
+    );
+}
+
+#[test]
+fn prepare_rejected_by_a_higher_promise_then_retried_higher() {
+    let mut cluster = Cluster::new(3, config());
+    // Node 1 hears nothing while 2 wins with 3's promise (ballot 1.2).
+    for other in [2, 3] {
+        cluster.cut.insert((NodeId(other), NodeId(1)));
+        cluster.cut.insert((NodeId(1), NodeId(other)));
+    }
+    cluster.elect(2);
+    // Node 1 can reach 3 again, never 2: its first ballot (1.1) is below 3's promise.
+    cluster.cut.remove(&(NodeId(3), NodeId(1)));
+    cluster.cut.remove(&(NodeId(1), NodeId(3)));
+    cluster.log_messages = true;
+    cluster.tick_node(1, 400);
+    let stats = cluster.table(1).stats().clone();
+    assert!(stats.rejections_received >= 1, "{stats:?}");
+    assert!(
+        cluster
+            .transcript
+            .iter()
+            .any(|l| l == "n3 -> n1: Reject 1.1 (promised 1.2)"),
+        "{:#?}",
+        cluster.transcript
+    );
+    assert!(stats.prepares_started >= 2, "backed off and prepared again");
+    assert!(cluster.table(1).is_leader(GROUP), "the higher retry wins");
+    cluster.propose(1, 9, "x").unwrap();
+    cluster.settle();
+    assert_eq!(cluster.committed().len(), 1);
+}
+
+#[test]
+fn duelling_proposers_agree() {
+    let mut cluster = Cluster::new(3, config());
+    cluster.elect(1);
+    cluster.propose(1, 1, "from-1").unwrap();
+    // Node 3 prepares while 1 leads: 1 is deposed, its proposal becomes Unknown or Committed.
+    cluster.tick_node(3, 200);
+    cluster.tick_all(300);
+    let leaders: Vec<u32> = (1..=3)
+        .filter(|n| cluster.table(*n).is_leader(GROUP))
+        .collect();
+    assert_eq!(leaders.len(), 1);
+    cluster.propose(leaders[0], 2, "after").unwrap();
+    cluster.settle();
+    cluster.tick_all(30);
+    let first = cluster.applied(1);
+    for node in 2..=3 {
+        assert_eq!(cluster.applied(node), first, "identical sequences");
+    }
+    assert!(commands(&first).contains(&"after".to_string()));
+}
+
+#[test]
+fn leader_crash_mid_pipeline_keeps_every_acknowledged_command() {
+    let mut cluster = Cluster::new(3, config());
+    cluster.elect(1);
+    cluster.propose(1, 1, "a").unwrap();
+    cluster.settle();
+    // Open several instances; followers accept but node 1 crashes before learning them.
+    cluster.cut.insert((NodeId(2), NodeId(1)));
+    cluster.cut.insert((NodeId(3), NodeId(1)));
+    for id in 2..6 {
+        cluster.propose(1, id, &format!("p{id}")).unwrap();
+        cluster.settle();
+    }
+    cluster.crash(1);
+    cluster.cut.clear();
+    cluster.elect(2);
+    cluster.tick_all(30);
+    // The new leader recovered the accepted values of the open window.
+    let applied = commands(&cluster.applied(2));
+    for id in 2..6 {
+        assert!(
+            applied.contains(&format!("p{id}")),
+            "p{id} recovered: {applied:?}"
+        );
+    }
+    for (id, instance, index) in cluster.committed() {
+        let value = &cluster.applied(2)[instance.0 as usize].1;
+        let commands = value::decode(value).unwrap();
+        assert!(commands.len() > index as usize, "proposal {id:?}");
+    }
+    cluster.restart(1, &[]);
+    cluster.tick_all(40);
+    assert_eq!(
+        cluster.applied(1),
+        cluster.applied(2),
+        "restarted node catches up"
+    );
+}
+
+#[test]
+fn partitioned_minority_cannot_commit_and_catches_up() {
+    let mut cluster = Cluster::new(3, config());
+    cluster.elect(1);
+    for other in [1, 2] {
+        cluster.cut.insert((NodeId(3), NodeId(other)));
+        cluster.cut.insert((NodeId(other), NodeId(3)));
+    }
+    for id in 0..5 {
+        cluster.propose(1, id, &format!("m{id}")).unwrap();
+        cluster.settle();
+    }
+    assert_eq!(cluster.committed().len(), 5, "the majority commits");
+    // The minority times out and prepares, but cannot win.
+    cluster.tick_node(3, 300);
+    assert!(!cluster.table(3).is_leader(GROUP));
+    // A candidate may queue it, but it is never chosen while cut off.
+    let _ = cluster.propose(3, 99, "minority");
+    cluster.tick_node(3, 100);
+    assert!(cluster.committed().iter().all(|c| c.0 != ProposalId(99)));
+    assert!(cluster.applied(3).is_empty());
+    cluster.cut.clear();
+    cluster.tick_all(400);
+    cluster.propose_on_leader(100, "healed");
+    cluster.tick_all(50);
+    assert_eq!(cluster.applied(3), cluster.applied(1), "minority caught up");
+    assert!(commands(&cluster.applied(3)).contains(&"healed".to_string()));
+}
+
+#[test]
+fn restart_after_losing_unsynced_writes_breaks_no_promise() {
+    let mut cluster = Cluster::new(3, config());
+    cluster.elect(1);
+    cluster.propose(1, 1, "a").unwrap();
+    cluster.settle();
+    // Node 3's disk stalls: it appends the Accept but never syncs, so it never answers.
+    cluster.stalled.insert(NodeId(3));
+    cluster.propose(1, 2, "b").unwrap();
+    cluster.settle();
+    let accepted_3 = cluster
+        .transcript
+        .iter()
+        .filter(|l| l.contains("n3 -> n1: Accepted"))
+        .count();
+    assert_eq!(accepted_3, 0, "no Accepted before durable");
+    cluster.crash(3);
+    cluster.stalled.clear();
+    cluster.restart(3, &[]);
+    cluster.tick_all(40);
+    assert_eq!(cluster.applied(3), cluster.applied(1));
+    assert_eq!(commands(&cluster.applied(3)), ["a", "b"]);
+}
+
+#[test]
+fn damaged_record_relearns_before_voting() {
+    let mut cluster = Cluster::new(3, config());
+    cluster.elect(1);
+    for id in 0..4 {
+        cluster.propose(1, id, &format!("d{id}")).unwrap();
+        cluster.settle();
+    }
+    cluster.tick_all(15);
+    cluster.crash(2);
+    let damaged = {
+        let log = &cluster.nodes[&NodeId(2)].log;
+        log.iter()
+            .find(|(_, r, _)| r.kind == RecordKind::Accept)
+            .unwrap()
+            .0
+    };
+    cluster.restart(2, &[damaged]);
+    assert!(cluster.table(2).is_relearning(GROUP));
+    // While re-learning it does not answer a Prepare.
+    let before = cluster.table(2).stats().promises_sent;
+    cluster.table(2).on_message(
+        NodeId(3),
+        GroupId(7),
+        Message::Prepare {
+            ballot: Ballot {
+                number: 50,
+                node: 3,
+            },
+            first: Instance(0),
+        },
+    );
+    cluster.settle();
+    assert_eq!(cluster.table(2).stats().promises_sent, before);
+    // New instances are chosen; node 2 re-learns and then votes again.
+    for id in 10..20 {
+        cluster.propose_on_leader(id, &format!("n{id}"));
+        cluster.tick_all(5);
+    }
+    cluster.tick_all(100);
+    assert!(!cluster.table(2).is_relearning(GROUP));
+    assert_eq!(cluster.applied(2), cluster.applied(1));
+}
+
+#[test]
+fn codec_round_trips_every_kind() {
+    let ballot = Ballot { number: 3, node: 2 };
+    let messages = vec![
+        Message::Prepare {
+            ballot,
+            first: Instance(4),
+        },
+        Message::Promise {
+            ballot,
+            applied_next: Instance(2),
+            truncated: true,
+            entries: vec![PromiseEntry {
+                instance: Instance(4),
+                ballot,
+                chosen: false,
+                value: bytes::Bytes::from_static(b"v"),
+            }],
+        },
+        Message::Accept {
+            ballot,
+            instance: Instance(9),
+            value: bytes::Bytes::from_static(b"xyz"),
+            chosen_through: Instance(8),
+        },
+        Message::Accepted {
+            ballot,
+            instance: Instance(9),
+        },
+        Message::Reject {
+            rejected: ballot,
+            promised: Ballot { number: 4, node: 1 },
+        },
+        Message::Commit {
+            ballot,
+            chosen_through: Instance(5),
+            checksum: 77,
+        },
+        Message::CatchupRequest { from: Instance(1) },
+        Message::CatchupReply {
+            applied_next: Instance(3),
+            entries: vec![(Instance(1), bytes::Bytes::from_static(b"q"))],
+            checksum: 5,
+        },
+    ];
+    for message in messages {
+        let bytes = message.encode();
+        assert_eq!(bytes[0], message.kind());
+        assert_eq!(Message::decode(&bytes).unwrap(), message);
+        for cut in 0..bytes.len() {
+            assert!(Message::decode(&bytes[..cut]).is_err(), "truncated {cut}");
+        }
+    }
+    assert_eq!(Message::decode(&[200]), Err(DecodeError::UnknownKind(200)));
+}
+
+impl Cluster {
+    /// Proposes on the current leader, waiting (bounded) for an election if there is none.
+    fn propose_on_leader(&mut self, id: u64, command: &str) {
+        let mut leader = None;
+        for _ in 0..500 {
+            leader = (1..=3).find(|n| {
+                self.nodes[&NodeId(*n)].table.is_some() && self.table(*n).is_leader(GROUP)
+            });
+            if leader.is_some() {
+                break;
+            }
+            self.tick_all(1);
+        }
+        let leader = leader.expect("a leader within 500 ticks");
+        self.propose(leader, id, command).unwrap();
+        self.settle();
+    }
+}
