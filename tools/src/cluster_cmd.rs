@@ -12,8 +12,8 @@ use nix::unistd::Pid;
 use paxring_engine::runtime::NodeConfig;
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::ffi::OsStrExt;
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
@@ -127,8 +127,10 @@ fn cluster_file_path(dir: &Path) -> PathBuf {
 
 fn read_cluster(dir: &Path) -> Result<ClusterFile, String> {
     let path = cluster_file_path(dir);
-    let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    serde_json::from_str(&text).map_err(|e| format!("{} is not a cluster file: {e}", path.display()))
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    serde_json::from_str(&text)
+        .map_err(|e| format!("{} is not a cluster file: {e}", path.display()))
 }
 
 fn write_cluster(dir: &Path, cluster: &ClusterFile) -> Result<(), String> {
@@ -143,7 +145,9 @@ fn write_cluster(dir: &Path, cluster: &ClusterFile) -> Result<(), String> {
 /// Picks `count` distinct free ports on 127.0.0.1 (held open together, then released).
 fn free_addrs(count: usize) -> Result<Vec<SocketAddr>, String> {
     let listeners: Vec<TcpListener> = (0..count)
-        .map(|_| TcpListener::bind("127.0.0.1:0").map_err(|e| format!("cannot pick a free port: {e}")))
+        .map(|_| {
+            TcpListener::bind("127.0.0.1:0").map_err(|e| format!("cannot pick a free port: {e}"))
+        })
         .collect::<Result<_, _>>()?;
     listeners
         .iter()
@@ -155,7 +159,8 @@ fn cluster_up(args: &UpArgs) -> Result<(), String> {
     if args.nodes == 0 || args.nodes > 9 {
         return Err(format!("--nodes {} (fix: use 1 to 9)", args.nodes));
     }
-    std::fs::create_dir_all(&args.dir).map_err(|e| format!("cannot create {}: {e}", args.dir.display()))?;
+    std::fs::create_dir_all(&args.dir)
+        .map_err(|e| format!("cannot create {}: {e}", args.dir.display()))?;
     let dir = args
         .dir
         .canonicalize()
@@ -175,7 +180,8 @@ fn cluster_up(args: &UpArgs) -> Result<(), String> {
         let id = index as u32 + 1;
         let node_dir = dir.join(format!("node-{id}"));
         let data_dir = node_dir.join("data");
-        std::fs::create_dir_all(&data_dir).map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
+        std::fs::create_dir_all(&data_dir)
+            .map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
         let mut builder = NodeConfig::builder(id, peer_addrs[index], &data_dir)
             .cluster_id(args.cluster_id)
             .groups(args.groups)
@@ -194,7 +200,8 @@ fn cluster_up(args: &UpArgs) -> Result<(), String> {
             node,
         };
         let config = node_dir.join("config.toml");
-        std::fs::write(&config, file.to_toml_string()).map_err(|e| format!("cannot write {}: {e}", config.display()))?;
+        std::fs::write(&config, file.to_toml_string())
+            .map_err(|e| format!("cannot write {}: {e}", config.display()))?;
         nodes.push(ClusterNode {
             id,
             peer_addr: peer_addrs[index],
@@ -237,7 +244,8 @@ fn node_log(dir: &Path, id: u32) -> PathBuf {
 /// Starts `paxring node` for `node`, detached in its own process group, output appended to its
 /// log. Returns its pid.
 fn spawn_node(dir: &Path, node: &ClusterNode) -> Result<u32, String> {
-    let exe = std::env::current_exe().map_err(|e| format!("cannot find the paxring executable: {e}"))?;
+    let exe =
+        std::env::current_exe().map_err(|e| format!("cannot find the paxring executable: {e}"))?;
     let log_path = node_log(dir, node.id);
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -288,7 +296,8 @@ fn wait_answers(node: &ClusterNode, deadline: Instant) -> Result<(), String> {
 }
 
 fn ask_id(addr: SocketAddr) -> Result<u32, String> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).map_err(|e| e.to_string())?;
+    let mut stream =
+        TcpStream::connect_timeout(&addr, Duration::from_millis(500)).map_err(|e| e.to_string())?;
     stream
         .set_read_timeout(Some(Duration::from_secs(2)))
         .map_err(|e| e.to_string())?;
@@ -300,8 +309,11 @@ fn ask_id(addr: SocketAddr) -> Result<u32, String> {
         .take(64 * 1024)
         .read_line(&mut line)
         .map_err(|e| e.to_string())?;
-    let response: crate::kv::proto::Response = serde_json::from_str(&line).map_err(|e| format!("bad id answer: {e}"))?;
-    response.node_id.ok_or_else(|| format!("id answer without node_id: {line}"))
+    let response: crate::kv::proto::Response =
+        serde_json::from_str(&line).map_err(|e| format!("bad id answer: {e}"))?;
+    response
+        .node_id
+        .ok_or_else(|| format!("id answer without node_id: {line}"))
 }
 
 /// True when `pid` is alive (not a zombie) and runs `paxring node`.
@@ -368,14 +380,21 @@ fn cluster_restart(args: &RestartArgs) -> Result<(), String> {
         .map_err(|e| format!("{}: {e}", args.dir.display()))?;
     let mut cluster = read_cluster(&dir)?;
     let Some(index) = cluster.nodes.iter().position(|n| n.id == args.node) else {
-        return Err(format!("node {} is not in {}", args.node, cluster_file_path(&dir).display()));
+        return Err(format!(
+            "node {} is not in {}",
+            args.node,
+            cluster_file_path(&dir).display()
+        ));
     };
     let old = cluster.nodes[index].pid;
     let how = stop_node(old, Duration::from_secs(10));
     let pid = spawn_node(&dir, &cluster.nodes[index])?;
     cluster.nodes[index].pid = pid;
     write_cluster(&dir, &cluster)?;
-    wait_answers(&cluster.nodes[index], Instant::now() + Duration::from_secs(args.wait_seconds))?;
+    wait_answers(
+        &cluster.nodes[index],
+        Instant::now() + Duration::from_secs(args.wait_seconds),
+    )?;
     let node = &cluster.nodes[index];
     println!(
         "node {}: old pid {old} {how}; new pid {} peer {} client {}",

@@ -158,7 +158,8 @@ fn run_kv(args: KvArgs) -> Result<ExitCode, String> {
 fn ask_all(addrs: &[SocketAddr], reply_timeout: Duration, request: &Request) -> ExitCode {
     let mut failed = false;
     for addr in addrs {
-        let answer = KvClient::connect(&[*addr], reply_timeout, 0).and_then(|mut c| c.ask(0, request));
+        let answer =
+            KvClient::connect(&[*addr], reply_timeout, 0).and_then(|mut c| c.ask(0, request));
         match answer {
             Ok(response) => {
                 let line = serde_json::json!({ "addr": addr, "response": response });
@@ -198,12 +199,19 @@ struct Tally {
     unknown: AtomicU64,
 }
 
-fn run_load(addrs: &[SocketAddr], reply_timeout: Duration, args: &LoadArgs) -> Result<ExitCode, String> {
+fn run_load(
+    addrs: &[SocketAddr],
+    reply_timeout: Duration,
+    args: &LoadArgs,
+) -> Result<ExitCode, String> {
     if args.clients == 0 || args.clients > 256 {
         return Err(format!("--clients {} (fix: use 1 to 256)", args.clients));
     }
     if !(args.seconds > 0.0 && args.seconds <= 3600.0) {
-        return Err(format!("--seconds {} (fix: use more than 0, at most 3600)", args.seconds));
+        return Err(format!(
+            "--seconds {} (fix: use more than 0, at most 3600)",
+            args.seconds
+        ));
     }
     if args.keys == 0 || args.keys > 1_000_000 {
         return Err(format!("--keys {} (fix: use 1 to 1000000)", args.keys));
@@ -238,7 +246,9 @@ fn run_load(addrs: &[SocketAddr], reply_timeout: Duration, args: &LoadArgs) -> R
             .spawn(move || {
                 let worker = Worker {
                     client,
-                    rng: fastrand::Rng::with_seed(seed ^ (u64::from(client) + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+                    rng: fastrand::Rng::with_seed(
+                        seed ^ (u64::from(client) + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+                    ),
                     keys,
                     start,
                     deadline: start + duration,
@@ -415,7 +425,10 @@ impl Worker {
         let mut line = serde_json::to_vec(&record).expect("a record always serializes");
         line.push(b'\n');
         if let Err(e) = self.history.lock().expect("history lock").write_all(&line) {
-            self.write_error.lock().expect("lock").get_or_insert(e.to_string());
+            self.write_error
+                .lock()
+                .expect("lock")
+                .get_or_insert(e.to_string());
         }
         let counter = match outcome {
             "ok" => &self.tally.ok,

@@ -11,7 +11,11 @@ mod wal_cmd;
 
 /// The paxring command.
 #[derive(Parser, Debug)]
-#[command(name = "paxring", version, about = "Multi-Paxos log replication on io_uring")]
+#[command(
+    name = "paxring",
+    version,
+    about = "Multi-Paxos log replication on io_uring"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

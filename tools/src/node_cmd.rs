@@ -112,12 +112,16 @@ fn run_node(path: &Path) -> Result<(), String> {
         let views = views.clone();
         Box::new(move |group: GroupId| {
             let state = KvState::open(&data_dir, group, policy).map_err(|e| e.to_string())?;
-            views.lock().expect("views lock").insert(group.0, state.view());
+            views
+                .lock()
+                .expect("views lock")
+                .insert(group.0, state.view());
             Ok(Box::new(state) as Box<dyn StateMachine>)
         })
     };
     let node_id = file.node.node_id;
-    let node = Node::start(file.node.clone(), factory).map_err(|e| format!("node {node_id}: {e}"))?;
+    let node =
+        Node::start(file.node.clone(), factory).map_err(|e| format!("node {node_id}: {e}"))?;
     let views: Vec<SharedView> = std::mem::take(&mut *views.lock().expect("views lock"))
         .into_values()
         .collect();

@@ -24,7 +24,11 @@ fn proposals_through_every_node_replicate_identically() {
             let value = format!("v{entry}-{i}");
             match put(&nodes, entry, &key, &value) {
                 Outcome::Ok(answer) => assert!(answer["instance"].is_u64(), "{answer}"),
-                other => panic!("put {key} through node {}: {other:?}\n{}", nodes[entry].id, cluster.logs()),
+                other => panic!(
+                    "put {key} through node {}: {other:?}\n{}",
+                    nodes[entry].id,
+                    cluster.logs()
+                ),
             }
             written.push((key, value));
         }
@@ -32,12 +36,20 @@ fn proposals_through_every_node_replicate_identically() {
     // Overwrite through another node: the read must see the newer value from every node.
     for (i, (key, value)) in written.iter_mut().enumerate().step_by(5) {
         *value = format!("{value}-again");
-        assert!(matches!(put(&nodes, (i + 1) % 3, key, value), Outcome::Ok(_)));
+        assert!(matches!(
+            put(&nodes, (i + 1) % 3, key, value),
+            Outcome::Ok(_)
+        ));
     }
     for entry in 0..nodes.len() {
         for (key, value) in &written {
             match get(&nodes, entry, key) {
-                Outcome::Ok(answer) => assert_eq!(answer["value"], json!(value), "get {key} via node {}", nodes[entry].id),
+                Outcome::Ok(answer) => assert_eq!(
+                    answer["value"],
+                    json!(value),
+                    "get {key} via node {}",
+                    nodes[entry].id
+                ),
                 other => panic!("get {key} through node {}: {other:?}", nodes[entry].id),
             }
         }
@@ -56,7 +68,11 @@ fn proposals_through_every_node_replicate_identically() {
         .filter(|(_, a)| a["ok"] == json!(true))
         .map(|(n, _)| n.id)
         .collect();
-    assert_eq!(leaders.len(), 1, "exactly one node leads the group: {answers:?}");
+    assert_eq!(
+        leaders.len(),
+        1,
+        "exactly one node leads the group: {answers:?}"
+    );
     for answer in answers.iter().filter(|a| a["ok"] != json!(true)) {
         assert_eq!(answer["error"], json!("not_leader"), "{answer}");
         if !answer["leader"].is_null() {
@@ -65,8 +81,17 @@ fn proposals_through_every_node_replicate_identically() {
     }
 
     let (converged, readings) = wait_converged(&nodes, Duration::from_secs(30));
-    assert!(converged, "replicas differ: {readings:?}\n{}", cluster.logs());
-    let applied: u64 = readings[0].as_ref().unwrap().iter().map(|(next, _)| *next).sum();
+    assert!(
+        converged,
+        "replicas differ: {readings:?}\n{}",
+        cluster.logs()
+    );
+    let applied: u64 = readings[0]
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|(next, _)| *next)
+        .sum();
     assert!(applied > 0, "something was applied: {readings:?}");
 
     for node in &nodes {
@@ -82,11 +107,19 @@ fn malformed_client_input_is_answered_and_harmless() {
     let cluster = TestCluster::up(1, 1);
     let node = cluster.node(1);
     let stream = std::net::TcpStream::connect(node.client_addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
     let mut writer = stream.try_clone().unwrap();
     let mut reader = BufReader::new(stream);
     let mut line = String::new();
-    for bad in ["{\"op\":\"bogus\"}", "not json", "", "{\"op\":\"put\",\"key\":\"k\"}", "[1,2,3]"] {
+    for bad in [
+        "{\"op\":\"bogus\"}",
+        "not json",
+        "",
+        "{\"op\":\"put\",\"key\":\"k\"}",
+        "[1,2,3]",
+    ] {
         writer.write_all(format!("{bad}\n").as_bytes()).unwrap();
         line.clear();
         reader.read_line(&mut line).unwrap();
@@ -107,8 +140,17 @@ fn malformed_client_input_is_answered_and_harmless() {
     reader.read_line(&mut line).unwrap();
     assert!(line.contains("bad_request"), "{line}");
     line.clear();
-    assert_eq!(reader.read_line(&mut line).unwrap_or(0), 0, "closed after an over-long line");
-    let answer = request(node.client_addr, &json!({"op":"id"}), Duration::from_secs(5)).unwrap();
+    assert_eq!(
+        reader.read_line(&mut line).unwrap_or(0),
+        0,
+        "closed after an over-long line"
+    );
+    let answer = request(
+        node.client_addr,
+        &json!({"op":"id"}),
+        Duration::from_secs(5),
+    )
+    .unwrap();
     assert_eq!(answer["ok"], json!(true));
     assert!(runs_paxring_node(node.pid));
 }
@@ -117,7 +159,12 @@ fn malformed_client_input_is_answered_and_harmless() {
 fn kv_command_follows_redirects() {
     let cluster = TestCluster::up(2, 1);
     let addrs = cluster.addr_list();
-    let run = |args: &[&str]| run_paxring(&[&["kv", "--addr", &addrs], args].concat(), Duration::from_secs(30));
+    let run = |args: &[&str]| {
+        run_paxring(
+            &[&["kv", "--addr", &addrs], args].concat(),
+            Duration::from_secs(30),
+        )
+    };
     let (ok, stdout, stderr) = run(&["put", "cli", "one"]);
     assert!(ok, "{stdout}{stderr}\n{}", cluster.logs());
     let (ok, stdout, _) = run(&["get", "cli"]);
@@ -140,7 +187,11 @@ fn kv_command_follows_redirects() {
         Duration::from_secs(60),
     );
     assert!(ok, "{stdout}{stderr}");
-    assert_eq!(stdout.matches("stopped").count(), 3, "every node stopped on SIGTERM: {stdout}");
+    assert_eq!(
+        stdout.matches("stopped").count(),
+        3,
+        "every node stopped on SIGTERM: {stdout}"
+    );
     for node in cluster.nodes() {
         assert!(!runs_paxring_node(node.pid));
     }

@@ -21,7 +21,11 @@ use std::time::{Duration, Instant};
 fn leader_of(cluster: &TestCluster, group: usize) -> Option<u32> {
     let mut votes: HashMap<u32, usize> = HashMap::new();
     for node in cluster.nodes() {
-        if let Ok(answer) = request(node.client_addr, &json!({"op":"id"}), Duration::from_secs(3)) {
+        if let Ok(answer) = request(
+            node.client_addr,
+            &json!({"op":"id"}),
+            Duration::from_secs(3),
+        ) {
             if let Some(leader) = answer["leaders"][group].as_u64() {
                 *votes.entry(leader as u32).or_default() += 1;
             }
@@ -36,7 +40,11 @@ fn wait_leader(cluster: &TestCluster, group: usize) -> u32 {
         if let Some(leader) = leader_of(cluster, group) {
             return leader;
         }
-        assert!(Instant::now() < deadline, "no leader of group {group}\n{}", cluster.logs());
+        assert!(
+            Instant::now() < deadline,
+            "no leader of group {group}\n{}",
+            cluster.logs()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -47,7 +55,18 @@ fn kill_follower_and_leader_under_load() {
     let history = cluster.path().join("history.jsonl");
     let summary = cluster.path().join("load.out");
     let load = Command::new(exe())
-        .args(["kv", "--addr", &cluster.addr_list(), "load", "--clients", "4", "--seconds", "16", "--keys", "20"])
+        .args([
+            "kv",
+            "--addr",
+            &cluster.addr_list(),
+            "load",
+            "--clients",
+            "4",
+            "--seconds",
+            "16",
+            "--keys",
+            "20",
+        ])
         .arg("--history")
         .arg(&history)
         .args(["--seed", "5"])
@@ -103,17 +122,30 @@ fn kill_follower_and_leader_under_load() {
     let summary_text = std::fs::read_to_string(&summary).unwrap();
     assert!(status.success(), "load failed: {summary_text}");
     let summary_json: Value = serde_json::from_str(summary_text.lines().last().unwrap()).unwrap();
-    assert!(summary_json["ok"].as_u64().unwrap() > 100, "the cluster kept committing: {summary_text}");
+    assert!(
+        summary_json["ok"].as_u64().unwrap() > 100,
+        "the cluster kept committing: {summary_text}"
+    );
 
     let nodes = cluster.nodes();
     let (converged, readings) = wait_converged(&nodes, Duration::from_secs(60));
-    assert!(converged, "replicas differ after catch-up: {readings:?}\n{}", cluster.logs());
+    assert!(
+        converged,
+        "replicas differ after catch-up: {readings:?}\n{}",
+        cluster.logs()
+    );
 
     // Every acknowledged unique write reads back through the log, from every node.
-    assert!(acked.len() > 10, "unique writes were acknowledged: {}", acked.len());
+    assert!(
+        acked.len() > 10,
+        "unique writes were acknowledged: {}",
+        acked.len()
+    );
     for (i, (key, value)) in acked.iter().enumerate() {
         match get(&nodes, i % 3, key) {
-            Outcome::Ok(answer) => assert_eq!(answer["value"], json!(value), "acknowledged {key} lost"),
+            Outcome::Ok(answer) => {
+                assert_eq!(answer["value"], json!(value), "acknowledged {key} lost")
+            }
             other => panic!("get {key}: {other:?}"),
         }
     }
@@ -123,7 +155,11 @@ fn kill_follower_and_leader_under_load() {
     for node in &nodes {
         let stats = stats(node.client_addr);
         let rounds = assert_one_durable_write_per_round(&stats);
-        assert!(rounds > 0, "node {} wrote its WAL since its restart: {stats}", node.id);
+        assert!(
+            rounds > 0,
+            "node {} wrote its WAL since its restart: {stats}",
+            node.id
+        );
     }
 }
 
@@ -141,7 +177,17 @@ struct Op {
 
 fn parse_history(path: &std::path::Path) -> Vec<Op> {
     let text = std::fs::read_to_string(path).unwrap();
-    let fields = ["client", "op", "key", "value", "expected", "ok", "call_ns", "return_ns", "outcome"];
+    let fields = [
+        "client",
+        "op",
+        "key",
+        "value",
+        "expected",
+        "ok",
+        "call_ns",
+        "return_ns",
+        "outcome",
+    ];
     text.lines()
         .map(|line| {
             let v: Value = serde_json::from_str(line).unwrap();
@@ -160,9 +206,16 @@ fn parse_history(path: &std::path::Path) -> Vec<Op> {
                 outcome: v["outcome"].as_str().unwrap().to_string(),
             };
             assert!(["put", "get", "cas"].contains(&op.op.as_str()), "{line}");
-            assert!(["ok", "fail", "unknown"].contains(&op.outcome.as_str()), "{line}");
+            assert!(
+                ["ok", "fail", "unknown"].contains(&op.outcome.as_str()),
+                "{line}"
+            );
             assert!(op.call_ns <= op.return_ns, "{line}");
-            assert_eq!(op.outcome == "unknown", op.ok.is_none(), "ok is null exactly when unknown: {line}");
+            assert_eq!(
+                op.outcome == "unknown",
+                op.ok.is_none(),
+                "ok is null exactly when unknown: {line}"
+            );
             op
         })
         .collect()
@@ -177,16 +230,28 @@ fn check_history(path: &std::path::Path, nodes: &[NodeInfo]) {
     let mut writer_of: HashMap<String, &Op> = HashMap::new();
     for op in ops.iter().filter(|o| o.op != "get") {
         let value = op.value.clone().expect("a write has a value");
-        assert!(writer_of.insert(value, op).is_none(), "values are unique per operation");
+        assert!(
+            writer_of.insert(value, op).is_none(),
+            "values are unique per operation"
+        );
     }
-    let may_have_written = |op: &Op| op.outcome == "unknown" || (op.outcome == "ok" && op.ok == Some(true));
+    let may_have_written =
+        |op: &Op| op.outcome == "unknown" || (op.outcome == "ok" && op.ok == Some(true));
     let acknowledged = |op: &Op| op.outcome == "ok" && op.ok == Some(true) && op.op != "get";
 
     for read in ops.iter().filter(|o| o.op == "get" && o.outcome == "ok") {
         if let Some(value) = &read.value {
-            let write = writer_of.get(value).unwrap_or_else(|| panic!("read {value:?} that no one wrote"));
-            assert!(may_have_written(write), "read {value:?} from a write that failed: {write:?}");
-            assert!(write.call_ns < read.return_ns, "read {value:?} before its write began");
+            let write = writer_of
+                .get(value)
+                .unwrap_or_else(|| panic!("read {value:?} that no one wrote"));
+            assert!(
+                may_have_written(write),
+                "read {value:?} from a write that failed: {write:?}"
+            );
+            assert!(
+                write.call_ns < read.return_ns,
+                "read {value:?} before its write began"
+            );
             assert_eq!(write.key, read.key);
         }
     }
@@ -197,12 +262,23 @@ fn check_history(path: &std::path::Path, nodes: &[NodeInfo]) {
             Outcome::Ok(answer) => answer["value"].as_str().map(String::from),
             other => panic!("final get {key}: {other:?}"),
         };
-        let acked: Vec<&Op> = ops.iter().filter(|o| o.key == key && acknowledged(o)).collect();
+        let acked: Vec<&Op> = ops
+            .iter()
+            .filter(|o| o.key == key && acknowledged(o))
+            .collect();
         match last {
-            None => assert!(acked.is_empty(), "{key} is absent but writes were acknowledged: {acked:?}"),
+            None => assert!(
+                acked.is_empty(),
+                "{key} is absent but writes were acknowledged: {acked:?}"
+            ),
             Some(value) => {
-                let write = writer_of.get(&value).unwrap_or_else(|| panic!("{key} holds {value:?} that no one wrote"));
-                assert!(may_have_written(write), "{key} holds the value of a failed write");
+                let write = writer_of
+                    .get(&value)
+                    .unwrap_or_else(|| panic!("{key} holds {value:?} that no one wrote"));
+                assert!(
+                    may_have_written(write),
+                    "{key} holds the value of a failed write"
+                );
                 for later in acked {
                     assert!(
                         later.call_ns <= write.return_ns,

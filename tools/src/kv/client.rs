@@ -81,18 +81,18 @@ impl KvClient {
             reply_timeout,
         };
         let mut errors = Vec::new();
-        for index in 0..addrs.len() {
+        for (index, addr) in addrs.iter().enumerate() {
             match client.call(index, &Request::Id) {
                 Ok(response) if response.ok => {
                     let groups = response.groups.unwrap_or(0);
                     if groups == 0 {
-                        errors.push(format!("{}: id answer without groups", addrs[index]));
+                        errors.push(format!("{}: id answer without groups", addr));
                         continue;
                     }
                     if client.groups != 0 && client.groups != groups {
                         return Err(format!(
                             "{} has {groups} groups, another node {}: not one cluster",
-                            addrs[index], client.groups
+                            addr, client.groups
                         ));
                     }
                     client.groups = groups;
@@ -102,10 +102,10 @@ impl KvClient {
                         client.leaders.resize(groups as usize, None);
                     }
                 }
-                Ok(response) => errors.push(format!("{}: {:?}", addrs[index], response.error)),
+                Ok(response) => errors.push(format!("{}: {:?}", addr, response.error)),
                 Err(CallError::NotSent(e)) | Err(CallError::Unknown(e)) => {
                     client.connections[index] = None;
-                    errors.push(format!("{}: {e}", addrs[index]))
+                    errors.push(format!("{}: {e}", addr))
                 }
             }
         }
@@ -167,7 +167,9 @@ impl KvClient {
                         code::NOT_LEADER => {
                             let this = self.node_ids[target];
                             match response.leader {
-                                Some(leader) if Some(leader) != this && self.index_of(leader).is_some() => {
+                                Some(leader)
+                                    if Some(leader) != this && self.index_of(leader).is_some() =>
+                                {
                                     self.leaders[group] = Some(leader);
                                 }
                                 Some(leader) if Some(leader) != this => {
@@ -234,7 +236,9 @@ impl KvClient {
             stream
                 .set_write_timeout(Some(self.reply_timeout))
                 .map_err(|e| CallError::NotSent(e.to_string()))?;
-            let writer = stream.try_clone().map_err(|e| CallError::NotSent(e.to_string()))?;
+            let writer = stream
+                .try_clone()
+                .map_err(|e| CallError::NotSent(e.to_string()))?;
             self.connections[index] = Some(Connection {
                 reader: BufReader::new(stream),
                 writer,
@@ -272,6 +276,7 @@ fn still_open(stream: &TcpStream) -> bool {
         return false;
     }
     let mut byte = [0u8; 1];
-    let open = matches!(stream.peek(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+    let open =
+        matches!(stream.peek(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
     stream.set_nonblocking(false).is_ok() && open
 }

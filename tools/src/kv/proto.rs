@@ -200,7 +200,10 @@ mod tests {
                     value: "v".into(),
                 },
             ),
-            (r#"{"op":"get","key":"k"}"#, Request::Get { key: "k".into() }),
+            (
+                r#"{"op":"get","key":"k"}"#,
+                Request::Get { key: "k".into() },
+            ),
             (
                 r#"{"op":"delete","key":"k"}"#,
                 Request::Delete { key: "k".into() },
@@ -245,17 +248,29 @@ mod tests {
         // A 4-byte buffer forces lines to span several fills.
         let mut reader = BufReader::with_capacity(4, &input[..]);
         let mut line = Vec::new();
-        assert_eq!(read_line_bounded(&mut reader, &mut line, 10).unwrap(), LineRead::Line);
+        assert_eq!(
+            read_line_bounded(&mut reader, &mut line, 10).unwrap(),
+            LineRead::Line
+        );
         assert_eq!(line, b"one");
         line.clear();
-        assert_eq!(read_line_bounded(&mut reader, &mut line, 10).unwrap(), LineRead::Line);
+        assert_eq!(
+            read_line_bounded(&mut reader, &mut line, 10).unwrap(),
+            LineRead::Line
+        );
         assert_eq!(line, b"two");
         line.clear();
-        assert_eq!(read_line_bounded(&mut reader, &mut line, 10).unwrap(), LineRead::TooLong);
+        assert_eq!(
+            read_line_bounded(&mut reader, &mut line, 10).unwrap(),
+            LineRead::TooLong
+        );
         assert!(line.len() < 10);
         let mut reader = BufReader::new(&b"four"[..]);
         line.clear();
-        assert_eq!(read_line_bounded(&mut reader, &mut line, 10).unwrap(), LineRead::Eof);
+        assert_eq!(
+            read_line_bounded(&mut reader, &mut line, 10).unwrap(),
+            LineRead::Eof
+        );
     }
 
     #[test]

@@ -5,7 +5,9 @@
 //! (bounded in time). Never: answers a write before the runtime says it committed, crashes on a
 //! malformed line, or holds more than `LINE_BYTES_MAX` of a request.
 
-use super::proto::{code, read_line_bounded, GroupDigest, LineRead, Request, Response, LINE_BYTES_MAX};
+use super::proto::{
+    code, read_line_bounded, GroupDigest, LineRead, Request, Response, LINE_BYTES_MAX,
+};
 use super::state::{group_of_key, Command, Outcome, SharedView};
 use paxring_engine::runtime::{Committed, Error, Node, Proposal};
 use paxring_wal::GroupId;
@@ -64,7 +66,11 @@ impl KvServer {
         views: Arc<Vec<SharedView>>,
         limits: ServerLimits,
     ) -> std::io::Result<KvServer> {
-        assert_eq!(views.len(), node.config().groups as usize, "one view per group");
+        assert_eq!(
+            views.len(),
+            node.config().groups as usize,
+            "one view per group"
+        );
         let local_addr = listener.local_addr()?;
         listener.set_nonblocking(true)?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -138,7 +144,9 @@ fn accept_loop(listener: TcpListener, context: Arc<ServerShared>) {
                     context.active.fetch_sub(1, Ordering::AcqRel);
                 }
             }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(5)),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
             Err(e) => {
                 tracing::warn!("accept failed: {e}");
                 std::thread::sleep(POLL_INTERVAL);
@@ -149,7 +157,10 @@ fn accept_loop(listener: TcpListener, context: Arc<ServerShared>) {
 
 fn refuse(mut stream: TcpStream, max: usize) {
     let _ = stream.set_write_timeout(Some(Duration::from_millis(200)));
-    let response = Response::error(code::OVERLOADED, format!("{max} client connections already open"));
+    let response = Response::error(
+        code::OVERLOADED,
+        format!("{max} client connections already open"),
+    );
     let _ = write_response(&mut stream, &response_json(&response));
 }
 
@@ -217,13 +228,19 @@ fn response_json(response: &Response) -> serde_json::Value {
 fn handle_line(line: &[u8], context: &ServerShared) -> serde_json::Value {
     let request: Request = match serde_json::from_slice(line) {
         Ok(request) => request,
-        Err(e) => return response_json(&Response::error(code::BAD_REQUEST, format!("not a request: {e}"))),
+        Err(e) => {
+            return response_json(&Response::error(
+                code::BAD_REQUEST,
+                format!("not a request: {e}"),
+            ))
+        }
     };
     let node = &context.node;
     let groups = node.config().groups;
     let command = match request {
         Request::Id => {
-            let leaders: Vec<Option<u32>> = (0..groups).map(|g| node.leader_hint(GroupId(g))).collect();
+            let leaders: Vec<Option<u32>> =
+                (0..groups).map(|g| node.leader_hint(GroupId(g))).collect();
             return serde_json::json!({
                 "ok": true,
                 "node_id": node.config().node_id,
@@ -281,7 +298,12 @@ fn handle_line(line: &[u8], context: &ServerShared) -> serde_json::Value {
 fn committed_json(committed: &Committed, is_cas: bool) -> serde_json::Value {
     let outcome = match Outcome::decode(&committed.result) {
         Ok(outcome) => outcome,
-        Err(e) => return response_json(&Response::error(code::UNKNOWN, format!("committed, but {e}"))),
+        Err(e) => {
+            return response_json(&Response::error(
+                code::UNKNOWN,
+                format!("committed, but {e}"),
+            ))
+        }
     };
     if let Some(error) = outcome.error {
         return response_json(&Response::error(code::BAD_REQUEST, error));
@@ -310,7 +332,9 @@ pub fn error_response(error: Error) -> Response {
         Error::TooLarge { .. } => Response::error(code::TOO_LARGE, message),
         Error::NoSuchGroup(..) => Response::error(code::BAD_REQUEST, message),
         Error::Stopped(_) => Response::error(code::STOPPED, message),
-        Error::Unknown(_) | Error::Config(_) | Error::Start(_) => Response::error(code::UNKNOWN, message),
+        Error::Unknown(_) | Error::Config(_) | Error::Start(_) => {
+            Response::error(code::UNKNOWN, message)
+        }
     }
 }
 

@@ -214,7 +214,10 @@ impl KvState {
         policy: SnapshotPolicy,
     ) -> Result<KvState, SnapshotError> {
         let path = KvState::snapshot_path(data_dir, group);
-        let dir = path.parent().expect("a snapshot path has a parent").to_path_buf();
+        let dir = path
+            .parent()
+            .expect("a snapshot path has a parent")
+            .to_path_buf();
         std::fs::create_dir_all(&dir).map_err(|source| SnapshotError::Io {
             path: dir.clone(),
             op: "create_dir_all",
@@ -375,7 +378,10 @@ impl KvState {
         if let Err(e) = self.snapshot() {
             // Never retried: the file's durability is unknown, so the checkpoint stays where
             // it was and the node is told to stop (see `GroupView::failed`).
-            tracing::error!(group = self.group.0, "snapshot failed, the node must stop: {e}");
+            tracing::error!(
+                group = self.group.0,
+                "snapshot failed, the node must stop: {e}"
+            );
             self.failed = Some(e.to_string());
         }
     }
@@ -411,7 +417,11 @@ impl StateMachine for KvState {
             let outcome = self.execute(command);
             results.push(outcome.encode());
         }
-        assert_eq!(results.len() - results_before, commands.len(), "one result per command");
+        assert_eq!(
+            results.len() - results_before,
+            commands.len(),
+            "one result per command"
+        );
         self.digest = digest_step(self.digest, instance, commands);
         self.applied_next = Some(instance.0 + 1);
         self.instances_since_snapshot += 1;
@@ -484,7 +494,10 @@ mod tests {
     fn apply(state: &mut KvState, instance: u64, commands: &[Bytes]) -> Vec<Outcome> {
         let mut results = Vec::new();
         state.apply(GroupId(0), Instance(instance), commands, &mut results);
-        results.iter().map(|r| Outcome::decode(r).unwrap()).collect()
+        results
+            .iter()
+            .map(|r| Outcome::decode(r).unwrap())
+            .collect()
     }
 
     fn never() -> SnapshotPolicy {
@@ -511,15 +524,26 @@ mod tests {
             }
             .encode()
         };
-        let out = apply(&mut state, 2, &[cas(Some("0"), "2"), cas(Some("1"), "2"), cas(None, "3")]);
+        let out = apply(
+            &mut state,
+            2,
+            &[cas(Some("0"), "2"), cas(Some("1"), "2"), cas(None, "3")],
+        );
         assert!(!out[0].done);
         assert_eq!(out[0].value.as_deref(), Some("1"));
         assert!(out[1].done);
         assert!(!out[2].done);
         assert_eq!(state.value("a").map(String::as_str), Some("2"));
-        let out = apply(&mut state, 3, &[Command::Delete { key: "a".into() }.encode(), cas(None, "4")]);
+        let out = apply(
+            &mut state,
+            3,
+            &[Command::Delete { key: "a".into() }.encode(), cas(None, "4")],
+        );
         assert_eq!(out[0].value.as_deref(), Some("2"));
-        assert!(out[1].done, "cas on an absent key with expected = None swaps");
+        assert!(
+            out[1].done,
+            "cas on an absent key with expected = None swaps"
+        );
         assert_eq!(state.value("a").map(String::as_str), Some("4"));
         let out = apply(&mut state, 4, &[Bytes::from_static(b"{not json")]);
         assert!(out[0].error.is_some());
@@ -528,12 +552,31 @@ mod tests {
 
     #[test]
     fn digest_depends_on_the_sequence() {
-        let a = digest_step(digest_step(0, Instance(1), &[put("k", "1")]), Instance(2), &[put("k", "2")]);
-        let b = digest_step(digest_step(0, Instance(1), &[put("k", "2")]), Instance(2), &[put("k", "1")]);
-        let c = digest_step(digest_step(0, Instance(1), &[]), Instance(2), &[put("k", "1"), put("k", "2")]);
+        let a = digest_step(
+            digest_step(0, Instance(1), &[put("k", "1")]),
+            Instance(2),
+            &[put("k", "2")],
+        );
+        let b = digest_step(
+            digest_step(0, Instance(1), &[put("k", "2")]),
+            Instance(2),
+            &[put("k", "1")],
+        );
+        let c = digest_step(
+            digest_step(0, Instance(1), &[]),
+            Instance(2),
+            &[put("k", "1"), put("k", "2")],
+        );
         assert_ne!(a, b);
         assert_ne!(a, c);
-        assert_eq!(a, digest_step(digest_step(0, Instance(1), &[put("k", "1")]), Instance(2), &[put("k", "2")]));
+        assert_eq!(
+            a,
+            digest_step(
+                digest_step(0, Instance(1), &[put("k", "1")]),
+                Instance(2),
+                &[put("k", "2")]
+            )
+        );
     }
 
     #[test]
@@ -581,7 +624,10 @@ mod tests {
             KvState::snapshot_path(dir.path(), GroupId(1)),
         )
         .unwrap();
-        let err = KvState::open(dir.path(), GroupId(1), policy).err().unwrap().to_string();
+        let err = KvState::open(dir.path(), GroupId(1), policy)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("not group 1"), "{err}");
     }
 
@@ -598,15 +644,24 @@ mod tests {
         let last = flipped.len() - 3;
         flipped[last] ^= 0x40;
         std::fs::write(&path, &flipped).unwrap();
-        let err = KvState::open(dir.path(), GroupId(0), never()).err().unwrap().to_string();
+        let err = KvState::open(dir.path(), GroupId(0), never())
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("corrupt") && err.contains("checksum"), "{err}");
 
         std::fs::write(&path, &good[..good.len() - 1]).unwrap();
-        let err = KvState::open(dir.path(), GroupId(0), never()).err().unwrap().to_string();
+        let err = KvState::open(dir.path(), GroupId(0), never())
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("body bytes"), "{err}");
 
         std::fs::write(&path, b"short").unwrap();
-        let err = KvState::open(dir.path(), GroupId(0), never()).err().unwrap().to_string();
+        let err = KvState::open(dir.path(), GroupId(0), never())
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("header"), "{err}");
 
         std::fs::write(&path, &good).unwrap();
@@ -618,8 +673,9 @@ mod tests {
         assert_eq!(group_of_key("a", 1), GroupId(0));
         // crc32("a") = 0xe8b7be43.
         assert_eq!(group_of_key("a", 7), GroupId(0xe8b7_be43 % 7));
-        let spread: std::collections::BTreeSet<u32> =
-            (0..100).map(|i| group_of_key(&format!("k{i}"), 4).0).collect();
+        let spread: std::collections::BTreeSet<u32> = (0..100)
+            .map(|i| group_of_key(&format!("k{i}"), 4).0)
+            .collect();
         assert_eq!(spread.len(), 4);
     }
 }

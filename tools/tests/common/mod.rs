@@ -59,8 +59,18 @@ pub fn run_paxring(args: &[&str], timeout: Duration) -> (bool, String, String) {
     };
     let mut stdout = String::new();
     let mut stderr = String::new();
-    child.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
-    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
     let ok = status.map(|s| s.success()).unwrap_or(false);
     if status.is_none() {
         stderr.push_str(&format!("\n(timed out after {timeout:?})"));
@@ -81,7 +91,10 @@ pub fn runs_paxring_node(pid: u32) -> bool {
     let is_node = args.get(1).map(|a| *a == b"node").unwrap_or(false);
     let not_zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
-        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| !rest.trim_start().starts_with('Z')))
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
+        })
         .unwrap_or(false);
     is_paxring && is_node && not_zombie
 }
@@ -89,7 +102,10 @@ pub fn runs_paxring_node(pid: u32) -> bool {
 impl TestCluster {
     /// `paxring cluster up` with 3 nodes in a fresh temp dir.
     pub fn up(groups: u32, cores: usize) -> TestCluster {
-        let dir = tempfile::Builder::new().prefix("paxring-cluster-").tempdir().expect("temp dir");
+        let dir = tempfile::Builder::new()
+            .prefix("paxring-cluster-")
+            .tempdir()
+            .expect("temp dir");
         let mut cluster = TestCluster {
             dir,
             children: Vec::new(),
@@ -98,13 +114,29 @@ impl TestCluster {
         let dir_arg = cluster.dir.path().to_str().unwrap().to_string();
         let (ok, stdout, stderr) = run_paxring(
             &[
-                "cluster", "up", "--nodes", "3", "--groups", &groups.to_string(), "--cores",
-                &cores.to_string(), "--cluster-id", "7", "--dir", &dir_arg, "--wait-seconds", "30",
+                "cluster",
+                "up",
+                "--nodes",
+                "3",
+                "--groups",
+                &groups.to_string(),
+                "--cores",
+                &cores.to_string(),
+                "--cluster-id",
+                "7",
+                "--dir",
+                &dir_arg,
+                "--wait-seconds",
+                "30",
             ],
             Duration::from_secs(60),
         );
         cluster.remember_pids();
-        assert!(ok, "cluster up failed:\n{stdout}\n{stderr}\n{}", cluster.logs());
+        assert!(
+            ok,
+            "cluster up failed:\n{stdout}\n{stderr}\n{}",
+            cluster.logs()
+        );
         cluster
     }
 
@@ -119,7 +151,8 @@ impl TestCluster {
     }
 
     fn try_nodes(&self) -> Result<Vec<NodeInfo>, String> {
-        let text = std::fs::read_to_string(self.dir.path().join("cluster.json")).map_err(|e| e.to_string())?;
+        let text = std::fs::read_to_string(self.dir.path().join("cluster.json"))
+            .map_err(|e| e.to_string())?;
         let file: Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
         Ok(file["nodes"]
             .as_array()
@@ -140,7 +173,10 @@ impl TestCluster {
     }
 
     pub fn node(&self, id: u32) -> NodeInfo {
-        self.nodes().into_iter().find(|n| n.id == id).expect("node id")
+        self.nodes()
+            .into_iter()
+            .find(|n| n.id == id)
+            .expect("node id")
     }
 
     /// Every node's client address, comma-separated.
@@ -159,7 +195,11 @@ impl TestCluster {
     /// `kill -9` of one node (only if its pid still runs paxring node).
     pub fn kill9(&self, id: u32) {
         let node = self.node(id);
-        assert!(runs_paxring_node(node.pid), "node {id} (pid {}) is not running", node.pid);
+        assert!(
+            runs_paxring_node(node.pid),
+            "node {id} (pid {}) is not running",
+            node.pid
+        );
         kill(Pid::from_raw(node.pid as i32), Signal::SIGKILL).expect("kill -9");
         let deadline = Instant::now() + Duration::from_secs(10);
         while runs_paxring_node(node.pid) {
@@ -172,11 +212,24 @@ impl TestCluster {
     pub fn restart(&mut self, id: u32) {
         let dir_arg = self.dir.path().to_str().unwrap().to_string();
         let (ok, stdout, stderr) = run_paxring(
-            &["cluster", "restart", "--dir", &dir_arg, "--node", &id.to_string(), "--wait-seconds", "30"],
+            &[
+                "cluster",
+                "restart",
+                "--dir",
+                &dir_arg,
+                "--node",
+                &id.to_string(),
+                "--wait-seconds",
+                "30",
+            ],
             Duration::from_secs(60),
         );
         self.remember_pids();
-        assert!(ok, "restart of node {id} failed:\n{stdout}\n{stderr}\n{}", self.logs());
+        assert!(
+            ok,
+            "restart of node {id} failed:\n{stdout}\n{stderr}\n{}",
+            self.logs()
+        );
     }
 
     /// Every node's log (for failure messages).
@@ -217,12 +270,19 @@ impl Drop for TestCluster {
 
 /// One request line to `addr`, one response line back (bounded by `timeout`).
 pub fn request(addr: SocketAddr, request: &Value, timeout: Duration) -> Result<Value, String> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).map_err(|e| format!("connect {addr}: {e}"))?;
-    stream.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
-    stream.set_write_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1))
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    stream
+        .set_write_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
     let mut line = serde_json::to_vec(request).unwrap();
     line.push(b'\n');
-    stream.write_all(&line).map_err(|e| format!("write {addr}: {e}"))?;
+    stream
+        .write_all(&line)
+        .map_err(|e| format!("write {addr}: {e}"))?;
     let mut answer = String::new();
     BufReader::new(&stream)
         .take(16 << 20)
@@ -261,7 +321,10 @@ pub fn key_op(nodes: &[NodeInfo], entry: usize, op: &Value, retry_for: Duration)
                 last = answer.to_string();
                 match answer["error"].as_str() {
                     Some("not_leader") => {
-                        match answer["leader"].as_u64().and_then(|l| nodes.iter().position(|n| u64::from(n.id) == l)) {
+                        match answer["leader"]
+                            .as_u64()
+                            .and_then(|l| nodes.iter().position(|n| u64::from(n.id) == l))
+                        {
                             Some(leader) if leader != target => target = leader,
                             _ => {
                                 target = (target + 1) % nodes.len();
@@ -269,7 +332,9 @@ pub fn key_op(nodes: &[NodeInfo], entry: usize, op: &Value, retry_for: Duration)
                             }
                         }
                     }
-                    Some("overloaded") | Some("stopped") => std::thread::sleep(Duration::from_millis(50)),
+                    Some("overloaded") | Some("stopped") => {
+                        std::thread::sleep(Duration::from_millis(50))
+                    }
                     Some("unknown") => return Outcome::Unknown(last),
                     _ => return Outcome::Fail(last),
                 }
@@ -279,11 +344,21 @@ pub fn key_op(nodes: &[NodeInfo], entry: usize, op: &Value, retry_for: Duration)
 }
 
 pub fn put(nodes: &[NodeInfo], entry: usize, key: &str, value: &str) -> Outcome {
-    key_op(nodes, entry, &json!({"op":"put","key":key,"value":value}), Duration::from_secs(15))
+    key_op(
+        nodes,
+        entry,
+        &json!({"op":"put","key":key,"value":value}),
+        Duration::from_secs(15),
+    )
 }
 
 pub fn get(nodes: &[NodeInfo], entry: usize, key: &str) -> Outcome {
-    key_op(nodes, entry, &json!({"op":"get","key":key}), Duration::from_secs(15))
+    key_op(
+        nodes,
+        entry,
+        &json!({"op":"get","key":key}),
+        Duration::from_secs(15),
+    )
 }
 
 /// Per group (applied_next, digest) of one node.
@@ -293,13 +368,21 @@ pub fn digests(addr: SocketAddr) -> Result<Vec<(u64, u64)>, String> {
         .as_array()
         .ok_or_else(|| format!("no digests in {answer}"))?
         .iter()
-        .map(|d| (d["applied_next"].as_u64().unwrap(), d["digest"].as_u64().unwrap()))
+        .map(|d| {
+            (
+                d["applied_next"].as_u64().unwrap(),
+                d["digest"].as_u64().unwrap(),
+            )
+        })
         .collect())
 }
 
+/// Each node's digest answer: per group (applied_next, digest), or why there was none.
+pub type Readings = Vec<Result<Vec<(u64, u64)>, String>>;
+
 /// Waits until every node reports the same (applied_next, digest) for every group, twice in a
 /// row 300 ms apart; returns the last readings either way.
-pub fn wait_converged(nodes: &[NodeInfo], timeout: Duration) -> (bool, Vec<Result<Vec<(u64, u64)>, String>>) {
+pub fn wait_converged(nodes: &[NodeInfo], timeout: Duration) -> (bool, Readings) {
     let deadline = Instant::now() + timeout;
     let mut stable = 0;
     loop {
@@ -318,7 +401,8 @@ pub fn wait_converged(nodes: &[NodeInfo], timeout: Duration) -> (bool, Vec<Resul
 
 /// One node's stats object.
 pub fn stats(addr: SocketAddr) -> Value {
-    let answer = request(addr, &json!({"op":"stats"}), Duration::from_secs(5)).expect("stats answer");
+    let answer =
+        request(addr, &json!({"op":"stats"}), Duration::from_secs(5)).expect("stats answer");
     assert_eq!(answer["ok"], json!(true), "{answer}");
     answer["stats"].clone()
 }
@@ -339,9 +423,14 @@ pub fn assert_one_durable_write_per_round(stats: &Value) -> u64 {
         );
         total += rounds;
     }
-    let per_round = stats["totals"]["durable_writes_per_round"].as_f64().expect("durable_writes_per_round");
+    let per_round = stats["totals"]["durable_writes_per_round"]
+        .as_f64()
+        .expect("durable_writes_per_round");
     if total >= 100 {
-        assert!((per_round - 1.0).abs() < 0.01, "durable_writes_per_round = {per_round}");
+        assert!(
+            (per_round - 1.0).abs() < 0.01,
+            "durable_writes_per_round = {per_round}"
+        );
     }
     total
 }
