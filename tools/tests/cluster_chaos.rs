@@ -120,6 +120,7 @@ fn kill_follower_and_leader_under_load() {
     stop.store(true, Ordering::Release);
     let acked = writer.join().unwrap();
     let summary_text = std::fs::read_to_string(&summary).unwrap();
+    eprintln!("load under kill -9 (follower {follower}, then leader {leader}):\n{summary_text}");
     assert!(status.success(), "load failed: {summary_text}");
     let summary_json: Value = serde_json::from_str(summary_text.lines().last().unwrap()).unwrap();
     assert!(
