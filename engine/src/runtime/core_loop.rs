@@ -81,6 +81,8 @@ pub struct CoreSnapshot {
 
 /// Most proposals taken from the queue in one round (the rest wait for the next round).
 const PROPOSALS_PER_ROUND_MAX: usize = 16 * 1024;
+/// How soon a core looks again when its executor's queue was full.
+const EXECUTOR_RETRY: Duration = Duration::from_micros(200);
 /// Most inbound frames taken in one round.
 const FRAMES_PER_ROUND_MAX: usize = 16 * 1024;
 
@@ -272,14 +274,23 @@ impl Core {
             if let Some(linger) = self.linger_timeout() {
                 timeout = timeout.min(linger);
             }
-            let idle =
-                self.exec_backlog.is_empty() && self.proposals.is_empty() && self.inbox.is_empty();
+            if !self.exec_backlog.is_empty() {
+                // The executor is behind: look again soon, without spinning.
+                timeout = timeout.min(EXECUTOR_RETRY);
+            }
+            // Arm the wake before the last look at the queue (see `Wake`).
+            self.wake.arm();
+            let idle = self.proposals.is_empty() && self.inbox.is_empty();
             let wait = if idle {
                 Some(timeout)
             } else {
                 Some(Duration::ZERO)
             };
             let outcome = self.wal.wait(&fds, wait).map_err(|e| self.wal_failed(e))?;
+            self.wake.disarm();
+            if outcome.ready_fds.contains(&fds[1]) {
+                self.wake.clear();
+            }
             self.table.durable(outcome.durable_lsn);
 
             self.take_frames();
@@ -426,7 +437,6 @@ impl Core {
     }
 
     fn take_proposals(&mut self) {
-        self.wake.clear();
         for _ in 0..PROPOSALS_PER_ROUND_MAX {
             let Ok(proposal) = self.proposals.try_recv() else {
                 break;
@@ -455,10 +465,6 @@ impl Core {
             while let Some(proposal) = self.lingering.pop_front() {
                 self.propose(proposal);
             }
-        }
-        if !self.proposals.is_empty() {
-            // More wait than one round takes: make sure the next wait does not sleep.
-            self.wake.signal();
         }
     }
 

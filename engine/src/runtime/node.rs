@@ -268,7 +268,7 @@ impl Node {
             reply,
         }) {
             Ok(()) => {
-                core.wake.signal();
+                core.wake.notify();
                 proposal
             }
             Err(TrySendError::Full(_)) => Proposal::ready(Err(Error::Overloaded)),
