@@ -16,7 +16,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{ExitCode, Stdio};
+use std::process::{Child, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 /// Arguments of `paxring cluster`.
@@ -211,14 +211,17 @@ fn cluster_up(args: &UpArgs) -> Result<(), String> {
             config,
         });
     }
+    let mut children = Vec::with_capacity(count);
     for node in &mut nodes {
-        node.pid = spawn_node(&dir, node)?;
+        let child = spawn_node(&dir, node)?;
+        node.pid = child.id();
+        children.push(child);
     }
     let cluster = ClusterFile { nodes };
     write_cluster(&dir, &cluster)?;
     let deadline = Instant::now() + Duration::from_secs(args.wait_seconds);
-    for node in &cluster.nodes {
-        if let Err(e) = wait_answers(node, deadline) {
+    for (node, child) in cluster.nodes.iter().zip(&mut children) {
+        if let Err(e) = wait_answers(node, child, deadline) {
             let _ = cluster_down(&dir);
             return Err(e);
         }
@@ -242,8 +245,9 @@ fn node_log(dir: &Path, id: u32) -> PathBuf {
 }
 
 /// Starts `paxring node` for `node`, detached in its own process group, output appended to its
-/// log. Returns its pid.
-fn spawn_node(dir: &Path, node: &ClusterNode) -> Result<u32, String> {
+/// log. The child is never killed by this command; once it answers, this command exits and
+/// the node's parent becomes init.
+fn spawn_node(dir: &Path, node: &ClusterNode) -> Result<Child, String> {
     let exe =
         std::env::current_exe().map_err(|e| format!("cannot find the paxring executable: {e}"))?;
     let log_path = node_log(dir, node.id);
@@ -253,7 +257,7 @@ fn spawn_node(dir: &Path, node: &ClusterNode) -> Result<u32, String> {
         .open(&log_path)
         .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
     let log_err = log.try_clone().map_err(|e| e.to_string())?;
-    let child = std::process::Command::new(exe)
+    std::process::Command::new(exe)
         .arg("node")
         .arg("--config")
         .arg(&node.config)
@@ -262,22 +266,20 @@ fn spawn_node(dir: &Path, node: &ClusterNode) -> Result<u32, String> {
         .stderr(log_err)
         .process_group(0)
         .spawn()
-        .map_err(|e| format!("cannot start node {}: {e}", node.id))?;
-    // The child is not waited for: it outlives this command (its parent becomes init).
-    Ok(child.id())
+        .map_err(|e| format!("cannot start node {}: {e}", node.id))
 }
 
-/// Waits until `node` answers an `id` request with its own id.
-fn wait_answers(node: &ClusterNode, deadline: Instant) -> Result<(), String> {
+/// Waits until `node` (the process `child`) answers an `id` request with its own id.
+fn wait_answers(node: &ClusterNode, child: &mut Child, deadline: Instant) -> Result<(), String> {
     loop {
         let last = match ask_id(node.client_addr) {
             Ok(id) if id == node.id => return Ok(()),
             Ok(id) => format!("answered as node {id}"),
             Err(e) => e,
         };
-        if !runs_paxring_node(node.pid) {
+        if let Ok(Some(status)) = child.try_wait() {
             return Err(format!(
-                "node {} (pid {}) exited; see {}",
+                "node {} (pid {}) exited with {status}; see {}",
                 node.id,
                 node.pid,
                 node.config.with_file_name("node.log").display()
@@ -388,11 +390,12 @@ fn cluster_restart(args: &RestartArgs) -> Result<(), String> {
     };
     let old = cluster.nodes[index].pid;
     let how = stop_node(old, Duration::from_secs(10));
-    let pid = spawn_node(&dir, &cluster.nodes[index])?;
-    cluster.nodes[index].pid = pid;
+    let mut child = spawn_node(&dir, &cluster.nodes[index])?;
+    cluster.nodes[index].pid = child.id();
     write_cluster(&dir, &cluster)?;
     wait_answers(
         &cluster.nodes[index],
+        &mut child,
         Instant::now() + Duration::from_secs(args.wait_seconds),
     )?;
     let node = &cluster.nodes[index];
