@@ -19,7 +19,7 @@ pub const ROUND_SIZES: [usize; 4] = [4096, 64 * 1024, 256 * 1024, 1024 * 1024];
 /// Concurrent writers measured.
 pub const WRITERS: [usize; 2] = [1, 3];
 /// Each writer's file, written in full once before measuring (writes into written extents).
-const FILE_BYTES: u64 = 32 * 1024 * 1024;
+const FILE_BYTES: u64 = 64 * 1024 * 1024;
 
 /// One disk cell: writers x size.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -47,6 +47,9 @@ pub struct DiskCell {
 pub struct Ceilings {
     /// Median fdatasync after a 4 KiB O_DIRECT write, 1 writer (the latency floor's disk part).
     pub disk_fsync_p50_us: f64,
+    /// Median of the whole 4 KiB O_DIRECT write + fdatasync, 1 writer: what one durable WAL
+    /// write of a small round costs (the fsync alone is only part of it).
+    pub disk_durable_write_p50_us: f64,
     /// 1 MiB writes + fdatasync, 1 writer, MB/s.
     pub disk_mb_per_s_1w: f64,
     /// 1 MiB writes + fdatasync, 3 concurrent writers, MB/s in total (3 replicas share the disk).
@@ -200,6 +203,7 @@ pub fn measure(dir: &Path, seconds: f64) -> Result<Ceilings, String> {
     let (rtt_p50, rtt_p99) = loopback_rtt(seconds.max(0.3))?;
     Ok(Ceilings {
         disk_fsync_p50_us: cell(1, 4096).fsync_p50_us as f64,
+        disk_durable_write_p50_us: cell(1, 4096).durable_write_p50_us as f64,
         disk_mb_per_s_1w: cell(1, 1024 * 1024).mb_per_s,
         disk_mb_per_s_3w: cell(3, 1024 * 1024).mb_per_s,
         rtt_us_p50: rtt_p50,

@@ -92,6 +92,9 @@ pub struct PointOut {
     pub bandwidth_vs_disk: f64,
     /// Latency p50 / (disk fsync p50 + loopback RTT p50).
     pub latency_vs_floor: f64,
+    /// Latency p50 / (4 KiB write + fdatasync p50 + loopback RTT p50): the floor with the
+    /// write's own time counted.
+    pub latency_vs_durable_floor: f64,
     /// Proposals refused as NotLeader.
     pub not_leader: u64,
     /// Proposals refused as Overloaded.
@@ -200,8 +203,9 @@ pub fn ceilings_text(c: &Ceilings) -> String {
     );
     let _ = writeln!(
         s,
-        "  latency floor = fsync p50 (4 KiB) + RTT p50 = {}; disk ceiling (3 writers, 1 MiB) = {:.1} MB/s",
+        "  latency floor = fsync p50 (4 KiB) + RTT p50 = {} (with the write: {}); disk ceiling (3 writers, 1 MiB) = {:.1} MB/s",
         us_text(c.disk_fsync_p50_us + c.rtt_us_p50),
+        us_text(c.disk_durable_write_p50_us + c.rtt_us_p50),
         c.disk_mb_per_s_3w
     );
     s
@@ -210,11 +214,12 @@ pub fn ceilings_text(c: &Ceilings) -> String {
 /// The line printed when a point finishes.
 pub fn point_line(label: &str, p: &PointOut) -> String {
     format!(
-        "{label}: {:.0} commits/s, {:.2} MB/s, p50 {} p99 {}, {} durable writes/round, CPU {:.2} cores{}",
+        "{label}: {:.0} commits/s, {:.2} MB/s, p50 {} p99 {} ({}x floor), {} durable writes/round, CPU {:.2} cores{}",
         p.commits_per_s,
         p.payload_mb_per_s,
         us_text(p.latency_us.p50),
         us_text(p.latency_us.p99),
+        num(p.latency_vs_floor, 2),
         num(p.durable_writes_per_round, 2),
         p.cpu_cores_busy,
         if p.not_leader + p.overloaded + p.unknown > 0 {

@@ -78,7 +78,7 @@ pub struct ClusterArgs {
     #[arg(long, value_delimiter = ',', value_parser = parse_pipeline)]
     pub pipeline: Vec<Pipeline>,
     /// Closed-loop clients in the whole cluster (comma-separated); each proposes on the node
-    /// that leads its group.
+    /// that leads its group (0 with `--rate`: open loop only).
     #[arg(long, value_delimiter = ',')]
     pub clients: Vec<usize>,
     /// Measured seconds per point.
@@ -210,7 +210,9 @@ pub fn matrix(args: &ClusterArgs) -> Vec<Point> {
                     args.clients.clone()
                 };
                 for c in clients {
-                    points.push(p(g, v, pipeline, c.max(1)));
+                    // 0 clients is allowed with --rate (open loop only).
+                    let c = if args.rate.is_some() { c } else { c.max(1) };
+                    points.push(p(g, v, pipeline, c));
                 }
             }
         }
@@ -521,6 +523,9 @@ fn summarize(
             .unwrap_or(f64::NAN),
         latency_vs_floor: ceilings
             .map(|c| ratio(latency.p50, c.disk_fsync_p50_us + c.rtt_us_p50))
+            .unwrap_or(f64::NAN),
+        latency_vs_durable_floor: ceilings
+            .map(|c| ratio(latency.p50, c.disk_durable_write_p50_us + c.rtt_us_p50))
             .unwrap_or(f64::NAN),
         not_leader: refusals.not_leader,
         overloaded: refusals.overloaded,
