@@ -283,7 +283,7 @@ pub fn cdf_points(h: &Histogram<u64>) -> Vec<(f64, f64)> {
         return Vec::new();
     }
     let mut out: Vec<(f64, f64)> = h
-        .iter_quantiles(2)
+        .iter_quantiles(8)
         .map(|v| (v.value_iterated_to() as f64, v.quantile_iterated_to()))
         .collect();
     // Keep the highest fraction reached at each latency value.
@@ -295,8 +295,8 @@ pub fn cdf_points(h: &Histogram<u64>) -> Vec<(f64, f64)> {
             false
         }
     });
-    if out.len() > 400 {
-        let step = out.len().div_ceil(400);
+    if out.len() > 1000 {
+        let step = out.len().div_ceil(1000);
         let last = *out.last().expect("non-empty");
         out = out.into_iter().step_by(step).collect();
         out.push(last);
@@ -366,11 +366,14 @@ pub fn svg(run: &RunOut) -> Result<String, String> {
             .flat_map(|p| p.throughput_over_time.iter().map(|c| c.1))
             .fold(1.0, f64::max);
         let mut over_time = ChartBuilder::on(&bottom)
-            .caption("Throughput over time (commits/s)", ("sans-serif", 20))
+            .caption(
+                "Throughput over time (commits/s, log scale)",
+                ("sans-serif", 20),
+            )
             .margin(10)
             .x_label_area_size(35)
             .y_label_area_size(70)
-            .build_cartesian_2d(0f64..max_t, 0f64..max_rate * 1.1)
+            .build_cartesian_2d(0f64..max_t, (1f64..max_rate * 1.5).log_scale())
             .map_err(|e| e.to_string())?;
         over_time
             .configure_mesh()
@@ -382,7 +385,7 @@ pub fn svg(run: &RunOut) -> Result<String, String> {
             let color = Palette99::pick(i).to_rgba();
             over_time
                 .draw_series(LineSeries::new(
-                    p.throughput_over_time.iter().copied(),
+                    p.throughput_over_time.iter().map(|&(t, r)| (t, r.max(1.0))),
                     color.stroke_width(2),
                 ))
                 .map_err(|e| e.to_string())?
@@ -457,7 +460,7 @@ mod tests {
             h.record(v * 7 % 9000 + 1).unwrap();
         }
         let cdf = cdf_points(&h);
-        assert!(cdf.len() > 10 && cdf.len() <= 401);
+        assert!(cdf.len() > 10 && cdf.len() <= 1001);
         assert!(cdf.windows(2).all(|w| w[0].0 <= w[1].0 && w[0].1 <= w[1].1));
         assert!((cdf.last().unwrap().1 - 1.0).abs() < 1e-9);
     }

@@ -157,7 +157,8 @@ pub fn matrix(args: &ClusterArgs) -> Vec<Point> {
                 p(1, 100, Pipeline::Depth(1), 64),
                 p(1, 100, Pipeline::Default, 64),
                 p(20, 4096, Pipeline::Default, 160),
-                p(100, 100, Pipeline::Default, 1600),
+                p(100, 100, Pipeline::Default, 800),
+                p(100, 100, Pipeline::Default, 3200),
                 p(100, 100_000, Pipeline::Default, 100),
             ],
             Profile::Full => {
@@ -867,5 +868,90 @@ impl Drop for Cluster {
             }
             let _ = child.wait();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Proves that the quick profile holds the two target points, that the full profile
+    //! spans the whole matrix, that flags replace dimensions, and that bad flags are refused.
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ClusterArgs,
+    }
+
+    fn args(argv: &[&str]) -> ClusterArgs {
+        Cli::try_parse_from(std::iter::once("bench").chain(argv.iter().copied()))
+            .expect("parses")
+            .args
+    }
+
+    #[test]
+    fn quick_profile_holds_the_targets() {
+        let points = matrix(&args(&[]));
+        assert!(points.len() >= 4 && points.len() <= 8, "{points:?}");
+        assert!(points
+            .iter()
+            .any(|p| p.groups == 100 && p.value_bytes == 100 && p.pipeline == Pipeline::Default));
+        assert!(points
+            .iter()
+            .any(|p| p.groups == 1 && p.clients == 1 && p.value_bytes == 100));
+    }
+
+    #[test]
+    fn full_profile_spans_the_matrix() {
+        let points = matrix(&args(&["--profile", "full"]));
+        for g in [1, 20, 100] {
+            for v in [100, 4096, 100_000] {
+                for pl in [Pipeline::Depth(1), Pipeline::Default] {
+                    assert!(
+                        points
+                            .iter()
+                            .any(|p| p.groups == g && p.value_bytes == v && p.pipeline == pl),
+                        "missing {g} {v} {pl:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn flags_replace_dimensions() {
+        let points = matrix(&args(&[
+            "--groups",
+            "1,20",
+            "--value-bytes",
+            "4096",
+            "--pipeline",
+            "1,default",
+            "--clients",
+            "7",
+        ]));
+        assert_eq!(points.len(), 4);
+        assert!(points
+            .iter()
+            .all(|p| p.value_bytes == 4096 && p.clients == 7));
+        assert!(points.contains(&Point {
+            groups: 20,
+            value_bytes: 4096,
+            pipeline: Pipeline::Depth(1),
+            clients: 7
+        }));
+    }
+
+    #[test]
+    fn bad_flags_are_refused() {
+        assert!(parse_pipeline("0").is_err());
+        assert!(parse_pipeline("deep").is_err());
+        assert_eq!(parse_pipeline("default"), Ok(Pipeline::Default));
+        assert!(validate(&args(&["--groups", "0"])).is_err());
+        assert!(validate(&args(&["--report", "out.png"])).is_err());
+        assert!(validate(&args(&["--seconds=-1"])).is_err());
+        assert!(validate(&args(&["--seconds", "0"])).is_err());
+        assert!(validate(&args(&["--report", "out.svg", "--rate", "1000"])).is_ok());
     }
 }
