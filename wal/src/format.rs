@@ -636,6 +636,30 @@ mod tests {
         assert_eq!(&r[56..58], b"ab");
     }
 
+    /// The worked example of `docs/WAL_FORMAT.md`, byte for byte.
+    #[test]
+    fn worked_example_of_the_format_doc() {
+        let record = RecordRef {
+            kind: RecordKind::Accept,
+            group: GroupId(7),
+            instance: Instance(42),
+            promised: Ballot { number: 3, node: 1 },
+            accepted: Ballot { number: 3, node: 1 },
+            payload: b"hi",
+        };
+        let mut out = Vec::new();
+        assert_eq!(encode_batch(1, 1, Lsn(1), &[record], &mut out), 4096);
+        let expected = concat!(
+            "505857420100400001000000010000000100000000000000010000000000000040000000001000",
+            "000000000000000000000000000000000000000000000000b36a4724f78a9c390200000002000000",
+            "0700000001000000000000002a000000000000000300000000000000010000000100000003000000",
+            "000000006869000000000000"
+        );
+        let hex: String = out[..128].iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex, expected);
+        assert!(out[128..].iter().all(|&b| b == 0), "padding is zero");
+    }
+
     #[test]
     fn record_checksum_binds_core_and_segment() {
         let mut out = Vec::new();
