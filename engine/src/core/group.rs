@@ -286,7 +286,7 @@ impl Group {
                         if !flight.accepted_by.contains(&to) && to != ctx.me {
                             ctx.stats.accepts_sent += 1;
                             ctx.stats.messages_sent += 1;
-                            ctx.out.sends.push(super::table::Send {
+                            ctx.out.sends.push(super::table::SendNow {
                                 to,
                                 group: self.id,
                                 msg: msg.clone(),
