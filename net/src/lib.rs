@@ -23,6 +23,8 @@ mod stats;
 mod thread;
 mod transport;
 
+/// The buffer type of frames, re-exported so callers need not name the `bytes` crate.
+pub use bytes::Bytes;
 pub use config::{Backend, ConfigError, NetConfig, QUEUE_CAPACITY_LIMIT};
 pub use frame::{
     encode_frame, DecodeError, Decoder, Frame, Hello, HelloError, HelloStatus, FRAME_HEADER_BYTES,
