@@ -803,6 +803,9 @@ impl Group {
         checksum: u32,
     ) {
         self.catchup_deadline = None;
+        if entries.is_empty() && applied_next > self.applied_next {
+            ctx.stats.catchup_unavailable += 1;
+        }
         let last = entries.last().map(|(i, _)| *i);
         let single = entries.len() == 1;
         for (instance, value) in entries {

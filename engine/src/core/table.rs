@@ -216,6 +216,10 @@ pub struct CoreStats {
     pub catchup_requests_sent: u64,
     /// Chosen values served to lagging peers.
     pub catchup_entries_served: u64,
+    /// Catch-up replies that were empty although the peer is ahead: the values this replica
+    /// needs are older than the peer retains in memory (serving them from the WAL, or a
+    /// checkpoint, is a later issue). Non-zero means a replica cannot catch up by itself.
+    pub catchup_unavailable: u64,
     /// Records handed to the WAL.
     pub records_appended: u64,
     /// Groups that entered re-learning after WAL damage.
