@@ -376,11 +376,10 @@ fn rtt_handoff_floor(body_bytes: usize, phase: Duration) -> BenchResult<Percenti
     let len = FRAME_HEADER_BYTES + body_bytes;
     let (a_stream, b_stream) = tcp_pair()?;
     let a_closer = a_stream.try_clone()?;
+    /// The core's ends: frames to the writer thread, frames from the reader thread.
+    type CoreEnds = (Sender<Vec<u8>>, Receiver<Vec<u8>>);
     // One node: a writer thread (core -> socket) and a reader thread (socket -> core).
-    fn io_threads(
-        stream: TcpStream,
-        len: usize,
-    ) -> BenchResult<(Sender<Vec<u8>>, Receiver<Vec<u8>>)> {
+    fn io_threads(stream: TcpStream, len: usize) -> BenchResult<CoreEnds> {
         let (to_writer, from_core) = channel::<Vec<u8>>();
         let (to_core, from_reader) = channel::<Vec<u8>>();
         let mut writer = stream.try_clone()?;

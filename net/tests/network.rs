@@ -570,7 +570,7 @@ fn handshake_that_never_finishes_times_out() {
         let began = Instant::now();
         let mut client = TcpStream::connect(addrs[0]).unwrap();
         client.set_read_timeout(Some(DEADLINE)).unwrap();
-        client.write_all(&[b'P', b'X']).unwrap(); // a handshake that stops after 2 bytes
+        client.write_all(b"PX").unwrap(); // a handshake that stops after 2 bytes
         assert_closed(client);
         assert!(began.elapsed() >= Duration::from_millis(200));
         wait_until("timeout counted", || {
