@@ -595,6 +595,7 @@ async fn connect_peer<B: Backend>(ctx: &Rc<Ctx>, peer: usize) -> io::Result<B::S
     let out = &ctx.peers[peer];
     let attempt = async {
         let stream = B::connect(out.addr).await?;
+        B::set_liveness(&stream, ctx.cfg.peer_dead_timeout)?;
         let hello = Bytes::copy_from_slice(&ctx.hello(HelloStatus::Hello));
         let (result, _) = stream.write_all_vectored(vec![hello]).await;
         result?;
@@ -835,6 +836,9 @@ async fn serve_inbound<B: Backend>(ctx: Rc<Ctx>, stream: B::Stream, addr: Socket
         stream.close();
         return;
     };
+    if let Err(err) = B::set_liveness(&stream, ctx.cfg.peer_dead_timeout) {
+        tracing::warn!(node = ctx.cfg.node_id, %addr, %err, "cannot set keepalive on an inbound connection");
+    }
     read_loop(&ctx, peer, &*stream, buf).await;
     stream.close();
 }
@@ -1036,6 +1040,7 @@ async fn deliver(ctx: &Ctx, counters: &AtomicCounters, frame: Frame, touched: &m
     let bytes = (FRAME_HEADER_BYTES + frame.body.len()) as u64;
     let inbox = &ctx.inboxes[core];
     let mut frame = frame;
+    let mut stalled = false;
     loop {
         match inbox.try_push(frame) {
             Ok(()) => {
@@ -1046,7 +1051,10 @@ async fn deliver(ctx: &Ctx, counters: &AtomicCounters, frame: Frame, touched: &m
             }
             Err(PushError::Full(back)) => {
                 frame = back;
-                bump(&counters.queue_full_events);
+                if !stalled {
+                    stalled = true;
+                    bump(&counters.queue_full_events);
+                }
                 // Wake every core we fed, then stop reading until this one makes room.
                 signal_touched(ctx, touched);
                 inbox.signal();
