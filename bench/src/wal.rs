@@ -67,6 +67,10 @@ pub struct WalBenchArgs {
     /// I/O backend of the WAL.
     #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
     backend: BackendArg,
+    /// Instead of the WAL against the baseline: the WAL with RWF_DSYNC against the WAL with
+    /// write + fdatasync, alternating in slices (the numbers that pick the default sync mode).
+    #[arg(long)]
+    compare_sync: bool,
     /// Segment file size.
     #[arg(long, default_value_t = 64 << 20)]
     segment_bytes: u64,
@@ -153,6 +157,18 @@ fn bench(args: WalBenchArgs) -> Result<(), String> {
             (temp.path().to_path_buf(), Some(temp))
         }
     };
+    if args.compare_sync {
+        let result = compare_sync(&dir, &args);
+        if temp.is_none() && !args.keep {
+            for mode in ["dsync", "fdatasync"] {
+                let _ = std::fs::remove_dir_all(dir.join(mode));
+            }
+        }
+        if let (true, Some(temp)) = (args.keep, temp) {
+            eprintln!("kept the WALs in {}", temp.keep().display());
+        }
+        return result;
+    }
     let mut opts = WalOptions::new(&dir, 0);
     opts.buffer_bytes = args.round_bytes;
     opts.segment_bytes = args.segment_bytes;
@@ -167,9 +183,9 @@ fn bench(args: WalBenchArgs) -> Result<(), String> {
         BackendArg::Uring => Backend::Uring,
         BackendArg::Blocking => Backend::Blocking,
     };
-    // The two sides alternate in slices of at most one second, so both see the same (shared,
+    // The two sides alternate in slices of at most SLICE_SECONDS, so both see the same (shared,
     // noisy) disk: the ratio compares like with like even when the machine's speed drifts.
-    let slices = args.seconds.ceil().max(1.0) as u32;
+    let slices = (args.seconds / SLICE_SECONDS).ceil().max(1.0) as u32;
     let slice = Duration::from_secs_f64(args.seconds / f64::from(slices));
     let mut wal_side = WalRunner::open(&opts, &args).map_err(|e| e.to_string())?;
     let mut baseline = BaselineRunner::open(&dir, &args, opts.sync_mode)?;
@@ -252,6 +268,8 @@ fn bench(args: WalBenchArgs) -> Result<(), String> {
 }
 
 const BASELINE_FILE: &str = "baseline.dat";
+/// Longest slice of one side before the other side runs.
+const SLICE_SECONDS: f64 = 0.2;
 
 fn remove_wal_files(dir: &Path) -> Result<(), String> {
     let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -386,7 +404,7 @@ impl BaselineRunner {
         let path = dir.join(BASELINE_FILE);
         let preparing = dir.join("baseline.preparing");
         let file_bytes = args.segment_bytes.max(args.round_bytes as u64 * 4);
-        segfile::create_segment(dir, &preparing, &path, file_bytes, None)
+        segfile::create_segment(dir, &preparing, &path, file_bytes, None, None)
             .map_err(|e| e.to_string())?;
         let file = segfile::open_direct(&path).map_err(|e| e.to_string())?;
         let mut buffer = AlignedBuffer::new(args.round_bytes).map_err(|e| e.to_string())?;
@@ -421,6 +439,101 @@ impl BaselineRunner {
         self.elapsed += start.elapsed();
         Ok(())
     }
+}
+
+#[derive(Serialize)]
+struct SyncSide {
+    sync_mode: SyncMode,
+    rounds: u64,
+    durable_writes_per_round: f64,
+    wal_mb_per_s: f64,
+    latency_us: Latency,
+}
+
+#[derive(Serialize)]
+struct SyncReport {
+    round_bytes: usize,
+    record_bytes: usize,
+    groups: u32,
+    seconds: f64,
+    sides: Vec<SyncSide>,
+    dsync_over_fdatasync: f64,
+}
+
+/// The WAL with RWF_DSYNC against the WAL with write + fdatasync, same run, alternating.
+fn compare_sync(dir: &Path, args: &WalBenchArgs) -> Result<(), String> {
+    let modes = [SyncMode::Dsync, SyncMode::Fdatasync];
+    let mut runners = Vec::new();
+    for mode in modes {
+        let name = if mode == SyncMode::Dsync {
+            "dsync"
+        } else {
+            "fdatasync"
+        };
+        let mut opts = WalOptions::new(dir.join(name), 0);
+        opts.buffer_bytes = args.round_bytes;
+        opts.segment_bytes = args.segment_bytes;
+        opts.sync_mode = mode;
+        runners.push(WalRunner::open(&opts, args).map_err(|e| e.to_string())?);
+    }
+    let slices = (args.seconds / SLICE_SECONDS).ceil().max(1.0) as u32;
+    let slice = Duration::from_secs_f64(args.seconds / f64::from(slices));
+    for _ in 0..slices {
+        for runner in runners.iter_mut() {
+            runner.slice(slice).map_err(|e| e.to_string())?;
+        }
+    }
+    let sides: Vec<SyncSide> = runners
+        .iter()
+        .map(|runner| {
+            let stats = runner.wal.stats();
+            SyncSide {
+                sync_mode: stats.sync_mode,
+                rounds: stats.writes,
+                durable_writes_per_round: stats.durable_writes as f64 / stats.writes.max(1) as f64,
+                wal_mb_per_s: stats.bytes_written as f64 / 1e6 / runner.elapsed.as_secs_f64(),
+                latency_us: latency(runner.wal.write_latency_histogram()),
+            }
+        })
+        .collect();
+    let report = SyncReport {
+        round_bytes: args.round_bytes,
+        record_bytes: args.record_bytes,
+        groups: args.groups,
+        seconds: args.seconds,
+        dsync_over_fdatasync: sides[0].wal_mb_per_s / sides[1].wal_mb_per_s,
+        sides,
+    };
+    println!(
+        "paxring-bench wal --compare-sync: {} s each, round {} B, alternating {} slices",
+        args.seconds, args.round_bytes, slices
+    );
+    println!(
+        "{:<10} {:>8} {:>10} {:>10} {:>10} {:>10} {:>8}",
+        "sync", "rounds", "MB/s", "p50 us", "p99 us", "p999 us", "dw/round"
+    );
+    for side in &report.sides {
+        println!(
+            "{:<10} {:>8} {:>10.1} {:>10} {:>10} {:>10} {:>8.2}",
+            format!("{:?}", side.sync_mode),
+            side.rounds,
+            side.wal_mb_per_s,
+            side.latency_us.p50,
+            side.latency_us.p99,
+            side.latency_us.p999,
+            side.durable_writes_per_round
+        );
+    }
+    println!(
+        "dsync / fdatasync throughput: {:.3}",
+        report.dsync_over_fdatasync
+    );
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+        std::fs::write(path, text + "\n")
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    Ok(())
 }
 
 struct WalPhase {
