@@ -478,6 +478,11 @@ fn every_row_of_the_decision_table() {
             "{}: junk",
             case.name
         );
+        assert_eq!(
+            got.stale_bytes, case.expect.stale_bytes,
+            "{}: stale",
+            case.name
+        );
         let clean = case.expect.torn_tail_bytes == 0
             && case.expect.damaged.is_empty()
             && case.expect.junk_bytes == 0;
