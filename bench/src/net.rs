@@ -1,51 +1,65 @@
 //! `paxring-bench net`: the network thread against raw loopback TCP, measured in the same run.
 //!
-//! Owns four phases on 127.0.0.1, each a share of `--seconds`:
-//! 1. RTT through paxring-net: a "core" thread on node A sends a small frame to node B with
-//!    `send_batch`, B's core thread (waiting on its inbox eventfd) replies, A's core waits on its
-//!    inbox; one frame in flight; latency into an HDR histogram.
-//! 2. Baseline RTT: the same bytes ping-ponged over one plain TCP connection (TCP_NODELAY)
-//!    between two threads with blocking reads and writes.
-//! 3. Fan-out throughput through paxring-net: a core thread encodes each frame once and sends it
-//!    to all P peers (`Dest::AllPeers`, one shared `Bytes`), in batches, with a bounded window of
-//!    frames in flight; each peer node's core thread drains its inbox.
-//! 4. Baseline throughput: one thread writes the same encoded frames, in large writes, to P plain
-//!    TCP connections (TCP_NODELAY); P threads read them.
+//! Owns the network benchmark on 127.0.0.1. Every contender is set up once and then measured in
+//! alternating slices, so the noise of a shared machine falls on paxring and its baselines alike.
 //!
-//! Ratios: `rtt_ratio` = paxring p50 / baseline p50; `throughput_ratio` = paxring MB/s / baseline
-//! MB/s (payload bytes delivered, summed over peers). It must never report a figure it did not
-//! measure in this run.
+//! Latency (half of `--seconds`), one small frame in flight:
+//! - paxring: a "core" thread on node A hands a frame to its network thread with `send_batch`;
+//!   node B's core thread, blocked on its inbox eventfd, replies the same way; A's core blocks on
+//!   its inbox. HDR histogram of the round trips.
+//! - baseline: the same bytes ping-ponged over one plain TCP connection (TCP_NODELAY) between two
+//!   threads with blocking reads and writes.
+//! - hand-off floor: the baseline plus, at each end, a hand-off core -> writer thread and reader
+//!   thread -> core through blocking channels: what any design with a separate I/O thread pays.
+//!
+//! Throughput (the other half), fan-out to P peers:
+//! - paxring: a core thread encodes each frame once and sends it to all peers (`Dest::AllPeers`,
+//!   one shared `Bytes`) in batches of about 256 KiB, with at most `WINDOW_FRAMES` in flight;
+//!   each peer node's core thread drains its inbox.
+//! - baseline: one thread writes the same encoded frames, 256 KiB per write, to P plain TCP
+//!   connections (TCP_NODELAY); P threads read them.
+//!
+//! A slice counts payload bytes delivered from its start until everything it sent has arrived.
+//! `rtt_ratio` = paxring p50 / baseline p50; `throughput_ratio` = paxring MB/s / baseline MB/s.
+//! It must never report a figure it did not measure in this run.
 
 use hdrhistogram::Histogram;
-use paxring_net::{encode_frame, Dest, Inbox, NetConfig, NetHandle, NetThread, FRAME_HEADER_BYTES};
+use paxring_net::{
+    encode_frame, Bytes, Dest, Frame, Inbox, NetConfig, NetHandle, NetThread, FRAME_HEADER_BYTES,
+};
 use serde::Serialize;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// Arguments of `paxring-bench net`.
 #[derive(clap::Args, Debug)]
 pub struct NetBenchArgs {
-    /// Total run time in seconds, shared by the four phases.
-    #[arg(long, default_value_t = 8.0)]
+    /// Total run time in seconds: half latency, half throughput.
+    #[arg(long, default_value_t = 10.0)]
     seconds: f64,
-    /// Body bytes of each frame in the throughput phases.
+    /// Body bytes of each frame in the throughput measurement.
     #[arg(long, default_value_t = 4096)]
     frame_bytes: usize,
-    /// Peers to fan out to in the throughput phases.
+    /// Peers to fan out to in the throughput measurement.
     #[arg(long, default_value_t = 2)]
     peers: usize,
-    /// Body bytes of the RTT frames.
+    /// Body bytes of the round-trip frames.
     #[arg(long, default_value_t = 64)]
     rtt_frame_bytes: usize,
+    /// Alternating slices per measurement.
+    #[arg(long, default_value_t = 10)]
+    slices: u32,
     /// I/O backend of the network threads: auto, io_uring or epoll.
     #[arg(long, default_value = "auto")]
     backend: String,
-    /// Write the results as JSON to this path.
+    /// Write the results as JSON to this path (else print them).
     #[arg(long)]
     json: Option<PathBuf>,
 }
@@ -63,6 +77,7 @@ struct Percentiles {
 struct Report {
     backend: &'static str,
     seconds: f64,
+    slices: u32,
     frame_bytes: usize,
     rtt_frame_bytes: usize,
     peers: usize,
@@ -82,6 +97,12 @@ struct Report {
 }
 
 const CLUSTER_ID: u64 = 0x00be_7c4a;
+/// Frames sent and not yet drained by every peer's core, at most (the sender's window).
+const WINDOW_FRAMES: u64 = 16_384;
+/// Bytes per hand-off batch (paxring) and per write (baseline).
+const BATCH_BYTES: usize = 256 * 1024;
+/// Round trips at the start of each slice that are not recorded (warm-up after a switch).
+const WARMUP_PINGS: u32 = 20;
 
 /// Runs `paxring-bench net`.
 pub fn run(args: NetBenchArgs) -> ExitCode {
@@ -109,23 +130,52 @@ fn run_inner(args: &NetBenchArgs) -> BenchResult<()> {
     if args.rtt_frame_bytes < 8 || args.rtt_frame_bytes > (1 << 20) {
         return Err("--rtt-frame-bytes must be in 8..=1048576".into());
     }
+    if args.slices == 0 || args.slices > 1000 {
+        return Err("--slices must be in 1..=1000".into());
+    }
     let backend = match args.backend.as_str() {
         "auto" => paxring_net::Backend::Auto,
         "io_uring" => paxring_net::Backend::IoUring,
         "epoll" => paxring_net::Backend::Epoll,
         other => return Err(format!("--backend {other}: use auto, io_uring or epoll").into()),
     };
-    let phase = Duration::from_secs_f64(args.seconds / 4.0);
+    let half = Duration::from_secs_f64(args.seconds / 2.0);
 
-    let (rtt, backend_name) = rtt_paxring(args.rtt_frame_bytes, phase, backend)?;
-    let baseline_rtt = rtt_baseline(args.rtt_frame_bytes, phase)?;
-    let handoff_rtt = rtt_handoff_floor(args.rtt_frame_bytes, phase)?;
-    let fan = fanout_paxring(args.frame_bytes, args.peers, phase, backend)?;
-    let baseline_mb_per_s = fanout_baseline(args.frame_bytes, args.peers, phase)?;
+    // Latency: three contenders, alternating slices.
+    let slice = half / (3 * args.slices);
+    let mut paxring_rtt = PaxringPinger::start(args.rtt_frame_bytes, backend)?;
+    let backend_name = paxring_rtt.backend;
+    let mut tcp_rtt = TcpPinger::start(args.rtt_frame_bytes)?;
+    let mut floor_rtt = HandoffPinger::start(args.rtt_frame_bytes)?;
+    let mut hists = [new_histogram(), new_histogram(), new_histogram()];
+    for _ in 0..args.slices {
+        measure_rtt(&mut paxring_rtt, slice, &mut hists[0])?;
+        measure_rtt(&mut tcp_rtt, slice, &mut hists[1])?;
+        measure_rtt(&mut floor_rtt, slice, &mut hists[2])?;
+    }
+    paxring_rtt.stop()?;
+    tcp_rtt.stop()?;
+    floor_rtt.stop()?;
+    let [rtt, baseline_rtt, floor] = hists.map(|h| percentiles(&h));
 
+    // Throughput: two contenders, alternating slices.
+    let slice = half / (2 * args.slices);
+    let mut paxring_pump = PaxringPump::start(args.frame_bytes, args.peers, backend)?;
+    let mut tcp_pump = TcpPump::start(args.frame_bytes, args.peers)?;
+    let (mut ours, mut theirs) = (Delivered::default(), Delivered::default());
+    for _ in 0..args.slices {
+        ours.add(paxring_pump.run(slice)?);
+        theirs.add(tcp_pump.run(slice)?);
+    }
+    let pump_stats = paxring_pump.stop()?;
+    tcp_pump.stop()?;
+
+    let mb_per_s = ours.payload_bytes as f64 / ours.seconds / 1e6;
+    let baseline_mb_per_s = theirs.payload_bytes as f64 / theirs.seconds / 1e6;
     let report = Report {
         backend: backend_name,
         seconds: args.seconds,
+        slices: args.slices,
         frame_bytes: args.frame_bytes,
         rtt_frame_bytes: args.rtt_frame_bytes,
         peers: args.peers,
@@ -133,50 +183,47 @@ fn run_inner(args: &NetBenchArgs) -> BenchResult<()> {
         baseline_rtt_us: baseline_rtt,
         rtt_ratio: rtt.p50 / baseline_rtt.p50,
         rtt_p99_ratio: rtt.p99 / baseline_rtt.p99,
-        handoff_floor_rtt_us: handoff_rtt,
-        rtt_vs_handoff_floor_ratio: rtt.p50 / handoff_rtt.p50,
-        frames_per_s: fan.frames_per_s,
-        mb_per_s: fan.mb_per_s,
+        handoff_floor_rtt_us: floor,
+        rtt_vs_handoff_floor_ratio: rtt.p50 / floor.p50,
+        frames_per_s: ours.frames as f64 / ours.seconds,
+        mb_per_s,
         baseline_mb_per_s,
-        throughput_ratio: fan.mb_per_s / baseline_mb_per_s,
-        frames_per_write: fan.frames_per_write,
-        outbound_dropped_frames: fan.dropped,
-        send_batches_refused: fan.refused,
+        throughput_ratio: mb_per_s / baseline_mb_per_s,
+        frames_per_write: pump_stats.totals.frames_sent as f64
+            / pump_stats.totals.writes.max(1) as f64,
+        outbound_dropped_frames: pump_stats.totals.outbound_dropped_frames,
+        send_batches_refused: pump_stats.send_batches_refused,
     };
     println!(
         "net [{}]: rtt p50 {:.1} us p99 {:.1} us p999 {:.1} us | baseline p50 {:.1} us p99 {:.1} us | rtt_ratio {:.2} (target <= 1.5)",
-        report.backend,
-        rtt.p50,
-        rtt.p99,
-        rtt.p999,
-        baseline_rtt.p50,
-        baseline_rtt.p99,
-        report.rtt_ratio
+        report.backend, rtt.p50, rtt.p99, rtt.p999, baseline_rtt.p50, baseline_rtt.p99, report.rtt_ratio
     );
     println!(
         "net: hand-off floor (TCP ping-pong plus a core<->I/O thread hand-off at each end) p50 {:.1} us p99 {:.1} us | paxring / floor {:.2}",
-        handoff_rtt.p50, handoff_rtt.p99, report.rtt_vs_handoff_floor_ratio
+        floor.p50, floor.p99, report.rtt_vs_handoff_floor_ratio
     );
     println!(
         "net [{}]: fan-out to {} peers, {} B frames: {:.0} frames/s, {:.1} MB/s ({:.1} frames/write) | baseline {:.1} MB/s | throughput_ratio {:.2} (target >= 0.8)",
         report.backend,
         args.peers,
         args.frame_bytes,
-        fan.frames_per_s,
-        fan.mb_per_s,
-        fan.frames_per_write,
+        report.frames_per_s,
+        mb_per_s,
+        report.frames_per_write,
         baseline_mb_per_s,
         report.throughput_ratio
     );
     let json = serde_json::to_string_pretty(&report)?;
-    if let Some(path) = &args.json {
-        std::fs::write(path, &json)
-            .map_err(|err| format!("cannot write {}: {err}", path.display()))?;
-    } else {
-        println!("{json}");
+    match &args.json {
+        Some(path) => std::fs::write(path, &json)
+            .map_err(|err| format!("cannot write {}: {err}", path.display()))?,
+        None => println!("{json}"),
     }
     Ok(())
 }
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
 
 /// Loopback addresses that were free a moment ago (bound, read, released).
 fn free_addrs(n: usize) -> BenchResult<Vec<SocketAddr>> {
@@ -202,13 +249,28 @@ fn percentiles(hist: &Histogram<u64>) -> Percentiles {
 }
 
 fn new_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 10_000_000_000, 3).expect("valid histogram bounds")
+    Histogram::new_with_bounds(1, 100_000_000_000, 3).expect("valid histogram bounds")
+}
+
+fn tcp_pair() -> BenchResult<(TcpStream, TcpStream)> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let client = TcpStream::connect(listener.local_addr()?)?;
+    let (server, _) = listener.accept()?;
+    client.set_nodelay(true)?;
+    server.set_nodelay(true)?;
+    Ok((client, server))
+}
+
+fn join(handle: JoinHandle<()>, what: &str) -> BenchResult<()> {
+    handle
+        .join()
+        .map_err(|_| format!("{what} thread panicked").into())
 }
 
 struct Cluster {
     threads: Vec<NetThread>,
     handles: Vec<NetHandle>,
-    inboxes: Vec<Vec<Inbox>>,
+    inboxes: Vec<Inbox>,
 }
 
 /// Starts `nodes` network threads on loopback, every node a peer of every other; one core each.
@@ -229,10 +291,10 @@ fn start_cluster(nodes: usize, backend: paxring_net::Backend) -> BenchResult<Clu
         let mut cfg = NetConfig::new(CLUSTER_ID, index as u32 + 1, *addr, peers);
         cfg.backend = backend;
         cfg.max_frame_bytes = 8 << 20;
-        let (thread, handle, inboxes) = NetThread::start(cfg, 1, Arc::new(|_| Some(0)))?;
+        let (thread, handle, mut inboxes) = NetThread::start(cfg, 1, Arc::new(|_| Some(0)))?;
         cluster.threads.push(thread);
         cluster.handles.push(handle);
-        cluster.inboxes.push(inboxes);
+        cluster.inboxes.push(inboxes.pop().expect("one core"));
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     while !cluster
@@ -248,350 +310,476 @@ fn start_cluster(nodes: usize, backend: paxring_net::Backend) -> BenchResult<Clu
     Ok(cluster)
 }
 
-fn send_all(handle: &NetHandle, mut batch: Vec<(Dest, paxring_net::Bytes)>) {
+/// Hands a batch over, waiting while the network thread pushes back.
+fn send_all(handle: &NetHandle, mut batch: Vec<(Dest, Bytes)>) {
     while let Err(back) = handle.send_batch(batch) {
         batch = back;
-        std::thread::yield_now();
+        std::thread::sleep(Duration::from_micros(20));
     }
 }
 
-fn rtt_paxring(
-    body_bytes: usize,
-    phase: Duration,
-    backend: paxring_net::Backend,
-) -> BenchResult<(Percentiles, &'static str)> {
-    let mut cluster = start_cluster(2, backend)?;
-    let backend_name = cluster.handles[0].backend();
-    let mut inbox_b = cluster
-        .inboxes
-        .pop()
-        .expect("two nodes")
-        .pop()
-        .expect("one core");
-    let mut inbox_a = cluster
-        .inboxes
-        .pop()
-        .expect("two nodes")
-        .pop()
-        .expect("one core");
-    let handle_a = cluster.handles[0].clone();
-    let handle_b = cluster.handles[1].clone();
-    let stop = Arc::new(AtomicBool::new(false));
-    let stop_b = stop.clone();
-    let body = vec![0x5au8; body_bytes];
-    let echo = std::thread::spawn(move || {
-        let mut frames = Vec::new();
-        while !stop_b.load(Ordering::Relaxed) {
-            if !inbox_b.wait(Duration::from_millis(50)) {
-                continue;
-            }
-            frames.clear();
-            inbox_b.drain(&mut frames, 1024);
-            let replies = frames
-                .iter()
-                .map(|f| (Dest::Peer(1), encode_frame(2, f.group, 2, &f.body)))
-                .collect();
-            send_all(&handle_b, replies);
-        }
-    });
-    let mut hist = new_histogram();
-    let mut frames = Vec::new();
-    let warmup = Instant::now() + phase / 10;
-    let end = Instant::now() + phase;
-    let mut group = 0u32;
-    while Instant::now() < end {
-        group = group.wrapping_add(1);
-        let start = Instant::now();
-        send_all(
-            &handle_a,
-            vec![(Dest::Peer(2), encode_frame(1, group, 1, &body))],
-        );
-        frames.clear();
-        while frames.is_empty() {
-            if !inbox_a.wait(Duration::from_secs(5)) {
-                return Err("no RTT reply within 5 s".into());
-            }
-            inbox_a.drain(&mut frames, 16);
-        }
-        let elapsed = start.elapsed();
-        if frames.len() != 1 || frames[0].group != group {
-            return Err("RTT reply out of step".into());
-        }
-        if start > warmup {
-            hist.record(elapsed.as_nanos() as u64)?;
-        }
-    }
-    stop.store(true, Ordering::Relaxed);
-    echo.join().map_err(|_| "echo thread panicked")?;
-    for thread in cluster.threads {
-        thread.shutdown();
-    }
-    Ok((percentiles(&hist), backend_name))
+// ---------------------------------------------------------------------------------------------
+// Latency
+
+/// One contender of the latency measurement: one round trip per call.
+trait Pinger {
+    fn ping(&mut self) -> BenchResult<()>;
 }
 
-fn tcp_pair() -> BenchResult<(TcpStream, TcpStream)> {
-    let listener = TcpListener::bind("127.0.0.1:0")?;
-    let client = TcpStream::connect(listener.local_addr()?)?;
-    let (server, _) = listener.accept()?;
-    client.set_nodelay(true)?;
-    server.set_nodelay(true)?;
-    Ok((client, server))
-}
-
-fn rtt_baseline(body_bytes: usize, phase: Duration) -> BenchResult<Percentiles> {
-    let (mut client, mut server) = tcp_pair()?;
-    let len = FRAME_HEADER_BYTES + body_bytes;
-    let echo = std::thread::spawn(move || {
-        let mut buf = vec![0u8; len];
-        while server.read_exact(&mut buf).is_ok() {
-            if server.write_all(&buf).is_err() {
-                break;
-            }
-        }
-    });
-    let frame = encode_frame(1, 1, 1, &vec![0x5au8; body_bytes]);
-    let mut buf = vec![0u8; len];
-    let mut hist = new_histogram();
-    let warmup = Instant::now() + phase / 10;
-    let end = Instant::now() + phase;
+fn measure_rtt(
+    pinger: &mut dyn Pinger,
+    slice: Duration,
+    hist: &mut Histogram<u64>,
+) -> BenchResult<()> {
+    for _ in 0..WARMUP_PINGS {
+        pinger.ping()?;
+    }
+    let end = Instant::now() + slice;
     while Instant::now() < end {
         let start = Instant::now();
-        client.write_all(&frame)?;
-        client.read_exact(&mut buf)?;
-        let elapsed = start.elapsed();
-        if start > warmup {
-            hist.record(elapsed.as_nanos() as u64)?;
-        }
+        pinger.ping()?;
+        hist.record(start.elapsed().as_nanos() as u64)?;
     }
-    drop(client);
-    echo.join().map_err(|_| "baseline echo thread panicked")?;
-    Ok(percentiles(&hist))
+    Ok(())
 }
 
-/// The RTT floor of any design where a core thread hands frames to a separate I/O thread:
-/// the baseline ping-pong plus, at each end, a hand-off core -> writer thread and reader thread
-/// -> core (blocking channels, no spinning). Six thread wake-ups per round trip instead of two.
-fn rtt_handoff_floor(body_bytes: usize, phase: Duration) -> BenchResult<Percentiles> {
-    use std::sync::mpsc::{channel, Receiver, Sender};
-    let len = FRAME_HEADER_BYTES + body_bytes;
-    let (a_stream, b_stream) = tcp_pair()?;
-    let a_closer = a_stream.try_clone()?;
-    /// The core's ends: frames to the writer thread, frames from the reader thread.
-    type CoreEnds = (Sender<Vec<u8>>, Receiver<Vec<u8>>);
-    // One node: a writer thread (core -> socket) and a reader thread (socket -> core).
-    fn io_threads(stream: TcpStream, len: usize) -> BenchResult<CoreEnds> {
-        let (to_writer, from_core) = channel::<Vec<u8>>();
-        let (to_core, from_reader) = channel::<Vec<u8>>();
-        let mut writer = stream.try_clone()?;
-        let mut reader = stream;
-        std::thread::spawn(move || {
-            while let Ok(frame) = from_core.recv() {
-                if writer.write_all(&frame).is_err() {
-                    break;
-                }
-            }
-        });
-        std::thread::spawn(move || {
-            let mut buf = vec![0u8; len];
-            while reader.read_exact(&mut buf).is_ok() {
-                if to_core.send(buf.clone()).is_err() {
-                    break;
-                }
-            }
-        });
-        Ok((to_writer, from_reader))
-    }
-    let (a_send, a_recv) = io_threads(a_stream, len)?;
-    let (b_send, b_recv) = io_threads(b_stream, len)?;
-    let echo = std::thread::spawn(move || {
-        while let Ok(frame) = b_recv.recv() {
-            if b_send.send(frame).is_err() {
-                break;
-            }
-        }
-    });
-    let frame = encode_frame(1, 1, 1, &vec![0x5au8; body_bytes]).to_vec();
-    let mut hist = new_histogram();
-    let warmup = Instant::now() + phase / 10;
-    let end = Instant::now() + phase;
-    while Instant::now() < end {
-        let start = Instant::now();
-        a_send
-            .send(frame.clone())
-            .map_err(|_| "hand-off writer gone")?;
-        a_recv.recv().map_err(|_| "hand-off reader gone")?;
-        let elapsed = start.elapsed();
-        if start > warmup {
-            hist.record(elapsed.as_nanos() as u64)?;
-        }
-    }
-    // Shutting the socket down ends both readers (EOF), which ends the echo and the writers.
-    a_closer.shutdown(std::net::Shutdown::Both)?;
-    drop(a_send);
-    drop(a_recv);
-    echo.join().map_err(|_| "hand-off echo thread panicked")?;
-    Ok(percentiles(&hist))
+struct PaxringPinger {
+    cluster: Cluster,
+    inbox: Inbox,
+    handle: NetHandle,
+    body: Vec<u8>,
+    group: u32,
+    frames: Vec<Frame>,
+    stop: Arc<AtomicBool>,
+    echo: JoinHandle<()>,
+    backend: &'static str,
 }
 
-struct Fanout {
-    frames_per_s: f64,
-    mb_per_s: f64,
-    frames_per_write: f64,
-    dropped: u64,
-    refused: u64,
-}
-
-/// Frames in flight (sent, not yet drained by every peer's core) at most.
-const WINDOW_FRAMES: u64 = 16_384;
-
-fn fanout_paxring(
-    body_bytes: usize,
-    peers: usize,
-    phase: Duration,
-    backend: paxring_net::Backend,
-) -> BenchResult<Fanout> {
-    let cluster = start_cluster(peers + 1, backend)?;
-    let Cluster {
-        threads,
-        handles,
-        inboxes,
-    } = cluster;
-    let stop = Arc::new(AtomicBool::new(false));
-    let received: Vec<Arc<AtomicU64>> = (0..peers).map(|_| Arc::new(AtomicU64::new(0))).collect();
-    let mut consumers = Vec::new();
-    for (mut inbox, counter) in inboxes
-        .into_iter()
-        .skip(1)
-        .map(|mut v| v.pop().expect("one core"))
-        .zip(received.iter().cloned())
-    {
-        let stop = stop.clone();
-        consumers.push(std::thread::spawn(move || {
-            let mut frames = Vec::with_capacity(4096);
-            let mut count = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                if !inbox.wait(Duration::from_millis(20)) {
+impl PaxringPinger {
+    fn start(body_bytes: usize, backend: paxring_net::Backend) -> BenchResult<Self> {
+        let mut cluster = start_cluster(2, backend)?;
+        let mut inbox_b = cluster.inboxes.pop().expect("node B");
+        let inbox = cluster.inboxes.pop().expect("node A");
+        let handle_b = cluster.handles[1].clone();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop_b = stop.clone();
+        let echo = std::thread::spawn(move || {
+            let mut frames = Vec::new();
+            while !stop_b.load(Ordering::Relaxed) {
+                if !inbox_b.wait(Duration::from_millis(20)) {
                     continue;
                 }
                 frames.clear();
-                let n = inbox.drain(&mut frames, 4096);
-                count += n as u64;
-                counter.store(count, Ordering::Release);
+                inbox_b.drain(&mut frames, 1024);
+                let replies = frames
+                    .iter()
+                    .map(|f| (Dest::Peer(1), encode_frame(2, f.group, 2, &f.body)))
+                    .collect();
+                send_all(&handle_b, replies);
+            }
+        });
+        Ok(PaxringPinger {
+            backend: cluster.handles[0].backend(),
+            handle: cluster.handles[0].clone(),
+            cluster,
+            inbox,
+            body: vec![0x5a; body_bytes],
+            group: 0,
+            frames: Vec::new(),
+            stop,
+            echo,
+        })
+    }
+
+    fn stop(self) -> BenchResult<()> {
+        self.stop.store(true, Ordering::Relaxed);
+        join(self.echo, "echo")?;
+        for thread in self.cluster.threads {
+            thread.shutdown();
+        }
+        Ok(())
+    }
+}
+
+impl Pinger for PaxringPinger {
+    fn ping(&mut self) -> BenchResult<()> {
+        self.group = self.group.wrapping_add(1);
+        let frame = encode_frame(1, self.group, 1, &self.body);
+        send_all(&self.handle, vec![(Dest::Peer(2), frame)]);
+        self.frames.clear();
+        while self.frames.is_empty() {
+            if !self.inbox.wait(Duration::from_secs(5)) {
+                return Err("no round-trip reply within 5 s".into());
+            }
+            self.inbox.drain(&mut self.frames, 16);
+        }
+        if self.frames.len() != 1 || self.frames[0].group != self.group {
+            return Err("round-trip reply out of step".into());
+        }
+        Ok(())
+    }
+}
+
+struct TcpPinger {
+    client: TcpStream,
+    frame: Bytes,
+    buf: Vec<u8>,
+    echo: JoinHandle<()>,
+}
+
+impl TcpPinger {
+    fn start(body_bytes: usize) -> BenchResult<Self> {
+        let (client, mut server) = tcp_pair()?;
+        let len = FRAME_HEADER_BYTES + body_bytes;
+        let echo = std::thread::spawn(move || {
+            let mut buf = vec![0u8; len];
+            while server.read_exact(&mut buf).is_ok() {
+                if server.write_all(&buf).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(TcpPinger {
+            client,
+            frame: encode_frame(1, 1, 1, &vec![0x5a; body_bytes]),
+            buf: vec![0u8; len],
+            echo,
+        })
+    }
+
+    fn stop(self) -> BenchResult<()> {
+        self.client.shutdown(std::net::Shutdown::Both)?;
+        join(self.echo, "baseline echo")
+    }
+}
+
+impl Pinger for TcpPinger {
+    fn ping(&mut self) -> BenchResult<()> {
+        self.client.write_all(&self.frame)?;
+        self.client.read_exact(&mut self.buf)?;
+        Ok(())
+    }
+}
+
+/// The hand-off floor: TCP ping-pong where each end's "core" thread talks to a writer thread
+/// and a reader thread through blocking channels. Six thread wake-ups per round trip.
+struct HandoffPinger {
+    to_writer: Sender<Vec<u8>>,
+    from_reader: Receiver<Vec<u8>>,
+    closer: TcpStream,
+    frame: Vec<u8>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// One end's I/O threads: (frames to its writer, frames from its reader, the threads).
+type IoEnds = (Sender<Vec<u8>>, Receiver<Vec<u8>>, Vec<JoinHandle<()>>);
+
+fn io_threads(stream: TcpStream, len: usize) -> BenchResult<IoEnds> {
+    let (to_writer, from_core) = channel::<Vec<u8>>();
+    let (to_core, from_reader) = channel::<Vec<u8>>();
+    let mut writer = stream.try_clone()?;
+    let mut reader = stream;
+    let write_thread = std::thread::spawn(move || {
+        while let Ok(frame) = from_core.recv() {
+            if writer.write_all(&frame).is_err() {
+                break;
+            }
+        }
+    });
+    let read_thread = std::thread::spawn(move || {
+        let mut buf = vec![0u8; len];
+        while reader.read_exact(&mut buf).is_ok() {
+            if to_core.send(buf.clone()).is_err() {
+                break;
+            }
+        }
+    });
+    Ok((to_writer, from_reader, vec![write_thread, read_thread]))
+}
+
+impl HandoffPinger {
+    fn start(body_bytes: usize) -> BenchResult<Self> {
+        let len = FRAME_HEADER_BYTES + body_bytes;
+        let (a_stream, b_stream) = tcp_pair()?;
+        let closer = a_stream.try_clone()?;
+        let (to_writer, from_reader, mut threads) = io_threads(a_stream, len)?;
+        let (b_send, b_recv, b_threads) = io_threads(b_stream, len)?;
+        threads.extend(b_threads);
+        threads.push(std::thread::spawn(move || {
+            while let Ok(frame) = b_recv.recv() {
+                if b_send.send(frame).is_err() {
+                    break;
+                }
             }
         }));
+        Ok(HandoffPinger {
+            to_writer,
+            from_reader,
+            closer,
+            frame: encode_frame(1, 1, 1, &vec![0x5a; body_bytes]).to_vec(),
+            threads,
+        })
     }
-    let handle = handles[0].clone();
-    let body = vec![0xa5u8; body_bytes];
-    let frames_per_batch = (256 * 1024 / (body_bytes + FRAME_HEADER_BYTES)).clamp(1, 256);
-    let min_received = || {
-        received
+
+    fn stop(self) -> BenchResult<()> {
+        // Shutting the socket down ends both readers (EOF), which ends the echo and the writers.
+        self.closer.shutdown(std::net::Shutdown::Both)?;
+        drop(self.to_writer);
+        drop(self.from_reader);
+        for thread in self.threads {
+            join(thread, "hand-off")?;
+        }
+        Ok(())
+    }
+}
+
+impl Pinger for HandoffPinger {
+    fn ping(&mut self) -> BenchResult<()> {
+        self.to_writer
+            .send(self.frame.clone())
+            .map_err(|_| "hand-off writer gone")?;
+        self.from_reader
+            .recv()
+            .map_err(|_| "hand-off reader gone")?;
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Throughput
+
+/// What slices delivered, summed.
+#[derive(Default, Clone, Copy)]
+struct Delivered {
+    frames: u64,
+    payload_bytes: u64,
+    seconds: f64,
+}
+
+impl Delivered {
+    fn add(&mut self, other: Delivered) {
+        self.frames += other.frames;
+        self.payload_bytes += other.payload_bytes;
+        self.seconds += other.seconds;
+    }
+}
+
+/// Waits until `done()` or 10 s; the slice's clock keeps running meanwhile.
+fn wait_drained(mut done: impl FnMut() -> bool) -> BenchResult<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        if Instant::now() > deadline {
+            return Err("frames still in flight 10 s after the slice ended".into());
+        }
+        std::thread::sleep(Duration::from_micros(50));
+    }
+    Ok(())
+}
+
+struct PaxringPump {
+    cluster: Cluster,
+    handle: NetHandle,
+    received: Vec<Arc<AtomicU64>>,
+    consumers: Vec<JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+    body: Vec<u8>,
+    frames_per_batch: usize,
+    sent: u64,
+    group: u32,
+}
+
+impl PaxringPump {
+    fn start(body_bytes: usize, peers: usize, backend: paxring_net::Backend) -> BenchResult<Self> {
+        let mut cluster = start_cluster(peers + 1, backend)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let received: Vec<Arc<AtomicU64>> =
+            (0..peers).map(|_| Arc::new(AtomicU64::new(0))).collect();
+        let mut consumers = Vec::new();
+        let peer_inboxes: Vec<Inbox> = cluster.inboxes.drain(1..).collect();
+        for (mut inbox, counter) in peer_inboxes.into_iter().zip(received.iter().cloned()) {
+            let stop = stop.clone();
+            consumers.push(std::thread::spawn(move || {
+                let mut frames = Vec::with_capacity(4096);
+                let mut count = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    if !inbox.wait(Duration::from_millis(20)) {
+                        continue;
+                    }
+                    frames.clear();
+                    count += inbox.drain(&mut frames, 4096) as u64;
+                    counter.store(count, Ordering::Release);
+                }
+            }));
+        }
+        Ok(PaxringPump {
+            handle: cluster.handles[0].clone(),
+            cluster,
+            received,
+            consumers,
+            stop,
+            body: vec![0xa5; body_bytes],
+            frames_per_batch: (BATCH_BYTES / (body_bytes + FRAME_HEADER_BYTES)).clamp(1, 256),
+            sent: 0,
+            group: 0,
+        })
+    }
+
+    fn min_received(&self) -> u64 {
+        self.received
             .iter()
             .map(|c| c.load(Ordering::Acquire))
             .min()
             .unwrap_or(0)
-    };
-    let mut sent = 0u64;
-    let mut group = 0u32;
-    // Warm up for a tenth of the phase, then measure delivered frames over the rest.
-    let start = Instant::now();
-    let warmup_end = start + phase / 10;
-    let end = start + phase;
-    let mut measured_from: Option<(Instant, u64)> = None;
-    while Instant::now() < end {
-        if measured_from.is_none() && Instant::now() >= warmup_end {
-            measured_from = Some((
-                Instant::now(),
-                received.iter().map(|c| c.load(Ordering::Acquire)).sum(),
-            ));
-        }
-        if sent - min_received() + frames_per_batch as u64 > WINDOW_FRAMES {
-            std::thread::yield_now();
-            continue;
-        }
-        let mut batch = Vec::with_capacity(frames_per_batch);
-        for _ in 0..frames_per_batch {
-            group = group.wrapping_add(1);
-            batch.push((Dest::AllPeers, encode_frame(1, group % 1024, 1, &body)));
-        }
-        sent += frames_per_batch as u64;
-        send_all(&handle, batch);
     }
-    let now = Instant::now();
-    let delivered_end: u64 = received.iter().map(|c| c.load(Ordering::Acquire)).sum();
-    let (from, delivered_start) = measured_from.unwrap_or((start, 0));
-    let seconds = now.duration_since(from).as_secs_f64();
-    let frames = (delivered_end - delivered_start) as f64;
-    stop.store(true, Ordering::Relaxed);
-    for consumer in consumers {
-        consumer.join().map_err(|_| "consumer thread panicked")?;
+
+    fn total_received(&self) -> u64 {
+        self.received
+            .iter()
+            .map(|c| c.load(Ordering::Acquire))
+            .sum()
     }
-    let stats = handles[0].stats();
-    let frames_per_write = stats.totals.frames_sent as f64 / stats.totals.writes.max(1) as f64;
-    let result = Fanout {
-        frames_per_s: frames / seconds,
-        mb_per_s: frames * body_bytes as f64 / seconds / 1e6,
-        frames_per_write,
-        dropped: stats.totals.outbound_dropped_frames,
-        refused: stats.send_batches_refused,
-    };
-    for thread in threads {
-        thread.shutdown();
+
+    fn run(&mut self, slice: Duration) -> BenchResult<Delivered> {
+        let start = Instant::now();
+        let received_start = self.total_received();
+        let end = start + slice;
+        while Instant::now() < end {
+            if self.sent - self.min_received() + self.frames_per_batch as u64 > WINDOW_FRAMES {
+                // Window full: sleep briefly rather than spin (2 vCPUs shared by six threads).
+                std::thread::sleep(Duration::from_micros(50));
+                continue;
+            }
+            let mut batch = Vec::with_capacity(self.frames_per_batch);
+            for _ in 0..self.frames_per_batch {
+                self.group = self.group.wrapping_add(1);
+                batch.push((
+                    Dest::AllPeers,
+                    encode_frame(1, self.group % 1024, 1, &self.body),
+                ));
+            }
+            self.sent += self.frames_per_batch as u64;
+            send_all(&self.handle, batch);
+        }
+        let dropped = || self.handle.stats().totals.outbound_dropped_frames;
+        if dropped() > 0 {
+            return Err(
+                "frames were dropped by the outbound queue; the window is too large".into(),
+            );
+        }
+        let sent = self.sent;
+        wait_drained(|| self.min_received() >= sent)?;
+        let seconds = start.elapsed().as_secs_f64();
+        let frames = self.total_received() - received_start;
+        Ok(Delivered {
+            frames,
+            payload_bytes: frames * self.body.len() as u64,
+            seconds,
+        })
     }
-    Ok(result)
+
+    fn stop(self) -> BenchResult<paxring_net::NetStats> {
+        let stats = self.handle.stats();
+        self.stop.store(true, Ordering::Relaxed);
+        for consumer in self.consumers {
+            join(consumer, "consumer")?;
+        }
+        for thread in self.cluster.threads {
+            thread.shutdown();
+        }
+        Ok(stats)
+    }
 }
 
-fn fanout_baseline(body_bytes: usize, peers: usize, phase: Duration) -> BenchResult<f64> {
-    let frame = encode_frame(1, 1, 1, &vec![0xa5u8; body_bytes]);
-    let frames_per_write = (256 * 1024 / frame.len()).clamp(1, 256);
-    let chunk: Vec<u8> = frame
-        .iter()
-        .copied()
-        .cycle()
-        .take(frame.len() * frames_per_write)
-        .collect();
-    let mut writers = Vec::new();
-    let mut readers = Vec::new();
-    let received: Vec<Arc<AtomicU64>> = (0..peers).map(|_| Arc::new(AtomicU64::new(0))).collect();
-    for counter in &received {
-        let (client, mut server) = tcp_pair()?;
-        writers.push(client);
-        let counter = counter.clone();
-        readers.push(std::thread::spawn(move || {
-            let mut buf = vec![0u8; 256 * 1024];
-            let mut total = 0u64;
-            while let Ok(n) = server.read(&mut buf) {
-                if n == 0 {
-                    break;
+struct TcpPump {
+    writers: Vec<TcpStream>,
+    readers: Vec<JoinHandle<()>>,
+    received: Vec<Arc<AtomicU64>>,
+    chunk: Vec<u8>,
+    frame_bytes: usize,
+    body_bytes: usize,
+    written_per_peer: u64,
+}
+
+impl TcpPump {
+    fn start(body_bytes: usize, peers: usize) -> BenchResult<Self> {
+        let frame = encode_frame(1, 1, 1, &vec![0xa5; body_bytes]);
+        let frames_per_write = (BATCH_BYTES / frame.len()).clamp(1, 256);
+        let chunk: Vec<u8> = frame
+            .iter()
+            .copied()
+            .cycle()
+            .take(frame.len() * frames_per_write)
+            .collect();
+        let mut writers = Vec::new();
+        let mut readers = Vec::new();
+        let received: Vec<Arc<AtomicU64>> =
+            (0..peers).map(|_| Arc::new(AtomicU64::new(0))).collect();
+        for counter in &received {
+            let (client, mut server) = tcp_pair()?;
+            writers.push(client);
+            let counter = counter.clone();
+            readers.push(std::thread::spawn(move || {
+                let mut buf = vec![0u8; BATCH_BYTES];
+                let mut total = 0u64;
+                while let Ok(n) = server.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    total += n as u64;
+                    counter.store(total, Ordering::Release);
                 }
-                total += n as u64;
-                counter.store(total, Ordering::Release);
+            }));
+        }
+        Ok(TcpPump {
+            writers,
+            readers,
+            received,
+            chunk,
+            frame_bytes: frame.len(),
+            body_bytes,
+            written_per_peer: 0,
+        })
+    }
+
+    fn total_received(&self) -> u64 {
+        self.received
+            .iter()
+            .map(|c| c.load(Ordering::Acquire))
+            .sum()
+    }
+
+    fn run(&mut self, slice: Duration) -> BenchResult<Delivered> {
+        let start = Instant::now();
+        let received_start = self.total_received();
+        let end = start + slice;
+        while Instant::now() < end {
+            for writer in self.writers.iter_mut() {
+                writer.write_all(&self.chunk)?;
             }
-        }));
-    }
-    let start = Instant::now();
-    let warmup_end = start + phase / 10;
-    let end = start + phase;
-    let mut measured_from: Option<(Instant, u64)> = None;
-    while Instant::now() < end {
-        if measured_from.is_none() && Instant::now() >= warmup_end {
-            measured_from = Some((
-                Instant::now(),
-                received.iter().map(|c| c.load(Ordering::Acquire)).sum(),
-            ));
+            self.written_per_peer += self.chunk.len() as u64;
         }
-        for writer in writers.iter_mut() {
-            writer.write_all(&chunk)?;
+        let written = self.written_per_peer;
+        let received = &self.received;
+        wait_drained(|| {
+            received
+                .iter()
+                .all(|c| c.load(Ordering::Acquire) >= written)
+        })?;
+        let seconds = start.elapsed().as_secs_f64();
+        let wire_bytes = self.total_received() - received_start;
+        let frames = wire_bytes / self.frame_bytes as u64;
+        Ok(Delivered {
+            frames,
+            payload_bytes: frames * self.body_bytes as u64,
+            seconds,
+        })
+    }
+
+    fn stop(self) -> BenchResult<()> {
+        drop(self.writers);
+        for reader in self.readers {
+            join(reader, "baseline reader")?;
         }
+        Ok(())
     }
-    let now = Instant::now();
-    let bytes_end: u64 = received.iter().map(|c| c.load(Ordering::Acquire)).sum();
-    drop(writers);
-    for reader in readers {
-        reader.join().map_err(|_| "baseline reader panicked")?;
-    }
-    let (from, bytes_start) = measured_from.unwrap_or((start, 0));
-    let seconds = now.duration_since(from).as_secs_f64();
-    // Count payload bytes, as the paxring phase does: wire bytes scaled by body / frame.
-    let payload = (bytes_end - bytes_start) as f64 * body_bytes as f64 / frame.len() as f64;
-    Ok(payload / seconds / 1e6)
 }

@@ -338,7 +338,7 @@ struct Ctx {
 /// The most inbound connections open at once (authenticated or not); more are closed at once.
 const INBOUND_CONNECTIONS_MAX: usize = 1024;
 /// Read buffer growth step for an authenticated connection.
-const READ_CHUNK_BYTES: usize = 64 * 1024;
+const READ_CHUNK_BYTES: usize = 256 * 1024;
 
 /// Removes a connection from the live set when it ends.
 struct LiveGuard {
