@@ -434,3 +434,22 @@ fn chosen_mark_never_resolves_to_an_older_acceptance() {
     assert!(out.chosen.is_empty(), "{:?}", out.chosen);
     assert!(table.is_relearning(G));
 }
+
+#[test]
+fn body_codec_matches_the_framed_one() {
+    let message = Message::Accept {
+        ballot: ballot(2, 1),
+        instance: Instance(5),
+        value: Bytes::from_static(b"abc"),
+        chosen_through: Instance(4),
+    };
+    let mut body = Vec::new();
+    message.encode_body_into(&mut body);
+    assert_eq!(&message.encode()[1..], &body[..]);
+    assert_eq!(
+        Message::decode_body(message.kind(), &body).unwrap(),
+        message
+    );
+    assert!(Message::decode_body(message.kind(), &body[..body.len() - 1]).is_err());
+    assert!(Message::decode(&[]).is_err());
+}
