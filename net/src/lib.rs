@@ -33,3 +33,12 @@ pub use frame::{
 pub use inbox::Inbox;
 pub use stats::{Counters, NetStats, PeerStats};
 pub use thread::{Dest, NetError, NetHandle, NetThread, Route};
+
+// The threading contract the runtime relies on, checked at compile time.
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    const fn send<T: Send>() {}
+    send_sync::<NetHandle>();
+    send::<Inbox>();
+    send::<NetThread>();
+};
