@@ -67,6 +67,10 @@ pub struct WalBenchArgs {
     /// I/O backend of the WAL.
     #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
     backend: BackendArg,
+    /// Instead of the WAL against the baseline: the WAL with RWF_DSYNC against the WAL with
+    /// write + fdatasync, alternating in slices (the numbers that pick the default sync mode).
+    #[arg(long)]
+    compare_sync: bool,
     /// Segment file size.
     #[arg(long, default_value_t = 64 << 20)]
     segment_bytes: u64,
@@ -153,6 +157,18 @@ fn bench(args: WalBenchArgs) -> Result<(), String> {
             (temp.path().to_path_buf(), Some(temp))
         }
     };
+    if args.compare_sync {
+        let result = compare_sync(&dir, &args);
+        if temp.is_none() && !args.keep {
+            for mode in ["dsync", "fdatasync"] {
+                let _ = std::fs::remove_dir_all(dir.join(mode));
+            }
+        }
+        if let (true, Some(temp)) = (args.keep, temp) {
+            eprintln!("kept the WALs in {}", temp.keep().display());
+        }
+        return result;
+    }
     let mut opts = WalOptions::new(&dir, 0);
     opts.buffer_bytes = args.round_bytes;
     opts.segment_bytes = args.segment_bytes;
@@ -167,9 +183,30 @@ fn bench(args: WalBenchArgs) -> Result<(), String> {
         BackendArg::Uring => Backend::Uring,
         BackendArg::Blocking => Backend::Blocking,
     };
-    let seconds = Duration::from_secs_f64(args.seconds);
-    let wal_phase = run_wal(&opts, &args, seconds).map_err(|e| e.to_string())?;
-    let baseline = run_baseline(&dir, &args, opts.sync_mode, seconds)?;
+    // The two sides alternate in slices of at most SLICE_SECONDS, so both see the same (shared,
+    // noisy) disk: the ratio compares like with like even when the machine's speed drifts.
+    let slices = (args.seconds / SLICE_SECONDS).ceil().max(1.0) as u32;
+    let slice = Duration::from_secs_f64(args.seconds / f64::from(slices));
+    let mut wal_side = WalRunner::open(&opts, &args).map_err(|e| e.to_string())?;
+    let mut baseline = BaselineRunner::open(&dir, &args, opts.sync_mode)?;
+    for _ in 0..slices {
+        wal_side.slice(slice).map_err(|e| e.to_string())?;
+        baseline.slice(slice)?;
+    }
+    let last_lsn = wal_side.wal.durable_lsn();
+    let wal_phase = WalPhase {
+        stats: wal_side.wal.stats(),
+        latency: wal_side.wal.write_latency_histogram().clone(),
+        elapsed: wal_side.elapsed,
+        last_lsn,
+    };
+    drop(wal_side);
+    let baseline = Baseline {
+        writes: baseline.writes,
+        bytes: baseline.writes * args.round_bytes as u64,
+        elapsed: baseline.elapsed,
+        latency: baseline.latency,
+    };
     let (recovery, _) = inspect_dir(&dir, 0).map_err(|e| e.to_string())?;
     let verified_clean = recovery.is_clean() && recovery.last_lsn() == wal_phase.last_lsn;
 
@@ -231,6 +268,8 @@ fn bench(args: WalBenchArgs) -> Result<(), String> {
 }
 
 const BASELINE_FILE: &str = "baseline.dat";
+/// Longest slice of one side before the other side runs.
+const SLICE_SECONDS: f64 = 0.2;
 
 fn remove_wal_files(dir: &Path) -> Result<(), String> {
     let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -245,6 +284,258 @@ fn remove_wal_files(dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// The WAL side: rounds of `round_bytes`, each filled while the previous one is in flight.
+struct WalRunner {
+    wal: Wal,
+    payload: Vec<u8>,
+    next_instance: Vec<u64>,
+    group: u32,
+    groups: u32,
+    keep_instances: u64,
+    rounds_since_purge: u32,
+    elapsed: Duration,
+}
+
+impl WalRunner {
+    fn open(opts: &WalOptions, args: &WalBenchArgs) -> Result<WalRunner, WalError> {
+        let (wal, recovery) = Wal::open(opts.clone())?;
+        // Continue each group's instances after whatever the directory already held.
+        let next_instance = (0..args.groups)
+            .map(|g| {
+                recovery
+                    .index
+                    .get(&GroupId(g))
+                    .and_then(|m| m.keys().next_back())
+                    .map_or(0, |i| i.0 + 1)
+            })
+            .collect();
+        // Keep about the last 64 rounds of every group, like an engine that checkpoints often.
+        let per_round = (args.round_bytes / (args.record_bytes + 56)).max(1) as u64;
+        Ok(WalRunner {
+            wal,
+            payload: (0..args.record_bytes).map(|i| i as u8).collect(),
+            next_instance,
+            group: 0,
+            groups: args.groups,
+            keep_instances: 64 * per_round / u64::from(args.groups) + 1,
+            rounds_since_purge: 0,
+            elapsed: Duration::ZERO,
+        })
+    }
+
+    /// Runs rounds for `length`, then drains (everything appended is durable at return).
+    fn slice(&mut self, length: Duration) -> Result<(), WalError> {
+        let start = Instant::now();
+        let deadline = start + length;
+        while Instant::now() < deadline {
+            self.fill()?;
+            self.wal.submit()?;
+            if self.wal.pending_records() > 0 {
+                // A write is in flight and the next round is full: sleep until it completes.
+                while self.wal.write_in_flight() {
+                    self.wal.wait(&[], None)?;
+                }
+                self.wal.submit()?;
+            }
+            self.rounds_since_purge += 1;
+            if self.rounds_since_purge >= 64 {
+                self.rounds_since_purge = 0;
+                for (g, next) in self.next_instance.iter().enumerate() {
+                    let floor = Instance(next.saturating_sub(self.keep_instances));
+                    self.wal.set_purge_floor(GroupId(g as u32), floor);
+                }
+                self.wal.purge()?;
+            }
+        }
+        while self.wal.durable_lsn() < self.wal.appended_lsn() {
+            self.wal.submit()?;
+            if self.wal.write_in_flight() {
+                self.wal.wait(&[], None)?;
+            }
+        }
+        self.elapsed += start.elapsed();
+        Ok(())
+    }
+
+    /// Appends records (groups round robin) until the accumulating batch is full.
+    fn fill(&mut self) -> Result<(), WalError> {
+        loop {
+            let g = self.group as usize;
+            let record = RecordRef {
+                kind: RecordKind::Accept,
+                group: GroupId(self.group),
+                instance: Instance(self.next_instance[g]),
+                promised: Ballot { number: 1, node: 1 },
+                accepted: Ballot { number: 1, node: 1 },
+                payload: &self.payload,
+            };
+            match self.wal.append(record) {
+                Ok(_) => {
+                    self.next_instance[g] += 1;
+                    self.group = (self.group + 1) % self.groups;
+                }
+                Err(WalError::BufferFull { .. }) => return Ok(()),
+                Err(error) => return Err(error),
+            }
+        }
+    }
+}
+
+/// The baseline: a plain loop of O_DIRECT writes of `round_bytes` to a pre-written file on the
+/// same file system, each made durable the same way as the WAL's (RWF_DSYNC, or write +
+/// fdatasync).
+struct BaselineRunner {
+    path: PathBuf,
+    file: std::fs::File,
+    buffer: AlignedBuffer,
+    slots: u64,
+    sync_mode: SyncMode,
+    writes: u64,
+    latency: Histogram<u64>,
+    elapsed: Duration,
+}
+
+impl BaselineRunner {
+    fn open(
+        dir: &Path,
+        args: &WalBenchArgs,
+        sync_mode: SyncMode,
+    ) -> Result<BaselineRunner, String> {
+        let path = dir.join(BASELINE_FILE);
+        let preparing = dir.join("baseline.preparing");
+        let file_bytes = args.segment_bytes.max(args.round_bytes as u64 * 4);
+        segfile::create_segment(dir, &preparing, &path, file_bytes, None, None)
+            .map_err(|e| e.to_string())?;
+        let file = segfile::open_direct(&path).map_err(|e| e.to_string())?;
+        let mut buffer = AlignedBuffer::new(args.round_bytes).map_err(|e| e.to_string())?;
+        for (i, byte) in buffer.iter_mut().enumerate() {
+            *byte = (i % 251) as u8;
+        }
+        Ok(BaselineRunner {
+            path,
+            file,
+            buffer,
+            slots: file_bytes / args.round_bytes as u64,
+            sync_mode,
+            writes: 0,
+            latency: Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("bounds"),
+            elapsed: Duration::ZERO,
+        })
+    }
+
+    fn slice(&mut self, length: Duration) -> Result<(), String> {
+        let start = Instant::now();
+        let deadline = start + length;
+        while Instant::now() < deadline {
+            let offset = (self.writes % self.slots) * self.buffer.len() as u64;
+            let issued = Instant::now();
+            durable_write(&self.file, &self.buffer, offset, self.sync_mode).map_err(|e| {
+                format!("baseline write to {} at {offset}: {e}", self.path.display())
+            })?;
+            self.latency
+                .saturating_record(issued.elapsed().as_micros().max(1) as u64);
+            self.writes += 1;
+        }
+        self.elapsed += start.elapsed();
+        Ok(())
+    }
+}
+
+#[derive(Serialize)]
+struct SyncSide {
+    sync_mode: SyncMode,
+    rounds: u64,
+    durable_writes_per_round: f64,
+    wal_mb_per_s: f64,
+    latency_us: Latency,
+}
+
+#[derive(Serialize)]
+struct SyncReport {
+    round_bytes: usize,
+    record_bytes: usize,
+    groups: u32,
+    seconds: f64,
+    sides: Vec<SyncSide>,
+    dsync_over_fdatasync: f64,
+}
+
+/// The WAL with RWF_DSYNC against the WAL with write + fdatasync, same run, alternating.
+fn compare_sync(dir: &Path, args: &WalBenchArgs) -> Result<(), String> {
+    let modes = [SyncMode::Dsync, SyncMode::Fdatasync];
+    let mut runners = Vec::new();
+    for mode in modes {
+        let name = if mode == SyncMode::Dsync {
+            "dsync"
+        } else {
+            "fdatasync"
+        };
+        let mut opts = WalOptions::new(dir.join(name), 0);
+        opts.buffer_bytes = args.round_bytes;
+        opts.segment_bytes = args.segment_bytes;
+        opts.sync_mode = mode;
+        runners.push(WalRunner::open(&opts, args).map_err(|e| e.to_string())?);
+    }
+    let slices = (args.seconds / SLICE_SECONDS).ceil().max(1.0) as u32;
+    let slice = Duration::from_secs_f64(args.seconds / f64::from(slices));
+    for _ in 0..slices {
+        for runner in runners.iter_mut() {
+            runner.slice(slice).map_err(|e| e.to_string())?;
+        }
+    }
+    let sides: Vec<SyncSide> = runners
+        .iter()
+        .map(|runner| {
+            let stats = runner.wal.stats();
+            SyncSide {
+                sync_mode: stats.sync_mode,
+                rounds: stats.writes,
+                durable_writes_per_round: stats.durable_writes as f64 / stats.writes.max(1) as f64,
+                wal_mb_per_s: stats.bytes_written as f64 / 1e6 / runner.elapsed.as_secs_f64(),
+                latency_us: latency(runner.wal.write_latency_histogram()),
+            }
+        })
+        .collect();
+    let report = SyncReport {
+        round_bytes: args.round_bytes,
+        record_bytes: args.record_bytes,
+        groups: args.groups,
+        seconds: args.seconds,
+        dsync_over_fdatasync: sides[0].wal_mb_per_s / sides[1].wal_mb_per_s,
+        sides,
+    };
+    println!(
+        "paxring-bench wal --compare-sync: {} s each, round {} B, alternating {} slices",
+        args.seconds, args.round_bytes, slices
+    );
+    println!(
+        "{:<10} {:>8} {:>10} {:>10} {:>10} {:>10} {:>8}",
+        "sync", "rounds", "MB/s", "p50 us", "p99 us", "p999 us", "dw/round"
+    );
+    for side in &report.sides {
+        println!(
+            "{:<10} {:>8} {:>10.1} {:>10} {:>10} {:>10} {:>8.2}",
+            format!("{:?}", side.sync_mode),
+            side.rounds,
+            side.wal_mb_per_s,
+            side.latency_us.p50,
+            side.latency_us.p99,
+            side.latency_us.p999,
+            side.durable_writes_per_round
+        );
+    }
+    println!(
+        "dsync / fdatasync throughput: {:.3}",
+        report.dsync_over_fdatasync
+    );
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+        std::fs::write(path, text + "\n")
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
 struct WalPhase {
     stats: paxring_wal::WalStats,
     latency: Histogram<u64>,
@@ -252,126 +543,11 @@ struct WalPhase {
     last_lsn: paxring_wal::Lsn,
 }
 
-fn run_wal(
-    opts: &WalOptions,
-    args: &WalBenchArgs,
-    seconds: Duration,
-) -> Result<WalPhase, WalError> {
-    let (mut wal, recovery) = Wal::open(opts.clone())?;
-    let payload: Vec<u8> = (0..args.record_bytes).map(|i| i as u8).collect();
-    // Continue each group's instances after whatever the directory already held.
-    let mut next_instance: Vec<u64> = (0..args.groups)
-        .map(|g| {
-            recovery
-                .index
-                .get(&GroupId(g))
-                .and_then(|m| m.keys().next_back())
-                .map_or(0, |i| i.0 + 1)
-        })
-        .collect();
-    drop(recovery);
-    let mut group = 0u32;
-    let start = Instant::now();
-    let deadline = start + seconds;
-    let mut rounds_since_purge = 0u32;
-    while Instant::now() < deadline {
-        // Fill the accumulating batch to the round size.
-        loop {
-            let record = RecordRef {
-                kind: RecordKind::Accept,
-                group: GroupId(group),
-                instance: Instance(next_instance[group as usize]),
-                promised: Ballot { number: 1, node: 1 },
-                accepted: Ballot { number: 1, node: 1 },
-                payload: &payload,
-            };
-            match wal.append(record) {
-                Ok(_) => {
-                    next_instance[group as usize] += 1;
-                    group = (group + 1) % args.groups;
-                }
-                Err(WalError::BufferFull { .. }) => break,
-                Err(error) => return Err(error),
-            }
-        }
-        wal.submit()?;
-        if wal.pending_records() > 0 {
-            // A write is in flight and the next round is full: sleep until it completes.
-            while wal.write_in_flight() {
-                wal.wait(&[], None)?;
-            }
-            wal.submit()?;
-        }
-        rounds_since_purge += 1;
-        if rounds_since_purge >= 64 {
-            // Keep the last ~64 rounds per group, like an engine that checkpoints often.
-            rounds_since_purge = 0;
-            let per_round = (args.round_bytes / (args.record_bytes + 56)).max(1) as u64;
-            let keep = 64 * per_round / u64::from(args.groups) + 1;
-            for (g, next) in next_instance.iter().enumerate() {
-                wal.set_purge_floor(GroupId(g as u32), Instance(next.saturating_sub(keep)));
-            }
-            wal.purge()?;
-        }
-    }
-    while wal.durable_lsn() < wal.appended_lsn() {
-        wal.submit()?;
-        if wal.write_in_flight() {
-            wal.wait(&[], None)?;
-        }
-    }
-    let elapsed = start.elapsed();
-    Ok(WalPhase {
-        stats: wal.stats(),
-        latency: wal.write_latency_histogram().clone(),
-        elapsed,
-        last_lsn: wal.durable_lsn(),
-    })
-}
-
 struct Baseline {
     writes: u64,
     bytes: u64,
     elapsed: Duration,
     latency: Histogram<u64>,
-}
-
-/// A plain loop of O_DIRECT writes of `round_bytes` to a pre-written file on the same file
-/// system, each made durable the same way as the WAL's (RWF_DSYNC, or write + fdatasync).
-fn run_baseline(
-    dir: &Path,
-    args: &WalBenchArgs,
-    sync_mode: SyncMode,
-    seconds: Duration,
-) -> Result<Baseline, String> {
-    let path = dir.join(BASELINE_FILE);
-    let preparing = dir.join("baseline.preparing");
-    let file_bytes = args.segment_bytes.max(args.round_bytes as u64 * 4);
-    segfile::create_segment(dir, &preparing, &path, file_bytes, None).map_err(|e| e.to_string())?;
-    let file = segfile::open_direct(&path).map_err(|e| e.to_string())?;
-    let mut buffer = AlignedBuffer::new(args.round_bytes).map_err(|e| e.to_string())?;
-    for (i, byte) in buffer.iter_mut().enumerate() {
-        *byte = (i % 251) as u8;
-    }
-    let slots = file_bytes / args.round_bytes as u64;
-    let mut latency = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).expect("bounds");
-    let mut writes = 0u64;
-    let start = Instant::now();
-    let deadline = start + seconds;
-    while Instant::now() < deadline {
-        let offset = (writes % slots) * args.round_bytes as u64;
-        let issued = Instant::now();
-        durable_write(&file, &buffer, offset, sync_mode)
-            .map_err(|e| format!("baseline write to {} at {offset}: {e}", path.display()))?;
-        latency.saturating_record(issued.elapsed().as_micros().max(1) as u64);
-        writes += 1;
-    }
-    Ok(Baseline {
-        writes,
-        bytes: writes * args.round_bytes as u64,
-        elapsed: start.elapsed(),
-        latency,
-    })
 }
 
 fn print_table(r: &Report) {

@@ -358,3 +358,98 @@ proptest! {
         let _ = value::decode(&Bytes::from(bytes));
     }
 }
+
+/// A Chosen mark names the ballot of the Accept record holding its value: if that record is
+/// damaged and an older Accept (another value) survives, restart must not take the older value
+/// as chosen; the group re-learns instead.
+#[test]
+fn chosen_mark_never_resolves_to_an_older_acceptance() {
+    let old = value::encode(&[Bytes::from_static(b"old")]);
+    let new = value::encode(&[Bytes::from_static(b"new")]);
+    let accept = |ballot: Ballot, value: &Bytes| Record {
+        kind: RecordKind::Accept,
+        group: G,
+        instance: Instance(0),
+        promised: ballot,
+        accepted: ballot,
+        payload: value.clone(),
+    };
+    let mark = Record {
+        kind: RecordKind::Chosen,
+        group: G,
+        instance: Instance(0),
+        promised: ballot(2, 2),
+        accepted: ballot(2, 2),
+        payload: Bytes::new(),
+    };
+    let members = [NodeId(1), NodeId(2), NodeId(3)];
+    // Intact log: the mark resolves to the newer value.
+    let intact = Recovery {
+        records: vec![
+            (Lsn(1), accept(ballot(1, 3), &old)),
+            (Lsn(2), accept(ballot(2, 2), &new)),
+            (Lsn(3), mark.clone()),
+        ],
+        next_lsn: Lsn(4),
+        ..Recovery::default()
+    };
+    let mut table = CoreTable::restore(
+        Config::default(),
+        NodeId(1),
+        &members,
+        &[G],
+        &intact,
+        Prng::new(1),
+    )
+    .unwrap();
+    let out = drain(&mut table);
+    assert_eq!(out.chosen.len(), 1);
+    assert_eq!(out.chosen[0].value, new);
+    assert!(!table.is_relearning(G));
+    // Lsn 2 damaged: nothing is applied from the older record, and the group re-learns.
+    let damaged = Recovery {
+        records: vec![(Lsn(1), accept(ballot(1, 3), &old)), (Lsn(3), mark)],
+        next_lsn: Lsn(4),
+        damaged: vec![Damage {
+            first_lsn: Lsn(2),
+            last_lsn: Lsn(2),
+            groups_instances: vec![(G, Instance(0))],
+            identities_complete: true,
+            segment: 0,
+            offset: 0,
+            reason: "test".to_string(),
+        }],
+        ..Recovery::default()
+    };
+    let mut table = CoreTable::restore(
+        Config::default(),
+        NodeId(1),
+        &members,
+        &[G],
+        &damaged,
+        Prng::new(1),
+    )
+    .unwrap();
+    let out = drain(&mut table);
+    assert!(out.chosen.is_empty(), "{:?}", out.chosen);
+    assert!(table.is_relearning(G));
+}
+
+#[test]
+fn body_codec_matches_the_framed_one() {
+    let message = Message::Accept {
+        ballot: ballot(2, 1),
+        instance: Instance(5),
+        value: Bytes::from_static(b"abc"),
+        chosen_through: Instance(4),
+    };
+    let mut body = Vec::new();
+    message.encode_body_into(&mut body);
+    assert_eq!(&message.encode()[1..], &body[..]);
+    assert_eq!(
+        Message::decode_body(message.kind(), &body).unwrap(),
+        message
+    );
+    assert!(Message::decode_body(message.kind(), &body[..body.len() - 1]).is_err());
+    assert!(Message::decode(&[]).is_err());
+}

@@ -1,6 +1,6 @@
 //! Simulator seeds in `cargo test`: a few hundred seeds of the full fault mix (3 nodes) plus a
-//! 5-node and a serial-pipeline run, all with zero violations; and determinism: a seed run twice
-//! gives the same trace hash (and different seeds give different traces).
+//! 5-node, a serial-pipeline and a one-group run, all with zero violations; and determinism: a
+//! seed run twice gives the same trace hash (and different seeds give different traces).
 //! Larger runs: `cargo run --release -p paxring-tools -- sim --seeds 500`.
 use paxring_engine::sim::{run_seed, RunSummary, SimOptions};
 
@@ -44,7 +44,7 @@ fn three_nodes_all_faults() {
 }
 
 #[test]
-fn five_nodes_and_serial_pipeline() {
+fn five_nodes_serial_pipeline_and_one_group() {
     run(
         &SimOptions {
             nodes: 5,
@@ -58,6 +58,13 @@ fn five_nodes_and_serial_pipeline() {
             ..short()
         },
         2001..2041,
+    );
+    run(
+        &SimOptions {
+            groups: 1,
+            ..short()
+        },
+        3001..3041,
     );
 }
 

@@ -42,6 +42,9 @@ pub struct NetConfig {
     pub send_batch_capacity: usize,
     /// Time allowed for a connection's handshake (either direction).
     pub handshake_timeout: Duration,
+    /// A peer that stops answering (no ACKs, no keepalive replies) is declared gone and its
+    /// connection closed after about this long (TCP keepalive and TCP_USER_TIMEOUT).
+    pub peer_dead_timeout: Duration,
     /// The first reconnect delay after a failure.
     pub reconnect_backoff_min: Duration,
     /// The cap of the exponential reconnect delay.
@@ -94,6 +97,7 @@ impl NetConfig {
             outbound_capacity: 65_536,
             send_batch_capacity: 1024,
             handshake_timeout: Duration::from_secs(5),
+            peer_dead_timeout: Duration::from_secs(10),
             reconnect_backoff_min: Duration::from_millis(10),
             reconnect_backoff_max: Duration::from_secs(2),
             write_batch_bytes_max: 1 << 20,
@@ -136,6 +140,15 @@ impl NetConfig {
                 "handshake_timeout",
                 self.handshake_timeout,
                 "use a positive duration, e.g. 5s",
+            ));
+        }
+        if self.peer_dead_timeout < Duration::from_secs(1)
+            || self.peer_dead_timeout > Duration::from_secs(3600)
+        {
+            return Err(invalid(
+                "peer_dead_timeout",
+                self.peer_dead_timeout,
+                "use 1s ..= 1h",
             ));
         }
         if self.reconnect_backoff_min.is_zero() {

@@ -55,8 +55,9 @@ pub(crate) fn inbox(capacity: usize) -> std::io::Result<(InboxSender, Inbox)> {
 }
 
 impl Inbox {
-    /// An eventfd that is readable while frames are waiting. Poll it (e.g. from the core's
-    /// io_uring); [`Inbox::drain`] clears it.
+    /// An eventfd that is readable while frames are waiting. Poll it for `POLLIN` (e.g. an
+    /// io_uring `PollAdd` in the core's ring); [`Inbox::drain`] clears it. Owned by the inbox:
+    /// do not close it, and do not read it yourself (that could hide waiting frames).
     pub fn fd(&self) -> RawFd {
         self.shared.efd.raw()
     }

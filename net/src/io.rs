@@ -1,11 +1,12 @@
-//! The eventfd that tells a core "frames are waiting": the crate's only `unsafe` code.
+//! The crate's only `unsafe` code: the inbox eventfd and socket options on raw descriptors.
 //!
 //! Owns one eventfd per inbox: created non-blocking and close-on-exec, signalled by the
-//! network thread, cleared and polled by the core. It must never block the network thread
-//! (writes are non-blocking; a saturated counter is already readable, which is all we need).
+//! network thread, cleared and polled by the core; and the liveness options set on every peer
+//! socket. It must never block the network thread (writes are non-blocking; a saturated
+//! counter is already readable, which is all we need) and never close a descriptor it does not own.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 /// A non-blocking eventfd used as a level-triggered "something is waiting" flag.
@@ -73,6 +74,26 @@ impl EventFd {
     }
 }
 
+/// Makes a vanished peer show up as a failed connection within about `dead_after`: TCP
+/// keepalive probes on an idle connection, and TCP_USER_TIMEOUT on unacknowledged data.
+///
+/// `fd` must be an open TCP socket owned by a stream the caller holds for the whole call.
+pub(crate) fn set_liveness(fd: RawFd, dead_after: Duration) -> io::Result<()> {
+    // SAFETY: the caller holds the stream that owns `fd`, so it stays open for the borrow, which
+    // ends with this function; SockRef neither closes nor keeps it.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    let socket = socket2::SockRef::from(&borrowed);
+    let idle = (dead_after / 2).max(Duration::from_secs(1));
+    let interval = (dead_after / 8).max(Duration::from_secs(1));
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(idle)
+        .with_interval(interval)
+        .with_retries(4);
+    socket.set_tcp_keepalive(&keepalive)?;
+    socket.set_tcp_user_timeout(Some(dead_after))?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -88,5 +109,19 @@ mod tests {
         assert!(!efd.wait_readable(Duration::ZERO).unwrap());
         efd.clear();
         assert!(!efd.wait_readable(Duration::ZERO).unwrap());
+    }
+
+    #[test]
+    fn liveness_options_are_set() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let stream = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        set_liveness(stream.as_raw_fd(), Duration::from_secs(8)).unwrap();
+        let socket = socket2::SockRef::from(&stream);
+        assert!(socket.keepalive().unwrap());
+        assert_eq!(
+            socket.tcp_user_timeout().unwrap(),
+            Some(Duration::from_secs(8))
+        );
+        assert_eq!(socket.tcp_keepalive_time().unwrap(), Duration::from_secs(4));
     }
 }

@@ -23,6 +23,8 @@ mod stats;
 mod thread;
 mod transport;
 
+/// The buffer type of frames, re-exported so callers need not name the `bytes` crate.
+pub use bytes::Bytes;
 pub use config::{Backend, ConfigError, NetConfig, QUEUE_CAPACITY_LIMIT};
 pub use frame::{
     encode_frame, DecodeError, Decoder, Frame, Hello, HelloError, HelloStatus, FRAME_HEADER_BYTES,
@@ -31,3 +33,12 @@ pub use frame::{
 pub use inbox::Inbox;
 pub use stats::{Counters, NetStats, PeerStats};
 pub use thread::{Dest, NetError, NetHandle, NetThread, Route};
+
+// The threading contract the runtime relies on, checked at compile time.
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    const fn send<T: Send>() {}
+    send_sync::<NetHandle>();
+    send::<Inbox>();
+    send::<NetThread>();
+};

@@ -333,12 +333,21 @@ struct Ctx {
     live: RefCell<HashMap<u64, Box<dyn Fn()>>>,
     next_live: Cell<u64>,
     inbound_live: Cell<usize>,
+    /// Set at shutdown: writers start no new write.
+    stopping: Cell<bool>,
+    /// Socket writes in progress, over all peers.
+    writes_in_flight: Cell<usize>,
+    /// Notified when `writes_in_flight` drops to zero while stopping.
+    writes_idle: Notify,
 }
+
+/// How long shutdown waits for writes in flight to complete.
+const SHUTDOWN_WRITE_GRACE: Duration = Duration::from_millis(200);
 
 /// The most inbound connections open at once (authenticated or not); more are closed at once.
 const INBOUND_CONNECTIONS_MAX: usize = 1024;
 /// Read buffer growth step for an authenticated connection.
-const READ_CHUNK_BYTES: usize = 64 * 1024;
+const READ_CHUNK_BYTES: usize = 256 * 1024;
 
 /// Removes a connection from the live set when it ends.
 struct LiveGuard {
@@ -454,6 +463,9 @@ async fn node_main<B: Backend>(setup: Setup) {
         live: RefCell::new(HashMap::new()),
         next_live: Cell::new(0),
         inbound_live: Cell::new(0),
+        stopping: Cell::new(false),
+        writes_in_flight: Cell::new(0),
+        writes_idle: Notify::new(),
     });
     tokio::task::spawn_local(accept_loop::<B>(ctx.clone(), listener));
     for peer in 0..ctx.peers.len() {
@@ -464,6 +476,14 @@ async fn node_main<B: Backend>(setup: Setup) {
     // Runs until `shutdown` (or the NetThread is dropped: the sender closes).
     let _ = stop_rx.await;
     tracing::debug!(node = ctx.cfg.node_id, "network thread stopping");
+    // Let writes in flight finish (bounded), so peers see whole frames, not a truncated stream.
+    ctx.stopping.set(true);
+    for peer in &ctx.peers {
+        peer.wake.notify_one();
+    }
+    if ctx.writes_in_flight.get() > 0 {
+        let _ = tokio::time::timeout(SHUTDOWN_WRITE_GRACE, ctx.writes_idle.notified()).await;
+    }
     let closers: Vec<Box<dyn Fn()>> = ctx
         .live
         .borrow_mut()
@@ -595,6 +615,7 @@ async fn connect_peer<B: Backend>(ctx: &Rc<Ctx>, peer: usize) -> io::Result<B::S
     let out = &ctx.peers[peer];
     let attempt = async {
         let stream = B::connect(out.addr).await?;
+        B::set_liveness(&stream, ctx.cfg.peer_dead_timeout)?;
         let hello = Bytes::copy_from_slice(&ctx.hello(HelloStatus::Hello));
         let (result, _) = stream.write_all_vectored(vec![hello]).await;
         result?;
@@ -691,7 +712,7 @@ async fn write_loop<S: Stream>(ctx: &Rc<Ctx>, peer: usize, stream: &Rc<S>) {
         dead.clone(),
     ));
     loop {
-        while out.queue.borrow().is_empty() {
+        while out.queue.borrow().is_empty() && !ctx.stopping.get() {
             tokio::select! {
                 biased;
                 _ = dead.notified() => {
@@ -701,8 +722,17 @@ async fn write_loop<S: Stream>(ctx: &Rc<Ctx>, peer: usize, stream: &Rc<S>) {
                 _ = out.wake.notified() => {}
             }
         }
+        if ctx.stopping.get() {
+            watcher.abort();
+            return;
+        }
         let (bufs, frames, bytes) = take_write(ctx, peer);
+        ctx.writes_in_flight.set(ctx.writes_in_flight.get() + 1);
         let (result, _) = stream.write_all_vectored(bufs).await;
+        ctx.writes_in_flight.set(ctx.writes_in_flight.get() - 1);
+        if ctx.stopping.get() && ctx.writes_in_flight.get() == 0 {
+            ctx.writes_idle.notify_one();
+        }
         match result {
             Ok(()) => {
                 add(&counters.frames_sent, frames);
@@ -835,6 +865,9 @@ async fn serve_inbound<B: Backend>(ctx: Rc<Ctx>, stream: B::Stream, addr: Socket
         stream.close();
         return;
     };
+    if let Err(err) = B::set_liveness(&stream, ctx.cfg.peer_dead_timeout) {
+        tracing::warn!(node = ctx.cfg.node_id, %addr, %err, "cannot set keepalive on an inbound connection");
+    }
     read_loop(&ctx, peer, &*stream, buf).await;
     stream.close();
 }
@@ -1036,6 +1069,7 @@ async fn deliver(ctx: &Ctx, counters: &AtomicCounters, frame: Frame, touched: &m
     let bytes = (FRAME_HEADER_BYTES + frame.body.len()) as u64;
     let inbox = &ctx.inboxes[core];
     let mut frame = frame;
+    let mut stalled = false;
     loop {
         match inbox.try_push(frame) {
             Ok(()) => {
@@ -1046,7 +1080,10 @@ async fn deliver(ctx: &Ctx, counters: &AtomicCounters, frame: Frame, touched: &m
             }
             Err(PushError::Full(back)) => {
                 frame = back;
-                bump(&counters.queue_full_events);
+                if !stalled {
+                    stalled = true;
+                    bump(&counters.queue_full_events);
+                }
                 // Wake every core we fed, then stop reading until this one makes room.
                 signal_touched(ctx, touched);
                 inbox.signal();

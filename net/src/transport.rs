@@ -7,6 +7,8 @@
 use bytes::{Buf, Bytes, BytesMut};
 use std::io;
 use std::net::{Shutdown, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::time::Duration;
 
 /// A connected TCP stream.
 #[allow(async_fn_in_trait)]
@@ -34,6 +36,8 @@ pub(crate) trait Backend: 'static {
     async fn accept(listener: &Self::Listener) -> io::Result<(Self::Stream, SocketAddr)>;
     /// Connects to `addr` with TCP_NODELAY set.
     async fn connect(addr: SocketAddr) -> io::Result<Self::Stream>;
+    /// Sets keepalive and the user timeout (see `io::set_liveness`).
+    fn set_liveness(stream: &Self::Stream, dead_after: Duration) -> io::Result<()>;
 }
 
 /// Drops the first `n` bytes of `bufs` (after a partial vectored write).
@@ -129,6 +133,10 @@ impl Backend for Uring {
         stream.set_nodelay(true)?;
         Ok(stream)
     }
+
+    fn set_liveness(stream: &Self::Stream, dead_after: Duration) -> io::Result<()> {
+        crate::io::set_liveness(stream.as_raw_fd(), dead_after)
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -200,6 +208,10 @@ impl Backend for Epoll {
         let stream = tokio::net::TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
         Ok(stream)
+    }
+
+    fn set_liveness(stream: &Self::Stream, dead_after: Duration) -> io::Result<()> {
+        crate::io::set_liveness(stream.as_raw_fd(), dead_after)
     }
 }
 

@@ -4,7 +4,8 @@
 //! restart is survived by reconnecting without duplicate delivery; a foreign cluster id, a
 //! handshake that never finishes, random bytes, garbage frames and a frame with a forged sender
 //! are refused and counted while the node keeps working; unknown groups are counted and dropped;
-//! a full inbox stops reading without losing frames; a down peer costs bounded memory.
+//! a full inbox stops reading without losing frames; a down peer costs bounded memory; a node
+//! that shuts down mid-stream lets its stalled write finish, so peers see whole frames only.
 //! Every wait is bounded by a deadline.
 
 use bytes::Bytes;
@@ -570,7 +571,7 @@ fn handshake_that_never_finishes_times_out() {
         let began = Instant::now();
         let mut client = TcpStream::connect(addrs[0]).unwrap();
         client.set_read_timeout(Some(DEADLINE)).unwrap();
-        client.write_all(&[b'P', b'X']).unwrap(); // a handshake that stops after 2 bytes
+        client.write_all(b"PX").unwrap(); // a handshake that stops after 2 bytes
         assert_closed(client);
         assert!(began.elapsed() >= Duration::from_millis(200));
         wait_until("timeout counted", || {
@@ -668,4 +669,56 @@ fn start_refuses_bad_config_and_busy_port() {
         other => panic!("expected a listen error, got {:?}", other.map(|_| ())),
     }
     thread.shutdown();
+}
+
+#[test]
+fn shutdown_mid_stream_leaves_whole_frames_only() {
+    for backend in backends() {
+        let addrs = free_addrs(2);
+        let mut cfg_a = config(7, 1, addrs[0], vec![(2, addrs[1])], backend);
+        cfg_a.inbox_capacity = 64;
+        let mut a = start(cfg_a, 1, route_mod(1));
+        let b = start(
+            config(7, 2, addrs[1], vec![(1, addrs[0])], backend),
+            1,
+            route_mod(1),
+        );
+        wait_connected(&b.handle);
+        // A does not drain yet: its connection from B stops reading, B's write stalls in flight.
+        send_numbered(&b.handle, 2, Dest::Peer(1), 0, 200_000, 5, 1000);
+        wait_until("A stopped reading from B", || {
+            a.handle.stats().peers[0].counters.queue_full_events >= 1
+        });
+        std::thread::sleep(Duration::from_millis(20));
+        let stopper = std::thread::spawn(move || b.thread.shutdown());
+        // Shutdown waits (bounded) for the stalled write; draining now lets it complete.
+        std::thread::sleep(Duration::from_millis(30));
+        let end = Instant::now() + DEADLINE;
+        let mut got = Vec::new();
+        while !stopper.is_finished() && Instant::now() < end {
+            got.extend(collect(
+                &mut a.inboxes,
+                usize::MAX,
+                Duration::from_millis(5),
+            ));
+        }
+        stopper.join().unwrap();
+        got.extend(collect(
+            &mut a.inboxes,
+            usize::MAX,
+            Duration::from_millis(200),
+        ));
+        let seqs: Vec<u64> = got.iter().map(seq_of).collect();
+        assert!(!seqs.is_empty());
+        assert!(
+            seqs.windows(2).all(|w| w[1] == w[0] + 1),
+            "a whole, ordered prefix"
+        );
+        let stats = a.handle.stats();
+        assert_eq!(
+            stats.peers[0].counters.decode_errors, 0,
+            "the stream ended at a frame boundary: {stats:?}"
+        );
+        a.thread.shutdown();
+    }
 }

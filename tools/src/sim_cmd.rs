@@ -113,7 +113,10 @@ pub fn run(args: SimArgs) -> ExitCode {
             );
         }
         if let Some(violation) = &report.violation {
-            println!("VIOLATION seed {seed}: {violation}");
+            println!(
+                "VIOLATION seed {seed} (trace {:016x}): {violation}",
+                report.trace_hash
+            );
             println!("  replay: {}", options.replay_command(seed));
         }
     }

@@ -239,6 +239,7 @@ struct CoreStat {
     torn_tail_bytes: u64,
     damaged_ranges: usize,
     junk_bytes: u64,
+    stale_bytes: u64,
     clean: bool,
 }
 
@@ -276,6 +277,7 @@ fn stat(dir: &Path, core: Option<u32>, json: bool) -> Result<ExitCode, String> {
             torn_tail_bytes: recovery.torn_tail_bytes,
             damaged_ranges: recovery.damaged.len(),
             junk_bytes: recovery.junk_bytes,
+            stale_bytes: recovery.stale_bytes,
             clean: recovery.is_clean(),
         });
     }
@@ -308,6 +310,10 @@ fn stat(dir: &Path, core: Option<u32>, json: bool) -> Result<ExitCode, String> {
         println!("  torn tail bytes: {}", s.torn_tail_bytes);
         println!("  damaged ranges:  {}", s.damaged_ranges);
         println!("  junk bytes:      {}", s.junk_bytes);
+        println!(
+            "  stale bytes:     {} (earlier life of recycled segments)",
+            s.stale_bytes
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -31,6 +31,14 @@ pub const BATCH_HEADER_BYTES: usize = 64;
 pub const RECORD_HEADER_BYTES: usize = 56;
 /// The batch magic, "PXWB" in file order.
 pub const BATCH_MAGIC: [u8; 4] = *b"PXWB";
+/// The segment header magic, "PXWS" in file order.
+pub const SEGMENT_MAGIC: [u8; 4] = *b"PXWS";
+/// Bytes reserved at the start of a segment written by the log for its segment header (one
+/// block); batches start after it.
+pub const SEGMENT_HEADER_BYTES: usize = BLOCK_BYTES;
+/// Segment header flag: the file was recycled, so non-zero bytes after the segment's last batch
+/// are stale content of its earlier life, not a torn write.
+pub const SEGMENT_FLAG_RECYCLED: u16 = 1;
 /// The format version this code writes and reads.
 pub const FORMAT_VERSION: u16 = 1;
 /// The largest batch the format can describe (`batch_bytes` is a u32 multiple of 4 KiB).
@@ -205,6 +213,42 @@ pub fn encode_batch(
     finish_batch_into(core, segment, first_lsn, count, records_bytes, batch)
 }
 
+/// Writes the segment header into `block` (one 4 KiB block, zeroed here first).
+///
+/// ```text
+/// magic "PXWS" | version u16 | flags u16 | core u32 | reserved u32 | segment u64
+/// | reserved [u8; 36] (zero) | header_crc u32 (crc32 of bytes 0..60) | zeroes to 4096
+/// ```
+pub fn encode_segment_header(core: u32, segment: u64, flags: u16, block: &mut [u8]) {
+    assert!(
+        block.len() == SEGMENT_HEADER_BYTES,
+        "a segment header is one block"
+    );
+    block.fill(0);
+    block[0..4].copy_from_slice(&SEGMENT_MAGIC);
+    put_u16(block, 4, FORMAT_VERSION);
+    put_u16(block, 6, flags);
+    put_u32(block, 8, core);
+    put_u64(block, 16, segment);
+    let crc = crc32fast::hash(&block[..60]);
+    put_u32(block, 60, crc);
+}
+
+/// Decodes a segment header for `core` and `segment` at the start of `image`; returns its
+/// flags, or `None` when the first block is not such a header.
+pub fn decode_segment_header(core: u32, segment: u64, image: &[u8]) -> Option<u16> {
+    if image.len() < 64 || image[0..4] != SEGMENT_MAGIC {
+        return None;
+    }
+    let valid = crc32fast::hash(&image[..60]) == get_u32(image, 60)
+        && get_u16(image, 4) == FORMAT_VERSION
+        && get_u32(image, 8) == core
+        && get_u64(image, 16) == segment
+        && get_u32(image, 12) == 0
+        && image[24..60].iter().all(|&b| b == 0);
+    valid.then(|| get_u16(image, 6))
+}
+
 /// Why bytes at a batch position are not a valid batch header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HeaderProblem {
@@ -356,20 +400,39 @@ pub struct SegmentScan {
     pub bad_regions: Vec<BadRegion>,
     /// Headers that verified but name another core or segment (stale or misdirected), by offset.
     pub foreign_headers: Vec<(u64, BatchHeader)>,
+    /// Offset where batches start: `SEGMENT_HEADER_BYTES` when the segment opens with a segment
+    /// header for this core and segment, else 0 (images written without one).
+    pub data_start: u64,
+    /// The segment header says the file was recycled (see `SEGMENT_FLAG_RECYCLED`).
+    pub recycled: bool,
+}
+
+impl SegmentScan {
+    /// Offset just after the last verified batch (or `data_start` when there is none).
+    pub fn batches_end(&self) -> u64 {
+        self.batches.last().map_or(self.data_start, |b| {
+            b.offset + u64::from(b.header.batch_bytes)
+        })
+    }
 }
 
 /// Scans one segment image (bytes as they are on disk, possibly damaged or cut short).
 ///
-/// Walks 4 KiB blocks: a verified header for this core and segment starts a batch (skipped by
-/// its length); an all-zero block is free space; anything else joins a bad region. Never panics
-/// and allocates at most in proportion to the image.
+/// A segment header for this core and segment in the first block is skipped (and its flags
+/// noted). Then walks 4 KiB blocks: a verified header for this core and segment starts a batch
+/// (skipped by its length); an all-zero block is free space; anything else joins a bad region.
+/// Never panics and allocates at most in proportion to the image.
 pub fn scan_segment(core: u32, segment: u64, image: &[u8]) -> SegmentScan {
     let mut scan = SegmentScan {
         segment,
         image_bytes: image.len() as u64,
         ..SegmentScan::default()
     };
-    let mut at = 0usize;
+    if let Some(flags) = decode_segment_header(core, segment, image) {
+        scan.data_start = SEGMENT_HEADER_BYTES as u64;
+        scan.recycled = flags & SEGMENT_FLAG_RECYCLED != 0;
+    }
+    let mut at = scan.data_start as usize;
     while at < image.len() {
         let block_end = (at + BLOCK_BYTES).min(image.len());
         match decode_batch_header(&image[at..]) {
@@ -634,6 +697,57 @@ mod tests {
         assert_eq!(get_u64(r, 16), 1);
         assert_eq!(get_u64(r, 24), 6);
         assert_eq!(&r[56..58], b"ab");
+    }
+
+    /// The worked example of `docs/WAL_FORMAT.md`, byte for byte.
+    #[test]
+    fn worked_example_of_the_format_doc() {
+        let record = RecordRef {
+            kind: RecordKind::Accept,
+            group: GroupId(7),
+            instance: Instance(42),
+            promised: Ballot { number: 3, node: 1 },
+            accepted: Ballot { number: 3, node: 1 },
+            payload: b"hi",
+        };
+        let mut out = Vec::new();
+        assert_eq!(encode_batch(1, 1, Lsn(1), &[record], &mut out), 4096);
+        let expected = concat!(
+            "50585742010040000100000001000000010000000000000001000000000000004000000000100000",
+            "0000000000000000000000000000000000000000b36a4724f78a9c39020000000200000007000000",
+            "01000000000000002a00000000000000030000000000000001000000010000000300000000000000",
+            "6869000000000000",
+        );
+        let hex: String = out[..128].iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex, expected);
+        assert!(out[128..].iter().all(|&b| b == 0), "padding is zero");
+    }
+
+    #[test]
+    fn segment_header_round_trips_and_moves_the_data_start() {
+        let mut image = vec![0u8; 3 * BLOCK_BYTES];
+        encode_segment_header(4, 9, SEGMENT_FLAG_RECYCLED, &mut image[..BLOCK_BYTES]);
+        assert_eq!(
+            decode_segment_header(4, 9, &image),
+            Some(SEGMENT_FLAG_RECYCLED)
+        );
+        assert_eq!(decode_segment_header(4, 10, &image), None);
+        assert_eq!(decode_segment_header(5, 9, &image), None);
+        let mut batch = Vec::new();
+        encode_batch(4, 9, Lsn(1), &[rec(1, 1, b"a")], &mut batch);
+        image[BLOCK_BYTES..2 * BLOCK_BYTES].copy_from_slice(&batch);
+        // Stale bytes of an earlier life after the batch.
+        image[2 * BLOCK_BYTES + 100] = 0x55;
+        let scan = scan_segment(4, 9, &image);
+        assert!(scan.recycled);
+        assert_eq!(scan.data_start, BLOCK_BYTES as u64);
+        assert_eq!(scan.batches.len(), 1);
+        assert_eq!(scan.batches_end(), 2 * BLOCK_BYTES as u64);
+        assert_eq!(scan.bad_regions.len(), 1);
+        image[7] ^= 1;
+        let scan = scan_segment(4, 9, &image);
+        assert!(!scan.recycled);
+        assert_eq!(scan.data_start, 0);
     }
 
     #[test]

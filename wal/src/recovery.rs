@@ -6,7 +6,8 @@
 //!
 //! # Decision table
 //!
-//! The segments are scanned in segment order (`format::scan_segment`); each yields verified
+//! The segments are scanned in segment order (`format::scan_segment`; a segment header in the
+//! first block is skipped and says whether the file was recycled); each yields verified
 //! batches and runs of non-zero bytes that are not part of one ("bad regions"). Walking them in
 //! order, with `expected` = the LSN after the last kept record:
 //!
@@ -20,7 +21,8 @@
 //! | 6 | bad region (or zeroes, or missing segments) then a verified batch with `first_lsn > expected` | corruption followed by valid data | `Damage` for `expected ..= first_lsn - 1`, identities unknown (`identities_complete = false`) |
 //! | 7 | bad region then a verified batch with `first_lsn == expected`    | junk, nothing lost | skip; count in `junk_bytes` |
 //! | 8 | bad region after the last verified batch                         | torn tail | cut; count in `torn_tail_bytes` and list it in `tail_regions` (the writer zeroes it before reuse) |
-//! | 9 | bad region before the first verified batch of the oldest segment | corruption at the log start | `Damage` from `Lsn(1)` to `first_lsn - 1` (lower bound unknown), identities unknown |
+//! | 9 | bad region, or a segment without a readable batch, before the first verified batch of the oldest segment | corruption at the log start | `Damage` from `Lsn(1)` to `first_lsn - 1` (lower bound unknown), identities unknown |
+//! | 10 | non-zero bytes after the last batch of a segment whose header says "recycled" | its earlier life (stale) | skip; count in `stale_bytes`; not a torn tail, not junk (if an LSN gap follows, row 6 still reports it) |
 //!
 //! A `Damage` with `identities_complete == false` hides which records were lost: the engine must
 //! treat every group on this core as possibly having forgotten something in that LSN range
@@ -92,6 +94,8 @@ pub struct SegmentSummary {
     pub last_lsn: Lsn,
     /// Kept records in it.
     pub records: u64,
+    /// Where its batches start (after its segment header, if it has one).
+    pub data_start: u64,
     /// For each group with records in it, the highest instance among them.
     pub groups_max_instance: BTreeMap<GroupId, Instance>,
 }
@@ -113,6 +117,8 @@ pub struct Recovery {
     pub damaged: Vec<Damage>,
     /// Non-zero bytes between batches that hid no LSN (rows 3/7).
     pub junk_bytes: u64,
+    /// Non-zero bytes after the last batch of a recycled segment (its earlier life; row 10).
+    pub stale_bytes: u64,
     /// Per group: instance -> location of the newest record for that instance.
     pub index: BTreeMap<GroupId, BTreeMap<Instance, RecordLocation>>,
     /// Per segment, in order.
@@ -140,6 +146,10 @@ impl Recovery {
 enum Item<'a> {
     Batch(u64, &'a ScannedBatch),
     Bad(u64, BadRegion),
+    /// Non-zero bytes after the last batch of a recycled segment: its earlier life.
+    Stale(u64, BadRegion),
+    /// A segment without a single verified batch.
+    Empty(u64),
 }
 
 /// Recovers a whole core log from its segment images (given in any order; sorted here).
@@ -163,6 +173,7 @@ pub fn recover_scans(scans: &[SegmentScan]) -> Recovery {
             .iter()
             .map(|s| SegmentSummary {
                 segment: s.segment,
+                data_start: s.data_start,
                 ..SegmentSummary::default()
             })
             .collect(),
@@ -171,10 +182,36 @@ pub fn recover_scans(scans: &[SegmentScan]) -> Recovery {
     let mut expected: Option<Lsn> = None;
     // Since the last kept batch: where the first trouble was, and the junk seen.
     let mut trouble: Option<(u64, u64, String)> = None;
+    let mut trouble_is_stale = false;
     let mut junk_since_batch = 0u64;
     let mut prev_end: Option<(u64, u64)> = None;
     for (position, item) in items.iter().enumerate() {
         match item {
+            Item::Empty(segment) => {
+                // Segments are entered only to write a batch, so an empty segment older than a
+                // batch lost its batches (a newer empty one is just prepared ahead).
+                if last_batch.is_some_and(|last| position < last)
+                    && (trouble.is_none() || trouble_is_stale)
+                {
+                    trouble_is_stale = false;
+                    trouble = Some((
+                        *segment,
+                        0,
+                        format!("segment {segment} holds no readable batch"),
+                    ));
+                }
+            }
+            Item::Stale(segment, region) => {
+                rec.stale_bytes += region.len;
+                if trouble.is_none() {
+                    trouble_is_stale = true;
+                    trouble = Some((
+                        *segment,
+                        region.offset,
+                        "the last batches of a recycled segment are unreadable".to_string(),
+                    ));
+                }
+            }
             Item::Bad(segment, region) => {
                 if last_batch.is_none_or(|last| position > last) {
                     rec.torn_tail_bytes += region.len;
@@ -186,7 +223,10 @@ pub fn recover_scans(scans: &[SegmentScan]) -> Recovery {
                     });
                 } else {
                     junk_since_batch += region.len;
-                    trouble.get_or_insert((*segment, region.offset, region.reason.to_string()));
+                    if trouble.is_none() || trouble_is_stale {
+                        trouble_is_stale = false;
+                        trouble = Some((*segment, region.offset, region.reason.to_string()));
+                    }
                 }
             }
             Item::Batch(segment, batch) => {
@@ -207,7 +247,7 @@ pub fn recover_scans(scans: &[SegmentScan]) -> Recovery {
                             reason,
                         });
                     }
-                    None if header.first_lsn.0 > 1 && trouble.is_some() => {
+                    None if header.first_lsn.0 > 1 && trouble.is_some() && !trouble_is_stale => {
                         let (seg, offset, reason) = trouble.take().unwrap_or_default();
                         rec.damaged.push(Damage {
                             first_lsn: Lsn(1),
@@ -224,6 +264,7 @@ pub fn recover_scans(scans: &[SegmentScan]) -> Recovery {
                     _ => rec.junk_bytes += junk_since_batch,
                 }
                 trouble = None;
+                trouble_is_stale = false;
                 junk_since_batch = 0;
                 let is_last = Some(position) == last_batch;
                 if is_last && !batch.intact() {
@@ -250,6 +291,9 @@ fn order_items(scans: &[SegmentScan]) -> Vec<Item<'_>> {
     let mut items = Vec::new();
     let mut high: Option<Lsn> = None;
     for scan in scans {
+        if scan.batches.is_empty() {
+            items.push(Item::Empty(scan.segment));
+        }
         let mut bads = scan.bad_regions.iter().peekable();
         for batch in &scan.batches {
             while let Some(bad) = bads.next_if(|b| b.offset < batch.offset) {
@@ -270,8 +314,13 @@ fn order_items(scans: &[SegmentScan]) -> Vec<Item<'_>> {
             high = Some(batch.header.last_lsn());
             items.push(Item::Batch(scan.segment, batch));
         }
+        let end = scan.batches_end();
         for bad in bads {
-            items.push(Item::Bad(scan.segment, bad.clone()));
+            if scan.recycled && bad.offset >= end {
+                items.push(Item::Stale(scan.segment, bad.clone()));
+            } else {
+                items.push(Item::Bad(scan.segment, bad.clone()));
+            }
         }
     }
     items

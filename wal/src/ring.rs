@@ -278,3 +278,36 @@ pub(crate) fn blocking_poll(fds: &[RawFd], timeout: Option<Duration>) -> io::Res
         .map(|p| p.fd)
         .collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn setup_errors_that_mean_unavailable() {
+        for errno in [libc::EPERM, libc::ENOSYS, libc::EACCES] {
+            assert!(means_unavailable(&io::Error::from_raw_os_error(errno)));
+        }
+        for errno in [libc::ENOMEM, libc::EMFILE, libc::EINVAL] {
+            assert!(!means_unavailable(&io::Error::from_raw_os_error(errno)));
+        }
+    }
+
+    #[test]
+    fn user_data_round_trips() {
+        assert_eq!(
+            decode(user_data(TAG_WRITE, 0), 4096),
+            Completion::Write(4096)
+        );
+        assert_eq!(decode(user_data(TAG_SYNC, 0), -5), Completion::Sync(-5));
+        assert_eq!(decode(user_data(TAG_POLL, 17), 1), Completion::Poll(17, 1));
+        assert_eq!(
+            decode(user_data(TAG_TIMEOUT, 9), -62),
+            Completion::Timeout(9, -62)
+        );
+        assert_eq!(
+            decode(user_data(TAG_TIMEOUT_REMOVE, 0), 0),
+            Completion::Other
+        );
+    }
+}

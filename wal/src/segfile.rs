@@ -5,6 +5,7 @@
 //! `ring`). Must never write inside the live part of a segment: it only writes whole new
 //! segments, or zeroes regions recovery declared cut.
 use crate::error::WalError;
+use crate::format::{encode_segment_header, SEGMENT_FLAG_RECYCLED, SEGMENT_HEADER_BYTES};
 use memmap2::MmapMut;
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -132,15 +133,21 @@ pub fn pwrite_all(file: &File, path: &Path, bytes: &[u8], offset: u64) -> Result
     Ok(())
 }
 
-/// Creates segment `final_path` of `segment_bytes`: fallocate (or reuse a spare file), write
-/// zeroes over all of it (so later writes land in written extents), fdatasync, rename into
-/// place, fsync the directory. A crash midway leaves only a `.preparing` file.
+/// Creates segment `final_path` of `segment_bytes` and fdatasyncs it, renames it into place
+/// and fsyncs the directory (a crash midway leaves only a `.preparing` file).
+///
+/// A new file is fallocated and written in full with zeroes (later writes then land in written
+/// extents). A `spare` (a purged segment) is reused as it is: only its first block is rewritten,
+/// with a segment header flagged "recycled", so recovery treats what follows its last batch as
+/// stale content of its earlier life. `header` = `(core, segment)` writes that segment header
+/// (a new file gets one flagged "not recycled"); `None` writes none (a plain pre-written file).
 pub fn create_segment(
     dir: &Path,
     preparing_path: &Path,
     final_path: &Path,
     segment_bytes: u64,
     spare: Option<&Path>,
+    header: Option<(u32, u64)>,
 ) -> Result<(), WalError> {
     match spare {
         Some(spare) => std::fs::rename(spare, preparing_path)
@@ -164,10 +171,24 @@ pub fn create_segment(
                 return Err(io_err("fallocate", preparing_path, 0, error));
             }
         }
+        file.set_len(segment_bytes)
+            .map_err(|e| io_err("truncate", preparing_path, segment_bytes, e))?;
     }
-    file.set_len(segment_bytes)
-        .map_err(|e| io_err("truncate", preparing_path, segment_bytes, e))?;
-    zero_range(&file, preparing_path, 0, segment_bytes)?;
+    let recycled = spare.is_some() && length >= segment_bytes;
+    if !recycled {
+        zero_range(&file, preparing_path, 0, segment_bytes)?;
+    }
+    if let Some((core, segment)) = header {
+        let mut block = MmapMut::map_anon(SEGMENT_HEADER_BYTES)
+            .map_err(|e| io_err("mmap", preparing_path, 0, e))?;
+        let flags = if recycled { SEGMENT_FLAG_RECYCLED } else { 0 };
+        encode_segment_header(core, segment, flags, &mut block);
+        pwrite_all(&file, preparing_path, &block, 0)?;
+        file.sync_data()
+            .map_err(|e| io_err("fdatasync", preparing_path, 0, e))?;
+    } else if recycled {
+        zero_range(&file, preparing_path, 0, segment_bytes)?;
+    }
     drop(file);
     std::fs::rename(preparing_path, final_path)
         .map_err(|e| io_err("rename segment", preparing_path, 0, e))?;

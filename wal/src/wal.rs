@@ -8,7 +8,7 @@
 use crate::error::WalError;
 use crate::format::{
     batch_bytes_for, decode_record_at, encode_record_into, finish_batch_into, record_bytes,
-    BATCH_BYTES_MAX, BATCH_HEADER_BYTES, BLOCK_BYTES, RECORD_HEADER_BYTES,
+    BATCH_BYTES_MAX, BATCH_HEADER_BYTES, BLOCK_BYTES, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES,
 };
 use crate::recovery::{recover_images, RecordLocation, Recovery, SegmentSummary};
 use crate::ring::{self, Completion, Ring, WAIT_FDS_MAX};
@@ -46,7 +46,7 @@ pub enum SyncMode {
 }
 
 /// The default sync mode, chosen by measurement (see `docs/WAL_FORMAT.md`).
-pub const SYNC_MODE_DEFAULT: SyncMode = SyncMode::Dsync;
+pub const SYNC_MODE_DEFAULT: SyncMode = SyncMode::Fdatasync;
 
 /// Which I/O backend to use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,10 +115,10 @@ impl WalOptions {
         }
         if self.segment_bytes % block != 0
             || self.segment_bytes < SEGMENT_BYTES_MIN
-            || self.segment_bytes < self.buffer_bytes as u64
+            || self.segment_bytes < (self.buffer_bytes + SEGMENT_HEADER_BYTES) as u64
         {
             return Err(WalError::Config(format!(
-                "segment_bytes = {} must be a multiple of 4096, at least {SEGMENT_BYTES_MIN} and at least buffer_bytes ({})",
+                "segment_bytes = {} must be a multiple of 4096, at least {SEGMENT_BYTES_MIN} and at least buffer_bytes ({}) + 4096",
                 self.segment_bytes, self.buffer_bytes
             )));
         }
@@ -456,11 +456,26 @@ impl Wal {
         if listing.segments.is_empty() {
             let path = opts.dir.join(segfile::segment_name(opts.core, 1));
             let preparing = opts.dir.join(segfile::preparing_name(opts.core, 1));
-            segfile::create_segment(&opts.dir, &preparing, &path, opts.segment_bytes, None)?;
+            segfile::create_segment(
+                &opts.dir,
+                &preparing,
+                &path,
+                opts.segment_bytes,
+                None,
+                Some((opts.core, 1)),
+            )?;
             counters.segments_created += 1;
             listing.segments.push((1, path));
         }
-        let resume = recovery.resume.unwrap_or((listing.segments[0].0, 0));
+        let resume = recovery.resume.unwrap_or_else(|| {
+            let first = listing.segments[0].0;
+            let data_start = recovery
+                .segments
+                .iter()
+                .find(|s| s.segment == first)
+                .map_or(SEGMENT_HEADER_BYTES as u64, |s| s.data_start);
+            (first, data_start)
+        });
         let mut segments = BTreeMap::new();
         for (segment, path) in &listing.segments {
             let file = open_segment(path)?;
@@ -633,7 +648,7 @@ impl Wal {
         let left = self.opts.segment_bytes - offset;
         if (batch_bytes_for(first_record_bytes) as u64) > left {
             segment += 1;
-            offset = 0;
+            offset = SEGMENT_HEADER_BYTES as u64;
         }
         let capacity = (self.opts.segment_bytes - offset).min(self.opts.buffer_bytes as u64);
         assert!(offset % BLOCK_BYTES as u64 == 0, "batches start on a block");
@@ -1120,6 +1135,7 @@ impl Wal {
         let recycled = spare.is_some();
         let dir = self.opts.dir.clone();
         let segment_bytes = self.opts.segment_bytes;
+        let core = self.opts.core;
         let spawned = std::thread::Builder::new()
             .name(format!("wal-prepare-{}", self.opts.core))
             .spawn(move || {
@@ -1129,6 +1145,7 @@ impl Wal {
                     &final_path,
                     segment_bytes,
                     spare.as_deref(),
+                    Some((core, segment)),
                 )
             });
         match spawned {
@@ -1181,6 +1198,7 @@ impl Wal {
                         &path,
                         self.opts.segment_bytes,
                         spare.as_deref(),
+                        Some((self.opts.core, segment)),
                     )?;
                     if spare.is_some() {
                         self.counters.segments_recycled += 1;
@@ -1283,6 +1301,79 @@ impl Drop for Wal {
         }
         if let Some(preparation) = self.preparation.take() {
             let _ = preparation.handle.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{Ballot, RecordKind};
+
+    fn open_or_skip(dir: &Path, backend: Backend) -> Option<Wal> {
+        let mut opts = WalOptions::new(dir, 0);
+        opts.segment_bytes = 256 << 10;
+        opts.buffer_bytes = 16 << 10;
+        opts.backend = backend;
+        match Wal::open(opts) {
+            Ok((wal, _)) => Some(wal),
+            Err(WalError::DirectIoUnsupported { path }) => {
+                eprintln!(
+                    "\n**********\nSKIPPED: {} refuses O_DIRECT\n**********\n",
+                    path.display()
+                );
+                None
+            }
+            Err(other) => panic!("open: {other}"),
+        }
+    }
+
+    fn record(payload: &[u8]) -> RecordRef<'_> {
+        RecordRef {
+            kind: RecordKind::Accept,
+            group: GroupId(1),
+            instance: Instance(1),
+            promised: Ballot::ZERO,
+            accepted: Ballot::ZERO,
+            payload,
+        }
+    }
+
+    /// A durable write that fails is fatal: the error says so, nothing becomes durable, and
+    /// every later call fails (the write is never retried).
+    #[test]
+    fn failed_durable_write_poisons_the_log() {
+        for backend in [Backend::Auto, Backend::Blocking] {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let Some(mut wal) = open_or_skip(dir.path(), backend) else {
+                return;
+            };
+            // Swap the segment's descriptor for a read-only one: the next write fails (EBADF).
+            let segment = wal.next_write.0;
+            let path = wal.segments[&segment].path.clone();
+            wal.segments.get_mut(&segment).expect("segment").direct =
+                File::open(&path).expect("read-only open");
+            wal.append(record(b"doomed")).expect("append");
+            let error = match wal.submit() {
+                Err(error) => error,
+                Ok(()) => wal
+                    .wait(&[], Some(Duration::from_secs(5)))
+                    .expect_err("the write must fail"),
+            };
+            assert!(error.is_fatal(), "{backend:?}: {error}");
+            assert!(
+                matches!(error, WalError::DurableWriteFailed { .. }),
+                "{error}"
+            );
+            assert_eq!(wal.durable_lsn(), Lsn(0));
+            assert!(matches!(
+                wal.append(record(b"later")),
+                Err(WalError::Poisoned { .. })
+            ));
+            assert!(matches!(wal.submit(), Err(WalError::Poisoned { .. })));
+            assert!(matches!(wal.poll(), Err(WalError::Poisoned { .. })));
+            assert!(matches!(wal.purge(), Err(WalError::Poisoned { .. })));
+            assert_eq!(wal.stats().durable_writes, 0);
         }
     }
 }

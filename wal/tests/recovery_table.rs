@@ -2,7 +2,10 @@
 //! table says: a table of cases, each building segment images byte by byte with the real
 //! encoder, damaging them, and checking records, next LSN, torn tail, damage and junk exactly.
 //! A final check makes sure every row of the table is walked by at least one case.
-use paxring_wal::format::{record_bytes, BATCH_HEADER_BYTES, RECORD_HEADER_BYTES};
+use paxring_wal::format::{
+    encode_segment_header, record_bytes, BATCH_HEADER_BYTES, RECORD_HEADER_BYTES,
+    SEGMENT_FLAG_RECYCLED,
+};
 use paxring_wal::{
     encode_batch, recover_images, Ballot, GroupId, Instance, Lsn, RecordKind, RecordRef,
     BLOCK_BYTES,
@@ -64,6 +67,19 @@ impl Image {
         offset
     }
 
+    /// Starts the image with a segment header; `recycled` fills the rest with an earlier life.
+    fn with_segment_header(mut self, recycled: bool) -> Image {
+        let flags = if recycled { SEGMENT_FLAG_RECYCLED } else { 0 };
+        if recycled {
+            for (i, byte) in self.bytes.iter_mut().enumerate() {
+                *byte = (i as u8).wrapping_mul(13) | 0x80;
+            }
+        }
+        encode_segment_header(CORE, self.segment, flags, &mut self.bytes[..BLOCK_BYTES]);
+        self.at = BLOCK_BYTES;
+        self
+    }
+
     fn skip_block(&mut self) {
         self.at += BLOCK_BYTES;
     }
@@ -81,6 +97,7 @@ struct Expect {
     /// (first, last, identities_complete, number of identities)
     damaged: Vec<(u64, u64, bool, usize)>,
     junk_bytes: u64,
+    stale_bytes: u64,
 }
 
 struct Case {
@@ -110,6 +127,7 @@ fn cases() -> Vec<Case> {
             torn_tail_bytes: 0,
             damaged: vec![],
             junk_bytes: 0,
+            stale_bytes: 0,
         },
     });
 
@@ -127,6 +145,7 @@ fn cases() -> Vec<Case> {
             torn_tail_bytes: 0,
             damaged: vec![],
             junk_bytes: BLOCK_BYTES as u64,
+            stale_bytes: 0,
         },
     });
 
@@ -144,6 +163,7 @@ fn cases() -> Vec<Case> {
             torn_tail_bytes: 0,
             damaged: vec![(2, 2, true, 1)],
             junk_bytes: 0,
+            stale_bytes: 0,
         },
     });
 
@@ -162,6 +182,7 @@ fn cases() -> Vec<Case> {
             torn_tail_bytes: 0,
             damaged: vec![(2, 3, false, 0)],
             junk_bytes: 0,
+            stale_bytes: 0,
         },
     });
 
@@ -179,6 +200,7 @@ fn cases() -> Vec<Case> {
             torn_tail_bytes: BLOCK_BYTES as u64,
             damaged: vec![],
             junk_bytes: 0,
+            stale_bytes: 0,
         },
     });
 
@@ -198,6 +220,7 @@ fn cases() -> Vec<Case> {
             torn_tail_bytes: 100,
             damaged: vec![],
             junk_bytes: 0,
+            stale_bytes: 0,
         },
     });
 
@@ -216,6 +239,7 @@ fn cases() -> Vec<Case> {
             torn_tail_bytes: 0,
             damaged: vec![(3, 4, false, 0)],
             junk_bytes: 0,
+            stale_bytes: 0,
         },
     });
 
@@ -234,6 +258,7 @@ fn cases() -> Vec<Case> {
             torn_tail_bytes: 0,
             damaged: vec![(3, 4, false, 0)],
             junk_bytes: 0,
+            stale_bytes: 0,
         },
     });
 
@@ -251,6 +276,7 @@ fn cases() -> Vec<Case> {
             torn_tail_bytes: 0,
             damaged: vec![(3, 5, false, 0)],
             junk_bytes: 0,
+            stale_bytes: 0,
         },
     });
 
@@ -268,6 +294,7 @@ fn cases() -> Vec<Case> {
             torn_tail_bytes: 0,
             damaged: vec![],
             junk_bytes: BLOCK_BYTES as u64,
+            stale_bytes: 0,
         },
     });
 
@@ -286,6 +313,7 @@ fn cases() -> Vec<Case> {
             torn_tail_bytes: BLOCK_BYTES as u64,
             damaged: vec![],
             junk_bytes: 0,
+            stale_bytes: 0,
         },
     });
 
@@ -302,6 +330,24 @@ fn cases() -> Vec<Case> {
             torn_tail_bytes: 0,
             damaged: vec![(1, 9, false, 0)],
             junk_bytes: 0,
+            stale_bytes: 0,
+        },
+    });
+
+    let a = Image::new(6).with_segment_header(false);
+    let mut b = Image::new(7);
+    b.batch(10, 2);
+    cases.push(Case {
+        name: "an empty segment older than the first batch lost its batches",
+        rows: &[9],
+        images: vec![a, b],
+        expect: Expect {
+            lsns: range(10, 11),
+            next_lsn: 12,
+            torn_tail_bytes: 0,
+            damaged: vec![(1, 9, false, 0)],
+            junk_bytes: 0,
+            stale_bytes: 0,
         },
     });
 
@@ -317,6 +363,7 @@ fn cases() -> Vec<Case> {
             torn_tail_bytes: 0,
             damaged: vec![],
             junk_bytes: 0,
+            stale_bytes: 0,
         },
     });
 
@@ -336,6 +383,49 @@ fn cases() -> Vec<Case> {
             torn_tail_bytes: BLOCK_BYTES as u64,
             damaged: vec![],
             junk_bytes: 0,
+            stale_bytes: 0,
+        },
+    });
+
+    let mut a = Image::new(1).with_segment_header(true);
+    a.batch(1, 2);
+    a.batch(3, 1);
+    let mut b = Image::new(2).with_segment_header(true);
+    b.batch(4, 1);
+    let c = Image::new(3).with_segment_header(true);
+    let stale = |image: &Image| (image.bytes.len() - image.at) as u64;
+    let stale_total = stale(&a) + stale(&b) + stale(&c);
+    cases.push(Case {
+        name: "recycled segments: what follows their last batch is their earlier life",
+        rows: &[10, 1],
+        images: vec![a, b, c],
+        expect: Expect {
+            lsns: range(1, 4),
+            next_lsn: 5,
+            torn_tail_bytes: 0,
+            damaged: vec![],
+            junk_bytes: 0,
+            stale_bytes: stale_total,
+        },
+    });
+
+    let mut a = Image::new(1).with_segment_header(true);
+    a.batch(1, 2);
+    let lost = a.batch(3, 1);
+    a.bytes[lost + 8] ^= 0x10;
+    let mut b = Image::new(2).with_segment_header(false);
+    b.batch(4, 1);
+    cases.push(Case {
+        name: "a recycled segment's unreadable last batch followed by valid data is damage",
+        rows: &[10, 6],
+        images: vec![a, b],
+        expect: Expect {
+            lsns: vec![1, 2, 4],
+            next_lsn: 5,
+            torn_tail_bytes: 0,
+            damaged: vec![(3, 3, false, 0)],
+            junk_bytes: 0,
+            stale_bytes: (SEGMENT_BLOCKS as u64 - 2) * BLOCK_BYTES as u64,
         },
     });
 
@@ -388,6 +478,11 @@ fn every_row_of_the_decision_table() {
             "{}: junk",
             case.name
         );
+        assert_eq!(
+            got.stale_bytes, case.expect.stale_bytes,
+            "{}: stale",
+            case.name
+        );
         let clean = case.expect.torn_tail_bytes == 0
             && case.expect.damaged.is_empty()
             && case.expect.junk_bytes == 0;
@@ -396,7 +491,7 @@ fn every_row_of_the_decision_table() {
         let indexed: usize = got.index.values().map(|m| m.len()).sum();
         assert_eq!(indexed, got.records.len(), "{}: index size", case.name);
     }
-    let all: BTreeSet<u32> = (1..=9).collect();
+    let all: BTreeSet<u32> = (1..=10).collect();
     assert_eq!(rows_walked, all, "every decision-table row has a case");
 }
 

@@ -318,10 +318,11 @@ fn torn_tail_is_cut_zeroed_and_writing_resumes() {
         drain(&mut wal);
     }
     drop(wal);
-    // Damage the last batch (the third 4 KiB block): it looks like a torn write.
+    // Damage the last batch (the fourth 4 KiB block, after the segment header and two
+    // batches): it looks like a torn write.
     let segment = dir.path().join(paxring_wal::segfile::segment_name(2, 1));
     let mut bytes = std::fs::read(&segment).expect("read");
-    bytes[2 * 4096 + 64 + 56 + 10] ^= 0xff;
+    bytes[3 * 4096 + 64 + 56 + 10] ^= 0xff;
     std::fs::write(&segment, &bytes).expect("write");
     let (mut wal, recovery) = Wal::open(opts.clone()).expect("reopen");
     assert_eq!(recovery.torn_tail_bytes, 4096);

@@ -134,7 +134,7 @@ impl Group {
     /// Rebuilds the replica from its recovered records (in Lsn order); see
     /// docs/PROTOCOL.md#restart for the rules.
     pub fn restore(&mut self, ctx: &mut Ctx<'_>, records: &[&Record], damaged: bool) {
-        let mut marks: Vec<(Instance, Bytes)> = Vec::new();
+        let mut marks: Vec<(Instance, Ballot, Bytes)> = Vec::new();
         let mut highest = None;
         for record in records {
             assert_eq!(record.group, self.id);
@@ -152,20 +152,25 @@ impl Group {
                             .insert(record.instance, (record.accepted, record.payload.clone()));
                     }
                 }
-                RecordKind::Chosen => marks.push((record.instance, record.payload.clone())),
+                RecordKind::Chosen => {
+                    marks.push((record.instance, record.accepted, record.payload.clone()))
+                }
                 RecordKind::Meta => {}
             }
         }
         let mut damaged = damaged;
-        for (instance, payload) in marks {
+        for (instance, ballot, payload) in marks {
             let value = if !payload.is_empty() {
                 payload
-            } else if let Some((_, value)) = self.accepted.get(&instance) {
-                value.clone()
             } else {
-                // The mark's value lived in an Accept record that is gone: re-learn it.
-                damaged = true;
-                continue;
+                match self.accepted.get(&instance) {
+                    Some((accepted, value)) if *accepted == ballot => value.clone(),
+                    _ => {
+                        // The Accept record the mark names is gone (damaged): re-learn it.
+                        damaged = true;
+                        continue;
+                    }
+                }
             };
             self.accepted.remove(&instance);
             self.chosen.insert(instance, value);
@@ -286,7 +291,7 @@ impl Group {
                         if !flight.accepted_by.contains(&to) && to != ctx.me {
                             ctx.stats.accepts_sent += 1;
                             ctx.stats.messages_sent += 1;
-                            ctx.out.sends.push(super::table::Send {
+                            ctx.out.sends.push(super::table::SendNow {
                                 to,
                                 group: self.id,
                                 msg: msg.clone(),
@@ -803,6 +808,9 @@ impl Group {
         checksum: u32,
     ) {
         self.catchup_deadline = None;
+        if entries.is_empty() && applied_next > self.applied_next {
+            ctx.stats.catchup_unavailable += 1;
+        }
         let last = entries.last().map(|(i, _)| *i);
         let single = entries.len() == 1;
         for (instance, value) in entries {
@@ -880,16 +888,18 @@ impl Group {
             return; // applied and pruned; the checksum comparison covers it
         }
         // The mark carries the value unless this node's Accept record already holds it.
-        let payload = match self.accepted.remove(&instance) {
-            Some((_, accepted)) if accepted == value => Bytes::new(),
-            _ => value.clone(),
+        // The mark names that record's ballot, so restart can tell it from an older Accept
+        // when the newer one was damaged.
+        let (accepted, payload) = match self.accepted.remove(&instance) {
+            Some((ballot, accepted)) if accepted == value => (ballot, Bytes::new()),
+            _ => (Ballot::ZERO, value.clone()),
         };
         ctx.defer_mark(Record {
             kind: RecordKind::Chosen,
             group: self.id,
             instance,
             promised: self.promised,
-            accepted: Ballot::ZERO,
+            accepted,
             payload,
         });
         self.chosen.insert(instance, value.clone());

@@ -161,6 +161,12 @@ impl Message {
     /// Appends the encoding (kind byte first) to `out`.
     pub fn encode_into(&self, out: &mut Vec<u8>) {
         out.put_u8(self.kind());
+        self.encode_body_into(out);
+    }
+
+    /// Appends the body only (no kind byte), for a frame whose header carries the kind and
+    /// group: `decode_body(msg.kind(), body)` reads it back.
+    pub fn encode_body_into(&self, out: &mut Vec<u8>) {
         match self {
             Message::Prepare { ballot, first } => {
                 put_ballot(out, *ballot);
@@ -235,10 +241,20 @@ impl Message {
         out
     }
 
-    /// Parses one message; never panics, never allocates beyond what `bytes` can hold.
+    /// Parses one message (kind byte first); never panics, never allocates beyond what
+    /// `bytes` can hold.
     pub fn decode(bytes: &[u8]) -> Result<Message, DecodeError> {
+        let (&kind, body) = bytes
+            .split_first()
+            .ok_or(DecodeError::Truncated { offset: 0 })?;
+        Message::decode_body(kind, body)
+    }
+
+    /// Parses a body whose kind came separately (a frame header); same guarantees as `decode`.
+    /// Offsets in errors count from the start of the body.
+    pub fn decode_body(kind: u8, body: &[u8]) -> Result<Message, DecodeError> {
+        let bytes = body;
         let mut reader = Reader { bytes, offset: 0 };
-        let kind = reader.u8()?;
         let message = match kind {
             1 => Message::Prepare {
                 ballot: reader.ballot()?,

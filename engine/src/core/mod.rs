@@ -42,8 +42,8 @@ mod wal_types;
 
 pub use message::{DecodeError, Message, PromiseEntry, MESSAGE_KIND_MAX};
 pub use table::{
-    Chosen, CoreStats, CoreTable, FailReason, GroupError, Outputs, ProposalResult, Send,
-    SendAfterDurable,
+    Chosen, CoreStats, CoreTable, FailReason, GroupError, Outputs, ProposalResult,
+    SendAfterDurable, SendNow,
 };
 pub use wal_types::{
     Ballot, Damage, GroupId, Instance, Lsn, Record, RecordKind, RecordRef, Recovery,

@@ -13,8 +13,9 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// A message that needs no durability (e.g. a leader's Accept, a Commit, a catch-up reply).
+/// (Not named `Send`, so that a glob import does not shadow the `Send` trait.)
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Send {
+pub struct SendNow {
     /// The destination node.
     pub to: NodeId,
     /// The group.
@@ -133,7 +134,7 @@ pub struct Outputs {
     /// Records to append, in Lsn order (consecutive Lsns).
     pub appends: Vec<(Lsn, Record)>,
     /// Messages to send now.
-    pub sends: Vec<Send>,
+    pub sends: Vec<SendNow>,
     /// Messages to send once the WAL is durable through their Lsn.
     pub sends_after_durable: Vec<SendAfterDurable>,
     /// Chosen values, in instance order per group.
@@ -215,6 +216,10 @@ pub struct CoreStats {
     pub catchup_requests_sent: u64,
     /// Chosen values served to lagging peers.
     pub catchup_entries_served: u64,
+    /// Catch-up replies that were empty although the peer is ahead: the values this replica
+    /// needs are older than the peer retains in memory (serving them from the WAL, or a
+    /// checkpoint, is a later issue). Non-zero means a replica cannot catch up by itself.
+    pub catchup_unavailable: u64,
     /// Records handed to the WAL.
     pub records_appended: u64,
     /// Groups that entered re-learning after WAL damage.
@@ -273,7 +278,7 @@ impl Ctx<'_> {
             self.local.push_back((group, msg));
         } else {
             self.stats.messages_sent += 1;
-            self.out.sends.push(Send { to, group, msg });
+            self.out.sends.push(SendNow { to, group, msg });
         }
     }
 
@@ -513,7 +518,10 @@ impl CoreTable {
 
     /// Queues a command for `group`. It is batched into an instance value at the next `poll`;
     /// its outcome arrives later in `Outputs::results`. Refused at once (nothing queued) when
-    /// this node does not lead, the queue is full, or the command cannot fit a value.
+    /// this node is a follower (`NotLeader` with a hint), the queue is full (`Overloaded`), the
+    /// command cannot fit a value, or the group is unknown or stopped. A candidate (phase 1 in
+    /// progress) queues the command: it is proposed if the candidate wins (two round trips on
+    /// its critical path) and fails with `NotLeader` if it loses.
     pub fn propose(
         &mut self,
         group: GroupId,
