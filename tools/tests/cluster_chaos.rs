@@ -135,6 +135,25 @@ fn kill_follower_and_leader_under_load() {
         "replicas differ after catch-up: {readings:?}\n{}",
         cluster.logs()
     );
+    // The KV state's checkpoints are real: every group of every node has a durable snapshot
+    // (the restarted ones loaded theirs and replayed only the WAL above it).
+    for node in &nodes {
+        let answer = request(
+            node.client_addr,
+            &json!({"op":"digest"}),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        for group in answer["digests"].as_array().unwrap() {
+            let checkpoint = group["checkpoint"].as_u64();
+            let applied_next = group["applied_next"].as_u64().unwrap();
+            assert!(
+                checkpoint.is_some_and(|c| c < applied_next),
+                "node {}: group without a snapshot below applied_next: {group}",
+                node.id
+            );
+        }
+    }
 
     // Every acknowledged unique write reads back through the log, from every node.
     assert!(
