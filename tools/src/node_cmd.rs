@@ -95,6 +95,14 @@ pub fn run(args: NodeArgs) -> ExitCode {
 
 fn run_node(path: &Path) -> Result<(), String> {
     let file = NodeFile::load(path)?;
+    // A panic is a broken invariant (say, an apply out of order): end the whole process, so the
+    // node never runs on with one of its threads gone.
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        eprintln!("paxring node: a thread panicked; aborting the process");
+        std::process::abort();
+    }));
     let terminate = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, terminate.clone())
