@@ -11,6 +11,9 @@ use std::io::{BufReader, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
+/// Longest response line accepted (a `digest` of 100,000 groups is about 9 MB).
+const RESPONSE_BYTES_MAX: usize = 256 * LINE_BYTES_MAX;
+
 /// The outcome of one operation, as far as the client can know it.
 #[derive(Debug)]
 pub enum Attempt {
@@ -253,7 +256,7 @@ impl KvClient {
                 .write_all(&bytes)
                 .map_err(|e| format!("write: {e}"))?;
             let mut line = Vec::new();
-            match read_line_bounded(&mut connection.reader, &mut line, 64 * LINE_BYTES_MAX)
+            match read_line_bounded(&mut connection.reader, &mut line, RESPONSE_BYTES_MAX)
                 .map_err(|e| format!("read: {e}"))?
             {
                 LineRead::Line => serde_json::from_slice::<Response>(&line)
