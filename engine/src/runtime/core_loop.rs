@@ -412,7 +412,7 @@ impl Core {
 
     fn encode(&mut self, group: GroupId, msg: &Message) -> Bytes {
         self.encode_buf.clear();
-        msg.encode_into(&mut self.encode_buf);
+        msg.encode_body_into(&mut self.encode_buf);
         encode_frame(msg.kind(), group.0, self.me.0, &self.encode_buf)
     }
 
@@ -420,7 +420,7 @@ impl Core {
         self.frames.clear();
         self.inbox.drain(&mut self.frames, FRAMES_PER_ROUND_MAX);
         for frame in self.frames.drain(..) {
-            match Message::decode(&frame.body) {
+            match Message::decode_body(frame.kind, &frame.body) {
                 Ok(msg) => self
                     .table
                     .on_message(NodeId(frame.from), GroupId(frame.group), msg),
