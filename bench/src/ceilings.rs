@@ -60,6 +60,31 @@ pub struct Ceilings {
     pub rtt_us_p99: f64,
     /// Every disk cell.
     pub disk: Vec<DiskCell>,
+    /// /proc/pressure/io "some avg10" (percent of time tasks waited on I/O) after the disk
+    /// cells: other programs' I/O on a shared disk makes these ceilings noisy.
+    pub io_pressure_some_avg10: Option<f64>,
+    /// /proc/loadavg's 1-minute load after the disk cells (CPU contention).
+    pub load_avg_1m: Option<f64>,
+}
+
+/// "some avg10" of /proc/pressure/io, if the kernel has PSI.
+pub fn io_pressure_avg10() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/pressure/io").ok()?;
+    let line = text.lines().find(|l| l.starts_with("some"))?;
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix("avg10="))?
+        .parse()
+        .ok()
+}
+
+/// The 1-minute load average.
+pub fn load_avg() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// A page-aligned buffer (O_DIRECT needs aligned memory) carved out of a larger `Vec`.
@@ -194,6 +219,8 @@ pub fn measure(dir: &Path, seconds: f64) -> Result<Ceilings, String> {
         }
     }
     drop(files);
+    let io_pressure_some_avg10 = io_pressure_avg10();
+    let load_avg_1m = load_avg();
     let cell = |writers: usize, size: usize| {
         disk.iter()
             .find(|c| c.writers == writers && c.write_bytes == size)
@@ -209,6 +236,8 @@ pub fn measure(dir: &Path, seconds: f64) -> Result<Ceilings, String> {
         rtt_us_p50: rtt_p50,
         rtt_us_p99: rtt_p99,
         disk,
+        io_pressure_some_avg10,
+        load_avg_1m,
     })
 }
 

@@ -45,6 +45,10 @@ pub struct ReplicaOut {
     pub bytes_written: u64,
     /// CPU seconds of the process in the window.
     pub cpu_s: f64,
+    /// The WAL's write-to-durable latency p50 (since the node started), µs.
+    pub wal_write_p50_us: u64,
+    /// Same, 99th percentile.
+    pub wal_write_p99_us: u64,
 }
 
 /// One point's figures. The schema plus extra fields.
@@ -95,6 +99,11 @@ pub struct PointOut {
     /// Latency p50 / (4 KiB write + fdatasync p50 + loopback RTT p50): the floor with the
     /// write's own time counted.
     pub latency_vs_durable_floor: f64,
+    /// The WAL's write-to-durable latency p50, largest over replicas, µs (compare with the
+    /// disk ceiling's write + fdatasync p50).
+    pub wal_write_p50_us: u64,
+    /// Same, 99th percentile.
+    pub wal_write_p99_us: u64,
     /// Proposals refused as NotLeader.
     pub not_leader: u64,
     /// Proposals refused as Overloaded.
@@ -195,6 +204,17 @@ pub fn ceilings_text(c: &Ceilings) -> String {
             us_text(cell.durable_write_p99_us as f64)
         );
     }
+    if let (Some(io), Some(load)) = (c.io_pressure_some_avg10, c.load_avg_1m) {
+        let _ = writeln!(
+            s,
+            "  machine while measuring: I/O pressure (some, avg10) {io:.1}%, load average {load:.2}{}",
+            if io > 10.0 || load > 2.5 {
+                "  <- other programs share the disk/CPUs: figures are noisy"
+            } else {
+                ""
+            }
+        );
+    }
     let _ = writeln!(
         s,
         "  loopback TCP ping-pong (64 B, TCP_NODELAY): p50 {}, p99 {}",
@@ -214,12 +234,14 @@ pub fn ceilings_text(c: &Ceilings) -> String {
 /// The line printed when a point finishes.
 pub fn point_line(label: &str, p: &PointOut) -> String {
     format!(
-        "{label}: {:.0} commits/s, {:.2} MB/s, p50 {} p99 {} ({}x floor), {} durable writes/round, CPU {:.2} cores{}",
+        "{label}: {:.0} commits/s, {:.2} MB/s, p50 {} p99 {} ({}x floor), WAL write p50 {} p99 {}, {} durable writes/round, CPU {:.2} cores{}",
         p.commits_per_s,
         p.payload_mb_per_s,
         us_text(p.latency_us.p50),
         us_text(p.latency_us.p99),
         num(p.latency_vs_floor, 2),
+        us_text(p.wal_write_p50_us as f64),
+        us_text(p.wal_write_p99_us as f64),
         num(p.durable_writes_per_round, 2),
         p.cpu_cores_busy,
         if p.not_leader + p.overloaded + p.unknown > 0 {

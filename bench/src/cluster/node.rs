@@ -248,6 +248,15 @@ impl Window {
     }
 }
 
+/// The next group after `group` (cyclically) that this node believes it leads.
+fn next_led_group(node: &Node, group: u32) -> Option<u32> {
+    let me = node.config().node_id;
+    let groups = node.config().groups;
+    (1..=groups)
+        .map(|step| (group + step) % groups)
+        .find(|&g| node.leader_hint(GroupId(g)) == Some(me))
+}
+
 /// A pool of value bytes: each proposal is a zero-copy slice of it.
 fn value_pool(value_bytes: usize) -> Bytes {
     let len = value_bytes.max(1) + 64 * 1024;
@@ -282,25 +291,34 @@ async fn run_point(node: Rc<Node>, spec: RunSpec) -> RunResult {
     let mut tasks = Vec::new();
 
     // Closed-loop clients: one proposal outstanding each.
-    for (index, &group) in spec.client_groups.iter().enumerate() {
+    for (index, &first_group) in spec.client_groups.iter().enumerate() {
         let node = node.clone();
         let window = window.clone();
         let pool = pool.clone();
         let value_bytes = spec.value_bytes;
         tasks.push(tokio::task::spawn_local(async move {
             let mut offset = (index * 977) % (pool.len() - value_bytes);
+            let mut group = first_group;
             while Instant::now() < window.end {
                 let value = pool.slice(offset..offset + value_bytes);
                 offset = (offset + 61) % (pool.len() - value_bytes);
                 let sent = Instant::now();
                 let outcome = node.propose(GroupId(group), value).await;
                 window.record(&outcome, sent);
-                if let Err(error) = outcome {
-                    let pause = match error {
-                        Error::Overloaded => Duration::from_micros(200),
-                        _ => Duration::from_millis(5),
-                    };
-                    tokio::time::sleep(pause).await;
+                match outcome {
+                    Ok(_) => {}
+                    Err(Error::Overloaded) => {
+                        tokio::time::sleep(Duration::from_micros(200)).await;
+                    }
+                    Err(Error::NotLeader { .. }) => {
+                        // Leadership moved: go on with a group this node still leads (the
+                        // client lives in this process and cannot follow the group away).
+                        match next_led_group(&node, group) {
+                            Some(next) => group = next,
+                            None => tokio::time::sleep(Duration::from_millis(5)).await,
+                        }
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
                 }
             }
         }));

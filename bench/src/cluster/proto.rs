@@ -165,6 +165,11 @@ pub struct Counters {
     pub proposals_committed: u64,
     /// Commands applied by the executors.
     pub applied_commands: u64,
+    /// The WAL's write-to-durable latency p50 since the node started (largest over cores), µs.
+    /// Not a delta: each point runs on a fresh cluster, so this covers warm-up and window.
+    pub wal_write_p50_us: u64,
+    /// Same, 99th percentile.
+    pub wal_write_p99_us: u64,
 }
 
 impl Counters {
@@ -188,6 +193,8 @@ impl Counters {
                 c.bytes_written += wal.bytes_written;
                 c.wal_payload_bytes += wal.payload_bytes;
                 c.padding_bytes += wal.padding_bytes;
+                c.wal_write_p50_us = c.wal_write_p50_us.max(wal.write_latency_us.p50);
+                c.wal_write_p99_us = c.wal_write_p99_us.max(wal.write_latency_us.p99);
             }
         }
         c
@@ -219,6 +226,8 @@ impl Counters {
             applied_commands: self
                 .applied_commands
                 .saturating_sub(earlier.applied_commands),
+            wal_write_p50_us: self.wal_write_p50_us,
+            wal_write_p99_us: self.wal_write_p99_us,
         }
     }
 
@@ -237,6 +246,8 @@ impl Counters {
         self.commit_instances += other.commit_instances;
         self.proposals_committed += other.proposals_committed;
         self.applied_commands += other.applied_commands;
+        self.wal_write_p50_us = self.wal_write_p50_us.max(other.wal_write_p50_us);
+        self.wal_write_p99_us = self.wal_write_p99_us.max(other.wal_write_p99_us);
     }
 }
 
