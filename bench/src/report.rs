@@ -136,8 +136,11 @@ pub struct NodeFinal {
 /// The whole run, as `--json` writes it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RunOut {
-    /// The ceilings measured in this run (absent only when skipped).
+    /// The ceilings of this run used for the ratios: the better figure of the two measurements
+    /// (absent only when skipped).
     pub ceilings: Option<Ceilings>,
+    /// Both measurements: before the points and after them.
+    pub ceilings_measured: Vec<Ceilings>,
     /// Every point.
     pub points: Vec<PointOut>,
     /// Every node's final counters, cluster by cluster.
@@ -146,6 +149,18 @@ pub struct RunOut {
     pub profile: String,
     /// The data directory, when kept.
     pub data_dir: Option<String>,
+}
+
+/// Sets a point's ratios against the run's ceilings.
+pub fn apply_ceilings(p: &mut PointOut, c: &Ceilings) {
+    let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
+    p.bandwidth_vs_disk = ratio(
+        p.replicas.len() as f64 * p.payload_mb_per_s,
+        c.disk_mb_per_s_3w,
+    );
+    p.latency_vs_floor = ratio(p.latency_us.p50, c.disk_fsync_p50_us + c.rtt_us_p50);
+    p.latency_vs_durable_floor =
+        ratio(p.latency_us.p50, c.disk_durable_write_p50_us + c.rtt_us_p50);
 }
 
 /// "100 B", "4 KiB", "100 KB".
@@ -234,12 +249,11 @@ pub fn ceilings_text(c: &Ceilings) -> String {
 /// The line printed when a point finishes.
 pub fn point_line(label: &str, p: &PointOut) -> String {
     format!(
-        "{label}: {:.0} commits/s, {:.2} MB/s, p50 {} p99 {} ({}x floor), WAL write p50 {} p99 {}, {} durable writes/round, CPU {:.2} cores{}",
+        "{label}: {:.0} commits/s, {:.2} MB/s, p50 {} p99 {}, WAL write p50 {} p99 {}, {} durable writes/round, CPU {:.2} cores{}",
         p.commits_per_s,
         p.payload_mb_per_s,
         us_text(p.latency_us.p50),
         us_text(p.latency_us.p99),
-        num(p.latency_vs_floor, 2),
         us_text(p.wal_write_p50_us as f64),
         us_text(p.wal_write_p99_us as f64),
         num(p.durable_writes_per_round, 2),
@@ -444,10 +458,15 @@ pub fn write_report(run: &RunOut, path: &Path) -> Result<(), String> {
              <style>body{font-family:sans-serif;margin:2em}pre{font-size:12px}</style></head><body>\n\
              <h1>paxring-bench: 3-replica cluster</h1>\n",
         );
-        if let Some(c) = &run.ceilings {
+        for (i, c) in run.ceilings_measured.iter().enumerate() {
             let _ = writeln!(
                 html,
-                "<h2>Ceilings</h2><pre>{}</pre>",
+                "<h2>Ceilings ({})</h2><pre>{}</pre>",
+                if i == 0 {
+                    "before the points"
+                } else {
+                    "after the points"
+                },
                 html_escape(&ceilings_text(c))
             );
         }
