@@ -94,7 +94,7 @@ pub struct PointOut {
     pub cpu_cores_busy: f64,
     /// (3 x payload MB/s) / disk MB/s of 3 concurrent 1 MiB writers with fdatasync.
     pub bandwidth_vs_disk: f64,
-    /// Latency p50 / (disk fsync p50 + loopback RTT p50).
+    /// Latency p50 / (disk fsync p50 (4 KiB, 3 writers) + loopback RTT p50).
     pub latency_vs_floor: f64,
     /// Latency p50 / (4 KiB write + fdatasync p50 + loopback RTT p50): the floor with the
     /// write's own time counted.
@@ -238,7 +238,7 @@ pub fn ceilings_text(c: &Ceilings) -> String {
     );
     let _ = writeln!(
         s,
-        "  latency floor = fsync p50 (4 KiB) + RTT p50 = {} (with the write: {}); disk ceiling (3 writers, 1 MiB) = {:.1} MB/s",
+        "  latency floor = fsync p50 (4 KiB, 3 writers) + RTT p50 = {} (with the write: {}); disk ceiling (3 writers, 1 MiB) = {:.1} MB/s",
         us_text(c.disk_fsync_p50_us + c.rtt_us_p50),
         us_text(c.disk_durable_write_p50_us + c.rtt_us_p50),
         c.disk_mb_per_s_3w
@@ -308,7 +308,7 @@ pub fn table(run: &RunOut) -> String {
         "dw/cmt: durable writes per commit per replica; dw/rnd: durable writes per writing round; \
          rec/rnd, grp/rnd: records and groups per WAL write; rtt: round trips per committed instance; \
          wamp: WAL bytes / payload bytes; cpuµs: CPU µs of the 3 processes per commit; \
-         bw/disk: 3 x payload MB/s / disk MB/s (3 writers, 1 MiB); p50/floor: p50 / (fsync p50 + RTT p50)"
+         bw/disk: 3 x payload MB/s / disk MB/s (3 writers, 1 MiB); p50/floor: p50 / (fsync p50 (4 KiB, 3 writers) + RTT p50)"
     );
     s
 }
