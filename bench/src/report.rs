@@ -401,6 +401,12 @@ pub fn svg(run: &RunOut) -> Result<String, String> {
             .iter()
             .flat_map(|p| p.throughput_over_time.iter().map(|c| c.1))
             .fold(1.0, f64::max);
+        let min_rate = run
+            .points
+            .iter()
+            .flat_map(|p| p.throughput_over_time.iter().map(|c| c.1.max(1.0)))
+            .fold(max_rate, f64::min)
+            / 2.0;
         let mut over_time = ChartBuilder::on(&bottom)
             .caption(
                 "Throughput over time (commits/s, log scale)",
@@ -409,7 +415,7 @@ pub fn svg(run: &RunOut) -> Result<String, String> {
             .margin(10)
             .x_label_area_size(35)
             .y_label_area_size(70)
-            .build_cartesian_2d(0f64..max_t, (1f64..max_rate * 1.5).log_scale())
+            .build_cartesian_2d(0f64..max_t, (min_rate..max_rate * 1.5).log_scale())
             .map_err(|e| e.to_string())?;
         over_time
             .configure_mesh()
@@ -421,7 +427,9 @@ pub fn svg(run: &RunOut) -> Result<String, String> {
             let color = Palette99::pick(i).to_rgba();
             over_time
                 .draw_series(LineSeries::new(
-                    p.throughput_over_time.iter().map(|&(t, r)| (t, r.max(1.0))),
+                    p.throughput_over_time
+                        .iter()
+                        .map(|&(t, r)| (t, r.max(min_rate))),
                     color.stroke_width(2),
                 ))
                 .map_err(|e| e.to_string())?
@@ -430,7 +438,7 @@ pub fn svg(run: &RunOut) -> Result<String, String> {
         }
         over_time
             .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
+            .position(SeriesLabelPosition::LowerRight)
             .background_style(WHITE.mix(0.8))
             .border_style(BLACK)
             .draw()
