@@ -19,7 +19,7 @@ pub struct CompareArgs {
 }
 
 /// Figures compared per point: (JSON path, label, higher is better).
-const POINT_FIGURES: [(&str, &str, bool); 12] = [
+const POINT_FIGURES: [(&str, &str, bool); 14] = [
     ("commits_per_s", "commits/s", true),
     ("payload_mb_per_s", "payload MB/s", true),
     ("latency_us.p50", "p50 µs", false),
@@ -32,6 +32,8 @@ const POINT_FIGURES: [(&str, &str, bool); 12] = [
     ("rtts_per_commit", "RTTs/commit", false),
     ("write_amplification", "write amplification", false),
     ("cpu_us_per_commit", "CPU µs/commit", false),
+    ("bandwidth_vs_disk", "bandwidth / disk", true),
+    ("latency_vs_floor", "p50 / floor", false),
 ];
 
 const CEILING_FIGURES: [(&str, &str, bool); 4] = [
