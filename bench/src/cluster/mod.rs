@@ -480,12 +480,19 @@ fn summarize(
     let elapsed_s = elapsed_s.max(1e-9);
     let commits_per_s = commits as f64 / elapsed_s;
     let payload_mb_per_s = commits_per_s * point.value_bytes as f64 / 1e6;
-    let q = |quantile: f64| histogram.value_at_quantile(quantile) as f64;
+    // No commit in the window: no latency figure (not 0).
+    let q = |quantile: f64| {
+        if histogram.is_empty() {
+            f64::NAN
+        } else {
+            histogram.value_at_quantile(quantile) as f64
+        }
+    };
     let latency = LatencyUs {
         p50: q(0.5),
         p99: q(0.99),
         p999: q(0.999),
-        max: histogram.max() as f64,
+        max: q(1.0),
     };
     let replicas_n = runs.len().max(1) as f64;
     let mut timeline: BTreeMap<u64, u64> = BTreeMap::new();
