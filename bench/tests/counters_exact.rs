@@ -1,6 +1,7 @@
 //! Proves that the durable-write counters the cluster benchmark reports are exact: a small
-//! 3-node cluster runs with the WAL's blocking backend (each durable write is one `pwritev2`
-//! with RWF_DSYNC, visible to the kernel's syscall accounting) under `strace -f -c`, and for
+//! 3-node cluster runs with the WAL's blocking backend in DSYNC mode (each durable write is one
+//! `pwritev2` with RWF_DSYNC, visible to the kernel's syscall accounting; segment preparation
+//! uses `pwrite64` and `fdatasync`, counted apart) under `strace -f -c`, and for
 //! every node process the number of `pwritev2` calls strace counted must equal the durable
 //! writes the node reported at exit.
 //!
@@ -63,6 +64,8 @@ fn reported_durable_writes_equal_syscalls() {
         .args([
             "cluster",
             "--blocking-wal",
+            "--sync-mode",
+            "dsync",
             "--skip-ceilings",
             "--groups",
             "4",

@@ -15,7 +15,7 @@ use crate::report::{self, LatencyUs, NodeFinal, PointOut, ReplicaOut, RunOut};
 use base64::Engine as _;
 use hdrhistogram::serialization::Deserializer;
 use hdrhistogram::Histogram;
-use paxring_engine::runtime::NodeConfig;
+use paxring_engine::runtime::{NodeConfig, SyncModeConfig};
 use proto::{Command, Counters, Event, NodeSpec, RunResult, RunSpec};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, IsTerminal, Write};
@@ -48,6 +48,14 @@ pub enum Pipeline {
     Default,
     /// This depth.
     Depth(u32),
+}
+
+fn parse_sync_mode(text: &str) -> Result<SyncModeConfig, String> {
+    match text {
+        "dsync" => Ok(SyncModeConfig::Dsync),
+        "fdatasync" => Ok(SyncModeConfig::Fdatasync),
+        _ => Err(format!("`{text}` is not a sync mode (dsync or fdatasync)")),
+    }
 }
 
 fn parse_pipeline(text: &str) -> Result<Pipeline, String> {
@@ -112,6 +120,10 @@ pub struct ClusterArgs {
     /// Use the WAL's blocking backend (pwritev2/fdatasync visible to strace) instead of auto.
     #[arg(long)]
     pub blocking_wal: bool,
+    /// How a WAL write becomes durable: `dsync` (one RWF_DSYNC write) or `fdatasync` (a write,
+    /// then fdatasync). Default: the runtime's default.
+    #[arg(long, value_parser = parse_sync_mode)]
+    pub sync_mode: Option<SyncModeConfig>,
     /// Skip the ceilings (ratios are then absent). For tests.
     #[arg(long, hide = true)]
     pub skip_ceilings: bool,
@@ -623,6 +635,7 @@ impl Cluster {
                 pipeline_depth: depth,
                 cores: args.cores,
                 blocking_wal: args.blocking_wal,
+                sync_mode: args.sync_mode,
                 cluster_id: 0x9A78_1B00 + u64::from(groups),
             };
             let spec_json = serde_json::to_string(&spec).map_err(|e| e.to_string())?;
@@ -973,6 +986,8 @@ mod tests {
         assert!(parse_pipeline("0").is_err());
         assert!(parse_pipeline("deep").is_err());
         assert_eq!(parse_pipeline("default"), Ok(Pipeline::Default));
+        assert!(parse_sync_mode("fsync").is_err());
+        assert_eq!(parse_sync_mode("dsync"), Ok(SyncModeConfig::Dsync));
         assert!(validate(&args(&["--groups", "0"])).is_err());
         assert!(validate(&args(&["--report", "out.png"])).is_err());
         assert!(validate(&args(&["--seconds=-1"])).is_err());

@@ -91,6 +91,9 @@ pub fn run(spec_json: &str) -> ExitCode {
     if let Some(depth) = spec.pipeline_depth {
         builder = builder.pipeline_depth(depth);
     }
+    if let Some(mode) = spec.sync_mode {
+        builder = builder.sync_mode(mode);
+    }
     for (id, addr) in &spec.peers {
         builder = builder.peer(*id, *addr);
     }

@@ -28,6 +28,8 @@ pub struct NodeSpec {
     pub cores: usize,
     /// Use the WAL's blocking backend (every durable write is a visible system call).
     pub blocking_wal: bool,
+    /// How a WAL write becomes durable; `None` keeps the runtime's default.
+    pub sync_mode: Option<paxring_engine::runtime::SyncModeConfig>,
     /// The cluster's id.
     pub cluster_id: u64,
 }
