@@ -10,6 +10,7 @@ use crate::format::{
     batch_bytes_for, decode_record_at, encode_record_into, finish_batch_into, record_bytes,
     BATCH_BYTES_MAX, BATCH_HEADER_BYTES, BLOCK_BYTES, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES,
 };
+use crate::index::Index;
 use crate::recovery::{recover_images, RecordLocation, Recovery, SegmentSummary};
 use crate::ring::{self, Completion, Ring, WAIT_FDS_MAX};
 use crate::segfile;
@@ -289,7 +290,8 @@ struct Batch {
     count: u32,
     records_bytes: usize,
     payload_bytes: u64,
-    groups: Vec<GroupId>,
+    /// `(group, instance)` of every record, to update the segment summary once per batch.
+    instances_max: Vec<(GroupId, Instance)>,
 }
 
 /// The write the kernel owns.
@@ -336,7 +338,7 @@ pub struct Wal {
     next_write: (u64, u64),
     segments: BTreeMap<u64, SegmentFile>,
     summaries: BTreeMap<u64, SegmentSummary>,
-    index: BTreeMap<GroupId, BTreeMap<Instance, RecordLocation>>,
+    index: Index,
     floors: BTreeMap<GroupId, Instance>,
     next_lsn: Lsn,
     durable_lsn: Lsn,
@@ -347,7 +349,7 @@ pub struct Wal {
     poisoned: Option<String>,
     completions: Vec<Completion>,
     ready_fds: Vec<RawFd>,
-    groups_scratch: Vec<GroupId>,
+    groups_scratch: Vec<(GroupId, Instance)>,
     timeout_generation: Option<u64>,
     timed_out: bool,
     write_completed: bool,
@@ -516,7 +518,7 @@ impl Wal {
             next_write: resume,
             segments,
             summaries,
-            index: recovery.index.clone(),
+            index: Index::from_recovered(&recovery.index),
             floors: BTreeMap::new(),
             next_lsn: recovery.next_lsn,
             durable_lsn: Lsn(recovery.next_lsn.0 - 1),
@@ -615,28 +617,8 @@ impl Wal {
         batch.count += 1;
         batch.records_bytes += size;
         batch.payload_bytes += record.payload.len() as u64;
-        batch.groups.push(record.group);
-        self.index
-            .entry(record.group)
-            .or_default()
-            .insert(record.instance, location);
-        let summary = self
-            .summaries
-            .entry(batch.segment)
-            .or_insert_with(|| SegmentSummary {
-                segment: batch.segment,
-                ..SegmentSummary::default()
-            });
-        if summary.first_lsn == Lsn::ZERO {
-            summary.first_lsn = lsn;
-        }
-        summary.last_lsn = lsn;
-        summary.records += 1;
-        let high = summary
-            .groups_max_instance
-            .entry(record.group)
-            .or_insert(record.instance);
-        *high = (*high).max(record.instance);
+        self.index.insert(record.group, record.instance, location);
+        batch.instances_max.push((record.group, record.instance));
         self.next_lsn = lsn.next();
         Ok(lsn)
     }
@@ -662,7 +644,7 @@ impl Wal {
             count: 0,
             records_bytes: 0,
             payload_bytes: 0,
-            groups,
+            instances_max: groups,
         });
     }
 
@@ -706,8 +688,7 @@ impl Wal {
             batch.records_bytes,
             buffer,
         );
-        batch.groups.sort_unstable();
-        batch.groups.dedup();
+        let groups = self.summarize_batch(&mut batch);
         let record_overhead = batch.records_bytes as u64 - batch.payload_bytes;
         let inflight = InFlight {
             buffer: batch.buffer,
@@ -719,14 +700,14 @@ impl Wal {
             issued: Instant::now(),
             write_reaped: false,
             records: batch.count,
-            groups: batch.groups.len() as u64,
+            groups,
             payload_bytes: batch.payload_bytes,
             padding_bytes: (len - BATCH_HEADER_BYTES - batch.records_bytes) as u64,
         };
         debug_assert!(record_overhead >= u64::from(batch.count) * RECORD_HEADER_BYTES as u64);
-        batch.groups.clear();
-        // Keep the group list's allocation for the next batch.
-        let spare_groups = std::mem::take(&mut batch.groups);
+        batch.instances_max.clear();
+        // Keep the list's allocation for the next batch.
+        let spare_groups = std::mem::take(&mut batch.instances_max);
         self.next_write = (batch.segment, batch.offset + len as u64);
         self.acc_buffer = 1 - batch.buffer;
         let segment = &self.segments[&batch.segment];
@@ -767,6 +748,40 @@ impl Wal {
         }
         self.prepare_ahead(self.next_write.0 + 1);
         Ok(())
+    }
+
+    /// Folds the batch's records into its segment's summary (first/last LSN, highest instance
+    /// per group); returns the number of distinct groups in the batch.
+    fn summarize_batch(&mut self, batch: &mut Batch) -> u64 {
+        let last_lsn = Lsn(batch.first_lsn.0 + u64::from(batch.count) - 1);
+        let summary = self
+            .summaries
+            .entry(batch.segment)
+            .or_insert_with(|| SegmentSummary {
+                segment: batch.segment,
+                data_start: SEGMENT_HEADER_BYTES as u64,
+                ..SegmentSummary::default()
+            });
+        if summary.first_lsn == Lsn::ZERO {
+            summary.first_lsn = batch.first_lsn;
+        }
+        summary.last_lsn = last_lsn;
+        summary.records += u64::from(batch.count);
+        batch.instances_max.sort_unstable();
+        let mut groups = 0;
+        let pairs = &batch.instances_max;
+        for (at, (group, instance)) in pairs.iter().enumerate() {
+            let last_of_group = pairs.get(at + 1).is_none_or(|(next, _)| next != group);
+            if last_of_group {
+                groups += 1;
+                let high = summary
+                    .groups_max_instance
+                    .entry(*group)
+                    .or_insert(*instance);
+                *high = (*high).max(*instance);
+            }
+        }
+        groups
     }
 
     fn durable_error(&self, path: &Path, offset: u64, source: io::Error) -> WalError {
@@ -984,7 +999,7 @@ impl Wal {
     /// The newest record for `(group, instance)` (appended, possibly not yet durable).
     pub fn read(&self, group: GroupId, instance: Instance) -> Result<Option<Record>, WalError> {
         self.check_poisoned()?;
-        let Some(location) = self.index.get(&group).and_then(|g| g.get(&instance)) else {
+        let Some(location) = self.index.get(group, instance) else {
             return Ok(None);
         };
         let in_buffer = |buffer: usize, base: u64| {
@@ -1000,10 +1015,9 @@ impl Wal {
                 in_buffer(flight.buffer, flight.offset)
             }
             _ => {
-                let file = self
-                    .segments
-                    .get(&location.segment)
-                    .expect("indexed segment is open");
+                let Some(file) = self.segments.get(&location.segment) else {
+                    return Ok(None);
+                };
                 let mut bytes = vec![0u8; location.len as usize];
                 file.reader
                     .read_exact_at(&mut bytes, location.offset)
@@ -1082,23 +1096,8 @@ impl Wal {
 
     fn remove_segment(&mut self, segment: u64) -> Result<(), WalError> {
         let file = self.segments.remove(&segment).expect("listed segment");
-        if let Some(summary) = self.summaries.remove(&segment) {
-            for (group, high) in &summary.groups_max_instance {
-                if let Some(map) = self.index.get_mut(group) {
-                    let gone: Vec<Instance> = map
-                        .range(..=*high)
-                        .filter(|(_, location)| location.segment == segment)
-                        .map(|(instance, _)| *instance)
-                        .collect();
-                    for instance in gone {
-                        map.remove(&instance);
-                    }
-                    if map.is_empty() {
-                        self.index.remove(group);
-                    }
-                }
-            }
-        }
+        self.summaries.remove(&segment);
+        self.index.remove_segment(segment);
         let path = file.path.clone();
         drop(file);
         if self.spares.len() < SPARES_MAX {
