@@ -350,6 +350,7 @@ pub struct Wal {
     completions: Vec<Completion>,
     ready_fds: Vec<RawFd>,
     groups_scratch: Vec<(GroupId, Instance)>,
+    leak_buffers_on_drop: bool,
     timeout_generation: Option<u64>,
     timed_out: bool,
     write_completed: bool,
@@ -530,6 +531,7 @@ impl Wal {
             completions: Vec::with_capacity(ring::RING_ENTRIES as usize * 2),
             ready_fds: Vec::new(),
             groups_scratch: Vec::new(),
+            leak_buffers_on_drop: false,
             timeout_generation: None,
             timed_out: false,
             write_completed: false,
@@ -736,9 +738,11 @@ impl Wal {
         self.groups_scratch = spare_groups;
         if let Err(source) = result {
             if let Some(flight) = self.inflight.as_mut() {
-                // A failed submission never reached the kernel, or we cannot tell: either way
-                // nothing more will be reaped for it and its buffer is ours again.
+                // Nothing more will be reaped for this write. With io_uring we cannot tell
+                // whether the kernel took the entry, so the buffers are never unmapped (`Drop`
+                // leaks them) rather than risk the kernel reading freed memory.
                 flight.write_reaped = true;
+                self.leak_buffers_on_drop = !blocking;
             }
             let error = self.durable_error(&path, offset, source);
             return Err(self.poison(error));
@@ -1296,6 +1300,14 @@ impl Drop for Wal {
                     }
                 }
                 completions.clear();
+            }
+        }
+        if self.leak_buffers_on_drop {
+            if let (Ok(first), Ok(second)) = (
+                MmapMut::map_anon(BLOCK_BYTES),
+                MmapMut::map_anon(BLOCK_BYTES),
+            ) {
+                std::mem::forget(std::mem::replace(&mut self.buffers, [first, second]));
             }
         }
         if let Some(preparation) = self.preparation.take() {
