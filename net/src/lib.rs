@@ -23,12 +23,12 @@ mod stats;
 mod thread;
 mod transport;
 
-/// The buffer type of frames, re-exported so callers need not name the `bytes` crate.
-pub use bytes::Bytes;
+/// The buffer types of frames, re-exported so callers need not name the `bytes` crate.
+pub use bytes::{Bytes, BytesMut};
 pub use config::{Backend, ConfigError, NetConfig, QUEUE_CAPACITY_LIMIT};
 pub use frame::{
-    encode_frame, DecodeError, Decoder, Frame, Hello, HelloError, HelloStatus, FRAME_HEADER_BYTES,
-    HELLO_BYTES, HELLO_MAGIC, MAX_FRAME_BYTES_LIMIT, PROTOCOL_VERSION,
+    encode_frame, encode_frame_into, DecodeError, Decoder, Frame, Hello, HelloError, HelloStatus,
+    FRAME_HEADER_BYTES, HELLO_BYTES, HELLO_MAGIC, MAX_FRAME_BYTES_LIMIT, PROTOCOL_VERSION,
 };
 pub use inbox::Inbox;
 pub use stats::{Counters, NetStats, PeerStats};
