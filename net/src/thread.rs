@@ -7,7 +7,8 @@
 
 use crate::config::{Backend as BackendChoice, ConfigError, NetConfig};
 use crate::frame::{
-    outbound_header, Decoder, Hello, HelloStatus, FRAME_HEADER_BYTES, HELLO_BYTES, PROTOCOL_VERSION,
+    outbound_header, Decoder, Frame, Hello, HelloStatus, FRAME_HEADER_BYTES, HELLO_BYTES,
+    PROTOCOL_VERSION,
 };
 use crate::inbox::{inbox, Inbox, InboxSender, PushError};
 use crate::stats::{add, bump, AtomicCounters, NetStats, SharedStats};
@@ -395,20 +396,33 @@ impl Ctx {
         &self.stats.peers[peer].counters
     }
 
-    /// The next reconnect delay: capped exponential, with jitter in [delay/2, delay].
+    /// The next reconnect delay (see [`backoff_delay`]).
     fn backoff(&self, attempt: u32) -> Duration {
-        let min = self.cfg.reconnect_backoff_min;
-        let max = self.cfg.reconnect_backoff_max;
-        let delay = min.saturating_mul(1u32 << attempt.min(20)).min(max);
-        // xorshift64*: jitter only, not security.
-        let mut x = self.rng.get();
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.rng.set(x);
-        let fraction = (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64;
-        delay.mul_f64(0.5 + fraction / 2.0)
+        let mut state = self.rng.get();
+        let delay = backoff_delay(
+            self.cfg.reconnect_backoff_min,
+            self.cfg.reconnect_backoff_max,
+            attempt,
+            &mut state,
+        );
+        self.rng.set(state);
+        delay
     }
+}
+
+/// Reconnect delay after `attempt` failures: `min * 2^attempt` capped at `max`, then jittered
+/// into [delay/2, delay] so that nodes restarted together do not reconnect in lockstep.
+/// `state` is a xorshift64* state (jitter only, not security); it must not be zero.
+fn backoff_delay(min: Duration, max: Duration, attempt: u32, state: &mut u64) -> Duration {
+    assert!(*state != 0, "xorshift state must not be zero");
+    let delay = min.saturating_mul(1u32 << attempt.min(20)).min(max);
+    let mut x = *state;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    *state = x;
+    let fraction = (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64;
+    delay.mul_f64(0.5 + fraction / 2.0)
 }
 
 async fn node_main<B: Backend>(setup: Setup) {
@@ -1097,4 +1111,32 @@ async fn deliver(ctx: &Ctx, counters: &AtomicCounters, frame: Frame, touched: &m
     }
 }
 
-use crate::frame::Frame;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_exponentially_is_capped_and_jittered() {
+        let min = Duration::from_millis(10);
+        let max = Duration::from_secs(2);
+        let mut state = 0x1234_5678_9abc_def1;
+        let mut seen_distinct = std::collections::BTreeSet::new();
+        for attempt in 0..40u32 {
+            let ceiling = min.saturating_mul(1u32 << attempt.min(20)).min(max);
+            for _ in 0..50 {
+                let delay = backoff_delay(min, max, attempt, &mut state);
+                assert!(
+                    delay >= ceiling / 2,
+                    "attempt {attempt}: {delay:?} below half of {ceiling:?}"
+                );
+                assert!(
+                    delay <= ceiling,
+                    "attempt {attempt}: {delay:?} above {ceiling:?}"
+                );
+                seen_distinct.insert(delay);
+            }
+        }
+        assert!(seen_distinct.len() > 100, "jitter varies the delay");
+        assert!(backoff_delay(min, max, 1000, &mut state) <= max);
+    }
+}
