@@ -1,24 +1,49 @@
 //! `paxring-bench`: benchmarks that print ratios against ceilings measured in the same run.
+//!
+//! With no subcommand it runs the cluster benchmark (quick profile): ceilings first, then a
+//! 3-replica cluster of separate processes on 127.0.0.1. Owns: command-line dispatch. Never:
+//! measures anything itself.
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+mod ceilings;
+mod cluster;
+mod compare;
 mod net;
+mod report;
 mod wal;
 
 /// The paxring benchmark harness.
 #[derive(Parser, Debug)]
-#[command(name = "paxring-bench", version, about = "paxring benchmarks against same-run baselines")]
+#[command(
+    name = "paxring-bench",
+    version,
+    about = "paxring benchmarks against same-run baselines (no subcommand: the cluster benchmark)",
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+    #[command(flatten)]
+    cluster: cluster::ClusterArgs,
 }
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// A 3-replica cluster on 127.0.0.1 against the disk and loopback ceilings (the default).
+    Cluster(cluster::ClusterArgs),
+    /// Differences between two `--json` outputs of the cluster benchmark.
+    Compare(compare::CompareArgs),
     /// The WAL against raw O_DIRECT writes with the same durability.
     Wal(wal::WalBenchArgs),
     /// The network thread against raw loopback TCP.
     Net(net::NetBenchArgs),
+    /// One node of the cluster benchmark (started by the benchmark itself).
+    #[command(hide = true)]
+    NodeRole {
+        /// The node's spec, as JSON.
+        spec: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -31,7 +56,11 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Wal(args) => wal::run(args),
-        Command::Net(args) => net::run(args),
+        None => cluster::run(cli.cluster),
+        Some(Command::Cluster(args)) => cluster::run(args),
+        Some(Command::Compare(args)) => compare::run(args),
+        Some(Command::Wal(args)) => wal::run(args),
+        Some(Command::Net(args)) => net::run(args),
+        Some(Command::NodeRole { spec }) => cluster::node::run(&spec),
     }
 }

@@ -1,9 +1,10 @@
 //! paxring-engine: the pure Multi-Paxos core, the per-core group table, the simulator,
-//! and (later) the thread-per-core runtime and embedding API.
+//! and the thread-per-core runtime and embedding API.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
 pub mod core;
+pub mod runtime;
 pub mod sim;
 
 pub use crate::core::{

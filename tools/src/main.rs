@@ -2,12 +2,20 @@
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+mod cluster_cmd;
+mod kv;
+mod kv_cmd;
+mod node_cmd;
 mod sim_cmd;
 mod wal_cmd;
 
 /// The paxring command.
 #[derive(Parser, Debug)]
-#[command(name = "paxring", version, about = "Multi-Paxos log replication on io_uring")]
+#[command(
+    name = "paxring",
+    version,
+    about = "Multi-Paxos log replication on io_uring"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -19,6 +27,12 @@ enum Command {
     Wal(wal_cmd::WalArgs),
     /// Run the deterministic simulator over many seeds.
     Sim(sim_cmd::SimArgs),
+    /// Run one node with the sample KV store and its client protocol.
+    Node(node_cmd::NodeArgs),
+    /// Start, stop or restart a local cluster of node processes.
+    Cluster(cluster_cmd::ClusterArgs),
+    /// Talk to the KV store: put, get, delete, cas, id, stats, digest, load.
+    Kv(kv_cmd::KvArgs),
 }
 
 fn main() -> ExitCode {
@@ -33,5 +47,8 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Wal(args) => wal_cmd::run(args),
         Command::Sim(args) => sim_cmd::run(args),
+        Command::Node(args) => node_cmd::run(args),
+        Command::Cluster(args) => cluster_cmd::run(args),
+        Command::Kv(args) => kv_cmd::run(args),
     }
 }

@@ -1,0 +1,575 @@
+//! Node configuration: built in code with [`NodeConfig::builder`] or loaded from a TOML file,
+//! validated once, with errors that say what to fix.
+//!
+//! Owns: the shape of a node's settings and their validation. Never: I/O beyond reading the
+//! TOML file it is asked to load.
+
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// How a WAL write becomes durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncModeConfig {
+    /// One write with DSYNC semantics per round (the measured default; see docs/WAL_FORMAT.md).
+    #[default]
+    Dsync,
+    /// One write followed by a linked fdatasync per round.
+    Fdatasync,
+}
+
+/// Which I/O backend the WALs use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum WalBackendConfig {
+    /// io_uring when the kernel allows it, else blocking system calls (with a warning).
+    #[default]
+    Auto,
+    /// io_uring or fail at start.
+    Uring,
+    /// Blocking `pwrite` + `fdatasync` (or RWF_DSYNC): every durable write is a visible syscall.
+    Blocking,
+}
+
+/// A peer: another member of the cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerConfig {
+    /// The peer's node id (unique in the cluster, not this node's).
+    pub id: u32,
+    /// The peer's address for replication traffic (may be a proxy in tests).
+    pub addr: SocketAddr,
+}
+
+/// Everything a node needs to start. Field names are the TOML keys.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// This node's id: unique in the cluster, not 0.
+    pub node_id: u32,
+    /// Identifies the cluster; a peer with another id is refused at the handshake.
+    pub cluster_id: u64,
+    /// Where this node listens for peers (one ip:port for all groups).
+    pub listen: SocketAddr,
+    /// Every other member, each with its own address.
+    #[serde(default)]
+    pub peers: Vec<PeerConfig>,
+    /// Directory for the WAL (one subdirectory per core) and the application's state.
+    pub data_dir: PathBuf,
+    /// Number of core threads; each owns a WAL and a fixed set of groups.
+    #[serde(default = "defaults::cores")]
+    pub cores: usize,
+    /// Pin core threads to CPUs (cores beyond the CPU count wrap around, and this is logged).
+    #[serde(default = "defaults::yes")]
+    pub pin_cores: bool,
+    /// Number of Paxos groups, numbered 0..groups; identical on every node of a version.
+    #[serde(default = "defaults::groups")]
+    pub groups: u32,
+    /// Instances in flight per group (1 = PhxPaxos's serial mode).
+    #[serde(default = "defaults::pipeline_depth")]
+    pub pipeline_depth: u32,
+    /// Largest value (batch of commands) of one instance, in bytes.
+    #[serde(default = "defaults::batch_bytes_max")]
+    pub batch_bytes_max: u32,
+    /// Most commands in one instance's value.
+    #[serde(default = "defaults::batch_commands_max")]
+    pub batch_commands_max: u32,
+    /// Longest time a proposal waits for more to join its batch, in microseconds (0 = none:
+    /// batches form from whatever arrives while earlier instances are in flight).
+    #[serde(default)]
+    pub batch_linger_us: u64,
+    /// Proposals queued per core before `Error::Overloaded`.
+    #[serde(default = "defaults::proposal_queue_max")]
+    pub proposal_queue_max: usize,
+    /// How a WAL write becomes durable.
+    #[serde(default)]
+    pub sync_mode: SyncModeConfig,
+    /// Which I/O backend the WALs use.
+    #[serde(default)]
+    pub wal_backend: WalBackendConfig,
+    /// Size of one WAL segment file, in bytes (a multiple of 4096).
+    #[serde(default = "defaults::segment_bytes")]
+    pub segment_bytes: u64,
+    /// Largest WAL write of one round, in bytes (a multiple of 4096).
+    #[serde(default = "defaults::round_bytes_max")]
+    pub round_bytes_max: usize,
+    /// Length of one protocol tick, in milliseconds.
+    #[serde(default = "defaults::tick_ms")]
+    pub tick_ms: u64,
+    /// Ticks without hearing from a leader before a follower may try to lead.
+    #[serde(default = "defaults::election_timeout_ticks")]
+    pub election_timeout_ticks: u32,
+    /// Ticks between a leader's heartbeats.
+    #[serde(default = "defaults::heartbeat_ticks")]
+    pub heartbeat_ticks: u32,
+    /// Largest frame accepted from a peer, in bytes.
+    #[serde(default = "defaults::frame_bytes_max")]
+    pub frame_bytes_max: u32,
+    /// Frames queued per core inbox before the network thread stops reading (back-pressure).
+    #[serde(default = "defaults::inbox_frames_max")]
+    pub inbox_frames_max: usize,
+}
+
+mod defaults {
+    pub fn cores() -> usize {
+        1
+    }
+    pub fn yes() -> bool {
+        true
+    }
+    pub fn groups() -> u32 {
+        1
+    }
+    pub fn pipeline_depth() -> u32 {
+        8
+    }
+    pub fn batch_bytes_max() -> u32 {
+        256 * 1024
+    }
+    pub fn batch_commands_max() -> u32 {
+        4096
+    }
+    pub fn proposal_queue_max() -> usize {
+        65_536
+    }
+    pub fn segment_bytes() -> u64 {
+        64 * 1024 * 1024
+    }
+    pub fn round_bytes_max() -> usize {
+        4 * 1024 * 1024
+    }
+    pub fn tick_ms() -> u64 {
+        10
+    }
+    pub fn election_timeout_ticks() -> u32 {
+        30
+    }
+    pub fn heartbeat_ticks() -> u32 {
+        5
+    }
+    pub fn frame_bytes_max() -> u32 {
+        16 * 1024 * 1024
+    }
+    pub fn inbox_frames_max() -> usize {
+        65_536
+    }
+}
+
+/// A configuration that cannot run, with what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A field has a value that cannot work.
+    #[error("config field `{field}`: {problem} (fix: {fix})")]
+    Invalid {
+        /// The TOML key.
+        field: &'static str,
+        /// What is wrong.
+        problem: String,
+        /// What to do instead.
+        fix: &'static str,
+    },
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this config.
+    #[error("config file {path} is not a valid node config: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's words, with the line.
+        message: String,
+    },
+}
+
+fn invalid(field: &'static str, problem: String, fix: &'static str) -> ConfigError {
+    ConfigError::Invalid {
+        field,
+        problem,
+        fix,
+    }
+}
+
+impl NodeConfig {
+    /// A config with defaults for everything but identity, address and data dir.
+    pub fn builder(
+        node_id: u32,
+        listen: SocketAddr,
+        data_dir: impl Into<PathBuf>,
+    ) -> NodeConfigBuilder {
+        NodeConfigBuilder {
+            config: NodeConfig {
+                node_id,
+                cluster_id: 1,
+                listen,
+                peers: Vec::new(),
+                data_dir: data_dir.into(),
+                cores: defaults::cores(),
+                pin_cores: defaults::yes(),
+                groups: defaults::groups(),
+                pipeline_depth: defaults::pipeline_depth(),
+                batch_bytes_max: defaults::batch_bytes_max(),
+                batch_commands_max: defaults::batch_commands_max(),
+                batch_linger_us: 0,
+                proposal_queue_max: defaults::proposal_queue_max(),
+                sync_mode: SyncModeConfig::default(),
+                wal_backend: WalBackendConfig::default(),
+                segment_bytes: defaults::segment_bytes(),
+                round_bytes_max: defaults::round_bytes_max(),
+                tick_ms: defaults::tick_ms(),
+                election_timeout_ticks: defaults::election_timeout_ticks(),
+                heartbeat_ticks: defaults::heartbeat_ticks(),
+                frame_bytes_max: defaults::frame_bytes_max(),
+                inbox_frames_max: defaults::inbox_frames_max(),
+            },
+        }
+    }
+
+    /// Loads and validates a TOML file.
+    pub fn from_toml_file(path: &Path) -> Result<NodeConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let config = NodeConfig::from_toml_str(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_path_buf(),
+                message,
+            },
+            other => other,
+        })?;
+        Ok(config)
+    }
+
+    /// Parses and validates TOML text.
+    pub fn from_toml_str(text: &str) -> Result<NodeConfig, ConfigError> {
+        let config: NodeConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from("<text>"),
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The config as TOML text (what `from_toml_str` reads back).
+    pub fn to_toml_string(&self) -> String {
+        toml::to_string_pretty(self).expect("a NodeConfig always serializes to TOML")
+    }
+
+    /// Every member's node id, this node's included, sorted.
+    pub fn members(&self) -> Vec<u32> {
+        let mut members: Vec<u32> = self.peers.iter().map(|p| p.id).collect();
+        members.push(self.node_id);
+        members.sort_unstable();
+        members
+    }
+
+    /// The length of a tick.
+    pub fn tick(&self) -> Duration {
+        Duration::from_millis(self.tick_ms)
+    }
+
+    /// Checks every field and how fields relate.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.node_id == 0 {
+            return Err(invalid(
+                "node_id",
+                "is 0".into(),
+                "use a positive id, unique in the cluster",
+            ));
+        }
+        let mut ids = std::collections::BTreeSet::new();
+        ids.insert(self.node_id);
+        for peer in &self.peers {
+            if peer.id == 0 {
+                return Err(invalid(
+                    "peers",
+                    "a peer has id 0".into(),
+                    "give every peer a positive id",
+                ));
+            }
+            if !ids.insert(peer.id) {
+                return Err(invalid(
+                    "peers",
+                    format!(
+                        "node id {} appears twice (or is this node's own id)",
+                        peer.id
+                    ),
+                    "list every other member exactly once, not this node",
+                ));
+            }
+            if peer.addr == self.listen {
+                return Err(invalid(
+                    "peers",
+                    format!(
+                        "peer {} has this node's own listen address {}",
+                        peer.id, peer.addr
+                    ),
+                    "give each node its own ip:port",
+                ));
+            }
+        }
+        if self.peers.len() + 1 > 9 {
+            return Err(invalid(
+                "peers",
+                format!("{} members", self.peers.len() + 1),
+                "use at most 9 members",
+            ));
+        }
+        if self.cores == 0 || self.cores > 64 {
+            return Err(invalid(
+                "cores",
+                format!("is {}", self.cores),
+                "use 1 to 64 core threads",
+            ));
+        }
+        if self.groups == 0 || self.groups > 100_000 {
+            return Err(invalid(
+                "groups",
+                format!("is {}", self.groups),
+                "use 1 to 100000 groups",
+            ));
+        }
+        if self.pipeline_depth == 0 || self.pipeline_depth > 1024 {
+            return Err(invalid(
+                "pipeline_depth",
+                format!("is {}", self.pipeline_depth),
+                "use 1 to 1024",
+            ));
+        }
+        if self.batch_commands_max == 0 {
+            return Err(invalid(
+                "batch_commands_max",
+                "is 0".into(),
+                "use at least 1",
+            ));
+        }
+        if self.batch_bytes_max < 64 {
+            return Err(invalid(
+                "batch_bytes_max",
+                format!("is {}", self.batch_bytes_max),
+                "use at least 64 bytes",
+            ));
+        }
+        if self.round_bytes_max % 4096 != 0 || self.round_bytes_max < 64 * 1024 {
+            return Err(invalid(
+                "round_bytes_max",
+                format!("is {}", self.round_bytes_max),
+                "use a multiple of 4096, at least 65536",
+            ));
+        }
+        if self.segment_bytes % 4096 != 0 || self.segment_bytes < 4 * self.round_bytes_max as u64 {
+            return Err(invalid(
+                "segment_bytes",
+                format!(
+                    "is {} with round_bytes_max = {}",
+                    self.segment_bytes, self.round_bytes_max
+                ),
+                "use a multiple of 4096, at least 4 x round_bytes_max",
+            ));
+        }
+        if u64::from(self.batch_bytes_max) + 4096 > self.round_bytes_max as u64 {
+            return Err(invalid(
+                "batch_bytes_max",
+                format!(
+                    "{} does not fit one round write of round_bytes_max = {}",
+                    self.batch_bytes_max, self.round_bytes_max
+                ),
+                "keep batch_bytes_max at least 4 KiB below round_bytes_max",
+            ));
+        }
+        if u64::from(self.batch_bytes_max) + 4096 > u64::from(self.frame_bytes_max) {
+            return Err(invalid(
+                "frame_bytes_max",
+                format!(
+                    "{} cannot carry a value of batch_bytes_max = {}",
+                    self.frame_bytes_max, self.batch_bytes_max
+                ),
+                "keep frame_bytes_max at least 4 KiB above batch_bytes_max",
+            ));
+        }
+        if self.proposal_queue_max == 0 {
+            return Err(invalid(
+                "proposal_queue_max",
+                "is 0".into(),
+                "use at least 1",
+            ));
+        }
+        if self.tick_ms == 0 || self.tick_ms > 10_000 {
+            return Err(invalid(
+                "tick_ms",
+                format!("is {}", self.tick_ms),
+                "use 1 to 10000 ms",
+            ));
+        }
+        if self.heartbeat_ticks == 0 || self.heartbeat_ticks >= self.election_timeout_ticks {
+            return Err(invalid(
+                "heartbeat_ticks",
+                format!(
+                    "is {} with election_timeout_ticks = {}",
+                    self.heartbeat_ticks, self.election_timeout_ticks
+                ),
+                "keep 0 < heartbeat_ticks < election_timeout_ticks",
+            ));
+        }
+        if self.inbox_frames_max == 0 {
+            return Err(invalid("inbox_frames_max", "is 0".into(), "use at least 1"));
+        }
+        Ok(())
+    }
+}
+
+/// Builds a [`NodeConfig`] in code; `build` validates it.
+#[derive(Clone, Debug)]
+pub struct NodeConfigBuilder {
+    config: NodeConfig,
+}
+
+macro_rules! setter {
+    ($(#[$doc:meta] $name:ident: $ty:ty),* $(,)?) => {
+        $(#[$doc] pub fn $name(mut self, value: $ty) -> Self {
+            self.config.$name = value;
+            self
+        })*
+    };
+}
+
+impl NodeConfigBuilder {
+    setter! {
+        /// Sets `cluster_id`.
+        cluster_id: u64,
+        /// Sets `cores`.
+        cores: usize,
+        /// Sets `pin_cores`.
+        pin_cores: bool,
+        /// Sets `groups`.
+        groups: u32,
+        /// Sets `pipeline_depth`.
+        pipeline_depth: u32,
+        /// Sets `batch_bytes_max`.
+        batch_bytes_max: u32,
+        /// Sets `batch_commands_max`.
+        batch_commands_max: u32,
+        /// Sets `batch_linger_us`.
+        batch_linger_us: u64,
+        /// Sets `proposal_queue_max`.
+        proposal_queue_max: usize,
+        /// Sets `sync_mode`.
+        sync_mode: SyncModeConfig,
+        /// Sets `wal_backend`.
+        wal_backend: WalBackendConfig,
+        /// Sets `segment_bytes`.
+        segment_bytes: u64,
+        /// Sets `round_bytes_max`.
+        round_bytes_max: usize,
+        /// Sets `tick_ms`.
+        tick_ms: u64,
+        /// Sets `election_timeout_ticks`.
+        election_timeout_ticks: u32,
+        /// Sets `heartbeat_ticks`.
+        heartbeat_ticks: u32,
+        /// Sets `frame_bytes_max`.
+        frame_bytes_max: u32,
+        /// Sets `inbox_frames_max`.
+        inbox_frames_max: usize,
+    }
+
+    /// Adds a peer.
+    pub fn peer(mut self, id: u32, addr: SocketAddr) -> Self {
+        self.config.peers.push(PeerConfig { id, addr });
+        self
+    }
+
+    /// Validates and returns the config.
+    pub fn build(self) -> Result<NodeConfig, ConfigError> {
+        self.config.validate()?;
+        Ok(self.config)
+    }
+}
+
+/// The core that owns `group`: `group % cores`. Pure and identical on every node, so a group's
+/// frames always land on the same core; documented in docs/ARCHITECTURE.md#groups-and-cores.
+pub fn core_of_group(group: u32, cores: usize) -> usize {
+    assert!(cores > 0);
+    (group as usize) % cores
+}
+
+#[cfg(test)]
+mod tests {
+    //! Proves that validation rejects each unworkable setting with a message naming the field,
+    //! and that TOML round-trips.
+    use super::*;
+
+    fn base() -> NodeConfigBuilder {
+        NodeConfig::builder(1, "127.0.0.1:7001".parse().unwrap(), "/data")
+            .peer(2, "127.0.0.1:7002".parse().unwrap())
+            .peer(3, "127.0.0.1:7003".parse().unwrap())
+    }
+
+    #[test]
+    fn good_config_round_trips_through_toml() {
+        let config = base().groups(20).cores(2).build().unwrap();
+        let text = config.to_toml_string();
+        let back = NodeConfig::from_toml_str(&text).unwrap();
+        assert_eq!(config, back);
+        assert_eq!(back.members(), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        let cases: Vec<(NodeConfigBuilder, &str)> = vec![
+            (
+                NodeConfig::builder(0, "127.0.0.1:1".parse().unwrap(), "/d"),
+                "node_id",
+            ),
+            (base().peer(2, "127.0.0.1:7009".parse().unwrap()), "peers"),
+            (base().peer(1, "127.0.0.1:7009".parse().unwrap()), "peers"),
+            (base().peer(4, "127.0.0.1:7001".parse().unwrap()), "peers"),
+            (base().cores(0), "cores"),
+            (base().groups(0), "groups"),
+            (base().pipeline_depth(0), "pipeline_depth"),
+            (base().round_bytes_max(1000), "round_bytes_max"),
+            (base().segment_bytes(4096), "segment_bytes"),
+            (base().batch_bytes_max(8 * 1024 * 1024), "batch_bytes_max"),
+            (base().heartbeat_ticks(100), "heartbeat_ticks"),
+            (base().tick_ms(0), "tick_ms"),
+        ];
+        for (builder, field) in cases {
+            let err = builder.build().unwrap_err();
+            let text = err.to_string();
+            assert!(
+                text.contains(&format!("`{field}`")),
+                "{text} should name {field}"
+            );
+            assert!(text.contains("fix:"), "{text} should say how to fix it");
+        }
+    }
+
+    #[test]
+    fn unknown_key_and_bad_toml_are_errors_with_line() {
+        let err = NodeConfig::from_toml_str(
+            "node_id = 1\nlisten = \"127.0.0.1:1\"\ndata_dir = \"/d\"\ncluster_id = 1\nbogus = 3\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("bogus"), "{err}");
+        let err = NodeConfig::from_toml_str("node_id = \n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 1"), "{err}");
+    }
+
+    #[test]
+    fn groups_spread_over_cores() {
+        let counts = (0..100u32).fold([0usize; 3], |mut acc, g| {
+            acc[core_of_group(g, 3)] += 1;
+            acc
+        });
+        assert_eq!(counts, [34, 33, 33]);
+    }
+}

@@ -1,0 +1,608 @@
+//! One core thread: the hand-written loop that drives a [`CoreTable`] with a real WAL, the
+//! network thread and an executor (docs/ARCHITECTURE.md#one-round-of-a-core).
+//!
+//! Each round: one `Wal::wait` (a single `io_uring_enter` that wakes on the WAL's write
+//! completion, the network inbox's eventfd, the proposal queue's eventfd, or the tick
+//! timeout); drain inbound frames and proposals; tick; poll the table; append every record of
+//! the round and submit **one** WAL write; hand all outbound frames of the round to the network
+//! thread in one batch; release `SendAfterDurable` replies only once the WAL is durable through
+//! their Lsn; hand chosen values to the executor.
+//!
+//! Owns: the core's WAL, table and pending replies. Never: blocks on the executor or the
+//! network thread, retries a failed WAL write (a failed fsync stops the node).
+
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use paxring_net::{encode_frame, Dest, Frame, Inbox, NetHandle};
+use paxring_wal::{GroupId, Instance, Lsn, Wal, WalError, WalOptions, WalStats};
+use serde::Serialize;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::api::{Error, Reply};
+use super::config::{core_of_group, NodeConfig, SyncModeConfig, WalBackendConfig};
+use super::executor::ExecMsg;
+use super::node::{ProposalMsg, Shared};
+use super::wake::Wake;
+use crate::core::{
+    value, Config as CoreConfig, CoreStats, CoreTable, FailReason, Message, NodeId, Outputs, Prng,
+    ProposalId, ProposalResult, Tick,
+};
+
+/// What a core thread needs to start.
+pub(crate) struct CoreStart {
+    pub core: usize,
+    pub config: NodeConfig,
+    pub inbox: Inbox,
+    pub net: NetHandle,
+    pub proposals: Receiver<ProposalMsg>,
+    pub wake: Arc<Wake>,
+    pub exec: Sender<ExecMsg>,
+    pub shared: Arc<Shared>,
+    /// Each group's state machine checkpoint: replay starts above it.
+    pub applied_from: Vec<(GroupId, Option<Instance>)>,
+    pub cpu: Option<core_affinity::CoreId>,
+}
+
+/// One core's counters, published every tick.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct CoreSnapshot {
+    /// The core's index.
+    pub core: usize,
+    /// Groups this core owns.
+    pub groups: usize,
+    /// Loop iterations.
+    pub rounds: u64,
+    /// WAL writes issued (a round issues at most one; rounds whose records join a write
+    /// still in flight are carried by the next one).
+    pub write_rounds: u64,
+    /// Durable writes (DSYNC writes or fdatasyncs), as the WAL counts them.
+    pub durable_writes: u64,
+    /// Records written by the WAL.
+    pub records_written: u64,
+    /// Average groups with records per WAL write.
+    pub groups_per_write: f64,
+    /// Inbound frames that did not decode as a protocol message (dropped, counted).
+    pub undecodable_frames: u64,
+    /// Outbound batches the network thread refused because its queue was full (dropped;
+    /// Paxos retransmits).
+    pub net_batches_refused: u64,
+    /// Proposals received from the API.
+    pub proposals_received: u64,
+    /// Rounds in which chosen values waited for the executor's queue.
+    pub executor_backlog_rounds: u64,
+    /// The WAL's own counters.
+    pub wal: Option<WalStats>,
+    /// The protocol counters.
+    pub protocol: CoreStats,
+}
+
+/// Most proposals taken from the queue in one round (the rest wait for the next round).
+const PROPOSALS_PER_ROUND_MAX: usize = 16 * 1024;
+/// How soon a core looks again when its executor's queue was full.
+const EXECUTOR_RETRY: Duration = Duration::from_micros(200);
+/// Most inbound frames taken in one round.
+const FRAMES_PER_ROUND_MAX: usize = 16 * 1024;
+
+/// Runs the core until the node stops. `ready` learns whether the WAL opened.
+pub(crate) fn run(start: CoreStart, ready: Sender<Result<(), String>>) {
+    if let Some(cpu) = start.cpu {
+        if !core_affinity::set_for_current(cpu) {
+            tracing::warn!(
+                core = start.core,
+                "could not pin the core thread to CPU {}",
+                cpu.id
+            );
+        }
+    }
+    let shared = start.shared.clone();
+    let mut core = match Core::open(start) {
+        Ok(core) => {
+            let _ = ready.send(Ok(()));
+            core
+        }
+        Err(reason) => {
+            let _ = ready.send(Err(reason));
+            return;
+        }
+    };
+    if let Err(reason) = core.run() {
+        shared.fail(reason);
+    }
+    core.publish();
+    core.fail_pending("the node stopped");
+}
+
+struct Core {
+    index: usize,
+    me: NodeId,
+    table: CoreTable,
+    wal: Wal,
+    inbox: Inbox,
+    net: NetHandle,
+    proposals: Receiver<ProposalMsg>,
+    wake: Arc<Wake>,
+    exec: Sender<ExecMsg>,
+    shared: Arc<Shared>,
+    tick: Duration,
+    started: Instant,
+    next_proposal: u64,
+    replies: HashMap<ProposalId, Reply>,
+    after_durable: VecDeque<(Lsn, NodeId, Bytes)>,
+    exec_backlog: VecDeque<ExecMsg>,
+    outputs: Outputs,
+    frames: Vec<Frame>,
+    net_batch: Vec<(Dest, Bytes)>,
+    encode_buf: Vec<u8>,
+    snapshot: CoreSnapshot,
+    /// Per group: replay to the executor starts at this instance.
+    replay_from: HashMap<u32, u64>,
+    /// How long a proposal may wait for others to join its batch (zero: not at all).
+    linger: Duration,
+    batch_commands_max: usize,
+    batch_bytes_max: usize,
+    /// Proposals held back to form larger batches, oldest first.
+    lingering: VecDeque<ProposalMsg>,
+    lingering_bytes: usize,
+    linger_since: Instant,
+}
+
+impl Core {
+    fn open(start: CoreStart) -> Result<Core, String> {
+        let config = &start.config;
+        let groups: Vec<GroupId> = (0..config.groups)
+            .filter(|g| core_of_group(*g, config.cores) == start.core)
+            .map(GroupId)
+            .collect();
+        let dir = config
+            .data_dir
+            .join("wal")
+            .join(format!("core-{}", start.core));
+        let (wal, recovery) = Wal::open(WalOptions {
+            dir: dir.clone(),
+            core: start.core as u32,
+            segment_bytes: config.segment_bytes,
+            buffer_bytes: config.round_bytes_max,
+            sync_mode: match config.sync_mode {
+                SyncModeConfig::Dsync => paxring_wal::SyncMode::Dsync,
+                SyncModeConfig::Fdatasync => paxring_wal::SyncMode::Fdatasync,
+            },
+            backend: match config.wal_backend {
+                WalBackendConfig::Auto => paxring_wal::Backend::Auto,
+                WalBackendConfig::Uring => paxring_wal::Backend::Uring,
+                WalBackendConfig::Blocking => paxring_wal::Backend::Blocking,
+            },
+        })
+        .map_err(|e| {
+            format!(
+                "core {}: cannot open the WAL in {}: {e}",
+                start.core,
+                dir.display()
+            )
+        })?;
+        if recovery.torn_tail_bytes > 0 {
+            tracing::warn!(
+                core = start.core,
+                bytes = recovery.torn_tail_bytes,
+                "WAL recovery cut a torn tail"
+            );
+        }
+        for damage in &recovery.damaged {
+            tracing::error!(
+                core = start.core,
+                ?damage,
+                "WAL damage: the groups it touched re-learn from peers"
+            );
+        }
+        let core_config = CoreConfig {
+            pipeline_depth: config.pipeline_depth,
+            batch_bytes_max: config.batch_bytes_max,
+            batch_commands_max: config.batch_commands_max,
+            proposal_queue_max: config.proposal_queue_max.min(u32::MAX as usize) as u32,
+            election_timeout_ticks: u64::from(config.election_timeout_ticks),
+            election_jitter_ticks: u64::from(config.election_timeout_ticks),
+            heartbeat_ticks: u64::from(config.heartbeat_ticks),
+            retransmit_ticks: u64::from(config.heartbeat_ticks) * 2,
+            ..CoreConfig::default()
+        };
+        let members: Vec<NodeId> = config.members().into_iter().map(NodeId).collect();
+        let seed = seed_for(config.node_id, start.core);
+        let table = CoreTable::restore(
+            core_config,
+            NodeId(config.node_id),
+            &members,
+            &groups,
+            &recovery,
+            Prng::new(seed),
+        )
+        .map_err(|e| format!("core {}: {e}", start.core))?;
+        let replay_from = start
+            .applied_from
+            .iter()
+            .map(|(g, checkpoint)| (g.0, checkpoint.map_or(0, |i| i.0 + 1)))
+            .collect();
+        Ok(Core {
+            index: start.core,
+            me: NodeId(config.node_id),
+            table,
+            wal,
+            inbox: start.inbox,
+            net: start.net,
+            proposals: start.proposals,
+            wake: start.wake,
+            exec: start.exec,
+            shared: start.shared,
+            tick: config.tick(),
+            started: Instant::now(),
+            next_proposal: 1,
+            replies: HashMap::new(),
+            after_durable: VecDeque::new(),
+            exec_backlog: VecDeque::new(),
+            outputs: Outputs::default(),
+            frames: Vec::new(),
+            net_batch: Vec::new(),
+            encode_buf: Vec::new(),
+            snapshot: CoreSnapshot {
+                core: start.core,
+                groups: groups.len(),
+                ..CoreSnapshot::default()
+            },
+            replay_from,
+            linger: Duration::from_micros(config.batch_linger_us),
+            batch_commands_max: config.batch_commands_max as usize,
+            batch_bytes_max: config.batch_bytes_max as usize,
+            lingering: VecDeque::new(),
+            lingering_bytes: 0,
+            linger_since: Instant::now(),
+        })
+    }
+
+    fn run(&mut self) -> Result<(), String> {
+        let mut ticks_done = 0u64;
+        let mut last_publish = 0u64;
+        let fds = [self.inbox.fd(), self.wake.raw()];
+        while !self.shared.stopping.load(Ordering::Acquire) {
+            self.snapshot.rounds += 1;
+            let elapsed = self.started.elapsed();
+            let next_tick_at = Duration::from_nanos(
+                (self.tick.as_nanos() * (u128::from(ticks_done) + 1)).min(u128::from(u64::MAX))
+                    as u64,
+            );
+            let mut timeout = next_tick_at.saturating_sub(elapsed);
+            if let Some(linger) = self.linger_timeout() {
+                timeout = timeout.min(linger);
+            }
+            if !self.exec_backlog.is_empty() {
+                // The executor is behind: look again soon, without spinning.
+                timeout = timeout.min(EXECUTOR_RETRY);
+            }
+            // Arm the wake before the last look at the queue (see `Wake`).
+            self.wake.arm();
+            let idle = self.proposals.is_empty() && self.inbox.is_empty();
+            let wait = if idle {
+                Some(timeout)
+            } else {
+                Some(Duration::ZERO)
+            };
+            let outcome = self.wal.wait(&fds, wait).map_err(|e| self.wal_failed(e))?;
+            self.wake.disarm();
+            if outcome.ready_fds.contains(&fds[1]) {
+                self.wake.clear();
+            }
+            self.table.durable(outcome.durable_lsn);
+
+            self.take_frames();
+            self.take_proposals();
+            let now_ticks =
+                (self.started.elapsed().as_nanos() / self.tick.as_nanos().max(1)) as u64;
+            if now_ticks > ticks_done {
+                ticks_done = now_ticks;
+                self.table.tick(Tick(ticks_done));
+            }
+            self.round()?;
+            if ticks_done > last_publish {
+                last_publish = ticks_done;
+                self.publish();
+            }
+        }
+        Ok(())
+    }
+
+    /// Steps outputs of the table into the WAL, the network and the executor.
+    fn round(&mut self) -> Result<(), String> {
+        let mut out = std::mem::take(&mut self.outputs);
+        self.table.poll(&mut out);
+
+        // 1. Durable records: one WAL write for the whole round.
+        for (lsn, record) in &out.appends {
+            let appended = loop {
+                match self.wal.append(record.as_ref()) {
+                    Ok(appended) => break appended,
+                    Err(WalError::BufferFull { .. }) => {
+                        // The round outgrew one write: write what we have, then go on.
+                        self.wal.submit().map_err(|e| self.wal_failed(e))?;
+                        self.wal
+                            .wait(&[], Some(Duration::from_millis(100)))
+                            .map_err(|e| self.wal_failed(e))?;
+                    }
+                    Err(e) => return Err(self.wal_failed(e)),
+                }
+            };
+            assert_eq!(
+                appended, *lsn,
+                "the WAL and the core table must number records alike"
+            );
+        }
+        self.wal.submit().map_err(|e| self.wal_failed(e))?;
+
+        // 2. Messages that need no durability leave now (a leader's Accept overlaps its own write).
+        for send in out.sends.drain(..) {
+            let frame = self.encode(send.group, &send.msg);
+            self.net_batch.push((Dest::Peer(send.to.0), frame));
+        }
+        // 3. Replies that depend on persisted state wait for their Lsn.
+        for send in out.sends_after_durable.drain(..) {
+            let frame = self.encode(send.group, &send.msg);
+            if let Some((last, _, _)) = self.after_durable.back() {
+                assert!(
+                    *last <= send.lsn,
+                    "durable-gated replies arrive in Lsn order"
+                );
+            }
+            self.after_durable.push_back((send.lsn, send.to, frame));
+        }
+        self.release_durable();
+
+        // 4. Answers to proposers; waiters go to the executor before the values they wait on.
+        for result in out.results.drain(..) {
+            self.answer(result);
+        }
+        for chosen in out.chosen.drain(..) {
+            let from = self.replay_from.get(&chosen.group.0).copied().unwrap_or(0);
+            if chosen.instance.0 < from {
+                continue;
+            }
+            let commands = value::decode(&chosen.value).map_err(|e| {
+                format!(
+                    "core {}: chosen value of group {} instance {} does not decode: {e}",
+                    self.index, chosen.group.0, chosen.instance.0
+                )
+            })?;
+            self.exec_backlog.push_back(ExecMsg::Chosen {
+                group: chosen.group,
+                instance: chosen.instance,
+                commands,
+            });
+        }
+        for (group, error) in out.stopped.drain(..) {
+            tracing::error!(core = self.index, group = group.0, %error, "group stopped");
+        }
+        self.feed_executor();
+
+        // 5. One hand-off of this round's frames to the network thread.
+        if !self.net_batch.is_empty() {
+            let batch = std::mem::take(&mut self.net_batch);
+            if let Err(mut refused) = self.net.send_batch(batch) {
+                self.snapshot.net_batches_refused += 1;
+                refused.clear();
+                self.net_batch = refused;
+            }
+        }
+        out.clear();
+        self.outputs = out;
+        Ok(())
+    }
+
+    fn release_durable(&mut self) {
+        let durable = self.wal.durable_lsn();
+        while let Some((lsn, _, _)) = self.after_durable.front() {
+            if *lsn > durable {
+                break;
+            }
+            let (lsn, to, frame) = self.after_durable.pop_front().expect("front exists");
+            assert!(
+                lsn <= self.wal.durable_lsn(),
+                "a reply leaves only after its record is durable"
+            );
+            self.net_batch.push((Dest::Peer(to.0), frame));
+        }
+    }
+
+    fn encode(&mut self, group: GroupId, msg: &Message) -> Bytes {
+        self.encode_buf.clear();
+        msg.encode_body_into(&mut self.encode_buf);
+        encode_frame(msg.kind(), group.0, self.me.0, &self.encode_buf)
+    }
+
+    fn take_frames(&mut self) {
+        self.frames.clear();
+        self.inbox.drain(&mut self.frames, FRAMES_PER_ROUND_MAX);
+        for frame in self.frames.drain(..) {
+            match Message::decode_body(frame.kind, &frame.body) {
+                Ok(msg) => self
+                    .table
+                    .on_message(NodeId(frame.from), GroupId(frame.group), msg),
+                Err(e) => {
+                    self.snapshot.undecodable_frames += 1;
+                    tracing::warn!(
+                        from = frame.from,
+                        group = frame.group,
+                        "dropping an undecodable message: {e}"
+                    );
+                }
+            }
+        }
+    }
+
+    fn take_proposals(&mut self) {
+        for _ in 0..PROPOSALS_PER_ROUND_MAX {
+            let Ok(proposal) = self.proposals.try_recv() else {
+                break;
+            };
+            self.snapshot.proposals_received += 1;
+            if !self.exec_backlog.is_empty() {
+                let _ = proposal.reply.send(Err(Error::Overloaded));
+                continue;
+            }
+            if self.linger.is_zero() {
+                self.propose(proposal);
+            } else {
+                if self.lingering.is_empty() {
+                    self.linger_since = Instant::now();
+                }
+                self.lingering_bytes += proposal.command.len();
+                self.lingering.push_back(proposal);
+            }
+        }
+        if !self.lingering.is_empty()
+            && (self.lingering.len() >= self.batch_commands_max
+                || self.lingering_bytes >= self.batch_bytes_max
+                || self.linger_since.elapsed() >= self.linger)
+        {
+            self.lingering_bytes = 0;
+            while let Some(proposal) = self.lingering.pop_front() {
+                self.propose(proposal);
+            }
+        }
+    }
+
+    /// When lingering proposals must be released, if any wait.
+    fn linger_timeout(&self) -> Option<Duration> {
+        (!self.lingering.is_empty())
+            .then(|| self.linger.saturating_sub(self.linger_since.elapsed()))
+    }
+
+    fn propose(&mut self, proposal: ProposalMsg) {
+        let bytes = proposal.command.len();
+        let id = ProposalId(self.next_proposal);
+        self.next_proposal += 1;
+        match self.table.propose(proposal.group, id, proposal.command) {
+            Ok(()) => {
+                self.replies.insert(id, proposal.reply);
+            }
+            Err(reason) => {
+                let _ = proposal.reply.send(Err(fail_error(
+                    reason,
+                    self.index,
+                    bytes,
+                    self.batch_bytes_max,
+                )));
+            }
+        }
+    }
+
+    fn answer(&mut self, result: ProposalResult) {
+        match result {
+            ProposalResult::Committed {
+                id,
+                group,
+                instance,
+                index,
+            } => {
+                if let Some(reply) = self.replies.remove(&id) {
+                    self.exec_backlog.push_back(ExecMsg::Waiter {
+                        group,
+                        instance,
+                        index,
+                        reply,
+                    });
+                }
+            }
+            ProposalResult::Failed { id, reason, .. } => {
+                if let Some(reply) = self.replies.remove(&id) {
+                    let _ =
+                        reply.send(Err(fail_error(reason, self.index, 0, self.batch_bytes_max)));
+                }
+            }
+            ProposalResult::Unknown { id, .. } => {
+                if let Some(reply) = self.replies.remove(&id) {
+                    let _ = reply.send(Err(Error::Unknown(
+                        "leadership changed while the command was in flight".into(),
+                    )));
+                }
+            }
+        }
+    }
+
+    fn feed_executor(&mut self) {
+        while let Some(message) = self.exec_backlog.pop_front() {
+            match self.exec.try_send(message) {
+                Ok(()) => {}
+                Err(TrySendError::Full(message)) => {
+                    self.exec_backlog.push_front(message);
+                    self.snapshot.executor_backlog_rounds += 1;
+                    break;
+                }
+                Err(TrySendError::Disconnected(_)) => {
+                    self.shared
+                        .fail(format!("core {}: the executor thread stopped", self.index));
+                    self.exec_backlog.clear();
+                    break;
+                }
+            }
+        }
+    }
+
+    fn wal_failed(&self, error: WalError) -> String {
+        format!(
+            "core {}: WAL failed (fatal, never retried): {error}",
+            self.index
+        )
+    }
+
+    fn publish(&mut self) {
+        let wal = self.wal.stats();
+        self.snapshot.write_rounds = wal.writes;
+        self.snapshot.durable_writes = wal.durable_writes;
+        self.snapshot.records_written = wal.records;
+        self.snapshot.groups_per_write = wal.groups_per_write.mean;
+        self.snapshot.wal = Some(wal);
+        self.snapshot.protocol = self.table.stats().clone();
+        for group in self.table.groups() {
+            let hint = self.table.leader_hint(group).map_or(0, |n| u64::from(n.0));
+            self.shared.leader_hints[group.0 as usize].store(hint, Ordering::Release);
+        }
+        self.shared.snapshots.lock().expect("snapshot lock")[self.index] = self.snapshot.clone();
+    }
+
+    fn fail_pending(&mut self, why: &str) {
+        for proposal in self.lingering.drain(..) {
+            // Never handed to the protocol: definitely not proposed.
+            let _ = proposal.reply.send(Err(Error::Stopped(why.into())));
+        }
+        for (_, reply) in self.replies.drain() {
+            let _ = reply.send(Err(Error::Unknown(why.into())));
+        }
+        // Waiters already handed to the executor are answered by it when its queue closes.
+        self.feed_executor();
+    }
+}
+
+/// Maps the protocol's refusal to the API's error; `bytes` is the command's size when known.
+fn fail_error(reason: FailReason, core: usize, bytes: usize, batch_bytes_max: usize) -> Error {
+    match reason {
+        FailReason::NotLeader { leader_hint } => Error::NotLeader {
+            leader: leader_hint.map(|n| n.0),
+        },
+        FailReason::Overloaded => Error::Overloaded,
+        FailReason::TooLarge => Error::TooLarge {
+            bytes,
+            max: batch_bytes_max as u32,
+        },
+        FailReason::UnknownGroup => Error::Start(format!("core {core} does not own the group")),
+        FailReason::Stopped => {
+            Error::Stopped("the group stopped on an error (see the node's log)".into())
+        }
+    }
+}
+
+/// A per-process seed for the core's jitter: the runtime is not deterministic (the simulator is).
+fn seed_for(node: u32, core: usize) -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    nanos ^ (u64::from(node) << 32) ^ core as u64
+}

@@ -1,0 +1,24 @@
+//! The thread-per-core runtime and the embedding API.
+//!
+//! A node runs one pinned core thread per configured core (each owns a set of groups, one WAL
+//! and one io_uring ring), one executor thread per core, and the shared network thread.
+//! See docs/ARCHITECTURE.md.
+//!
+//! Owns: threads, queues, the WAL and network handles. Never: decides anything about consensus
+//! (that is `core`'s, which the runtime only drives).
+
+pub mod api;
+pub mod config;
+mod core_loop;
+pub(crate) mod executor;
+mod node;
+pub mod state_machine;
+mod wake;
+
+pub use api::{Committed, Error, Proposal};
+pub use config::{
+    core_of_group, ConfigError, NodeConfig, NodeConfigBuilder, PeerConfig, SyncModeConfig,
+};
+pub use core_loop::CoreSnapshot;
+pub use node::{Node, NodeStats, NodeTotals};
+pub use state_machine::{StateMachine, StateMachineFactory};

@@ -1,0 +1,440 @@
+//! A running node: starts the WALs, the network thread, the core and executor threads, and
+//! answers the embedding API.
+//!
+//! Owns: thread start and stop, the proposal queues into the cores, the stats snapshot. Never:
+//! steps a group itself (only a core thread does, in `core_loop`).
+
+use bytes::Bytes;
+use crossbeam_channel::{bounded, Sender, TrySendError};
+use paxring_net::{NetConfig, NetHandle, NetThread};
+use paxring_wal::{GroupId, Instance};
+use serde::Serialize;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use super::api::{Error, Proposal, Reply};
+use super::config::{core_of_group, NodeConfig};
+use super::core_loop::{self, CoreSnapshot, CoreStart};
+use super::executor::{self, GroupProgress};
+use super::state_machine::StateMachineFactory;
+use super::wake::Wake;
+
+/// A proposal on its way into a core.
+pub(crate) struct ProposalMsg {
+    pub group: GroupId,
+    pub command: Bytes,
+    pub reply: Reply,
+}
+
+/// What every thread of a node shares.
+pub(crate) struct Shared {
+    /// Set to stop every thread (shutdown or a fatal error).
+    pub stopping: AtomicBool,
+    /// The first fatal error, if any (a failed fsync, an unreadable WAL): the node has stopped.
+    pub fatal: Mutex<Option<String>>,
+    /// Each core's latest published counters.
+    pub snapshots: Mutex<Vec<CoreSnapshot>>,
+    /// Each group's leader hint (node id, 0 = unknown), published by its core every round.
+    pub leader_hints: Vec<AtomicU64>,
+    /// Each group's executor progress.
+    pub progress: Vec<Arc<GroupProgress>>,
+    /// Commands applied by all executors.
+    pub applied_commands: Arc<AtomicU64>,
+}
+
+impl Shared {
+    pub(crate) fn fail(&self, reason: String) {
+        let mut fatal = self.fatal.lock().expect("fatal lock");
+        if fatal.is_none() {
+            tracing::error!("node stopping on a fatal error: {reason}");
+            *fatal = Some(reason);
+        }
+        self.stopping.store(true, Ordering::Release);
+    }
+}
+
+struct CoreHandle {
+    proposals: Sender<ProposalMsg>,
+    wake: Arc<Wake>,
+}
+
+/// A running paxring node. Dropping it stops it (as [`Node::shutdown`] does).
+pub struct Node {
+    config: NodeConfig,
+    cores: Vec<CoreHandle>,
+    shared: Arc<Shared>,
+    net: Option<NetThread>,
+    net_handle: NetHandle,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// Everything a node counts, in one serializable snapshot (docs/ARCHITECTURE.md#counters).
+#[derive(Clone, Debug, Serialize)]
+pub struct NodeStats {
+    /// This node.
+    pub node_id: u32,
+    /// Per core: rounds, WAL counters, protocol counters.
+    pub cores: Vec<CoreSnapshot>,
+    /// The network thread's counters, per peer and in total.
+    pub net: paxring_net::NetStats,
+    /// Commands applied by the executors.
+    pub applied_commands: u64,
+    /// Sums over the cores.
+    pub totals: NodeTotals,
+    /// The fatal error that stopped the node, if any.
+    pub fatal: Option<String>,
+}
+
+/// Sums over a node's cores.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct NodeTotals {
+    /// WAL writes (one per writing round).
+    pub write_rounds: u64,
+    /// Durable writes (DSYNC writes or fdatasyncs).
+    pub durable_writes: u64,
+    /// Durable writes per WAL write, i.e. per writing round (1.0 is the design).
+    pub durable_writes_per_round: f64,
+    /// Groups with records per WAL write, on average.
+    pub groups_per_round: f64,
+    /// Records per WAL write, on average.
+    pub records_per_round: f64,
+    /// Proposals answered Committed by this node.
+    pub commits: u64,
+    /// Sequential network round trips per committed instance led by this node.
+    pub rtts_per_commit: f64,
+}
+
+impl Node {
+    /// Validates the config, opens and recovers every core's WAL, makes the state machines,
+    /// and starts the network, core and executor threads.
+    pub fn start(config: NodeConfig, mut factory: StateMachineFactory) -> Result<Node, Error> {
+        config.validate()?;
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            Error::Start(format!(
+                "cannot create data dir {}: {e}",
+                config.data_dir.display()
+            ))
+        })?;
+        let cores = config.cores;
+        let groups = config.groups;
+        let shared = Arc::new(Shared {
+            stopping: AtomicBool::new(false),
+            fatal: Mutex::new(None),
+            snapshots: Mutex::new(vec![CoreSnapshot::default(); cores]),
+            leader_hints: (0..groups).map(|_| AtomicU64::new(0)).collect(),
+            progress: (0..groups)
+                .map(|_| Arc::new(GroupProgress::default()))
+                .collect(),
+            applied_commands: Arc::new(AtomicU64::new(0)),
+        });
+
+        // The state machines, per core.
+        let mut machines_by_core: Vec<Vec<_>> = (0..cores).map(|_| Vec::new()).collect();
+        for group in 0..groups {
+            let machine = factory(GroupId(group))
+                .map_err(|e| Error::Start(format!("state machine of group {group}: {e}")))?;
+            machines_by_core[core_of_group(group, cores)].push((
+                GroupId(group),
+                machine,
+                shared.progress[group as usize].clone(),
+            ));
+        }
+
+        // The network thread.
+        let mut net_config = NetConfig::new(
+            config.cluster_id,
+            config.node_id,
+            config.listen,
+            config.peers.iter().map(|p| (p.id, p.addr)).collect(),
+        );
+        net_config.max_frame_bytes = config.frame_bytes_max;
+        net_config.inbox_capacity = config.inbox_frames_max;
+        let group_count = groups;
+        let route: paxring_net::Route =
+            Arc::new(move |group: u32| (group < group_count).then(|| core_of_group(group, cores)));
+        let (net, net_handle, inboxes) = NetThread::start(net_config, cores, route)
+            .map_err(|e| Error::Start(format!("network thread: {e}")))?;
+
+        // Core and executor threads.
+        let cpus = core_affinity::get_core_ids().unwrap_or_default();
+        if config.pin_cores && cores > cpus.len() {
+            tracing::warn!(
+                "{cores} core threads on {} CPUs: threads share CPUs (pinned round-robin)",
+                cpus.len()
+            );
+        }
+        let mut handles = Vec::with_capacity(cores);
+        let mut threads = Vec::with_capacity(2 * cores);
+        for (core, (inbox, machines)) in inboxes.into_iter().zip(machines_by_core).enumerate() {
+            let wake = Arc::new(
+                Wake::new().map_err(|e| Error::Start(format!("eventfd for core {core}: {e}")))?,
+            );
+            let (proposals_tx, proposals_rx) = bounded(config.proposal_queue_max);
+            let (exec_tx, exec_rx) = bounded(EXEC_QUEUE_MAX);
+            let applied_from: Vec<(GroupId, Option<Instance>)> = machines
+                .iter()
+                .map(|(g, m, _)| (*g, m.checkpoint_instance()))
+                .collect();
+            let applied = shared.applied_commands.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("paxring-exec-{core}"))
+                    .spawn(move || executor::run(machines, exec_rx, applied))
+                    .map_err(|e| Error::Start(format!("executor thread {core}: {e}")))?,
+            );
+            let start = CoreStart {
+                core,
+                config: config.clone(),
+                inbox,
+                net: net_handle.clone(),
+                proposals: proposals_rx,
+                wake: wake.clone(),
+                exec: exec_tx,
+                shared: shared.clone(),
+                applied_from,
+                cpu: (config.pin_cores && !cpus.is_empty()).then(|| cpus[core % cpus.len()]),
+            };
+            // The WAL is opened (and recovered) on the core thread itself; a failure comes back
+            // through this channel so that `start` reports it.
+            let (ready_tx, ready_rx) = bounded(1);
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("paxring-core-{core}"))
+                    .spawn(move || core_loop::run(start, ready_tx))
+                    .map_err(|e| Error::Start(format!("core thread {core}: {e}")))?,
+            );
+            match ready_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(reason)) => {
+                    shared.fail(reason.clone());
+                    stop_threads(&shared, &handles, threads);
+                    net.shutdown();
+                    return Err(Error::Start(reason));
+                }
+                Err(_) => {
+                    shared.fail(format!("core thread {core} died while starting"));
+                    stop_threads(&shared, &handles, threads);
+                    net.shutdown();
+                    return Err(Error::Start(format!(
+                        "core thread {core} died while starting"
+                    )));
+                }
+            }
+            handles.push(CoreHandle {
+                proposals: proposals_tx,
+                wake,
+            });
+        }
+        tracing::info!(
+            node = config.node_id,
+            cores,
+            groups,
+            listen = %net_handle.local_addr(),
+            "node started"
+        );
+        Ok(Node {
+            config,
+            cores: handles,
+            shared,
+            net: Some(net),
+            net_handle,
+            threads,
+        })
+    }
+
+    /// Proposes one command to `group`. Await the returned [`Proposal`] or call
+    /// [`Proposal::wait`]. Refused at once (the command will not take effect) when this node
+    /// does not lead the group, the queue is full, or the node has stopped.
+    pub fn propose(&self, group: GroupId, command: Bytes) -> Proposal {
+        if group.0 >= self.config.groups {
+            return Proposal::ready(Err(Error::NoSuchGroup(group.0, self.config.groups)));
+        }
+        if command.len() + 16 > self.config.batch_bytes_max as usize {
+            return Proposal::ready(Err(Error::TooLarge {
+                bytes: command.len(),
+                max: self.config.batch_bytes_max,
+            }));
+        }
+        if self.shared.stopping.load(Ordering::Acquire) {
+            return Proposal::ready(Err(Error::Stopped(self.stop_reason())));
+        }
+        let core = &self.cores[core_of_group(group.0, self.config.cores)];
+        let (proposal, reply) = Proposal::pending();
+        match core.proposals.try_send(ProposalMsg {
+            group,
+            command,
+            reply,
+        }) {
+            Ok(()) => {
+                core.wake.notify();
+                proposal
+            }
+            Err(TrySendError::Full(_)) => Proposal::ready(Err(Error::Overloaded)),
+            Err(TrySendError::Disconnected(_)) => {
+                Proposal::ready(Err(Error::Stopped(self.stop_reason())))
+            }
+        }
+    }
+
+    /// Proposes one command and blocks until its outcome is known.
+    pub fn propose_blocking(
+        &self,
+        group: GroupId,
+        command: Bytes,
+    ) -> Result<super::Committed, Error> {
+        self.propose(group, command).wait()
+    }
+
+    /// Proposes several commands to one group; they may share instances. At most
+    /// `batch_commands_max` commands per call (more is `Error::Overloaded` for the excess).
+    pub fn propose_batch(
+        &self,
+        group: GroupId,
+        commands: impl IntoIterator<Item = Bytes>,
+    ) -> Vec<Proposal> {
+        let limit = self.config.batch_commands_max as usize;
+        commands
+            .into_iter()
+            .enumerate()
+            .map(|(i, command)| {
+                if i < limit {
+                    self.propose(group, command)
+                } else {
+                    Proposal::ready(Err(Error::Overloaded))
+                }
+            })
+            .collect()
+    }
+
+    /// The node that this node believes leads `group` (itself included), if known.
+    pub fn leader_hint(&self, group: GroupId) -> Option<u32> {
+        let hint = self
+            .shared
+            .leader_hints
+            .get(group.0 as usize)?
+            .load(Ordering::Acquire);
+        (hint != 0).then_some(hint as u32)
+    }
+
+    /// The first instance of `group` not yet applied by its executor.
+    pub fn applied_next(&self, group: GroupId) -> Option<Instance> {
+        let progress = self.shared.progress.get(group.0 as usize)?;
+        Some(Instance(progress.applied_next.load(Ordering::Acquire)))
+    }
+
+    /// This node's config.
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
+    /// The address the node listens on for peers (useful when the config asked for port 0).
+    pub fn listen_addr(&self) -> std::net::SocketAddr {
+        self.net_handle.local_addr()
+    }
+
+    /// The fatal error that stopped this node, if any.
+    pub fn fatal_error(&self) -> Option<String> {
+        self.shared.fatal.lock().expect("fatal lock").clone()
+    }
+
+    /// True once the node has stopped on a fatal error or a shutdown.
+    pub fn is_stopped(&self) -> bool {
+        self.shared.stopping.load(Ordering::Acquire)
+    }
+
+    /// A snapshot of every counter (cores publish theirs every tick).
+    pub fn stats(&self) -> NodeStats {
+        let cores = self.shared.snapshots.lock().expect("snapshot lock").clone();
+        let mut totals = NodeTotals::default();
+        let mut groups_weighted = 0.0;
+        let mut records = 0u64;
+        let mut rtts = 0u64;
+        let mut commit_instances = 0u64;
+        for core in &cores {
+            totals.write_rounds += core.write_rounds;
+            totals.durable_writes += core.durable_writes;
+            groups_weighted += core.groups_per_write * core.write_rounds as f64;
+            records += core.records_written;
+            totals.commits += core.protocol.proposals_committed;
+            rtts += core.protocol.commit_rtts_total;
+            commit_instances += core.protocol.commit_instances;
+        }
+        if totals.write_rounds > 0 {
+            totals.durable_writes_per_round =
+                totals.durable_writes as f64 / totals.write_rounds as f64;
+            totals.groups_per_round = groups_weighted / totals.write_rounds as f64;
+            totals.records_per_round = records as f64 / totals.write_rounds as f64;
+        }
+        if commit_instances > 0 {
+            totals.rtts_per_commit = rtts as f64 / commit_instances as f64;
+        }
+        NodeStats {
+            node_id: self.config.node_id,
+            cores,
+            net: self.net_handle.stats(),
+            applied_commands: self.shared.applied_commands.load(Ordering::Relaxed),
+            totals,
+            fatal: self.fatal_error(),
+        }
+    }
+
+    /// Stops every thread and waits for them. Proposals still in flight are answered
+    /// `Error::Unknown`. Returns the fatal error that had stopped the node, if any.
+    pub fn shutdown(mut self) -> Result<(), Error> {
+        self.stop();
+        match self.fatal_error() {
+            Some(reason) => Err(Error::Stopped(reason)),
+            None => Ok(()),
+        }
+    }
+
+    fn stop(&mut self) {
+        self.shared.stopping.store(true, Ordering::Release);
+        let threads = std::mem::take(&mut self.threads);
+        stop_threads(&self.shared, &self.cores, threads);
+        if let Some(net) = self.net.take() {
+            net.shutdown();
+        }
+    }
+
+    fn stop_reason(&self) -> String {
+        self.fatal_error().unwrap_or_else(|| "shut down".into())
+    }
+
+    /// Blocks until the node stops on its own (a fatal error) or `timeout` passes; true when
+    /// stopped.
+    pub fn wait_stopped(&self, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if self.is_stopped() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.is_stopped()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn stop_threads(shared: &Shared, cores: &[CoreHandle], threads: Vec<JoinHandle<()>>) {
+    shared.stopping.store(true, Ordering::Release);
+    for core in cores {
+        core.wake.signal();
+    }
+    for thread in threads {
+        let name = thread.thread().name().unwrap_or("?").to_string();
+        if thread.join().is_err() {
+            shared.fail(format!("thread {name} panicked"));
+        }
+    }
+}
+
+/// Chosen values queued per executor before its core holds them back (and refuses proposals).
+pub(crate) const EXEC_QUEUE_MAX: usize = 1 << 16;

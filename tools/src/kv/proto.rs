@@ -1,0 +1,284 @@
+//! The KV client protocol: JSON lines over TCP (one request object per line, one response
+//! object per line, in order), documented in docs/CLIENT.md.
+//!
+//! Owns: the request and response shapes and the bounded line reader. Never: allocates more
+//! than the line limit for one request, whatever a client sends.
+
+use serde::{Deserialize, Serialize};
+use std::io::{BufRead, ErrorKind};
+
+/// Longest request line accepted, newline included, in bytes.
+pub const LINE_BYTES_MAX: usize = 64 * 1024;
+
+/// One request line.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Request {
+    /// Sets `key` to `value`.
+    Put {
+        /// The key.
+        key: String,
+        /// The value.
+        value: String,
+    },
+    /// Reads `key` through the log.
+    Get {
+        /// The key.
+        key: String,
+    },
+    /// Removes `key`.
+    Delete {
+        /// The key.
+        key: String,
+    },
+    /// Sets `key` to `new` if it holds `expected` (`null`: absent).
+    Cas {
+        /// The key.
+        key: String,
+        /// The value it must hold, or null for "absent".
+        #[serde(default)]
+        expected: Option<String>,
+        /// The value to store.
+        new: String,
+    },
+    /// This node's id, group count and leader hints.
+    Id,
+    /// This node's counters (the runtime's `NodeStats`).
+    Stats,
+    /// Per group: applied_next, rolling digest of the applied sequence, checkpoint.
+    Digest,
+}
+
+/// Error codes of a response with `"ok": false`.
+pub mod code {
+    /// This node does not lead the key's group; `leader` names the node that does, if known.
+    /// The command was not proposed.
+    pub const NOT_LEADER: &str = "not_leader";
+    /// A queue is full; the command was not proposed.
+    pub const OVERLOADED: &str = "overloaded";
+    /// The outcome cannot be known: the command may or may not take effect.
+    pub const UNKNOWN: &str = "unknown";
+    /// The request line is not a valid request; nothing was proposed.
+    pub const BAD_REQUEST: &str = "bad_request";
+    /// The command is larger than one instance may hold; nothing was proposed.
+    pub const TOO_LARGE: &str = "too_large";
+    /// The node has stopped; nothing was proposed.
+    pub const STOPPED: &str = "stopped";
+}
+
+/// One response line, as a client reads it (fields absent in a response are `None`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    /// True when the request was executed.
+    pub ok: bool,
+    /// The error code when `ok` is false (see [`code`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// With `not_leader`: the leader's node id, if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<u32>,
+    /// A human-readable reason for an error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// put/delete: the previous value; get: the value read; cas: the value before the cas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// cas: whether the swap happened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swapped: Option<bool>,
+    /// put/get/delete/cas: the key's group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<u32>,
+    /// put/get/delete/cas: the instance that chose the command.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<u64>,
+    /// id: this node's id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<u32>,
+    /// id: the number of groups.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groups: Option<u32>,
+    /// id: per group, the node this one believes leads it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leaders: Option<Vec<Option<u32>>>,
+    /// stats: the node's counters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats: Option<serde_json::Value>,
+    /// digest: one entry per group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digests: Option<Vec<GroupDigest>>,
+}
+
+/// One group's line of a `digest` response.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupDigest {
+    /// The group.
+    pub group: u32,
+    /// The first instance this replica has not applied yet.
+    pub applied_next: u64,
+    /// The rolling CRC-32 chain over every applied (instance, commands).
+    pub digest: u32,
+    /// The instance of the last durable snapshot.
+    pub checkpoint: Option<u64>,
+    /// Keys held by this replica's state for the group.
+    pub keys: usize,
+}
+
+impl Response {
+    /// An error response.
+    pub fn error(code: &str, message: impl Into<String>) -> Response {
+        Response {
+            ok: false,
+            error: Some(code.to_string()),
+            message: Some(message.into()),
+            ..Response::default()
+        }
+    }
+}
+
+/// What [`read_line_bounded`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum LineRead {
+    /// A whole line is in the buffer (without its newline).
+    Line,
+    /// The peer closed the connection (a partial line, if any, is dropped).
+    Eof,
+    /// The line is longer than the limit; the connection should be answered and closed.
+    TooLong,
+}
+
+/// Reads up to the next newline into `line`, never holding more than `max_bytes`. Resumable:
+/// when the reader times out (`WouldBlock`/`TimedOut`), the error is returned and the bytes
+/// read so far stay in `line`; call again with the same buffer.
+pub fn read_line_bounded<R: BufRead>(
+    reader: &mut R,
+    line: &mut Vec<u8>,
+    max_bytes: usize,
+) -> std::io::Result<LineRead> {
+    loop {
+        let available = match reader.fill_buf() {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if available.is_empty() {
+            return Ok(LineRead::Eof);
+        }
+        let (take, found) = match available.iter().position(|&b| b == b'\n') {
+            Some(at) => (at + 1, true),
+            None => (available.len(), false),
+        };
+        let keep = if found { take - 1 } else { take };
+        if line.len() + keep >= max_bytes {
+            return Ok(LineRead::TooLong);
+        }
+        line.extend_from_slice(&available[..keep]);
+        reader.consume(take);
+        if found {
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+            return Ok(LineRead::Line);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Proves the request encoding matches docs/CLIENT.md, and that the line reader splits
+    //! lines, resumes, and refuses an over-long line without holding it.
+    use super::*;
+    use std::io::BufReader;
+
+    #[test]
+    fn requests_parse_as_documented() {
+        let cases = [
+            (
+                r#"{"op":"put","key":"k","value":"v"}"#,
+                Request::Put {
+                    key: "k".into(),
+                    value: "v".into(),
+                },
+            ),
+            (
+                r#"{"op":"get","key":"k"}"#,
+                Request::Get { key: "k".into() },
+            ),
+            (
+                r#"{"op":"delete","key":"k"}"#,
+                Request::Delete { key: "k".into() },
+            ),
+            (
+                r#"{"op":"cas","key":"k","expected":null,"new":"n"}"#,
+                Request::Cas {
+                    key: "k".into(),
+                    expected: None,
+                    new: "n".into(),
+                },
+            ),
+            (
+                r#"{"op":"cas","key":"k","expected":"e","new":"n"}"#,
+                Request::Cas {
+                    key: "k".into(),
+                    expected: Some("e".into()),
+                    new: "n".into(),
+                },
+            ),
+            (r#"{"op":"id"}"#, Request::Id),
+            (r#"{"op":"stats"}"#, Request::Stats),
+            (r#"{"op":"digest"}"#, Request::Digest),
+        ];
+        for (text, request) in cases {
+            assert_eq!(serde_json::from_str::<Request>(text).unwrap(), request);
+        }
+        for bad in [
+            r#"{"op":"put","key":"k"}"#,
+            r#"{"op":"nope"}"#,
+            r#"{"op":"get","key":"k","extra":1}"#,
+            r#"[1,2]"#,
+            "",
+        ] {
+            assert!(serde_json::from_str::<Request>(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn line_reader_splits_and_bounds() {
+        let input = b"one\r\ntwo\nthree-is-long\nfour".to_vec();
+        // A 4-byte buffer forces lines to span several fills.
+        let mut reader = BufReader::with_capacity(4, &input[..]);
+        let mut line = Vec::new();
+        assert_eq!(
+            read_line_bounded(&mut reader, &mut line, 10).unwrap(),
+            LineRead::Line
+        );
+        assert_eq!(line, b"one");
+        line.clear();
+        assert_eq!(
+            read_line_bounded(&mut reader, &mut line, 10).unwrap(),
+            LineRead::Line
+        );
+        assert_eq!(line, b"two");
+        line.clear();
+        assert_eq!(
+            read_line_bounded(&mut reader, &mut line, 10).unwrap(),
+            LineRead::TooLong
+        );
+        assert!(line.len() < 10);
+        let mut reader = BufReader::new(&b"four"[..]);
+        line.clear();
+        assert_eq!(
+            read_line_bounded(&mut reader, &mut line, 10).unwrap(),
+            LineRead::Eof
+        );
+    }
+
+    #[test]
+    fn responses_omit_nothing_a_client_needs() {
+        let text = r#"{"ok":false,"error":"not_leader","leader":2}"#;
+        let response: Response = serde_json::from_str(text).unwrap();
+        assert!(!response.ok);
+        assert_eq!(response.error.as_deref(), Some("not_leader"));
+        assert_eq!(response.leader, Some(2));
+    }
+}

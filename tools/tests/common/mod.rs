@@ -1,0 +1,436 @@
+//! Shared harness of the cluster tests: starts a local cluster of real `paxring node` processes
+//! through `paxring cluster up`, talks the KV client protocol to them, and kills every process
+//! it started when dropped.
+//!
+//! Owns: the test cluster's temp dir and processes. Never: signals a pid it did not start (it
+//! checks that the pid still runs `paxring node` first); every wait is bounded.
+#![allow(dead_code)]
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The paxring executable under test.
+pub fn exe() -> &'static str {
+    env!("CARGO_BIN_EXE_paxring")
+}
+
+/// One node of cluster.json.
+#[derive(Clone, Debug)]
+pub struct NodeInfo {
+    pub id: u32,
+    pub client_addr: SocketAddr,
+    pub pid: u32,
+    pub config: PathBuf,
+}
+
+/// A running test cluster; dropping it kills every node (and every extra child) it started.
+pub struct TestCluster {
+    pub dir: tempfile::TempDir,
+    pub children: Vec<Child>,
+    started_pids: Vec<u32>,
+}
+
+/// Runs the paxring command with `args`, bounded by `timeout`; returns (success, stdout, stderr).
+pub fn run_paxring(args: &[&str], timeout: Duration) -> (bool, String, String) {
+    let mut child = Command::new(exe())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start paxring");
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait paxring") {
+            break Some(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stdout = String::new();
+    let mut stderr = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let ok = status.map(|s| s.success()).unwrap_or(false);
+    if status.is_none() {
+        stderr.push_str(&format!("\n(timed out after {timeout:?})"));
+    }
+    (ok, stdout, stderr)
+}
+
+/// True when `pid` is alive and runs `paxring node` (same test as `paxring cluster down`).
+pub fn runs_paxring_node(pid: u32) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    let is_paxring = args
+        .first()
+        .map(|a| a.ends_with(b"/paxring") || *a == b"paxring")
+        .unwrap_or(false);
+    let is_node = args.get(1).map(|a| *a == b"node").unwrap_or(false);
+    let not_zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false);
+    is_paxring && is_node && not_zombie
+}
+
+impl TestCluster {
+    /// `paxring cluster up` with 3 nodes in a fresh temp dir.
+    pub fn up(groups: u32, cores: usize) -> TestCluster {
+        let dir = tempfile::Builder::new()
+            .prefix("paxring-cluster-")
+            .tempdir()
+            .expect("temp dir");
+        let mut cluster = TestCluster {
+            dir,
+            children: Vec::new(),
+            started_pids: Vec::new(),
+        };
+        let dir_arg = cluster.dir.path().to_str().unwrap().to_string();
+        let (ok, stdout, stderr) = run_paxring(
+            &[
+                "cluster",
+                "up",
+                "--nodes",
+                "3",
+                "--groups",
+                &groups.to_string(),
+                "--cores",
+                &cores.to_string(),
+                "--cluster-id",
+                "7",
+                "--dir",
+                &dir_arg,
+                "--wait-seconds",
+                "30",
+            ],
+            Duration::from_secs(60),
+        );
+        cluster.remember_pids();
+        assert!(
+            ok,
+            "cluster up failed:\n{stdout}\n{stderr}\n{}",
+            cluster.logs()
+        );
+        cluster
+    }
+
+    fn remember_pids(&mut self) {
+        if let Ok(nodes) = self.try_nodes() {
+            for node in nodes {
+                if !self.started_pids.contains(&node.pid) {
+                    self.started_pids.push(node.pid);
+                }
+            }
+        }
+    }
+
+    fn try_nodes(&self) -> Result<Vec<NodeInfo>, String> {
+        let text = std::fs::read_to_string(self.dir.path().join("cluster.json"))
+            .map_err(|e| e.to_string())?;
+        let file: Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+        Ok(file["nodes"]
+            .as_array()
+            .ok_or("no nodes")?
+            .iter()
+            .map(|n| NodeInfo {
+                id: n["id"].as_u64().unwrap() as u32,
+                client_addr: n["client_addr"].as_str().unwrap().parse().unwrap(),
+                pid: n["pid"].as_u64().unwrap() as u32,
+                config: PathBuf::from(n["config"].as_str().unwrap()),
+            })
+            .collect())
+    }
+
+    /// The nodes as cluster.json lists them now.
+    pub fn nodes(&self) -> Vec<NodeInfo> {
+        self.try_nodes().expect("cluster.json")
+    }
+
+    pub fn node(&self, id: u32) -> NodeInfo {
+        self.nodes()
+            .into_iter()
+            .find(|n| n.id == id)
+            .expect("node id")
+    }
+
+    /// Every node's client address, comma-separated.
+    pub fn addr_list(&self) -> String {
+        self.nodes()
+            .iter()
+            .map(|n| n.client_addr.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        self.nodes().iter().map(|n| n.client_addr).collect()
+    }
+
+    /// `kill -9` of one node (only if its pid still runs paxring node).
+    pub fn kill9(&self, id: u32) {
+        let node = self.node(id);
+        assert!(
+            runs_paxring_node(node.pid),
+            "node {id} (pid {}) is not running",
+            node.pid
+        );
+        kill(Pid::from_raw(node.pid as i32), Signal::SIGKILL).expect("kill -9");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while runs_paxring_node(node.pid) {
+            assert!(Instant::now() < deadline, "node {id} survived SIGKILL");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `paxring cluster restart --node ID`.
+    pub fn restart(&mut self, id: u32) {
+        let dir_arg = self.dir.path().to_str().unwrap().to_string();
+        let (ok, stdout, stderr) = run_paxring(
+            &[
+                "cluster",
+                "restart",
+                "--dir",
+                &dir_arg,
+                "--node",
+                &id.to_string(),
+                "--wait-seconds",
+                "30",
+            ],
+            Duration::from_secs(60),
+        );
+        self.remember_pids();
+        assert!(
+            ok,
+            "restart of node {id} failed:\n{stdout}\n{stderr}\n{}",
+            self.logs()
+        );
+    }
+
+    /// Every node's log (for failure messages).
+    pub fn logs(&self) -> String {
+        let mut text = String::new();
+        for id in 1..=3 {
+            let path = self.dir.path().join(format!("node-{id}/node.log"));
+            let log = std::fs::read_to_string(&path).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            text.push_str(&format!("--- node {id} log (last lines) ---\n"));
+            for line in tail.into_iter().rev() {
+                text.push_str(line);
+                text.push('\n');
+            }
+        }
+        text
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.remember_pids();
+        for pid in &self.started_pids {
+            if runs_paxring_node(*pid) {
+                let _ = kill(Pid::from_raw(*pid as i32), Signal::SIGKILL);
+            }
+        }
+    }
+}
+
+/// One request line to `addr`, one response line back (bounded by `timeout`).
+pub fn request(addr: SocketAddr, request: &Value, timeout: Duration) -> Result<Value, String> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1))
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    stream
+        .set_write_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    let mut line = serde_json::to_vec(request).unwrap();
+    line.push(b'\n');
+    stream
+        .write_all(&line)
+        .map_err(|e| format!("write {addr}: {e}"))?;
+    let mut answer = String::new();
+    BufReader::new(&stream)
+        .take(16 << 20)
+        .read_line(&mut answer)
+        .map_err(|e| format!("read {addr}: {e}"))?;
+    serde_json::from_str(&answer).map_err(|e| format!("{addr} answered {answer:?}: {e}"))
+}
+
+/// The outcome of a key operation through the harness's own client.
+#[derive(Debug, PartialEq)]
+pub enum Outcome {
+    Ok(Value),
+    Fail(String),
+    Unknown(String),
+}
+
+/// Runs a key operation starting at `entry`, following not_leader to the named node among
+/// `addrs` (ids are 1-based positions in cluster.json), retrying refusals for `retry_for`.
+pub fn key_op(nodes: &[NodeInfo], entry: usize, op: &Value, retry_for: Duration) -> Outcome {
+    let deadline = Instant::now() + retry_for;
+    let mut target = entry;
+    let mut last = String::new();
+    loop {
+        if Instant::now() >= deadline {
+            return Outcome::Fail(last);
+        }
+        match request(nodes[target].client_addr, op, Duration::from_secs(12)) {
+            Err(e) if e.starts_with("connect") => {
+                last = e;
+                target = (target + 1) % nodes.len();
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => return Outcome::Unknown(e),
+            Ok(answer) if answer["ok"] == json!(true) => return Outcome::Ok(answer),
+            Ok(answer) => {
+                last = answer.to_string();
+                match answer["error"].as_str() {
+                    Some("not_leader") => {
+                        match answer["leader"]
+                            .as_u64()
+                            .and_then(|l| nodes.iter().position(|n| u64::from(n.id) == l))
+                        {
+                            Some(leader) if leader != target => target = leader,
+                            _ => {
+                                target = (target + 1) % nodes.len();
+                                std::thread::sleep(Duration::from_millis(50));
+                            }
+                        }
+                    }
+                    Some("overloaded") | Some("stopped") => {
+                        std::thread::sleep(Duration::from_millis(50))
+                    }
+                    Some("unknown") => return Outcome::Unknown(last),
+                    _ => return Outcome::Fail(last),
+                }
+            }
+        }
+    }
+}
+
+pub fn put(nodes: &[NodeInfo], entry: usize, key: &str, value: &str) -> Outcome {
+    key_op(
+        nodes,
+        entry,
+        &json!({"op":"put","key":key,"value":value}),
+        Duration::from_secs(15),
+    )
+}
+
+pub fn get(nodes: &[NodeInfo], entry: usize, key: &str) -> Outcome {
+    key_op(
+        nodes,
+        entry,
+        &json!({"op":"get","key":key}),
+        Duration::from_secs(15),
+    )
+}
+
+/// Per group (applied_next, digest) of one node.
+pub fn digests(addr: SocketAddr) -> Result<Vec<(u64, u64)>, String> {
+    let answer = request(addr, &json!({"op":"digest"}), Duration::from_secs(5))?;
+    Ok(answer["digests"]
+        .as_array()
+        .ok_or_else(|| format!("no digests in {answer}"))?
+        .iter()
+        .map(|d| {
+            (
+                d["applied_next"].as_u64().unwrap(),
+                d["digest"].as_u64().unwrap(),
+            )
+        })
+        .collect())
+}
+
+/// Each node's digest answer: per group (applied_next, digest), or why there was none.
+pub type Readings = Vec<Result<Vec<(u64, u64)>, String>>;
+
+/// Waits until every node reports the same (applied_next, digest) for every group, twice in a
+/// row 300 ms apart; returns the last readings either way.
+pub fn wait_converged(nodes: &[NodeInfo], timeout: Duration) -> (bool, Readings) {
+    let deadline = Instant::now() + timeout;
+    let mut stable = 0;
+    loop {
+        let readings: Vec<_> = nodes.iter().map(|n| digests(n.client_addr)).collect();
+        let same = readings.iter().all(|r| r.is_ok()) && readings.windows(2).all(|w| w[0] == w[1]);
+        stable = if same { stable + 1 } else { 0 };
+        if stable >= 2 {
+            return (true, readings);
+        }
+        if Instant::now() >= deadline {
+            return (false, readings);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// One node's stats object.
+pub fn stats(addr: SocketAddr) -> Value {
+    let answer =
+        request(addr, &json!({"op":"stats"}), Duration::from_secs(5)).expect("stats answer");
+    assert_eq!(answer["ok"], json!(true), "{answer}");
+    answer["stats"].clone()
+}
+
+/// Asserts that every core of the node that wrote made exactly one durable write per writing
+/// round (the WAL's own counters), and returns the node's total writing rounds.
+pub fn assert_one_durable_write_per_round(stats: &Value) -> u64 {
+    let cores = stats["cores"].as_array().expect("cores in stats");
+    let mut total = 0;
+    for core in cores {
+        let rounds = core["write_rounds"].as_u64().expect("write_rounds");
+        let writes = core["durable_writes"].as_u64().expect("durable_writes");
+        // One round's write may still be in flight when the core published its counters.
+        assert!(
+            writes <= rounds && rounds - writes <= 1,
+            "core {}: {writes} durable writes in {rounds} writing rounds: {core}",
+            core["core"]
+        );
+        total += rounds;
+    }
+    let per_round = stats["totals"]["durable_writes_per_round"]
+        .as_f64()
+        .expect("durable_writes_per_round");
+    if total >= 100 {
+        assert!(
+            (per_round - 1.0).abs() < 0.01,
+            "durable_writes_per_round = {per_round}"
+        );
+    }
+    total
+}
