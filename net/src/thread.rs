@@ -334,6 +334,8 @@ struct Ctx {
     live: RefCell<HashMap<u64, Box<dyn Fn()>>>,
     next_live: Cell<u64>,
     inbound_live: Cell<usize>,
+    /// Authenticated inbound connections per peer.
+    inbound_per_peer: RefCell<Vec<usize>>,
     /// Set at shutdown: writers start no new write.
     stopping: Cell<bool>,
     /// Socket writes in progress, over all peers.
@@ -466,6 +468,7 @@ async fn node_main<B: Backend>(setup: Setup) {
         .unwrap_or(0)
         ^ (u64::from(cfg.node_id) << 32)
         | 1;
+    let peer_count = cfg.peers.len();
     let ctx = Rc::new(Ctx {
         cfg,
         stats,
@@ -477,6 +480,7 @@ async fn node_main<B: Backend>(setup: Setup) {
         live: RefCell::new(HashMap::new()),
         next_live: Cell::new(0),
         inbound_live: Cell::new(0),
+        inbound_per_peer: RefCell::new(vec![0; peer_count]),
         stopping: Cell::new(false),
         writes_in_flight: Cell::new(0),
         writes_idle: Notify::new(),
@@ -879,11 +883,32 @@ async fn serve_inbound<B: Backend>(ctx: Rc<Ctx>, stream: B::Stream, addr: Socket
         stream.close();
         return;
     };
+    if ctx.inbound_per_peer.borrow()[peer] >= INBOUND_PER_PEER_MAX {
+        // A peer keeps one connection to us; a few more can linger across its restarts.
+        bump(&ctx.stats.handshakes_refused);
+        tracing::warn!(node = ctx.cfg.node_id, %addr, peer = ctx.peers[peer].node_id, "too many connections from this peer; closing the new one");
+        stream.close();
+        return;
+    }
+    ctx.inbound_per_peer.borrow_mut()[peer] += 1;
+    let _peer_slot = PeerInboundSlot(ctx.clone(), peer);
     if let Err(err) = B::set_liveness(&stream, ctx.cfg.peer_dead_timeout) {
         tracing::warn!(node = ctx.cfg.node_id, %addr, %err, "cannot set keepalive on an inbound connection");
     }
     read_loop(&ctx, peer, &*stream, buf).await;
     stream.close();
+}
+
+/// Authenticated inbound connections one peer may hold at once.
+const INBOUND_PER_PEER_MAX: usize = 8;
+
+/// Decrements a peer's inbound connection count when its connection task ends.
+struct PeerInboundSlot(Rc<Ctx>, usize);
+
+impl Drop for PeerInboundSlot {
+    fn drop(&mut self) {
+        self.0.inbound_per_peer.borrow_mut()[self.1] -= 1;
+    }
 }
 
 /// The server side of the handshake. Returns the peer index and any bytes read past the hello.
