@@ -27,6 +27,11 @@ struct GroupIndex {
     dense: VecDeque<RecordLocation>,
     /// Instances outside the dense range.
     sparse: BTreeMap<Instance, RecordLocation>,
+    /// Per segment (ascending) the highest instance of any record of this group in it, newest
+    /// or not (purge must keep a segment while any of its records may be needed).
+    segment_max: Vec<(u64, Instance)>,
+    /// The batch (its first LSN) that last added a record of this group.
+    last_batch: u64,
 }
 
 impl GroupIndex {
@@ -54,6 +59,31 @@ impl GroupIndex {
         } else {
             self.sparse.insert(instance, location);
         }
+        self.note_segment(location.segment, instance);
+    }
+
+    fn note_segment(&mut self, segment: u64, instance: Instance) {
+        match self.segment_max.last_mut() {
+            Some((last, high)) if *last == segment => *high = (*high).max(instance),
+            Some((last, _)) if *last > segment => {
+                // Out of order (only while loading a recovered index): keep the list sorted.
+                match self.segment_max.binary_search_by_key(&segment, |(s, _)| *s) {
+                    Ok(at) => {
+                        let high = &mut self.segment_max[at].1;
+                        *high = (*high).max(instance);
+                    }
+                    Err(at) => self.segment_max.insert(at, (segment, instance)),
+                }
+            }
+            _ => self.segment_max.push((segment, instance)),
+        }
+    }
+
+    fn max_in_segment(&self, segment: u64) -> Option<Instance> {
+        self.segment_max
+            .binary_search_by_key(&segment, |(s, _)| *s)
+            .ok()
+            .map(|at| self.segment_max[at].1)
     }
 
     fn get(&self, instance: Instance) -> Option<&RecordLocation> {
@@ -81,10 +111,11 @@ impl GroupIndex {
         }
         self.sparse
             .retain(|_, location| location.segment != segment);
+        self.segment_max.retain(|(s, _)| *s != segment);
     }
 
     fn is_empty(&self) -> bool {
-        self.dense.is_empty() && self.sparse.is_empty()
+        self.dense.is_empty() && self.sparse.is_empty() && self.segment_max.is_empty()
     }
 
     #[cfg(test)]
@@ -107,19 +138,35 @@ impl Index {
         let mut index = Index::default();
         for (group, instances) in recovered {
             for (instance, location) in instances {
-                index.insert(*group, *instance, *location);
+                index.insert(*group, *instance, *location, Lsn::ZERO);
             }
         }
         index
     }
 
     /// Records that the newest record of `(group, instance)` is at `location` (callers insert
-    /// in LSN order, so the last insert wins).
-    pub fn insert(&mut self, group: GroupId, instance: Instance, location: RecordLocation) {
+    /// in LSN order, so the last insert wins). `batch` names the batch (its first LSN); returns
+    /// true when this is the group's first record in that batch.
+    pub fn insert(
+        &mut self,
+        group: GroupId,
+        instance: Instance,
+        location: RecordLocation,
+        batch: Lsn,
+    ) -> bool {
+        let entry = self.groups.entry(group).or_default();
+        entry.insert(instance, location);
+        let first_in_batch = entry.last_batch != batch.0;
+        entry.last_batch = batch.0;
+        first_in_batch
+    }
+
+    /// The groups with records in `segment`, each with its highest instance there.
+    pub fn groups_in_segment(&self, segment: u64) -> Vec<(GroupId, Instance)> {
         self.groups
-            .entry(group)
-            .or_default()
-            .insert(instance, location);
+            .iter()
+            .filter_map(|(group, index)| index.max_in_segment(segment).map(|high| (*group, high)))
+            .collect()
     }
 
     /// The location of the newest record of `(group, instance)`.
@@ -165,11 +212,13 @@ mod tests {
     fn newest_wins_dense_and_sparse_and_purge_forgets() {
         let mut index = Index::default();
         let g = GroupId(1);
-        index.insert(g, Instance(10), loc(1, 1));
-        index.insert(g, Instance(12), loc(2, 1));
-        index.insert(g, Instance(10), loc(3, 2));
-        index.insert(g, Instance(5), loc(4, 2)); // below the dense base: sparse
-        index.insert(g, Instance(1_000_000), loc(5, 2)); // far beyond: sparse
+        assert!(index.insert(g, Instance(10), loc(1, 1), Lsn(1)));
+        assert!(!index.insert(g, Instance(12), loc(2, 1), Lsn(1)));
+        assert!(index.insert(g, Instance(10), loc(3, 2), Lsn(3)));
+        index.insert(g, Instance(5), loc(4, 2), Lsn(3)); // below the dense base: sparse
+        index.insert(g, Instance(1_000_000), loc(5, 2), Lsn(3)); // far beyond: sparse
+        assert_eq!(index.groups_in_segment(1), vec![(g, Instance(12))]);
+        assert_eq!(index.groups_in_segment(2), vec![(g, Instance(1_000_000))]);
         assert_eq!(index.get(g, Instance(10)).map(|l| l.lsn), Some(Lsn(3)));
         assert_eq!(index.get(g, Instance(11)), None);
         assert_eq!(index.get(g, Instance(12)).map(|l| l.lsn), Some(Lsn(2)));
@@ -181,6 +230,7 @@ mod tests {
         assert_eq!(index.get(GroupId(2), Instance(10)), None);
         assert_eq!(index.len(), 4);
         index.remove_segment(1);
+        assert!(index.groups_in_segment(1).is_empty());
         assert_eq!(index.get(g, Instance(12)), None);
         assert_eq!(index.get(g, Instance(10)).map(|l| l.lsn), Some(Lsn(3)));
         assert_eq!(index.len(), 3);

@@ -11,7 +11,7 @@ use crate::format::{
     BATCH_BYTES_MAX, BATCH_HEADER_BYTES, BLOCK_BYTES, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES,
 };
 use crate::index::Index;
-use crate::recovery::{recover_images, RecordLocation, Recovery, SegmentSummary};
+use crate::recovery::{recover_images, RecordLocation, Recovery};
 use crate::ring::{self, Completion, Ring, WAIT_FDS_MAX};
 use crate::segfile;
 use crate::types::{GroupId, Instance, Lsn, Record, RecordRef};
@@ -290,8 +290,8 @@ struct Batch {
     count: u32,
     records_bytes: usize,
     payload_bytes: u64,
-    /// `(group, instance)` of every record, to update the segment summary once per batch.
-    instances_max: Vec<(GroupId, Instance)>,
+    /// Distinct groups with records in the batch.
+    groups: u64,
 }
 
 /// The write the kernel owns.
@@ -337,7 +337,6 @@ pub struct Wal {
     inflight: Option<InFlight>,
     next_write: (u64, u64),
     segments: BTreeMap<u64, SegmentFile>,
-    summaries: BTreeMap<u64, SegmentSummary>,
     index: Index,
     floors: BTreeMap<GroupId, Instance>,
     next_lsn: Lsn,
@@ -349,7 +348,6 @@ pub struct Wal {
     poisoned: Option<String>,
     completions: Vec<Completion>,
     ready_fds: Vec<RawFd>,
-    groups_scratch: Vec<(GroupId, Instance)>,
     leak_buffers_on_drop: bool,
     timeout_generation: Option<u64>,
     timed_out: bool,
@@ -504,11 +502,7 @@ impl Wal {
                 segfile::zero_range(&file.direct, &file.path, region.offset, len)?;
             }
         }
-        let summaries = recovery
-            .segments
-            .iter()
-            .map(|s| (s.segment, s.clone()))
-            .collect();
+
         let spare_serial = listing.spares.len() as u64;
         let mut wal = Wal {
             io,
@@ -518,7 +512,6 @@ impl Wal {
             inflight: None,
             next_write: resume,
             segments,
-            summaries,
             index: Index::from_recovered(&recovery.index),
             floors: BTreeMap::new(),
             next_lsn: recovery.next_lsn,
@@ -530,7 +523,6 @@ impl Wal {
             poisoned: None,
             completions: Vec::with_capacity(ring::RING_ENTRIES as usize * 2),
             ready_fds: Vec::new(),
-            groups_scratch: Vec::new(),
             leak_buffers_on_drop: false,
             timeout_generation: None,
             timed_out: false,
@@ -619,8 +611,12 @@ impl Wal {
         batch.count += 1;
         batch.records_bytes += size;
         batch.payload_bytes += record.payload.len() as u64;
-        self.index.insert(record.group, record.instance, location);
-        batch.instances_max.push((record.group, record.instance));
+        if self
+            .index
+            .insert(record.group, record.instance, location, batch.first_lsn)
+        {
+            batch.groups += 1;
+        }
         self.next_lsn = lsn.next();
         Ok(lsn)
     }
@@ -636,7 +632,6 @@ impl Wal {
         }
         let capacity = (self.opts.segment_bytes - offset).min(self.opts.buffer_bytes as u64);
         assert!(offset % BLOCK_BYTES as u64 == 0, "batches start on a block");
-        let groups = std::mem::take(&mut self.groups_scratch);
         self.batch = Some(Batch {
             buffer: self.acc_buffer,
             segment,
@@ -646,7 +641,7 @@ impl Wal {
             count: 0,
             records_bytes: 0,
             payload_bytes: 0,
-            instances_max: groups,
+            groups: 0,
         });
     }
 
@@ -676,7 +671,7 @@ impl Wal {
         self.issue(batch)
     }
 
-    fn issue(&mut self, mut batch: Batch) -> Result<(), WalError> {
+    fn issue(&mut self, batch: Batch) -> Result<(), WalError> {
         let len = batch_bytes_for(batch.records_bytes);
         assert!(len <= batch.capacity_bytes, "batch overran its capacity");
         assert!(batch.offset + len as u64 <= self.opts.segment_bytes);
@@ -690,7 +685,7 @@ impl Wal {
             batch.records_bytes,
             buffer,
         );
-        let groups = self.summarize_batch(&mut batch);
+        let groups = batch.groups;
         let record_overhead = batch.records_bytes as u64 - batch.payload_bytes;
         let inflight = InFlight {
             buffer: batch.buffer,
@@ -707,9 +702,6 @@ impl Wal {
             padding_bytes: (len - BATCH_HEADER_BYTES - batch.records_bytes) as u64,
         };
         debug_assert!(record_overhead >= u64::from(batch.count) * RECORD_HEADER_BYTES as u64);
-        batch.instances_max.clear();
-        // Keep the list's allocation for the next batch.
-        let spare_groups = std::mem::take(&mut batch.instances_max);
         self.next_write = (batch.segment, batch.offset + len as u64);
         self.acc_buffer = 1 - batch.buffer;
         let segment = &self.segments[&batch.segment];
@@ -735,7 +727,6 @@ impl Wal {
         let offset = inflight.offset;
         let blocking = matches!(self.io, Io::Blocking);
         self.inflight = Some(inflight);
-        self.groups_scratch = spare_groups;
         if let Err(source) = result {
             if let Some(flight) = self.inflight.as_mut() {
                 // Nothing more will be reaped for this write. With io_uring we cannot tell
@@ -752,40 +743,6 @@ impl Wal {
         }
         self.prepare_ahead(self.next_write.0 + 1);
         Ok(())
-    }
-
-    /// Folds the batch's records into its segment's summary (first/last LSN, highest instance
-    /// per group); returns the number of distinct groups in the batch.
-    fn summarize_batch(&mut self, batch: &mut Batch) -> u64 {
-        let last_lsn = Lsn(batch.first_lsn.0 + u64::from(batch.count) - 1);
-        let summary = self
-            .summaries
-            .entry(batch.segment)
-            .or_insert_with(|| SegmentSummary {
-                segment: batch.segment,
-                data_start: SEGMENT_HEADER_BYTES as u64,
-                ..SegmentSummary::default()
-            });
-        if summary.first_lsn == Lsn::ZERO {
-            summary.first_lsn = batch.first_lsn;
-        }
-        summary.last_lsn = last_lsn;
-        summary.records += u64::from(batch.count);
-        batch.instances_max.sort_unstable();
-        let mut groups = 0;
-        let pairs = &batch.instances_max;
-        for (at, (group, instance)) in pairs.iter().enumerate() {
-            let last_of_group = pairs.get(at + 1).is_none_or(|(next, _)| next != group);
-            if last_of_group {
-                groups += 1;
-                let high = summary
-                    .groups_max_instance
-                    .entry(*group)
-                    .or_insert(*instance);
-                *high = (*high).max(*instance);
-            }
-        }
-        groups
     }
 
     fn durable_error(&self, path: &Path, offset: u64, source: io::Error) -> WalError {
@@ -1080,15 +1037,12 @@ impl Wal {
     }
 
     fn holds(&self, segment: u64) -> Vec<PurgeHold> {
-        let Some(summary) = self.summaries.get(&segment) else {
-            return Vec::new();
-        };
-        summary
-            .groups_max_instance
-            .iter()
+        self.index
+            .groups_in_segment(segment)
+            .into_iter()
             .filter_map(|(group, high)| {
-                let floor = self.floors.get(group).copied();
-                let needed = floor.is_none_or(|floor| *high >= floor);
+                let floor = self.floors.get(&group).copied();
+                let needed = floor.is_none_or(|floor| high >= floor);
                 needed.then_some(PurgeHold {
                     group: group.0,
                     instance_max: high.0,
@@ -1100,7 +1054,6 @@ impl Wal {
 
     fn remove_segment(&mut self, segment: u64) -> Result<(), WalError> {
         let file = self.segments.remove(&segment).expect("listed segment");
-        self.summaries.remove(&segment);
         self.index.remove_segment(segment);
         let path = file.path.clone();
         drop(file);
