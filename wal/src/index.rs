@@ -6,7 +6,7 @@
 //! sorted map for the few instances that fall far outside it.
 use crate::recovery::RecordLocation;
 use crate::types::{GroupId, Instance, Lsn};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 /// An instance further than this beyond a group's dense range goes to the sparse map (bounds
 /// the empty slots one record can create).
@@ -127,7 +127,7 @@ impl GroupIndex {
 /// Per group: instance -> location of its newest record.
 #[derive(Default, Debug)]
 pub struct Index {
-    groups: BTreeMap<GroupId, GroupIndex>,
+    groups: HashMap<GroupId, GroupIndex>,
 }
 
 impl Index {
@@ -163,10 +163,13 @@ impl Index {
 
     /// The groups with records in `segment`, each with its highest instance there.
     pub fn groups_in_segment(&self, segment: u64) -> Vec<(GroupId, Instance)> {
-        self.groups
+        let mut groups: Vec<(GroupId, Instance)> = self
+            .groups
             .iter()
             .filter_map(|(group, index)| index.max_in_segment(segment).map(|high| (*group, high)))
-            .collect()
+            .collect();
+        groups.sort_unstable();
+        groups
     }
 
     /// The location of the newest record of `(group, instance)`.
