@@ -122,6 +122,7 @@ struct Report {
     segments_recycled: u64,
     segments_purged: u64,
     segment_prepare_waits: u64,
+    append_ns_per_record: f64,
     verified_clean: bool,
     dir: Option<PathBuf>,
 }
@@ -194,6 +195,8 @@ fn bench(args: WalBenchArgs) -> Result<(), String> {
         baseline.slice(slice)?;
     }
     let last_lsn = wal_side.wal.durable_lsn();
+    let append_ns_per_record =
+        wal_side.fill_time.as_nanos() as f64 / wal_side.appended.max(1) as f64;
     let wal_phase = WalPhase {
         stats: wal_side.wal.stats(),
         latency: wal_side.wal.write_latency_histogram().clone(),
@@ -242,6 +245,7 @@ fn bench(args: WalBenchArgs) -> Result<(), String> {
         segments_recycled: stats.segments_recycled,
         segments_purged: stats.segments_purged,
         segment_prepare_waits: stats.segment_prepare_waits,
+        append_ns_per_record,
         verified_clean,
         dir: args.keep.then(|| dir.clone()),
     };
@@ -294,6 +298,8 @@ struct WalRunner {
     keep_instances: u64,
     rounds_since_purge: u32,
     elapsed: Duration,
+    fill_time: Duration,
+    appended: u64,
 }
 
 impl WalRunner {
@@ -320,6 +326,8 @@ impl WalRunner {
             keep_instances: 64 * per_round / u64::from(args.groups) + 1,
             rounds_since_purge: 0,
             elapsed: Duration::ZERO,
+            fill_time: Duration::ZERO,
+            appended: 0,
         })
     }
 
@@ -328,7 +336,9 @@ impl WalRunner {
         let start = Instant::now();
         let deadline = start + length;
         while Instant::now() < deadline {
+            let fill_start = Instant::now();
             self.fill()?;
+            self.fill_time += fill_start.elapsed();
             self.wal.submit()?;
             if self.wal.pending_records() > 0 {
                 // A write is in flight and the next round is full: sleep until it completes.
@@ -371,6 +381,7 @@ impl WalRunner {
             };
             match self.wal.append(record) {
                 Ok(_) => {
+                    self.appended += 1;
                     self.next_instance[g] += 1;
                     self.group = (self.group + 1) % self.groups;
                 }
@@ -600,6 +611,10 @@ fn print_table(r: &Report) {
     println!(
         "{:<28} {:>14}",
         "segment prepare waits", r.segment_prepare_waits
+    );
+    println!(
+        "{:<28} {:>14.0}",
+        "append ns per record", r.append_ns_per_record
     );
     println!("{:<28} {:>14}", "WAL verified clean", r.verified_clean);
 }

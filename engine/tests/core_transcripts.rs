@@ -339,6 +339,7 @@ fn codec_round_trips_every_kind() {
         Message::CatchupRequest { from: Instance(1) },
         Message::CatchupReply {
             applied_next: Instance(3),
+            promised: ballot,
             entries: vec![(Instance(1), bytes::Bytes::from_static(b"q"))],
             checksum: 5,
         },

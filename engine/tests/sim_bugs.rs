@@ -1,11 +1,17 @@
 //! The checkers catch known protocol bugs: each bug injected with `--bug` (feature `sim-bugs`)
-//! is reported as a violation within a few hundred seeds.
+//! is reported as a violation within a few hundred seeds; and reply-before-durable is caught by
+//! the agreement/acknowledgement checkers alone (durable-before-reply checker off).
 #![cfg(feature = "sim-bugs")]
 use paxring_engine::sim::{run_seed, Bug, SimOptions};
 
 fn first_violation(bug: Bug) -> Option<(u64, String)> {
+    first_violation_with(bug, true)
+}
+
+fn first_violation_with(bug: Bug, check_durable_replies: bool) -> Option<(u64, String)> {
     let options = SimOptions {
         bug: Some(bug),
+        check_durable_replies,
         safety_ticks: 1500,
         heal_ticks: 1200,
         ..SimOptions::default()
@@ -30,4 +36,15 @@ fn reply_before_durable_is_caught() {
 fn skip_prepare_on_new_leader_is_caught() {
     let (seed, violation) = first_violation(Bug::SkipPrepareOnNewLeader).expect("caught");
     eprintln!("skip-prepare-on-new-leader: seed {seed}: {violation}");
+}
+
+#[test]
+fn reply_before_durable_breaks_agreement_too() {
+    let (seed, violation) = first_violation_with(Bug::ReplyBeforeDurable, false)
+        .expect("caught without the durable checker");
+    assert!(
+        violation.contains("agreement") || violation.contains("acknowledged"),
+        "{violation}"
+    );
+    eprintln!("reply-before-durable (safety checkers only): seed {seed}: {violation}");
 }

@@ -7,7 +7,8 @@
 
 use crate::config::{Backend as BackendChoice, ConfigError, NetConfig};
 use crate::frame::{
-    outbound_header, Decoder, Hello, HelloStatus, FRAME_HEADER_BYTES, HELLO_BYTES, PROTOCOL_VERSION,
+    outbound_header, Decoder, Frame, Hello, HelloStatus, FRAME_HEADER_BYTES, HELLO_BYTES,
+    PROTOCOL_VERSION,
 };
 use crate::inbox::{inbox, Inbox, InboxSender, PushError};
 use crate::stats::{add, bump, AtomicCounters, NetStats, SharedStats};
@@ -333,6 +334,8 @@ struct Ctx {
     live: RefCell<HashMap<u64, Box<dyn Fn()>>>,
     next_live: Cell<u64>,
     inbound_live: Cell<usize>,
+    /// Authenticated inbound connections per peer.
+    inbound_per_peer: RefCell<Vec<usize>>,
     /// Set at shutdown: writers start no new write.
     stopping: Cell<bool>,
     /// Socket writes in progress, over all peers.
@@ -395,20 +398,33 @@ impl Ctx {
         &self.stats.peers[peer].counters
     }
 
-    /// The next reconnect delay: capped exponential, with jitter in [delay/2, delay].
+    /// The next reconnect delay (see [`backoff_delay`]).
     fn backoff(&self, attempt: u32) -> Duration {
-        let min = self.cfg.reconnect_backoff_min;
-        let max = self.cfg.reconnect_backoff_max;
-        let delay = min.saturating_mul(1u32 << attempt.min(20)).min(max);
-        // xorshift64*: jitter only, not security.
-        let mut x = self.rng.get();
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.rng.set(x);
-        let fraction = (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64;
-        delay.mul_f64(0.5 + fraction / 2.0)
+        let mut state = self.rng.get();
+        let delay = backoff_delay(
+            self.cfg.reconnect_backoff_min,
+            self.cfg.reconnect_backoff_max,
+            attempt,
+            &mut state,
+        );
+        self.rng.set(state);
+        delay
     }
+}
+
+/// Reconnect delay after `attempt` failures: `min * 2^attempt` capped at `max`, then jittered
+/// into [delay/2, delay] so that nodes restarted together do not reconnect in lockstep.
+/// `state` is a xorshift64* state (jitter only, not security); it must not be zero.
+fn backoff_delay(min: Duration, max: Duration, attempt: u32, state: &mut u64) -> Duration {
+    assert!(*state != 0, "xorshift state must not be zero");
+    let delay = min.saturating_mul(1u32 << attempt.min(20)).min(max);
+    let mut x = *state;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    *state = x;
+    let fraction = (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64;
+    delay.mul_f64(0.5 + fraction / 2.0)
 }
 
 async fn node_main<B: Backend>(setup: Setup) {
@@ -452,6 +468,7 @@ async fn node_main<B: Backend>(setup: Setup) {
         .unwrap_or(0)
         ^ (u64::from(cfg.node_id) << 32)
         | 1;
+    let peer_count = cfg.peers.len();
     let ctx = Rc::new(Ctx {
         cfg,
         stats,
@@ -463,6 +480,7 @@ async fn node_main<B: Backend>(setup: Setup) {
         live: RefCell::new(HashMap::new()),
         next_live: Cell::new(0),
         inbound_live: Cell::new(0),
+        inbound_per_peer: RefCell::new(vec![0; peer_count]),
         stopping: Cell::new(false),
         writes_in_flight: Cell::new(0),
         writes_idle: Notify::new(),
@@ -865,11 +883,32 @@ async fn serve_inbound<B: Backend>(ctx: Rc<Ctx>, stream: B::Stream, addr: Socket
         stream.close();
         return;
     };
+    if ctx.inbound_per_peer.borrow()[peer] >= INBOUND_PER_PEER_MAX {
+        // A peer keeps one connection to us; a few more can linger across its restarts.
+        bump(&ctx.stats.handshakes_refused);
+        tracing::warn!(node = ctx.cfg.node_id, %addr, peer = ctx.peers[peer].node_id, "too many connections from this peer; closing the new one");
+        stream.close();
+        return;
+    }
+    ctx.inbound_per_peer.borrow_mut()[peer] += 1;
+    let _peer_slot = PeerInboundSlot(ctx.clone(), peer);
     if let Err(err) = B::set_liveness(&stream, ctx.cfg.peer_dead_timeout) {
         tracing::warn!(node = ctx.cfg.node_id, %addr, %err, "cannot set keepalive on an inbound connection");
     }
     read_loop(&ctx, peer, &*stream, buf).await;
     stream.close();
+}
+
+/// Authenticated inbound connections one peer may hold at once.
+const INBOUND_PER_PEER_MAX: usize = 8;
+
+/// Decrements a peer's inbound connection count when its connection task ends.
+struct PeerInboundSlot(Rc<Ctx>, usize);
+
+impl Drop for PeerInboundSlot {
+    fn drop(&mut self) {
+        self.0.inbound_per_peer.borrow_mut()[self.1] -= 1;
+    }
 }
 
 /// The server side of the handshake. Returns the peer index and any bytes read past the hello.
@@ -1097,4 +1136,32 @@ async fn deliver(ctx: &Ctx, counters: &AtomicCounters, frame: Frame, touched: &m
     }
 }
 
-use crate::frame::Frame;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_exponentially_is_capped_and_jittered() {
+        let min = Duration::from_millis(10);
+        let max = Duration::from_secs(2);
+        let mut state = 0x1234_5678_9abc_def1;
+        let mut seen_distinct = std::collections::BTreeSet::new();
+        for attempt in 0..40u32 {
+            let ceiling = min.saturating_mul(1u32 << attempt.min(20)).min(max);
+            for _ in 0..50 {
+                let delay = backoff_delay(min, max, attempt, &mut state);
+                assert!(
+                    delay >= ceiling / 2,
+                    "attempt {attempt}: {delay:?} below half of {ceiling:?}"
+                );
+                assert!(
+                    delay <= ceiling,
+                    "attempt {attempt}: {delay:?} above {ceiling:?}"
+                );
+                seen_distinct.insert(delay);
+            }
+        }
+        assert!(seen_distinct.len() > 100, "jitter varies the delay");
+        assert!(backoff_delay(min, max, 1000, &mut state) <= max);
+    }
+}

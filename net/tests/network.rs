@@ -5,7 +5,8 @@
 //! handshake that never finishes, random bytes, garbage frames and a frame with a forged sender
 //! are refused and counted while the node keeps working; unknown groups are counted and dropped;
 //! a full inbox stops reading without losing frames; a down peer costs bounded memory; a node
-//! that shuts down mid-stream lets its stalled write finish, so peers see whole frames only.
+//! that shuts down mid-stream lets its stalled write finish, so peers see whole frames only; one
+//! peer cannot hold more than eight connections.
 //! Every wait is bounded by a deadline.
 
 use bytes::Bytes;
@@ -719,6 +720,40 @@ fn shutdown_mid_stream_leaves_whole_frames_only() {
             stats.peers[0].counters.decode_errors, 0,
             "the stream ended at a frame boundary: {stats:?}"
         );
+        a.thread.shutdown();
+    }
+}
+
+#[test]
+fn one_peer_cannot_hold_more_than_eight_connections() {
+    for backend in backends() {
+        let addrs = free_addrs(2);
+        let a = start(
+            config(7, 1, addrs[0], vec![(3, addrs[1])], backend),
+            1,
+            route_mod(1),
+        );
+        // Eight connections authenticated as node 3 are kept open.
+        let held: Vec<TcpStream> = (0..8).map(|_| raw_peer(addrs[0], 3)).collect();
+        let refused_before = a.handle.stats().handshakes_refused;
+        // The ninth passes the handshake, then is closed and counted.
+        assert_closed(raw_peer(addrs[0], 3));
+        wait_until("ninth refused", || {
+            a.handle.stats().handshakes_refused == refused_before + 1
+        });
+        // Once one closes, a new one is accepted again.
+        drop(held);
+        let mut again = Vec::new();
+        wait_until("slots freed", || {
+            let mut client = raw_peer(addrs[0], 3);
+            client
+                .set_read_timeout(Some(Duration::from_millis(50)))
+                .unwrap();
+            let mut byte = [0u8; 1];
+            let kept = matches!(client.read(&mut byte), Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut);
+            again.push(client);
+            kept
+        });
         a.thread.shutdown();
     }
 }

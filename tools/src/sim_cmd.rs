@@ -40,6 +40,11 @@ pub struct SimArgs {
     #[cfg(feature = "sim-bugs")]
     #[arg(long)]
     bug: Option<String>,
+    /// Turn the durable-before-reply checker off, to see whether the other checkers catch a
+    /// bug's consequences on their own.
+    #[cfg(feature = "sim-bugs")]
+    #[arg(long)]
+    skip_durable_check: bool,
 }
 
 /// Runs `paxring sim`.
@@ -84,6 +89,10 @@ pub fn run(args: SimArgs) -> ExitCode {
         heal_ticks: args.heal_ticks,
         ..SimOptions::default()
     };
+    #[cfg(feature = "sim-bugs")]
+    {
+        options.check_durable_replies = !args.skip_durable_check;
+    }
     #[cfg(feature = "sim-bugs")]
     if let Some(name) = &args.bug {
         match paxring_engine::sim::Bug::parse(name) {

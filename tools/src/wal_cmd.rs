@@ -11,6 +11,34 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+/// Writes a line to stdout; a closed pipe (e.g. `| head`) ends the command quietly.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let written = writeln!(std::io::stdout().lock(), $($arg)*);
+        stdout_result(written);
+    }};
+}
+
+/// Writes to stdout without a newline (see `out!`).
+macro_rules! outp {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let written = write!(std::io::stdout().lock(), $($arg)*);
+        stdout_result(written);
+    }};
+}
+
+fn stdout_result(written: std::io::Result<()>) {
+    if let Err(error) = written {
+        if error.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("paxring wal: cannot write to stdout: {error}");
+        std::process::exit(2);
+    }
+}
+
 /// Arguments of `paxring wal`.
 #[derive(Args, Debug)]
 pub struct WalArgs {
@@ -111,8 +139,8 @@ fn dump(
     payload_bytes: usize,
 ) -> Result<ExitCode, String> {
     for (core, recovery, _) in inspect(dir, core)? {
-        println!("# core {core}");
-        println!("lsn\tkind\tgroup\tinstance\tpromised\taccepted\tpayload_bytes\tsegment\toffset");
+        out!("# core {core}");
+        out!("lsn\tkind\tgroup\tinstance\tpromised\taccepted\tpayload_bytes\tsegment\toffset");
         let locations: BTreeMap<u64, (u64, u64)> = recovery
             .index
             .values()
@@ -124,7 +152,7 @@ fn dump(
                 .get(&lsn.0)
                 .map(|(s, o)| (s.to_string(), o.to_string()))
                 .unwrap_or_else(|| ("-".into(), "-".into()));
-            print!(
+            outp!(
                 "{lsn}\t{:?}\t{}\t{}\t{}\t{}\t{}\t{segment}\t{offset}",
                 record.kind,
                 record.group,
@@ -136,9 +164,9 @@ fn dump(
             if payload_bytes > 0 {
                 let shown = &record.payload[..record.payload.len().min(payload_bytes)];
                 let hex: String = shown.iter().map(|b| format!("{b:02x}")).collect();
-                print!("\t{hex}");
+                outp!("\t{hex}");
             }
-            println!();
+            out!();
         }
         print_problems(&recovery);
     }
@@ -147,15 +175,16 @@ fn dump(
 
 fn print_problems(recovery: &Recovery) {
     for region in &recovery.tail_regions {
-        println!(
+        out!(
             "torn tail: segment {} offset {} length {} bytes: {}",
-            region.segment, region.offset, region.len, region.reason
+            region.segment,
+            region.offset,
+            region.len,
+            region.reason
         );
     }
     if let Some((first, last)) = recovery.torn_lsns {
-        println!(
-            "torn tail: LSNs {first}..={last} were cut (their write never completed as a whole)"
-        );
+        out!("torn tail: LSNs {first}..={last} were cut (their write never completed as a whole)");
     }
     for damage in &recovery.damaged {
         let who = if damage.identities_complete {
@@ -178,13 +207,18 @@ fn print_problems(recovery: &Recovery) {
                 names.join(", ")
             )
         };
-        println!(
+        out!(
             "DAMAGE: LSNs {}..={} at segment {} offset {}: {}; {}",
-            damage.first_lsn, damage.last_lsn, damage.segment, damage.offset, damage.reason, who
+            damage.first_lsn,
+            damage.last_lsn,
+            damage.segment,
+            damage.offset,
+            damage.reason,
+            who
         );
     }
     if recovery.junk_bytes > 0 {
-        println!(
+        out!(
             "junk: {} bytes between batches that hid no records",
             recovery.junk_bytes
         );
@@ -199,7 +233,7 @@ fn verify(dir: &Path, core: Option<u32>) -> Result<ExitCode, String> {
         } else {
             "NOT CLEAN"
         };
-        println!(
+        out!(
             "core {core}: {status}: {} segments, {} records verified, next LSN {}",
             segments.len(),
             recovery.records.len(),
@@ -283,37 +317,108 @@ fn stat(dir: &Path, core: Option<u32>, json: bool) -> Result<ExitCode, String> {
     }
     if json {
         let text = serde_json::to_string_pretty(&stats).map_err(|e| e.to_string())?;
-        println!("{text}");
+        out!("{text}");
         return Ok(ExitCode::SUCCESS);
     }
     for s in &stats {
-        println!("core {}", s.core);
-        println!(
+        out!("core {}", s.core);
+        out!(
             "  segments:        {} ({} bytes)",
-            s.segments, s.segment_bytes_total
+            s.segments,
+            s.segment_bytes_total
         );
-        println!(
+        out!(
             "  records:         {} ({} payload bytes)",
-            s.records, s.payload_bytes
+            s.records,
+            s.payload_bytes
         );
-        println!(
+        out!(
             "  LSNs:            {}..={} (next {})",
-            s.first_lsn, s.last_lsn, s.next_lsn
+            s.first_lsn,
+            s.last_lsn,
+            s.next_lsn
         );
-        println!("  groups:          {}", s.groups.len());
+        out!("  groups:          {}", s.groups.len());
         for g in &s.groups {
-            println!(
+            out!(
                 "    group {}: {} records, instances {}..={}",
-                g.group, g.records, g.instance_min, g.instance_max
+                g.group,
+                g.records,
+                g.instance_min,
+                g.instance_max
             );
         }
-        println!("  torn tail bytes: {}", s.torn_tail_bytes);
-        println!("  damaged ranges:  {}", s.damaged_ranges);
-        println!("  junk bytes:      {}", s.junk_bytes);
-        println!(
+        out!("  torn tail bytes: {}", s.torn_tail_bytes);
+        out!("  damaged ranges:  {}", s.damaged_ranges);
+        out!("  junk bytes:      {}", s.junk_bytes);
+        out!(
             "  stale bytes:     {} (earlier life of recycled segments)",
             s.stale_bytes
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    //! Proves that `verify` exits 0 on a clean WAL and 1 on a damaged one, and that a directory
+    //! without segments is an error (exit 2), never a silent success.
+    use super::*;
+    use paxring_wal::{Backend, Ballot, Instance, RecordKind, RecordRef, Wal, WalOptions};
+    use std::time::Duration;
+
+    fn write_wal(dir: &Path) -> bool {
+        let mut opts = WalOptions::new(dir, 0);
+        opts.segment_bytes = 256 << 10;
+        opts.buffer_bytes = 16 << 10;
+        opts.backend = Backend::Auto;
+        let (mut wal, _) = match Wal::open(opts) {
+            Ok(opened) => opened,
+            Err(paxring_wal::WalError::DirectIoUnsupported { path }) => {
+                eprintln!(
+                    "\n*****\nSKIPPED: {} refuses O_DIRECT\n*****\n",
+                    path.display()
+                );
+                return false;
+            }
+            Err(other) => panic!("{other}"),
+        };
+        for round in 0..4u64 {
+            let record = RecordRef {
+                kind: RecordKind::Accept,
+                group: GroupId(1),
+                instance: Instance(round),
+                promised: Ballot::ZERO,
+                accepted: Ballot::ZERO,
+                payload: b"value",
+            };
+            wal.append(record).expect("append");
+            while wal.durable_lsn() < wal.appended_lsn() {
+                wal.submit().expect("submit");
+                wal.wait(&[], Some(Duration::from_secs(5))).expect("wait");
+            }
+        }
+        true
+    }
+
+    #[test]
+    fn verify_exit_codes() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        assert!(
+            verify(dir.path(), None).is_err(),
+            "an empty directory is an error"
+        );
+        if !write_wal(dir.path()) {
+            return;
+        }
+        assert_eq!(verify(dir.path(), None), Ok(ExitCode::SUCCESS));
+        // Flip a payload byte of the second batch (after the segment header and batch one).
+        let segment = dir.path().join(paxring_wal::segfile::segment_name(0, 1));
+        let mut bytes = std::fs::read(&segment).expect("read");
+        bytes[2 * 4096 + 64 + 56] ^= 0x01;
+        std::fs::write(&segment, &bytes).expect("write");
+        assert_eq!(verify(dir.path(), None), Ok(ExitCode::from(1)));
+        assert_eq!(stat(dir.path(), None, true), Ok(ExitCode::SUCCESS));
+        assert_eq!(dump(dir.path(), Some(0), Some(1), 4), Ok(ExitCode::SUCCESS));
+    }
 }

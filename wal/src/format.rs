@@ -12,11 +12,15 @@
 //! header = magic "PXWB" | version u16 | header_bytes u16 | core u32 | record_count u32
 //!          | segment u64 | first_lsn u64 | records_bytes u32 | batch_bytes u32
 //!          | reserved [u8; 20] (zero) | header_crc u32 (crc32 of bytes 0..60)
-//! record = record_crc u32 | kind u8 | reserved [u8; 3] | payload_bytes u32 | group u32 | lsn u64
+//! record = record_crc u32 | kind u8 | reserved u8 | identity_check u16 | payload_bytes u32
+//!          | group u32 | lsn u64
 //!          | instance u64 | promised.number u64 | promised.node u32 | accepted.node u32
 //!          | accepted.number u64 | payload | zero padding to a multiple of 8
 //! record_crc = crc32(core u32 ‖ segment u64 ‖ record bytes 4..56+payload_bytes)
+//! identity_check = low 16 bits of crc32(core u32 ‖ segment u64 ‖ kind ‖ record bytes 8..32)
 //! ```
+//! The identity check lets recovery name a record whose payload is damaged (its kind, group,
+//! LSN and instance still verify, up to a 1 in 65536 chance) without trusting a damaged header.
 //! The record checksum covers the core and segment (not stored in the record) and the LSN,
 //! group and instance (stored), so a record read from the wrong core, the wrong segment or the
 //! wrong position fails its checksum.
@@ -105,6 +109,16 @@ fn get_u64(buf: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(bytes)
 }
 
+/// Low 16 bits of crc32(core ‖ segment ‖ kind ‖ record bytes 8..32): the identity check.
+fn identity_check(core: u32, segment: u64, head: &[u8]) -> u16 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&core.to_le_bytes());
+    hasher.update(&segment.to_le_bytes());
+    hasher.update(&head[4..5]);
+    hasher.update(&head[8..32]);
+    hasher.finalize() as u16
+}
+
 fn record_crc(core: u32, segment: u64, body: &[u8]) -> u32 {
     let mut hasher = crc32fast::Hasher::new();
     hasher.update(&core.to_le_bytes());
@@ -128,11 +142,13 @@ pub fn encode_record_into(
     let payload_bytes = u32::try_from(record.payload.len()).expect("payload over 4 GiB");
     let out = &mut out[..used];
     out[4] = record.kind.to_u8();
-    out[5..8].fill(0);
+    out[5] = 0;
     put_u32(out, 8, payload_bytes);
     put_u32(out, 12, record.group.0);
     put_u64(out, 16, lsn.0);
     put_u64(out, 24, record.instance.0);
+    let check = identity_check(core, segment, out);
+    put_u16(out, 6, check);
     put_u64(out, 32, record.promised.number);
     put_u32(out, 40, record.promised.node);
     put_u32(out, 44, record.accepted.node);
@@ -339,8 +355,8 @@ pub enum ScannedRecord {
         lsn: Lsn,
         /// Byte offset where the record was expected, if the walk got that far.
         offset: Option<u64>,
-        /// `(group, instance)` read from the unverified record header, when its stored LSN
-        /// matched: a hint of what was lost, not a fact.
+        /// `(group, instance)` of the lost record when its identity fields still verify (its
+        /// identity check matches and its stored LSN is the expected one).
         hint: Option<(GroupId, Instance)>,
         /// Why it failed.
         reason: &'static str,
@@ -535,7 +551,9 @@ fn scan_records(
         let stored_lsn = get_u64(head, 16);
         let payload_bytes = get_u32(head, 8) as usize;
         let identity = (GroupId(get_u32(head, 12)), Instance(get_u64(head, 24)));
-        let hint = (stored_lsn == lsn.0).then_some(identity);
+        // A hint only when the identity fields verify on their own.
+        let identity_ok = get_u16(head, 6) == identity_check(core, segment, head);
+        let hint = (stored_lsn == lsn.0 && identity_ok).then_some(identity);
         let len = record_bytes(payload_bytes);
         if stored_lsn != lsn.0 {
             walk_lost = Some("record walk lost after a record with a wrong LSN");
@@ -567,7 +585,7 @@ fn scan_records(
         let kind = RecordKind::from_u8(head[4]);
         let crc_ok = record_crc(core, segment, body) == get_u32(head, 0);
         match kind {
-            Some(kind) if crc_ok && head[5..8] == [0, 0, 0] => {
+            Some(kind) if crc_ok && head[5] == 0 => {
                 let payload_start = at + RECORD_HEADER_BYTES;
                 records.push(ScannedRecord::Valid {
                     lsn,
@@ -714,7 +732,7 @@ mod tests {
         assert_eq!(encode_batch(1, 1, Lsn(1), &[record], &mut out), 4096);
         let expected = concat!(
             "50585742010040000100000001000000010000000000000001000000000000004000000000100000",
-            "0000000000000000000000000000000000000000b36a4724f78a9c39020000000200000007000000",
+            "0000000000000000000000000000000000000000b36a4724f26df81f0200465b0200000007000000",
             "01000000000000002a00000000000000030000000000000001000000010000000300000000000000",
             "6869000000000000",
         );

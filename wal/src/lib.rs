@@ -7,6 +7,7 @@
 
 pub mod error;
 pub mod format;
+mod index;
 pub mod raw;
 pub mod recovery;
 mod ring;

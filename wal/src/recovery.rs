@@ -16,7 +16,7 @@
 //! | 1 | verified batch, `first_lsn == expected` (or the first batch), all records verify | valid | keep every record |
 //! | 2 | all-zero blocks                                                  | preallocated space | skip, report nothing |
 //! | 3 | verified batch whose `first_lsn < expected`                      | stale / repeated | treat its bytes as a bad region (row 6 or 7) |
-//! | 4 | verified batch, some records fail, and a verified batch follows  | corruption followed by valid data | keep the records that verify; one `Damage` per run of failed records (LSNs exact, identities read from their unverified headers as hints) |
+//! | 4 | verified batch, some records fail, and a verified batch follows  | corruption followed by valid data | keep the records that verify; one `Damage` per run of failed records (LSNs exact; identities of the lost records whose identity check verifies) |
 //! | 5 | verified batch, some records fail, and it is the last batch      | torn tail | cut the whole batch (even records that verify: the write never completed as a whole); `next_lsn = first_lsn`; count its bytes in `torn_tail_bytes` |
 //! | 6 | bad region (or zeroes, or missing segments) then a verified batch with `first_lsn > expected` | corruption followed by valid data | `Damage` for `expected ..= first_lsn - 1`, identities unknown (`identities_complete = false`) |
 //! | 7 | bad region then a verified batch with `first_lsn == expected`    | junk, nothing lost | skip; count in `junk_bytes` |
@@ -28,8 +28,8 @@
 //! treat every group on this core as possibly having forgotten something in that LSN range
 //! (re-learn from peers, do not vote on what it may have forgotten). With
 //! `identities_complete == true`, `groups_instances` names every lost record's
-//! `(group, instance)` as read from headers whose stored LSN matched (the checksum failed, so
-//! these are strong hints, not verified facts).
+//! `(group, instance)`, each verified by the record's 16-bit identity check (a damaged identity
+//! passes it with probability 1/65536).
 //!
 //! Rows 5 and 8 cannot tell a torn write from damage to the last completed write: both look
 //! the same on disk, and both are cut. Every other loss is reported, never silently cut.
@@ -57,7 +57,7 @@ pub struct Damage {
     pub first_lsn: Lsn,
     /// Last LSN possibly lost (inclusive).
     pub last_lsn: Lsn,
-    /// `(group, instance)` of lost records, read from their unverified headers.
+    /// `(group, instance)` of lost records whose identity fields verify.
     pub groups_instances: Vec<(GroupId, Instance)>,
     /// True when `groups_instances` names every lost record; false when identities are hidden
     /// (then every group of the core must be treated as suspect for this range).

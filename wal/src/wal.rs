@@ -10,7 +10,8 @@ use crate::format::{
     batch_bytes_for, decode_record_at, encode_record_into, finish_batch_into, record_bytes,
     BATCH_BYTES_MAX, BATCH_HEADER_BYTES, BLOCK_BYTES, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES,
 };
-use crate::recovery::{recover_images, RecordLocation, Recovery, SegmentSummary};
+use crate::index::Index;
+use crate::recovery::{recover_images, RecordLocation, Recovery};
 use crate::ring::{self, Completion, Ring, WAIT_FDS_MAX};
 use crate::segfile;
 use crate::types::{GroupId, Instance, Lsn, Record, RecordRef};
@@ -289,7 +290,8 @@ struct Batch {
     count: u32,
     records_bytes: usize,
     payload_bytes: u64,
-    groups: Vec<GroupId>,
+    /// Distinct groups with records in the batch.
+    groups: u64,
 }
 
 /// The write the kernel owns.
@@ -335,8 +337,7 @@ pub struct Wal {
     inflight: Option<InFlight>,
     next_write: (u64, u64),
     segments: BTreeMap<u64, SegmentFile>,
-    summaries: BTreeMap<u64, SegmentSummary>,
-    index: BTreeMap<GroupId, BTreeMap<Instance, RecordLocation>>,
+    index: Index,
     floors: BTreeMap<GroupId, Instance>,
     next_lsn: Lsn,
     durable_lsn: Lsn,
@@ -347,7 +348,7 @@ pub struct Wal {
     poisoned: Option<String>,
     completions: Vec<Completion>,
     ready_fds: Vec<RawFd>,
-    groups_scratch: Vec<GroupId>,
+    leak_buffers_on_drop: bool,
     timeout_generation: Option<u64>,
     timed_out: bool,
     write_completed: bool,
@@ -501,11 +502,7 @@ impl Wal {
                 segfile::zero_range(&file.direct, &file.path, region.offset, len)?;
             }
         }
-        let summaries = recovery
-            .segments
-            .iter()
-            .map(|s| (s.segment, s.clone()))
-            .collect();
+
         let spare_serial = listing.spares.len() as u64;
         let mut wal = Wal {
             io,
@@ -515,8 +512,7 @@ impl Wal {
             inflight: None,
             next_write: resume,
             segments,
-            summaries,
-            index: recovery.index.clone(),
+            index: Index::from_recovered(&recovery.index),
             floors: BTreeMap::new(),
             next_lsn: recovery.next_lsn,
             durable_lsn: Lsn(recovery.next_lsn.0 - 1),
@@ -527,7 +523,7 @@ impl Wal {
             poisoned: None,
             completions: Vec::with_capacity(ring::RING_ENTRIES as usize * 2),
             ready_fds: Vec::new(),
-            groups_scratch: Vec::new(),
+            leak_buffers_on_drop: false,
             timeout_generation: None,
             timed_out: false,
             write_completed: false,
@@ -615,28 +611,12 @@ impl Wal {
         batch.count += 1;
         batch.records_bytes += size;
         batch.payload_bytes += record.payload.len() as u64;
-        batch.groups.push(record.group);
-        self.index
-            .entry(record.group)
-            .or_default()
-            .insert(record.instance, location);
-        let summary = self
-            .summaries
-            .entry(batch.segment)
-            .or_insert_with(|| SegmentSummary {
-                segment: batch.segment,
-                ..SegmentSummary::default()
-            });
-        if summary.first_lsn == Lsn::ZERO {
-            summary.first_lsn = lsn;
+        if self
+            .index
+            .insert(record.group, record.instance, location, batch.first_lsn)
+        {
+            batch.groups += 1;
         }
-        summary.last_lsn = lsn;
-        summary.records += 1;
-        let high = summary
-            .groups_max_instance
-            .entry(record.group)
-            .or_insert(record.instance);
-        *high = (*high).max(record.instance);
         self.next_lsn = lsn.next();
         Ok(lsn)
     }
@@ -652,7 +632,6 @@ impl Wal {
         }
         let capacity = (self.opts.segment_bytes - offset).min(self.opts.buffer_bytes as u64);
         assert!(offset % BLOCK_BYTES as u64 == 0, "batches start on a block");
-        let groups = std::mem::take(&mut self.groups_scratch);
         self.batch = Some(Batch {
             buffer: self.acc_buffer,
             segment,
@@ -662,7 +641,7 @@ impl Wal {
             count: 0,
             records_bytes: 0,
             payload_bytes: 0,
-            groups,
+            groups: 0,
         });
     }
 
@@ -692,7 +671,7 @@ impl Wal {
         self.issue(batch)
     }
 
-    fn issue(&mut self, mut batch: Batch) -> Result<(), WalError> {
+    fn issue(&mut self, batch: Batch) -> Result<(), WalError> {
         let len = batch_bytes_for(batch.records_bytes);
         assert!(len <= batch.capacity_bytes, "batch overran its capacity");
         assert!(batch.offset + len as u64 <= self.opts.segment_bytes);
@@ -706,8 +685,7 @@ impl Wal {
             batch.records_bytes,
             buffer,
         );
-        batch.groups.sort_unstable();
-        batch.groups.dedup();
+        let groups = batch.groups;
         let record_overhead = batch.records_bytes as u64 - batch.payload_bytes;
         let inflight = InFlight {
             buffer: batch.buffer,
@@ -719,14 +697,11 @@ impl Wal {
             issued: Instant::now(),
             write_reaped: false,
             records: batch.count,
-            groups: batch.groups.len() as u64,
+            groups,
             payload_bytes: batch.payload_bytes,
             padding_bytes: (len - BATCH_HEADER_BYTES - batch.records_bytes) as u64,
         };
         debug_assert!(record_overhead >= u64::from(batch.count) * RECORD_HEADER_BYTES as u64);
-        batch.groups.clear();
-        // Keep the group list's allocation for the next batch.
-        let spare_groups = std::mem::take(&mut batch.groups);
         self.next_write = (batch.segment, batch.offset + len as u64);
         self.acc_buffer = 1 - batch.buffer;
         let segment = &self.segments[&batch.segment];
@@ -752,12 +727,13 @@ impl Wal {
         let offset = inflight.offset;
         let blocking = matches!(self.io, Io::Blocking);
         self.inflight = Some(inflight);
-        self.groups_scratch = spare_groups;
         if let Err(source) = result {
             if let Some(flight) = self.inflight.as_mut() {
-                // A failed submission never reached the kernel, or we cannot tell: either way
-                // nothing more will be reaped for it and its buffer is ours again.
+                // Nothing more will be reaped for this write. With io_uring we cannot tell
+                // whether the kernel took the entry, so the buffers are never unmapped (`Drop`
+                // leaks them) rather than risk the kernel reading freed memory.
                 flight.write_reaped = true;
+                self.leak_buffers_on_drop = !blocking;
             }
             let error = self.durable_error(&path, offset, source);
             return Err(self.poison(error));
@@ -984,7 +960,7 @@ impl Wal {
     /// The newest record for `(group, instance)` (appended, possibly not yet durable).
     pub fn read(&self, group: GroupId, instance: Instance) -> Result<Option<Record>, WalError> {
         self.check_poisoned()?;
-        let Some(location) = self.index.get(&group).and_then(|g| g.get(&instance)) else {
+        let Some(location) = self.index.get(group, instance) else {
             return Ok(None);
         };
         let in_buffer = |buffer: usize, base: u64| {
@@ -1000,10 +976,9 @@ impl Wal {
                 in_buffer(flight.buffer, flight.offset)
             }
             _ => {
-                let file = self
-                    .segments
-                    .get(&location.segment)
-                    .expect("indexed segment is open");
+                let Some(file) = self.segments.get(&location.segment) else {
+                    return Ok(None);
+                };
                 let mut bytes = vec![0u8; location.len as usize];
                 file.reader
                     .read_exact_at(&mut bytes, location.offset)
@@ -1062,15 +1037,12 @@ impl Wal {
     }
 
     fn holds(&self, segment: u64) -> Vec<PurgeHold> {
-        let Some(summary) = self.summaries.get(&segment) else {
-            return Vec::new();
-        };
-        summary
-            .groups_max_instance
-            .iter()
+        self.index
+            .groups_in_segment(segment)
+            .into_iter()
             .filter_map(|(group, high)| {
-                let floor = self.floors.get(group).copied();
-                let needed = floor.is_none_or(|floor| *high >= floor);
+                let floor = self.floors.get(&group).copied();
+                let needed = floor.is_none_or(|floor| high >= floor);
                 needed.then_some(PurgeHold {
                     group: group.0,
                     instance_max: high.0,
@@ -1082,23 +1054,7 @@ impl Wal {
 
     fn remove_segment(&mut self, segment: u64) -> Result<(), WalError> {
         let file = self.segments.remove(&segment).expect("listed segment");
-        if let Some(summary) = self.summaries.remove(&segment) {
-            for (group, high) in &summary.groups_max_instance {
-                if let Some(map) = self.index.get_mut(group) {
-                    let gone: Vec<Instance> = map
-                        .range(..=*high)
-                        .filter(|(_, location)| location.segment == segment)
-                        .map(|(instance, _)| *instance)
-                        .collect();
-                    for instance in gone {
-                        map.remove(&instance);
-                    }
-                    if map.is_empty() {
-                        self.index.remove(group);
-                    }
-                }
-            }
-        }
+        self.index.remove_segment(segment);
         let path = file.path.clone();
         drop(file);
         if self.spares.len() < SPARES_MAX {
@@ -1297,6 +1253,14 @@ impl Drop for Wal {
                     }
                 }
                 completions.clear();
+            }
+        }
+        if self.leak_buffers_on_drop {
+            if let (Ok(first), Ok(second)) = (
+                MmapMut::map_anon(BLOCK_BYTES),
+                MmapMut::map_anon(BLOCK_BYTES),
+            ) {
+                std::mem::forget(std::mem::replace(&mut self.buffers, [first, second]));
             }
         }
         if let Some(preparation) = self.preparation.take() {

@@ -181,6 +181,21 @@ fn check(seed: &str, written: &BTreeMap<u64, Record>, touched: &[u64], got: &Rec
         );
         returned.insert(lsn.0, ());
     }
+    for damage in &got.damaged {
+        if damage.identities_complete {
+            // Named identities must be exactly the lost records' (they are verified).
+            let lost: Vec<_> = (damage.first_lsn.0..=damage.last_lsn.0)
+                .map(|lsn| {
+                    let original = &written[&lsn];
+                    (original.group, original.instance)
+                })
+                .collect();
+            assert_eq!(
+                damage.groups_instances, lost,
+                "{seed}: named identities are wrong"
+            );
+        }
+    }
     for lsn in written.keys() {
         if touched.contains(lsn) {
             continue;

@@ -170,6 +170,25 @@ fn cases() -> Vec<Case> {
     let mut a = Image::new(1);
     let first = a.batch(1, 3);
     a.batch(4, 1);
+    // Break the group field of record 2: its identity check fails, so it is not named.
+    a.bytes[payload_offset(first, 1) - RECORD_HEADER_BYTES + 12] ^= 0x04;
+    cases.push(Case {
+        name: "a damaged identity field is never reported as a (wrong) identity",
+        rows: &[4],
+        images: vec![a],
+        expect: Expect {
+            lsns: vec![1, 3, 4],
+            next_lsn: 5,
+            torn_tail_bytes: 0,
+            damaged: vec![(2, 2, false, 0)],
+            junk_bytes: 0,
+            stale_bytes: 0,
+        },
+    });
+
+    let mut a = Image::new(1);
+    let first = a.batch(1, 3);
+    a.batch(4, 1);
     // Break the stored LSN of record 2: the walk cannot trust lengths from there on.
     a.bytes[payload_offset(first, 1) - RECORD_HEADER_BYTES + 16] ^= 0x01;
     cases.push(Case {

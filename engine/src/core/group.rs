@@ -52,14 +52,21 @@ enum Role {
     Leader { ballot: Ballot },
 }
 
-/// Re-learning after WAL damage (Paxos Made Live): no votes until `target` is applied.
+/// Re-learning after WAL damage (Paxos Made Live): no votes until `target` is applied
+/// (docs/PROTOCOL.md#restart).
 #[derive(Debug)]
 struct Relearn {
-    /// Fixed at the first catch-up reply: every instance this replica may have voted on
-    /// before the restart lies below it.
+    /// Fixed once `n - quorum + 1` peers reported: every instance this replica may have voted
+    /// on before the restart lies below it.
     target: Option<Instance>,
-    /// One past the highest instance in the recovered log (damaged ones included).
+    /// One past the highest instance in the recovered log.
     floor: Instance,
+    /// Peers' (applied point, promised ballot), from catch-up replies.
+    reports: BTreeMap<NodeId, (Instance, Ballot)>,
+    /// The highest promise reported: this replica promises at least that when it rejoins.
+    promise_floor: Ballot,
+    /// When the peers that have not reported were last asked.
+    asked_at: Option<Tick>,
 }
 
 #[derive(Debug)]
@@ -182,6 +189,9 @@ impl Group {
             self.relearn = Some(Relearn {
                 target: None,
                 floor: Instance(highest.map_or(0, |i| i.0 + 1)),
+                reports: BTreeMap::new(),
+                promise_floor: Ballot::ZERO,
+                asked_at: None,
             });
         }
     }
@@ -229,11 +239,7 @@ impl Group {
         {
             self.catchup_deadline = None;
         }
-        if self.relearn.is_some() && self.catchup_deadline.is_none() {
-            if let Some(peer) = ctx.random_peer() {
-                self.request_catchup(ctx, peer);
-            }
-        }
+        self.relearn_ask(ctx);
         let deadline = match self.election_deadline {
             Some(deadline) => deadline,
             None => {
@@ -435,9 +441,10 @@ impl Group {
             Message::CatchupRequest { from: first } => self.on_catchup_request(ctx, from, first),
             Message::CatchupReply {
                 applied_next,
+                promised,
                 entries,
                 checksum,
-            } => self.on_catchup_reply(ctx, from, applied_next, entries, checksum),
+            } => self.on_catchup_reply(ctx, from, applied_next, promised, entries, checksum),
         }
     }
 
@@ -684,6 +691,7 @@ impl Group {
                 from,
                 Message::CatchupReply {
                     applied_next: self.applied_next,
+                    promised: self.promised,
                     entries: vec![(instance, chosen)],
                     checksum,
                 },
@@ -793,6 +801,7 @@ impl Group {
             from,
             Message::CatchupReply {
                 applied_next: self.applied_next,
+                promised: self.promised,
                 entries,
                 checksum,
             },
@@ -804,6 +813,7 @@ impl Group {
         ctx: &mut Ctx<'_>,
         from: NodeId,
         applied_next: Instance,
+        promised: Ballot,
         entries: Vec<(Instance, Bytes)>,
         checksum: u32,
     ) {
@@ -823,9 +833,22 @@ impl Group {
             }
         }
         if let Some(relearn) = &mut self.relearn {
-            if relearn.target.is_none() {
-                let base = relearn.floor.max(applied_next);
-                relearn.target = Some(Instance(base.0 + u64::from(ctx.config.pipeline_depth)));
+            if relearn.target.is_none() && from != ctx.me {
+                relearn.reports.insert(from, (applied_next, promised));
+                // Any quorum that chose a value or holds a promise with this replica shares a
+                // member with these peers (|reports| + quorum - 1 > n - 1).
+                let needed = ctx.members.len() - ctx.quorum() + 1;
+                if relearn.reports.len() >= needed {
+                    let ahead = relearn.reports.values().map(|(a, _)| *a).max();
+                    let base = relearn.floor.max(ahead.unwrap_or(Instance(0)));
+                    relearn.promise_floor = relearn
+                        .reports
+                        .values()
+                        .map(|(_, p)| *p)
+                        .max()
+                        .unwrap_or_default();
+                    relearn.target = Some(Instance(base.0 + u64::from(ctx.config.pipeline_depth)));
+                }
             }
         }
         self.finish_relearn(ctx);
@@ -844,13 +867,51 @@ impl Group {
         if self.applied_next < target {
             return;
         }
+        let floor = relearn.promise_floor;
         self.relearn = None;
-        // Promise at least every ballot seen while re-learning: a promise lost with the
-        // damaged records is then not undercut (persisted before any vote depends on it).
-        if self.max_seen > self.promised {
-            self.promised = self.max_seen;
+        // Promise at least every ballot seen while re-learning and every peer's promise: a
+        // promise lost with the damaged records is then not undercut (persisted before any
+        // vote depends on it).
+        let promise = self.max_seen.max(floor);
+        if promise > self.promised {
+            self.promised = promise;
             let first = self.applied_next;
             self.persist_promise(ctx, first);
+        }
+    }
+
+    /// While re-learning without a target, asks every peer that has not reported yet (once
+    /// per retransmit interval); afterwards, one peer at a time as any lagging learner does.
+    fn relearn_ask(&mut self, ctx: &mut Ctx<'_>) {
+        let Some(relearn) = &mut self.relearn else {
+            return;
+        };
+        if relearn.target.is_some() {
+            if self.catchup_deadline.is_none() {
+                if let Some(peer) = ctx.random_peer() {
+                    self.request_catchup(ctx, peer);
+                }
+            }
+            return;
+        }
+        let now = ctx.now;
+        if relearn
+            .asked_at
+            .is_some_and(|at| now.0 < at.0 + ctx.config.retransmit_ticks)
+        {
+            return;
+        }
+        relearn.asked_at = Some(now);
+        let from = self.applied_next;
+        let missing: Vec<NodeId> = ctx
+            .members
+            .iter()
+            .copied()
+            .filter(|n| *n != ctx.me && !relearn.reports.contains_key(n))
+            .collect();
+        for peer in missing {
+            ctx.stats.catchup_requests_sent += 1;
+            ctx.send(self.id, peer, Message::CatchupRequest { from });
         }
     }
 

@@ -84,6 +84,8 @@ pub enum Message {
     CatchupReply {
         /// The sender's first instance not yet applied.
         applied_next: Instance,
+        /// The sender's promised ballot (a re-learning replica promises at least this).
+        promised: Ballot,
         /// Chosen values, ascending and consecutive.
         entries: Vec<(Instance, Bytes)>,
         /// The sender's rolling checksum through the last entry (0 if none).
@@ -220,10 +222,12 @@ impl Message {
             Message::CatchupRequest { from } => out.put_u64_le(from.0),
             Message::CatchupReply {
                 applied_next,
+                promised,
                 entries,
                 checksum,
             } => {
                 out.put_u64_le(applied_next.0);
+                put_ballot(out, *promised);
                 out.put_u32_le(*checksum);
                 out.put_u32_le(u32::try_from(entries.len()).expect("entries fit u32"));
                 for (instance, value) in entries {
@@ -306,6 +310,7 @@ impl Message {
             },
             8 => {
                 let applied_next = Instance(reader.u64()?);
+                let promised = reader.ballot()?;
                 let checksum = reader.u32()?;
                 let count =
                     reader.count(12, super::CATCHUP_BATCH_MAX as u64, "catch-up entries")?;
@@ -315,6 +320,7 @@ impl Message {
                 }
                 Message::CatchupReply {
                     applied_next,
+                    promised,
                     entries,
                     checksum,
                 }
