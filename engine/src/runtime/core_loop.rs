@@ -46,7 +46,7 @@ pub(crate) struct CoreStart {
     pub cpu: Option<core_affinity::CoreId>,
 }
 
-/// One core's counters, published every tick.
+/// One core's counters, published every 20 ms and when the core stops.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct CoreSnapshot {
     /// The core's index.
@@ -81,6 +81,9 @@ pub struct CoreSnapshot {
 
 /// Most proposals taken from the queue in one round (the rest wait for the next round).
 const PROPOSALS_PER_ROUND_MAX: usize = 16 * 1024;
+/// How often a core publishes its counters and leader hints (summarising the WAL's latency
+/// histogram costs too much to do every round).
+const PUBLISH_EVERY: Duration = Duration::from_millis(20);
 /// How soon a core looks again when its executor's queue was full.
 const EXECUTOR_RETRY: Duration = Duration::from_micros(200);
 /// Most inbound frames taken in one round.
@@ -261,7 +264,7 @@ impl Core {
 
     fn run(&mut self) -> Result<(), String> {
         let mut ticks_done = 0u64;
-        let mut last_publish = 0u64;
+        let mut published_at = Instant::now();
         let fds = [self.inbox.fd(), self.wake.raw()];
         while !self.shared.stopping.load(Ordering::Acquire) {
             self.snapshot.rounds += 1;
@@ -302,8 +305,8 @@ impl Core {
                 self.table.tick(Tick(ticks_done));
             }
             self.round()?;
-            if ticks_done > last_publish {
-                last_publish = ticks_done;
+            if published_at.elapsed() >= PUBLISH_EVERY {
+                published_at = Instant::now();
                 self.publish();
             }
         }

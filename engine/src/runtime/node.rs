@@ -344,7 +344,7 @@ impl Node {
         self.shared.stopping.load(Ordering::Acquire)
     }
 
-    /// A snapshot of every counter (cores publish theirs every tick).
+    /// A snapshot of every counter (cores publish theirs every 20 ms).
     pub fn stats(&self) -> NodeStats {
         let cores = self.shared.snapshots.lock().expect("snapshot lock").clone();
         let mut totals = NodeTotals::default();
