@@ -260,11 +260,22 @@ fn serial_pipeline_with_linger_commits_concurrent_proposals_in_shared_instances(
         .collect();
     // Find the leader with one command, then send 50 at once: lingering lets them share instances.
     let first = propose(&nodes, 0, "first");
-    let leader = nodes
-        .iter()
-        .flatten()
-        .find(|n| n.leader_hint(GroupId(0)) == Some(n.config().node_id))
-        .expect("a leader after a commit");
+    // Leader hints are published every 20 ms: wait (bounded) until the leader says so.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let leader = loop {
+        if let Some(node) = nodes
+            .iter()
+            .flatten()
+            .find(|n| n.leader_hint(GroupId(0)) == Some(n.config().node_id))
+        {
+            break node;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no node says it leads after a commit"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    };
     let proposals: Vec<_> = (0..50)
         .map(|i| leader.propose(GroupId(0), Bytes::from(format!("c{i}"))))
         .collect();
