@@ -851,6 +851,10 @@ impl Wal {
     /// Sleeps in ONE `io_uring_enter` until this WAL's write completes, one of `fds` becomes
     /// readable, or `timeout` passes (returns at once if none of these can happen). With the
     /// blocking backend: poll(2) on `fds`.
+    ///
+    /// With io_uring, a watch on an fd stays armed until the fd becomes readable (it is then
+    /// re-armed by the next `wait` that names it): keep watched fds open for the life of the
+    /// log, as a core does with its inbox eventfd and timer.
     pub fn wait(
         &mut self,
         fds: &[RawFd],
