@@ -503,7 +503,18 @@ impl Wal {
             }
         }
 
-        let spare_serial = listing.spares.len() as u64;
+        // New spares are numbered after every spare already there (names never collide).
+        let spare_serial = listing
+            .spares
+            .iter()
+            .filter_map(|path| {
+                path.file_name()?
+                    .to_str()
+                    .and_then(segfile::parse_spare_name)
+            })
+            .map(|(_, serial)| serial)
+            .max()
+            .unwrap_or(0);
         let mut wal = Wal {
             io,
             buffers,
