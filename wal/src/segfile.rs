@@ -43,6 +43,16 @@ pub fn preparing_name(core: u32, segment: u64) -> String {
     format!("{}.preparing", segment_name(core, segment))
 }
 
+/// Parses a spare file name into `(core, serial)`.
+pub fn parse_spare_name(name: &str) -> Option<(u32, u64)> {
+    let rest = name.strip_prefix('c')?.strip_suffix(".wal")?;
+    let (core, serial) = rest.split_once("-spare")?;
+    if core.len() != 5 || serial.len() != 20 {
+        return None;
+    }
+    Some((core.parse().ok()?, serial.parse().ok()?))
+}
+
 /// Name of a purged segment kept for recycling.
 pub fn spare_name(core: u32, serial: u64) -> String {
     format!("c{core:05}-spare{serial:020}.wal")
@@ -258,5 +268,7 @@ mod tests {
         assert_eq!(parse_segment_name("c00001-s1.wal"), None);
         assert_eq!(parse_segment_name(&preparing_name(1, 1)), None);
         assert_eq!(parse_segment_name(&spare_name(1, 1)), None);
+        assert_eq!(parse_spare_name(&spare_name(3, 17)), Some((3, 17)));
+        assert_eq!(parse_spare_name(&segment_name(3, 17)), None);
     }
 }

@@ -503,7 +503,18 @@ impl Wal {
             }
         }
 
-        let spare_serial = listing.spares.len() as u64;
+        // New spares are numbered after every spare already there (names never collide).
+        let spare_serial = listing
+            .spares
+            .iter()
+            .filter_map(|path| {
+                path.file_name()?
+                    .to_str()
+                    .and_then(segfile::parse_spare_name)
+            })
+            .map(|(_, serial)| serial)
+            .max()
+            .unwrap_or(0);
         let mut wal = Wal {
             io,
             buffers,
@@ -851,6 +862,10 @@ impl Wal {
     /// Sleeps in ONE `io_uring_enter` until this WAL's write completes, one of `fds` becomes
     /// readable, or `timeout` passes (returns at once if none of these can happen). With the
     /// blocking backend: poll(2) on `fds`.
+    ///
+    /// With io_uring, a watch on an fd stays armed until the fd becomes readable (it is then
+    /// re-armed by the next `wait` that names it): keep watched fds open for the life of the
+    /// log, as a core does with its inbox eventfd and timer.
     pub fn wait(
         &mut self,
         fds: &[RawFd],
