@@ -11,3 +11,8 @@ pub use crate::core::{
     Ballot, Config, CoreStats, CoreTable, GroupId, Instance, Lsn, Message, NodeId, Outputs, Prng,
     ProposalId, ProposalResult, Tick,
 };
+
+/// The README's code, compiled by `cargo test` so that it stays true to the API.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
