@@ -79,6 +79,11 @@ pub struct NodeConfig {
     /// batches form from whatever arrives while earlier instances are in flight).
     #[serde(default)]
     pub batch_linger_us: u64,
+    /// Chosen values each group keeps in memory below its applied point, to serve peers that
+    /// catch up (at least 1024). A peer further behind cannot catch up until streaming
+    /// catch-up from the WAL exists; memory is about groups x this x average value size.
+    #[serde(default = "defaults::catchup_retained_instances")]
+    pub catchup_retained_instances: u64,
     /// Proposals queued per core before `Error::Overloaded`.
     #[serde(default = "defaults::proposal_queue_max")]
     pub proposal_queue_max: usize,
@@ -128,6 +133,9 @@ mod defaults {
         256 * 1024
     }
     pub fn batch_commands_max() -> u32 {
+        4096
+    }
+    pub fn catchup_retained_instances() -> u64 {
         4096
     }
     pub fn proposal_queue_max() -> usize {
@@ -216,6 +224,7 @@ impl NodeConfig {
                 batch_bytes_max: defaults::batch_bytes_max(),
                 batch_commands_max: defaults::batch_commands_max(),
                 batch_linger_us: 0,
+                catchup_retained_instances: defaults::catchup_retained_instances(),
                 proposal_queue_max: defaults::proposal_queue_max(),
                 sync_mode: SyncModeConfig::default(),
                 wal_backend: WalBackendConfig::default(),
@@ -393,6 +402,13 @@ impl NodeConfig {
                 "keep frame_bytes_max at least 4 KiB above batch_bytes_max",
             ));
         }
+        if self.catchup_retained_instances < 1024 {
+            return Err(invalid(
+                "catchup_retained_instances",
+                format!("is {}", self.catchup_retained_instances),
+                "use at least 1024 (one acceptance window)",
+            ));
+        }
         if self.proposal_queue_max == 0 {
             return Err(invalid(
                 "proposal_queue_max",
@@ -457,6 +473,8 @@ impl NodeConfigBuilder {
         batch_commands_max: u32,
         /// Sets `batch_linger_us`.
         batch_linger_us: u64,
+        /// Sets `catchup_retained_instances`.
+        catchup_retained_instances: u64,
         /// Sets `proposal_queue_max`.
         proposal_queue_max: usize,
         /// Sets `sync_mode`.
@@ -538,6 +556,10 @@ mod tests {
             (base().batch_bytes_max(8 * 1024 * 1024), "batch_bytes_max"),
             (base().heartbeat_ticks(100), "heartbeat_ticks"),
             (base().tick_ms(0), "tick_ms"),
+            (
+                base().catchup_retained_instances(10),
+                "catchup_retained_instances",
+            ),
         ];
         for (builder, field) in cases {
             let err = builder.build().unwrap_err();

@@ -208,6 +208,7 @@ impl Core {
             election_jitter_ticks: u64::from(config.election_timeout_ticks),
             heartbeat_ticks: u64::from(config.heartbeat_ticks),
             retransmit_ticks: u64::from(config.heartbeat_ticks) * 2,
+            chosen_retained_max: config.catchup_retained_instances,
             ..CoreConfig::default()
         };
         let members: Vec<NodeId> = config.members().into_iter().map(NodeId).collect();
