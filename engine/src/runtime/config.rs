@@ -81,8 +81,10 @@ pub struct NodeConfig {
     #[serde(default)]
     pub batch_linger_us: u64,
     /// Chosen values each group keeps in memory below its applied point, to serve peers that
-    /// catch up (at least 1024). A peer further behind cannot catch up until streaming
-    /// catch-up from the WAL exists; memory is about groups x this x average value size.
+    /// catch up (at least 1024; default 65536). A peer further behind cannot catch up until
+    /// streaming catch-up from the WAL exists, so keep it above the instances a group chooses
+    /// while a node may be down. Memory is up to groups x this x average value size: lower it
+    /// for many groups with large values.
     #[serde(default = "defaults::catchup_retained_instances")]
     pub catchup_retained_instances: u64,
     /// Proposals queued per core before `Error::Overloaded`.
@@ -137,7 +139,7 @@ mod defaults {
         4096
     }
     pub fn catchup_retained_instances() -> u64 {
-        4096
+        65_536
     }
     pub fn proposal_queue_max() -> usize {
         65_536
