@@ -348,13 +348,12 @@ impl Core {
         // 3. Replies that depend on persisted state wait for their Lsn.
         for send in out.sends_after_durable.drain(..) {
             let frame = self.encode(send.group, &send.msg);
-            if let Some((last, _, _)) = self.after_durable.back() {
-                assert!(
-                    *last <= send.lsn,
-                    "durable-gated replies arrive in Lsn order"
-                );
-            }
-            self.after_durable.push_back((send.lsn, send.to, frame));
+            // Kept sorted by Lsn (the core emits them in order; an older one, e.g. a repeated
+            // reply, is placed where it belongs rather than waiting behind newer ones).
+            let at = self
+                .after_durable
+                .partition_point(|(lsn, _, _)| *lsn <= send.lsn);
+            self.after_durable.insert(at, (send.lsn, send.to, frame));
         }
         self.release_durable();
 
