@@ -468,22 +468,26 @@ impl Group {
         }
     }
 
+    /// Refuses a Prepare or Accept below the promise; the reply carries the higher ballot.
+    fn reject(&self, ctx: &mut Ctx<'_>, from: NodeId, ballot: Ballot) {
+        ctx.stats.rejections_sent += 1;
+        ctx.send(
+            self.id,
+            from,
+            Message::Reject {
+                rejected: ballot,
+                promised: self.promised,
+            },
+        );
+    }
+
     fn on_prepare(&mut self, ctx: &mut Ctx<'_>, from: NodeId, ballot: Ballot, first: Instance) {
         self.observe(ctx, ballot);
         if self.relearn.is_some() {
             return; // Paxos Made Live: no vote until re-learned.
         }
         if ballot < self.promised {
-            ctx.stats.rejections_sent += 1;
-            let promised = self.promised;
-            ctx.send(
-                self.id,
-                from,
-                Message::Reject {
-                    rejected: ballot,
-                    promised,
-                },
-            );
+            self.reject(ctx, from, ballot);
             return;
         }
         let lsn = if ballot > self.promised {
@@ -658,16 +662,7 @@ impl Group {
             return;
         }
         if ballot < self.promised {
-            ctx.stats.rejections_sent += 1;
-            let promised = self.promised;
-            ctx.send(
-                self.id,
-                from,
-                Message::Reject {
-                    rejected: ballot,
-                    promised,
-                },
-            );
+            self.reject(ctx, from, ballot);
             return;
         }
         let raised = ballot > self.promised;
