@@ -115,6 +115,11 @@ pub struct Recovery {
     pub tail_regions: Vec<TailRegion>,
     /// Loss followed by valid data: reported, never silently cut.
     pub damaged: Vec<Damage>,
+    /// The cut last write, when it may have held records (rows 5 and 8): a torn write and
+    /// damage to a write that completed (whose replies may have left the node) look the same,
+    /// so the engine applies the re-learn rule to the groups it names (every group of the core
+    /// when `identities_complete` is false). `None` when nothing that could hold a record was cut.
+    pub tail_damage: Option<Damage>,
     /// Non-zero bytes between batches that hid no LSN (rows 3/7).
     pub junk_bytes: u64,
     /// Non-zero bytes after the last batch of a recycled segment (its earlier life; row 10).
