@@ -308,6 +308,7 @@ fn codec_round_trips_every_kind() {
         },
         Message::Promise {
             ballot,
+            first: Instance(4),
             applied_next: Instance(2),
             truncated: true,
             entries: vec![PromiseEntry {
@@ -326,6 +327,7 @@ fn codec_round_trips_every_kind() {
         Message::Accepted {
             ballot,
             instance: Instance(9),
+            value_crc: 0xDEAD_BEEF,
         },
         Message::Reject {
             rejected: ballot,
@@ -336,9 +338,16 @@ fn codec_round_trips_every_kind() {
             chosen_through: Instance(5),
             checksum: 77,
         },
-        Message::CatchupRequest { from: Instance(1) },
+        Message::CatchupRequest {
+            from: Instance(1),
+            request: 9,
+            until: Instance(12),
+        },
         Message::CatchupReply {
+            request: 9,
             applied_next: Instance(3),
+            high: Instance(7),
+            relearning: true,
             promised: ballot,
             entries: vec![(Instance(1), bytes::Bytes::from_static(b"q"))],
             checksum: 5,

@@ -113,7 +113,8 @@ fn accept_at_or_above_the_promise_is_written_then_acknowledged() {
         out.sends_after_durable[0].msg,
         Message::Accepted {
             ballot: ballot(5, 2),
-            instance: Instance(0)
+            instance: Instance(0),
+            value_crc: crc32fast::hash(&value),
         }
     );
     assert_eq!(table.leader_hint(G), Some(NodeId(2)));
@@ -327,7 +328,11 @@ fn unknown_group_is_ignored_and_counted() {
     table.on_message(
         NodeId(2),
         GroupId(99),
-        Message::CatchupRequest { from: Instance(0) },
+        Message::CatchupRequest {
+            from: Instance(0),
+            request: 0,
+            until: Instance(0),
+        },
     );
     assert_eq!(table.stats().messages_unknown_group, 1);
     assert!(drain(&mut table).is_empty());

@@ -4,14 +4,20 @@
 //! rolling checksum, the proposer's role and pipeline, and the proposal queue. Must never do
 //! I/O or read a clock: it speaks only through the table's `Ctx` (append, send,
 //! send-after-durable, outputs) and learns time from `ctx.now`.
-use super::message::{Message, PromiseEntry};
-use super::table::{Chosen, Ctx, FailReason, GroupError, ProposalResult};
-use super::value;
-use super::wal_types::{Ballot, GroupId, Instance, Record, RecordKind};
+use super::message::{self, Message, PromiseEntry};
+use super::table::{
+    Chosen, Ctx, FailReason, GroupError, GroupStatus, ProposalResult, RelearnStatus,
+};
+use super::value::{self, Identity};
+use super::wal_types::{Ballot, Damage, GroupId, Instance, Lsn, Record, RecordKind};
 use super::{NodeId, ProposalId, Tick};
 use super::{ACCEPT_WINDOW_INSTANCES, CATCHUP_BATCH_MAX, PROMISE_SPAN_INSTANCES};
 use bytes::Bytes;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+/// The payload tag of a repair record (a `Meta` record a group writes when it finished
+/// re-learning: damage below the Lsn that follows the tag is repaired for this group).
+const REPAIR_TAG: &[u8; 4] = b"RPR1";
 
 /// Bytes of chosen values per catch-up reply (besides the entry count limit).
 const CATCHUP_BYTES_MAX: usize = 1 << 20;
@@ -29,44 +35,80 @@ struct Queued {
 #[derive(Debug)]
 struct InFlight {
     value: Bytes,
+    /// crc32 of `value`: an Accepted counts only when it names this.
+    value_crc: u32,
+    /// The identity inside `value` (Committed is answered only when the chosen value has it).
+    identity: Identity,
     accepted_by: BTreeSet<NodeId>,
     proposals: Vec<ProposalId>,
-    /// Round trips on the critical path (0 = no client command: a recovered instance).
-    rtts: u32,
+    /// Prepare round trips on its critical path (0 when every command arrived while leading).
+    prepare_rtts: u32,
+    /// Accept transmissions so far (the first send and every retransmission).
+    transmissions: u32,
     sent_at: Option<Tick>,
+}
+
+#[derive(Debug)]
+struct PromiseInfo {
+    entries: Vec<PromiseEntry>,
+    truncated: bool,
 }
 
 #[derive(Debug)]
 struct Candidate {
     ballot: Ballot,
     first: Instance,
-    promises: BTreeMap<NodeId, Vec<PromiseEntry>>,
+    promises: BTreeMap<NodeId, PromiseInfo>,
     started_at: Tick,
     sent_at: Tick,
+    /// The record of this node's own promise of `ballot`: no Prepare leaves before it is
+    /// durable, so a ballot is never used twice across crashes.
+    promise_lsn: Lsn,
+    /// Prepare transmissions (the first and every retransmission).
+    rounds: u32,
 }
 
 #[derive(Debug)]
 enum Role {
     Follower,
     Candidate(Candidate),
-    Leader { ballot: Ballot },
+    Leader {
+        ballot: Ballot,
+        /// Prepare round trips it took to win (charged to commands queued while a candidate).
+        prepare_rounds: u32,
+    },
+}
+
+/// A peer's answer to a re-learn request.
+#[derive(Debug, Clone, Copy)]
+struct Report {
+    applied_next: Instance,
+    high: Instance,
+    promised: Ballot,
+    relearning: bool,
 }
 
 /// Re-learning after WAL damage (Paxos Made Live): no votes until `target` is applied
 /// (docs/PROTOCOL.md#restart).
 #[derive(Debug)]
 struct Relearn {
-    /// Fixed once `n - quorum + 1` peers reported: every instance this replica may have voted
-    /// on before the restart lies below it.
+    /// Fixed once enough peers reported: every instance this replica may have voted on
+    /// before it lost state lies below it (docs/PROTOCOL.md#re-learning).
     target: Option<Instance>,
     /// One past the highest instance in the recovered log.
     floor: Instance,
-    /// Peers' (applied point, promised ballot), from catch-up replies.
-    reports: BTreeMap<NodeId, (Instance, Ballot)>,
+    /// Peers' answers to this re-learn's request (`request`), one per peer.
+    reports: BTreeMap<NodeId, Report>,
     /// The highest promise reported: this replica promises at least that when it rejoins.
     promise_floor: Ballot,
     /// When the peers that have not reported were last asked.
     asked_at: Option<Tick>,
+    /// When re-learning began (first tick after the restart).
+    started_at: Option<Tick>,
+    /// This re-learn's request id: only replies that echo it count as reports.
+    request: u64,
+    /// The target came from pooled reports of re-learning peers (PAR's condition).
+    pooled: bool,
 }
 
 #[derive(Debug)]
@@ -94,6 +136,21 @@ pub(super) struct Group {
     max_seen: Ballot,
     commit_dirty: bool,
     last_broadcast: Tick,
+    /// A leader whose phase 1 was cut by a Promise's byte bound knows the acceptors' state
+    /// only below this: it opens nothing at or above it until a continuation covers more.
+    phase1_end: Option<Instance>,
+    /// A leader's phase 1 continuation from `phase1_end` (same ballot, next chunk).
+    continuation: Option<Candidate>,
+    /// A re-learning peer needs every instance below this chosen: an idle leader fills.
+    fill_until: Instance,
+    /// The next proposal sequence (with the node and incarnation: the value's identity).
+    next_seq: u64,
+    /// Re-learn episodes so far (part of the request id).
+    relearn_episodes: u64,
+    /// Phase 1 attempts since a leader was last seen.
+    elections_without_leader: u64,
+    /// Members whose Promise the last candidacy did not get.
+    missing_promises: Vec<NodeId>,
 }
 
 impl Group {
@@ -119,7 +176,67 @@ impl Group {
             max_seen: Ballot::ZERO,
             commit_dirty: false,
             last_broadcast: Tick(0),
+            phase1_end: None,
+            continuation: None,
+            fill_until: Instance(0),
+            next_seq: 1,
+            relearn_episodes: 0,
+            elections_without_leader: 0,
+            missing_promises: Vec::new(),
         }
+    }
+
+    /// What this group is doing (for stats and the stuck-state log line).
+    pub fn status(&self, me: NodeId, members: &[NodeId], needed: usize) -> GroupStatus {
+        let role = if self.stopped {
+            "stopped"
+        } else {
+            match self.role {
+                Role::Follower => "follower",
+                Role::Candidate(_) => "candidate",
+                Role::Leader { .. } => "leader",
+            }
+        };
+        let missing_promises = match &self.role {
+            Role::Candidate(c) => members
+                .iter()
+                .copied()
+                .filter(|n| !c.promises.contains_key(n))
+                .collect(),
+            _ => self.missing_promises.clone(),
+        };
+        let relearning = self.relearn.as_ref().map(|r| RelearnStatus {
+            target: r.target,
+            waiting_for: members
+                .iter()
+                .copied()
+                .filter(|n| *n != me && !r.reports.contains_key(n))
+                .collect(),
+            sure_reports: r.reports.values().filter(|x| !x.relearning).count(),
+            relearning_reports: r.reports.values().filter(|x| x.relearning).count(),
+            needed,
+            pooled: r.pooled,
+        });
+        GroupStatus {
+            group: self.id,
+            role: role.to_string(),
+            leader_hint: self.leader_hint,
+            applied_next: self.applied_next,
+            elections_without_leader: self.elections_without_leader,
+            missing_promises,
+            relearning,
+        }
+    }
+
+    /// One past the highest instance this replica holds anything for.
+    fn held_end(&self) -> Instance {
+        let accepted = self.accepted.keys().next_back().map(|i| Instance(i.0 + 1));
+        let chosen = self.chosen.keys().next_back().map(|i| Instance(i.0 + 1));
+        let inflight = self.inflight.keys().next_back().map(|i| Instance(i.0 + 1));
+        self.applied_next
+            .max(accepted.unwrap_or_default())
+            .max(chosen.unwrap_or_default())
+            .max(inflight.unwrap_or_default())
     }
 
     pub fn leader_hint(&self) -> Option<NodeId> {
@@ -140,9 +257,17 @@ impl Group {
 
     /// Rebuilds the replica from its recovered records (in Lsn order); see
     /// docs/PROTOCOL.md#restart for the rules.
-    pub fn restore(&mut self, ctx: &mut Ctx<'_>, records: &[&Record], damaged: bool) {
+    pub fn restore(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        records: &[&Record],
+        damage: &[&Damage],
+        state_lost: bool,
+    ) {
         let mut marks: Vec<(Instance, Ballot, Bytes)> = Vec::new();
         let mut highest = None;
+        // Damage below this Lsn was repaired by an earlier re-learn of this group.
+        let mut repaired_below = Lsn::ZERO;
         for record in records {
             assert_eq!(record.group, self.id);
             highest = highest.max(Some(record.instance));
@@ -162,10 +287,18 @@ impl Group {
                 RecordKind::Chosen => {
                     marks.push((record.instance, record.accepted, record.payload.clone()))
                 }
-                RecordKind::Meta => {}
+                RecordKind::Meta => {
+                    if let Some(lsn) = repair_lsn(&record.payload) {
+                        repaired_below = repaired_below.max(lsn);
+                        self.promised = self.promised.max(record.promised);
+                    }
+                }
             }
         }
-        let mut damaged = damaged;
+        // Any unrepaired damage makes the group re-learn: the (group, instance) names that
+        // recovery reads from a damaged record are hints, and a wrong one would let a group
+        // vote on what it forgot (docs/PROTOCOL.md#restart).
+        let mut damaged = state_lost || damage.iter().any(|d| d.last_lsn >= repaired_below);
         for (instance, ballot, payload) in marks {
             let value = if !payload.is_empty() {
                 payload
@@ -186,12 +319,17 @@ impl Group {
         self.apply_ready(ctx);
         if damaged {
             ctx.stats.groups_relearning += 1;
+            self.relearn_episodes += 1;
             self.relearn = Some(Relearn {
                 target: None,
                 floor: Instance(highest.map_or(0, |i| i.0 + 1)),
                 reports: BTreeMap::new(),
                 promise_floor: Ballot::ZERO,
                 asked_at: None,
+                started_at: None,
+                // Unique across restarts (the incarnation) and episodes; never 0.
+                request: (ctx.incarnation << 32) | (self.relearn_episodes & 0xFFFF_FFFF),
+                pooled: false,
             });
         }
     }
@@ -261,23 +399,24 @@ impl Group {
                     self.step_down(ctx);
                 } else if now.0 >= candidate.sent_at.0 + retransmit {
                     candidate.sent_at = now;
-                    let msg = Message::Prepare {
-                        ballot: candidate.ballot,
-                        first: candidate.first,
-                    };
-                    let missing: Vec<NodeId> = ctx
-                        .members
-                        .iter()
-                        .copied()
-                        .filter(|n| !candidate.promises.contains_key(n))
-                        .collect();
-                    for to in missing {
-                        ctx.send(self.id, to, msg.clone());
-                    }
+                    candidate.rounds += 1;
+                    resend_prepare(ctx, self.id, candidate);
                 }
             }
-            Role::Leader { ballot } => {
+            Role::Leader { ballot, .. } => {
                 let ballot = *ballot;
+                if let Some(cont) = &mut self.continuation {
+                    if now.0 >= cont.started_at.0 + ctx.config.election_timeout_ticks {
+                        // The continuation found no quorum: this leadership cannot go on.
+                        self.step_down(ctx);
+                        return;
+                    }
+                    if now.0 >= cont.sent_at.0 + retransmit {
+                        cont.sent_at = now;
+                        cont.rounds += 1;
+                        resend_prepare(ctx, self.id, cont);
+                    }
+                }
                 let chosen_through = self.applied_next;
                 for (instance, flight) in self.inflight.iter_mut() {
                     let Some(sent_at) = flight.sent_at else {
@@ -287,6 +426,7 @@ impl Group {
                         continue;
                     }
                     flight.sent_at = Some(now);
+                    flight.transmissions += 1;
                     let msg = Message::Accept {
                         ballot,
                         instance: *instance,
@@ -314,18 +454,41 @@ impl Group {
 
     /// End of a round: a leader batches its queue into instances and sends what is new.
     pub fn flush(&mut self, ctx: &mut Ctx<'_>) {
-        let Role::Leader { ballot } = self.role else {
+        let Role::Leader { ballot, .. } = self.role else {
             return;
         };
         if self.stopped {
             return;
         }
-        let window_end = self.applied_next.0 + ACCEPT_WINDOW_INSTANCES / 2;
-        while self.inflight.len() < ctx.config.pipeline_depth as usize
-            && !self.queue.is_empty()
-            && self.next_instance.0 < window_end
-        {
+        self.maybe_continue_phase1(ctx, ballot);
+        // A leader opens instance i only while i < applied_next + pipeline_depth (and below
+        // what its phase 1 covers): an Accept for i leaves only after instance i - depth is
+        // chosen, which bounds what any acceptor may have voted on (the re-learn target's
+        // premise, docs/PROTOCOL.md#re-learning).
+        let depth = u64::from(ctx.config.pipeline_depth);
+        let phase1_end = self.phase1_end;
+        #[allow(unused_mut)]
+        let mut open_limit = Instance(self.applied_next.0 + depth);
+        #[allow(unused_mut)]
+        let mut old_window = false;
+        #[cfg(feature = "sim-bugs")]
+        if ctx.bugs.relearn_target_too_low {
+            // Pre-fix window: up to depth instances in flight, up to applied + 512.
+            open_limit = Instance(self.applied_next.0 + ACCEPT_WINDOW_INSTANCES / 2);
+            old_window = true;
+        }
+        let may_open = |g: &Group| {
+            g.next_instance < open_limit
+                && phase1_end.is_none_or(|end| g.next_instance < end)
+                && (!old_window || g.inflight.len() < ctx.config.pipeline_depth as usize)
+        };
+        while !self.queue.is_empty() && may_open(self) {
             self.open_instance(ctx);
+        }
+        while self.queue.is_empty() && self.next_instance < self.fill_until && may_open(self) {
+            // A re-learning peer waits for these to be chosen (an idle group would leave it
+            // without a vote forever).
+            self.open_noop(ctx);
         }
         let mut sent_accept = false;
         let chosen_through = self.applied_next;
@@ -338,6 +501,7 @@ impl Group {
         for instance in fresh {
             let flight = self.inflight.get_mut(&instance).expect("in flight");
             flight.sent_at = Some(ctx.now);
+            flight.transmissions += 1;
             let msg = Message::Accept {
                 ballot,
                 instance,
@@ -372,7 +536,7 @@ impl Group {
         let limit_bytes = ctx.config.batch_bytes_max as usize;
         let limit_commands = ctx.config.batch_commands_max as usize;
         let mut taken: Vec<Queued> = Vec::new();
-        let mut bytes = 4;
+        let mut bytes = value::VALUE_HEADER_BYTES;
         while let Some(next) = self.queue.front() {
             let grown = bytes + 4 + next.command.len();
             if taken.len() >= limit_commands || grown > limit_bytes {
@@ -382,25 +546,40 @@ impl Group {
             taken.push(self.queue.pop_front().expect("front exists"));
         }
         assert!(!taken.is_empty(), "a queued command always fits a value");
-        let value = value::encode(taken.iter().map(|q| &q.command));
-        assert_eq!(value.len(), bytes);
-        let rtts = if taken.iter().all(|q| q.arrived_leading) {
-            1
-        } else {
-            2
+        #[allow(unused_mut)]
+        let mut identity = Identity {
+            node: ctx.me.0,
+            incarnation: ctx.incarnation,
+            seq: self.next_seq,
         };
+        self.next_seq += 1;
+        #[cfg(feature = "sim-bugs")]
+        if ctx.bugs.commit_by_bytes {
+            identity = Identity::default(); // pre-fix values carried no identity
+        }
+        let value = value::encode_with(identity, taken.iter().map(|q| &q.command));
+        assert_eq!(value.len(), bytes);
+        let prepare_rtts = match self.role {
+            Role::Leader { prepare_rounds, .. } if !taken.iter().all(|q| q.arrived_leading) => {
+                prepare_rounds
+            }
+            _ => 0,
+        };
+        self.insert_flight(value, taken.iter().map(|q| q.id).collect(), prepare_rtts);
+    }
+
+    /// Opens a no-op instance (no proposal waits on it).
+    fn open_noop(&mut self, ctx: &mut Ctx<'_>) {
+        ctx.stats.relearn_fill_instances += 1;
+        self.insert_flight(value::noop(), Vec::new(), 0);
+    }
+
+    fn insert_flight(&mut self, value: Bytes, proposals: Vec<ProposalId>, prepare_rtts: u32) {
         let instance = self.next_instance;
         self.next_instance = Instance(instance.0 + 1);
-        let previous = self.inflight.insert(
-            instance,
-            InFlight {
-                value,
-                accepted_by: BTreeSet::new(),
-                proposals: taken.iter().map(|q| q.id).collect(),
-                rtts,
-                sent_at: None,
-            },
-        );
+        let previous = self
+            .inflight
+            .insert(instance, flight(value, proposals, prepare_rtts));
         assert!(previous.is_none(), "instance opened twice");
     }
 
@@ -412,17 +591,29 @@ impl Group {
             Message::Prepare { ballot, first } => self.on_prepare(ctx, from, ballot, first),
             Message::Promise {
                 ballot,
+                first,
                 applied_next,
                 truncated,
                 entries,
-            } => self.on_promise(ctx, from, ballot, applied_next, truncated, entries),
+            } => self.on_promise(
+                ctx,
+                from,
+                ballot,
+                first,
+                applied_next,
+                PromiseInfo { entries, truncated },
+            ),
             Message::Accept {
                 ballot,
                 instance,
                 value,
                 chosen_through,
             } => self.on_accept(ctx, from, ballot, instance, value, chosen_through),
-            Message::Accepted { ballot, instance } => self.on_accepted(ctx, from, ballot, instance),
+            Message::Accepted {
+                ballot,
+                instance,
+                value_crc,
+            } => self.on_accepted(ctx, from, ballot, instance, value_crc),
             Message::Reject { rejected, promised } => self.on_reject(ctx, from, rejected, promised),
             Message::Commit {
                 ballot,
@@ -438,13 +629,28 @@ impl Group {
                     self.check(ctx, Instance(chosen_through.0 - 1), checksum, from);
                 }
             }
-            Message::CatchupRequest { from: first } => self.on_catchup_request(ctx, from, first),
+            Message::CatchupRequest {
+                from: first,
+                request,
+                until,
+            } => self.on_catchup_request(ctx, from, first, request, until),
             Message::CatchupReply {
+                request,
                 applied_next,
+                high,
+                relearning,
                 promised,
                 entries,
                 checksum,
-            } => self.on_catchup_reply(ctx, from, applied_next, promised, entries, checksum),
+            } => {
+                let report = Report {
+                    applied_next,
+                    high,
+                    promised,
+                    relearning,
+                };
+                self.on_catchup_reply(ctx, from, request, report, entries, checksum)
+            }
         }
     }
 
@@ -454,7 +660,7 @@ impl Group {
         let mine = match &self.role {
             Role::Follower => return,
             Role::Candidate(candidate) => candidate.ballot,
-            Role::Leader { ballot } => *ballot,
+            Role::Leader { ballot, .. } => *ballot,
         };
         if ballot > mine {
             self.step_down(ctx);
@@ -465,6 +671,7 @@ impl Group {
         if ballot.node != ctx.me.0 {
             self.leader_hint = Some(NodeId(ballot.node));
             self.election_deadline = Some(ctx.election_deadline());
+            self.elections_without_leader = 0;
         }
     }
 
@@ -499,14 +706,16 @@ impl Group {
         if from != ctx.me {
             self.election_deadline = Some(ctx.election_deadline());
         }
-        let (entries, truncated) = self.promise_entries(first);
+        let (entries, truncated) = self.promise_entries(ctx, first);
         ctx.stats.promises_sent += u64::from(from != ctx.me);
+        ctx.stats.promises_truncated += u64::from(truncated);
         ctx.send_after_durable(
             lsn,
             self.id,
             from,
             Message::Promise {
                 ballot,
+                first,
                 applied_next: self.applied_next,
                 truncated,
                 entries,
@@ -514,7 +723,7 @@ impl Group {
         );
     }
 
-    fn persist_promise(&mut self, ctx: &mut Ctx<'_>, first: Instance) -> super::Lsn {
+    fn persist_promise(&mut self, ctx: &mut Ctx<'_>, first: Instance) -> Lsn {
         #[cfg(feature = "sim-bugs")]
         if ctx.bugs.forget_promise {
             return ctx.last_lsn();
@@ -529,17 +738,14 @@ impl Group {
         })
     }
 
-    /// What this acceptor holds from `first` on, for a Promise; `truncated` if it cannot all
-    /// be reported (the candidate must catch up first).
-    fn promise_entries(&self, first: Instance) -> (Vec<PromiseEntry>, bool) {
+    /// What this acceptor holds from `first` on, for a Promise, in instance order, within the
+    /// message byte bound and `PROMISE_SPAN_INSTANCES`; `truncated` when more is held beyond
+    /// the last entry reported (the leader then continues phase 1 from there).
+    fn promise_entries(&self, ctx: &Ctx<'_>, first: Instance) -> (Vec<PromiseEntry>, bool) {
         let end = Instance(first.0.saturating_add(PROMISE_SPAN_INSTANCES));
         let mut truncated = self.chosen.range(end..).next().is_some()
             || self.accepted.range(end..).next().is_some();
-        // Chosen values below the applied point that were pruned cannot be reported.
-        if first < self.applied_next && !self.chosen.contains_key(&first) {
-            truncated = true;
-        }
-        let mut entries: Vec<PromiseEntry> = self
+        let mut all: Vec<PromiseEntry> = self
             .chosen
             .range(first..end)
             .map(|(i, v)| PromiseEntry {
@@ -559,8 +765,28 @@ impl Group {
                     }),
             )
             .collect();
-        entries.sort_by_key(|e| e.instance);
-        (entries, truncated)
+        all.sort_by_key(|e| e.instance);
+        #[allow(unused_mut)]
+        let mut budget = ctx.config.message_bytes_max as usize;
+        #[cfg(feature = "sim-bugs")]
+        if ctx.bugs.unbounded_promise {
+            budget = usize::MAX;
+        }
+        let mut bytes = message::PROMISE_HEADER_BYTES;
+        let mut kept = 0;
+        for entry in &all {
+            let grown = bytes + message::promise_entry_bytes(entry.value.len());
+            // The first entry always fits (values are at most batch_bytes_max, and the
+            // config keeps MESSAGE_OVERHEAD_BYTES of room above it).
+            if grown > budget && kept > 0 {
+                truncated = true;
+                break;
+            }
+            bytes = grown;
+            kept += 1;
+        }
+        all.truncate(kept);
+        (all, truncated)
     }
 
     fn on_promise(
@@ -568,26 +794,45 @@ impl Group {
         ctx: &mut Ctx<'_>,
         from: NodeId,
         ballot: Ballot,
+        first: Instance,
         applied_next: Instance,
-        truncated: bool,
-        entries: Vec<PromiseEntry>,
+        info: PromiseInfo,
     ) {
-        let Role::Candidate(candidate) = &mut self.role else {
-            return;
-        };
-        if candidate.ballot != ballot {
-            return;
-        }
-        if truncated || applied_next.0 >= candidate.first.0 + ACCEPT_WINDOW_INSTANCES {
-            // This node is too far behind to lead: catch up first, then try again.
-            self.step_down(ctx);
-            self.request_catchup(ctx, from);
-            return;
-        }
-        candidate.promises.insert(from, entries);
-        let promises = candidate.promises.len();
-        if promises >= ctx.quorum() {
-            self.become_leader(ctx);
+        let quorum = ctx.quorum();
+        match &mut self.role {
+            Role::Candidate(candidate)
+                if candidate.ballot == ballot && candidate.first == first =>
+            {
+                if applied_next.0 >= candidate.first.0 + ACCEPT_WINDOW_INSTANCES {
+                    // This node is too far behind to lead: catch up first, then try again.
+                    self.step_down(ctx);
+                    self.request_catchup(ctx, from);
+                    return;
+                }
+                candidate.promises.insert(from, info);
+                if candidate.promises.len() >= quorum {
+                    self.become_leader(ctx);
+                }
+            }
+            Role::Leader { ballot: mine, .. } if *mine == ballot => {
+                let Some(cont) = &mut self.continuation else {
+                    return;
+                };
+                if cont.first != first {
+                    return;
+                }
+                if applied_next.0 >= cont.first.0 + ACCEPT_WINDOW_INSTANCES {
+                    self.step_down(ctx);
+                    self.request_catchup(ctx, from);
+                    return;
+                }
+                cont.promises.insert(from, info);
+                if cont.promises.len() >= quorum {
+                    let cont = self.continuation.take().expect("checked above");
+                    self.recover_window(ctx, cont.first, cont.promises);
+                }
+            }
+            _ => {}
         }
     }
 
@@ -596,11 +841,44 @@ impl Group {
         let Role::Candidate(candidate) = std::mem::replace(&mut self.role, Role::Follower) else {
             unreachable!("only a candidate becomes leader");
         };
-        let ballot = candidate.ballot;
+        self.role = Role::Leader {
+            ballot: candidate.ballot,
+            prepare_rounds: candidate.rounds,
+        };
+        self.leader_hint = Some(ctx.me);
+        self.elections_without_leader = 0;
+        self.missing_promises.clear();
+        ctx.stats.leaderships_won += 1;
+        self.recover_window(ctx, candidate.first, candidate.promises);
+        self.commit_dirty = true;
+    }
+
+    /// Re-proposes what a quorum of promises from `first` reports (the highest-ballot value
+    /// per instance, a no-op in a hole), up to where every cut Promise's report ends.
+    fn recover_window(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        first: Instance,
+        promises: BTreeMap<NodeId, PromiseInfo>,
+    ) {
+        // A cut Promise reports `first ..= its last entry`: beyond that the leader knows
+        // nothing of that acceptor yet.
+        let known_end: Option<Instance> = promises
+            .values()
+            .filter(|p| p.truncated)
+            .map(|p| {
+                p.entries
+                    .last()
+                    .map_or(Instance(first.0 + 1), |e| Instance(e.instance.0 + 1))
+            })
+            .min();
         let mut chosen: BTreeMap<Instance, Bytes> = BTreeMap::new();
         let mut best: BTreeMap<Instance, (Ballot, Bytes)> = BTreeMap::new();
-        for entries in candidate.promises.into_values() {
-            for entry in entries {
+        for info in promises.into_values() {
+            for entry in info.entries {
+                if known_end.is_some_and(|end| entry.instance >= end) {
+                    continue;
+                }
                 if entry.chosen {
                     chosen.insert(entry.instance, entry.value);
                 } else if best
@@ -614,37 +892,51 @@ impl Group {
         for (instance, value) in &chosen {
             self.learn(ctx, *instance, value.clone(), ctx.me);
         }
+        if !self.is_leader() {
+            return; // learning a conflicting value ended this leadership
+        }
         let highest = chosen
             .keys()
             .chain(best.keys())
             .max()
-            .map_or(candidate.first, |i| Instance(i.0 + 1));
-        self.role = Role::Leader { ballot };
-        self.leader_hint = Some(ctx.me);
-        ctx.stats.leaderships_won += 1;
-        let start = candidate.first.max(self.applied_next);
+            .map_or(first, |i| Instance(i.0 + 1));
+        let start = first.max(self.applied_next);
         for index in start.0..highest.0 {
             let instance = Instance(index);
-            if self.chosen.contains_key(&instance) {
+            if self.chosen.contains_key(&instance) || self.inflight.contains_key(&instance) {
                 continue;
             }
             // The highest-ballot accepted value must be proposed again; a hole gets a no-op.
             let value = best
                 .remove(&instance)
                 .map_or_else(value::noop, |(_, value)| value);
-            self.inflight.insert(
-                instance,
-                InFlight {
-                    value,
-                    accepted_by: BTreeSet::new(),
-                    proposals: Vec::new(),
-                    rtts: 0,
-                    sent_at: None,
-                },
-            );
+            self.inflight.insert(instance, flight(value, Vec::new(), 0));
         }
-        self.next_instance = highest.max(self.applied_next);
-        self.commit_dirty = true;
+        self.next_instance = self.next_instance.max(highest).max(self.applied_next);
+        self.phase1_end = known_end;
+    }
+
+    /// A leader whose phase 1 was cut continues it (same ballot) once everything below the
+    /// cut is chosen: the acceptors report what they hold from there.
+    fn maybe_continue_phase1(&mut self, ctx: &mut Ctx<'_>, ballot: Ballot) {
+        let Some(end) = self.phase1_end else {
+            return;
+        };
+        if self.continuation.is_some() || self.applied_next < end {
+            return;
+        }
+        ctx.stats.phase1_continuations += 1;
+        let cont = Candidate {
+            ballot,
+            first: end,
+            promises: BTreeMap::new(),
+            started_at: ctx.now,
+            sent_at: ctx.now,
+            promise_lsn: Lsn::ZERO, // the promise is durable since phase 1 won
+            rounds: 1,
+        };
+        ctx.broadcast(self.id, &Message::Prepare { ballot, first: end });
+        self.continuation = Some(cont);
     }
 
     fn on_accept(
@@ -685,13 +977,17 @@ impl Group {
                 self.id,
                 from,
                 Message::CatchupReply {
+                    request: 0,
                     applied_next: self.applied_next,
+                    high: self.held_end(),
+                    relearning: false,
                     promised: self.promised,
                     entries: vec![(instance, chosen)],
                     checksum,
                 },
             );
         } else if votes {
+            let value_crc = crc32fast::hash(&value);
             self.accepted.insert(instance, (ballot, value.clone()));
             let lsn = ctx.append(Record {
                 kind: RecordKind::Accept,
@@ -702,7 +998,16 @@ impl Group {
                 payload: value,
             });
             ctx.stats.accepted_sent += u64::from(from != ctx.me);
-            ctx.send_after_durable(lsn, self.id, from, Message::Accepted { ballot, instance });
+            ctx.send_after_durable(
+                lsn,
+                self.id,
+                from,
+                Message::Accepted {
+                    ballot,
+                    instance,
+                    value_crc,
+                },
+            );
         }
         self.on_commit(ctx, from, ballot, chosen_through);
     }
@@ -741,8 +1046,15 @@ impl Group {
         }
     }
 
-    fn on_accepted(&mut self, ctx: &mut Ctx<'_>, from: NodeId, ballot: Ballot, instance: Instance) {
-        let Role::Leader { ballot: mine } = self.role else {
+    fn on_accepted(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        from: NodeId,
+        ballot: Ballot,
+        instance: Instance,
+        value_crc: u32,
+    ) {
+        let Role::Leader { ballot: mine, .. } = self.role else {
             return;
         };
         if ballot != mine {
@@ -751,6 +1063,16 @@ impl Group {
         let Some(flight) = self.inflight.get_mut(&instance) else {
             return;
         };
+        #[allow(unused_mut)]
+        let mut names_value = value_crc == flight.value_crc;
+        #[cfg(feature = "sim-bugs")]
+        if ctx.bugs.ballot_reuse_after_crash {
+            names_value = true; // pre-fix: bare (ballot, instance) replies counted
+        }
+        if !names_value {
+            ctx.stats.accepted_stale += 1;
+            return;
+        }
         flight.accepted_by.insert(from);
         if flight.accepted_by.len() >= ctx.quorum() {
             let value = flight.value.clone();
@@ -762,7 +1084,7 @@ impl Group {
         let mine = match &self.role {
             Role::Follower => None,
             Role::Candidate(candidate) => Some(candidate.ballot),
-            Role::Leader { ballot } => Some(*ballot),
+            Role::Leader { ballot, .. } => Some(*ballot),
         };
         self.max_seen = self.max_seen.max(promised);
         if mine == Some(rejected) && promised > rejected {
@@ -771,19 +1093,34 @@ impl Group {
         }
     }
 
-    fn on_catchup_request(&mut self, ctx: &mut Ctx<'_>, from: NodeId, first: Instance) {
+    fn on_catchup_request(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        from: NodeId,
+        first: Instance,
+        request: u64,
+        until: Instance,
+    ) {
+        if self.is_leader() && until > self.fill_until {
+            // A re-learning peer needs instances chosen up to `until`; bounded by the accept
+            // window so that a bad request cannot make a leader open without end.
+            let bound = Instance(self.applied_next.0 + ACCEPT_WINDOW_INSTANCES);
+            self.fill_until = until.min(bound);
+        }
+        let budget = (ctx.config.message_bytes_max as usize).min(CATCHUP_BYTES_MAX);
         let mut entries = Vec::new();
-        let mut bytes = 0;
+        let mut bytes = message::CATCHUP_REPLY_HEADER_BYTES;
         let mut checksum = 0;
         for index in first.0..self.applied_next.0 {
             let instance = Instance(index);
             let Some(value) = self.chosen.get(&instance) else {
                 break; // pruned: serving it needs the WAL read path (a later issue)
             };
-            if entries.len() >= CATCHUP_BATCH_MAX || bytes + value.len() > CATCHUP_BYTES_MAX {
+            let grown = bytes + message::catchup_entry_bytes(value.len());
+            if entries.len() >= CATCHUP_BATCH_MAX || (grown > budget && !entries.is_empty()) {
                 break;
             }
-            bytes += value.len();
+            bytes = grown;
             checksum = *self
                 .checksums
                 .get(&instance)
@@ -795,7 +1132,10 @@ impl Group {
             self.id,
             from,
             Message::CatchupReply {
+                request,
                 applied_next: self.applied_next,
+                high: self.held_end(),
+                relearning: self.relearn.is_some(),
                 promised: self.promised,
                 entries,
                 checksum,
@@ -807,13 +1147,13 @@ impl Group {
         &mut self,
         ctx: &mut Ctx<'_>,
         from: NodeId,
-        applied_next: Instance,
-        promised: Ballot,
+        request: u64,
+        report: Report,
         entries: Vec<(Instance, Bytes)>,
         checksum: u32,
     ) {
         self.catchup_deadline = None;
-        if entries.is_empty() && applied_next > self.applied_next {
+        if entries.is_empty() && report.applied_next > self.applied_next {
             ctx.stats.catchup_unavailable += 1;
         }
         let last = entries.last().map(|(i, _)| *i);
@@ -828,27 +1168,69 @@ impl Group {
             }
         }
         if let Some(relearn) = &mut self.relearn {
-            if relearn.target.is_none() && from != ctx.me {
-                relearn.reports.insert(from, (applied_next, promised));
-                // Any quorum that chose a value or holds a promise with this replica shares a
-                // member with these peers (|reports| + quorum - 1 > n - 1).
-                let needed = ctx.members.len() - ctx.quorum() + 1;
-                if relearn.reports.len() >= needed {
-                    let ahead = relearn.reports.values().map(|(a, _)| *a).max();
-                    let base = relearn.floor.max(ahead.unwrap_or(Instance(0)));
-                    relearn.promise_floor = relearn
-                        .reports
-                        .values()
-                        .map(|(_, p)| *p)
-                        .max()
-                        .unwrap_or_default();
-                    relearn.target = Some(Instance(base.0 + u64::from(ctx.config.pipeline_depth)));
-                }
+            #[allow(unused_mut)]
+            let mut matches = request != 0 && request == relearn.request;
+            #[cfg(feature = "sim-bugs")]
+            if ctx.bugs.relearn_target_too_low {
+                matches = true; // pre-fix: any reply counted, request ids did not exist
+            }
+            if relearn.target.is_none() && from != ctx.me && matches {
+                relearn.reports.insert(from, report);
             }
         }
+        self.relearn_evaluate(ctx);
         self.finish_relearn(ctx);
-        if self.applied_next < applied_next && from != ctx.me {
+        if self.applied_next < report.applied_next && from != ctx.me {
             self.request_catchup(ctx, from);
+        }
+    }
+
+    /// Fixes the re-learn target once enough peers reported (docs/PROTOCOL.md#re-learning):
+    /// - `members - quorum + 1` peers that are not re-learning themselves: every instance
+    ///   this replica may have voted on lies below (their highest held instance + 1) +
+    ///   pipeline_depth;
+    /// - otherwise, after an election timeout, the same number of reports from any peers
+    ///   (re-learning ones report their intact records): the highest applied point among
+    ///   them. This pooled target relies on PAR's condition (every record intact on at least
+    ///   one member of every quorum) and is what lets a cluster whose every replica lost its
+    ///   last write (power loss) make progress.
+    fn relearn_evaluate(&mut self, ctx: &mut Ctx<'_>) {
+        let needed = ctx.relearn_needed();
+        let depth = u64::from(ctx.config.pipeline_depth);
+        let timeout = ctx.config.election_timeout_ticks;
+        let now = ctx.now;
+        let applied = self.applied_next;
+        let Some(relearn) = &mut self.relearn else {
+            return;
+        };
+        if relearn.target.is_some() || relearn.reports.len() < needed {
+            return;
+        }
+        relearn.promise_floor = relearn
+            .reports
+            .values()
+            .map(|r| r.promised)
+            .max()
+            .unwrap_or_default();
+        #[cfg(feature = "sim-bugs")]
+        if ctx.bugs.relearn_target_too_low {
+            let ahead = relearn.reports.values().map(|r| r.applied_next).max();
+            let base = relearn.floor.max(ahead.unwrap_or_default());
+            relearn.target = Some(Instance(base.0 + depth));
+            return;
+        }
+        let sure: Vec<&Report> = relearn.reports.values().filter(|r| !r.relearning).collect();
+        if sure.len() >= needed {
+            let high = sure.iter().map(|r| r.high).max().unwrap_or_default();
+            let base = relearn.floor.max(high);
+            relearn.target = Some(Instance(base.0 + depth));
+        } else if relearn
+            .started_at
+            .is_some_and(|started| now.0 >= started.0 + timeout)
+        {
+            let ahead = relearn.reports.values().map(|r| r.applied_next).max();
+            relearn.target = Some(applied.max(ahead.unwrap_or_default()));
+            relearn.pooled = true;
         }
     }
 
@@ -873,23 +1255,68 @@ impl Group {
             let first = self.applied_next;
             self.persist_promise(ctx, first);
         }
+        // The repair record: what was re-learned is in this log again (chosen marks carry
+        // the values), so damage below the Lsn this start recovered to is not re-learned
+        // again at the next restart.
+        let mut payload = Vec::with_capacity(12);
+        payload.extend_from_slice(REPAIR_TAG);
+        payload.extend_from_slice(&ctx.restored_lsn.0.to_le_bytes());
+        ctx.append(Record {
+            kind: RecordKind::Meta,
+            group: self.id,
+            instance: self.applied_next,
+            promised: self.promised,
+            accepted: Ballot::ZERO,
+            payload: Bytes::from(payload),
+        });
+        ctx.stats.groups_repaired += 1;
+        self.election_deadline = Some(ctx.election_deadline());
     }
 
     /// While re-learning without a target, asks every peer that has not reported yet (once
-    /// per retransmit interval); afterwards, one peer at a time as any lagging learner does.
+    /// per retransmit interval); afterwards, the leader (or every peer when no leader is
+    /// known) for catch-up up to the target, paced by the catch-up deadline.
     fn relearn_ask(&mut self, ctx: &mut Ctx<'_>) {
+        let now = ctx.now;
+        if let Some(relearn) = &mut self.relearn {
+            relearn.started_at.get_or_insert(now);
+        } else {
+            return;
+        }
+        self.relearn_evaluate(ctx);
+        self.finish_relearn(ctx);
+        let from = self.applied_next;
+        let leader = self.leader_hint.filter(|n| *n != ctx.me);
         let Some(relearn) = &mut self.relearn else {
             return;
         };
-        if relearn.target.is_some() {
+        if let Some(target) = relearn.target {
             if self.catchup_deadline.is_none() {
-                if let Some(peer) = ctx.random_peer() {
-                    self.request_catchup(ctx, peer);
+                self.catchup_deadline = Some(Tick(now.0 + ctx.config.retransmit_ticks));
+                let peers: Vec<NodeId> = match leader {
+                    Some(leader) => vec![leader],
+                    None => ctx
+                        .members
+                        .iter()
+                        .copied()
+                        .filter(|n| *n != ctx.me)
+                        .collect(),
+                };
+                for peer in peers {
+                    ctx.stats.catchup_requests_sent += 1;
+                    ctx.send(
+                        self.id,
+                        peer,
+                        Message::CatchupRequest {
+                            from,
+                            request: 0,
+                            until: target,
+                        },
+                    );
                 }
             }
             return;
         }
-        let now = ctx.now;
         if relearn
             .asked_at
             .is_some_and(|at| now.0 < at.0 + ctx.config.retransmit_ticks)
@@ -897,7 +1324,7 @@ impl Group {
             return;
         }
         relearn.asked_at = Some(now);
-        let from = self.applied_next;
+        let request = relearn.request;
         let missing: Vec<NodeId> = ctx
             .members
             .iter()
@@ -906,7 +1333,15 @@ impl Group {
             .collect();
         for peer in missing {
             ctx.stats.catchup_requests_sent += 1;
-            ctx.send(self.id, peer, Message::CatchupRequest { from });
+            ctx.send(
+                self.id,
+                peer,
+                Message::CatchupRequest {
+                    from,
+                    request,
+                    until: Instance(0),
+                },
+            );
         }
     }
 
@@ -921,6 +1356,8 @@ impl Group {
             peer,
             Message::CatchupRequest {
                 from: self.applied_next,
+                request: 0,
+                until: Instance(0),
             },
         );
     }
@@ -961,13 +1398,21 @@ impl Group {
         self.chosen.insert(instance, value.clone());
         let mut same_as_flight = true;
         if let Some(flight) = self.inflight.remove(&instance) {
-            let same = flight.value == value;
+            // Committed only when the chosen value is this proposal (its identity), never
+            // because another proposer's batch has the same bytes.
+            #[allow(unused_mut)]
+            let mut same = value::identity(&value) == Some(flight.identity);
+            #[cfg(feature = "sim-bugs")]
+            if ctx.bugs.commit_by_bytes {
+                same = flight.value == value;
+            }
             same_as_flight = same;
             if same {
                 ctx.stats.instances_chosen_as_leader += 1;
-                if flight.rtts > 0 {
+                if !flight.proposals.is_empty() {
                     ctx.stats.commit_instances += 1;
-                    ctx.stats.commit_rtts_total += u64::from(flight.rtts);
+                    ctx.stats.commit_rtts_total +=
+                        u64::from(flight.prepare_rtts) + u64::from(flight.transmissions);
                 }
             }
             for (index, id) in flight.proposals.into_iter().enumerate() {
@@ -993,7 +1438,6 @@ impl Group {
         self.apply_ready(ctx);
     }
 
-    /// Emits chosen values in order from the applied point; rolls the checksum.
     fn apply_ready(&mut self, ctx: &mut Ctx<'_>) {
         let before = self.applied_next;
         while let Some(value) = self.chosen.get(&self.applied_next) {
@@ -1097,34 +1541,73 @@ impl Group {
             node: ctx.me.0,
         };
         ctx.stats.prepares_started += 1;
+        self.elections_without_leader += 1;
         self.max_seen = self.max_seen.max(ballot);
         self.election_deadline = Some(ctx.election_deadline());
         #[cfg(feature = "sim-bugs")]
         if ctx.bugs.skip_prepare_on_new_leader {
-            self.role = Role::Leader { ballot };
+            self.role = Role::Leader {
+                ballot,
+                prepare_rounds: 0,
+            };
             self.leader_hint = Some(ctx.me);
             self.next_instance = self.next_instance.max(self.applied_next);
             ctx.stats.leaderships_won += 1;
             return;
         }
         let first = self.applied_next;
-        self.role = Role::Candidate(Candidate {
+        #[cfg(feature = "sim-bugs")]
+        if ctx.bugs.ballot_reuse_after_crash {
+            // Pre-fix: the Prepare leaves at once; the candidate's own promise is written when
+            // its loopback Prepare arrives, and a crash before that forgets the ballot.
+            self.role = Role::Candidate(Candidate {
+                ballot,
+                first,
+                promises: BTreeMap::new(),
+                started_at: ctx.now,
+                sent_at: ctx.now,
+                promise_lsn: Lsn::ZERO,
+                rounds: 1,
+            });
+            ctx.broadcast(self.id, &Message::Prepare { ballot, first });
+            return;
+        }
+        // The candidate promises its own ballot durably before any Prepare leaves: after a
+        // crash it restarts with promised >= ballot and never uses the ballot again
+        // (docs/PROTOCOL.md#ballots).
+        self.promised = ballot;
+        let promise_lsn = self.persist_promise(ctx, first);
+        let candidate = Candidate {
             ballot,
             first,
             promises: BTreeMap::new(),
             started_at: ctx.now,
             sent_at: ctx.now,
-        });
-        ctx.broadcast(self.id, &Message::Prepare { ballot, first });
+            promise_lsn,
+            rounds: 1,
+        };
+        resend_prepare(ctx, self.id, &candidate);
+        self.role = Role::Candidate(candidate);
     }
 
     /// Leaves candidacy or leadership: proposals in flight become Unknown (they may still be
     /// chosen), queued ones fail (they were never proposed).
     fn step_down(&mut self, ctx: &mut Ctx<'_>) {
+        if let Role::Candidate(candidate) = &self.role {
+            self.missing_promises = ctx
+                .members
+                .iter()
+                .copied()
+                .filter(|n| !candidate.promises.contains_key(n))
+                .collect();
+        }
         if matches!(self.role, Role::Follower) {
             return;
         }
         self.role = Role::Follower;
+        self.continuation = None;
+        self.phase1_end = None;
+        self.fill_until = Instance(0);
         if self.leader_hint == Some(ctx.me) {
             self.leader_hint = None;
         }
@@ -1145,4 +1628,46 @@ impl Group {
         }
         self.election_deadline = Some(ctx.election_deadline());
     }
+}
+
+fn flight(value: Bytes, proposals: Vec<ProposalId>, prepare_rtts: u32) -> InFlight {
+    InFlight {
+        value_crc: crc32fast::hash(&value),
+        identity: value::identity(&value).unwrap_or_default(),
+        value,
+        accepted_by: BTreeSet::new(),
+        proposals,
+        prepare_rtts,
+        transmissions: 0,
+        sent_at: None,
+    }
+}
+
+/// Sends (or re-sends) a candidate's Prepare to every member that has not promised, each
+/// held until the candidate's own promise record is durable.
+fn resend_prepare(ctx: &mut Ctx<'_>, group: GroupId, candidate: &Candidate) {
+    let msg = Message::Prepare {
+        ballot: candidate.ballot,
+        first: candidate.first,
+    };
+    let missing: Vec<NodeId> = ctx
+        .members
+        .iter()
+        .copied()
+        .filter(|n| !candidate.promises.contains_key(n))
+        .collect();
+    for to in missing {
+        if candidate.promise_lsn == Lsn::ZERO {
+            ctx.send(group, to, msg.clone());
+        } else {
+            ctx.send_after_durable(candidate.promise_lsn, group, to, msg.clone());
+        }
+    }
+}
+
+/// The Lsn a repair record names (None if the payload is not one).
+fn repair_lsn(payload: &[u8]) -> Option<Lsn> {
+    let rest = payload.strip_prefix(REPAIR_TAG.as_slice())?;
+    let bytes: [u8; 8] = rest.try_into().ok()?;
+    Some(Lsn(u64::from_le_bytes(bytes)))
 }

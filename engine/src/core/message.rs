@@ -34,9 +34,12 @@ pub enum Message {
     Promise {
         /// The ballot promised.
         ballot: Ballot,
+        /// The `first` of the Prepare this answers (a leader continues phase 1 in chunks).
+        first: Instance,
         /// The acceptor's first instance not yet applied.
         applied_next: Instance,
-        /// The acceptor holds entries beyond `first + PROMISE_SPAN_INSTANCES` (not reported).
+        /// The acceptor holds entries beyond the last one reported (the message's byte bound or
+        /// `PROMISE_SPAN_INSTANCES` cut the report): the report covers `first ..= last entry`.
         truncated: bool,
         /// Accepted or chosen values at or above `first`, ascending.
         entries: Vec<PromiseEntry>,
@@ -58,6 +61,8 @@ pub enum Message {
         ballot: Ballot,
         /// The instance.
         instance: Instance,
+        /// crc32 of the accepted value: a stale reply never counts toward another value.
+        value_crc: u32,
     },
     /// A Prepare or Accept with `rejected` lost to the acceptor's higher `promised`.
     Reject {
@@ -79,11 +84,22 @@ pub enum Message {
     CatchupRequest {
         /// The first instance it lacks.
         from: Instance,
+        /// A re-learning replica's request id (echoed in the reply; 0 for plain catch-up).
+        request: u64,
+        /// A re-learning replica needs every instance below this chosen: a leader that gets
+        /// this fills the gap with no-ops when it has nothing else to propose (0: no need).
+        until: Instance,
     },
     /// Chosen values (consecutive from the request's `from`), and the sender's applied point.
     CatchupReply {
+        /// The request this answers (0 when unsolicited or plain catch-up).
+        request: u64,
         /// The sender's first instance not yet applied.
         applied_next: Instance,
+        /// The highest instance the sender holds anything for (accepted, chosen or applied).
+        high: Instance,
+        /// The sender is itself re-learning (its report covers only its intact records).
+        relearning: bool,
         /// The sender's promised ballot (a re-learning replica promises at least this).
         promised: Ballot,
         /// Chosen values, ascending and consecutive.
@@ -176,11 +192,13 @@ impl Message {
             }
             Message::Promise {
                 ballot,
+                first,
                 applied_next,
                 truncated,
                 entries,
             } => {
                 put_ballot(out, *ballot);
+                out.put_u64_le(first.0);
                 out.put_u64_le(applied_next.0);
                 out.put_u8(u8::from(*truncated));
                 out.put_u32_le(u32::try_from(entries.len()).expect("entries fit u32"));
@@ -202,9 +220,14 @@ impl Message {
                 out.put_u64_le(chosen_through.0);
                 put_bytes(out, value);
             }
-            Message::Accepted { ballot, instance } => {
+            Message::Accepted {
+                ballot,
+                instance,
+                value_crc,
+            } => {
                 put_ballot(out, *ballot);
                 out.put_u64_le(instance.0);
+                out.put_u32_le(*value_crc);
             }
             Message::Reject { rejected, promised } => {
                 put_ballot(out, *rejected);
@@ -219,14 +242,28 @@ impl Message {
                 out.put_u64_le(chosen_through.0);
                 out.put_u32_le(*checksum);
             }
-            Message::CatchupRequest { from } => out.put_u64_le(from.0),
+            Message::CatchupRequest {
+                from,
+                request,
+                until,
+            } => {
+                out.put_u64_le(from.0);
+                out.put_u64_le(*request);
+                out.put_u64_le(until.0);
+            }
             Message::CatchupReply {
+                request,
                 applied_next,
+                high,
+                relearning,
                 promised,
                 entries,
                 checksum,
             } => {
+                out.put_u64_le(*request);
                 out.put_u64_le(applied_next.0);
+                out.put_u64_le(high.0);
+                out.put_u8(u8::from(*relearning));
                 put_ballot(out, *promised);
                 out.put_u32_le(*checksum);
                 out.put_u32_le(u32::try_from(entries.len()).expect("entries fit u32"));
@@ -266,6 +303,7 @@ impl Message {
             },
             2 => {
                 let ballot = reader.ballot()?;
+                let first = Instance(reader.u64()?);
                 let applied_next = Instance(reader.u64()?);
                 let truncated = reader.flag()?;
                 // Each entry takes at least 8 + 12 + 1 + 4 bytes.
@@ -281,6 +319,7 @@ impl Message {
                 }
                 Message::Promise {
                     ballot,
+                    first,
                     applied_next,
                     truncated,
                     entries,
@@ -295,6 +334,7 @@ impl Message {
             4 => Message::Accepted {
                 ballot: reader.ballot()?,
                 instance: Instance(reader.u64()?),
+                value_crc: reader.u32()?,
             },
             5 => Message::Reject {
                 rejected: reader.ballot()?,
@@ -307,9 +347,14 @@ impl Message {
             },
             7 => Message::CatchupRequest {
                 from: Instance(reader.u64()?),
+                request: reader.u64()?,
+                until: Instance(reader.u64()?),
             },
             8 => {
+                let request = reader.u64()?;
                 let applied_next = Instance(reader.u64()?);
+                let high = Instance(reader.u64()?);
+                let relearning = reader.flag()?;
                 let promised = reader.ballot()?;
                 let checksum = reader.u32()?;
                 let count =
@@ -319,7 +364,10 @@ impl Message {
                     entries.push((Instance(reader.u64()?), reader.value()?));
                 }
                 Message::CatchupReply {
+                    request,
                     applied_next,
+                    high,
+                    relearning,
                     promised,
                     entries,
                     checksum,
@@ -333,6 +381,19 @@ impl Message {
         }
         Ok(message)
     }
+}
+
+/// Encoded bytes of a Promise (kind byte included) before its entries.
+pub const PROMISE_HEADER_BYTES: usize = 1 + 12 + 8 + 8 + 1 + 4;
+/// Encoded bytes of one Promise entry carrying a value of `value_len` bytes.
+pub fn promise_entry_bytes(value_len: usize) -> usize {
+    8 + 12 + 1 + 4 + value_len
+}
+/// Encoded bytes of a CatchupReply (kind byte included) before its entries.
+pub const CATCHUP_REPLY_HEADER_BYTES: usize = 1 + 8 + 8 + 8 + 1 + 12 + 4 + 4;
+/// Encoded bytes of one CatchupReply entry carrying a value of `value_len` bytes.
+pub fn catchup_entry_bytes(value_len: usize) -> usize {
+    8 + 4 + value_len
 }
 
 fn put_ballot(out: &mut Vec<u8>, ballot: Ballot) {

@@ -42,8 +42,8 @@ mod wal_types;
 
 pub use message::{DecodeError, Message, PromiseEntry, MESSAGE_KIND_MAX};
 pub use table::{
-    Chosen, CoreStats, CoreTable, FailReason, GroupError, Outputs, ProposalResult,
-    SendAfterDurable, SendNow,
+    Chosen, CoreStats, CoreTable, FailReason, GroupError, GroupStatus, Outputs, ProposalResult,
+    RelearnStatus, SendAfterDurable, SendNow, Start,
 };
 pub use wal_types::{
     Ballot, Damage, GroupId, Instance, Lsn, Record, RecordKind, RecordRef, Recovery,
@@ -115,7 +115,14 @@ pub struct Config {
     pub retransmit_ticks: u64,
     /// Chosen values kept in memory below the applied point (to serve catch-up).
     pub chosen_retained_max: u64,
+    /// The largest message body the network carries (its frame limit): every message the
+    /// core emits stays within it (a Promise that would not is cut and continued in chunks).
+    pub message_bytes_max: u32,
 }
+
+/// Room a message needs besides its values (headers, counts): `batch_bytes_max` plus this
+/// must fit `message_bytes_max`.
+pub const MESSAGE_OVERHEAD_BYTES: u32 = 1024;
 
 impl Default for Config {
     fn default() -> Self {
@@ -129,6 +136,7 @@ impl Default for Config {
             heartbeat_ticks: 20,
             retransmit_ticks: 30,
             chosen_retained_max: 1 << 16,
+            message_bytes_max: 4 << 20,
         }
     }
 }
@@ -174,6 +182,14 @@ pub enum ConfigError {
     /// A group listed twice.
     #[error("group {0} listed twice")]
     DuplicateGroup(u32),
+    /// `message_bytes_max` cannot carry one value of `batch_bytes_max`.
+    #[error("message_bytes_max = {message}: must be at least batch_bytes_max ({batch}) + {MESSAGE_OVERHEAD_BYTES}")]
+    MessageBytes {
+        /// The configured message limit.
+        message: u32,
+        /// The configured batch limit.
+        batch: u32,
+    },
 }
 
 impl Config {
@@ -206,6 +222,14 @@ impl Config {
         }
         if self.chosen_retained_max < ACCEPT_WINDOW_INSTANCES {
             return Err(ConfigError::Retained(self.chosen_retained_max));
+        }
+        if u64::from(self.batch_bytes_max) + u64::from(MESSAGE_OVERHEAD_BYTES)
+            > u64::from(self.message_bytes_max)
+        {
+            return Err(ConfigError::MessageBytes {
+                message: self.message_bytes_max,
+                batch: self.batch_bytes_max,
+            });
         }
         Ok(())
     }
@@ -258,4 +282,19 @@ pub struct Bugs {
     pub reply_before_durable: bool,
     /// A new leader skips phase 1 and proposes from its own log position.
     pub skip_prepare_on_new_leader: bool,
+    /// Pre-fix ballot choice: a candidate's Prepare leaves before its own promise is durable
+    /// (a crash can reuse the ballot), and Accepted replies count without naming the value.
+    pub ballot_reuse_after_crash: bool,
+    /// Pre-fix re-learn target: peers' applied point + pipeline depth, any reply counts (no
+    /// request id, damaged peers included).
+    pub relearn_target_too_low: bool,
+    /// Pre-fix commit answer: Committed when the chosen value's bytes equal the proposal's
+    /// (values carry no identity).
+    pub commit_by_bytes: bool,
+    /// Pre-fix recovery use: a cut last write is taken as torn, never as damage.
+    pub cut_damaged_last_write: bool,
+    /// Pre-fix Promise: no byte bound (the network drops it when over the frame limit).
+    pub unbounded_promise: bool,
+    /// A node whose data directory was lost votes at once with empty state.
+    pub rejoin_with_empty_state: bool,
 }

@@ -128,6 +128,101 @@ pub enum GroupError {
     },
 }
 
+/// How this start of a core relates to the node's history (from the data directory's
+/// identity file; docs/PROTOCOL.md#restart).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Start {
+    /// The node's incarnation: bumped and made durable at every start before anything is
+    /// sent, so proposal identities and re-learn request ids never repeat across restarts.
+    pub incarnation: u64,
+    /// The node's durable state is gone or cannot be trusted (a data directory created anew,
+    /// or an identity file that is missing or damaged): every group re-learns before it votes.
+    pub state_lost: bool,
+}
+
+/// What one group is doing, for stats and for the "why is it stuck" log line.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupStatus {
+    /// The group.
+    pub group: GroupId,
+    /// "leader", "candidate", "follower" or "stopped".
+    pub role: String,
+    /// The node believed to lead, if any.
+    pub leader_hint: Option<NodeId>,
+    /// First instance not yet applied.
+    pub applied_next: Instance,
+    /// Phase 1 attempts since this replica last saw a leader (its own or another's).
+    pub elections_without_leader: u64,
+    /// Peers whose Promise the current or last candidacy did not get (with the reason
+    /// when a peer refused: it is re-learning or promised higher).
+    pub missing_promises: Vec<NodeId>,
+    /// Set while the group re-learns after damage.
+    pub relearning: Option<RelearnStatus>,
+}
+
+/// A re-learning group's progress (docs/PROTOCOL.md#re-learning).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelearnStatus {
+    /// The instance it must apply up to before it votes (None until enough peers reported).
+    pub target: Option<Instance>,
+    /// Peers that have not answered this re-learn's request.
+    pub waiting_for: Vec<NodeId>,
+    /// Reports from peers that are not re-learning themselves.
+    pub sure_reports: usize,
+    /// Reports from peers that are re-learning too.
+    pub relearning_reports: usize,
+    /// Reports needed (members - quorum + 1).
+    pub needed: usize,
+    /// The target was set from pooled reports of re-learning peers (PAR's condition).
+    pub pooled: bool,
+}
+
+impl GroupStatus {
+    /// Why the group cannot make progress by itself, if it cannot: re-learning and waiting for
+    /// reports or catch-up, or elections that do not win.
+    pub fn stuck_reason(&self) -> Option<String> {
+        if self.role == "stopped" {
+            return Some(format!("group {} is stopped", self.group));
+        }
+        if let Some(relearn) = &self.relearning {
+            return Some(match relearn.target {
+                None => format!(
+                    "group {}: re-learning after lost or damaged state; waiting for reports from {} (have {} from undamaged peers and {} from re-learning peers, need {})",
+                    self.group,
+                    names(&relearn.waiting_for),
+                    relearn.sure_reports,
+                    relearn.relearning_reports,
+                    relearn.needed
+                ),
+                Some(target) => format!(
+                    "group {}: re-learning; applied through {} of {} (votes resume at {})",
+                    self.group,
+                    self.applied_next.0,
+                    target.0,
+                    target.0
+                ),
+            });
+        }
+        if self.leader_hint.is_none() && self.elections_without_leader >= 3 {
+            return Some(format!(
+                "group {}: no leader after {} elections; no promise from {}",
+                self.group,
+                self.elections_without_leader,
+                names(&self.missing_promises)
+            ));
+        }
+        None
+    }
+}
+
+fn names(nodes: &[NodeId]) -> String {
+    if nodes.is_empty() {
+        return "none".to_string();
+    }
+    let list: Vec<String> = nodes.iter().map(|n| format!("node {}", n.0)).collect();
+    list.join(", ")
+}
+
 /// Everything a table produced since the last `poll`.
 #[derive(Clone, Debug, Default)]
 pub struct Outputs {
@@ -222,6 +317,16 @@ pub struct CoreStats {
     pub catchup_unavailable: u64,
     /// Records handed to the WAL.
     pub records_appended: u64,
+    /// Accepted replies that named another value than the one in flight (stale; ignored).
+    pub accepted_stale: u64,
+    /// Promises cut by the message byte bound (the leader continues phase 1 in chunks).
+    pub promises_truncated: u64,
+    /// Phase 1 continuations a leader ran for instances beyond a cut Promise.
+    pub phase1_continuations: u64,
+    /// No-op instances a leader opened so that a re-learning peer can finish.
+    pub relearn_fill_instances: u64,
+    /// Groups that finished re-learning (and wrote a repair record).
+    pub groups_repaired: u64,
     /// Groups that entered re-learning after WAL damage.
     pub groups_relearning: u64,
     /// Groups stopped on an error.
@@ -242,6 +347,9 @@ pub(super) struct Ctx<'a> {
     pub local_after_durable: &'a mut VecDeque<(Lsn, GroupId, Message)>,
     pub marks: &'a mut Vec<Record>,
     pub stats: &'a mut CoreStats,
+    pub incarnation: u64,
+    /// The Lsn every damage this start found lies below (the restore's `next_lsn`).
+    pub restored_lsn: Lsn,
     #[cfg(feature = "sim-bugs")]
     pub bugs: super::Bugs,
 }
@@ -250,6 +358,12 @@ impl Ctx<'_> {
     /// Majority of the members.
     pub fn quorum(&self) -> usize {
         self.members.len() / 2 + 1
+    }
+
+    /// Peers whose reports a re-learning replica needs (members - quorum + 1): together with
+    /// any quorum but itself they always share a member.
+    pub fn relearn_needed(&self) -> usize {
+        self.members.len() - self.quorum() + 1
     }
 
     /// Appends a record; returns its Lsn.
@@ -323,25 +437,6 @@ impl Ctx<'_> {
         }
     }
 
-    /// A uniformly chosen peer (None in a one-node cluster).
-    pub fn random_peer(&mut self) -> Option<NodeId> {
-        let peers = self.members.len() - 1;
-        if peers == 0 {
-            return None;
-        }
-        let mut pick = self.rng.below(peers as u64) as usize;
-        for &node in self.members {
-            if node == self.me {
-                continue;
-            }
-            if pick == 0 {
-                return Some(node);
-            }
-            pick -= 1;
-        }
-        unreachable!("a peer is always picked")
-    }
-
     /// `now + election timeout + seeded jitter`.
     pub fn election_deadline(&mut self) -> Tick {
         let jitter = self.rng.below(self.config.election_jitter_ticks + 1);
@@ -366,6 +461,8 @@ pub struct CoreTable {
     marks: Vec<Record>,
     marks_since: Tick,
     stats: CoreStats,
+    incarnation: u64,
+    restored_lsn: Lsn,
     #[cfg(feature = "sim-bugs")]
     bugs: super::Bugs,
 }
@@ -391,6 +488,8 @@ macro_rules! ctx {
             local_after_durable: &mut $self.local_after_durable,
             marks: &mut $self.marks,
             stats: &mut $self.stats,
+            incarnation: $self.incarnation,
+            restored_lsn: $self.restored_lsn,
             #[cfg(feature = "sim-bugs")]
             bugs: $self.bugs,
         }
@@ -425,6 +524,32 @@ impl CoreTable {
         recovery: &Recovery,
         prng: Prng,
     ) -> Result<CoreTable, ConfigError> {
+        CoreTable::restore_with(
+            config,
+            me,
+            members,
+            groups,
+            recovery,
+            prng,
+            Start::default(),
+            #[cfg(feature = "sim-bugs")]
+            super::Bugs::default(),
+        )
+    }
+
+    /// [`CoreTable::restore`] with the node's incarnation and whether its state was lost
+    /// (`start`), and (simulator builds) the bugs to inject from the first step on.
+    #[allow(clippy::too_many_arguments)]
+    pub fn restore_with(
+        config: Config,
+        me: NodeId,
+        members: &[NodeId],
+        groups: &[GroupId],
+        recovery: &Recovery,
+        prng: Prng,
+        start: Start,
+        #[cfg(feature = "sim-bugs")] bugs: super::Bugs,
+    ) -> Result<CoreTable, ConfigError> {
         config.validate()?;
         let distinct: BTreeSet<NodeId> = members.iter().copied().collect();
         if distinct.len() != members.len() || !distinct.contains(&me) {
@@ -448,8 +573,10 @@ impl CoreTable {
             marks: Vec::new(),
             marks_since: Tick(0),
             stats: CoreStats::default(),
+            incarnation: start.incarnation,
+            restored_lsn: Lsn(recovery.next_lsn.0.max(1)),
             #[cfg(feature = "sim-bugs")]
-            bugs: super::Bugs::default(),
+            bugs,
         };
         for &group in groups {
             if table.groups.insert(group, Group::new(group)).is_some() {
@@ -459,7 +586,20 @@ impl CoreTable {
         // Any damage makes every group of this core re-learn: the (group, instance) names
         // recovery reads from a damaged record's header are unverified hints, and a wrong hint
         // would let a group vote on what it forgot (docs/PROTOCOL.md#restart).
-        let damaged = !recovery.damaged.is_empty();
+        #[allow(unused_mut)]
+        let mut tail = recovery.tail_damage.as_ref();
+        #[allow(unused_mut)]
+        let mut lost = start.state_lost;
+        #[cfg(feature = "sim-bugs")]
+        {
+            if table.bugs.cut_damaged_last_write {
+                tail = None;
+            }
+            if table.bugs.rejoin_with_empty_state {
+                lost = false;
+            }
+        }
+        let damage: Vec<&super::Damage> = recovery.damaged.iter().chain(tail).collect();
         let mut per_group: BTreeMap<GroupId, Vec<&Record>> = BTreeMap::new();
         let mut previous = Lsn::ZERO;
         for (lsn, record) in &recovery.records {
@@ -472,12 +612,37 @@ impl CoreTable {
         let ids: Vec<GroupId> = table.groups.keys().copied().collect();
         for id in ids {
             let records = per_group.get(&id).unwrap_or(&empty);
-            let is_damaged = damaged;
             let group = table.groups.get_mut(&id).expect("group exists");
             let mut ctx = ctx!(table);
-            group.restore(&mut ctx, records, is_damaged);
+            group.restore(&mut ctx, records, &damage, lost);
         }
         Ok(table)
+    }
+
+    /// What `group` is doing (None for a group this core does not own).
+    pub fn group_status(&self, group: GroupId) -> Option<GroupStatus> {
+        let me = self.me;
+        let needed = self.members.len() - (self.members.len() / 2 + 1) + 1;
+        self.groups
+            .get(&group)
+            .map(|g| g.status(me, &self.members, needed))
+    }
+
+    /// Every group that cannot make progress by itself, with the reason (for the runtime's
+    /// periodic "stuck" log line and stats).
+    pub fn stuck(&self) -> Vec<(GroupId, String)> {
+        self.groups
+            .keys()
+            .filter_map(|g| {
+                let status = self.group_status(*g)?;
+                status.stuck_reason().map(|r| (*g, r))
+            })
+            .collect()
+    }
+
+    /// The node's incarnation this table was started with.
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
     }
 
     /// Injects known protocol bugs (simulator only).

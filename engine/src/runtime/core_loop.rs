@@ -209,6 +209,7 @@ impl Core {
             heartbeat_ticks: u64::from(config.heartbeat_ticks),
             retransmit_ticks: u64::from(config.heartbeat_ticks) * 2,
             chosen_retained_max: config.catchup_retained_instances,
+            message_bytes_max: config.frame_bytes_max,
         };
         let members: Vec<NodeId> = config.members().into_iter().map(NodeId).collect();
         let seed = seed_for(config.node_id, start.core);

@@ -706,7 +706,7 @@ impl Sim {
                 let durable = node.durable_promised.get(&group).copied().unwrap_or_default();
                 (durable < *ballot).then(|| format!("Promise {ballot} left but only {durable} is durable"))
             }
-            Message::Accepted { ballot, instance } => (!node
+            Message::Accepted { ballot, instance, .. } => (!node
                 .durable_accepts
                 .contains(&(group, *instance, *ballot)))
             .then(|| format!("Accepted {ballot} for instance {instance} left before its Accept record was durable")),

@@ -327,7 +327,9 @@ pub fn describe(msg: &Message) -> String {
             "Accept {ballot} instance {} (chosen through {})",
             instance.0, chosen_through.0
         ),
-        Message::Accepted { ballot, instance } => {
+        Message::Accepted {
+            ballot, instance, ..
+        } => {
             format!("Accepted {ballot} instance {}", instance.0)
         }
         Message::Reject { rejected, promised } => {
@@ -340,7 +342,9 @@ pub fn describe(msg: &Message) -> String {
         } => {
             format!("Commit {ballot} chosen through {}", chosen_through.0)
         }
-        Message::CatchupRequest { from } => format!("CatchupRequest from {}", from.0),
+        Message::CatchupRequest { from, until, .. } => {
+            format!("CatchupRequest from {} until {}", from.0, until.0)
+        }
         Message::CatchupReply { entries, .. } => {
             format!("CatchupReply ({} entries)", entries.len())
         }
