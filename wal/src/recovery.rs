@@ -17,12 +17,14 @@
 //! | 2 | all-zero blocks                                                  | preallocated space | skip, report nothing |
 //! | 3 | verified batch whose `first_lsn < expected`                      | stale / repeated | treat its bytes as a bad region (row 6 or 7) |
 //! | 4 | verified batch, some records fail, and a verified batch follows  | corruption followed by valid data | keep the records that verify; one `Damage` per run of failed records (LSNs exact; identities of the lost records whose identity check verifies) |
-//! | 5 | verified batch, some records fail, and it is the last batch      | torn tail | cut the whole batch (even records that verify: the write never completed as a whole); `next_lsn = first_lsn`; count its bytes in `torn_tail_bytes` |
+//! | 5 | verified batch, some records fail, and it is the last batch      | torn tail, or damage to the last completed write | cut the whole batch (even records that verify); `next_lsn = first_lsn`; count its bytes in `torn_tail_bytes`; report `tail_damage` for its `first_lsn ..= last_lsn` (exact) naming every record of it whose identity check verifies (verified records too); `identities_complete` only if all of them do |
 //! | 6 | bad region (or zeroes, or missing segments) then a verified batch with `first_lsn > expected` | corruption followed by valid data | `Damage` for `expected ..= first_lsn - 1`, identities unknown (`identities_complete = false`) |
 //! | 7 | bad region then a verified batch with `first_lsn == expected`    | junk, nothing lost | skip; count in `junk_bytes` |
-//! | 8 | bad region after the last verified batch                         | torn tail | cut; count in `torn_tail_bytes` and list it in `tail_regions` (the writer zeroes it before reuse) |
+//! | 8 | bad region after the last verified batch                         | torn tail, or damage to the last completed write | cut; count in `torn_tail_bytes` and list it in `tail_regions` (the writer zeroes it before reuse); report `tail_damage` from `expected` with `last_lsn = expected` (a lower bound: how many LSNs it held is unknown), identities unknown (`identities_complete = false`) |
 //! | 9 | bad region, or a segment without a readable batch, before the first verified batch of the oldest segment | corruption at the log start | `Damage` from `Lsn(1)` to `first_lsn - 1` (lower bound unknown), identities unknown |
 //! | 10 | non-zero bytes after the last batch of a segment whose header says "recycled" | its earlier life (stale) | skip; count in `stale_bytes`; not a torn tail, not junk (if an LSN gap follows, row 6 still reports it) |
+//! | 11 | last batch whose records all verify but whose padding after them is missing (segment cut short) or not zero (its sectors did not land) | a tear that lost only padding | keep every record (row 1); not damage: `tail_damage` stays `None` |
+//! | 12 | a bad region after a last batch cut by row 5                      | torn tail, or damage to the last completed writes | cut both; one `tail_damage` from the batch's `first_lsn` to its last LSN (now a lower bound), `identities_complete = false` (the region's identities are unknown) |
 //!
 //! A `Damage` with `identities_complete == false` hides which records were lost: the engine must
 //! treat every group on this core as possibly having forgotten something in that LSN range
@@ -31,8 +33,26 @@
 //! `(group, instance)`, each verified by the record's 16-bit identity check (a damaged identity
 //! passes it with probability 1/65536).
 //!
-//! Rows 5 and 8 cannot tell a torn write from damage to the last completed write: both look
-//! the same on disk, and both are cut. Every other loss is reported, never silently cut.
+//! Rows 5, 8 and 12 cannot tell a torn write (never completed, so no reply left the node) from
+//! damage to the last write that did complete (whose Promise and Accepted replies may already
+//! have left the node): both look the same on disk. Both are cut (the log resumes at the same
+//! point either way), and both are reported in `Recovery::tail_damage`, because the engine must
+//! assume the worse case: it applies its re-learn rule to the `(group, instance)` pairs named
+//! there, or to every group of the core when `identities_complete` is false. A replica that
+//! silently forgot an acknowledged vote could let two different values be chosen. This follows
+//! Protocol-Aware Recovery (Alagappan et al., FAST'18) and TigerBeetle's journal decision table:
+//! a damaged entry at the head of the log is treated as possibly acknowledged, never assumed
+//! torn. Stale bytes of a recycled segment (row 10) and zeroes (row 2) are never tail damage;
+//! nor is a tear that lost only padding (row 11).
+//!
+//! In `tail_damage`, `first_lsn` is always `next_lsn`. `last_lsn` is exact for row 5 alone; for
+//! rows 8 and 12 it is only a lower bound (`Recovery::tail_damage_open_ended`). Row 8 names no
+//! identities: the scanner does not read record headers inside a bad region. Limits: in a
+//! recycled segment, a cut write whose first block is unreadable looks like stale bytes (row 10)
+//! and is not reported, even if it had completed; and `Wal::open` zeroes the cut regions, so only
+//! the first recovery after the damage reports it.
+//!
+//! Every other loss is reported in `damaged`, never silently cut.
 use crate::format::{scan_segment, BadRegion, ScannedBatch, ScannedRecord, SegmentScan};
 use crate::types::{GroupId, Instance, Lsn, Record};
 use std::collections::BTreeMap;
@@ -119,6 +139,8 @@ pub struct Recovery {
     /// damage to a write that completed (whose replies may have left the node) look the same,
     /// so the engine applies the re-learn rule to the groups it names (every group of the core
     /// when `identities_complete` is false). `None` when nothing that could hold a record was cut.
+    /// Its `first_lsn` is `next_lsn`; its `last_lsn` is exact for a cut batch with a legible
+    /// header (row 5) and only a lower bound otherwise (see [`Recovery::tail_damage_open_ended`]).
     pub tail_damage: Option<Damage>,
     /// Non-zero bytes between batches that hid no LSN (rows 3/7).
     pub junk_bytes: u64,
@@ -134,9 +156,19 @@ pub struct Recovery {
 }
 
 impl Recovery {
-    /// True when nothing was cut, damaged or skipped.
+    /// True when nothing was cut, damaged or skipped (tail damage counts as damage).
     pub fn is_clean(&self) -> bool {
-        self.torn_tail_bytes == 0 && self.damaged.is_empty() && self.junk_bytes == 0
+        self.torn_tail_bytes == 0
+            && self.damaged.is_empty()
+            && self.tail_damage.is_none()
+            && self.junk_bytes == 0
+    }
+
+    /// True when `tail_damage` is set and its `last_lsn` is only a lower bound: the cut held
+    /// bytes whose batch header was illegible (rows 8 and 12), so how many LSNs they held is
+    /// unknown. False when there is no tail damage or it is exactly one cut batch (row 5).
+    pub fn tail_damage_open_ended(&self) -> bool {
+        self.tail_damage.is_some() && (self.torn_lsns.is_none() || self.tail_regions.len() > 1)
     }
 
     /// Highest LSN kept (`Lsn::ZERO` if none).
@@ -226,6 +258,8 @@ pub fn recover_scans(scans: &[SegmentScan]) -> Recovery {
                         len: region.len,
                         reason: region.reason.to_string(),
                     });
+                    // Every batch is behind us, so `expected` is final here.
+                    note_tail_region(&mut rec, expected.unwrap_or(Lsn(1)), *segment, region);
                 } else {
                     junk_since_batch += region.len;
                     if trouble.is_none() || trouble_is_stale {
@@ -426,12 +460,74 @@ fn cut_torn_batch(rec: &mut Recovery, segment: u64, batch: &ScannedBatch, scans:
             ScannedRecord::Valid { .. } => None,
         })
         .unwrap_or("torn");
+    let reason = format!("last batch incomplete: {reason}");
+    // The whole batch is cut, so every record of it is lost, verified ones included: name each
+    // whose identity verifies (a verified record's identity is covered by its checksum).
+    let mut groups_instances = Vec::with_capacity(batch.records.len());
+    let mut identities_complete = true;
+    for slot in &batch.records {
+        match slot {
+            ScannedRecord::Valid { record, .. } => {
+                groups_instances.push((record.group, record.instance));
+            }
+            ScannedRecord::Bad {
+                hint: Some(identity),
+                ..
+            } => groups_instances.push(*identity),
+            ScannedRecord::Bad { hint: None, .. } => identities_complete = false,
+        }
+    }
+    rec.tail_damage = Some(Damage {
+        first_lsn: batch.header.first_lsn,
+        last_lsn: batch.header.last_lsn(),
+        groups_instances,
+        identities_complete,
+        segment,
+        offset: batch.offset,
+        reason: reason.clone(),
+    });
     rec.tail_regions.push(TailRegion {
         segment,
         offset: batch.offset,
         len,
-        reason: format!("last batch incomplete: {reason}"),
+        reason,
     });
+}
+
+/// Rows 8 and 12: non-zero bytes after the last verified batch (never stale bytes of a recycled
+/// segment, never zeroes: the scan reports neither as a bad region) may be a cut write of this
+/// log, from `next` on. Its record headers are not read, so identities are unknown and the
+/// count of LSNs it held is unknown (`last_lsn = next` is a lower bound).
+fn note_tail_region(rec: &mut Recovery, next: Lsn, segment: u64, region: &BadRegion) {
+    match &mut rec.tail_damage {
+        // Row 12: a torn last batch, then more bytes after it.
+        Some(damage) => {
+            damage.identities_complete = false;
+            // Only the first region after the cut batch is described (the rest are listed in
+            // `tail_regions`).
+            let first_after_batch = rec.torn_lsns.is_some() && rec.tail_regions.len() == 2;
+            if first_after_batch {
+                damage.reason = format!(
+                    "{}; then non-zero bytes at segment {segment} offset {} ({}): identities and count unknown",
+                    damage.reason, region.offset, region.reason
+                );
+            }
+        }
+        None => {
+            rec.tail_damage = Some(Damage {
+                first_lsn: next,
+                last_lsn: next,
+                groups_instances: Vec::new(),
+                identities_complete: false,
+                segment,
+                offset: region.offset,
+                reason: format!(
+                    "non-zero bytes after the last verified batch ({}): a cut write from LSN {next} on, identities and count unknown",
+                    region.reason
+                ),
+            });
+        }
+    }
 }
 
 fn check_invariants(rec: &Recovery) {
@@ -450,5 +546,16 @@ fn check_invariants(rec: &Recovery) {
             damage.last_lsn < rec.next_lsn,
             "damage lies before next_lsn"
         );
+    }
+    if let Some(tail) = &rec.tail_damage {
+        assert_eq!(
+            tail.first_lsn, rec.next_lsn,
+            "tail damage starts at next_lsn"
+        );
+        assert!(
+            tail.first_lsn <= tail.last_lsn,
+            "tail damage range is not empty"
+        );
+        assert!(rec.torn_tail_bytes > 0, "tail damage is always a cut");
     }
 }

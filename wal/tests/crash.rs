@@ -196,6 +196,31 @@ fn check(seed: &str, written: &BTreeMap<u64, Record>, touched: &[u64], got: &Rec
             );
         }
     }
+    if let Some(tail) = &got.tail_damage {
+        assert_eq!(
+            tail.first_lsn, got.next_lsn,
+            "{seed}: tail damage starts at the cut"
+        );
+        // Named identities are those of records written in the range (they are verified).
+        let in_range: Vec<_> = written
+            .range(tail.first_lsn.0..=tail.last_lsn.0)
+            .map(|(_, r)| (r.group, r.instance))
+            .collect();
+        for named in &tail.groups_instances {
+            assert!(
+                in_range.contains(named),
+                "{seed}: tail damage names {named:?}, not written at {}..={}",
+                tail.first_lsn,
+                tail.last_lsn
+            );
+        }
+        if tail.identities_complete && !got.tail_damage_open_ended() {
+            assert_eq!(
+                tail.groups_instances, in_range,
+                "{seed}: a complete tail damage names every cut record"
+            );
+        }
+    }
     for lsn in written.keys() {
         if touched.contains(lsn) {
             continue;
@@ -254,6 +279,7 @@ fn seeded_cut_zero_flip_never_yields_a_bad_record() {
     let mut cases = 0;
     let mut damaged_reports = 0;
     let mut torn_reports = 0;
+    let mut tail_reports = 0;
     for write_seed in 0..WRITE_SEEDS {
         let dir = root.path().join(format!("log-{write_seed}"));
         // Odd seeds purge and recycle segments as they write.
@@ -314,6 +340,7 @@ fn seeded_cut_zero_flip_never_yields_a_bad_record() {
             );
             damaged_reports += usize::from(!got.damaged.is_empty());
             torn_reports += usize::from(got.torn_tail_bytes > 0);
+            tail_reports += usize::from(got.tail_damage.is_some());
             cases += 1;
             if damage_seed < FILE_REPLAYS {
                 replay_on_files(
@@ -335,7 +362,8 @@ fn seeded_cut_zero_flip_never_yields_a_bad_record() {
         "no case produced damage followed by valid data"
     );
     assert!(torn_reports > 0, "no case produced a torn tail");
-    eprintln!("crash cases: {cases}, with damage reports: {damaged_reports}, with torn tails: {torn_reports}");
+    assert!(tail_reports > 0, "no case produced tail damage");
+    eprintln!("crash cases: {cases}, with damage reports: {damaged_reports}, with torn tails: {torn_reports}, with tail damage: {tail_reports}");
 }
 
 /// Writes the harmed images as real files, opens the log, compares with the pure recovery,
@@ -363,6 +391,7 @@ fn replay_on_files(
         "{seed}: open recovers what the images do"
     );
     assert_eq!(got.damaged, expected.damaged, "{seed}");
+    assert_eq!(got.tail_damage, expected.tail_damage, "{seed}");
     assert_eq!(got.next_lsn, expected.next_lsn, "{seed}");
     let lsn = wal.append(record(1, 1_000_000, b"after")).expect("append");
     assert_eq!(lsn, expected.next_lsn, "{seed}");

@@ -98,6 +98,42 @@ struct Expect {
     damaged: Vec<(u64, u64, bool, usize)>,
     junk_bytes: u64,
     stale_bytes: u64,
+    /// The cut last write that may have held records (`Recovery::tail_damage`).
+    tail_damage: Option<Tail>,
+}
+
+/// What `Recovery::tail_damage` must say.
+#[derive(Debug, PartialEq, Eq)]
+struct Tail {
+    first: u64,
+    last: u64,
+    identities_complete: bool,
+    /// `(group, instance)` named, in LSN order.
+    identities: Vec<(u32, u64)>,
+    /// `last` is only a lower bound (`Recovery::tail_damage_open_ended`).
+    open_ended: bool,
+}
+
+/// Tail damage of exactly one cut batch (row 5).
+fn cut_batch(first: u64, last: u64, complete: bool, identities: &[(u32, u64)]) -> Option<Tail> {
+    Some(Tail {
+        first,
+        last,
+        identities_complete: complete,
+        identities: identities.to_vec(),
+        open_ended: false,
+    })
+}
+
+/// Tail damage whose count of LSNs is unknown (rows 8 and 12).
+fn open_ended(first: u64, last: u64, identities: &[(u32, u64)]) -> Option<Tail> {
+    Some(Tail {
+        first,
+        last,
+        identities_complete: false,
+        identities: identities.to_vec(),
+        open_ended: true,
+    })
 }
 
 struct Case {
@@ -128,6 +164,7 @@ fn cases() -> Vec<Case> {
             damaged: vec![],
             junk_bytes: 0,
             stale_bytes: 0,
+            tail_damage: None,
         },
     });
 
@@ -146,6 +183,7 @@ fn cases() -> Vec<Case> {
             damaged: vec![],
             junk_bytes: BLOCK_BYTES as u64,
             stale_bytes: 0,
+            tail_damage: None,
         },
     });
 
@@ -164,6 +202,7 @@ fn cases() -> Vec<Case> {
             damaged: vec![(2, 2, true, 1)],
             junk_bytes: 0,
             stale_bytes: 0,
+            tail_damage: None,
         },
     });
 
@@ -183,6 +222,7 @@ fn cases() -> Vec<Case> {
             damaged: vec![(2, 2, false, 0)],
             junk_bytes: 0,
             stale_bytes: 0,
+            tail_damage: None,
         },
     });
 
@@ -202,6 +242,7 @@ fn cases() -> Vec<Case> {
             damaged: vec![(2, 3, false, 0)],
             junk_bytes: 0,
             stale_bytes: 0,
+            tail_damage: None,
         },
     });
 
@@ -210,7 +251,7 @@ fn cases() -> Vec<Case> {
     let last = a.batch(3, 3);
     a.bytes[payload_offset(last, 2)] ^= 0x01;
     cases.push(Case {
-        name: "last batch with a bad record is a torn tail, cut whole",
+        name: "last batch with a bad record is cut whole and reported as tail damage",
         rows: &[5],
         images: vec![a],
         expect: Expect {
@@ -220,6 +261,8 @@ fn cases() -> Vec<Case> {
             damaged: vec![],
             junk_bytes: 0,
             stale_bytes: 0,
+            // Every record of the cut batch is named, the two that verify too.
+            tail_damage: cut_batch(3, 5, true, &[(1, 3), (2, 4), (1, 5)]),
         },
     });
 
@@ -240,6 +283,8 @@ fn cases() -> Vec<Case> {
             damaged: vec![],
             junk_bytes: 0,
             stale_bytes: 0,
+            // The header is legible (LSNs exact) but no record header is: nobody is named.
+            tail_damage: cut_batch(3, 42, false, &[]),
         },
     });
 
@@ -259,6 +304,7 @@ fn cases() -> Vec<Case> {
             damaged: vec![(3, 4, false, 0)],
             junk_bytes: 0,
             stale_bytes: 0,
+            tail_damage: None,
         },
     });
 
@@ -278,6 +324,7 @@ fn cases() -> Vec<Case> {
             damaged: vec![(3, 4, false, 0)],
             junk_bytes: 0,
             stale_bytes: 0,
+            tail_damage: None,
         },
     });
 
@@ -296,6 +343,7 @@ fn cases() -> Vec<Case> {
             damaged: vec![(3, 5, false, 0)],
             junk_bytes: 0,
             stale_bytes: 0,
+            tail_damage: None,
         },
     });
 
@@ -314,6 +362,7 @@ fn cases() -> Vec<Case> {
             damaged: vec![],
             junk_bytes: BLOCK_BYTES as u64,
             stale_bytes: 0,
+            tail_damage: None,
         },
     });
 
@@ -323,7 +372,7 @@ fn cases() -> Vec<Case> {
     a.garbage_block();
     let b = Image::new(2);
     cases.push(Case {
-        name: "garbage after the last batch (and an empty next segment) is a torn tail",
+        name: "garbage after the last batch (and an empty next segment) is tail damage",
         rows: &[8, 2],
         images: vec![a, b],
         expect: Expect {
@@ -333,6 +382,7 @@ fn cases() -> Vec<Case> {
             damaged: vec![],
             junk_bytes: 0,
             stale_bytes: 0,
+            tail_damage: open_ended(3, 3, &[]),
         },
     });
 
@@ -350,6 +400,7 @@ fn cases() -> Vec<Case> {
             damaged: vec![(1, 9, false, 0)],
             junk_bytes: 0,
             stale_bytes: 0,
+            tail_damage: None,
         },
     });
 
@@ -367,6 +418,7 @@ fn cases() -> Vec<Case> {
             damaged: vec![(1, 9, false, 0)],
             junk_bytes: 0,
             stale_bytes: 0,
+            tail_damage: None,
         },
     });
 
@@ -383,6 +435,7 @@ fn cases() -> Vec<Case> {
             damaged: vec![],
             junk_bytes: 0,
             stale_bytes: 0,
+            tail_damage: None,
         },
     });
 
@@ -403,6 +456,8 @@ fn cases() -> Vec<Case> {
             damaged: vec![],
             junk_bytes: 0,
             stale_bytes: 0,
+            // Non-zero bytes in a segment that is not recycled: possibly a cut write of ours.
+            tail_damage: open_ended(2, 2, &[]),
         },
     });
 
@@ -425,6 +480,7 @@ fn cases() -> Vec<Case> {
             damaged: vec![],
             junk_bytes: 0,
             stale_bytes: stale_total,
+            tail_damage: None,
         },
     });
 
@@ -445,6 +501,150 @@ fn cases() -> Vec<Case> {
             damaged: vec![(3, 3, false, 0)],
             junk_bytes: 0,
             stale_bytes: (SEGMENT_BLOCKS as u64 - 2) * BLOCK_BYTES as u64,
+            tail_damage: None,
+        },
+    });
+
+    let mut a = Image::new(1);
+    a.batch(1, 2);
+    let last = a.batch(3, 3);
+    // Break the group field of record 4: its identity check fails, so it cannot be named.
+    a.bytes[payload_offset(last, 1) - RECORD_HEADER_BYTES + 12] ^= 0x04;
+    cases.push(Case {
+        name: "a cut last batch with an unreadable identity names the others, incompletely",
+        rows: &[5],
+        images: vec![a],
+        expect: Expect {
+            lsns: range(1, 2),
+            next_lsn: 3,
+            torn_tail_bytes: BLOCK_BYTES as u64,
+            damaged: vec![],
+            junk_bytes: 0,
+            stale_bytes: 0,
+            tail_damage: cut_batch(3, 5, false, &[(1, 3), (1, 5)]),
+        },
+    });
+
+    let mut a = Image::new(1).with_segment_header(true);
+    a.batch(1, 2);
+    let last = a.batch(3, 2);
+    a.bytes[payload_offset(last, 1)] ^= 0x08;
+    let stale = (a.bytes.len() - a.at) as u64;
+    cases.push(Case {
+        name: "a cut last batch of a recycled segment: its stale bytes hide no identity",
+        rows: &[5, 10],
+        images: vec![a],
+        expect: Expect {
+            lsns: range(1, 2),
+            next_lsn: 3,
+            torn_tail_bytes: BLOCK_BYTES as u64,
+            damaged: vec![],
+            junk_bytes: 0,
+            stale_bytes: stale,
+            tail_damage: cut_batch(3, 4, true, &[(1, 3), (2, 4)]),
+        },
+    });
+
+    let mut a = Image::new(1);
+    a.batch(1, 2);
+    let last = a.batch(3, 2);
+    // The records end 208 bytes into the batch; the image ends in its padding.
+    a.bytes.truncate(last + 1024);
+    cases.push(Case {
+        name: "a segment cut in the padding of the last batch lost nothing",
+        rows: &[11],
+        images: vec![a],
+        expect: Expect {
+            lsns: range(1, 4),
+            next_lsn: 5,
+            torn_tail_bytes: 0,
+            damaged: vec![],
+            junk_bytes: 0,
+            stale_bytes: 0,
+            tail_damage: None,
+        },
+    });
+
+    let mut a = Image::new(1).with_segment_header(true);
+    a.batch(1, 2);
+    let last = a.batch(3, 2);
+    // The padding sectors after the records did not land: an earlier life shows through.
+    for (i, byte) in a.bytes[last + 512..last + BLOCK_BYTES]
+        .iter_mut()
+        .enumerate()
+    {
+        *byte = (i as u8).wrapping_mul(7) | 0x40;
+    }
+    let stale = (a.bytes.len() - a.at) as u64;
+    cases.push(Case {
+        name: "a tear that lost only the padding of the last batch is not damage",
+        rows: &[11, 10],
+        images: vec![a],
+        expect: Expect {
+            lsns: range(1, 4),
+            next_lsn: 5,
+            torn_tail_bytes: 0,
+            damaged: vec![],
+            junk_bytes: 0,
+            stale_bytes: stale,
+            tail_damage: None,
+        },
+    });
+
+    let mut a = Image::new(1);
+    a.batch(1, 2);
+    let last = a.batch(3, 3);
+    a.garbage_block();
+    a.bytes[payload_offset(last, 2)] ^= 0x01;
+    cases.push(Case {
+        name: "a cut last batch followed by garbage: one open-ended tail damage",
+        rows: &[12, 5, 8],
+        images: vec![a],
+        expect: Expect {
+            lsns: range(1, 2),
+            next_lsn: 3,
+            torn_tail_bytes: 2 * BLOCK_BYTES as u64,
+            damaged: vec![],
+            junk_bytes: 0,
+            stale_bytes: 0,
+            tail_damage: open_ended(3, 5, &[(1, 3), (2, 4), (1, 5)]),
+        },
+    });
+
+    let mut a = Image::new(1);
+    a.batch(1, 2);
+    a.batch(3, 1);
+    let mut b = Image::new(2);
+    b.garbage_block();
+    cases.push(Case {
+        name: "garbage in the segment after the last batch's is tail damage",
+        rows: &[8],
+        images: vec![a, b],
+        expect: Expect {
+            lsns: range(1, 3),
+            next_lsn: 4,
+            torn_tail_bytes: BLOCK_BYTES as u64,
+            damaged: vec![],
+            junk_bytes: 0,
+            stale_bytes: 0,
+            tail_damage: open_ended(4, 4, &[]),
+        },
+    });
+
+    let mut a = Image::new(1);
+    a.garbage_block();
+    cases.push(Case {
+        name: "a log without a single verified batch: tail damage from LSN 1",
+        rows: &[8],
+        images: vec![a],
+        expect: Expect {
+            lsns: vec![],
+            next_lsn: 1,
+            torn_tail_bytes: BLOCK_BYTES as u64,
+            damaged: vec![],
+            junk_bytes: 0,
+            stale_bytes: 0,
+            tail_damage: open_ended(1, 1, &[]),
         },
     });
 
@@ -502,15 +702,33 @@ fn every_row_of_the_decision_table() {
             "{}: stale",
             case.name
         );
+        let tail = got.tail_damage.as_ref().map(|d| Tail {
+            first: d.first_lsn.0,
+            last: d.last_lsn.0,
+            identities_complete: d.identities_complete,
+            identities: d.groups_instances.iter().map(|(g, i)| (g.0, i.0)).collect(),
+            open_ended: got.tail_damage_open_ended(),
+        });
+        assert_eq!(tail, case.expect.tail_damage, "{}: tail damage", case.name);
+        if let Some(damage) = &got.tail_damage {
+            // The cut is unchanged: tail damage starts where the log resumes.
+            assert_eq!(damage.first_lsn, got.next_lsn, "{}: tail start", case.name);
+            assert!(
+                got.torn_tail_bytes > 0,
+                "{}: tail damage is a cut",
+                case.name
+            );
+        }
         let clean = case.expect.torn_tail_bytes == 0
             && case.expect.damaged.is_empty()
+            && case.expect.tail_damage.is_none()
             && case.expect.junk_bytes == 0;
         assert_eq!(got.is_clean(), clean, "{}: is_clean", case.name);
         // The index points at the newest record of each (group, instance) kept.
         let indexed: usize = got.index.values().map(|m| m.len()).sum();
         assert_eq!(indexed, got.records.len(), "{}: index size", case.name);
     }
-    let all: BTreeSet<u32> = (1..=10).collect();
+    let all: BTreeSet<u32> = (1..=12).collect();
     assert_eq!(rows_walked, all, "every decision-table row has a case");
 }
 
@@ -541,4 +759,27 @@ fn resume_point_is_after_the_last_kept_batch_or_at_the_cut() {
     assert_eq!(torn.resume, Some((1, last as u64)));
     assert_eq!(torn.tail_regions.len(), 1);
     assert_eq!(torn.torn_lsns, Some((Lsn(2), Lsn(2))));
+    // Reporting the cut as tail damage does not move it.
+    let tail = torn
+        .tail_damage
+        .as_ref()
+        .expect("the cut batch is tail damage");
+    assert_eq!((tail.first_lsn, tail.last_lsn), (Lsn(2), Lsn(2)));
+    assert_eq!((tail.segment, tail.offset), (1, last as u64));
+
+    let mut b = Image::new(1);
+    b.batch(1, 1);
+    let end = b.at;
+    b.skip_block();
+    let garbage = b.garbage_block();
+    let cut = recover_images(CORE, &[(1, b.bytes.as_slice())]);
+    assert_eq!(
+        cut.resume,
+        Some((1, end as u64)),
+        "resume after the last batch"
+    );
+    assert_eq!(cut.next_lsn, Lsn(2));
+    let tail = cut.tail_damage.as_ref().expect("garbage after the tail");
+    assert_eq!((tail.segment, tail.offset), (1, garbage as u64));
+    assert!(!cut.is_clean());
 }
