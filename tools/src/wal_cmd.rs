@@ -367,6 +367,12 @@ mod tests {
     use paxring_wal::{Backend, Ballot, Instance, RecordKind, RecordRef, Wal, WalOptions};
     use std::time::Duration;
 
+    /// The one O_DIRECT skip-or-fail decision, shared with the WAL's tests.
+    mod odirect {
+        #![allow(dead_code)]
+        include!("../../wal/tests/common/odirect.rs");
+    }
+
     fn write_wal(dir: &Path) -> bool {
         let mut opts = WalOptions::new(dir, 0);
         opts.segment_bytes = 256 << 10;
@@ -374,11 +380,8 @@ mod tests {
         opts.backend = Backend::Auto;
         let (mut wal, _) = match Wal::open(opts) {
             Ok(opened) => opened,
-            Err(paxring_wal::WalError::DirectIoUnsupported { path }) => {
-                eprintln!(
-                    "\n*****\nSKIPPED: {} refuses O_DIRECT\n*****\n",
-                    path.display()
-                );
+            Err(error @ paxring_wal::WalError::DirectIoUnsupported { .. }) => {
+                odirect::skip_or_fail("wal_cmd tests", dir, &error);
                 return false;
             }
             Err(other) => panic!("{other}"),

@@ -1289,6 +1289,12 @@ mod tests {
     use super::*;
     use crate::types::{Ballot, RecordKind};
 
+    /// The one O_DIRECT skip-or-fail decision, shared with the integration tests.
+    mod odirect {
+        #![allow(dead_code)]
+        include!("../tests/common/odirect.rs");
+    }
+
     fn open_or_skip(dir: &Path, backend: Backend) -> Option<Wal> {
         let mut opts = WalOptions::new(dir, 0);
         opts.segment_bytes = 256 << 10;
@@ -1296,11 +1302,8 @@ mod tests {
         opts.backend = backend;
         match Wal::open(opts) {
             Ok((wal, _)) => Some(wal),
-            Err(WalError::DirectIoUnsupported { path }) => {
-                eprintln!(
-                    "\n**********\nSKIPPED: {} refuses O_DIRECT\n**********\n",
-                    path.display()
-                );
+            Err(error @ WalError::DirectIoUnsupported { .. }) => {
+                odirect::skip_or_fail("wal unit tests", dir, &error);
                 None
             }
             Err(other) => panic!("open: {other}"),

@@ -424,3 +424,38 @@ fn a_second_opener_and_a_foreign_core_are_refused() {
     bad.buffer_bytes = 5000;
     assert!(matches!(Wal::open(bad), Err(WalError::Config(_))));
 }
+
+/// The O_DIRECT refusal decision every skip goes through, proven without a refusing file
+/// system: when `PAXRING_REQUIRE_ODIRECT` is set, a refusal is a failure naming the variable,
+/// the directory and the test; when it is not, the test skips with a loud banner.
+#[test]
+fn odirect_refusal_fails_when_required_and_skips_otherwise() {
+    use common::odirect::{refusal_decision, required_by, REQUIRE_ODIRECT_VAR};
+    use std::ffi::OsStr;
+    use std::path::Path;
+    assert_eq!(REQUIRE_ODIRECT_VAR, "PAXRING_REQUIRE_ODIRECT");
+    let dir = Path::new("/mnt/no-direct-io/paxring-wal-test-x");
+    let refused = std::io::Error::from_raw_os_error(libc::EINVAL);
+
+    let failure = refusal_decision(true, "some_test", dir, &refused)
+        .expect_err("required and refused must fail");
+    for needle in [
+        "PAXRING_REQUIRE_ODIRECT=1",
+        dir.to_str().unwrap(),
+        "some_test",
+    ] {
+        assert!(
+            failure.contains(needle),
+            "{needle:?} missing from {failure:?}"
+        );
+    }
+
+    let banner = refusal_decision(false, "some_test", dir, &refused).expect("not required: a skip");
+    assert!(banner.contains("SKIPPED some_test"), "{banner}");
+    assert!(banner.contains(dir.to_str().unwrap()), "{banner}");
+
+    assert!(required_by(Some(OsStr::new("1"))));
+    assert!(!required_by(None));
+    assert!(!required_by(Some(OsStr::new(""))));
+    assert!(!required_by(Some(OsStr::new("0"))));
+}

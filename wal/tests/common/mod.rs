@@ -1,6 +1,9 @@
 //! Helpers shared by the WAL's integration tests: a temporary directory on a file system that
-//! supports O_DIRECT (or a loud skip), records, and a seeded generator.
+//! supports O_DIRECT (or a loud skip, a failure when `PAXRING_REQUIRE_ODIRECT` is set), records,
+//! and a seeded generator.
 #![allow(dead_code)]
+pub mod odirect;
+
 use paxring_wal::{
     Backend, Ballot, GroupId, Instance, RecordKind, RecordRef, SyncMode, WalOptions,
 };
@@ -9,7 +12,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use tempfile::TempDir;
 
 /// A temp dir under the system temp dir if its file system accepts O_DIRECT; otherwise prints a
-/// loud SKIPPED banner and returns `None` (the caller returns early).
+/// loud SKIPPED banner and returns `None` (the caller returns early), or panics when
+/// `PAXRING_REQUIRE_ODIRECT` is set (see `odirect`).
 pub fn direct_io_dir(test: &str) -> Option<TempDir> {
     let dir = tempfile::Builder::new()
         .prefix("paxring-wal-test-")
@@ -29,10 +33,7 @@ pub fn direct_io_dir(test: &str) -> Option<TempDir> {
             Some(dir)
         }
         Err(error) => {
-            eprintln!(
-                "\n**********\nSKIPPED {test}: {} refuses O_DIRECT ({error}); set TMPDIR to a directory on ext4 or xfs\n**********\n",
-                dir.path().display()
-            );
+            odirect::skip_or_fail(test, dir.path(), &error);
             None
         }
     }
