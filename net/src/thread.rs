@@ -22,7 +22,7 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, Notify};
 
 /// Where an outbound frame goes.
@@ -319,6 +319,45 @@ struct PeerOut {
     wake: Notify,
     /// The largest body the peer accepts (from its handshake; ours until then).
     max_frame_bytes: Cell<u32>,
+    /// Rate limit of the error line for frames dropped because they exceed `max_frame_bytes`.
+    oversize_log: RefCell<LogLimiter>,
+}
+
+/// How often at most one peer's oversize drops are logged.
+const OVERSIZE_LOG_EVERY: Duration = Duration::from_secs(1);
+
+/// At most one log line per `every`; counts the events it holds back, so the next line can say
+/// how many were not logged.
+#[derive(Debug)]
+struct LogLimiter {
+    every: Duration,
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl LogLimiter {
+    fn new(every: Duration) -> LogLimiter {
+        LogLimiter {
+            every,
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    /// One event at `now`: `Some(events suppressed since the last line)` when a line may be
+    /// logged (the count restarts), `None` when it is too soon (the event is counted).
+    fn admit(&mut self, now: Instant) -> Option<u64> {
+        match self.last {
+            Some(last) if now.saturating_duration_since(last) < self.every => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
+    }
 }
 
 /// The network thread's state, shared by its tasks (single thread: `Rc`, `RefCell`).
@@ -454,6 +493,7 @@ async fn node_main<B: Backend>(setup: Setup) {
             queue: RefCell::new(VecDeque::new()),
             wake: Notify::new(),
             max_frame_bytes: Cell::new(cfg.max_frame_bytes),
+            oversize_log: RefCell::new(LogLimiter::new(OVERSIZE_LOG_EVERY)),
         })
         .collect();
     let peer_index = cfg
@@ -572,8 +612,23 @@ fn enqueue_batch(ctx: &Ctx, batch: Batch, touched: &mut [bool]) {
 fn enqueue(ctx: &Ctx, peer: usize, frame: Bytes, body_bytes: u32, touched: &mut [bool]) {
     let out = &ctx.peers[peer];
     let counters = ctx.counters(peer);
-    if body_bytes > out.max_frame_bytes.get() {
+    let limit = out.max_frame_bytes.get();
+    if body_bytes > limit {
         bump(&counters.oversize_dropped_frames);
+        // A core built a message the peer cannot take: a bug or a misconfiguration, so it is
+        // logged, at most once a second per peer (a storm of them must not flood the log).
+        if let Some(suppressed) = out.oversize_log.borrow_mut().admit(Instant::now()) {
+            tracing::error!(
+                node = ctx.cfg.node_id,
+                peer = out.node_id,
+                body_bytes,
+                frame_bytes = frame.len(),
+                max_frame_bytes = limit,
+                suppressed,
+                "outbound frame body of {body_bytes} bytes exceeds peer {}'s limit of {limit} bytes; dropped ({suppressed} more such drops to this peer not logged since the last line)",
+                out.node_id
+            );
+        }
         return;
     }
     let mut queue = out.queue.borrow_mut();
@@ -1139,6 +1194,28 @@ async fn deliver(ctx: &Ctx, counters: &AtomicCounters, frame: Frame, touched: &m
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn oversize_log_is_limited_to_one_line_per_second_and_counts_the_rest() {
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        let mut limiter = LogLimiter::new(Duration::from_secs(1));
+        assert_eq!(limiter.admit(at(0)), Some(0), "the first drop is logged");
+        assert_eq!(limiter.admit(at(1)), None);
+        assert_eq!(limiter.admit(at(500)), None);
+        assert_eq!(limiter.admit(at(999)), None);
+        assert_eq!(
+            limiter.admit(at(1000)),
+            Some(3),
+            "the next line counts what was held back"
+        );
+        assert_eq!(limiter.admit(at(1500)), None);
+        assert_eq!(limiter.admit(at(5000)), Some(1));
+        assert_eq!(limiter.admit(at(5001)), None);
+        // Another peer has its own limiter: its first drop is logged at once.
+        let mut other = LogLimiter::new(Duration::from_secs(1));
+        assert_eq!(other.admit(at(5002)), Some(0));
+    }
 
     #[test]
     fn backoff_grows_exponentially_is_capped_and_jittered() {
