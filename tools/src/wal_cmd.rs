@@ -3,7 +3,7 @@
 //! Owns: the human-readable (and JSON) reports of what recovery finds. Must never write to the
 //! directory: it reads segments the way recovery does and reports.
 use clap::{Args, Subcommand};
-use paxring_wal::recovery::Recovery;
+use paxring_wal::recovery::{Damage, Recovery};
 use paxring_wal::segfile::cores_in_dir;
 use paxring_wal::{inspect_dir, GroupId};
 use serde::Serialize;
@@ -62,7 +62,8 @@ enum WalCommand {
         #[arg(long, default_value_t = 0)]
         payload_bytes: usize,
     },
-    /// Check every checksum; exit 0 when clean, 1 with a report of torn tails and corruption.
+    /// Check every checksum; exit 0 when clean, 1 with a report of torn tails, tail damage and
+    /// corruption.
     Verify {
         /// The WAL directory.
         dir: PathBuf,
@@ -184,29 +185,13 @@ fn print_problems(recovery: &Recovery) {
         );
     }
     if let Some((first, last)) = recovery.torn_lsns {
-        out!("torn tail: LSNs {first}..={last} were cut (their write never completed as a whole)");
+        out!("torn tail: LSNs {first}..={last} were cut (their write did not complete as a whole, or was damaged)");
+    }
+    if let Some(line) = tail_damage_line(recovery) {
+        out!("{line}");
     }
     for damage in &recovery.damaged {
-        let who = if damage.identities_complete {
-            let names: Vec<String> = damage
-                .groups_instances
-                .iter()
-                .map(|(g, i)| format!("group {g} instance {i}"))
-                .collect();
-            format!("lost records: {}", names.join(", "))
-        } else if damage.groups_instances.is_empty() {
-            "identities of the lost records unknown: every group of this core is suspect".into()
-        } else {
-            let names: Vec<String> = damage
-                .groups_instances
-                .iter()
-                .map(|(g, i)| format!("group {g} instance {i}"))
-                .collect();
-            format!(
-                "some identities unknown (every group suspect); legible: {}",
-                names.join(", ")
-            )
-        };
+        let who = describe_identities(damage);
         out!(
             "DAMAGE: LSNs {}..={} at segment {} offset {}: {}; {}",
             damage.first_lsn,
@@ -225,9 +210,55 @@ fn print_problems(recovery: &Recovery) {
     }
 }
 
+/// Which records a damage report names, or that every group of the core is suspect.
+fn describe_identities(damage: &Damage) -> String {
+    let names: Vec<String> = damage
+        .groups_instances
+        .iter()
+        .map(|(g, i)| format!("group {g} instance {i}"))
+        .collect();
+    if damage.identities_complete {
+        format!("lost records: {}", names.join(", "))
+    } else if names.is_empty() {
+        "unknown groups (identities of the lost records unknown): every group of this core is suspect"
+            .into()
+    } else {
+        format!(
+            "some identities unknown (every group suspect); legible: {}",
+            names.join(", ")
+        )
+    }
+}
+
+/// The LSNs of the tail damage: exact for one cut batch, open-ended when the count is unknown.
+fn tail_damage_lsns(recovery: &Recovery, damage: &Damage) -> String {
+    if recovery.tail_damage_open_ended() {
+        format!(
+            "{}.. (at least {}..={}; how many is unknown)",
+            damage.first_lsn, damage.first_lsn, damage.last_lsn
+        )
+    } else {
+        format!("{}..={}", damage.first_lsn, damage.last_lsn)
+    }
+}
+
+/// The report line of a cut last write that may have held acknowledged records, if any.
+fn tail_damage_line(recovery: &Recovery) -> Option<String> {
+    let damage = recovery.tail_damage.as_ref()?;
+    Some(format!(
+        "TAIL DAMAGE: LSNs {} at segment {} offset {}: {}; cut, but its replies may have left the node (the engine re-learns them): {}",
+        tail_damage_lsns(recovery, damage),
+        damage.segment,
+        damage.offset,
+        damage.reason,
+        describe_identities(damage)
+    ))
+}
+
 fn verify(dir: &Path, core: Option<u32>) -> Result<ExitCode, String> {
     let mut clean = true;
     for (core, recovery, segments) in inspect(dir, core)? {
+        // Tail damage counts like `damaged`: `is_clean()` is false while either is set.
         let status = if recovery.is_clean() {
             "clean"
         } else {
@@ -260,6 +291,25 @@ struct GroupStat {
 }
 
 #[derive(Serialize)]
+struct GroupInstance {
+    group: u32,
+    instance: u64,
+}
+
+/// `Recovery::tail_damage`, for `stat`.
+#[derive(Serialize)]
+struct TailDamageStat {
+    first_lsn: u64,
+    last_lsn: u64,
+    /// `last_lsn` is only a lower bound (the count of cut LSNs is unknown).
+    last_lsn_is_lower_bound: bool,
+    identities_complete: bool,
+    groups_instances: Vec<GroupInstance>,
+    /// The LSNs and the records named (or "unknown groups"), as text.
+    summary: String,
+}
+
+#[derive(Serialize)]
 struct CoreStat {
     core: u32,
     segments: usize,
@@ -272,6 +322,7 @@ struct CoreStat {
     groups: Vec<GroupStat>,
     torn_tail_bytes: u64,
     damaged_ranges: usize,
+    tail_damage: Option<TailDamageStat>,
     junk_bytes: u64,
     stale_bytes: u64,
     clean: bool,
@@ -310,6 +361,25 @@ fn stat(dir: &Path, core: Option<u32>, json: bool) -> Result<ExitCode, String> {
             groups: groups.into_values().collect(),
             torn_tail_bytes: recovery.torn_tail_bytes,
             damaged_ranges: recovery.damaged.len(),
+            tail_damage: recovery.tail_damage.as_ref().map(|d| TailDamageStat {
+                first_lsn: d.first_lsn.0,
+                last_lsn: d.last_lsn.0,
+                last_lsn_is_lower_bound: recovery.tail_damage_open_ended(),
+                identities_complete: d.identities_complete,
+                groups_instances: d
+                    .groups_instances
+                    .iter()
+                    .map(|(g, i)| GroupInstance {
+                        group: g.0,
+                        instance: i.0,
+                    })
+                    .collect(),
+                summary: format!(
+                    "LSNs {}: {}",
+                    tail_damage_lsns(&recovery, d),
+                    describe_identities(d)
+                ),
+            }),
             junk_bytes: recovery.junk_bytes,
             stale_bytes: recovery.stale_bytes,
             clean: recovery.is_clean(),
@@ -350,6 +420,10 @@ fn stat(dir: &Path, core: Option<u32>, json: bool) -> Result<ExitCode, String> {
         }
         out!("  torn tail bytes: {}", s.torn_tail_bytes);
         out!("  damaged ranges:  {}", s.damaged_ranges);
+        match &s.tail_damage {
+            Some(tail) => out!("  tail damage:     {}", tail.summary),
+            None => out!("  tail damage:     none"),
+        }
         out!("  junk bytes:      {}", s.junk_bytes);
         out!(
             "  stale bytes:     {} (earlier life of recycled segments)",
@@ -361,7 +435,9 @@ fn stat(dir: &Path, core: Option<u32>, json: bool) -> Result<ExitCode, String> {
 
 #[cfg(test)]
 mod tests {
-    //! Proves that `verify` exits 0 on a clean WAL and 1 on a damaged one, and that a directory
+    //! Proves that `verify` exits 0 on a clean WAL and 1 on a damaged one (damage followed by
+    //! valid data, a damaged last write, non-zero bytes after the last write), that the tail
+    //! damage report names the cut LSNs and records (or "unknown groups"), and that a directory
     //! without segments is an error (exit 2), never a silent success.
     use super::*;
     use paxring_wal::{Backend, Ballot, Instance, RecordKind, RecordRef, Wal, WalOptions};
@@ -423,5 +499,28 @@ mod tests {
         assert_eq!(verify(dir.path(), None), Ok(ExitCode::from(1)));
         assert_eq!(stat(dir.path(), None, true), Ok(ExitCode::SUCCESS));
         assert_eq!(dump(dir.path(), Some(0), Some(1), 4), Ok(ExitCode::SUCCESS));
+        let recovery = |dir: &Path| inspect(dir, Some(0)).expect("inspect").remove(0).1;
+        assert_eq!(tail_damage_line(&recovery(dir.path())), None);
+
+        // Undo that flip; damage the payload of the last batch (LSN 4, instance 3) instead: it
+        // is cut, and reported as tail damage.
+        bytes[2 * 4096 + 64 + 56] ^= 0x01;
+        let undamaged = bytes.clone();
+        bytes[4 * 4096 + 64 + 56] ^= 0x01;
+        std::fs::write(&segment, &bytes).expect("write");
+        assert_eq!(verify(dir.path(), None), Ok(ExitCode::from(1)));
+        let line = tail_damage_line(&recovery(dir.path())).expect("tail damage");
+        assert!(line.contains("LSNs 4..=4 "), "{line}");
+        assert!(line.contains("lost records: group 1 instance 3"), "{line}");
+        assert_eq!(stat(dir.path(), None, false), Ok(ExitCode::SUCCESS));
+
+        // Non-zero bytes after the last batch: the count and the groups are unknown.
+        let mut bytes = undamaged;
+        bytes[5 * 4096..6 * 4096].fill(0x5a);
+        std::fs::write(&segment, &bytes).expect("write");
+        assert_eq!(verify(dir.path(), None), Ok(ExitCode::from(1)));
+        let line = tail_damage_line(&recovery(dir.path())).expect("tail damage");
+        assert!(line.contains("LSNs 5.. (at least 5..=5"), "{line}");
+        assert!(line.contains("unknown groups"), "{line}");
     }
 }
