@@ -1,12 +1,17 @@
 //! `paxring kv`: one operation against a cluster (put, get, delete, cas, id, stats, digest) or a
 //! bounded random workload that records a history (one JSON line per operation).
 //!
+//! Every key operation carries a session (a random client id per process, or per simulated
+//! client of `load`, and a seq per operation), and a resend after an unknown outcome reuses it,
+//! so an operation applies at most once.
+//!
 //! Owns: the command line of the KV client and the history format. Never: records an operation
 //! as `fail` unless every try was refused before it was proposed (`not_leader`, `overloaded`,
 //! `stopped`, no connection); anything else without an answer is `unknown`.
 
 use crate::kv::client::{parse_addrs, Attempt, KvClient};
 use crate::kv::proto::{Request, Response};
+use crate::kv::state::Session;
 use serde::Serialize;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -28,6 +33,13 @@ pub struct KvArgs {
     /// How long to keep retrying answers that say "not proposed" (not_leader, overloaded).
     #[arg(long, global = true, default_value_t = 10_000)]
     retry_ms: u64,
+    /// Send a put/get/delete/cas under this session id (with --seq) instead of a fresh random
+    /// one: to resend, with the same arguments, an operation whose outcome was unknown.
+    #[arg(long, global = true, requires = "seq")]
+    client_id: Option<u64>,
+    /// The sequence number of the operation in the session given by --client-id.
+    #[arg(long, global = true, requires = "client_id")]
+    seq: Option<u64>,
     #[command(subcommand)]
     command: KvCommand,
 }
@@ -109,6 +121,16 @@ fn run_kv(args: KvArgs) -> Result<ExitCode, String> {
     let addrs = parse_addrs(args.addr.as_deref().unwrap_or(""))?;
     let reply_timeout = Duration::from_millis(args.reply_timeout_ms.max(1));
     let retry_for = Duration::from_millis(args.retry_ms);
+    let session = Session::from_fields(args.client_id, args.seq)
+        .map_err(|e| format!("--client-id/--seq: {e}"))?;
+    if session.is_some()
+        && matches!(
+            args.command,
+            KvCommand::Load(_) | KvCommand::Id | KvCommand::Stats | KvCommand::Digest
+        )
+    {
+        return Err("--client-id and --seq go only with put, get, delete and cas".into());
+    }
     let request = match args.command {
         KvCommand::Load(load) => return run_load(&addrs, reply_timeout, &load),
         KvCommand::Id => return Ok(ask_all(&addrs, reply_timeout, &Request::Id)),
@@ -134,7 +156,8 @@ fn run_kv(args: KvArgs) -> Result<ExitCode, String> {
         }
     };
     let mut client = KvClient::connect(&addrs, reply_timeout, 0)?;
-    match client.execute(&request, retry_for) {
+    let session = session.unwrap_or_else(|| client.next_session());
+    match client.execute_as(&request, session, retry_for) {
         Attempt::Done(response) => {
             let mut json = serde_json::to_value(&response).expect("serializes");
             // An absent value is part of the answer ("the key was absent"): print it.
@@ -150,6 +173,10 @@ fn run_kv(args: KvArgs) -> Result<ExitCode, String> {
         }
         Attempt::Unknown(reason) => {
             eprintln!("paxring kv: outcome unknown (may or may not take effect): {reason}");
+            eprintln!(
+                "paxring kv: to resend it so that it applies at most once, repeat the same command with --client-id {} --seq {}",
+                session.client, session.seq
+            );
             Ok(ExitCode::from(3))
         }
     }

@@ -1,12 +1,17 @@
 //! A blocking client of the KV protocol that finds each group's leader by following
-//! `not_leader` answers among the nodes it was given.
+//! `not_leader` answers among the nodes it was given, and sends every key operation under its
+//! session (a random client id per client, a sequence number per operation) so that resending
+//! it applies it at most once.
 //!
-//! Owns: one connection per node address, the leader cache. Never: resends a request whose
-//! outcome is unknown (a timeout or a lost connection after the request was written), since
-//! the command may have taken effect; only answers that say "not proposed" are retried.
+//! Owns: one connection per node address, the leader cache, the session id and the next seq.
+//! Never: resends an operation under another (client, seq) than its first send, and never
+//! reports an operation as definitely failed once one send of it may have taken effect.
 
-use super::proto::{code, read_line_bounded, LineRead, Request, Response, LINE_BYTES_MAX};
-use super::state::group_of_key;
+use super::proto::{
+    code, read_line_bounded, LineRead, Request, RequestLine, Response, LINE_BYTES_MAX,
+};
+use super::state::{group_of_key, Session};
+use std::hash::{BuildHasher, Hasher};
 use std::io::{BufReader, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
@@ -21,8 +26,32 @@ pub enum Attempt {
     Done(Response),
     /// It definitely did not take effect (every try was refused before proposing).
     Fail(String),
-    /// It may or may not have taken effect.
+    /// It may or may not have taken effect (at most once: every send used the same session).
     Unknown(String),
+}
+
+/// A fresh session id: random, nonzero, different in every process and every call.
+pub fn new_client_id() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    loop {
+        // `RandomState` is keyed randomly per process; the pid, the clock and a counter make
+        // two calls differ even where those keys might repeat.
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u32(std::process::id());
+        hasher.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0),
+        );
+        hasher.write_u64(CALLS.fetch_add(1, Ordering::Relaxed));
+        hasher.write_u64(fastrand::u64(..));
+        let id = hasher.finish();
+        if id != 0 {
+            return id;
+        }
+    }
 }
 
 enum CallError {
@@ -46,6 +75,8 @@ pub struct KvClient {
     leaders: Vec<Option<u32>>,
     next: usize,
     reply_timeout: Duration,
+    client_id: u64,
+    next_seq: u64,
 }
 
 /// Parses `A,B,C` into socket addresses.
@@ -82,10 +113,12 @@ impl KvClient {
             leaders: Vec::new(),
             next: first % addrs.len(),
             reply_timeout,
+            client_id: new_client_id(),
+            next_seq: 1,
         };
         let mut errors = Vec::new();
         for (index, addr) in addrs.iter().enumerate() {
-            match client.call(index, &Request::Id) {
+            match client.call(index, &RequestLine::new(Request::Id, None)) {
                 Ok(response) if response.ok => {
                     let groups = response.groups.unwrap_or(0);
                     if groups == 0 {
@@ -120,14 +153,40 @@ impl KvClient {
 
     /// Sends a request that is not about a key (id, stats, digest) to address `index`.
     pub fn ask(&mut self, index: usize, request: &Request) -> Result<Response, String> {
-        self.call(index, request).map_err(|e| match e {
-            CallError::NotSent(e) | CallError::Unknown(e) => e,
-        })
+        self.call(index, &RequestLine::new(request.clone(), None))
+            .map_err(|e| match e {
+                CallError::NotSent(e) | CallError::Unknown(e) => e,
+            })
     }
 
-    /// Runs a key operation, following `not_leader` answers and retrying answers that say
-    /// "not proposed" for at most `retry_for`.
+    /// The session of the next new operation: this client's id and the next seq (1, 2, ...).
+    pub fn next_session(&mut self) -> Session {
+        let session = Session {
+            client: self.client_id,
+            seq: self.next_seq,
+        };
+        self.next_seq += 1;
+        session
+    }
+
+    /// Runs a new key operation under this client's next session (see [`KvClient::execute_as`]).
     pub fn execute(&mut self, request: &Request, retry_for: Duration) -> Attempt {
+        let session = self.next_session();
+        self.execute_as(request, session, retry_for)
+    }
+
+    /// Runs a key operation under `session`, following `not_leader` answers and resending it
+    /// (always with the same `session`) for at most `retry_for` after answers that say "not
+    /// proposed" and after an unknown outcome (an `unknown` answer, a timeout or a lost
+    /// connection). Resending is safe because a group applies one (client, seq) at most once;
+    /// once a send may have taken effect, the operation is never reported as failed. A `stale`
+    /// answer (a later seq of the session was applied first) ends it as unknown.
+    pub fn execute_as(
+        &mut self,
+        request: &Request,
+        session: Session,
+        retry_for: Duration,
+    ) -> Attempt {
         let key = match request {
             Request::Put { key, .. }
             | Request::Get { key }
@@ -135,28 +194,41 @@ impl KvClient {
             | Request::Cas { key, .. } => key.clone(),
             _ => panic!("execute is for key operations"),
         };
+        let line = RequestLine::new(request.clone(), Some(session));
         let group = group_of_key(&key, self.groups).0 as usize;
         let deadline = Instant::now() + retry_for;
         let mut last = String::from("no node was tried");
+        // Why the operation may have taken effect, once a send may have.
+        let mut maybe: Option<String> = None;
         let mut tries = 0u32;
         loop {
             if tries > 0 {
                 if Instant::now() >= deadline {
-                    return Attempt::Fail(format!("gave up after {tries} tries: {last}"));
+                    return match maybe {
+                        Some(why) => Attempt::Unknown(format!(
+                            "{why}; resent under the same session, gave up after {tries} tries (last: {last})"
+                        )),
+                        None => Attempt::Fail(format!("gave up after {tries} tries: {last}")),
+                    };
                 }
                 let backoff = Duration::from_millis((10 * u64::from(tries)).min(200));
                 std::thread::sleep(backoff);
             }
             tries += 1;
             let target = self.target(group);
-            match self.call(target, request) {
+            match self.call(target, &line) {
                 Err(CallError::NotSent(e)) => {
                     last = format!("{}: {e}", self.addrs[target]);
                     self.forget_leader(group);
                     self.advance(target);
                 }
                 Err(CallError::Unknown(e)) => {
-                    return Attempt::Unknown(format!("{}: {e}", self.addrs[target]))
+                    last = format!("{}: {e}", self.addrs[target]);
+                    maybe.get_or_insert_with(|| last.clone());
+                    // The node may be gone or stuck: ask the others (a live leader is found
+                    // again through their not_leader answers).
+                    self.forget_leader(group);
+                    self.advance(target);
                 }
                 Ok(response) if response.ok => return Attempt::Done(response),
                 Ok(response) => {
@@ -176,9 +248,13 @@ impl KvClient {
                                     self.leaders[group] = Some(leader);
                                 }
                                 Some(leader) if Some(leader) != this => {
-                                    return Attempt::Fail(format!(
+                                    let reason = format!(
                                         "{last}: the leader is node {leader}, whose client address was not given (add it to --addr)"
-                                    ));
+                                    );
+                                    return match maybe {
+                                        Some(why) => Attempt::Unknown(format!("{why}; {reason}")),
+                                        None => Attempt::Fail(reason),
+                                    };
                                 }
                                 _ => {
                                     self.forget_leader(group);
@@ -191,8 +267,18 @@ impl KvClient {
                             self.forget_leader(group);
                             self.advance(target);
                         }
-                        code::UNKNOWN => return Attempt::Unknown(last),
-                        _ => return Attempt::Fail(last),
+                        code::UNKNOWN => {
+                            maybe.get_or_insert_with(|| last.clone());
+                        }
+                        // A later request of this session was applied first: this one can
+                        // no longer be told apart from one applied earlier.
+                        code::STALE => return Attempt::Unknown(last),
+                        _ => {
+                            return match maybe {
+                                Some(why) => Attempt::Unknown(format!("{why}; then {last}")),
+                                None => Attempt::Fail(last),
+                            }
+                        }
                     }
                 }
             }
@@ -222,7 +308,7 @@ impl KvClient {
         self.next = (tried + 1) % self.addrs.len();
     }
 
-    fn call(&mut self, index: usize, request: &Request) -> Result<Response, CallError> {
+    fn call(&mut self, index: usize, request: &RequestLine) -> Result<Response, CallError> {
         if let Some(connection) = &self.connections[index] {
             if !still_open(connection.reader.get_ref()) {
                 // The node closed it (restarted, or refused us): nothing was sent on it yet.

@@ -4,6 +4,7 @@
 //! Owns: the request and response shapes and the bounded line reader. Never: allocates more
 //! than the line limit for one request, whatever a client sends.
 
+use super::state::Session;
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, ErrorKind};
 
@@ -49,6 +50,55 @@ pub enum Request {
     Digest,
 }
 
+/// One request line: the request and, for put/get/delete/cas, the optional session fields
+/// (`"client"`, `"seq"`) that make a retry of the same request apply at most once.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestLine {
+    /// The request (its `op` and fields).
+    #[serde(flatten)]
+    pub request: Request,
+    /// The client's session id (nonzero), with `seq`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<u64>,
+    /// The request's sequence number in the session (1 or more), with `client`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+}
+
+impl RequestLine {
+    /// A request line with the session's fields (none when `session` is `None`).
+    pub fn new(request: Request, session: Option<Session>) -> RequestLine {
+        RequestLine {
+            request,
+            client: session.map(|s| s.client),
+            seq: session.map(|s| s.seq),
+        }
+    }
+
+    /// The session the line names, if any; an error when only one of `client` and `seq` is
+    /// given, when either is 0, or when the request is not put/get/delete/cas.
+    pub fn session(&self) -> Result<Option<Session>, String> {
+        let session = Session::from_fields(self.client, self.seq)?;
+        if session.is_some() && !self.request.is_key_op() {
+            return Err("client and seq go only with put, get, delete and cas".into());
+        }
+        Ok(session)
+    }
+}
+
+impl Request {
+    /// True for put, get, delete and cas (the requests that go through the log).
+    pub fn is_key_op(&self) -> bool {
+        matches!(
+            self,
+            Request::Put { .. }
+                | Request::Get { .. }
+                | Request::Delete { .. }
+                | Request::Cas { .. }
+        )
+    }
+}
+
 /// Error codes of a response with `"ok": false`.
 pub mod code {
     /// This node does not lead the key's group; `leader` names the node that does, if known.
@@ -64,6 +114,9 @@ pub mod code {
     pub const TOO_LARGE: &str = "too_large";
     /// The node has stopped; nothing was proposed.
     pub const STOPPED: &str = "stopped";
+    /// The request's session already applied a request with a higher seq: this copy did not
+    /// execute, and whether an earlier copy of it did cannot be told any more.
+    pub const STALE: &str = "stale";
 }
 
 /// One response line, as a client reads it (fields absent in a response are `None`).
@@ -122,6 +175,9 @@ pub struct GroupDigest {
     pub checkpoint: Option<u64>,
     /// Keys held by this replica's state for the group.
     pub keys: usize,
+    /// Client sessions held by this replica's state for the group.
+    #[serde(default)]
+    pub sessions: usize,
 }
 
 impl Response {
@@ -239,6 +295,56 @@ mod tests {
             "",
         ] {
             assert!(serde_json::from_str::<Request>(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn session_fields_parse_as_documented() {
+        let line: RequestLine = serde_json::from_str(
+            r#"{"op":"cas","key":"k","expected":null,"new":"n","client":18446744073709551615,"seq":3}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            line.request,
+            Request::Cas {
+                key: "k".into(),
+                expected: None,
+                new: "n".into(),
+            }
+        );
+        assert_eq!(
+            line.session(),
+            Ok(Some(Session {
+                client: u64::MAX,
+                seq: 3
+            }))
+        );
+        let round = serde_json::to_string(&line).unwrap();
+        assert_eq!(serde_json::from_str::<RequestLine>(&round).unwrap(), line);
+        // Without them: no session (old clients, hand-written lines).
+        let line: RequestLine = serde_json::from_str(r#"{"op":"get","key":"k"}"#).unwrap();
+        assert_eq!(line.session(), Ok(None));
+        assert_eq!(
+            serde_json::to_string(&line).unwrap(),
+            r#"{"op":"get","key":"k"}"#
+        );
+        // Unknown fields are still refused next to the session fields.
+        for bad in [
+            r#"{"op":"get","key":"k","client":1,"seq":1,"extra":1}"#,
+            r#"{"op":"get","key":"k","client":-1,"seq":1}"#,
+            r#"{"op":"get","key":"k","client":"1","seq":1}"#,
+        ] {
+            assert!(serde_json::from_str::<RequestLine>(bad).is_err(), "{bad}");
+        }
+        for bad in [
+            r#"{"op":"put","key":"k","value":"v","client":0,"seq":1}"#,
+            r#"{"op":"put","key":"k","value":"v","client":1,"seq":0}"#,
+            r#"{"op":"put","key":"k","value":"v","client":1}"#,
+            r#"{"op":"put","key":"k","value":"v","seq":1}"#,
+            r#"{"op":"id","client":1,"seq":1}"#,
+        ] {
+            let line: RequestLine = serde_json::from_str(bad).unwrap();
+            assert!(line.session().is_err(), "{bad}");
         }
     }
 

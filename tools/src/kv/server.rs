@@ -6,7 +6,7 @@
 //! malformed line, or holds more than `LINE_BYTES_MAX` of a request.
 
 use super::proto::{
-    code, read_line_bounded, GroupDigest, LineRead, Request, Response, LINE_BYTES_MAX,
+    code, read_line_bounded, GroupDigest, LineRead, Request, RequestLine, Response, LINE_BYTES_MAX,
 };
 use super::state::{group_of_key, Command, Outcome, SharedView};
 use paxring_engine::runtime::{Committed, Error, Node, Proposal};
@@ -226,8 +226,8 @@ fn response_json(response: &Response) -> serde_json::Value {
 
 /// Answers one request line.
 fn handle_line(line: &[u8], context: &ServerShared) -> serde_json::Value {
-    let request: Request = match serde_json::from_slice(line) {
-        Ok(request) => request,
+    let line: RequestLine = match serde_json::from_slice(line) {
+        Ok(line) => line,
         Err(e) => {
             return response_json(&Response::error(
                 code::BAD_REQUEST,
@@ -235,6 +235,16 @@ fn handle_line(line: &[u8], context: &ServerShared) -> serde_json::Value {
             ))
         }
     };
+    let session = match line.session() {
+        Ok(session) => session,
+        Err(e) => {
+            return response_json(&Response::error(
+                code::BAD_REQUEST,
+                format!("not a request: {e}"),
+            ))
+        }
+    };
+    let request = line.request;
     let node = &context.node;
     let groups = node.config().groups;
     let command = match request {
@@ -264,6 +274,7 @@ fn handle_line(line: &[u8], context: &ServerShared) -> serde_json::Value {
                         digest: view.digest,
                         checkpoint: view.checkpoint,
                         keys: view.keys,
+                        sessions: view.sessions,
                     }
                 })
                 .collect();
@@ -276,7 +287,7 @@ fn handle_line(line: &[u8], context: &ServerShared) -> serde_json::Value {
     };
     let group = group_of_key(command.key(), groups);
     let is_cas = matches!(command, Command::Cas { .. });
-    let proposal = node.propose(group, command.encode());
+    let proposal = node.propose(group, command.encode_with(session));
     let outcome = match wait_timeout(proposal, context.limits.proposal_timeout) {
         Some(outcome) => outcome,
         None => {
@@ -306,7 +317,12 @@ fn committed_json(committed: &Committed, is_cas: bool) -> serde_json::Value {
         }
     };
     if let Some(error) = outcome.error {
-        return response_json(&Response::error(code::BAD_REQUEST, error));
+        let code = if outcome.stale {
+            code::STALE
+        } else {
+            code::BAD_REQUEST
+        };
+        return response_json(&Response::error(code, error));
     }
     let mut json = serde_json::json!({
         "ok": true,

@@ -1,16 +1,19 @@
-//! The replicated key-value state machine of one group: commands, their results, the rolling
-//! digest of the applied sequence, and the snapshot file that makes its checkpoint real.
+//! The replicated key-value state machine of one group: commands, their results, the client
+//! session table that makes a retried request apply at most once, the rolling digest of the
+//! applied sequence, and the snapshot file that makes its checkpoint real.
 //!
-//! Owns: the map of one group, `DATA_DIR/kv/group-G.snap`, the group's published [`GroupView`].
-//! Never: reports a checkpoint instance that is not in a snapshot file already fsynced (file and
-//! directory), and never retries a failed fsync (the group stops taking snapshots and publishes
-//! the error, which ends the node process).
+//! Owns: the map and the session table of one group, `DATA_DIR/kv/group-G.snap`, the group's
+//! published [`GroupView`]. Never: reports a checkpoint instance that is not in a snapshot file
+//! already fsynced (file and directory), never retries a failed fsync (the group stops taking
+//! snapshots and publishes the error, which ends the node process), and never decides anything
+//! (such as which session to evict) from anything but the applied log, so every replica holds
+//! the same state after the same instances.
 
 use bytes::Bytes;
 use paxring_engine::runtime::StateMachine;
 use paxring_wal::{GroupId, Instance};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -59,15 +62,82 @@ impl Command {
         }
     }
 
-    /// The command as the bytes proposed to the log.
+    /// The command without a session, as the bytes proposed to the log.
+    #[cfg(test)]
     pub fn encode(&self) -> Bytes {
-        Bytes::from(serde_json::to_vec(self).expect("a command always serializes"))
+        self.encode_with(None)
     }
 
-    /// Parses a command from the log.
-    pub fn decode(bytes: &[u8]) -> Result<Command, String> {
-        serde_json::from_slice(bytes).map_err(|e| format!("not a KV command: {e}"))
+    /// The command as the bytes proposed to the log: one JSON object, the command's fields plus
+    /// `"client"` and `"seq"` when it carries a session.
+    pub fn encode_with(&self, session: Option<Session>) -> Bytes {
+        let wire = WireOut {
+            command: self,
+            client: session.map(|s| s.client),
+            seq: session.map(|s| s.seq),
+        };
+        Bytes::from(serde_json::to_vec(&wire).expect("a command always serializes"))
     }
+
+    /// Parses a command from the log, with its session if it carries one.
+    pub fn decode(bytes: &[u8]) -> Result<(Command, Option<Session>), String> {
+        let wire: WireIn =
+            serde_json::from_slice(bytes).map_err(|e| format!("not a KV command: {e}"))?;
+        let session = Session::from_fields(wire.client, wire.seq)
+            .map_err(|e| format!("not a KV command: {e}"))?;
+        Ok((wire.command, session))
+    }
+}
+
+/// Who sent a command: the client's session id and the request's sequence number in it.
+///
+/// A client picks `client` at random (nonzero) once per process and numbers its requests
+/// `seq` = 1, 2, ...; a retry of a request reuses its `seq`. A group applies each
+/// (client, seq) at most once (see [`KvState`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Session {
+    /// The client's session id (nonzero).
+    pub client: u64,
+    /// The request's sequence number (1 or more), increasing per new request.
+    pub seq: u64,
+}
+
+impl Session {
+    /// The session of a request or command from its optional `client` and `seq` fields: both
+    /// absent is no session; both present is one (client nonzero, seq at least 1); anything
+    /// else is an error.
+    pub fn from_fields(client: Option<u64>, seq: Option<u64>) -> Result<Option<Session>, String> {
+        match (client, seq) {
+            (None, None) => Ok(None),
+            (Some(0), Some(_)) => Err("client must be nonzero".into()),
+            (Some(_), Some(0)) => Err("seq must be at least 1".into()),
+            (Some(client), Some(seq)) => Ok(Some(Session { client, seq })),
+            (Some(_), None) => Err("client without seq (give both or neither)".into()),
+            (None, Some(_)) => Err("seq without client (give both or neither)".into()),
+        }
+    }
+}
+
+/// A command and its session fields, as written to the log.
+#[derive(Serialize)]
+struct WireOut<'a> {
+    #[serde(flatten)]
+    command: &'a Command,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seq: Option<u64>,
+}
+
+/// A command and its session fields, as read from the log.
+#[derive(Deserialize)]
+struct WireIn {
+    #[serde(flatten)]
+    command: Command,
+    #[serde(default)]
+    client: Option<u64>,
+    #[serde(default)]
+    seq: Option<u64>,
 }
 
 /// What applying one command returned (JSON, one object).
@@ -77,9 +147,18 @@ pub struct Outcome {
     pub value: Option<String>,
     /// For cas: whether the swap happened. For the other commands: always true.
     pub done: bool,
-    /// Set when the log held bytes that are not a command (nothing was changed).
+    /// Set when the log held bytes that are not a command, or when the command's session
+    /// already applied a later request (`stale`); nothing was changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// True when the command was not executed because its session already applied a request
+    /// with a higher seq.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub stale: bool,
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
 }
 
 impl Outcome {
@@ -125,6 +204,8 @@ pub struct GroupView {
     pub checkpoint: Option<u64>,
     /// Keys held.
     pub keys: usize,
+    /// Client sessions held (see [`SESSIONS_MAX`]).
+    pub sessions: usize,
     /// Why snapshots stopped (a failed write or fsync); the node must stop.
     pub failed: Option<String>,
 }
@@ -163,6 +244,16 @@ pub enum SnapshotError {
         /// Why.
         source: std::io::Error,
     },
+    /// The file is a snapshot in a format version this build does not read.
+    #[error("snapshot {path} has format version {version}, which this build does not read (it reads versions {known}): it was written by another paxring build; run a build that reads it, or move it away to rebuild the group from the WAL, if the WAL still holds every instance")]
+    UnknownVersion {
+        /// The file.
+        path: PathBuf,
+        /// The version byte found, as text.
+        version: String,
+        /// The versions this build reads, as text.
+        known: String,
+    },
     /// The file is not a valid snapshot of this group.
     #[error("snapshot {path} is corrupt: {problem} (move it away to rebuild the group from the WAL, if the WAL still holds every instance)")]
     Corrupt {
@@ -173,8 +264,14 @@ pub enum SnapshotError {
     },
 }
 
-const SNAPSHOT_MAGIC: &[u8; 8] = b"PXKVSNP1";
-/// Header: magic (8), body length (u64 LE), body CRC-32 (u32 LE), then the JSON body.
+/// The first 7 bytes of a snapshot file; the 8th is the format version (an ASCII digit).
+const SNAPSHOT_MAGIC: &[u8; 7] = b"PXKVSNP";
+/// The format version written: 2 (the body holds the session table).
+const SNAPSHOT_VERSION: u8 = b'2';
+/// The format versions read: 1 (no session table: restored with an empty one) and 2.
+const SNAPSHOT_VERSIONS_READ: [u8; 2] = [b'1', b'2'];
+/// Header: magic (7), version (1), body length (u64 LE), body CRC-32 (u32 LE), then the JSON
+/// body.
 const SNAPSHOT_HEADER_BYTES: usize = 20;
 
 #[derive(Serialize, Deserialize)]
@@ -183,6 +280,171 @@ struct SnapshotBody {
     checkpoint: u64,
     digest: u32,
     entries: BTreeMap<String, String>,
+    /// Absent in version 1.
+    #[serde(default)]
+    sessions: Vec<SessionRecord>,
+}
+
+/// One session of the snapshot's session table.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct SessionRecord {
+    client: u64,
+    seq: u64,
+    /// The instance at which the session was last used (its recency for eviction).
+    used: u64,
+    outcome: Outcome,
+}
+
+/// Most client sessions one group keeps. When a new session would make more, the least
+/// recently used ones are evicted: the session whose last use was at the lowest instance, and
+/// among sessions last used at the same instance the lowest client id. The choice depends on
+/// the applied log alone, so every replica evicts the same sessions.
+pub const SESSIONS_MAX: usize = 100_000;
+
+/// Most bytes of recorded result values (the `value` of each session's recorded outcome) one
+/// group keeps; above it, the least recently used sessions are evicted as for [`SESSIONS_MAX`].
+pub const SESSION_VALUE_BYTES_MAX: usize = 64 << 20;
+
+/// One client's session: the highest seq applied and that request's outcome.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct SessionEntry {
+    seq: u64,
+    outcome: Outcome,
+    used: u64,
+}
+
+/// The session table of one group: per client id, the highest seq applied and its outcome,
+/// bounded by count and by recorded value bytes, evicting the least recently used.
+#[derive(Debug)]
+struct Sessions {
+    by_client: BTreeMap<u64, SessionEntry>,
+    /// (instance of last use, client): the eviction order, oldest first.
+    recency: BTreeSet<(u64, u64)>,
+    value_bytes: usize,
+    max: usize,
+    value_bytes_max: usize,
+}
+
+fn value_bytes(outcome: &Outcome) -> usize {
+    outcome.value.as_ref().map_or(0, String::len)
+}
+
+impl Sessions {
+    fn new() -> Sessions {
+        Sessions {
+            by_client: BTreeMap::new(),
+            recency: BTreeSet::new(),
+            value_bytes: 0,
+            max: SESSIONS_MAX,
+            value_bytes_max: SESSION_VALUE_BYTES_MAX,
+        }
+    }
+
+    /// The table of a snapshot; an error when a record is invalid or a client appears twice.
+    fn from_records(records: Vec<SessionRecord>) -> Result<Sessions, String> {
+        let mut sessions = Sessions::new();
+        for record in records {
+            if record.client == 0 || record.seq == 0 {
+                return Err(format!(
+                    "session table holds client {} seq {} (both must be nonzero)",
+                    record.client, record.seq
+                ));
+            }
+            if sessions.by_client.contains_key(&record.client) {
+                return Err(format!(
+                    "session table holds client {} twice",
+                    record.client
+                ));
+            }
+            sessions.value_bytes += value_bytes(&record.outcome);
+            sessions.recency.insert((record.used, record.client));
+            sessions.by_client.insert(
+                record.client,
+                SessionEntry {
+                    seq: record.seq,
+                    outcome: record.outcome,
+                    used: record.used,
+                },
+            );
+        }
+        Ok(sessions)
+    }
+
+    /// The table as snapshot records, by client id.
+    fn records(&self) -> Vec<SessionRecord> {
+        self.by_client
+            .iter()
+            .map(|(client, entry)| SessionRecord {
+                client: *client,
+                seq: entry.seq,
+                used: entry.used,
+                outcome: entry.outcome.clone(),
+            })
+            .collect()
+    }
+
+    fn len(&self) -> usize {
+        self.by_client.len()
+    }
+
+    /// Marks `client`'s session used at `instance`.
+    fn touch(&mut self, client: u64, instance: u64) {
+        let entry = self.by_client.get_mut(&client).expect("a known session");
+        self.recency.remove(&(entry.used, client));
+        entry.used = instance;
+        self.recency.insert((instance, client));
+    }
+
+    /// The answer to a request the session already saw, applied at `instance`: the recorded
+    /// outcome when `seq` is the session's last, a stale error when it is older. `None` when
+    /// the request is new (or its session unknown, never seen or evicted) and must execute.
+    fn replay(&mut self, session: Session, instance: u64) -> Option<Outcome> {
+        let entry = self.by_client.get(&session.client)?;
+        let answer = if session.seq == entry.seq {
+            entry.outcome.clone()
+        } else if session.seq < entry.seq {
+            Outcome {
+                value: None,
+                done: false,
+                error: Some(format!(
+                    "stale request: seq {} already superseded by {}",
+                    session.seq, entry.seq
+                )),
+                stale: true,
+            }
+        } else {
+            return None;
+        };
+        self.touch(session.client, instance);
+        Some(answer)
+    }
+
+    /// Records that `session` executed at `instance` with `outcome`, then evicts the least
+    /// recently used sessions while a bound is exceeded.
+    fn record(&mut self, session: Session, instance: u64, outcome: Outcome) {
+        self.value_bytes += value_bytes(&outcome);
+        let entry = SessionEntry {
+            seq: session.seq,
+            outcome,
+            used: instance,
+        };
+        if let Some(old) = self.by_client.insert(session.client, entry) {
+            self.value_bytes -= value_bytes(&old.outcome);
+            self.recency.remove(&(old.used, session.client));
+        }
+        self.recency.insert((instance, session.client));
+        while self.by_client.len() > self.max || self.value_bytes > self.value_bytes_max {
+            let (_, client) = self
+                .recency
+                .pop_first()
+                .expect("a table over a bound is not empty");
+            let evicted = self
+                .by_client
+                .remove(&client)
+                .expect("recency lists held sessions");
+            self.value_bytes -= value_bytes(&evicted.outcome);
+        }
+    }
 }
 
 /// The KV state machine of one group.
@@ -190,6 +452,7 @@ pub struct KvState {
     group: GroupId,
     path: PathBuf,
     map: BTreeMap<String, String>,
+    sessions: Sessions,
     applied_next: Option<u64>,
     digest: u32,
     checkpoint: Option<Instance>,
@@ -235,6 +498,7 @@ impl KvState {
             group,
             path: path.clone(),
             map: BTreeMap::new(),
+            sessions: Sessions::new(),
             applied_next: None,
             digest: 0,
             checkpoint: None,
@@ -253,6 +517,12 @@ impl KvState {
                         problem: format!("it holds group {}, not group {}", body.group, group.0),
                     });
                 }
+                state.sessions = Sessions::from_records(body.sessions).map_err(|problem| {
+                    SnapshotError::Corrupt {
+                        path: path.clone(),
+                        problem,
+                    }
+                })?;
                 state.map = body.entries;
                 state.digest = body.digest;
                 state.checkpoint = Some(Instance(body.checkpoint));
@@ -288,33 +558,69 @@ impl KvState {
         self.digest
     }
 
-    /// Applies one command to the map and returns its outcome.
-    fn execute(&mut self, bytes: &[u8]) -> Outcome {
-        let command = match Command::decode(bytes) {
-            Ok(command) => command,
+    /// Sets smaller session bounds (to test eviction).
+    #[cfg(test)]
+    fn set_session_bounds(&mut self, max: usize, value_bytes_max: usize) {
+        self.sessions.max = max;
+        self.sessions.value_bytes_max = value_bytes_max;
+    }
+
+    /// The session table as (client, seq, instance of last use), by client.
+    #[cfg(test)]
+    fn session_list(&self) -> Vec<(u64, u64, u64)> {
+        self.sessions
+            .by_client
+            .iter()
+            .map(|(client, entry)| (*client, entry.seq, entry.used))
+            .collect()
+    }
+
+    /// Applies one command chosen at `instance` and returns its outcome. A command whose
+    /// session already applied this seq returns the recorded outcome, one whose session
+    /// applied a higher seq returns a stale error; neither executes again.
+    fn execute(&mut self, instance: u64, bytes: &[u8]) -> Outcome {
+        let (command, session) = match Command::decode(bytes) {
+            Ok(decoded) => decoded,
             Err(error) => {
                 return Outcome {
                     value: None,
                     done: false,
                     error: Some(error),
+                    stale: false,
                 }
             }
         };
+        let Some(session) = session else {
+            return self.run(command);
+        };
+        if let Some(answer) = self.sessions.replay(session, instance) {
+            return answer;
+        }
+        let outcome = self.run(command);
+        self.sessions.record(session, instance, outcome.clone());
+        outcome
+    }
+
+    /// Executes one command on the map.
+    fn run(&mut self, command: Command) -> Outcome {
         match command {
             Command::Put { key, value } => Outcome {
                 value: self.map.insert(key, value),
                 done: true,
                 error: None,
+                stale: false,
             },
             Command::Get { key } => Outcome {
                 value: self.map.get(&key).cloned(),
                 done: true,
                 error: None,
+                stale: false,
             },
             Command::Delete { key } => Outcome {
                 value: self.map.remove(&key),
                 done: true,
                 error: None,
+                stale: false,
             },
             Command::Cas { key, expected, new } => {
                 let current = self.map.get(&key).cloned();
@@ -326,6 +632,7 @@ impl KvState {
                     value: current,
                     done,
                     error: None,
+                    stale: false,
                 }
             }
         }
@@ -344,6 +651,7 @@ impl KvState {
             checkpoint,
             digest: self.digest,
             entries: self.map.clone(),
+            sessions: self.sessions.records(),
         };
         let bytes = encode_snapshot(&body);
         let tmp = self.path.with_extension("snap.tmp");
@@ -392,6 +700,7 @@ impl KvState {
         view.digest = self.digest;
         view.checkpoint = self.checkpoint.map(|i| i.0);
         view.keys = self.map.len();
+        view.sessions = self.sessions.len();
         view.failed.clone_from(&self.failed);
     }
 }
@@ -414,7 +723,7 @@ impl StateMachine for KvState {
         }
         let results_before = results.len();
         for command in commands {
-            let outcome = self.execute(command);
+            let outcome = self.execute(instance.0, command);
             results.push(outcome.encode());
         }
         assert_eq!(
@@ -438,6 +747,7 @@ fn encode_snapshot(body: &SnapshotBody) -> Vec<u8> {
     let json = serde_json::to_vec(body).expect("a snapshot body always serializes");
     let mut bytes = Vec::with_capacity(SNAPSHOT_HEADER_BYTES + json.len());
     bytes.extend_from_slice(SNAPSHOT_MAGIC);
+    bytes.push(SNAPSHOT_VERSION);
     bytes.extend_from_slice(&(json.len() as u64).to_le_bytes());
     bytes.extend_from_slice(&crc32fast::hash(&json).to_le_bytes());
     bytes.extend_from_slice(&json);
@@ -455,8 +765,27 @@ fn decode_snapshot(path: &Path, bytes: &[u8]) -> Result<SnapshotBody, SnapshotEr
             bytes.len()
         )));
     }
-    if &bytes[..8] != SNAPSHOT_MAGIC {
+    if &bytes[..7] != SNAPSHOT_MAGIC {
         return Err(corrupt("bad magic at offset 0".into()));
+    }
+    let version = bytes[7];
+    if !SNAPSHOT_VERSIONS_READ.contains(&version) {
+        let shown = |v: u8| {
+            if v.is_ascii_graphic() {
+                (v as char).to_string()
+            } else {
+                format!("byte {v:#04x}")
+            }
+        };
+        return Err(SnapshotError::UnknownVersion {
+            path: path.to_path_buf(),
+            version: shown(version),
+            known: SNAPSHOT_VERSIONS_READ
+                .iter()
+                .map(|v| shown(*v))
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
     }
     let length = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
     let crc = u32::from_le_bytes(bytes[16..20].try_into().expect("4 bytes"));
@@ -480,8 +809,40 @@ fn decode_snapshot(path: &Path, bytes: &[u8]) -> Result<SnapshotBody, SnapshotEr
 mod tests {
     //! Proves the KV semantics (put, get, delete, cas on present and absent keys), that the
     //! digest depends on the applied sequence, that a snapshot round-trips (map, checkpoint,
-    //! digest) and that a damaged snapshot is refused with a clear error.
+    //! digest, session table) and that a damaged snapshot or one of an unknown format version is
+    //! refused with a clear error; and the client sessions: a command carries its (client, seq)
+    //! in the log bytes, applying the same (client, seq) twice executes it once and answers the
+    //! same result, an older seq is refused as stale, commands without a session are never
+    //! deduplicated, and eviction is decided by the applied log alone (the same with or
+    //! without a snapshot and restore in between).
     use super::*;
+
+    fn session(client: u64, seq: u64) -> Option<Session> {
+        Some(Session { client, seq })
+    }
+
+    fn cas_as(key: &str, expected: Option<&str>, new: &str, s: Option<Session>) -> Bytes {
+        Command::Cas {
+            key: key.into(),
+            expected: expected.map(String::from),
+            new: new.into(),
+        }
+        .encode_with(s)
+    }
+
+    fn put_as(key: &str, value: &str, s: Option<Session>) -> Bytes {
+        Command::Put {
+            key: key.into(),
+            value: value.into(),
+        }
+        .encode_with(s)
+    }
+
+    fn apply_raw(state: &mut KvState, instance: u64, commands: &[Bytes]) -> Vec<Bytes> {
+        let mut results = Vec::new();
+        state.apply(GroupId(0), Instance(instance), commands, &mut results);
+        results
+    }
 
     fn put(key: &str, value: &str) -> Bytes {
         Command::Put {
@@ -666,6 +1027,298 @@ mod tests {
 
         std::fs::write(&path, &good).unwrap();
         assert!(KvState::open(dir.path(), GroupId(0), never()).is_ok());
+    }
+
+    #[test]
+    fn commands_carry_their_session_in_the_log_bytes() {
+        let bytes = cas_as("k", None, "n", session(u64::MAX, 7));
+        let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "op": "cas", "key": "k", "expected": null, "new": "n",
+                "client": u64::MAX, "seq": 7
+            })
+        );
+        let (command, s) = Command::decode(&bytes).unwrap();
+        assert_eq!(s, session(u64::MAX, 7));
+        assert_eq!(command.key(), "k");
+        // Without a session the bytes are those of earlier builds.
+        let plain = put("k", "v");
+        assert_eq!(&plain[..], br#"{"op":"put","key":"k","value":"v"}"#);
+        assert_eq!(Command::decode(&plain).unwrap().1, None);
+        for bad in [
+            r#"{"op":"put","key":"k","value":"v","client":0,"seq":1}"#,
+            r#"{"op":"put","key":"k","value":"v","client":3,"seq":0}"#,
+            r#"{"op":"put","key":"k","value":"v","client":3}"#,
+            r#"{"op":"put","key":"k","value":"v","seq":3}"#,
+            r#"{"op":"put","key":"k","value":"v","client":-1,"seq":3}"#,
+        ] {
+            assert!(Command::decode(bad.as_bytes()).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_retried_cas_applies_once_and_answers_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = KvState::open(dir.path(), GroupId(0), never()).unwrap();
+        let cas = cas_as("a", None, "one", session(7, 1));
+        let first = apply_raw(&mut state, 1, std::slice::from_ref(&cas));
+        let first_outcome = Outcome::decode(&first[0]).unwrap();
+        assert!(first_outcome.done);
+        assert_eq!(first_outcome.value, None);
+        assert_eq!(state.value("a").map(String::as_str), Some("one"));
+        // Another client removes the key: executing the cas again would swap again.
+        apply(
+            &mut state,
+            2,
+            &[Command::Delete { key: "a".into() }.encode()],
+        );
+        // The retry comes in a later instance, and twice in one instance.
+        let second = apply_raw(&mut state, 3, &[cas.clone(), cas.clone()]);
+        assert_eq!(second[0], first[0], "the recorded result, byte for byte");
+        assert_eq!(second[1], first[0]);
+        assert_eq!(
+            state.value("a"),
+            None,
+            "the retried cas did not execute again"
+        );
+        // The same command without a session is not deduplicated.
+        let plain = cas_as("a", None, "one", None);
+        apply(&mut state, 4, std::slice::from_ref(&plain));
+        apply(
+            &mut state,
+            5,
+            &[Command::Delete { key: "a".into() }.encode()],
+        );
+        let out = apply(&mut state, 6, &[plain]);
+        assert!(out[0].done, "without a session every copy executes");
+        // Sessions are per client: another client's seq 1 executes.
+        let out = apply(&mut state, 7, &[put_as("a", "two", session(8, 1))]);
+        assert_eq!(out[0].value.as_deref(), Some("one"));
+        assert_eq!(state.value("a").map(String::as_str), Some("two"));
+        assert_eq!(state.view().lock().unwrap().sessions, 2);
+    }
+
+    #[test]
+    fn an_older_seq_is_refused_as_stale() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = KvState::open(dir.path(), GroupId(0), never()).unwrap();
+        apply(&mut state, 1, &[put_as("k", "1", session(5, 1))]);
+        // Seqs of one client need not be contiguous in a group (the others went elsewhere).
+        apply(&mut state, 2, &[put_as("k", "4", session(5, 4))]);
+        let out = apply(
+            &mut state,
+            3,
+            &[
+                put_as("k", "1", session(5, 1)),
+                put_as("k", "3", session(5, 3)),
+            ],
+        );
+        for (outcome, seq) in out.iter().zip([1, 3]) {
+            assert!(outcome.stale);
+            assert!(!outcome.done);
+            assert_eq!(
+                outcome.error.as_deref(),
+                Some(format!("stale request: seq {seq} already superseded by 4").as_str())
+            );
+        }
+        assert_eq!(state.value("k").map(String::as_str), Some("4"));
+        // The last seq still answers its recorded result.
+        let out = apply(&mut state, 4, &[put_as("k", "4", session(5, 4))]);
+        assert_eq!(out[0].value.as_deref(), Some("1"));
+        assert!(!out[0].stale);
+        assert_eq!(state.session_list(), vec![(5, 4, 4)]);
+    }
+
+    #[test]
+    fn the_session_table_survives_snapshot_and_restore() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = KvState::open(dir.path(), GroupId(0), never()).unwrap();
+        let cas = cas_as("a", Some("x"), "y", session(11, 3));
+        apply(&mut state, 1, &[put("a", "x")]);
+        let first = apply_raw(
+            &mut state,
+            2,
+            &[cas.clone(), put_as("b", "1", session(12, 9))],
+        );
+        assert!(Outcome::decode(&first[0]).unwrap().done);
+        apply(&mut state, 3, &[put("a", "x")]);
+        state.snapshot().unwrap();
+        let before = state.session_list();
+        drop(state);
+
+        let mut state = KvState::open(dir.path(), GroupId(0), never()).unwrap();
+        assert_eq!(state.session_list(), before);
+        assert_eq!(before, vec![(11, 3, 2), (12, 9, 2)]);
+        assert_eq!(state.view().lock().unwrap().sessions, 2);
+        let again = apply_raw(&mut state, 4, &[cas]);
+        assert_eq!(
+            again[0], first[0],
+            "the recorded result came back from the snapshot"
+        );
+        assert_eq!(
+            state.value("a").map(String::as_str),
+            Some("x"),
+            "the retried cas did not execute after the restore"
+        );
+        let out = apply(&mut state, 5, &[put_as("b", "0", session(12, 8))]);
+        assert!(out[0].stale);
+    }
+
+    /// Applies `steps` (instance, [(client, seq)]) as puts, with a snapshot and restore after
+    /// the instance `restart_after` when given; returns the final session table.
+    fn run_sessions(
+        steps: &[(u64, Vec<(u64, u64)>)],
+        restart_after: Option<u64>,
+    ) -> Vec<(u64, u64, u64)> {
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = KvState::open(dir.path(), GroupId(0), never()).unwrap();
+        state.set_session_bounds(3, usize::MAX);
+        for (instance, commands) in steps {
+            let commands: Vec<Bytes> = commands
+                .iter()
+                .map(|(c, q)| put_as(&format!("k{c}"), &format!("{c}-{q}"), session(*c, *q)))
+                .collect();
+            apply(&mut state, *instance, &commands);
+            if restart_after == Some(*instance) {
+                state.snapshot().unwrap();
+                drop(state);
+                state = KvState::open(dir.path(), GroupId(0), never()).unwrap();
+                state.set_session_bounds(3, usize::MAX);
+            }
+        }
+        state.session_list()
+    }
+
+    #[test]
+    fn eviction_is_decided_by_the_applied_log() {
+        let steps = vec![
+            (1, vec![(30, 1), (10, 1)]),
+            (2, vec![(20, 1)]),
+            // A retry (same seq) counts as a use: 30 becomes the most recent.
+            (3, vec![(30, 1)]),
+            // A fourth session: the least recently used goes, 10 (instance 1).
+            (4, vec![(40, 1)]),
+            // Two new sessions in one instance: 20 (instance 2), then 30 (instance 3) go.
+            (5, vec![(50, 1), (60, 1)]),
+            // Ties at one instance go by client id: 50 before 60; 40 (instance 4) goes first.
+            (6, vec![(70, 1)]),
+            (7, vec![(80, 1)]),
+        ];
+        let expected = vec![(60, 1, 5), (70, 1, 6), (80, 1, 7)];
+        assert_eq!(
+            run_sessions(&steps[..4], None),
+            vec![(20, 1, 2), (30, 1, 3), (40, 1, 4)]
+        );
+        assert_eq!(run_sessions(&steps, None), expected);
+        for restart in 1..=7 {
+            assert_eq!(
+                run_sessions(&steps, Some(restart)),
+                expected,
+                "restored after instance {restart}"
+            );
+        }
+        // An evicted session is forgotten: its retry executes again (the documented limit).
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = KvState::open(dir.path(), GroupId(0), never()).unwrap();
+        state.set_session_bounds(1, usize::MAX);
+        apply(&mut state, 1, &[cas_as("a", None, "1", session(1, 1))]);
+        apply(&mut state, 2, &[put_as("b", "1", session(2, 1))]);
+        apply(
+            &mut state,
+            3,
+            &[Command::Delete { key: "a".into() }.encode()],
+        );
+        let out = apply(&mut state, 4, &[cas_as("a", None, "1", session(1, 1))]);
+        assert!(out[0].done);
+    }
+
+    #[test]
+    fn recorded_value_bytes_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = KvState::open(dir.path(), GroupId(0), never()).unwrap();
+        state.set_session_bounds(100, 10);
+        apply(&mut state, 1, &[put("a", "123456"), put("b", "1234")]);
+        // Each get records the value it read.
+        apply(
+            &mut state,
+            2,
+            &[Command::Get { key: "a".into() }.encode_with(session(1, 1))],
+        );
+        apply(
+            &mut state,
+            3,
+            &[Command::Get { key: "b".into() }.encode_with(session(2, 1))],
+        );
+        assert_eq!(state.session_list().len(), 2, "6 + 4 bytes fit in 10");
+        // Client 2's next result replaces its 4 bytes with none (a put of a new key).
+        apply(&mut state, 4, &[put_as("c", "x", session(2, 2))]);
+        assert_eq!(state.session_list().len(), 2);
+        // 6 + 0 + 6 bytes do not fit: the least recently used (client 1) goes.
+        apply(
+            &mut state,
+            5,
+            &[Command::Get { key: "a".into() }.encode_with(session(3, 1))],
+        );
+        assert_eq!(state.session_list(), vec![(2, 2, 4), (3, 1, 5)]);
+    }
+
+    #[test]
+    fn snapshot_format_versions() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = KvState::open(dir.path(), GroupId(0), never()).unwrap();
+        apply(&mut state, 1, &[put_as("a", "1", session(4, 1))]);
+        state.snapshot().unwrap();
+        drop(state);
+        let path = KvState::snapshot_path(dir.path(), GroupId(0));
+        let good = std::fs::read(&path).unwrap();
+        assert_eq!(&good[..8], b"PXKVSNP2");
+
+        // An unknown version is refused before its body is read, and says so.
+        for version in [b'3', b'0', 0xff] {
+            let mut other = good.clone();
+            other[7] = version;
+            std::fs::write(&path, &other).unwrap();
+            let err = KvState::open(dir.path(), GroupId(0), never())
+                .err()
+                .unwrap();
+            assert!(matches!(err, SnapshotError::UnknownVersion { .. }), "{err}");
+            let text = err.to_string();
+            assert!(
+                text.contains("format version") && text.contains("reads versions 1, 2"),
+                "{text}"
+            );
+        }
+
+        // A version-1 file (no session table) loads with an empty one.
+        let body = br#"{"group":0,"checkpoint":9,"digest":5,"entries":{"a":"1"}}"#;
+        let mut v1 = b"PXKVSNP1".to_vec();
+        v1.extend_from_slice(&(body.len() as u64).to_le_bytes());
+        v1.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
+        v1.extend_from_slice(body);
+        std::fs::write(&path, &v1).unwrap();
+        let state = KvState::open(dir.path(), GroupId(0), never()).unwrap();
+        assert_eq!(state.checkpoint_instance(), Some(Instance(9)));
+        assert_eq!(state.value("a").map(String::as_str), Some("1"));
+        assert!(state.session_list().is_empty());
+        drop(state);
+
+        // A session table with a client twice is corrupt.
+        let record = r#"{"client":4,"seq":1,"used":1,"outcome":{"value":null,"done":true}}"#;
+        let body = format!(
+            r#"{{"group":0,"checkpoint":1,"digest":0,"entries":{{}},"sessions":[{record},{record}]}}"#
+        );
+        let mut twice = b"PXKVSNP2".to_vec();
+        twice.extend_from_slice(&(body.len() as u64).to_le_bytes());
+        twice.extend_from_slice(&crc32fast::hash(body.as_bytes()).to_le_bytes());
+        twice.extend_from_slice(body.as_bytes());
+        std::fs::write(&path, &twice).unwrap();
+        let err = KvState::open(dir.path(), GroupId(0), never())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("corrupt") && err.contains("twice"), "{err}");
     }
 
     #[test]
