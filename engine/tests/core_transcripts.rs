@@ -348,6 +348,7 @@ fn codec_round_trips_every_kind() {
             applied_next: Instance(3),
             high: Instance(7),
             relearning: true,
+            state_lost: false,
             promised: ballot,
             entries: vec![(Instance(1), bytes::Bytes::from_static(b"q"))],
             checksum: 5,

@@ -24,7 +24,7 @@ pub struct SimArgs {
     /// Instances in flight per group (1 = serial mode).
     #[arg(long, default_value_t = 8)]
     pipeline: u32,
-    /// Faults: comma-separated from loss,dup,reorder,partition,oneway,crash,torn,bitflip; or all, none.
+    /// Faults: comma-separated from loss,dup,reorder,partition,oneway,crash,torn,bitflip,powerloss,wipe; or all, none.
     #[arg(long, default_value = "all")]
     faults: String,
     /// Ticks of the safety phase (faults on).
@@ -36,7 +36,13 @@ pub struct SimArgs {
     /// Print one line per seed (with its trace hash).
     #[arg(long)]
     verbose: bool,
-    /// Inject a known protocol bug: forget-promise, reply-before-durable, skip-prepare-on-new-leader.
+    /// Print every event of each seed (deliveries decoded, crashes, starts, results): for
+    /// replaying one failing seed.
+    #[arg(long)]
+    log: bool,
+    /// Inject a known protocol bug: forget-promise, reply-before-durable,
+    /// skip-prepare-on-new-leader, ballot-reuse-after-crash, relearn-target-too-low,
+    /// commit-by-bytes, cut-damaged-last-write, unbounded-promise, rejoin-with-empty-state.
     #[cfg(feature = "sim-bugs")]
     #[arg(long)]
     bug: Option<String>,
@@ -87,6 +93,7 @@ pub fn run(args: SimArgs) -> ExitCode {
         faults,
         safety_ticks: args.safety_ticks,
         heal_ticks: args.heal_ticks,
+        log: args.log,
         ..SimOptions::default()
     };
     #[cfg(feature = "sim-bugs")]
@@ -107,6 +114,9 @@ pub fn run(args: SimArgs) -> ExitCode {
     for seed in args.start_seed..args.start_seed.saturating_add(args.seeds) {
         let report = run_seed(&options, seed);
         summary.add(&report);
+        for line in &report.log {
+            println!("{line}");
+        }
         if args.verbose {
             println!(
                 "seed {seed}: trace {:016x} commits {} instances {} crashes {} {}",
@@ -130,7 +140,7 @@ pub fn run(args: SimArgs) -> ExitCode {
         }
     }
     println!(
-        "seeds {} violations {} commits {} messages/commit {:.2} durable-writes/instance/replica {:.3} rtts/commit(steady) {:.3} crashes {}",
+        "seeds {} violations {} commits {} messages/commit {:.2} durable-writes/instance/replica {:.3} rtts/commit(steady) {:.3} crashes {} power-losses {} wipes {} oversize-dropped {}",
         summary.seeds,
         summary.violations,
         summary.commits,
@@ -138,6 +148,9 @@ pub fn run(args: SimArgs) -> ExitCode {
         summary.durable_writes_per_instance_per_replica(options.nodes),
         summary.rtts_per_commit(),
         summary.crashes,
+        summary.power_losses,
+        summary.wipes,
+        summary.oversize_dropped,
     );
     if summary.violations == 0 {
         ExitCode::SUCCESS

@@ -18,6 +18,10 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 /// The payload tag of a repair record (a `Meta` record a group writes when it finished
 /// re-learning: damage below the Lsn that follows the tag is repaired for this group).
 const REPAIR_TAG: &[u8; 4] = b"RPR1";
+/// The payload tag of a re-learn record (a `Meta` record a group writes when it starts
+/// re-learning, in its first write: the obligation survives a crash even after the WAL has
+/// zeroed the damaged tail that caused it). One byte follows: 1 if the state was lost.
+const RELEARN_TAG: &[u8; 4] = b"RLN1";
 
 /// Bytes of chosen values per catch-up reply (besides the entry count limit).
 const CATCHUP_BYTES_MAX: usize = 1 << 20;
@@ -86,6 +90,7 @@ struct Report {
     high: Instance,
     promised: Ballot,
     relearning: bool,
+    state_lost: bool,
 }
 
 /// Re-learning after WAL damage (Paxos Made Live): no votes until `target` is applied
@@ -109,6 +114,8 @@ struct Relearn {
     request: u64,
     /// The target came from pooled reports of re-learning peers (PAR's condition).
     pooled: bool,
+    /// This replica's whole state was lost (not just damaged records).
+    lost: bool,
 }
 
 #[derive(Debug)]
@@ -268,6 +275,8 @@ impl Group {
         let mut highest = None;
         // Damage below this Lsn was repaired by an earlier re-learn of this group.
         let mut repaired_below = Lsn::ZERO;
+        // A re-learn that began and did not finish (Some(state lost)).
+        let mut unfinished: Option<bool> = None;
         for record in records {
             assert_eq!(record.group, self.id);
             highest = highest.max(Some(record.instance));
@@ -291,6 +300,9 @@ impl Group {
                     if let Some(lsn) = repair_lsn(&record.payload) {
                         repaired_below = repaired_below.max(lsn);
                         self.promised = self.promised.max(record.promised);
+                        unfinished = None;
+                    } else if let Some(lost) = relearn_lost(&record.payload) {
+                        unfinished = Some(lost || unfinished == Some(true));
                     }
                 }
             }
@@ -298,7 +310,9 @@ impl Group {
         // Any unrepaired damage makes the group re-learn: the (group, instance) names that
         // recovery reads from a damaged record are hints, and a wrong one would let a group
         // vote on what it forgot (docs/PROTOCOL.md#restart).
-        let mut damaged = state_lost || damage.iter().any(|d| d.last_lsn >= repaired_below);
+        let lost = state_lost || unfinished == Some(true);
+        let mut damaged =
+            lost || unfinished.is_some() || damage.iter().any(|d| d.last_lsn >= repaired_below);
         for (instance, ballot, payload) in marks {
             let value = if !payload.is_empty() {
                 payload
@@ -330,6 +344,22 @@ impl Group {
                 // Unique across restarts (the incarnation) and episodes; never 0.
                 request: (ctx.incarnation << 32) | (self.relearn_episodes & 0xFFFF_FFFF),
                 pooled: false,
+                lost,
+            });
+            // The obligation goes to disk in the first write (docs/PROTOCOL.md#re-learning).
+            ctx.append(Record {
+                kind: RecordKind::Meta,
+                group: self.id,
+                instance: self.applied_next,
+                promised: self.promised,
+                accepted: Ballot::ZERO,
+                payload: Bytes::copy_from_slice(&[
+                    RELEARN_TAG[0],
+                    RELEARN_TAG[1],
+                    RELEARN_TAG[2],
+                    RELEARN_TAG[3],
+                    u8::from(lost),
+                ]),
             });
         }
     }
@@ -639,6 +669,7 @@ impl Group {
                 applied_next,
                 high,
                 relearning,
+                state_lost,
                 promised,
                 entries,
                 checksum,
@@ -648,6 +679,7 @@ impl Group {
                     high,
                     promised,
                     relearning,
+                    state_lost,
                 };
                 self.on_catchup_reply(ctx, from, request, report, entries, checksum)
             }
@@ -981,6 +1013,7 @@ impl Group {
                     applied_next: self.applied_next,
                     high: self.held_end(),
                     relearning: false,
+                    state_lost: false,
                     promised: self.promised,
                     entries: vec![(instance, chosen)],
                     checksum,
@@ -1136,6 +1169,7 @@ impl Group {
                 applied_next: self.applied_next,
                 high: self.held_end(),
                 relearning: self.relearn.is_some(),
+                state_lost: self.relearn.as_ref().is_some_and(|r| r.lost),
                 promised: self.promised,
                 entries,
                 checksum,
@@ -1193,7 +1227,8 @@ impl Group {
     ///   (re-learning ones report their intact records): the highest applied point among
     ///   them. This pooled target relies on PAR's condition (every record intact on at least
     ///   one member of every quorum) and is what lets a cluster whose every replica lost its
-    ///   last write (power loss) make progress.
+    ///   last write (power loss) make progress. A replica whose whole state was lost pools
+    ///   only when every report says the same (a cluster created anew).
     fn relearn_evaluate(&mut self, ctx: &mut Ctx<'_>) {
         let needed = ctx.relearn_needed();
         let depth = u64::from(ctx.config.pipeline_depth);
@@ -1227,6 +1262,9 @@ impl Group {
         } else if relearn
             .started_at
             .is_some_and(|started| now.0 >= started.0 + timeout)
+            // A replica that lost everything pools only with others that did too (a cluster
+            // created anew): it has no intact records to make PAR's condition hold.
+            && (!relearn.lost || relearn.reports.values().all(|r| r.state_lost))
         {
             let ahead = relearn.reports.values().map(|r| r.applied_next).max();
             relearn.target = Some(applied.max(ahead.unwrap_or_default()));
@@ -1662,6 +1700,14 @@ fn resend_prepare(ctx: &mut Ctx<'_>, group: GroupId, candidate: &Candidate) {
         } else {
             ctx.send_after_durable(candidate.promise_lsn, group, to, msg.clone());
         }
+    }
+}
+
+/// Whether a re-learn record says the state was lost (None if the payload is not one).
+fn relearn_lost(payload: &[u8]) -> Option<bool> {
+    match payload.strip_prefix(RELEARN_TAG.as_slice())? {
+        [flag] => Some(*flag == 1),
+        _ => None,
     }
 }
 

@@ -100,6 +100,8 @@ pub enum Message {
         high: Instance,
         /// The sender is itself re-learning (its report covers only its intact records).
         relearning: bool,
+        /// The sender re-learns because its whole state was lost (it holds nothing of its own).
+        state_lost: bool,
         /// The sender's promised ballot (a re-learning replica promises at least this).
         promised: Ballot,
         /// Chosen values, ascending and consecutive.
@@ -256,6 +258,7 @@ impl Message {
                 applied_next,
                 high,
                 relearning,
+                state_lost,
                 promised,
                 entries,
                 checksum,
@@ -264,6 +267,7 @@ impl Message {
                 out.put_u64_le(applied_next.0);
                 out.put_u64_le(high.0);
                 out.put_u8(u8::from(*relearning));
+                out.put_u8(u8::from(*state_lost));
                 put_ballot(out, *promised);
                 out.put_u32_le(*checksum);
                 out.put_u32_le(u32::try_from(entries.len()).expect("entries fit u32"));
@@ -355,6 +359,7 @@ impl Message {
                 let applied_next = Instance(reader.u64()?);
                 let high = Instance(reader.u64()?);
                 let relearning = reader.flag()?;
+                let state_lost = reader.flag()?;
                 let promised = reader.ballot()?;
                 let checksum = reader.u32()?;
                 let count =
@@ -368,6 +373,7 @@ impl Message {
                     applied_next,
                     high,
                     relearning,
+                    state_lost,
                     promised,
                     entries,
                     checksum,
@@ -390,7 +396,7 @@ pub fn promise_entry_bytes(value_len: usize) -> usize {
     8 + 12 + 1 + 4 + value_len
 }
 /// Encoded bytes of a CatchupReply (kind byte included) before its entries.
-pub const CATCHUP_REPLY_HEADER_BYTES: usize = 1 + 8 + 8 + 8 + 1 + 12 + 4 + 4;
+pub const CATCHUP_REPLY_HEADER_BYTES: usize = 1 + 8 + 8 + 8 + 1 + 1 + 12 + 4 + 4;
 /// Encoded bytes of one CatchupReply entry carrying a value of `value_len` bytes.
 pub fn catchup_entry_bytes(value_len: usize) -> usize {
     8 + 4 + value_len

@@ -640,6 +640,11 @@ impl CoreTable {
             .collect()
     }
 
+    /// Groups of this core that are re-learning now.
+    pub fn relearning_count(&self) -> usize {
+        self.groups.values().filter(|g| g.is_relearning()).count()
+    }
+
     /// The node's incarnation this table was started with.
     pub fn incarnation(&self) -> u64 {
         self.incarnation

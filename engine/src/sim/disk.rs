@@ -36,6 +36,11 @@ pub struct SimDisk {
     pub syncs: u64,
     /// Bytes lost to the torn-write and bit-flip faults so far.
     pub faults_injected: u64,
+    /// The bytes the last recovery cut at `cut_at`: not zeroed until a write completes (the
+    /// runtime zeroes a cut tail only once its first write, which carries the re-learn
+    /// records, is durable), so a crash before that finds them again.
+    cut: Vec<u8>,
+    cut_at: usize,
 }
 
 /// What a completed write made durable.
@@ -80,6 +85,7 @@ impl SimDisk {
             return None;
         }
         let write = self.in_flight.take().expect("checked above");
+        self.cut.clear();
         self.durable.push(write.batch);
         self.syncs += 1;
         Some(Completed {
@@ -104,6 +110,16 @@ impl SimDisk {
                 self.image.truncate(durable_end);
             }
         }
+        if !self.cut.is_empty() {
+            // No write completed since the last recovery: the old cut bytes are still there,
+            // except where the torn write landed over their start.
+            let written = self.image.len().max(self.cut_at) - self.cut_at;
+            if written < self.cut.len() {
+                let rest = self.cut[written..].to_vec();
+                self.image.truncate(self.cut_at + written);
+                self.image.extend_from_slice(&rest);
+            }
+        }
         if flip && self.durable.len() >= 2 {
             let index = rng.below(self.durable.len() as u64 - 1) as usize;
             let batch = self.durable[index];
@@ -119,8 +135,10 @@ impl SimDisk {
         assert!(!self.busy(), "recover after a crash");
         let recovery = recover_images(CORE_ID, &[(SEGMENT_NO, &self.image)]);
         let resume = recovery.resume.map_or(0, |(_, offset)| offset as usize);
-        // The log continues at `resume`: cut what follows, or pad a batch whose padding
-        // never reached the disk.
+        // The log continues at `resume`: cut what follows (kept aside until a write completes),
+        // or pad a batch whose padding never reached the disk.
+        self.cut = self.image.get(resume..).map(<[u8]>::to_vec).unwrap_or_default();
+        self.cut_at = resume;
         self.image.resize(resume, 0);
         self.durable.retain(|b| b.end <= resume);
         recovery

@@ -23,7 +23,7 @@ pub mod disk;
 use crate::core::value;
 use crate::core::{
     Ballot, Config, CoreTable, FailReason, GroupId, Instance, Lsn, Message, NodeId, Outputs, Prng,
-    ProposalId, ProposalResult, RecordKind, SendAfterDurable, Tick,
+    ProposalId, ProposalResult, RecordKind, SendAfterDurable, Start, Tick,
 };
 use bytes::Bytes;
 use disk::SimDisk;
@@ -49,11 +49,15 @@ pub enum Fault {
     Torn,
     /// A crash flips a bit in a durable record followed by valid data.
     BitFlip,
+    /// Power loss: every node crashes at once, each tearing its write in flight.
+    PowerLoss,
+    /// A crashed node restarts with its data directory wiped (its state lost).
+    Wipe,
 }
 
 impl Fault {
     /// Every fault, in the order of `--faults` names.
-    pub const ALL: [Fault; 8] = [
+    pub const ALL: [Fault; 10] = [
         Fault::Loss,
         Fault::Dup,
         Fault::Reorder,
@@ -62,6 +66,8 @@ impl Fault {
         Fault::Crash,
         Fault::Torn,
         Fault::BitFlip,
+        Fault::PowerLoss,
+        Fault::Wipe,
     ];
 
     /// The `--faults` name.
@@ -75,6 +81,8 @@ impl Fault {
             Fault::Crash => "crash",
             Fault::Torn => "torn",
             Fault::BitFlip => "bitflip",
+            Fault::PowerLoss => "powerloss",
+            Fault::Wipe => "wipe",
         }
     }
 
@@ -123,15 +131,33 @@ pub enum Bug {
     ReplyBeforeDurable,
     /// A new leader skips phase 1.
     SkipPrepareOnNewLeader,
+    /// A candidate's Prepare leaves before its own promise is durable; bare Accepted counts.
+    BallotReuseAfterCrash,
+    /// The pre-fix re-learn target (peers' applied point + depth, any reply counts).
+    RelearnTargetTooLow,
+    /// Committed answered by comparing value bytes (values carry no identity).
+    CommitByBytes,
+    /// A cut last write is taken as torn, never as damage.
+    CutDamagedLastWrite,
+    /// Promises have no byte bound (the network drops those over the frame limit).
+    UnboundedPromise,
+    /// A node whose state was lost votes at once with empty promises.
+    RejoinWithEmptyState,
 }
 
 #[cfg(feature = "sim-bugs")]
 impl Bug {
     /// Every bug.
-    pub const ALL: [Bug; 3] = [
+    pub const ALL: [Bug; 9] = [
         Bug::ForgetPromise,
         Bug::ReplyBeforeDurable,
         Bug::SkipPrepareOnNewLeader,
+        Bug::BallotReuseAfterCrash,
+        Bug::RelearnTargetTooLow,
+        Bug::CommitByBytes,
+        Bug::CutDamagedLastWrite,
+        Bug::UnboundedPromise,
+        Bug::RejoinWithEmptyState,
     ];
 
     /// The `--bug` name.
@@ -140,6 +166,12 @@ impl Bug {
             Bug::ForgetPromise => "forget-promise",
             Bug::ReplyBeforeDurable => "reply-before-durable",
             Bug::SkipPrepareOnNewLeader => "skip-prepare-on-new-leader",
+            Bug::BallotReuseAfterCrash => "ballot-reuse-after-crash",
+            Bug::RelearnTargetTooLow => "relearn-target-too-low",
+            Bug::CommitByBytes => "commit-by-bytes",
+            Bug::CutDamagedLastWrite => "cut-damaged-last-write",
+            Bug::UnboundedPromise => "unbounded-promise",
+            Bug::RejoinWithEmptyState => "rejoin-with-empty-state",
         }
     }
 
@@ -155,12 +187,19 @@ impl Bug {
             })
     }
 
-    fn flags(self) -> crate::core::Bugs {
+    /// The core's flags for this bug.
+    pub fn flags(self) -> crate::core::Bugs {
         let mut bugs = crate::core::Bugs::default();
         match self {
             Bug::ForgetPromise => bugs.forget_promise = true,
             Bug::ReplyBeforeDurable => bugs.reply_before_durable = true,
             Bug::SkipPrepareOnNewLeader => bugs.skip_prepare_on_new_leader = true,
+            Bug::BallotReuseAfterCrash => bugs.ballot_reuse_after_crash = true,
+            Bug::RelearnTargetTooLow => bugs.relearn_target_too_low = true,
+            Bug::CommitByBytes => bugs.commit_by_bytes = true,
+            Bug::CutDamagedLastWrite => bugs.cut_damaged_last_write = true,
+            Bug::UnboundedPromise => bugs.unbounded_promise = true,
+            Bug::RejoinWithEmptyState => bugs.rejoin_with_empty_state = true,
         }
         bugs
     }
@@ -189,6 +228,8 @@ pub struct SimOptions {
     /// Run the durable-before-reply checker (off only to show that the other checkers catch a
     /// bug's consequences on their own).
     pub check_durable_replies: bool,
+    /// Keep a readable event log in the report (for replaying one seed).
+    pub log: bool,
 }
 
 impl Default for SimOptions {
@@ -204,6 +245,7 @@ impl Default for SimOptions {
             #[cfg(feature = "sim-bugs")]
             bug: None,
             check_durable_replies: true,
+            log: false,
         }
     }
 }
@@ -237,6 +279,11 @@ impl SimOptions {
     fn config(&self) -> Config {
         Config {
             pipeline_depth: self.pipeline,
+            // Small limits so that a Promise over a long run-ahead window is cut and phase 1
+            // continues in chunks (the network drops anything over the limit, as the real
+            // one does).
+            batch_bytes_max: SIM_BATCH_BYTES,
+            message_bytes_max: SIM_MESSAGE_BYTES,
             ..Config::default()
         }
     }
@@ -269,6 +316,14 @@ pub struct SeedReport {
     pub steady_commit_rtts: u64,
     /// Crashes injected.
     pub crashes: u64,
+    /// Data directories wiped.
+    pub wipes: u64,
+    /// Power losses (every node at once).
+    pub power_losses: u64,
+    /// Messages the network dropped for exceeding the message limit.
+    pub oversize_dropped: u64,
+    /// The event log (only with `SimOptions::log`).
+    pub log: Vec<String>,
 }
 
 struct Packet {
@@ -290,6 +345,10 @@ struct Node {
     durable_accepts: BTreeSet<(GroupId, Instance, Ballot)>,
     applied_next: BTreeMap<GroupId, Instance>,
     incarnation: u64,
+    /// The data directory's identity file exists (the runtime's rule: a start without one,
+    /// outside the cluster's bootstrap, has lost its state). Written at bootstrap, and after a
+    /// start without it once the first write (carrying the re-learn records) is durable.
+    identity: bool,
 }
 
 struct Client {
@@ -300,6 +359,11 @@ struct Client {
     sequence: u64,
     id: u32,
 }
+
+/// The simulator's value limit (bytes).
+const SIM_BATCH_BYTES: u32 = 1024;
+/// The simulator's message limit (the network drops larger messages).
+const SIM_MESSAGE_BYTES: u32 = SIM_BATCH_BYTES + crate::core::MESSAGE_OVERHEAD_BYTES;
 
 /// The proposals a client may have outstanding at once.
 const CLIENT_WINDOW: usize = 4;
@@ -385,6 +449,7 @@ impl Sim {
                 durable_accepts: BTreeSet::new(),
                 applied_next: BTreeMap::new(),
                 incarnation: 0,
+                identity: true, // the cluster's bootstrap: empty state is legitimate
             });
         }
         for index in 0..sim.nodes.len() {
@@ -423,14 +488,22 @@ impl Sim {
                 .wrapping_mul(31)
                 .wrapping_add(u64::from(node.id.0) << 32 | node.incarnation),
         );
-        #[allow(unused_mut)]
-        let mut table =
-            CoreTable::restore(config, node.id, &self.members, &groups, &recovery, prng)
-                .expect("simulator config is valid");
-        #[cfg(feature = "sim-bugs")]
-        if let Some(bug) = self.options.bug {
-            table.set_bugs(bug.flags());
-        }
+        let start = Start {
+            incarnation: node.incarnation,
+            state_lost: !node.identity,
+        };
+        let table = CoreTable::restore_with(
+            config,
+            node.id,
+            &self.members,
+            &groups,
+            &recovery,
+            prng,
+            start,
+            #[cfg(feature = "sim-bugs")]
+            self.options.bug.map(|b| b.flags()).unwrap_or_default(),
+        )
+        .expect("simulator config is valid");
         node.applied_next.clear();
         node.table = Some(table);
         node.restart_at = None;
@@ -442,9 +515,20 @@ impl Sim {
         ));
     }
 
-    fn trace<T: Hash>(&mut self, event: &T) {
+    fn trace<T: Hash + std::fmt::Debug>(&mut self, event: &T) {
         self.now.0.hash(&mut self.hasher);
         event.hash(&mut self.hasher);
+        if self.options.log {
+            self.report.log.push(format!("{} {:?}", self.now.0, event));
+        }
+    }
+
+    /// Adds a line to the event log (only when `log` is on; not part of the trace hash).
+    fn note(&mut self, line: impl FnOnce() -> String) {
+        if self.options.log {
+            let line = line();
+            self.report.log.push(format!("{} {line}", self.now.0));
+        }
     }
 
     fn violate(&mut self, what: String) {
@@ -613,6 +697,15 @@ impl Sim {
                 return;
             }
         };
+        self.note(|| {
+            format!(
+                "{} -> {} g{} {}",
+                packet.from,
+                packet.to,
+                packet.group.0,
+                describe(&msg)
+            )
+        });
         if let Some(table) = &mut self.nodes[index].table {
             table.on_message(packet.from, packet.group, msg);
         }
@@ -638,6 +731,7 @@ impl Sim {
         }
         if let Some(table) = &mut node.table {
             table.durable(done.last_lsn);
+            node.identity = true;
         }
         self.trace(&("durable", index, done.last_lsn.0));
     }
@@ -724,6 +818,11 @@ impl Sim {
         self.report.messages += 1;
         let bytes = msg.encode();
         self.trace(&("send", from.0, to.0, group.0, &bytes));
+        if bytes.len() - 1 > SIM_MESSAGE_BYTES as usize {
+            // The network's frame limit (the body excludes the kind byte).
+            self.report.oversize_dropped += 1;
+            return;
+        }
         if self.blocked.contains(&(from, to)) {
             return;
         }
@@ -796,12 +895,43 @@ impl Sim {
             let index = self.rng.below(n as u64) as usize;
             if self.nodes[index].table.is_some() {
                 let torn = faults.contains(&Fault::Torn) && self.rng.chance(1, 2);
-                // Damage only ever hits a minority of the replicas (fixed per seed): with a
-                // majority damaged, Paxos Made Live's rule rightly refuses to make progress.
+                // Damage (a flip, a wipe) loses records this node acknowledged: only while
+                // every other node is up and whole, so that each chosen value stays intact on
+                // some member of every quorum (PAR's condition; with the same record lost on
+                // two of three replicas it is simply gone). Flips stay on a minority of the
+                // replicas (fixed per seed).
+                let others_whole = self.nodes.iter().enumerate().all(|(i, node)| {
+                    i == index
+                        || node
+                            .table
+                            .as_ref()
+                            .is_some_and(|t| t.relearning_count() == 0)
+                });
                 let flip = faults.contains(&Fault::BitFlip)
                     && index < (n - 1) / 2
+                    && others_whole
                     && self.rng.chance(1, 4);
                 self.crash(index, torn, flip);
+                if !flip
+                    && faults.contains(&Fault::Wipe) && others_whole && self.rng.chance(1, 6) {
+                    let node = &mut self.nodes[index];
+                    node.disk = SimDisk::default();
+                    node.durable_promised.clear();
+                    node.durable_accepts.clear();
+                    node.identity = false;
+                    self.report.wipes += 1;
+                    self.trace(&("wipe", index));
+                }
+            }
+        }
+        if faults.contains(&Fault::PowerLoss) && self.rng.chance(1, 2500) {
+            // Every node at once, each tearing its write in flight.
+            self.report.power_losses += 1;
+            self.trace(&"power-loss");
+            for index in 0..n {
+                if self.nodes[index].table.is_some() {
+                    self.crash(index, true, false);
+                }
             }
         }
     }
@@ -960,6 +1090,16 @@ impl Sim {
     }
 }
 
+/// One line for a message in the event log (values shortened).
+fn describe(msg: &Message) -> String {
+    let text = format!("{msg:?}");
+    if text.len() > 300 {
+        format!("{}...", &text[..300])
+    } else {
+        text
+    }
+}
+
 /// Totals over many seeds.
 #[derive(Clone, Debug, Default)]
 pub struct RunSummary {
@@ -975,6 +1115,12 @@ pub struct RunSummary {
     pub instances: u64,
     /// Crashes injected.
     pub crashes: u64,
+    /// Data directories wiped.
+    pub wipes: u64,
+    /// Power losses.
+    pub power_losses: u64,
+    /// Messages dropped over the message limit.
+    pub oversize_dropped: u64,
     /// Steady window sums (see [`SeedReport`]).
     pub steady_instances: u64,
     /// Steady window disk writes.
@@ -994,6 +1140,9 @@ impl RunSummary {
         self.messages += report.messages;
         self.instances += report.instances;
         self.crashes += report.crashes;
+        self.wipes += report.wipes;
+        self.power_losses += report.power_losses;
+        self.oversize_dropped += report.oversize_dropped;
         self.steady_instances += report.steady_instances;
         self.steady_durable_writes += report.steady_durable_writes;
         self.steady_commit_instances += report.steady_commit_instances;
