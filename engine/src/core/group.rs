@@ -313,6 +313,7 @@ impl Group {
         let lost = state_lost || unfinished == Some(true);
         let mut damaged =
             lost || unfinished.is_some() || damage.iter().any(|d| d.last_lsn >= repaired_below);
+        let mut unresolved: BTreeSet<Instance> = BTreeSet::new();
         for (instance, ballot, payload) in marks {
             let value = if !payload.is_empty() {
                 payload
@@ -320,15 +321,19 @@ impl Group {
                 match self.accepted.get(&instance) {
                     Some((accepted, value)) if *accepted == ballot => value.clone(),
                     _ => {
-                        // The Accept record the mark names is gone (damaged): re-learn it.
-                        damaged = true;
+                        // The Accept record the mark names is gone (damaged): re-learn it,
+                        // unless a later mark (a repair) carries the value.
+                        unresolved.insert(instance);
                         continue;
                     }
                 }
             };
+            unresolved.remove(&instance);
             self.accepted.remove(&instance);
             self.chosen.insert(instance, value);
         }
+        unresolved.retain(|i| !self.chosen.contains_key(i));
+        damaged |= !unresolved.is_empty();
         self.max_seen = self.promised;
         self.apply_ready(ctx);
         if damaged {

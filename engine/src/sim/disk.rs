@@ -137,7 +137,11 @@ impl SimDisk {
         let resume = recovery.resume.map_or(0, |(_, offset)| offset as usize);
         // The log continues at `resume`: cut what follows (kept aside until a write completes),
         // or pad a batch whose padding never reached the disk.
-        self.cut = self.image.get(resume..).map(<[u8]>::to_vec).unwrap_or_default();
+        self.cut = self
+            .image
+            .get(resume..)
+            .map(<[u8]>::to_vec)
+            .unwrap_or_default();
         self.cut_at = resume;
         self.image.resize(resume, 0);
         self.durable.retain(|b| b.end <= resume);

@@ -912,8 +912,7 @@ impl Sim {
                     && others_whole
                     && self.rng.chance(1, 4);
                 self.crash(index, torn, flip);
-                if !flip
-                    && faults.contains(&Fault::Wipe) && others_whole && self.rng.chance(1, 6) {
+                if !flip && faults.contains(&Fault::Wipe) && others_whole && self.rng.chance(1, 6) {
                     let node = &mut self.nodes[index];
                     node.disk = SimDisk::default();
                     node.durable_promised.clear();

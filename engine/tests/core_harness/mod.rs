@@ -8,6 +8,9 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 pub const GROUP: GroupId = GroupId(7);
 
+/// Decides, per delivery (from, to, message), whether the test's network drops it.
+pub type DropFilter = Box<dyn Fn(NodeId, NodeId, &Message) -> bool>;
+
 pub struct Node {
     pub table: Option<CoreTable>,
     /// Every record appended, with whether it is durable.
@@ -31,6 +34,15 @@ pub struct Cluster {
     pub transcript: Vec<String>,
     /// Log the messages too (the transcript of a steady-state run).
     pub log_messages: bool,
+    /// Messages the test drops on delivery (from, to, message).
+    pub drop_if: Option<DropFilter>,
+    /// Messages dropped for exceeding `config.message_bytes_max` (the network's frame limit).
+    pub oversize_dropped: u64,
+    /// Restarts so far per node (each start gets the next incarnation).
+    pub incarnations: BTreeMap<NodeId, u64>,
+    /// Bugs every table runs with (simulator builds only).
+    #[cfg(feature = "sim-bugs")]
+    pub bugs: Bugs,
 }
 
 impl Cluster {
@@ -69,7 +81,74 @@ impl Cluster {
             results: Vec::new(),
             transcript: Vec::new(),
             log_messages: false,
+            drop_if: None,
+            oversize_dropped: 0,
+            incarnations: BTreeMap::new(),
+            #[cfg(feature = "sim-bugs")]
+            bugs: Bugs::default(),
         }
+    }
+
+    /// Runs every table with `bugs` (set before anything happens).
+    #[cfg(feature = "sim-bugs")]
+    pub fn with_bugs(mut self, bugs: Bugs) -> Cluster {
+        self.bugs = bugs;
+        for node in self.nodes.values_mut() {
+            if let Some(table) = &mut node.table {
+                table.set_bugs(bugs);
+            }
+        }
+        self
+    }
+
+    /// Cuts every link to and from `node` (both ways).
+    pub fn isolate(&mut self, node: u32) {
+        for other in self.members.clone() {
+            if other != NodeId(node) {
+                self.cut.insert((NodeId(node), other));
+                self.cut.insert((other, NodeId(node)));
+            }
+        }
+    }
+
+    /// Restores every link to and from `node`.
+    pub fn rejoin(&mut self, node: u32) {
+        self.cut
+            .retain(|(a, b)| *a != NodeId(node) && *b != NodeId(node));
+    }
+
+    /// Agreement across replicas: the first instance where two nodes applied different
+    /// values, as the checker's verdict (None when they agree).
+    pub fn agreement_violation(&self) -> Option<String> {
+        let mut seen: BTreeMap<Instance, (NodeId, Bytes)> = BTreeMap::new();
+        for (id, node) in &self.nodes {
+            for (instance, value) in &node.applied {
+                match seen.get(instance) {
+                    Some((other, known)) if known != value => {
+                        return Some(format!(
+                            "agreement: {id} and {other} applied different values at instance {}",
+                            instance.0
+                        ))
+                    }
+                    Some(_) => {}
+                    None => {
+                        seen.insert(*instance, (*id, value.clone()));
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// The node that leads (holds a quorum of promises), if exactly one table says so.
+    pub fn leader(&mut self) -> Option<u32> {
+        let ids: Vec<u32> = self.members.iter().map(|n| n.0).collect();
+        ids.into_iter().find(|n| {
+            self.nodes[&NodeId(*n)]
+                .table
+                .as_ref()
+                .is_some_and(|t| t.is_leader(GROUP))
+        })
     }
 
     pub fn note(&mut self, line: String) {
@@ -146,6 +225,21 @@ impl Cluster {
             if let Some((from, to, msg)) = self.net.pop_front() {
                 moved = true;
                 if self.cut.contains(&(from, to)) {
+                    continue;
+                }
+                if self
+                    .drop_if
+                    .as_ref()
+                    .is_some_and(|drop| drop(from, to, &msg))
+                {
+                    continue;
+                }
+                if msg.encode().len() - 1 > self.config.message_bytes_max as usize {
+                    self.oversize_dropped += 1;
+                    self.note(format!(
+                        "{from} -> {to}: DROPPED oversize {}",
+                        describe(&msg)
+                    ));
                     continue;
                 }
                 if self.log_messages {
@@ -240,15 +334,47 @@ impl Cluster {
     /// Restart from what the (in-memory) disk holds; `damage` names records to report damaged
     /// (dropped from the recovered records).
     pub fn restart(&mut self, node: u32, damage: &[Lsn]) {
+        self.restart_with(node, damage, &[], false);
+    }
+
+    /// A crash that destroyed the node's whole log (a wiped data directory).
+    pub fn wipe(&mut self, node: u32) {
+        let n = self.nodes.get_mut(&NodeId(node)).unwrap();
+        n.log.clear();
+        self.note(format!("n{node} loses its data directory"));
+    }
+
+    /// Restart where `damage` names mid-log records reported damaged, `tail` names records of
+    /// the last write reported as a cut, damaged tail (`Recovery::tail_damage`), and
+    /// `state_lost` says the node's state was lost (no identity file).
+    pub fn restart_with(&mut self, node: u32, damage: &[Lsn], tail: &[Lsn], state_lost: bool) {
         let id = NodeId(node);
+        let incarnation = {
+            let count = self.incarnations.entry(id).or_insert(0);
+            *count += 1;
+            *count
+        };
         let n = self.nodes.get_mut(&id).unwrap();
         let next = n.log.last().map_or(Lsn(1), |(l, _, _)| l.next());
         let mut recovery = Recovery {
             next_lsn: next,
             ..Recovery::default()
         };
+        let mut tail_damage: Option<Damage> = None;
         for (lsn, record, _) in &n.log {
-            if damage.contains(lsn) {
+            if tail.contains(lsn) {
+                let entry = tail_damage.get_or_insert(Damage {
+                    first_lsn: *lsn,
+                    last_lsn: *lsn,
+                    groups_instances: Vec::new(),
+                    identities_complete: true,
+                    segment: 0,
+                    offset: 0,
+                    reason: "test: damaged last write".to_string(),
+                });
+                entry.last_lsn = *lsn;
+                entry.groups_instances.push((record.group, record.instance));
+            } else if damage.contains(lsn) {
                 recovery.damaged.push(Damage {
                     first_lsn: *lsn,
                     last_lsn: *lsn,
@@ -262,13 +388,25 @@ impl Cluster {
                 recovery.records.push((*lsn, record.clone()));
             }
         }
-        let table = CoreTable::restore(
+        recovery.tail_damage = tail_damage;
+        // The cut tail is gone from the log (the writer continues over it).
+        if let Some(first) = tail.iter().min() {
+            n.log.retain(|(lsn, _, _)| lsn < first);
+            recovery.next_lsn = *first;
+        }
+        let table = CoreTable::restore_with(
             self.config.clone(),
             id,
             &self.members,
             &[self.group],
             &recovery,
-            Prng::new(99 + u64::from(node)),
+            Prng::new(99 + u64::from(node) + 1000 * incarnation),
+            Start {
+                incarnation,
+                state_lost,
+            },
+            #[cfg(feature = "sim-bugs")]
+            self.bugs,
         )
         .unwrap();
         n.table = Some(table);
