@@ -1240,9 +1240,16 @@ impl Group {
         let timeout = ctx.config.election_timeout_ticks;
         let now = ctx.now;
         let applied = self.applied_next;
+        let single = ctx.members.len() == 1;
         let Some(relearn) = &mut self.relearn else {
             return;
         };
+        if single && relearn.target.is_none() {
+            // A cluster of one has no one to re-learn from and no one who voted with it.
+            relearn.target = Some(applied);
+            relearn.pooled = true;
+            return;
+        }
         if relearn.target.is_some() || relearn.reports.len() < needed {
             return;
         }

@@ -347,11 +347,13 @@ impl NodeConfig {
                 "use 1 to 100000 groups",
             ));
         }
-        if self.pipeline_depth == 0 || self.pipeline_depth > 1024 {
+        // One limit, the core's: a value the core would refuse is refused here, by name.
+        const _: () = assert!(crate::core::PIPELINE_MAX == 256, "update the message below");
+        if self.pipeline_depth == 0 || self.pipeline_depth > crate::core::PIPELINE_MAX {
             return Err(invalid(
                 "pipeline_depth",
                 format!("is {}", self.pipeline_depth),
-                "use 1 to 1024",
+                "use 1 to 256 (the consensus core's PIPELINE_MAX)",
             ));
         }
         if self.batch_commands_max == 0 {
@@ -554,6 +556,7 @@ mod tests {
             (base().cores(0), "cores"),
             (base().groups(0), "groups"),
             (base().pipeline_depth(0), "pipeline_depth"),
+            (base().pipeline_depth(257), "pipeline_depth"),
             (base().round_bytes_max(1000), "round_bytes_max"),
             (base().segment_bytes(4096), "segment_bytes"),
             (base().batch_bytes_max(8 * 1024 * 1024), "batch_bytes_max"),

@@ -28,7 +28,7 @@ use super::node::{ProposalMsg, Shared};
 use super::wake::Wake;
 use crate::core::{
     value, Config as CoreConfig, CoreStats, CoreTable, FailReason, Message, NodeId, Outputs, Prng,
-    ProposalId, ProposalResult, Tick,
+    ProposalId, ProposalResult, Start, Tick,
 };
 
 /// What a core thread needs to start.
@@ -44,6 +44,10 @@ pub(crate) struct CoreStart {
     /// Each group's state machine checkpoint: replay starts above it.
     pub applied_from: Vec<(GroupId, Option<Instance>)>,
     pub cpu: Option<core_affinity::CoreId>,
+    /// This start's incarnation (from the identity file).
+    pub incarnation: u64,
+    /// The node's state was lost: a core whose WAL holds no record re-learns every group.
+    pub state_lost: bool,
 }
 
 /// One core's counters, published every 20 ms and when the core stops.
@@ -77,7 +81,17 @@ pub struct CoreSnapshot {
     pub wal: Option<WalStats>,
     /// The protocol counters.
     pub protocol: CoreStats,
+    /// Groups that cannot make progress by themselves, with the reason (at most
+    /// `STUCK_LISTED_MAX`; `stuck_groups` counts them all). Refreshed every `STUCK_EVERY`.
+    pub stuck: Vec<String>,
+    /// How many groups were stuck at the last check.
+    pub stuck_groups: usize,
 }
+
+/// How often a core checks for stuck groups and logs them (once per interval).
+const STUCK_EVERY: Duration = Duration::from_secs(5);
+/// Stuck groups listed by name in the snapshot and the log line.
+const STUCK_LISTED_MAX: usize = 8;
 
 /// Most proposals taken from the queue in one round (the rest wait for the next round).
 const PROPOSALS_PER_ROUND_MAX: usize = 16 * 1024;
@@ -90,7 +104,10 @@ const EXECUTOR_RETRY: Duration = Duration::from_micros(200);
 const FRAMES_PER_ROUND_MAX: usize = 16 * 1024;
 
 /// Runs the core until the node stops. `ready` learns whether the WAL opened.
-pub(crate) fn run(start: CoreStart, ready: Sender<Result<(), String>>) {
+/// What a core reports once its WAL is open: whether the WAL held any record.
+pub(crate) type Ready = Result<bool, String>;
+
+pub(crate) fn run(start: CoreStart, ready: Sender<Ready>) {
     if let Some(cpu) = start.cpu {
         if !core_affinity::set_for_current(cpu) {
             tracing::warn!(
@@ -102,8 +119,8 @@ pub(crate) fn run(start: CoreStart, ready: Sender<Result<(), String>>) {
     }
     let shared = start.shared.clone();
     let mut core = match Core::open(start) {
-        Ok(core) => {
-            let _ = ready.send(Ok(()));
+        Ok((core, had_records)) => {
+            let _ = ready.send(Ok(had_records));
             core
         }
         Err(reason) => {
@@ -153,7 +170,7 @@ struct Core {
 }
 
 impl Core {
-    fn open(start: CoreStart) -> Result<Core, String> {
+    fn open(start: CoreStart) -> Result<(Core, bool), String> {
         let config = &start.config;
         let groups: Vec<GroupId> = (0..config.groups)
             .filter(|g| core_of_group(*g, config.cores) == start.core)
@@ -213,13 +230,34 @@ impl Core {
         };
         let members: Vec<NodeId> = config.members().into_iter().map(NodeId).collect();
         let seed = seed_for(config.node_id, start.core);
-        let table = CoreTable::restore(
+        let had_records = !recovery.records.is_empty();
+        let state_lost = start.state_lost && !had_records;
+        if state_lost {
+            tracing::warn!(
+                core = start.core,
+                "this node's state was lost (no identity file and no WAL): every group re-learns from its peers before it votes"
+            );
+        }
+        if let Some(tail) = &recovery.tail_damage {
+            tracing::error!(
+                core = start.core,
+                ?tail,
+                "the last WAL write is damaged or torn: the groups it may have covered re-learn from peers"
+            );
+        }
+        let table = CoreTable::restore_with(
             core_config,
             NodeId(config.node_id),
             &members,
             &groups,
             &recovery,
             Prng::new(seed),
+            Start {
+                incarnation: start.incarnation,
+                state_lost,
+            },
+            #[cfg(feature = "sim-bugs")]
+            Default::default(),
         )
         .map_err(|e| format!("core {}: {e}", start.core))?;
         let replay_from = start
@@ -227,45 +265,49 @@ impl Core {
             .iter()
             .map(|(g, checkpoint)| (g.0, checkpoint.map_or(0, |i| i.0 + 1)))
             .collect();
-        Ok(Core {
-            index: start.core,
-            me: NodeId(config.node_id),
-            table,
-            wal,
-            inbox: start.inbox,
-            net: start.net,
-            proposals: start.proposals,
-            wake: start.wake,
-            exec: start.exec,
-            shared: start.shared,
-            tick: config.tick(),
-            started: Instant::now(),
-            next_proposal: 1,
-            replies: HashMap::new(),
-            after_durable: VecDeque::new(),
-            exec_backlog: VecDeque::new(),
-            outputs: Outputs::default(),
-            frames: Vec::new(),
-            net_batch: Vec::new(),
-            encode_buf: Vec::new(),
-            snapshot: CoreSnapshot {
-                core: start.core,
-                groups: groups.len(),
-                ..CoreSnapshot::default()
+        Ok((
+            Core {
+                index: start.core,
+                me: NodeId(config.node_id),
+                table,
+                wal,
+                inbox: start.inbox,
+                net: start.net,
+                proposals: start.proposals,
+                wake: start.wake,
+                exec: start.exec,
+                shared: start.shared,
+                tick: config.tick(),
+                started: Instant::now(),
+                next_proposal: 1,
+                replies: HashMap::new(),
+                after_durable: VecDeque::new(),
+                exec_backlog: VecDeque::new(),
+                outputs: Outputs::default(),
+                frames: Vec::new(),
+                net_batch: Vec::new(),
+                encode_buf: Vec::new(),
+                snapshot: CoreSnapshot {
+                    core: start.core,
+                    groups: groups.len(),
+                    ..CoreSnapshot::default()
+                },
+                replay_from,
+                linger: Duration::from_micros(config.batch_linger_us),
+                batch_commands_max: config.batch_commands_max as usize,
+                batch_bytes_max: config.batch_bytes_max as usize,
+                lingering: VecDeque::new(),
+                lingering_bytes: 0,
+                linger_since: Instant::now(),
             },
-            replay_from,
-            linger: Duration::from_micros(config.batch_linger_us),
-            batch_commands_max: config.batch_commands_max as usize,
-            batch_bytes_max: config.batch_bytes_max as usize,
-            lingering: VecDeque::new(),
-            lingering_bytes: 0,
-            linger_since: Instant::now(),
-        })
+            had_records,
+        ))
     }
 
     fn run(&mut self) -> Result<(), String> {
         let mut ticks_done = 0u64;
         let mut published_at = Instant::now();
+        let mut stuck_checked_at = Instant::now();
         let fds = [self.inbox.fd(), self.wake.raw()];
         while !self.shared.stopping.load(Ordering::Acquire) {
             self.snapshot.rounds += 1;
@@ -306,6 +348,10 @@ impl Core {
                 self.table.tick(Tick(ticks_done));
             }
             self.round()?;
+            if stuck_checked_at.elapsed() >= STUCK_EVERY {
+                stuck_checked_at = Instant::now();
+                self.check_stuck();
+            }
             if published_at.elapsed() >= PUBLISH_EVERY {
                 published_at = Instant::now();
                 self.publish();
@@ -553,6 +599,30 @@ impl Core {
             "core {}: WAL failed (fatal, never retried): {error}",
             self.index
         )
+    }
+
+    /// Every stuck state is logged once per interval and shown in stats with its reason.
+    fn check_stuck(&mut self) {
+        let stuck = self.table.stuck();
+        self.snapshot.stuck_groups = stuck.len();
+        self.snapshot.stuck = stuck
+            .iter()
+            .take(STUCK_LISTED_MAX)
+            .map(|(_, reason)| reason.clone())
+            .collect();
+        if !stuck.is_empty() {
+            tracing::warn!(
+                core = self.index,
+                groups = stuck.len(),
+                "groups that cannot make progress: {}{}",
+                self.snapshot.stuck.join("; "),
+                if stuck.len() > STUCK_LISTED_MAX {
+                    format!("; and {} more", stuck.len() - STUCK_LISTED_MAX)
+                } else {
+                    String::new()
+                }
+            );
+        }
     }
 
     fn publish(&mut self) {

@@ -11,6 +11,7 @@ pub mod api;
 pub mod config;
 mod core_loop;
 pub(crate) mod executor;
+pub mod identity;
 mod node;
 pub mod state_machine;
 mod wake;

@@ -18,6 +18,7 @@ use super::api::{Error, Proposal, Reply};
 use super::config::{core_of_group, NodeConfig};
 use super::core_loop::{self, CoreSnapshot, CoreStart};
 use super::executor::{self, GroupProgress};
+use super::identity;
 use super::state_machine::StateMachineFactory;
 use super::wake::Wake;
 
@@ -117,6 +118,25 @@ impl Node {
                 config.data_dir.display()
             ))
         })?;
+        // The identity file: which cluster and node this directory belongs to, this start's
+        // incarnation, and whether the node's state was lost (docs/PROTOCOL.md#node-identity).
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_millis() as u64);
+        let decision = identity::start(
+            &config.data_dir,
+            config.cluster_id,
+            config.node_id,
+            wal_present(&config.data_dir),
+            now_ms,
+        )
+        .map_err(Error::Start)?;
+        tracing::info!(
+            incarnation = decision.identity.incarnation,
+            state_lost = decision.state_lost,
+            "node identity"
+        );
+        let mut cores_with_records = 0;
         let cores = config.cores;
         let groups = config.groups;
         let shared = Arc::new(Shared {
@@ -195,6 +215,8 @@ impl Node {
                 shared: shared.clone(),
                 applied_from,
                 cpu: (config.pin_cores && !cpus.is_empty()).then(|| cpus[core % cpus.len()]),
+                incarnation: decision.identity.incarnation,
+                state_lost: decision.state_lost,
             };
             // The WAL is opened (and recovered) on the core thread itself; a failure comes back
             // through this channel so that `start` reports it.
@@ -206,7 +228,7 @@ impl Node {
                     .map_err(|e| Error::Start(format!("core thread {core}: {e}")))?,
             );
             match ready_rx.recv() {
-                Ok(Ok(())) => {}
+                Ok(Ok(had_records)) => cores_with_records += usize::from(had_records),
                 Ok(Err(reason)) => {
                     shared.fail(reason.clone());
                     stop_threads(&shared, &handles, threads);
@@ -226,6 +248,15 @@ impl Node {
                 proposals: proposals_tx,
                 wake,
             });
+        }
+        if decision.identity.relearn_pending && cores_with_records == cores {
+            // Every core's WAL holds records now, and its re-learn records keep whatever
+            // obligation remains: the identity file need not say it any more.
+            let mut cleared = decision.identity.clone();
+            cleared.relearn_pending = false;
+            if let Err(e) = identity::write(&config.data_dir, &cleared) {
+                tracing::warn!("cannot clear relearn_pending in the identity file: {e}");
+            }
         }
         tracing::info!(
             node = config.node_id,
@@ -421,6 +452,16 @@ impl Drop for Node {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// True when some core's WAL directory under `data_dir` holds a segment file.
+fn wal_present(data_dir: &std::path::Path) -> bool {
+    let Ok(cores) = std::fs::read_dir(data_dir.join("wal")) else {
+        return false;
+    };
+    cores
+        .flatten()
+        .any(|core| std::fs::read_dir(core.path()).is_ok_and(|mut files| files.next().is_some()))
 }
 
 fn stop_threads(shared: &Shared, cores: &[CoreHandle], threads: Vec<JoinHandle<()>>) {
