@@ -31,6 +31,30 @@ fn wrong_cluster_id_is_refused() {
     let text = std::fs::read_to_string(&config).unwrap();
     assert!(text.contains("cluster_id = 7"), "{text}");
     std::fs::write(&config, text.replace("cluster_id = 7", "cluster_id = 99")).unwrap();
+    // Its own data directory says cluster 7: the node refuses to start with it.
+    let dir_arg = cluster.path().to_str().unwrap().to_string();
+    let (ok, _, _) = run_paxring(
+        &[
+            "cluster",
+            "restart",
+            "--dir",
+            &dir_arg,
+            "--node",
+            "3",
+            "--wait-seconds",
+            "10",
+        ],
+        Duration::from_secs(30),
+    );
+    let log = std::fs::read_to_string(cluster.path().join("node-3").join("node.log")).unwrap();
+    assert!(
+        !ok && log.contains("belongs to cluster 7 node 3"),
+        "a data dir of another cluster is refused:\n{log}"
+    );
+    // With a directory of its own it starts, and the peers refuse its handshake.
+    let data = cluster.path().join("node-3").join("data");
+    std::fs::rename(&data, cluster.path().join("node-3").join("data-cluster-7")).unwrap();
+    std::fs::create_dir_all(&data).unwrap();
     let refused_before: u64 = nodes[..2].iter().map(refused_handshakes).sum();
     cluster.restart(3);
     let intruder = cluster.node(3);
