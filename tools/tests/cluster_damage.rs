@@ -460,6 +460,8 @@ fn damage_on_two_replicas_elects_and_is_repaired() {
     }
 
     // Node 1 restarts again without new damage: the repair records cover the old damage.
+    // (A short quiet time first, so that the followers' last Chosen marks are written.)
+    std::thread::sleep(Duration::from_millis(500));
     cluster.kill9(1);
     let (_, report) = wal_verify(&cluster, 1);
     assert!(
@@ -615,10 +617,11 @@ fn wiped_data_dir_relearns_before_voting() {
     let acked_early = Arc::new(AtomicBool::new(false));
     let pending = {
         let acked_early = acked_early.clone();
-        let rest = rest.clone();
+        // Every node, so that the client can follow node 1 once it is back and leads.
+        let all = cluster.nodes();
         std::thread::spawn(move || {
             let deadline = Instant::now() + Duration::from_secs(30);
-            let result = put_before(&rest, 0, "while-relearning", "waited", deadline);
+            let result = put_before(&all, 1, "while-relearning", "waited", deadline);
             acked_early.store(result.is_ok(), Ordering::Release);
             result
         })
