@@ -11,7 +11,7 @@ use crate::format::{
     BATCH_BYTES_MAX, BATCH_HEADER_BYTES, BLOCK_BYTES, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES,
 };
 use crate::index::Index;
-use crate::recovery::{recover_images, RecordLocation, Recovery};
+use crate::recovery::{recover_images, RecordLocation, Recovery, TailRegion};
 use crate::ring::{self, Completion, Ring, WAIT_FDS_MAX};
 use crate::segfile;
 use crate::types::{GroupId, Instance, Lsn, Record, RecordRef};
@@ -327,6 +327,23 @@ struct Preparation {
     handle: JoinHandle<Result<(), WalError>>,
 }
 
+/// Cut tail regions that `Wal::open_deferred` remembered and has not zeroed yet.
+struct PendingCut {
+    regions: Vec<TailRegion>,
+    /// Where writing resumed at open.
+    resume: (u64, u64),
+    /// Per segment, the bytes written there since open: writes within a segment are contiguous,
+    /// so one `start..end` range each. Zeroing skips them.
+    written: BTreeMap<u64, (u64, u64)>,
+    /// The first write since open has been issued.
+    first_issued: bool,
+    /// The first write since open did not start at the resume point (it went to the next
+    /// segment), so the cut batch's header there is still legible and a recovery would take
+    /// that write's LSNs for repeats of it: the regions are zeroed before the write counts as
+    /// durable.
+    zero_before_ack: bool,
+}
+
 /// The write-ahead log of one core.
 pub struct Wal {
     opts: WalOptions,
@@ -352,6 +369,7 @@ pub struct Wal {
     timeout_generation: Option<u64>,
     timed_out: bool,
     write_completed: bool,
+    cut_tails: Option<PendingCut>,
     _lock: File,
 }
 
@@ -397,6 +415,25 @@ fn map_segments(segments: &[(u64, PathBuf)]) -> Result<Vec<(u64, Option<Mmap>)>,
     Ok(maps)
 }
 
+/// The parts of `start..end` outside `written` (a `start..end` range, if any), in order.
+fn uncovered(start: u64, end: u64, written: Option<(u64, u64)>) -> Vec<(u64, u64)> {
+    let Some((from, to)) = written else {
+        return if start < end {
+            vec![(start, end)]
+        } else {
+            Vec::new()
+        };
+    };
+    let mut parts = Vec::with_capacity(2);
+    if start < from.min(end) {
+        parts.push((start, from.min(end)));
+    }
+    if to.max(start) < end {
+        parts.push((to.max(start), end));
+    }
+    parts
+}
+
 fn lock_dir(dir: &Path) -> Result<File, WalError> {
     let path = dir.join("LOCK");
     let file = std::fs::OpenOptions::new()
@@ -429,6 +466,23 @@ impl Wal {
     /// Opens (creating if absent) the log in `opts.dir`, recovers it and returns what was found.
     /// Cut tails are zeroed before anything new is written.
     pub fn open(opts: WalOptions) -> Result<(Wal, Recovery), WalError> {
+        let (mut wal, recovery) = Wal::open_deferred(opts)?;
+        wal.zero_cut_tails()?;
+        Ok((wal, recovery))
+    }
+
+    /// Like [`Wal::open`], but leaves the cut tails (`Recovery::tail_regions`) on disk until
+    /// [`Wal::zero_cut_tails`] is called, so that a crash before the caller's first write is
+    /// durable shows the same tail damage again at the next start.
+    ///
+    /// Writing may start at once: new batches overwrite the start of the cut region, and a
+    /// recovery before the zeroing keeps them and reports the cut bytes still after them as a
+    /// cut tail again (or, in a recycled segment, as stale bytes). Call `zero_cut_tails` once
+    /// what the caller derived from `Recovery::tail_damage` is durable. Exception: when the
+    /// first write does not fit in the resume segment and goes to the next one, the regions
+    /// are zeroed when that write completes, before it counts as durable (the cut batch's
+    /// header would otherwise make its LSNs look repeated and a recovery would drop it).
+    pub fn open_deferred(opts: WalOptions) -> Result<(Wal, Recovery), WalError> {
         opts.validate()?;
         std::fs::create_dir_all(&opts.dir)
             .map_err(|e| io_err("create directory", &opts.dir, 0, e))?;
@@ -494,14 +548,13 @@ impl Wal {
             }
             segments.insert(*segment, file);
         }
-        for region in &recovery.tail_regions {
-            if let Some(file) = segments.get(&region.segment) {
-                let len = region
-                    .len
-                    .min(opts.segment_bytes.saturating_sub(region.offset));
-                segfile::zero_range(&file.direct, &file.path, region.offset, len)?;
-            }
-        }
+        let cut_tails = (!recovery.tail_regions.is_empty()).then(|| PendingCut {
+            regions: recovery.tail_regions.clone(),
+            resume,
+            written: BTreeMap::new(),
+            first_issued: false,
+            zero_before_ack: false,
+        });
 
         // New spares are numbered after every spare already there (names never collide).
         let spare_serial = listing
@@ -538,11 +591,54 @@ impl Wal {
             timeout_generation: None,
             timed_out: false,
             write_completed: false,
+            cut_tails,
             _lock: lock,
             opts,
         };
         wal.prepare_ahead(resume.0 + 1);
         Ok((wal, recovery))
+    }
+
+    /// True while cut tails found at open are still on disk: after [`Wal::open_deferred`]
+    /// found any, until [`Wal::zero_cut_tails`] (or the first write's completion, if it went to
+    /// the next segment) zeroed them. Always false after [`Wal::open`].
+    pub fn cut_tails_pending(&self) -> bool {
+        self.cut_tails.is_some()
+    }
+
+    /// Durably zeroes the cut tails remembered by [`Wal::open_deferred`] (the same zeroing
+    /// [`Wal::open`] does), except the bytes written since open, which it never touches. A no-op
+    /// when nothing is pending or it already ran. Call it once the records that carry what
+    /// `Recovery::tail_damage` obliged the caller to do are durable: after it, a restart no
+    /// longer reports that damage. On error the regions stay pending (zeroing may be retried:
+    /// they hold no acknowledged record).
+    pub fn zero_cut_tails(&mut self) -> Result<(), WalError> {
+        if self.cut_tails.is_none() {
+            return Ok(());
+        }
+        self.check_poisoned()?;
+        self.zero_pending_cut()
+    }
+
+    fn zero_pending_cut(&mut self) -> Result<(), WalError> {
+        let Some(pending) = &self.cut_tails else {
+            return Ok(());
+        };
+        for region in &pending.regions {
+            let Some(file) = self.segments.get(&region.segment) else {
+                continue;
+            };
+            let len = region
+                .len
+                .min(self.opts.segment_bytes.saturating_sub(region.offset));
+            let end = region.offset + len;
+            let written = pending.written.get(&region.segment).copied();
+            for (from, to) in uncovered(region.offset, end, written) {
+                segfile::zero_range(&file.direct, &file.path, from, to - from)?;
+            }
+        }
+        self.cut_tails = None;
+        Ok(())
     }
 
     fn open_backend(backend: Backend) -> Result<Io, WalError> {
@@ -713,6 +809,17 @@ impl Wal {
             padding_bytes: (len - BATCH_HEADER_BYTES - batch.records_bytes) as u64,
         };
         debug_assert!(record_overhead >= u64::from(batch.count) * RECORD_HEADER_BYTES as u64);
+        if let Some(pending) = self.cut_tails.as_mut() {
+            if !pending.first_issued {
+                pending.first_issued = true;
+                pending.zero_before_ack = (batch.segment, batch.offset) != pending.resume;
+            }
+            let range = pending
+                .written
+                .entry(batch.segment)
+                .or_insert((batch.offset, batch.offset));
+            range.1 = batch.offset + len as u64;
+        }
         self.next_write = (batch.segment, batch.offset + len as u64);
         self.acc_buffer = 1 - batch.buffer;
         let segment = &self.segments[&batch.segment];
@@ -750,7 +857,9 @@ impl Wal {
             return Err(self.poison(error));
         }
         if blocking {
-            self.complete_inflight();
+            if let Err(error) = self.complete_inflight() {
+                return Err(self.poison(error));
+            }
         }
         self.prepare_ahead(self.next_write.0 + 1);
         Ok(())
@@ -769,7 +878,25 @@ impl Wal {
         }
     }
 
-    fn complete_inflight(&mut self) {
+    /// Counts the write in flight as durable. When the cut tails must be zeroed first (see
+    /// `PendingCut::zero_before_ack`) and that fails, the write stays unacknowledged and the
+    /// error is fatal: a restart could drop the write, so it must never count as durable.
+    fn complete_inflight(&mut self) -> Result<(), WalError> {
+        if self.cut_tails.as_ref().is_some_and(|p| p.zero_before_ack) {
+            self.zero_pending_cut().map_err(|error| match error {
+                WalError::Io {
+                    path,
+                    offset,
+                    source,
+                    ..
+                } => WalError::DurableWriteFailed {
+                    path,
+                    offset,
+                    source,
+                },
+                other => other,
+            })?;
+        }
         let flight = self.inflight.take().expect("a write in flight");
         assert!(flight.last_lsn > self.durable_lsn, "durable LSN only grows");
         assert_eq!(
@@ -792,6 +919,7 @@ impl Wal {
             .saturating_record(u64::from(flight.records));
         c.groups_per_write.saturating_record(flight.groups);
         self.write_completed = true;
+        Ok(())
     }
 
     /// Reaps available completions without blocking.
@@ -802,6 +930,7 @@ impl Wal {
         ring.reap(&mut self.completions);
         let completions = std::mem::take(&mut self.completions);
         let mut failure = None;
+        let mut unacknowledged = None;
         for completion in &completions {
             match *completion {
                 Completion::Write(result) => {
@@ -821,15 +950,25 @@ impl Wal {
                             )
                         };
                         failure.get_or_insert(source);
-                    } else if self.opts.sync_mode == SyncMode::Dsync && failure.is_none() {
-                        self.complete_inflight();
+                    } else if self.opts.sync_mode == SyncMode::Dsync
+                        && failure.is_none()
+                        && unacknowledged.is_none()
+                    {
+                        if let Err(error) = self.complete_inflight() {
+                            unacknowledged = Some(error);
+                        }
                     }
                 }
                 Completion::Sync(result) => {
                     if result < 0 {
                         failure.get_or_insert(io::Error::from_raw_os_error(-result));
-                    } else if failure.is_none() && self.inflight.is_some() {
-                        self.complete_inflight();
+                    } else if failure.is_none()
+                        && unacknowledged.is_none()
+                        && self.inflight.is_some()
+                    {
+                        if let Err(error) = self.complete_inflight() {
+                            unacknowledged = Some(error);
+                        }
                     }
                 }
                 Completion::Poll(fd, _) => {
@@ -854,6 +993,9 @@ impl Wal {
                 None => (self.opts.dir.clone(), 0),
             };
             let error = self.durable_error(&path, offset, source);
+            return Err(self.poison(error));
+        }
+        if let Some(error) = unacknowledged {
             return Err(self.poison(error));
         }
         Ok(())
@@ -1319,6 +1461,19 @@ mod tests {
             accepted: Ballot::ZERO,
             payload,
         }
+    }
+
+    /// Zeroing a cut tail skips exactly the bytes written since open.
+    #[test]
+    fn uncovered_leaves_out_the_written_range() {
+        assert_eq!(uncovered(8, 24, None), vec![(8, 24)]);
+        assert_eq!(uncovered(8, 8, None), vec![]);
+        assert_eq!(uncovered(8, 24, Some((8, 12))), vec![(12, 24)]);
+        assert_eq!(uncovered(8, 24, Some((8, 24))), vec![]);
+        assert_eq!(uncovered(8, 24, Some((4, 40))), vec![]);
+        assert_eq!(uncovered(8, 24, Some((12, 16))), vec![(8, 12), (16, 24)]);
+        assert_eq!(uncovered(8, 24, Some((0, 4))), vec![(8, 24)]);
+        assert_eq!(uncovered(8, 24, Some((30, 40))), vec![(8, 24)]);
     }
 
     /// A durable write that fails is fatal: the error says so, nothing becomes durable, and
