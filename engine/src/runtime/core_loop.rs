@@ -167,6 +167,11 @@ struct Core {
     lingering: VecDeque<ProposalMsg>,
     lingering_bytes: usize,
     linger_since: Instant,
+    /// While the WAL keeps a cut tail from recovery: zero it once this Lsn (the last record of
+    /// the first round, with the re-learn records) is durable.
+    zero_cut_after: Option<Lsn>,
+    /// The first round has run.
+    first_round_done: bool,
 }
 
 impl Core {
@@ -180,7 +185,9 @@ impl Core {
             .data_dir
             .join("wal")
             .join(format!("core-{}", start.core));
-        let (wal, recovery) = Wal::open(WalOptions {
+        // Deferred: a cut tail is zeroed only once the first write after this start (which
+        // carries the re-learn records) is durable, so a crash before that finds it again.
+        let (wal, recovery) = Wal::open_deferred(WalOptions {
             dir: dir.clone(),
             core: start.core as u32,
             segment_bytes: config.segment_bytes,
@@ -299,6 +306,8 @@ impl Core {
                 lingering: VecDeque::new(),
                 lingering_bytes: 0,
                 linger_since: Instant::now(),
+                zero_cut_after: None,
+                first_round_done: false,
             },
             had_records,
         ))
@@ -338,6 +347,18 @@ impl Core {
                 self.wake.clear();
             }
             self.table.durable(outcome.durable_lsn);
+            if self
+                .zero_cut_after
+                .is_some_and(|after| outcome.durable_lsn >= after)
+            {
+                match self.wal.zero_cut_tails() {
+                    Ok(()) => self.zero_cut_after = None,
+                    // Not fatal: the bytes hold no acknowledged record; try again next round.
+                    Err(e) => {
+                        tracing::warn!(core = self.index, "cannot zero the cut WAL tail yet: {e}")
+                    }
+                }
+            }
 
             self.take_frames();
             self.take_proposals();
@@ -348,6 +369,12 @@ impl Core {
                 self.table.tick(Tick(ticks_done));
             }
             self.round()?;
+            if !self.first_round_done {
+                self.first_round_done = true;
+                if self.wal.cut_tails_pending() {
+                    self.zero_cut_after = Some(Lsn(self.table.next_lsn().0.saturating_sub(1)));
+                }
+            }
             if stuck_checked_at.elapsed() >= STUCK_EVERY {
                 stuck_checked_at = Instant::now();
                 self.check_stuck();

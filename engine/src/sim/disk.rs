@@ -97,8 +97,9 @@ impl SimDisk {
     /// A crash: the write in flight is lost, or (torn) only a prefix of it reaches the disk;
     /// with `flip`, one byte of a durable record that has a durable batch after it is flipped
     /// (corruption followed by valid data, which recovery must report, not cut).
-    pub fn crash(&mut self, rng: &mut Prng, torn: bool, flip: bool) {
+    pub fn crash(&mut self, rng: &mut Prng, torn: bool, flip: bool, rot_last: bool) {
         let durable_end = self.durable.last().map_or(0, |b| b.end);
+        let tore = torn && self.in_flight.is_some();
         if let Some(write) = self.in_flight.take() {
             if torn {
                 // Cut inside the records (a tear that only loses padding loses nothing).
@@ -118,6 +119,17 @@ impl SimDisk {
                 let rest = self.cut[written..].to_vec();
                 self.image.truncate(self.cut_at + written);
                 self.image.extend_from_slice(&rest);
+            }
+        }
+        if rot_last && !tore && self.cut.is_empty() {
+            // The last durable write rots after it completed (its replies may have left).
+            if let Some(batch) = self.durable.last().copied() {
+                let first = batch.start + BATCH_HEADER_BYTES;
+                if batch.records_end > first && self.image.len() >= batch.records_end {
+                    let at = first + rng.below((batch.records_end - first) as u64) as usize;
+                    self.image[at] ^= 1 << rng.below(8);
+                    self.faults_injected += 1;
+                }
             }
         }
         if flip && self.durable.len() >= 2 {
@@ -175,7 +187,7 @@ mod tests {
         disk.submit(Lsn(1), vec![record(0), record(1)], Tick(1));
         assert!(disk.complete(Tick(1)).is_some());
         disk.submit(Lsn(3), vec![record(2)], Tick(5));
-        disk.crash(&mut rng, true, false);
+        disk.crash(&mut rng, true, false, false);
         let recovery = disk.recover();
         assert_eq!(recovery.records.len(), 2);
         assert_eq!(recovery.next_lsn, Lsn(3));
@@ -183,7 +195,7 @@ mod tests {
         assert!(disk.complete(Tick(6)).is_some());
         disk.submit(Lsn(4), vec![record(4)], Tick(7));
         assert!(disk.complete(Tick(7)).is_some());
-        disk.crash(&mut rng, false, false);
+        disk.crash(&mut rng, false, false, false);
         let recovery = disk.recover();
         assert_eq!(recovery.records.len(), 4, "{recovery:?}");
         assert_eq!(recovery.next_lsn, Lsn(5));

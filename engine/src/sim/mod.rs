@@ -53,11 +53,15 @@ pub enum Fault {
     PowerLoss,
     /// A crashed node restarts with its data directory wiped (its state lost).
     Wipe,
+    /// A crash flips a bit in the last durable write (it completed; its replies may have left).
+    RotLast,
+    /// A disk write stalls for hundreds of ticks now and then.
+    Stall,
 }
 
 impl Fault {
     /// Every fault, in the order of `--faults` names.
-    pub const ALL: [Fault; 10] = [
+    pub const ALL: [Fault; 12] = [
         Fault::Loss,
         Fault::Dup,
         Fault::Reorder,
@@ -68,6 +72,8 @@ impl Fault {
         Fault::BitFlip,
         Fault::PowerLoss,
         Fault::Wipe,
+        Fault::RotLast,
+        Fault::Stall,
     ];
 
     /// The `--faults` name.
@@ -83,6 +89,8 @@ impl Fault {
             Fault::BitFlip => "bitflip",
             Fault::PowerLoss => "powerloss",
             Fault::Wipe => "wipe",
+            Fault::RotLast => "rotlast",
+            Fault::Stall => "stall",
         }
     }
 
@@ -322,6 +330,8 @@ pub struct SeedReport {
     pub power_losses: u64,
     /// Messages the network dropped for exceeding the message limit.
     pub oversize_dropped: u64,
+    /// Disk writes that stalled.
+    pub stalls: u64,
     /// The event log (only with `SimOptions::log`).
     pub log: Vec<String>,
 }
@@ -391,6 +401,10 @@ struct Sim {
     proposed: BTreeSet<Bytes>,
     chosen: BTreeMap<(GroupId, Instance), Bytes>,
     acked: BTreeMap<(GroupId, Instance), Vec<(u32, Bytes)>>,
+    /// Which proposal was told Committed for each chosen command (group, instance, index).
+    acked_slots: BTreeMap<(GroupId, Instance, u32), ProposalId>,
+    /// The last command proposed per group (clients sometimes send the same bytes again).
+    last_command: BTreeMap<GroupId, Bytes>,
     violation: Option<String>,
     hasher: std::collections::hash_map::DefaultHasher,
     report: SeedReport,
@@ -431,6 +445,8 @@ impl Sim {
             proposed: BTreeSet::new(),
             chosen: BTreeMap::new(),
             acked: BTreeMap::new(),
+            acked_slots: BTreeMap::new(),
+            last_command: BTreeMap::new(),
             violation: None,
             hasher: std::collections::hash_map::DefaultHasher::new(),
             report: SeedReport::default(),
@@ -771,7 +787,14 @@ impl Sim {
             for (offset, (lsn, _)) in staged.iter().enumerate() {
                 assert_eq!(lsn.0, first.0 + offset as u64, "Lsns are consecutive");
             }
-            let latency = 1 + self.rng.below(4);
+            let mut latency = 1 + self.rng.below(4);
+            if self.faults_on
+                && self.options.faults.contains(&Fault::Stall)
+                && self.rng.chance(1, 150)
+            {
+                latency += 200 + self.rng.below(800);
+                self.report.stalls += 1;
+            }
             let records = staged.into_iter().map(|(_, r)| r).collect();
             node.disk.submit(first, records, Tick(self.now.0 + latency));
         }
@@ -911,8 +934,17 @@ impl Sim {
                     && index < (n - 1) / 2
                     && others_whole
                     && self.rng.chance(1, 4);
-                self.crash(index, torn, flip);
-                if !flip && faults.contains(&Fault::Wipe) && others_whole && self.rng.chance(1, 6) {
+                let rot_last = !flip
+                    && faults.contains(&Fault::RotLast)
+                    && others_whole
+                    && self.rng.chance(1, 4);
+                self.crash(index, torn, flip, rot_last);
+                if !flip
+                    && !rot_last
+                    && faults.contains(&Fault::Wipe)
+                    && others_whole
+                    && self.rng.chance(1, 6)
+                {
                     let node = &mut self.nodes[index];
                     node.disk = SimDisk::default();
                     node.durable_promised.clear();
@@ -929,22 +961,22 @@ impl Sim {
             self.trace(&"power-loss");
             for index in 0..n {
                 if self.nodes[index].table.is_some() {
-                    self.crash(index, true, false);
+                    self.crash(index, true, false, false);
                 }
             }
         }
     }
 
-    fn crash(&mut self, index: usize, torn: bool, flip: bool) {
+    fn crash(&mut self, index: usize, torn: bool, flip: bool, rot_last: bool) {
         self.report.crashes += 1;
         let restart = Tick(self.now.0 + 50 + self.rng.below(400));
         let node = &mut self.nodes[index];
         node.table = None;
         node.staged.clear();
         node.held.clear();
-        node.disk.crash(&mut self.rng, torn, flip);
+        node.disk.crash(&mut self.rng, torn, flip, rot_last);
         node.restart_at = Some(restart);
-        self.trace(&("crash", index, torn, flip));
+        self.trace(&("crash", index, torn, flip, rot_last));
     }
 
     fn client_step(&mut self, index: usize) {
@@ -959,7 +991,24 @@ impl Sim {
         let group = client.group;
         let target = client.target;
         client.sequence += 1;
-        let command = Bytes::from(format!("c{}-{}", client.id, client.sequence));
+        let mut command = Bytes::from(format!("c{}-{}", client.id, client.sequence));
+        if self.rng.chance(1, 20) {
+            // Now and then a large command (Promises over a long window get cut).
+            let pad = 300 + self.rng.below(400) as usize;
+            command = Bytes::from(format!(
+                "c{}-{}{}",
+                client.id,
+                client.sequence,
+                ".".repeat(pad)
+            ));
+        } else if self.rng.chance(1, 10) {
+            // The same bytes another client just proposed (two clients sending the same cas):
+            // at most one of the two proposals may be told Committed for one chosen command.
+            if let Some(last) = self.last_command.get(&group) {
+                command = last.clone();
+            }
+        }
+        self.last_command.insert(group, command.clone());
         let id = ProposalId(self.proposal_next);
         self.proposal_next += 1;
         let node = &mut self.nodes[(target.0 - 1) as usize];
@@ -1014,6 +1063,12 @@ impl Sim {
         } = result
         {
             self.report.commits += 1;
+            if let Some(other) = self.acked_slots.insert((group, instance, index), id) {
+                self.violate(format!(
+                    "committed-once: proposals {} and {} were both told Committed for entry {index} of group {group} instance {instance} (the command ran once)",
+                    other.0, id.0
+                ));
+            }
             if let Some(value) = self.chosen.get(&(group, instance)).cloned() {
                 self.check_ack(group, instance, index, &command, &value);
             }
