@@ -1229,3 +1229,28 @@ fn ratio(numerator: u64, denominator: u64) -> f64 {
         numerator as f64 / denominator as f64
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The committed-once checker fires when two proposals are told Committed for one chosen
+    /// command (what `commit-by-bytes` does when two leaders batch identical bytes; the
+    /// scripted case is `engine/tests/safety_transcripts.rs`).
+    #[test]
+    fn committed_once_checker_reports_two_acks_for_one_entry() {
+        let mut sim = Sim::new(SimOptions::default(), 1);
+        let command = Bytes::from_static(b"cas k 0 1");
+        for id in [ProposalId(900), ProposalId(901)] {
+            sim.proposals.insert(id, (0, command.clone()));
+            sim.on_result(ProposalResult::Committed {
+                id,
+                group: GroupId(0),
+                instance: Instance(5),
+                index: 0,
+            });
+        }
+        let violation = sim.violation.expect("reported");
+        assert!(violation.contains("committed-once:"), "{violation}");
+    }
+}
