@@ -5,7 +5,7 @@
 //! `DIR/cluster.json`) and the node processes it starts. Never: signals a process that is not
 //! one of the pids in `cluster.json` still running `paxring node`; every wait is bounded.
 
-use crate::kv::proto::Request;
+use crate::kv::proto::{NodeAddr, Request};
 use crate::node_cmd::NodeFile;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -125,10 +125,19 @@ fn cluster_file_path(dir: &Path) -> PathBuf {
     dir.join("cluster.json")
 }
 
-fn read_cluster(dir: &Path) -> Result<ClusterFile, String> {
+/// Reads `DIR/cluster.json`.
+pub fn read_cluster(dir: &Path) -> Result<ClusterFile, String> {
     let path = cluster_file_path(dir);
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            format!(
+                "{} does not exist (fix: give the --dir that `paxring cluster up` used)",
+                path.display()
+            )
+        } else {
+            format!("cannot read {}: {e}", path.display())
+        }
+    })?;
     serde_json::from_str(&text)
         .map_err(|e| format!("{} is not a cluster file: {e}", path.display()))
 }
@@ -193,10 +202,22 @@ fn cluster_up(args: &UpArgs) -> Result<(), String> {
             }
         }
         let node = builder.build().map_err(|e| e.to_string())?;
+        // Every node knows the others' client addresses, so that its not_leader answers name
+        // the leader's: one address is enough for a client.
+        let peer_client_addrs = client_addrs
+            .iter()
+            .enumerate()
+            .filter(|(other, _)| *other != index)
+            .map(|(other, addr)| NodeAddr {
+                id: other as u32 + 1,
+                addr: *addr,
+            })
+            .collect();
         let file = NodeFile {
             client_listen: client_addrs[index],
             snapshot_every_instances: 1000,
             snapshot_every_ms: 1000,
+            peer_client_addrs,
             node,
         };
         let config = node_dir.join("config.toml");

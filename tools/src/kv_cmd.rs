@@ -9,13 +9,15 @@
 //! as `fail` unless every try was refused before it was proposed (`not_leader`, `overloaded`,
 //! `stopped`, no connection); anything else without an answer is `unknown`.
 
+use crate::cluster_cmd::read_cluster;
 use crate::kv::client::{parse_addrs, Attempt, KvClient};
 use crate::kv::proto::{Request, Response};
 use crate::kv::state::Session;
+use crate::kv::value::Value;
 use serde::Serialize;
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -23,14 +25,23 @@ use std::time::{Duration, Instant};
 
 /// Arguments of `paxring kv`.
 #[derive(clap::Args, Debug)]
+#[command(after_help = KV_HELP, after_long_help = KV_HELP)]
 pub struct KvArgs {
-    /// Client addresses of one or more nodes: `ip:port[,ip:port...]`.
-    #[arg(long, global = true)]
+    /// Client addresses of one or more nodes: `ip:port[,ip:port...]`. One running node is
+    /// enough when the nodes' configs name each other's client addresses (as `paxring cluster
+    /// up` writes them): the client learns the others and follows not_leader to the leader.
+    #[arg(long, global = true, conflicts_with = "cluster")]
     addr: Option<String>,
+    /// A directory made by `paxring cluster up`: every node's client address is read from its
+    /// cluster.json.
+    #[arg(long, global = true)]
+    cluster: Option<PathBuf>,
     /// How long to wait for one answer before the outcome is unknown, in milliseconds.
     #[arg(long, global = true, default_value_t = 12_000)]
     reply_timeout_ms: u64,
-    /// How long to keep retrying answers that say "not proposed" (not_leader, overloaded).
+    /// How long to keep retrying, in milliseconds: nodes that cannot be reached, answers that
+    /// say "not proposed" (not_leader, overloaded, stopped), and resends after an unknown
+    /// outcome (under the same session).
     #[arg(long, global = true, default_value_t = 10_000)]
     retry_ms: u64,
     /// Send a put/get/delete/cas under this session id (with --seq) instead of a fresh random
@@ -44,39 +55,72 @@ pub struct KvArgs {
     command: KvCommand,
 }
 
+const KV_HELP: &str = "\
+Values are bytes, binary-safe. A command's key and values together may hold at most the
+node's command limit: its batch_bytes_max minus 64 bytes, i.e. 262080 bytes with the default
+batch_bytes_max of 262144 (256 KiB); larger ones are refused, naming the limit. `put KEY -`
+reads the value from stdin, `put KEY --value-file F` from a file.
+
+Exit status:
+  0  done (for cas: swapped)
+  1  definitely not done (refused before it was proposed, e.g. too large, no leader in time)
+  2  usage error, or no node could be reached
+  3  outcome unknown: it may or may not have taken effect (the message says how to resend it
+     under the same session, so that it applies at most once)
+  4  cas did not swap: the key held another value (printed) or was absent
+
+The protocol and its limits: docs/CLIENT.md.";
+
 #[derive(clap::Subcommand, Debug)]
 enum KvCommand {
-    /// Sets KEY to VALUE.
+    /// Sets KEY to VALUE (`-`: read the value from stdin; or --value-file).
     Put {
         /// The key.
         key: String,
-        /// The value.
-        value: String,
+        /// The value; `-` reads it from stdin.
+        #[arg(required_unless_present = "value_file", conflicts_with = "value_file")]
+        value: Option<String>,
+        /// Read the value from this file (any bytes).
+        #[arg(long)]
+        value_file: Option<PathBuf>,
     },
     /// Reads KEY (through the log: linearizable).
     Get {
         /// The key.
         key: String,
+        /// Print only the value's bytes, as stored (nothing for an absent key), instead of the
+        /// JSON answer: for binary values, e.g. `get --value-only KEY > FILE`.
+        #[arg(long)]
+        value_only: bool,
     },
     /// Removes KEY.
     Delete {
         /// The key.
         key: String,
     },
-    /// `cas KEY EXPECTED NEW`, or `cas --absent KEY NEW` (swap only if KEY is absent).
+    /// `cas KEY EXPECTED NEW`, or `cas --absent KEY NEW`: swap only if KEY holds EXPECTED
+    /// (or is absent). Exit status 4 when it does not swap, with the value found.
     Cas {
         /// Expect the key to be absent (then give only KEY NEW).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "expected_file")]
         absent: bool,
+        /// Read the expected value from this file (then give only KEY NEW).
+        #[arg(long)]
+        expected_file: Option<PathBuf>,
+        /// Read the new value from this file (then leave NEW out).
+        #[arg(long)]
+        new_file: Option<PathBuf>,
         /// The key.
         key: String,
-        /// EXPECTED NEW, or NEW with --absent.
-        #[arg(num_args = 1..=2, required = true)]
+        /// EXPECTED NEW, or NEW with --absent or --expected-file, or EXPECTED with
+        /// --new-file.
+        #[arg(num_args = 0..=2)]
         values: Vec<String>,
     },
-    /// Asks every given node for its id, groups and leader hints.
+    /// Asks every given node for its id, groups, leader hints, the others' client addresses
+    /// and its limits.
     Id,
-    /// Asks every given node for its counters.
+    /// Asks every given node for its counters (ratios are null until something was measured).
     Stats,
     /// Asks every given node for its per-group applied_next and digest.
     Digest,
@@ -95,16 +139,26 @@ struct LoadArgs {
     /// Number of distinct keys (`k0`..): 1 to 1000000.
     #[arg(long, default_value_t = 16)]
     keys: u32,
-    /// Where to write the history (one JSON line per operation).
+    /// Where to write the history (one JSON line per operation; format in docs/CLIENT.md).
     #[arg(long)]
     history: PathBuf,
     /// Seed of the workload's random choices (default: from the clock).
     #[arg(long)]
     seed: Option<u64>,
-    /// Longest time one operation keeps retrying not_leader/overloaded, in milliseconds.
+    /// Longest time one operation keeps retrying (unreachable nodes, not_leader, overloaded,
+    /// resends after an unknown outcome), in milliseconds.
     #[arg(long, default_value_t = 2000)]
     op_retry_ms: u64,
 }
+
+/// Exit status: definitely not done.
+const EXIT_FAIL: u8 = 1;
+/// Exit status: usage error, or no node could be reached.
+const EXIT_USAGE: u8 = 2;
+/// Exit status: outcome unknown.
+const EXIT_UNKNOWN: u8 = 3;
+/// Exit status: a cas that did not swap.
+const EXIT_NOT_SWAPPED: u8 = 4;
 
 /// Runs `paxring kv`.
 pub fn run(args: KvArgs) -> ExitCode {
@@ -112,13 +166,98 @@ pub fn run(args: KvArgs) -> ExitCode {
         Ok(code) => code,
         Err(reason) => {
             eprintln!("paxring kv: {reason}");
-            ExitCode::from(2)
+            ExitCode::from(EXIT_USAGE)
         }
     }
 }
 
+/// Where a value comes from.
+enum Source {
+    /// The command line.
+    Arg(String),
+    /// Standard input (`-`).
+    Stdin,
+    /// A file, opened already (so that a missing file is reported before connecting).
+    File(PathBuf, std::fs::File),
+}
+
+impl Source {
+    fn of(
+        arg: Option<String>,
+        file: Option<PathBuf>,
+        dash_is_stdin: bool,
+    ) -> Result<Source, String> {
+        match (arg, file) {
+            (_, Some(path)) => {
+                let file = std::fs::File::open(&path).map_err(|e| {
+                    if e.kind() == std::io::ErrorKind::NotFound {
+                        format!("{} does not exist", path.display())
+                    } else {
+                        format!("cannot open {}: {e}", path.display())
+                    }
+                })?;
+                Ok(Source::File(path, file))
+            }
+            (Some(arg), None) if dash_is_stdin && arg == "-" => Ok(Source::Stdin),
+            (Some(arg), None) => Ok(Source::Arg(arg)),
+            (None, None) => Err("a value is missing".into()),
+        }
+    }
+
+    /// The value's bytes; `Err((status, reason))` when it cannot be read or is over `max`
+    /// bytes (read no further than that).
+    fn read(self, max: usize, limit_text: &str) -> Result<Value, (u8, String)> {
+        use std::io::Read as _;
+        let (name, reader): (String, Box<dyn std::io::Read>) = match self {
+            Source::Arg(text) => return Ok(Value::from(text)),
+            Source::Stdin => ("stdin".into(), Box::new(std::io::stdin().lock())),
+            Source::File(path, file) => (path.display().to_string(), Box::new(file)),
+        };
+        let mut bytes = Vec::new();
+        reader
+            .take(max as u64 + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| (EXIT_USAGE, format!("cannot read {name}: {e}")))?;
+        if bytes.len() > max {
+            return Err((
+                EXIT_FAIL,
+                format!("too large: the value from {name} is more than {max} bytes; {limit_text}; nothing was sent"),
+            ));
+        }
+        Ok(Value::new(bytes))
+    }
+}
+
+/// The client addresses from --addr or --cluster.
+fn addresses(addr: Option<&str>, cluster: Option<&Path>) -> Result<Vec<SocketAddr>, String> {
+    match (addr, cluster) {
+        (_, Some(dir)) => {
+            let file = read_cluster(dir)?;
+            if file.nodes.is_empty() {
+                return Err(format!(
+                    "{} lists no node",
+                    dir.join("cluster.json").display()
+                ));
+            }
+            Ok(file.nodes.iter().map(|n| n.client_addr).collect())
+        }
+        (Some(addr), None) => parse_addrs(addr),
+        (None, None) => {
+            Err("no address given (use --addr ip:port[,ip:port...] or --cluster DIR)".into())
+        }
+    }
+}
+
+/// A key operation before its values were read.
+enum Pending {
+    Put(String, Source),
+    Get(String),
+    Delete(String),
+    Cas(String, Option<Source>, Source),
+}
+
 fn run_kv(args: KvArgs) -> Result<ExitCode, String> {
-    let addrs = parse_addrs(args.addr.as_deref().unwrap_or(""))?;
+    let addrs = addresses(args.addr.as_deref(), args.cluster.as_deref())?;
     let reply_timeout = Duration::from_millis(args.reply_timeout_ms.max(1));
     let retry_for = Duration::from_millis(args.retry_ms);
     let session = Session::from_fields(args.client_id, args.seq)
@@ -131,62 +270,134 @@ fn run_kv(args: KvArgs) -> Result<ExitCode, String> {
     {
         return Err("--client-id and --seq go only with put, get, delete and cas".into());
     }
-    let request = match args.command {
+    let mut value_only = false;
+    let pending = match args.command {
         KvCommand::Load(load) => return run_load(&addrs, reply_timeout, &load),
         KvCommand::Id => return Ok(ask_all(&addrs, reply_timeout, &Request::Id)),
         KvCommand::Stats => return Ok(ask_all(&addrs, reply_timeout, &Request::Stats)),
         KvCommand::Digest => return Ok(ask_all(&addrs, reply_timeout, &Request::Digest)),
-        KvCommand::Put { key, value } => Request::Put { key, value },
-        KvCommand::Get { key } => Request::Get { key },
-        KvCommand::Delete { key } => Request::Delete { key },
+        KvCommand::Put {
+            key,
+            value,
+            value_file,
+        } => Pending::Put(key.clone(), Source::of(value, value_file, true)?),
+        KvCommand::Get {
+            key,
+            value_only: only,
+        } => {
+            value_only = only;
+            Pending::Get(key)
+        }
+        KvCommand::Delete { key } => Pending::Delete(key),
         KvCommand::Cas {
             absent,
+            expected_file,
+            new_file,
             key,
-            mut values,
+            values,
         } => {
-            let (expected, new) = match (absent, values.len()) {
-                (true, 1) => (None, values.remove(0)),
-                (false, 2) => {
-                    let new = values.remove(1);
-                    (Some(values.remove(0)), new)
-                }
-                _ => return Err("cas takes KEY EXPECTED NEW, or --absent KEY NEW".into()),
+            let from_args =
+                usize::from(!absent && expected_file.is_none()) + usize::from(new_file.is_none());
+            if values.len() != from_args {
+                return Err("cas takes KEY EXPECTED NEW, or --absent KEY NEW (--expected-file replaces EXPECTED, --new-file replaces NEW)".into());
+            }
+            let mut values = values.into_iter();
+            let expected = if absent {
+                None
+            } else if expected_file.is_some() {
+                Some(Source::of(None, expected_file, false)?)
+            } else {
+                Some(Source::Arg(values.next().expect("counted above")))
             };
-            Request::Cas { key, expected, new }
+            let new = Source::of(values.next(), new_file, false)?;
+            Pending::Cas(key, expected, new)
         }
     };
-    let mut client = KvClient::connect(&addrs, reply_timeout, 0)?;
+    let mut client = KvClient::connect(&addrs, reply_timeout, 0, retry_for)?;
+    let (max, limit_text) = match client.command_bytes_max() {
+        Some(max) => (
+            max,
+            format!("this cluster's command limit is {max} bytes for key and values together (its batch_bytes_max minus 64)"),
+        ),
+        None => (1 << 30, "this client reads at most 1 GiB".to_string()),
+    };
+    let read = |source: Source| source.read(max, &limit_text);
+    let request = match pending {
+        Pending::Put(key, value) => match read(value) {
+            Ok(value) => Request::Put { key, value },
+            Err((status, reason)) => return Ok(report_not_sent(status, &reason)),
+        },
+        Pending::Get(key) => Request::Get { key },
+        Pending::Delete(key) => Request::Delete { key },
+        Pending::Cas(key, expected, new) => {
+            let expected = match expected.map(read).transpose() {
+                Ok(expected) => expected,
+                Err((status, reason)) => return Ok(report_not_sent(status, &reason)),
+            };
+            match read(new) {
+                Ok(new) => Request::Cas { key, expected, new },
+                Err((status, reason)) => return Ok(report_not_sent(status, &reason)),
+            }
+        }
+    };
     let session = session.unwrap_or_else(|| client.next_session());
     match client.execute_as(&request, session, retry_for) {
         Attempt::Done(response) => {
+            if value_only {
+                if let Some(value) = &response.value {
+                    use std::io::Write as _;
+                    let mut out = std::io::stdout().lock();
+                    out.write_all(value.as_bytes())
+                        .and_then(|()| out.flush())
+                        .map_err(|e| format!("cannot write to stdout: {e}"))?;
+                } else if let Request::Get { key } = &request {
+                    eprintln!("paxring kv: {key:?} is absent");
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
             let mut json = serde_json::to_value(&response).expect("serializes");
             // An absent value is part of the answer ("the key was absent"): print it.
             if json.get("value").is_none() {
                 json["value"] = serde_json::Value::Null;
             }
             println!("{json}");
+            if let (Request::Cas { key, .. }, Some(false)) = (&request, response.swapped) {
+                let found = match &response.value {
+                    Some(value) => format!("{key:?} holds {}", value.describe()),
+                    None => format!("{key:?} is absent"),
+                };
+                eprintln!("paxring kv: cas did not swap: {found}");
+                return Ok(ExitCode::from(EXIT_NOT_SWAPPED));
+            }
             Ok(ExitCode::SUCCESS)
         }
-        Attempt::Fail(reason) => {
-            eprintln!("paxring kv: failed (did not take effect): {reason}");
-            Ok(ExitCode::from(1))
-        }
+        Attempt::Fail(reason) => Ok(report_not_sent(EXIT_FAIL, &reason)),
         Attempt::Unknown(reason) => {
             eprintln!("paxring kv: outcome unknown (may or may not take effect): {reason}");
             eprintln!(
                 "paxring kv: to resend it so that it applies at most once, repeat the same command with --client-id {} --seq {}",
                 session.client, session.seq
             );
-            Ok(ExitCode::from(3))
+            Ok(ExitCode::from(EXIT_UNKNOWN))
         }
     }
+}
+
+/// Reports an operation that definitely did not take effect.
+fn report_not_sent(status: u8, reason: &str) -> ExitCode {
+    if status == EXIT_FAIL {
+        eprintln!("paxring kv: failed (did not take effect): {reason}");
+    } else {
+        eprintln!("paxring kv: {reason}");
+    }
+    ExitCode::from(status)
 }
 
 fn ask_all(addrs: &[SocketAddr], reply_timeout: Duration, request: &Request) -> ExitCode {
     let mut failed = false;
     for addr in addrs {
-        let answer =
-            KvClient::connect(&[*addr], reply_timeout, 0).and_then(|mut c| c.ask(0, request));
+        let answer = KvClient::connect(&[*addr], reply_timeout, 0, Duration::ZERO)
+            .and_then(|mut c| c.ask(0, request));
         match answer {
             Ok(response) => {
                 let line = serde_json::json!({ "addr": addr, "response": response });
@@ -199,7 +410,7 @@ fn ask_all(addrs: &[SocketAddr], reply_timeout: Duration, request: &Request) -> 
         }
     }
     if failed {
-        ExitCode::from(1)
+        ExitCode::from(EXIT_FAIL)
     } else {
         ExitCode::SUCCESS
     }
@@ -211,8 +422,8 @@ struct HistoryRecord<'a> {
     client: u32,
     op: &'static str,
     key: &'a str,
-    value: Option<&'a str>,
-    expected: Option<&'a str>,
+    value: Option<&'a Value>,
+    expected: Option<&'a Value>,
     ok: Option<bool>,
     call_ns: u64,
     return_ns: u64,
@@ -346,7 +557,8 @@ struct Worker {
 impl Worker {
     fn run(mut self, addrs: &[SocketAddr]) {
         let mut client = loop {
-            match KvClient::connect(addrs, self.reply_timeout, self.client as usize) {
+            let retry_for = self.deadline.saturating_duration_since(Instant::now());
+            match KvClient::connect(addrs, self.reply_timeout, self.client as usize, retry_for) {
                 Ok(client) => break client,
                 Err(e) => {
                     if Instant::now() >= self.deadline {
@@ -358,8 +570,9 @@ impl Worker {
             }
         };
         // The last value this client saw per key: the `expected` of its next cas.
-        let mut seen: std::collections::HashMap<String, Option<String>> = Default::default();
+        let mut seen: std::collections::HashMap<String, Option<Value>> = Default::default();
         let mut sequence = 0u64;
+        let mut failures = 0u64;
         while Instant::now() < self.deadline {
             let key = format!("k{}", self.rng.u32(0..self.keys));
             sequence += 1;
@@ -369,7 +582,7 @@ impl Worker {
             let request = if choice < 4 {
                 Request::Put {
                     key: key.clone(),
-                    value: fresh,
+                    value: Value::from(fresh),
                 }
             } else if choice < 8 {
                 Request::Get { key: key.clone() }
@@ -377,12 +590,21 @@ impl Worker {
                 Request::Cas {
                     key: key.clone(),
                     expected: seen.get(&key).cloned().flatten(),
-                    new: fresh,
+                    new: Value::from(fresh),
                 }
             };
             let call_ns = self.start.elapsed().as_nanos() as u64;
             let attempt = client.execute(&request, self.retry_for);
             let return_ns = self.start.elapsed().as_nanos() as u64;
+            if let Attempt::Fail(reason) = &attempt {
+                failures += 1;
+                if failures <= 3 {
+                    eprintln!(
+                        "load client {}: failed (did not take effect): {reason}",
+                        self.client
+                    );
+                }
+            }
             self.record(&request, &attempt, call_ns, return_ns, &mut seen);
         }
     }
@@ -393,10 +615,10 @@ impl Worker {
         attempt: &Attempt,
         call_ns: u64,
         return_ns: u64,
-        seen: &mut std::collections::HashMap<String, Option<String>>,
+        seen: &mut std::collections::HashMap<String, Option<Value>>,
     ) {
         let response: Option<&Response> = match attempt {
-            Attempt::Done(response) => Some(response),
+            Attempt::Done(response) => Some(response.as_ref()),
             _ => None,
         };
         let outcome = match attempt {
@@ -410,12 +632,12 @@ impl Worker {
                 if ok.is_some() {
                     seen.insert(key.clone(), Some(value.clone()));
                 }
-                ("put", key, Some(value.as_str()), None, ok)
+                ("put", key, Some(value), None, ok)
             }
             Request::Get { key } => {
-                let read = response.and_then(|r| r.value.as_deref());
+                let read = response.and_then(|r| r.value.as_ref());
                 if response.is_some() {
-                    seen.insert(key.clone(), read.map(String::from));
+                    seen.insert(key.clone(), read.cloned());
                 }
                 ("get", key, read, None, response.map(|_| true))
             }
@@ -430,7 +652,7 @@ impl Worker {
                     }
                     None => {}
                 }
-                ("cas", key, Some(new.as_str()), expected.as_deref(), swapped)
+                ("cas", key, Some(new), expected.as_ref(), swapped)
             }
             _ => unreachable!("the workload only issues put, get and cas"),
         };

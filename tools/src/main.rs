@@ -36,7 +36,11 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    use std::io::IsTerminal as _;
+    // Colour only for a person at a terminal: a log file (node.log) must stay greppable.
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     tracing_subscriber::fmt()
+        .with_ansi(colour)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),

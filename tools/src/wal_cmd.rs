@@ -1,4 +1,5 @@
-//! `paxring wal`: inspect a WAL directory (dump, verify, stat) without modifying it.
+//! `paxring wal`: inspect a WAL directory (dump, verify, stat) without modifying it: one core's
+//! WAL directory, or every core's of a node's data directory.
 //!
 //! Owns: the human-readable (and JSON) reports of what recovery finds. Must never write to the
 //! directory: it reads segments the way recovery does and reports.
@@ -39,7 +40,8 @@ fn stdout_result(written: std::io::Result<()>) {
     }
 }
 
-/// Arguments of `paxring wal`.
+/// Arguments of `paxring wal`: each subcommand takes one core's WAL directory
+/// (`DATA/wal/core-N`) or a node's data directory `DATA` (all its cores).
 #[derive(Args, Debug)]
 pub struct WalArgs {
     #[command(subcommand)]
@@ -50,7 +52,8 @@ pub struct WalArgs {
 enum WalCommand {
     /// Print every recovered record, then what was cut or damaged.
     Dump {
-        /// The WAL directory (one core's segments).
+        /// One core's WAL directory (DATA/wal/core-N), or a node's data directory DATA (every
+        /// core).
         dir: PathBuf,
         /// Only this core (default: every core found in DIR).
         #[arg(long)]
@@ -65,7 +68,8 @@ enum WalCommand {
     /// Check every checksum; exit 0 when clean, 1 with a report of torn tails, tail damage and
     /// corruption.
     Verify {
-        /// The WAL directory.
+        /// One core's WAL directory (DATA/wal/core-N), or a node's data directory DATA (every
+        /// core).
         dir: PathBuf,
         /// Only this core (default: every core found in DIR).
         #[arg(long)]
@@ -73,7 +77,8 @@ enum WalCommand {
     },
     /// Summarise segments, LSNs, groups and sizes.
     Stat {
-        /// The WAL directory.
+        /// One core's WAL directory (DATA/wal/core-N), or a node's data directory DATA (every
+        /// core).
         dir: PathBuf,
         /// Only this core (default: every core found in DIR).
         #[arg(long)]
@@ -107,30 +112,68 @@ pub fn run(args: WalArgs) -> ExitCode {
 
 type Inspected = Vec<(u32, Recovery, Vec<(u64, PathBuf)>)>;
 
-fn inspect(dir: &Path, core: Option<u32>) -> Result<Inspected, String> {
-    if !dir.is_dir() {
-        return Err(format!("{} is not a directory", dir.display()));
+/// The directories under `path` that hold WAL segments: `path` itself (one core's WAL
+/// directory), or, for a node's data directory `DATA` (or its `DATA/wal`), each
+/// `DATA/wal/core-N` in core order.
+fn wal_dirs(path: &Path) -> Result<Vec<PathBuf>, String> {
+    if !path.exists() {
+        return Err(format!("{} does not exist", path.display()));
     }
-    let cores = match core {
-        Some(core) => vec![core],
-        None => cores_in_dir(dir).map_err(|e| e.to_string())?,
+    if !path.is_dir() {
+        return Err(format!("{} is not a directory", path.display()));
+    }
+    let read_err = |e: paxring_wal::WalError| e.to_string();
+    if !cores_in_dir(path).map_err(read_err)?.is_empty() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let wal = if path.join("wal").is_dir() {
+        path.join("wal")
+    } else {
+        path.to_path_buf()
     };
-    if cores.is_empty() {
-        return Err(format!("{} holds no WAL segments", dir.display()));
+    let entries =
+        std::fs::read_dir(&wal).map_err(|e| format!("cannot read {}: {e}", wal.display()))?;
+    let mut cores: Vec<(u32, PathBuf)> = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| format!("cannot read {}: {e}", wal.display()))?;
+        let name = entry.file_name();
+        let core = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("core-"))
+            .and_then(|n| n.parse::<u32>().ok());
+        if let (Some(core), true) = (core, entry.path().is_dir()) {
+            cores.push((core, entry.path()));
+        }
     }
-    cores
-        .into_iter()
-        .map(|core| {
-            let (recovery, segments) = inspect_dir(dir, core).map_err(|e| e.to_string())?;
-            if segments.is_empty() {
-                return Err(format!(
-                    "{} holds no segments of core {core}",
-                    dir.display()
-                ));
+    cores.sort();
+    if cores.is_empty() {
+        return Err(format!(
+            "{} holds no WAL segments (give one core's WAL directory, such as DATA/wal/core-0, or a node's data directory DATA)",
+            path.display()
+        ));
+    }
+    Ok(cores.into_iter().map(|(_, dir)| dir).collect())
+}
+
+fn inspect(path: &Path, core: Option<u32>) -> Result<Inspected, String> {
+    let mut inspected = Vec::new();
+    for dir in wal_dirs(path)? {
+        let cores = cores_in_dir(&dir).map_err(|e| e.to_string())?;
+        for found in cores {
+            if core.is_some_and(|c| c != found) {
+                continue;
             }
-            Ok((core, recovery, segments))
-        })
-        .collect()
+            let (recovery, segments) = inspect_dir(&dir, found).map_err(|e| e.to_string())?;
+            inspected.push((found, recovery, segments));
+        }
+    }
+    if inspected.is_empty() {
+        return Err(match core {
+            Some(core) => format!("{} holds no segments of core {core}", path.display()),
+            None => format!("{} holds no WAL segments", path.display()),
+        });
+    }
+    Ok(inspected)
 }
 
 fn dump(
@@ -478,6 +521,31 @@ mod tests {
             }
         }
         true
+    }
+
+    #[test]
+    fn a_node_data_dir_is_inspected_core_by_core() {
+        let data = tempfile::tempdir().expect("temp dir");
+        let missing = data.path().join("nowhere");
+        let err = inspect(&missing, None).unwrap_err();
+        assert!(err.ends_with("does not exist"), "{err}");
+        let err = inspect(data.path(), None).unwrap_err();
+        assert!(err.contains("holds no WAL segments"), "{err}");
+        let core0 = data.path().join("wal").join("core-0");
+        std::fs::create_dir_all(&core0).unwrap();
+        if !write_wal(&core0) {
+            return;
+        }
+        // The data dir, its wal/ and the core's own directory all find core 0.
+        for path in [data.path().to_path_buf(), data.path().join("wal"), core0] {
+            let found = inspect(&path, None).expect("inspect");
+            assert_eq!(found.len(), 1, "{}", path.display());
+            assert_eq!(found[0].0, 0);
+            assert_eq!(found[0].1.records.len(), 4);
+            assert_eq!(verify(&path, None), Ok(ExitCode::SUCCESS));
+        }
+        let err = inspect(data.path(), Some(1)).unwrap_err();
+        assert!(err.contains("no segments of core 1"), "{err}");
     }
 
     #[test]

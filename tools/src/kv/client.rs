@@ -1,29 +1,34 @@
 //! A blocking client of the KV protocol that finds each group's leader by following
-//! `not_leader` answers among the nodes it was given, and sends every key operation under its
+//! `not_leader` answers (which name the leader's client address when the node's config has it,
+//! so one address of a running node is enough), and sends every key operation under its
 //! session (a random client id per client, a sequence number per operation) so that resending
 //! it applies it at most once.
 //!
-//! Owns: one connection per node address, the leader cache, the session id and the next seq.
-//! Never: resends an operation under another (client, seq) than its first send, and never
-//! reports an operation as definitely failed once one send of it may have taken effect.
+//! Owns: one connection per node address (the given ones and those learned from the nodes),
+//! the leader cache, the session id and the next seq. Never: resends an operation under
+//! another (client, seq) than its first send, reports an operation as definitely failed once
+//! one send of it may have taken effect, or gives up on a node that cannot be reached before
+//! the operation's retry time is over.
 
 use super::proto::{
-    code, read_line_bounded, LineRead, Request, RequestLine, Response, LINE_BYTES_MAX,
+    code, read_line_bounded, LineRead, NodeAddr, Request, RequestLine, Response, LINE_BYTES_BASE,
 };
-use super::state::{group_of_key, Session};
+use super::server::leader_text;
+use super::state::{group_of_key, Command, Session, COMMAND_OVERHEAD_BYTES};
 use std::hash::{BuildHasher, Hasher};
 use std::io::{BufReader, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
-/// Longest response line accepted (a `digest` of 100,000 groups is about 9 MB).
-const RESPONSE_BYTES_MAX: usize = 256 * LINE_BYTES_MAX;
+/// Longest response line accepted at least (a `digest` of 100,000 groups is about 9 MB); more
+/// when a node's line limit (its largest value) calls for it.
+const RESPONSE_BYTES_MIN: usize = 256 * LINE_BYTES_BASE;
 
 /// The outcome of one operation, as far as the client can know it.
 #[derive(Debug)]
 pub enum Attempt {
     /// The node executed it (`ok: true`).
-    Done(Response),
+    Done(Box<Response>),
     /// It definitely did not take effect (every try was refused before proposing).
     Fail(String),
     /// It may or may not have taken effect (at most once: every send used the same session).
@@ -61,6 +66,14 @@ enum CallError {
     Unknown(String),
 }
 
+impl CallError {
+    fn text(self) -> String {
+        match self {
+            CallError::NotSent(e) | CallError::Unknown(e) => e,
+        }
+    }
+}
+
 struct Connection {
     reader: BufReader<TcpStream>,
     writer: TcpStream,
@@ -68,7 +81,9 @@ struct Connection {
 
 /// A client of one cluster.
 pub struct KvClient {
+    /// The node addresses: those given first, then those learned from the nodes.
     addrs: Vec<SocketAddr>,
+    /// The node id at each address: from its own `id` answer, or as another node named it.
     node_ids: Vec<Option<u32>>,
     connections: Vec<Option<Connection>>,
     groups: u32,
@@ -77,6 +92,9 @@ pub struct KvClient {
     reply_timeout: Duration,
     client_id: u64,
     next_seq: u64,
+    /// The cluster's command limit (key and values together), once a node said it.
+    command_bytes_max: Option<usize>,
+    response_bytes_max: usize,
 }
 
 /// Parses `A,B,C` into socket addresses.
@@ -96,13 +114,27 @@ pub fn parse_addrs(text: &str) -> Result<Vec<SocketAddr>, String> {
     Ok(addrs)
 }
 
+/// The error text of a response that is not `ok`.
+fn error_text(response: &Response) -> String {
+    format!(
+        "{} {}",
+        response.error.as_deref().unwrap_or("error"),
+        response.message.as_deref().unwrap_or_default()
+    )
+    .trim_end()
+    .to_string()
+}
+
 impl KvClient {
-    /// Asks every address for its `id`; at least one must answer. `first` is the address tried
-    /// first when no leader is known (spreads clients over nodes).
+    /// Asks every address for its `id` (and learns the other nodes' client addresses from the
+    /// answers); at least one must answer. Addresses that cannot be reached are asked again
+    /// until one answers or `retry_for` is over. `first` is the address tried first when no
+    /// leader is known (spreads clients over nodes).
     pub fn connect(
         addrs: &[SocketAddr],
         reply_timeout: Duration,
         first: usize,
+        retry_for: Duration,
     ) -> Result<KvClient, String> {
         assert!(!addrs.is_empty(), "at least one address");
         let mut client = KvClient {
@@ -115,48 +147,102 @@ impl KvClient {
             reply_timeout,
             client_id: new_client_id(),
             next_seq: 1,
+            command_bytes_max: None,
+            response_bytes_max: RESPONSE_BYTES_MIN,
         };
-        let mut errors = Vec::new();
-        for (index, addr) in addrs.iter().enumerate() {
-            match client.call(index, &RequestLine::new(Request::Id, None)) {
-                Ok(response) if response.ok => {
-                    let groups = response.groups.unwrap_or(0);
-                    if groups == 0 {
-                        errors.push(format!("{}: id answer without groups", addr));
-                        continue;
-                    }
-                    if client.groups != 0 && client.groups != groups {
-                        return Err(format!(
-                            "{} has {groups} groups, another node {}: not one cluster",
-                            addr, client.groups
-                        ));
-                    }
-                    client.groups = groups;
-                    client.node_ids[index] = response.node_id;
-                    if client.leaders.is_empty() {
-                        client.leaders = response.leaders.unwrap_or_default();
-                        client.leaders.resize(groups as usize, None);
-                    }
+        let deadline = Instant::now() + retry_for;
+        let mut rounds = 0u32;
+        loop {
+            let mut errors = Vec::new();
+            // Addresses learned from an answer are asked in the same round.
+            let mut index = 0;
+            while index < client.addrs.len() {
+                if let Err(e) = client.identify(index) {
+                    errors.push(format!("{}: {e}", client.addrs[index]));
                 }
-                Ok(response) => errors.push(format!("{}: {:?}", addr, response.error)),
-                Err(CallError::NotSent(e)) | Err(CallError::Unknown(e)) => {
-                    client.connections[index] = None;
-                    errors.push(format!("{}: {e}", addr))
+                index += 1;
+            }
+            if client.groups != 0 {
+                return Ok(client);
+            }
+            rounds += 1;
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "no node answered ({rounds} rounds in {} ms): {}",
+                    retry_for.as_millis(),
+                    errors.join("; ")
+                ));
+            }
+            let backoff = Duration::from_millis((50 * u64::from(rounds)).min(500));
+            std::thread::sleep(backoff.min(deadline.saturating_duration_since(Instant::now())));
+        }
+    }
+
+    /// Asks address `index` for its `id`: records its node id, the group count, leader hints,
+    /// the command limit and the client addresses it names.
+    fn identify(&mut self, index: usize) -> Result<(), String> {
+        let response = self
+            .call(index, &RequestLine::new(Request::Id, None))
+            .map_err(CallError::text)?;
+        if !response.ok {
+            return Err(error_text(&response));
+        }
+        let groups = response.groups.unwrap_or(0);
+        if groups == 0 {
+            return Err("id answer without groups".into());
+        }
+        if self.groups != 0 && self.groups != groups {
+            return Err(format!(
+                "{groups} groups, another node {}: not one cluster",
+                self.groups
+            ));
+        }
+        if self.groups == 0 {
+            self.groups = groups;
+            self.leaders = response.leaders.clone().unwrap_or_default();
+            self.leaders.resize(groups as usize, None);
+        }
+        self.node_ids[index] = response.node_id;
+        if let Some(max) = response.command_bytes_max {
+            let max = max as usize;
+            self.command_bytes_max = Some(self.command_bytes_max.map_or(max, |m| m.min(max)));
+        }
+        if let Some(line) = response.line_bytes_max {
+            self.response_bytes_max = self.response_bytes_max.max(2 * line as usize);
+        }
+        for NodeAddr { id, addr } in response.client_addrs.unwrap_or_default() {
+            self.learn(id, addr);
+        }
+        Ok(())
+    }
+
+    /// Notes that node `id` serves clients at `addr` (as a node's config says).
+    fn learn(&mut self, id: u32, addr: SocketAddr) {
+        match self.addrs.iter().position(|a| *a == addr) {
+            Some(index) => {
+                // A node's own answer outranks what another node's config says of it.
+                if self.node_ids[index].is_none() {
+                    self.node_ids[index] = Some(id);
                 }
             }
+            None => {
+                self.addrs.push(addr);
+                self.node_ids.push(Some(id));
+                self.connections.push(None);
+            }
         }
-        if client.groups == 0 {
-            return Err(format!("no node answered: {}", errors.join("; ")));
-        }
-        Ok(client)
+    }
+
+    /// The cluster's command limit, once a node said it: the most bytes of key and values
+    /// together one operation may carry.
+    pub fn command_bytes_max(&self) -> Option<usize> {
+        self.command_bytes_max
     }
 
     /// Sends a request that is not about a key (id, stats, digest) to address `index`.
     pub fn ask(&mut self, index: usize, request: &Request) -> Result<Response, String> {
         self.call(index, &RequestLine::new(request.clone(), None))
-            .map_err(|e| match e {
-                CallError::NotSent(e) | CallError::Unknown(e) => e,
-            })
+            .map_err(CallError::text)
     }
 
     /// The session of the next new operation: this client's id and the next seq (1, 2, ...).
@@ -177,25 +263,34 @@ impl KvClient {
 
     /// Runs a key operation under `session`, following `not_leader` answers and resending it
     /// (always with the same `session`) for at most `retry_for` after answers that say "not
-    /// proposed" and after an unknown outcome (an `unknown` answer, a timeout or a lost
-    /// connection). Resending is safe because a group applies one (client, seq) at most once;
-    /// once a send may have taken effect, the operation is never reported as failed. A `stale`
-    /// answer (a later seq of the session was applied first) ends it as unknown.
+    /// proposed", after a node that cannot be reached, and after an unknown outcome (an
+    /// `unknown` answer, a timeout or a lost connection). Resending is safe because a group
+    /// applies one (client, seq) at most once; once a send may have taken effect, the
+    /// operation is never reported as failed. A `stale` answer (a later seq of the session was
+    /// applied first) ends it as unknown. An operation over the command limit fails at once.
     pub fn execute_as(
         &mut self,
         request: &Request,
         session: Session,
         retry_for: Duration,
     ) -> Attempt {
-        let key = match request {
-            Request::Put { key, .. }
-            | Request::Get { key }
-            | Request::Delete { key }
-            | Request::Cas { key, .. } => key.clone(),
+        let command = match request.clone() {
+            Request::Put { key, value } => Command::Put { key, value },
+            Request::Get { key } => Command::Get { key },
+            Request::Delete { key } => Command::Delete { key },
+            Request::Cas { key, expected, new } => Command::Cas { key, expected, new },
             _ => panic!("execute is for key operations"),
         };
+        if let Some(max) = self.command_bytes_max {
+            let payload = command.payload_bytes();
+            if payload > max {
+                return Attempt::Fail(format!(
+                    "too large: key and values are {payload} bytes together; this cluster's command limit is {max} bytes (its batch_bytes_max minus {COMMAND_OVERHEAD_BYTES}); nothing was sent"
+                ));
+            }
+        }
         let line = RequestLine::new(request.clone(), Some(session));
-        let group = group_of_key(&key, self.groups).0 as usize;
+        let group = group_of_key(command.key(), self.groups).0 as usize;
         let deadline = Instant::now() + retry_for;
         let mut last = String::from("no node was tried");
         // Why the operation may have taken effect, once a send may have.
@@ -206,16 +301,30 @@ impl KvClient {
                 if Instant::now() >= deadline {
                     return match maybe {
                         Some(why) => Attempt::Unknown(format!(
-                            "{why}; resent under the same session, gave up after {tries} tries (last: {last})"
+                            "{why}; resent under the same session, gave up after {tries} tries in {} ms (last: {last})",
+                            retry_for.as_millis()
                         )),
-                        None => Attempt::Fail(format!("gave up after {tries} tries: {last}")),
+                        None => Attempt::Fail(format!(
+                            "gave up after {tries} tries in {} ms: {last}",
+                            retry_for.as_millis()
+                        )),
                     };
                 }
                 let backoff = Duration::from_millis((10 * u64::from(tries)).min(200));
-                std::thread::sleep(backoff);
+                std::thread::sleep(backoff.min(deadline.saturating_duration_since(Instant::now())));
             }
             tries += 1;
             let target = self.target(group);
+            if self.node_ids[target].is_none() {
+                // Never identified (it did not answer before): ask who it is first. An `id`
+                // has no effect, so a failure here means the operation was not sent.
+                if let Err(e) = self.identify(target) {
+                    last = format!("{}: {e}", self.addrs[target]);
+                    self.forget_leader(group);
+                    self.advance(target);
+                    continue;
+                }
+            }
             match self.call(target, &line) {
                 Err(CallError::NotSent(e)) => {
                     last = format!("{}: {e}", self.addrs[target]);
@@ -230,36 +339,18 @@ impl KvClient {
                     self.forget_leader(group);
                     self.advance(target);
                 }
-                Ok(response) if response.ok => return Attempt::Done(response),
+                Ok(response) if response.ok => return Attempt::Done(Box::new(response)),
                 Ok(response) => {
                     let error = response.error.clone().unwrap_or_default();
-                    last = format!(
-                        "{}: {error} {}",
-                        self.addrs[target],
-                        response.message.clone().unwrap_or_default()
-                    );
+                    last = format!("{}: {}", self.addrs[target], error_text(&response));
                     match error.as_str() {
                         code::NOT_LEADER => {
-                            let this = self.node_ids[target];
-                            match response.leader {
-                                Some(leader)
-                                    if Some(leader) != this && self.index_of(leader).is_some() =>
-                                {
-                                    self.leaders[group] = Some(leader);
-                                }
-                                Some(leader) if Some(leader) != this => {
-                                    let reason = format!(
-                                        "{last}: the leader is node {leader}, whose client address was not given (add it to --addr)"
-                                    );
-                                    return match maybe {
-                                        Some(why) => Attempt::Unknown(format!("{why}; {reason}")),
-                                        None => Attempt::Fail(reason),
-                                    };
-                                }
-                                _ => {
-                                    self.forget_leader(group);
-                                    self.advance(target);
-                                }
+                            if let Some(reason) = self.follow(group, target, &response) {
+                                let reason = format!("{last}: {reason}");
+                                return match maybe {
+                                    Some(why) => Attempt::Unknown(format!("{why}; {reason}")),
+                                    None => Attempt::Fail(reason),
+                                };
                             }
                         }
                         code::OVERLOADED => {}
@@ -282,6 +373,44 @@ impl KvClient {
                     }
                 }
             }
+        }
+    }
+
+    /// Follows a `not_leader` answer of address `target` for `group`: the next try goes to the
+    /// leader it names (at the address it names, or at the address known for that node), or,
+    /// when it names none or one that cannot be placed yet, to another node. `Some(reason)`
+    /// only when retrying cannot help: the leader is a node whose client address nobody
+    /// named and every address is identified as another node.
+    fn follow(&mut self, group: usize, target: usize, response: &Response) -> Option<String> {
+        let this = self.node_ids[target];
+        let leader = match response.leader {
+            Some(leader) if Some(leader) != this => leader,
+            _ => {
+                self.forget_leader(group);
+                self.advance(target);
+                return None;
+            }
+        };
+        if let Some(addr) = response.leader_addr {
+            self.learn(leader, addr);
+        }
+        if self.index_of(leader).is_some() {
+            self.leaders[group] = Some(leader);
+            return None;
+        }
+        self.forget_leader(group);
+        match self.node_ids.iter().position(Option::is_none) {
+            // An address that never answered may be the leader's: try it (it is identified
+            // first; while it cannot be reached, the tries go on until the retry time ends).
+            Some(unidentified) => {
+                self.next = unidentified;
+                None
+            }
+            None => Some(format!(
+                "the leader is {}, whose client address is unknown: no given address is that node and {} does not name its address (fix: add it to --addr, or list it in the nodes' peer_client_addrs)",
+                leader_text(Some(leader)),
+                leader_text(this)
+            )),
         }
     }
 
@@ -333,6 +462,7 @@ impl KvClient {
                 writer,
             });
         }
+        let response_bytes_max = self.response_bytes_max;
         let connection = self.connections[index].as_mut().expect("connected above");
         let mut bytes = serde_json::to_vec(request).expect("a request always serializes");
         bytes.push(b'\n');
@@ -342,7 +472,7 @@ impl KvClient {
                 .write_all(&bytes)
                 .map_err(|e| format!("write: {e}"))?;
             let mut line = Vec::new();
-            match read_line_bounded(&mut connection.reader, &mut line, RESPONSE_BYTES_MAX)
+            match read_line_bounded(&mut connection.reader, &mut line, response_bytes_max)
                 .map_err(|e| format!("read: {e}"))?
             {
                 LineRead::Line => serde_json::from_slice::<Response>(&line)

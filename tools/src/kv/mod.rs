@@ -8,3 +8,4 @@ pub mod client;
 pub mod proto;
 pub mod server;
 pub mod state;
+pub mod value;

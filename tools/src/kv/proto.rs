@@ -5,11 +5,20 @@
 //! than the line limit for one request, whatever a client sends.
 
 use super::state::Session;
+use super::value::Value;
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, ErrorKind};
+use std::net::SocketAddr;
 
-/// Longest request line accepted, newline included, in bytes.
-pub const LINE_BYTES_MAX: usize = 64 * 1024;
+/// The part of the longest request line that is not for values: 64 KiB.
+pub const LINE_BYTES_BASE: usize = 64 * 1024;
+
+/// Longest request line a node accepts, newline included, in bytes: 64 KiB plus twice its
+/// `batch_bytes_max` (room for a command of the largest size in base64, whose form is 4/3 of
+/// the bytes).
+pub fn line_bytes_max(batch_bytes_max: u32) -> usize {
+    LINE_BYTES_BASE + 2 * batch_bytes_max as usize
+}
 
 /// One request line.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -19,8 +28,8 @@ pub enum Request {
     Put {
         /// The key.
         key: String,
-        /// The value.
-        value: String,
+        /// The value: a string, or `{"base64": ...}` for any bytes.
+        value: Value,
     },
     /// Reads `key` through the log.
     Get {
@@ -38,9 +47,9 @@ pub enum Request {
         key: String,
         /// The value it must hold, or null for "absent".
         #[serde(default)]
-        expected: Option<String>,
+        expected: Option<Value>,
         /// The value to store.
-        new: String,
+        new: Value,
     },
     /// This node's id, group count and leader hints.
     Id,
@@ -110,7 +119,7 @@ pub mod code {
     pub const UNKNOWN: &str = "unknown";
     /// The request line is not a valid request; nothing was proposed.
     pub const BAD_REQUEST: &str = "bad_request";
-    /// The command is larger than one instance may hold; nothing was proposed.
+    /// The key and values are larger than the node's command limit; nothing was proposed.
     pub const TOO_LARGE: &str = "too_large";
     /// The node has stopped; nothing was proposed.
     pub const STOPPED: &str = "stopped";
@@ -130,12 +139,15 @@ pub struct Response {
     /// With `not_leader`: the leader's node id, if known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub leader: Option<u32>,
+    /// With `not_leader`: the leader's client address, when this node's config names it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader_addr: Option<SocketAddr>,
     /// A human-readable reason for an error.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
     /// put/delete: the previous value; get: the value read; cas: the value before the cas.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub value: Option<String>,
+    pub value: Option<Value>,
     /// cas: whether the swap happened.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub swapped: Option<bool>,
@@ -154,12 +166,31 @@ pub struct Response {
     /// id: per group, the node this one believes leads it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub leaders: Option<Vec<Option<u32>>>,
+    /// id: the other nodes' client addresses, as this node's config names them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_addrs: Option<Vec<NodeAddr>>,
+    /// id: the most bytes of key and values one command may hold on this node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command_bytes_max: Option<u64>,
+    /// id: the longest request line this node accepts, in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line_bytes_max: Option<u64>,
     /// stats: the node's counters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stats: Option<serde_json::Value>,
     /// digest: one entry per group.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digests: Option<Vec<GroupDigest>>,
+}
+
+/// A node's id and client address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeAddr {
+    /// The node's id.
+    pub id: u32,
+    /// Its KV client protocol address.
+    pub addr: SocketAddr,
 }
 
 /// One group's line of a `digest` response.
@@ -280,6 +311,21 @@ mod tests {
                     new: "n".into(),
                 },
             ),
+            (
+                r#"{"op":"put","key":"k","value":{"base64":"AP8="}}"#,
+                Request::Put {
+                    key: "k".into(),
+                    value: Value::from(vec![0u8, 0xff]),
+                },
+            ),
+            (
+                r#"{"op":"cas","key":"k","expected":{"base64":"AP8="},"new":"n"}"#,
+                Request::Cas {
+                    key: "k".into(),
+                    expected: Some(Value::from(vec![0u8, 0xff])),
+                    new: "n".into(),
+                },
+            ),
             (r#"{"op":"id"}"#, Request::Id),
             (r#"{"op":"stats"}"#, Request::Stats),
             (r#"{"op":"digest"}"#, Request::Digest),
@@ -291,6 +337,9 @@ mod tests {
             r#"{"op":"put","key":"k"}"#,
             r#"{"op":"nope"}"#,
             r#"{"op":"get","key":"k","extra":1}"#,
+            r#"{"op":"put","key":"k","value":{"base64":"not base64"}}"#,
+            r#"{"op":"put","key":"k","value":{"hex":"00"}}"#,
+            r#"{"op":"put","key":"k","value":7}"#,
             r#"[1,2]"#,
             "",
         ] {
@@ -381,10 +430,25 @@ mod tests {
 
     #[test]
     fn responses_omit_nothing_a_client_needs() {
-        let text = r#"{"ok":false,"error":"not_leader","leader":2}"#;
+        let text = r#"{"ok":false,"error":"not_leader","leader":2,"leader_addr":"127.0.0.1:7102"}"#;
         let response: Response = serde_json::from_str(text).unwrap();
         assert!(!response.ok);
         assert_eq!(response.error.as_deref(), Some("not_leader"));
         assert_eq!(response.leader, Some(2));
+        assert_eq!(
+            response.leader_addr,
+            Some("127.0.0.1:7102".parse().unwrap())
+        );
+        let text = r#"{"ok":true,"node_id":1,"groups":1,"leaders":[2],"client_addrs":[{"id":2,"addr":"127.0.0.1:7102"}],"command_bytes_max":262080,"line_bytes_max":589824}"#;
+        let response: Response = serde_json::from_str(text).unwrap();
+        assert_eq!(
+            response.client_addrs,
+            Some(vec![NodeAddr {
+                id: 2,
+                addr: "127.0.0.1:7102".parse().unwrap()
+            }])
+        );
+        assert_eq!(response.command_bytes_max, Some(262_080));
+        assert_eq!(line_bytes_max(256 * 1024), 589_824);
     }
 }

@@ -3,14 +3,17 @@
 //!
 //! Owns: the listener, one thread per connection (bounded count), the wait on each proposal
 //! (bounded in time). Never: answers a write before the runtime says it committed, crashes on a
-//! malformed line, or holds more than `LINE_BYTES_MAX` of a request.
+//! malformed line, holds more than the line limit ([`line_bytes_max`]) of a request, or
+//! proposes a command over the command limit ([`command_bytes_max`]).
 
 use super::proto::{
-    code, read_line_bounded, GroupDigest, LineRead, Request, RequestLine, Response, LINE_BYTES_MAX,
+    code, line_bytes_max, read_line_bounded, GroupDigest, LineRead, NodeAddr, Request, RequestLine,
+    Response,
 };
-use super::state::{group_of_key, Command, Outcome, SharedView};
+use super::state::{command_bytes_max, group_of_key, Command, Outcome, SharedView};
 use paxring_engine::runtime::{Committed, Error, Node, Proposal};
 use paxring_wal::GroupId;
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::io::{BufReader, ErrorKind, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -48,6 +51,12 @@ struct ServerShared {
     limits: ServerLimits,
     stop: Arc<AtomicBool>,
     active: Arc<AtomicUsize>,
+    /// The other nodes' client addresses (from the node file), named in `not_leader` answers.
+    client_addrs: BTreeMap<u32, SocketAddr>,
+    /// The command limit: most bytes of key and values in one command.
+    command_bytes_max: usize,
+    /// The longest request line accepted.
+    line_bytes_max: usize,
 }
 
 /// A running client protocol server.
@@ -59,12 +68,15 @@ pub struct KvServer {
 }
 
 impl KvServer {
-    /// Serves `listener` for `node`; `views[g]` is group g's published state.
+    /// Serves `listener` for `node`; `views[g]` is group g's published state; `client_addrs`
+    /// names the other nodes' client addresses (given to clients in `not_leader` and `id`
+    /// answers).
     pub fn start(
         listener: TcpListener,
         node: Arc<Node>,
         views: Arc<Vec<SharedView>>,
         limits: ServerLimits,
+        client_addrs: BTreeMap<u32, SocketAddr>,
     ) -> std::io::Result<KvServer> {
         assert_eq!(
             views.len(),
@@ -75,12 +87,16 @@ impl KvServer {
         listener.set_nonblocking(true)?;
         let stop = Arc::new(AtomicBool::new(false));
         let active = Arc::new(AtomicUsize::new(0));
+        let batch_bytes_max = node.config().batch_bytes_max;
         let context = Arc::new(ServerShared {
             node,
             views,
             limits,
             stop: stop.clone(),
             active: active.clone(),
+            client_addrs,
+            command_bytes_max: command_bytes_max(batch_bytes_max),
+            line_bytes_max: line_bytes_max(batch_bytes_max),
         });
         let accept = std::thread::Builder::new()
             .name("kv-accept".into())
@@ -175,7 +191,7 @@ fn serve(stream: TcpStream, context: &ServerShared) -> std::io::Result<()> {
         if context.stop.load(Ordering::Acquire) {
             return Ok(());
         }
-        match read_line_bounded(&mut reader, &mut line, LINE_BYTES_MAX) {
+        match read_line_bounded(&mut reader, &mut line, context.line_bytes_max) {
             Ok(LineRead::Line) => {
                 let response = handle_line(&line, context);
                 line.clear();
@@ -185,7 +201,10 @@ fn serve(stream: TcpStream, context: &ServerShared) -> std::io::Result<()> {
             Ok(LineRead::TooLong) => {
                 let response = Response::error(
                     code::BAD_REQUEST,
-                    format!("request line longer than {LINE_BYTES_MAX} bytes; closing"),
+                    format!(
+                        "request line longer than {} bytes (this node's line limit); closing",
+                        context.line_bytes_max
+                    ),
                 );
                 write_response(&mut writer, &response_json(&response))?;
                 drain_and_close(&mut reader, &writer);
@@ -251,15 +270,28 @@ fn handle_line(line: &[u8], context: &ServerShared) -> serde_json::Value {
         Request::Id => {
             let leaders: Vec<Option<u32>> =
                 (0..groups).map(|g| node.leader_hint(GroupId(g))).collect();
+            let client_addrs: Vec<NodeAddr> = context
+                .client_addrs
+                .iter()
+                .map(|(id, addr)| NodeAddr {
+                    id: *id,
+                    addr: *addr,
+                })
+                .collect();
             return serde_json::json!({
                 "ok": true,
                 "node_id": node.config().node_id,
                 "groups": groups,
                 "leaders": leaders,
+                "client_addrs": client_addrs,
+                "command_bytes_max": context.command_bytes_max,
+                "line_bytes_max": context.line_bytes_max,
             });
         }
         Request::Stats => {
-            return serde_json::json!({ "ok": true, "stats": node.stats() });
+            let mut stats = serde_json::to_value(node.stats()).expect("stats serialize");
+            null_what_was_not_measured(&mut stats);
+            return serde_json::json!({ "ok": true, "stats": stats });
         }
         Request::Digest => {
             let digests: Vec<GroupDigest> = context
@@ -285,9 +317,22 @@ fn handle_line(line: &[u8], context: &ServerShared) -> serde_json::Value {
         Request::Delete { key } => Command::Delete { key },
         Request::Cas { key, expected, new } => Command::Cas { key, expected, new },
     };
+    let payload = command.payload_bytes();
+    if payload > context.command_bytes_max {
+        return response_json(&Response::error(
+            code::TOO_LARGE,
+            too_large_message(
+                payload,
+                context.command_bytes_max,
+                node.config().batch_bytes_max,
+            ),
+        ));
+    }
     let group = group_of_key(command.key(), groups);
     let is_cas = matches!(command, Command::Cas { .. });
-    let proposal = node.propose(group, command.encode_with(session));
+    // The runtime takes commands of up to batch_bytes_max - 16 bytes.
+    let max_bytes = (node.config().batch_bytes_max as usize).saturating_sub(16);
+    let proposal = node.propose(group, command.encode_for_log(session, max_bytes));
     let outcome = match wait_timeout(proposal, context.limits.proposal_timeout) {
         Some(outcome) => outcome,
         None => {
@@ -302,7 +347,43 @@ fn handle_line(line: &[u8], context: &ServerShared) -> serde_json::Value {
     };
     match outcome {
         Ok(committed) => committed_json(&committed, is_cas),
-        Err(error) => response_json(&error_response(error)),
+        Err(error) => response_json(&error_response(error, &context.client_addrs)),
+    }
+}
+
+/// The `too_large` message: the size, the limit and where the limit comes from.
+pub fn too_large_message(payload: usize, limit: usize, batch_bytes_max: u32) -> String {
+    format!(
+        "key and values are {payload} bytes together; this node's command limit is {limit} bytes \
+         (batch_bytes_max {batch_bytes_max} minus {} bytes of overhead); nothing was proposed",
+        super::state::COMMAND_OVERHEAD_BYTES
+    )
+}
+
+/// Replaces the ratios of the stats' `totals` whose denominator is still 0 by `null` (nothing
+/// measured yet), so that a fresh node does not show a ratio of 0.
+fn null_what_was_not_measured(stats: &mut serde_json::Value) {
+    let commit_instances: u64 = stats["cores"]
+        .as_array()
+        .map(|cores| {
+            cores
+                .iter()
+                .filter_map(|c| c["protocol"]["commit_instances"].as_u64())
+                .sum()
+        })
+        .unwrap_or(0);
+    let totals = &mut stats["totals"];
+    if totals["write_rounds"].as_u64() == Some(0) {
+        for ratio in [
+            "durable_writes_per_round",
+            "groups_per_round",
+            "records_per_round",
+        ] {
+            totals[ratio] = serde_json::Value::Null;
+        }
+    }
+    if commit_instances == 0 {
+        totals["rtts_per_commit"] = serde_json::Value::Null;
     }
 }
 
@@ -336,14 +417,37 @@ fn committed_json(committed: &Committed, is_cas: bool) -> serde_json::Value {
     json
 }
 
-/// Maps a runtime error to the protocol's error codes (docs/CLIENT.md#errors).
-pub fn error_response(error: Error) -> Response {
+/// Who leads, for a message: "node 3" or "unknown".
+pub fn leader_text(leader: Option<u32>) -> String {
+    match leader {
+        Some(id) => format!("node {id}"),
+        None => "unknown".into(),
+    }
+}
+
+/// Maps a runtime error to the protocol's error codes (docs/CLIENT.md#errors); a `not_leader`
+/// answer names the leader's client address when `client_addrs` holds it.
+pub fn error_response(error: Error, client_addrs: &BTreeMap<u32, SocketAddr>) -> Response {
     let message = error.to_string();
     match error {
-        Error::NotLeader { leader } => Response {
-            leader,
-            ..Response::error(code::NOT_LEADER, message)
-        },
+        Error::NotLeader { leader } => {
+            let leader_addr = leader.and_then(|id| client_addrs.get(&id).copied());
+            let message = match leader_addr {
+                Some(addr) => format!(
+                    "not the leader of this group (leader: {}, client address {addr})",
+                    leader_text(leader)
+                ),
+                None => format!(
+                    "not the leader of this group (leader: {})",
+                    leader_text(leader)
+                ),
+            };
+            Response {
+                leader,
+                leader_addr,
+                ..Response::error(code::NOT_LEADER, message)
+            }
+        }
         Error::Overloaded => Response::error(code::OVERLOADED, message),
         Error::TooLarge { .. } => Response::error(code::TOO_LARGE, message),
         Error::NoSuchGroup(..) => Response::error(code::BAD_REQUEST, message),
@@ -376,5 +480,64 @@ fn wait_timeout(mut proposal: Proposal, timeout: Duration) -> Option<Result<Comm
             return None;
         }
         std::thread::park_timeout(deadline - now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Proves that errors name the leader as "node N" or "unknown" (never a debug form), that
+    //! a not_leader answer carries the leader's client address when configured, and that the
+    //! stats' ratios are null until something was measured.
+    use super::*;
+
+    #[test]
+    fn not_leader_names_the_node_and_its_address() {
+        let addrs: BTreeMap<u32, SocketAddr> = [(3, "127.0.0.1:7103".parse().unwrap())].into();
+        let known = error_response(Error::NotLeader { leader: Some(3) }, &addrs);
+        assert_eq!(known.error.as_deref(), Some(code::NOT_LEADER));
+        assert_eq!(known.leader, Some(3));
+        assert_eq!(known.leader_addr, addrs.get(&3).copied());
+        let message = known.message.unwrap();
+        assert!(
+            message.contains("leader: node 3, client address 127.0.0.1:7103"),
+            "{message}"
+        );
+        let unknown = error_response(Error::NotLeader { leader: None }, &addrs);
+        assert_eq!(unknown.leader_addr, None);
+        let message = unknown.message.unwrap();
+        assert!(message.contains("leader: unknown"), "{message}");
+        let unlisted = error_response(Error::NotLeader { leader: Some(2) }, &addrs);
+        assert_eq!(unlisted.leader_addr, None);
+        for message in [&message, unlisted.message.as_ref().unwrap()] {
+            assert!(
+                !message.contains("Some(") && !message.contains("None"),
+                "{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn ratios_are_null_until_measured() {
+        let mut fresh = serde_json::json!({
+            "cores": [{"protocol": {"commit_instances": 0}}],
+            "totals": serde_json::to_value(paxring_engine::runtime::NodeTotals::default()).unwrap(),
+        });
+        null_what_was_not_measured(&mut fresh);
+        for ratio in [
+            "durable_writes_per_round",
+            "groups_per_round",
+            "records_per_round",
+            "rtts_per_commit",
+        ] {
+            assert!(fresh["totals"][ratio].is_null(), "{ratio}: {fresh}");
+        }
+        let mut measured = serde_json::json!({
+            "cores": [{"protocol": {"commit_instances": 4}}],
+            "totals": {"write_rounds": 2, "durable_writes_per_round": 1.0,
+                       "groups_per_round": 1.0, "records_per_round": 2.0, "rtts_per_commit": 1.0},
+        });
+        null_what_was_not_measured(&mut measured);
+        assert_eq!(measured["totals"]["durable_writes_per_round"], 1.0);
+        assert_eq!(measured["totals"]["rtts_per_commit"], 1.0);
     }
 }

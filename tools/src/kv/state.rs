@@ -19,7 +19,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// One command of the KV store, as proposed to a group's log (JSON, one object).
+pub use super::value::Value;
+
+/// One command of the KV store, as proposed to a group's log: a JSON object (as earlier builds
+/// wrote every command) or the binary form (see [`Command::encode_for_log`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "lowercase")]
 pub enum Command {
@@ -28,7 +31,7 @@ pub enum Command {
         /// The key.
         key: String,
         /// The new value.
-        value: String,
+        value: Value,
     },
     /// Reads `key` (through the log, so the read is linearizable).
     Get {
@@ -45,10 +48,27 @@ pub enum Command {
         /// The key.
         key: String,
         /// The value the key must hold (absent when `None`).
-        expected: Option<String>,
+        expected: Option<Value>,
         /// The value to store when it does.
-        new: String,
+        new: Value,
     },
+}
+
+/// The first byte of a command in the binary form (JSON text never starts with it).
+const BINARY_MAGIC: u8 = 0xb7;
+/// The binary form's version (its second byte).
+const BINARY_VERSION: u8 = 1;
+/// Flag bit: a session (client u64 LE, seq u64 LE) follows the flags byte.
+const BINARY_FLAG_SESSION: u8 = 1;
+
+/// Bytes a command may hold beyond its key and values: the runtime's own 16 bytes per command
+/// plus at most 48 of the binary form's header (magic, version, op, flags, session, lengths).
+pub const COMMAND_OVERHEAD_BYTES: usize = 64;
+
+/// The most bytes of key and values together one command may hold on a node whose
+/// `batch_bytes_max` is `batch_bytes_max` (the client protocol's command limit).
+pub fn command_bytes_max(batch_bytes_max: u32) -> usize {
+    (batch_bytes_max as usize).saturating_sub(COMMAND_OVERHEAD_BYTES)
 }
 
 impl Command {
@@ -62,31 +82,175 @@ impl Command {
         }
     }
 
+    /// The bytes of the command's key and values together (what [`command_bytes_max`] bounds).
+    pub fn payload_bytes(&self) -> usize {
+        match self {
+            Command::Put { key, value } => key.len() + value.len(),
+            Command::Get { key } | Command::Delete { key } => key.len(),
+            Command::Cas { key, expected, new } => {
+                key.len() + expected.as_ref().map_or(0, Value::len) + new.len()
+            }
+        }
+    }
+
+    /// True when every value of the command is written as a JSON string.
+    fn is_text(&self) -> bool {
+        match self {
+            Command::Put { value, .. } => value.as_text().is_some(),
+            Command::Get { .. } | Command::Delete { .. } => true,
+            Command::Cas { expected, new, .. } => {
+                new.as_text().is_some() && expected.as_ref().is_none_or(|e| e.as_text().is_some())
+            }
+        }
+    }
+
     /// The command without a session, as the bytes proposed to the log.
     #[cfg(test)]
     pub fn encode(&self) -> Bytes {
         self.encode_with(None)
     }
 
-    /// The command as the bytes proposed to the log: one JSON object, the command's fields plus
-    /// `"client"` and `"seq"` when it carries a session.
+    /// The command as log bytes without a size bound (see [`Command::encode_for_log`]).
+    #[cfg(test)]
     pub fn encode_with(&self, session: Option<Session>) -> Bytes {
-        let wire = WireOut {
-            command: self,
-            client: session.map(|s| s.client),
-            seq: session.map(|s| s.seq),
-        };
-        Bytes::from(serde_json::to_vec(&wire).expect("a command always serializes"))
+        self.encode_for_log(session, usize::MAX)
     }
 
-    /// Parses a command from the log, with its session if it carries one.
+    /// The command as the bytes proposed to the log. A command whose values are all text is
+    /// one JSON object, the command's fields plus `"client"` and `"seq"` when it carries a
+    /// session (what earlier builds wrote), when that is at most `max_bytes`; any other
+    /// command takes the binary form: magic `0xb7`, version 1, op (1 put, 2 get, 3 delete,
+    /// 4 cas, 5 cas expecting absence), flags (bit 0: session), then the session's client and
+    /// seq (u64 LE each) when flagged, then the key, then put's value or cas's expected (op 4
+    /// only) and new value, each as a u32 LE length and its bytes. The binary form is at most
+    /// 32 bytes longer than the key and values together.
+    pub fn encode_for_log(&self, session: Option<Session>, max_bytes: usize) -> Bytes {
+        if self.is_text() {
+            let wire = WireOut {
+                command: self,
+                client: session.map(|s| s.client),
+                seq: session.map(|s| s.seq),
+            };
+            let json = serde_json::to_vec(&wire).expect("a command always serializes");
+            if json.len() <= max_bytes {
+                return Bytes::from(json);
+            }
+        }
+        self.encode_binary(session)
+    }
+
+    /// The binary form (see [`Command::encode_for_log`]).
+    pub fn encode_binary(&self, session: Option<Session>) -> Bytes {
+        let mut out = Vec::with_capacity(self.payload_bytes() + 32);
+        let op = match self {
+            Command::Put { .. } => 1,
+            Command::Get { .. } => 2,
+            Command::Delete { .. } => 3,
+            Command::Cas {
+                expected: Some(_), ..
+            } => 4,
+            Command::Cas { expected: None, .. } => 5,
+        };
+        out.extend_from_slice(&[BINARY_MAGIC, BINARY_VERSION, op]);
+        match session {
+            Some(session) => {
+                out.push(BINARY_FLAG_SESSION);
+                out.extend_from_slice(&session.client.to_le_bytes());
+                out.extend_from_slice(&session.seq.to_le_bytes());
+            }
+            None => out.push(0),
+        }
+        let mut field = |bytes: &[u8]| {
+            let len = u32::try_from(bytes.len()).expect("a command field fits in u32");
+            out.extend_from_slice(&len.to_le_bytes());
+            out.extend_from_slice(bytes);
+        };
+        field(self.key().as_bytes());
+        match self {
+            Command::Put { value, .. } => field(value.as_bytes()),
+            Command::Get { .. } | Command::Delete { .. } => {}
+            Command::Cas { expected, new, .. } => {
+                if let Some(expected) = expected {
+                    field(expected.as_bytes());
+                }
+                field(new.as_bytes());
+            }
+        }
+        Bytes::from(out)
+    }
+
+    /// Parses a command from the log (either form), with its session if it carries one.
     pub fn decode(bytes: &[u8]) -> Result<(Command, Option<Session>), String> {
+        if bytes.first() == Some(&BINARY_MAGIC) {
+            return decode_binary(bytes).map_err(|e| format!("not a KV command: {e}"));
+        }
         let wire: WireIn =
             serde_json::from_slice(bytes).map_err(|e| format!("not a KV command: {e}"))?;
         let session = Session::from_fields(wire.client, wire.seq)
             .map_err(|e| format!("not a KV command: {e}"))?;
         Ok((wire.command, session))
     }
+}
+
+fn decode_binary(bytes: &[u8]) -> Result<(Command, Option<Session>), String> {
+    let mut rest = bytes;
+    let mut take = |n: usize, what: &str| -> Result<&[u8], String> {
+        if rest.len() < n {
+            return Err(format!("binary command ends inside its {what}"));
+        }
+        let (head, tail) = rest.split_at(n);
+        rest = tail;
+        Ok(head)
+    };
+    let header = take(4, "header")?;
+    if header[1] != BINARY_VERSION {
+        return Err(format!(
+            "binary command version {} (this build reads 1)",
+            header[1]
+        ));
+    }
+    let (op, flags) = (header[2], header[3]);
+    if flags & !BINARY_FLAG_SESSION != 0 {
+        return Err(format!("binary command flags {flags:#04x}"));
+    }
+    let session = if flags & BINARY_FLAG_SESSION != 0 {
+        let client = u64::from_le_bytes(take(8, "client")?.try_into().expect("8 bytes"));
+        let seq = u64::from_le_bytes(take(8, "seq")?.try_into().expect("8 bytes"));
+        Session::from_fields(Some(client), Some(seq))?
+    } else {
+        None
+    };
+    let mut field = |what: &str| -> Result<Vec<u8>, String> {
+        let len = u32::from_le_bytes(take(4, what)?.try_into().expect("4 bytes")) as usize;
+        Ok(take(len, what)?.to_vec())
+    };
+    let key = String::from_utf8(field("key")?).map_err(|_| "key is not UTF-8".to_string())?;
+    let command = match op {
+        1 => Command::Put {
+            key,
+            value: Value::new(field("value")?),
+        },
+        2 => Command::Get { key },
+        3 => Command::Delete { key },
+        4 => {
+            let expected = Value::new(field("expected value")?);
+            Command::Cas {
+                key,
+                expected: Some(expected),
+                new: Value::new(field("new value")?),
+            }
+        }
+        5 => Command::Cas {
+            key,
+            expected: None,
+            new: Value::new(field("new value")?),
+        },
+        other => return Err(format!("binary command op {other}")),
+    };
+    if !rest.is_empty() {
+        return Err(format!("{} bytes after the binary command", rest.len()));
+    }
+    Ok((command, session))
 }
 
 /// Who sent a command: the client's session id and the request's sequence number in it.
@@ -144,7 +308,7 @@ struct WireIn {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Outcome {
     /// The key's value before the command (for get: the value read).
-    pub value: Option<String>,
+    pub value: Option<Value>,
     /// For cas: whether the swap happened. For the other commands: always true.
     pub done: bool,
     /// Set when the log held bytes that are not a command, or when the command's session
@@ -266,10 +430,14 @@ pub enum SnapshotError {
 
 /// The first 7 bytes of a snapshot file; the 8th is the format version (an ASCII digit).
 const SNAPSHOT_MAGIC: &[u8; 7] = b"PXKVSNP";
-/// The format version written: 2 (the body holds the session table).
-const SNAPSHOT_VERSION: u8 = b'2';
-/// The format versions read: 1 (no session table: restored with an empty one) and 2.
-const SNAPSHOT_VERSIONS_READ: [u8; 2] = [b'1', b'2'];
+/// The format version written when every value is text: 2 (the body holds the session table),
+/// which earlier builds read too.
+const SNAPSHOT_VERSION_TEXT: u8 = b'2';
+/// The format version written when some value (of the map or of a recorded result) is not
+/// text: 3, the body of version 2 whose values may be `{"base64": ...}` objects.
+const SNAPSHOT_VERSION_BINARY: u8 = b'3';
+/// The format versions read: 1 (no session table: restored with an empty one), 2 and 3.
+const SNAPSHOT_VERSIONS_READ: [u8; 3] = [b'1', b'2', b'3'];
 /// Header: magic (7), version (1), body length (u64 LE), body CRC-32 (u32 LE), then the JSON
 /// body.
 const SNAPSHOT_HEADER_BYTES: usize = 20;
@@ -279,7 +447,7 @@ struct SnapshotBody {
     group: u32,
     checkpoint: u64,
     digest: u32,
-    entries: BTreeMap<String, String>,
+    entries: BTreeMap<String, Value>,
     /// Absent in version 1.
     #[serde(default)]
     sessions: Vec<SessionRecord>,
@@ -326,7 +494,7 @@ struct Sessions {
 }
 
 fn value_bytes(outcome: &Outcome) -> usize {
-    outcome.value.as_ref().map_or(0, String::len)
+    outcome.value.as_ref().map_or(0, Value::len)
 }
 
 impl Sessions {
@@ -451,7 +619,7 @@ impl Sessions {
 pub struct KvState {
     group: GroupId,
     path: PathBuf,
-    map: BTreeMap<String, String>,
+    map: BTreeMap<String, Value>,
     sessions: Sessions,
     applied_next: Option<u64>,
     digest: u32,
@@ -548,8 +716,16 @@ impl KvState {
 
     /// The current value of `key` (local, not linearizable: for tests).
     #[cfg(test)]
-    pub fn value(&self, key: &str) -> Option<&String> {
-        self.map.get(key)
+    pub fn value(&self, key: &str) -> Option<&str> {
+        self.map
+            .get(key)
+            .map(|v| std::str::from_utf8(v.as_bytes()).expect("a text value"))
+    }
+
+    /// The current value of `key` as bytes (local, not linearizable: for tests).
+    #[cfg(test)]
+    pub fn value_bytes(&self, key: &str) -> Option<&[u8]> {
+        self.map.get(key).map(Value::as_bytes)
     }
 
     /// The rolling digest of the applied sequence.
@@ -747,7 +923,17 @@ fn encode_snapshot(body: &SnapshotBody) -> Vec<u8> {
     let json = serde_json::to_vec(body).expect("a snapshot body always serializes");
     let mut bytes = Vec::with_capacity(SNAPSHOT_HEADER_BYTES + json.len());
     bytes.extend_from_slice(SNAPSHOT_MAGIC);
-    bytes.push(SNAPSHOT_VERSION);
+    let text = |v: &Value| v.as_text().is_some();
+    let all_text = body.entries.values().all(text)
+        && body
+            .sessions
+            .iter()
+            .all(|s| s.outcome.value.as_ref().is_none_or(text));
+    bytes.push(if all_text {
+        SNAPSHOT_VERSION_TEXT
+    } else {
+        SNAPSHOT_VERSION_BINARY
+    });
     bytes.extend_from_slice(&(json.len() as u64).to_le_bytes());
     bytes.extend_from_slice(&crc32fast::hash(&json).to_le_bytes());
     bytes.extend_from_slice(&json);
@@ -817,6 +1003,12 @@ mod tests {
     //! without a snapshot and restore in between).
     use super::*;
 
+    fn text(value: &Option<Value>) -> Option<&str> {
+        value
+            .as_ref()
+            .map(|v| std::str::from_utf8(v.as_bytes()).expect("a text value"))
+    }
+
     fn session(client: u64, seq: u64) -> Option<Session> {
         Some(Session { client, seq })
     }
@@ -824,7 +1016,7 @@ mod tests {
     fn cas_as(key: &str, expected: Option<&str>, new: &str, s: Option<Session>) -> Bytes {
         Command::Cas {
             key: key.into(),
-            expected: expected.map(String::from),
+            expected: expected.map(Value::from),
             new: new.into(),
         }
         .encode_with(s)
@@ -876,11 +1068,11 @@ mod tests {
         let out = apply(&mut state, 1, &[get.clone(), put("a", "1"), get.clone()]);
         assert_eq!(out[0].value, None);
         assert_eq!(out[1].value, None);
-        assert_eq!(out[2].value.as_deref(), Some("1"));
+        assert_eq!(text(&out[2].value), Some("1"));
         let cas = |expected: Option<&str>, new: &str| {
             Command::Cas {
                 key: "a".into(),
-                expected: expected.map(String::from),
+                expected: expected.map(Value::from),
                 new: new.into(),
             }
             .encode()
@@ -891,21 +1083,21 @@ mod tests {
             &[cas(Some("0"), "2"), cas(Some("1"), "2"), cas(None, "3")],
         );
         assert!(!out[0].done);
-        assert_eq!(out[0].value.as_deref(), Some("1"));
+        assert_eq!(text(&out[0].value), Some("1"));
         assert!(out[1].done);
         assert!(!out[2].done);
-        assert_eq!(state.value("a").map(String::as_str), Some("2"));
+        assert_eq!(state.value("a"), Some("2"));
         let out = apply(
             &mut state,
             3,
             &[Command::Delete { key: "a".into() }.encode(), cas(None, "4")],
         );
-        assert_eq!(out[0].value.as_deref(), Some("2"));
+        assert_eq!(text(&out[0].value), Some("2"));
         assert!(
             out[1].done,
             "cas on an absent key with expected = None swaps"
         );
-        assert_eq!(state.value("a").map(String::as_str), Some("4"));
+        assert_eq!(state.value("a"), Some("4"));
         let out = apply(&mut state, 4, &[Bytes::from_static(b"{not json")]);
         assert!(out[0].error.is_some());
         assert!(!out[0].done);
@@ -973,12 +1165,12 @@ mod tests {
         let mut state = KvState::open(dir.path(), GroupId(0), policy).unwrap();
         assert_eq!(state.checkpoint_instance(), Some(Instance(6)));
         assert_eq!(state.digest(), digest_at_6);
-        assert_eq!(state.value("b").map(String::as_str), Some("2"));
+        assert_eq!(state.value("b"), Some("2"));
         assert_eq!(state.value("c"), None, "instance 7 was not in the snapshot");
         assert_eq!(state.view().lock().unwrap().applied_next, 7);
         // Replay continues from the checkpoint + 1.
         apply(&mut state, 7, &[put("c", "3")]);
-        assert_eq!(state.value("c").map(String::as_str), Some("3"));
+        assert_eq!(state.value("c"), Some("3"));
         // Another group refuses this file.
         std::fs::copy(
             KvState::snapshot_path(dir.path(), GroupId(0)),
@@ -1067,7 +1259,7 @@ mod tests {
         let first_outcome = Outcome::decode(&first[0]).unwrap();
         assert!(first_outcome.done);
         assert_eq!(first_outcome.value, None);
-        assert_eq!(state.value("a").map(String::as_str), Some("one"));
+        assert_eq!(state.value("a"), Some("one"));
         // Another client removes the key: executing the cas again would swap again.
         apply(
             &mut state,
@@ -1095,8 +1287,8 @@ mod tests {
         assert!(out[0].done, "without a session every copy executes");
         // Sessions are per client: another client's seq 1 executes.
         let out = apply(&mut state, 7, &[put_as("a", "two", session(8, 1))]);
-        assert_eq!(out[0].value.as_deref(), Some("one"));
-        assert_eq!(state.value("a").map(String::as_str), Some("two"));
+        assert_eq!(text(&out[0].value), Some("one"));
+        assert_eq!(state.value("a"), Some("two"));
         assert_eq!(state.view().lock().unwrap().sessions, 2);
     }
 
@@ -1123,10 +1315,10 @@ mod tests {
                 Some(format!("stale request: seq {seq} already superseded by 4").as_str())
             );
         }
-        assert_eq!(state.value("k").map(String::as_str), Some("4"));
+        assert_eq!(state.value("k"), Some("4"));
         // The last seq still answers its recorded result.
         let out = apply(&mut state, 4, &[put_as("k", "4", session(5, 4))]);
-        assert_eq!(out[0].value.as_deref(), Some("1"));
+        assert_eq!(text(&out[0].value), Some("1"));
         assert!(!out[0].stale);
         assert_eq!(state.session_list(), vec![(5, 4, 4)]);
     }
@@ -1158,7 +1350,7 @@ mod tests {
             "the recorded result came back from the snapshot"
         );
         assert_eq!(
-            state.value("a").map(String::as_str),
+            state.value("a"),
             Some("x"),
             "the retried cas did not execute after the restore"
         );
@@ -1276,7 +1468,7 @@ mod tests {
         assert_eq!(&good[..8], b"PXKVSNP2");
 
         // An unknown version is refused before its body is read, and says so.
-        for version in [b'3', b'0', 0xff] {
+        for version in [b'4', b'0', 0xff] {
             let mut other = good.clone();
             other[7] = version;
             std::fs::write(&path, &other).unwrap();
@@ -1286,7 +1478,7 @@ mod tests {
             assert!(matches!(err, SnapshotError::UnknownVersion { .. }), "{err}");
             let text = err.to_string();
             assert!(
-                text.contains("format version") && text.contains("reads versions 1, 2"),
+                text.contains("format version") && text.contains("reads versions 1, 2, 3"),
                 "{text}"
             );
         }
@@ -1300,7 +1492,7 @@ mod tests {
         std::fs::write(&path, &v1).unwrap();
         let state = KvState::open(dir.path(), GroupId(0), never()).unwrap();
         assert_eq!(state.checkpoint_instance(), Some(Instance(9)));
-        assert_eq!(state.value("a").map(String::as_str), Some("1"));
+        assert_eq!(state.value("a"), Some("1"));
         assert!(state.session_list().is_empty());
         drop(state);
 
@@ -1319,6 +1511,92 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(err.contains("corrupt") && err.contains("twice"), "{err}");
+    }
+
+    #[test]
+    fn binary_values_round_trip_through_the_log_and_the_snapshot() {
+        let binary = Value::from(vec![0u8, 0xff, b'"', 0x80, b'\n']);
+        let put = Command::Put {
+            key: "bin".into(),
+            value: binary.clone(),
+        };
+        // Not text: the binary form, at most 32 bytes beyond the key and value.
+        let bytes = put.encode_with(session(3, 1));
+        assert_eq!(bytes[0], BINARY_MAGIC);
+        assert!(bytes.len() <= put.payload_bytes() + 32);
+        assert_eq!(
+            Command::decode(&bytes).unwrap(),
+            (put.clone(), session(3, 1))
+        );
+        // Text goes as JSON unless the JSON would be longer than allowed.
+        let text = Command::Cas {
+            key: "k".into(),
+            expected: Some("e".into()),
+            new: "n".into(),
+        };
+        assert_eq!(text.encode_for_log(None, 1000)[0], b'{');
+        let binary_form = text.encode_for_log(None, 10);
+        assert_eq!(binary_form[0], BINARY_MAGIC);
+        assert_eq!(Command::decode(&binary_form).unwrap(), (text, None));
+        for command in [
+            Command::Get { key: "g".into() },
+            Command::Delete { key: "d".into() },
+            Command::Cas {
+                key: "c".into(),
+                expected: None,
+                new: binary.clone(),
+            },
+        ] {
+            let bytes = command.encode_binary(session(9, 9));
+            assert_eq!(Command::decode(&bytes).unwrap(), (command, session(9, 9)));
+        }
+        // Malformed binary commands are refused, never misread.
+        let good = put.encode_binary(None);
+        for bad in [
+            good[..good.len() - 1].to_vec(),
+            [&good[..], b"x"].concat(),
+            [&[BINARY_MAGIC, 2], &good[2..]].concat(),
+            [&[BINARY_MAGIC, 1, 9], &good[3..]].concat(),
+            [&[BINARY_MAGIC, 1, 1, 4], &good[4..]].concat(),
+            vec![BINARY_MAGIC],
+        ] {
+            assert!(Command::decode(&bad).is_err(), "{bad:?}");
+        }
+
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = KvState::open(dir.path(), GroupId(0), never()).unwrap();
+        apply(&mut state, 1, &[put.encode_binary(None)]);
+        let out = apply(
+            &mut state,
+            2,
+            &[Command::Get { key: "bin".into() }.encode_with(session(4, 1))],
+        );
+        assert_eq!(
+            out[0].value.as_ref(),
+            Some(&binary),
+            "the result carries the bytes"
+        );
+        assert_eq!(state.value_bytes("bin"), Some(binary.as_bytes()));
+        state.snapshot().unwrap();
+        let file = std::fs::read(KvState::snapshot_path(dir.path(), GroupId(0))).unwrap();
+        assert_eq!(
+            &file[..8],
+            b"PXKVSNP3",
+            "a snapshot with binary values is version 3"
+        );
+        drop(state);
+        let mut state = KvState::open(dir.path(), GroupId(0), never()).unwrap();
+        assert_eq!(state.value_bytes("bin"), Some(binary.as_bytes()));
+        let again = apply(
+            &mut state,
+            3,
+            &[Command::Get { key: "bin".into() }.encode_with(session(4, 1))],
+        );
+        assert_eq!(
+            again[0].value.as_ref(),
+            Some(&binary),
+            "the recorded result too"
+        );
     }
 
     #[test]
