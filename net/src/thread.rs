@@ -321,10 +321,17 @@ struct PeerOut {
     max_frame_bytes: Cell<u32>,
     /// Rate limit of the error line for frames dropped because they exceed `max_frame_bytes`.
     oversize_log: RefCell<LogLimiter>,
+    /// Rate limit of the warnings about garbage this peer sent after its handshake
+    /// (undecodable bytes, a forged sender, a truncated frame).
+    garbage_log: RefCell<LogLimiter>,
 }
 
 /// How often at most one peer's oversize drops are logged.
 const OVERSIZE_LOG_EVERY: Duration = Duration::from_secs(1);
+
+/// How often at most a warning about one peer's garbage input is logged (and, shared by all
+/// unauthenticated connections, about input that is not a handshake).
+const GARBAGE_LOG_EVERY: Duration = Duration::from_secs(1);
 
 /// At most one log line per `every`; counts the events it holds back, so the next line can say
 /// how many were not logged.
@@ -381,6 +388,9 @@ struct Ctx {
     writes_in_flight: Cell<usize>,
     /// Notified when `writes_in_flight` drops to zero while stopping.
     writes_idle: Notify,
+    /// Rate limit of the warnings about connections that open with something other than a
+    /// handshake (their sender is unknown, so one limiter serves them all).
+    handshake_garbage_log: RefCell<LogLimiter>,
 }
 
 /// How long shutdown waits for writes in flight to complete.
@@ -494,6 +504,7 @@ async fn node_main<B: Backend>(setup: Setup) {
             wake: Notify::new(),
             max_frame_bytes: Cell::new(cfg.max_frame_bytes),
             oversize_log: RefCell::new(LogLimiter::new(OVERSIZE_LOG_EVERY)),
+            garbage_log: RefCell::new(LogLimiter::new(GARBAGE_LOG_EVERY)),
         })
         .collect();
     let peer_index = cfg
@@ -524,6 +535,7 @@ async fn node_main<B: Backend>(setup: Setup) {
         stopping: Cell::new(false),
         writes_in_flight: Cell::new(0),
         writes_idle: Notify::new(),
+        handshake_garbage_log: RefCell::new(LogLimiter::new(GARBAGE_LOG_EVERY)),
     });
     tokio::task::spawn_local(accept_loop::<B>(ctx.clone(), listener));
     for peer in 0..ctx.peers.len() {
@@ -994,12 +1006,16 @@ async fn accept_handshake<S: Stream>(
         Ok(hello) if hello.status == HelloStatus::Hello => hello,
         Ok(hello) => {
             bump(&ctx.stats.handshake_errors);
-            tracing::warn!(node = ctx.cfg.node_id, %addr, status = ?hello.status, "handshake opened with a refusal; closing");
+            if let Some(suppressed) = ctx.handshake_garbage_log.borrow_mut().admit(Instant::now()) {
+                tracing::warn!(node = ctx.cfg.node_id, %addr, status = ?hello.status, suppressed, "handshake opened with a refusal; closing ({suppressed} more connections that opened without a handshake not logged since the last line)");
+            }
             return None;
         }
         Err(err) => {
             bump(&ctx.stats.handshake_errors);
-            tracing::warn!(node = ctx.cfg.node_id, %addr, %err, "not a paxring handshake; closing");
+            if let Some(suppressed) = ctx.handshake_garbage_log.borrow_mut().admit(Instant::now()) {
+                tracing::warn!(node = ctx.cfg.node_id, %addr, %err, suppressed, "not a paxring handshake; closing ({suppressed} more connections that opened without a handshake not logged since the last line)");
+            }
             return None;
         }
     };
@@ -1075,12 +1091,15 @@ async fn read_loop<S: Stream>(ctx: &Ctx, peer: usize, stream: &S, mut buf: Bytes
                 Ok(Some(frame)) => {
                     if frame.from != peer_id {
                         bump(&counters.protocol_errors);
-                        tracing::warn!(
-                            node = ctx.cfg.node_id,
-                            peer = peer_id,
-                            claimed = frame.from,
-                            "frame claims another sender than the handshake; closing"
-                        );
+                        if let Some(suppressed) = garbage_admit(ctx, peer) {
+                            tracing::warn!(
+                                node = ctx.cfg.node_id,
+                                peer = peer_id,
+                                claimed = frame.from,
+                                suppressed,
+                                "frame claims another sender than the handshake; closing ({suppressed} more warnings about garbage from this peer not logged since the last line)"
+                            );
+                        }
                         signal_touched(ctx, &mut touched);
                         return;
                     }
@@ -1089,7 +1108,9 @@ async fn read_loop<S: Stream>(ctx: &Ctx, peer: usize, stream: &S, mut buf: Bytes
                 Ok(None) => break,
                 Err(err) => {
                     bump(&counters.decode_errors);
-                    tracing::warn!(node = ctx.cfg.node_id, peer = peer_id, %err, "undecodable bytes from peer; closing");
+                    if let Some(suppressed) = garbage_admit(ctx, peer) {
+                        tracing::warn!(node = ctx.cfg.node_id, peer = peer_id, %err, suppressed, "undecodable bytes from peer; closing ({suppressed} more warnings about garbage from this peer not logged since the last line)");
+                    }
                     signal_touched(ctx, &mut touched);
                     return;
                 }
@@ -1114,12 +1135,15 @@ async fn read_loop<S: Stream>(ctx: &Ctx, peer: usize, stream: &S, mut buf: Bytes
             }
             Ok(0) => {
                 bump(&counters.decode_errors);
-                tracing::warn!(
-                    node = ctx.cfg.node_id,
-                    peer = peer_id,
-                    bytes = buf.len(),
-                    "connection ended inside a frame (truncated)"
-                );
+                if let Some(suppressed) = garbage_admit(ctx, peer) {
+                    tracing::warn!(
+                        node = ctx.cfg.node_id,
+                        peer = peer_id,
+                        bytes = buf.len(),
+                        suppressed,
+                        "connection ended inside a frame (truncated) ({suppressed} more warnings about garbage from this peer not logged since the last line)"
+                    );
+                }
                 return;
             }
             Ok(_) => {}
@@ -1129,6 +1153,15 @@ async fn read_loop<S: Stream>(ctx: &Ctx, peer: usize, stream: &S, mut buf: Bytes
             }
         }
     }
+}
+
+/// One warning about garbage from `peer`: `Some(warnings held back since the last line)` when
+/// it may be logged now (see [`LogLimiter`]).
+fn garbage_admit(ctx: &Ctx, peer: usize) -> Option<u64> {
+    ctx.peers[peer]
+        .garbage_log
+        .borrow_mut()
+        .admit(Instant::now())
 }
 
 fn signal_touched(ctx: &Ctx, touched: &mut [bool]) {
