@@ -151,8 +151,46 @@ pub fn pwrite_all(file: &File, path: &Path, bytes: &[u8], offset: u64) -> Result
 /// with a segment header flagged "recycled", so recovery treats what follows its last batch as
 /// stale content of its earlier life. `header` = `(core, segment)` writes that segment header
 /// (a new file gets one flagged "not recycled"); `None` writes none (a plain pre-written file).
+///
+/// When preparing fails (say, the disk is full), the failure is logged and the `.preparing`
+/// file removed (a spare that was being reused goes with it, freeing its space), so a failed
+/// preparation leaves nothing behind; the error is returned.
 pub fn create_segment(
     dir: &Path,
+    preparing_path: &Path,
+    final_path: &Path,
+    segment_bytes: u64,
+    spare: Option<&Path>,
+    header: Option<(u32, u64)>,
+) -> Result<(), WalError> {
+    let result = prepare_segment(preparing_path, final_path, segment_bytes, spare, header)
+        .and_then(|()| fsync_dir(dir));
+    if let Err(error) = &result {
+        if preparing_path.exists() {
+            let removed = std::fs::remove_file(preparing_path);
+            tracing::error!(
+                path = %preparing_path.display(),
+                %error,
+                removed = removed.is_ok(),
+                "preparing segment {} failed: {error}; {}",
+                final_path.display(),
+                match &removed {
+                    Ok(()) => "removed its .preparing file".to_string(),
+                    Err(e) => format!("its .preparing file could not be removed: {e}"),
+                }
+            );
+            if removed.is_ok() {
+                let _ = fsync_dir(dir);
+            }
+        } else {
+            tracing::error!(%error, "preparing segment {} failed: {error}", final_path.display());
+        }
+    }
+    result
+}
+
+/// The steps of [`create_segment`] up to the rename into place.
+fn prepare_segment(
     preparing_path: &Path,
     final_path: &Path,
     segment_bytes: u64,
@@ -201,8 +239,7 @@ pub fn create_segment(
     }
     drop(file);
     std::fs::rename(preparing_path, final_path)
-        .map_err(|e| io_err("rename segment", preparing_path, 0, e))?;
-    fsync_dir(dir)
+        .map_err(|e| io_err("rename segment", preparing_path, 0, e))
 }
 
 /// What a directory holds for one core.
@@ -270,5 +307,38 @@ mod tests {
         assert_eq!(parse_segment_name(&spare_name(1, 1)), None);
         assert_eq!(parse_spare_name(&spare_name(3, 17)), Some((3, 17)));
         assert_eq!(parse_spare_name(&segment_name(3, 17)), None);
+    }
+
+    #[test]
+    fn a_failed_preparation_leaves_no_preparing_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let preparing = dir.path().join(preparing_name(0, 1));
+        let final_path = dir.path().join(segment_name(0, 1));
+        // No file system holds a segment of 2^62 bytes: fallocate or truncate fails (or, where
+        // O_DIRECT is refused, the open does); either way nothing may be left behind.
+        let result = create_segment(
+            dir.path(),
+            &preparing,
+            &final_path,
+            1 << 62,
+            None,
+            Some((0, 1)),
+        );
+        assert!(result.is_err(), "an impossible size fails");
+        assert!(!preparing.exists(), "the .preparing file was removed");
+        assert!(!final_path.exists());
+        // A spare being reused goes too (its space is freed).
+        let spare = dir.path().join(spare_name(0, 1));
+        std::fs::write(&spare, b"old segment").unwrap();
+        let result = create_segment(
+            dir.path(),
+            &preparing,
+            &final_path,
+            1 << 62,
+            Some(&spare),
+            Some((0, 1)),
+        );
+        assert!(result.is_err());
+        assert!(!preparing.exists() && !spare.exists() && !final_path.exists());
     }
 }
