@@ -3,7 +3,8 @@
 //! the leader, the client follows it); reads through the log see the last write whichever node
 //! they enter; every replica applies the same sequence (identical applied_next and digest per
 //! group); the WAL made one durable write per writing round on every core; malformed client
-//! input gets `bad_request` without hurting the node; the `paxring kv` command works end to end.
+//! input gets `bad_request` without hurting the node; the `paxring kv` command works end to end
+//! (a cas that does not swap exits 4 with the value found).
 
 mod common;
 
@@ -169,8 +170,21 @@ fn kv_command_follows_redirects() {
     assert!(ok, "{stdout}{stderr}\n{}", cluster.logs());
     let (ok, stdout, _) = run(&["get", "cli"]);
     assert!(ok && stdout.contains("\"value\":\"one\""), "{stdout}");
-    let (ok, stdout, _) = run(&["cas", "cli", "wrong", "two"]);
-    assert!(ok && stdout.contains("\"swapped\":false"), "{stdout}");
+    // A cas that does not swap exits 4, prints the answer and says what the value was.
+    let (code, stdout, stderr) = run_paxring_with(
+        &["kv", "--addr", &addrs, "cas", "cli", "wrong", "two"],
+        None,
+        &[],
+        Duration::from_secs(30),
+    );
+    let stdout = String::from_utf8_lossy(&stdout);
+    assert_eq!(code, Some(4), "{stdout}{stderr}");
+    assert!(stdout.contains("\"swapped\":false"), "{stdout}");
+    assert!(
+        stdout.contains("\"value\":\"one\"")
+            && stderr.contains("cas did not swap: \"cli\" holds \"one\""),
+        "{stdout}{stderr}"
+    );
     let (ok, stdout, _) = run(&["cas", "cli", "one", "two"]);
     assert!(ok && stdout.contains("\"swapped\":true"), "{stdout}");
     let (ok, stdout, _) = run(&["delete", "cli"]);

@@ -25,6 +25,7 @@ pub fn exe() -> &'static str {
 pub struct NodeInfo {
     pub id: u32,
     pub client_addr: SocketAddr,
+    pub peer_addr: SocketAddr,
     pub pid: u32,
     pub config: PathBuf,
 }
@@ -38,13 +39,55 @@ pub struct TestCluster {
 
 /// Runs the paxring command with `args`, bounded by `timeout`; returns (success, stdout, stderr).
 pub fn run_paxring(args: &[&str], timeout: Duration) -> (bool, String, String) {
+    let (code, stdout, stderr) = run_paxring_with(args, None, &[], timeout);
+    (
+        code == Some(0),
+        String::from_utf8_lossy(&stdout).into_owned(),
+        stderr,
+    )
+}
+
+/// Runs the paxring command with `args`, `stdin` as its standard input (none: empty) and
+/// `env` added to its environment, bounded by `timeout`; returns (exit code, None when killed
+/// or timed out; stdout bytes; stderr).
+pub fn run_paxring_with(
+    args: &[&str],
+    stdin: Option<&[u8]>,
+    env: &[(&str, &str)],
+    timeout: Duration,
+) -> (Option<i32>, Vec<u8>, String) {
     let mut child = Command::new(exe())
         .args(args)
-        .stdin(Stdio::null())
+        .envs(env.iter().copied())
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("start paxring");
+    // Feed stdin and drain stdout/stderr on threads, so that no pipe fills up.
+    let feeder = stdin.map(|bytes| {
+        let bytes = bytes.to_vec();
+        let mut pipe = child.stdin.take().unwrap();
+        std::thread::spawn(move || {
+            let _ = pipe.write_all(&bytes);
+        })
+    });
+    let mut out_pipe = child.stdout.take().unwrap();
+    let mut err_pipe = child.stderr.take().unwrap();
+    let out_reader = std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = out_pipe.read_to_end(&mut bytes);
+        bytes
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = err_pipe.read_to_string(&mut text);
+        text
+    });
     let deadline = Instant::now() + timeout;
     let status = loop {
         if let Some(status) = child.try_wait().expect("wait paxring") {
@@ -57,25 +100,15 @@ pub fn run_paxring(args: &[&str], timeout: Duration) -> (bool, String, String) {
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    let mut stdout = String::new();
-    let mut stderr = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut stdout)
-        .unwrap();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    let ok = status.map(|s| s.success()).unwrap_or(false);
+    if let Some(feeder) = feeder {
+        let _ = feeder.join();
+    }
+    let stdout = out_reader.join().unwrap();
+    let mut stderr = err_reader.join().unwrap();
     if status.is_none() {
         stderr.push_str(&format!("\n(timed out after {timeout:?})"));
     }
-    (ok, stdout, stderr)
+    (status.and_then(|s| s.code()), stdout, stderr)
 }
 
 /// True when `pid` is alive and runs `paxring node` (same test as `paxring cluster down`).
@@ -102,6 +135,12 @@ pub fn runs_paxring_node(pid: u32) -> bool {
 impl TestCluster {
     /// `paxring cluster up` with 3 nodes in a fresh temp dir.
     pub fn up(groups: u32, cores: usize) -> TestCluster {
+        TestCluster::up_with_env(groups, cores, &[])
+    }
+
+    /// `paxring cluster up` with 3 nodes in a fresh temp dir, `env` added to the environment
+    /// of `cluster up` (so of every node it starts, e.g. `RUST_LOG`).
+    pub fn up_with_env(groups: u32, cores: usize, env: &[(&str, &str)]) -> TestCluster {
         let dir = tempfile::Builder::new()
             .prefix("paxring-cluster-")
             .tempdir()
@@ -112,7 +151,7 @@ impl TestCluster {
             started_pids: Vec::new(),
         };
         let dir_arg = cluster.dir.path().to_str().unwrap().to_string();
-        let (ok, stdout, stderr) = run_paxring(
+        let (code, stdout, stderr) = run_paxring_with(
             &[
                 "cluster",
                 "up",
@@ -129,12 +168,15 @@ impl TestCluster {
                 "--wait-seconds",
                 "30",
             ],
+            None,
+            env,
             Duration::from_secs(60),
         );
         cluster.remember_pids();
         assert!(
-            ok,
-            "cluster up failed:\n{stdout}\n{stderr}\n{}",
+            code == Some(0),
+            "cluster up failed:\n{}\n{stderr}\n{}",
+            String::from_utf8_lossy(&stdout),
             cluster.logs()
         );
         cluster
@@ -161,6 +203,7 @@ impl TestCluster {
             .map(|n| NodeInfo {
                 id: n["id"].as_u64().unwrap() as u32,
                 client_addr: n["client_addr"].as_str().unwrap().parse().unwrap(),
+                peer_addr: n["peer_addr"].as_str().unwrap().parse().unwrap(),
                 pid: n["pid"].as_u64().unwrap() as u32,
                 config: PathBuf::from(n["config"].as_str().unwrap()),
             })
