@@ -630,9 +630,25 @@ impl Sim {
                 .collect();
             let max = applied.iter().max().copied().unwrap_or(Instance(0));
             if max <= at_heal[index] {
+                let why: Vec<String> = self
+                    .nodes
+                    .iter()
+                    .filter_map(|n| {
+                        let status = n.table.as_ref()?.group_status(group)?;
+                        Some(format!(
+                            "{}: {}",
+                            n.id,
+                            status.stuck_reason().unwrap_or_else(|| format!(
+                                "{} at {}",
+                                status.role, status.applied_next.0
+                            ))
+                        ))
+                    })
+                    .collect();
                 self.violate(format!(
-                    "no progress: group {group} applied nothing after the heal (stuck at {})",
-                    max.0
+                    "no progress: group {group} applied nothing after the heal (stuck at {}); {}",
+                    max.0,
+                    why.join("; ")
                 ));
             }
             if applied.iter().any(|a| *a != max) {
@@ -917,19 +933,16 @@ impl Sim {
         if faults.contains(&Fault::Crash) && self.rng.chance(1, 400) {
             let index = self.rng.below(n as u64) as usize;
             if self.nodes[index].table.is_some() {
-                let torn = faults.contains(&Fault::Torn) && self.rng.chance(1, 2);
-                // Damage (a flip, a wipe) loses records this node acknowledged: only while
-                // every other node is up and whole, so that each chosen value stays intact on
-                // some member of every quorum (PAR's condition; with the same record lost on
-                // two of three replicas it is simply gone). Flips stay on a minority of the
-                // replicas (fixed per seed).
-                let others_whole = self.nodes.iter().enumerate().all(|(i, node)| {
-                    i == index
-                        || node
-                            .table
-                            .as_ref()
-                            .is_some_and(|t| t.relearning_count() == 0)
-                });
+                // Damage that loses records this node acknowledged (a flip, a rotted last
+                // write, a wipe) and torn tails (which re-learn like damage, since the two look
+                // the same on disk) are injected only while every other node is up, whole and
+                // has its repair durable. So each chosen value stays intact on some member of
+                // every quorum (PAR's condition), and a replica that pools its re-learn reports
+                // with others (power loss) lost only writes that never completed: the WAL cannot
+                // tell a torn write from a rotted one (docs/PROTOCOL.md#re-learning, limits).
+                // Flips stay on a minority of the replicas (fixed per seed).
+                let others_whole = self.others_whole(index);
+                let torn = faults.contains(&Fault::Torn) && others_whole && self.rng.chance(1, 2);
                 let flip = faults.contains(&Fault::BitFlip)
                     && index < (n - 1) / 2
                     && others_whole
@@ -955,7 +968,10 @@ impl Sim {
                 }
             }
         }
-        if faults.contains(&Fault::PowerLoss) && self.rng.chance(1, 2500) {
+        if faults.contains(&Fault::PowerLoss)
+            && self.others_whole(usize::MAX)
+            && self.rng.chance(1, 2500)
+        {
             // Every node at once, each tearing its write in flight.
             self.report.power_losses += 1;
             self.trace(&"power-loss");
@@ -965,6 +981,18 @@ impl Sim {
                 }
             }
         }
+    }
+
+    /// Every node but `index` is up, not re-learning, and has nothing waiting for its disk (a
+    /// repair record in a stalled write is not yet a repair).
+    fn others_whole(&self, index: usize) -> bool {
+        self.nodes.iter().enumerate().all(|(i, node)| {
+            i == index
+                || node.table.as_ref().is_some_and(|t| {
+                    t.relearning_count() == 0 && t.durable_lsn().0 + 1 >= t.next_lsn().0
+                }) && node.staged.is_empty()
+                    && !node.disk.busy()
+        })
     }
 
     fn crash(&mut self, index: usize, torn: bool, flip: bool, rot_last: bool) {
