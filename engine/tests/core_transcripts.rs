@@ -13,14 +13,7 @@ use paxring_engine::core::*;
 use std::collections::BTreeSet;
 
 fn config() -> Config {
-    Config {
-        pipeline_depth: 8,
-        election_timeout_ticks: 50,
-        election_jitter_ticks: 10,
-        heartbeat_ticks: 10,
-        retransmit_ticks: 20,
-        ..Config::default()
-    }
+    core_harness::transcript_config()
 }
 
 fn commands(values: &[(Instance, bytes::Bytes)]) -> Vec<String> {

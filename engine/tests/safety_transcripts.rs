@@ -13,14 +13,7 @@ use core_harness::{Cluster, GROUP};
 use paxring_engine::core::*;
 
 fn config() -> Config {
-    Config {
-        pipeline_depth: 8,
-        election_timeout_ticks: 50,
-        election_jitter_ticks: 10,
-        heartbeat_ticks: 10,
-        retransmit_ticks: 20,
-        ..Config::default()
-    }
+    core_harness::transcript_config()
 }
 
 fn cluster(nodes: u32, config: Config, bugs: Bugs) -> Cluster {

@@ -836,40 +836,33 @@ impl Group {
         info: PromiseInfo,
     ) {
         let quorum = ctx.quorum();
-        match &mut self.role {
-            Role::Candidate(candidate)
-                if candidate.ballot == ballot && candidate.first == first =>
-            {
-                if applied_next.0 >= candidate.first.0 + ACCEPT_WINDOW_INSTANCES {
-                    // This node is too far behind to lead: catch up first, then try again.
-                    self.step_down(ctx);
-                    self.request_catchup(ctx, from);
-                    return;
-                }
-                candidate.promises.insert(from, info);
-                if candidate.promises.len() >= quorum {
-                    self.become_leader(ctx);
-                }
-            }
-            Role::Leader { ballot: mine, .. } if *mine == ballot => {
-                let Some(cont) = &mut self.continuation else {
-                    return;
-                };
-                if cont.first != first {
-                    return;
-                }
-                if applied_next.0 >= cont.first.0 + ACCEPT_WINDOW_INSTANCES {
-                    self.step_down(ctx);
-                    self.request_catchup(ctx, from);
-                    return;
-                }
-                cont.promises.insert(from, info);
-                if cont.promises.len() >= quorum {
-                    let cont = self.continuation.take().expect("checked above");
-                    self.recover_window(ctx, cont.first, cont.promises);
-                }
-            }
-            _ => {}
+        // A candidate's phase 1, or a leader's continuation of it: the same collection.
+        let (collecting, continuing) = match &mut self.role {
+            Role::Candidate(candidate) if candidate.ballot == ballot => (candidate, false),
+            Role::Leader { ballot: mine, .. } if *mine == ballot => match &mut self.continuation {
+                Some(cont) => (cont, true),
+                None => return,
+            },
+            _ => return,
+        };
+        if collecting.first != first {
+            return;
+        }
+        if applied_next.0 >= collecting.first.0 + ACCEPT_WINDOW_INSTANCES {
+            // This node is too far behind to lead: catch up first, then try again.
+            self.step_down(ctx);
+            self.request_catchup(ctx, from);
+            return;
+        }
+        collecting.promises.insert(from, info);
+        if collecting.promises.len() < quorum {
+            return;
+        }
+        if continuing {
+            let cont = self.continuation.take().expect("collecting a continuation");
+            self.recover_window(ctx, cont.first, cont.promises);
+        } else {
+            self.become_leader(ctx);
         }
     }
 

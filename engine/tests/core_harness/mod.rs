@@ -8,6 +8,18 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 pub const GROUP: GroupId = GroupId(7);
 
+/// The timing every transcript uses (short timeouts, so that scripts stay short).
+pub fn transcript_config() -> Config {
+    Config {
+        pipeline_depth: 8,
+        election_timeout_ticks: 50,
+        election_jitter_ticks: 10,
+        heartbeat_ticks: 10,
+        retransmit_ticks: 20,
+        ..Config::default()
+    }
+}
+
 /// Decides, per delivery (from, to, message), whether the test's network drops it.
 pub type DropFilter = Box<dyn Fn(NodeId, NodeId, &Message) -> bool>;
 
