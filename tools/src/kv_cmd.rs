@@ -151,6 +151,20 @@ struct LoadArgs {
     op_retry_ms: u64,
 }
 
+/// Writes a line to stdout; a closed pipe (e.g. `| head`) ends the command quietly.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(error) = writeln!(std::io::stdout().lock(), $($arg)*) {
+            if error.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+            eprintln!("paxring kv: cannot write to stdout: {error}");
+            std::process::exit(EXIT_USAGE.into());
+        }
+    }};
+}
+
 /// Exit status: definitely not done.
 const EXIT_FAIL: u8 = 1;
 /// Exit status: usage error, or no node could be reached.
@@ -360,7 +374,7 @@ fn run_kv(args: KvArgs) -> Result<ExitCode, String> {
             if json.get("value").is_none() {
                 json["value"] = serde_json::Value::Null;
             }
-            println!("{json}");
+            out!("{json}");
             if let (Request::Cas { key, .. }, Some(false)) = (&request, response.swapped) {
                 let found = match &response.value {
                     Some(value) => format!("{key:?} holds {}", value.describe()),
@@ -401,7 +415,7 @@ fn ask_all(addrs: &[SocketAddr], reply_timeout: Duration, request: &Request) -> 
         match answer {
             Ok(response) => {
                 let line = serde_json::json!({ "addr": addr, "response": response });
-                println!("{line}");
+                out!("{line}");
             }
             Err(e) => {
                 failed = true;
@@ -523,13 +537,13 @@ fn run_load(
     let p50_us = latencies.value_at_quantile(0.50) as f64 / 1000.0;
     let p99_us = latencies.value_at_quantile(0.99) as f64 / 1000.0;
     let ops_per_s = ok as f64 / elapsed;
-    println!(
+    out!(
         "load: {} clients, {elapsed:.1} s, seed {seed}: {} ops, ok {ok} ({ops_per_s:.0} ops/s), fail {fail}, unknown {unknown}",
         args.clients,
         ok + fail + unknown
     );
-    println!("latency of ok ops: p50 {p50_us:.0} us, p99 {p99_us:.0} us");
-    println!(
+    out!("latency of ok ops: p50 {p50_us:.0} us, p99 {p99_us:.0} us");
+    out!(
         "{}",
         serde_json::json!({
             "clients": args.clients, "seconds": elapsed, "seed": seed,

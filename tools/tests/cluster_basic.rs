@@ -134,12 +134,16 @@ fn malformed_client_input_is_answered_and_harmless() {
     reader.read_line(&mut line).unwrap();
     let answer: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(answer["node_id"], json!(1), "{line}");
-    // An over-long line is refused and the connection closed; the node lives on.
-    let long = vec![b'x'; 200 * 1024];
+    // An over-long line (the limit is 64 KiB + 2 x batch_bytes_max = 576 KiB here) is refused,
+    // naming the limit, and the connection closed; the node lives on.
+    let long = vec![b'x'; 700 * 1024];
     let _ = writer.write_all(&long);
     line.clear();
     reader.read_line(&mut line).unwrap();
-    assert!(line.contains("bad_request"), "{line}");
+    assert!(
+        line.contains("bad_request") && line.contains("longer than 589824 bytes"),
+        "{line}"
+    );
     line.clear();
     assert_eq!(
         reader.read_line(&mut line).unwrap_or(0),
