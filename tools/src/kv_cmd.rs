@@ -71,9 +71,15 @@ Exit status:
 
 The protocol and its limits: docs/CLIENT.md.";
 
+const VALUE_HELP: &str = "\
+Values are bytes (any, binary-safe). The key and values together may hold at most the node's
+command limit: its batch_bytes_max minus 64 bytes, 262080 bytes with the default
+batch_bytes_max of 262144 bytes (256 KiB). Exit statuses: `paxring kv --help`.";
+
 #[derive(clap::Subcommand, Debug)]
 enum KvCommand {
     /// Sets KEY to VALUE (`-`: read the value from stdin; or --value-file).
+    #[command(after_help = VALUE_HELP)]
     Put {
         /// The key.
         key: String,
@@ -100,6 +106,7 @@ enum KvCommand {
     },
     /// `cas KEY EXPECTED NEW`, or `cas --absent KEY NEW`: swap only if KEY holds EXPECTED
     /// (or is absent). Exit status 4 when it does not swap, with the value found.
+    #[command(after_help = VALUE_HELP)]
     Cas {
         /// Expect the key to be absent (then give only KEY NEW).
         #[arg(long, conflicts_with = "expected_file")]

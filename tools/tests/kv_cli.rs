@@ -8,7 +8,8 @@
 //! (it used to fail at once); node logs hold no ANSI colour codes; warnings about a peer's
 //! garbage are rate-limited with a count of those held back; `paxring wal verify|stat` take a
 //! node's data directory; a node whose start fails leaves no `data/kv` behind; `paxring node
-//! --help` points to `--print-default-config`.
+//! --help` points to `--print-default-config`; `paxring kv --help` gives the value limit in
+//! bytes and the exit statuses.
 
 mod common;
 
@@ -354,6 +355,14 @@ fn kv_command_line_against_a_cluster() {
 fn a_failed_start_leaves_no_kv_dir_and_help_points_to_the_config_keys() {
     let (ok, help, _) = run_paxring(&["node", "--help"], Duration::from_secs(30));
     assert!(ok && help.contains("--print-default-config"), "{help}");
+    // kv's help says the value limit with its unit, and the exit statuses.
+    let (ok, help, _) = run_paxring(&["kv", "--help"], Duration::from_secs(30));
+    assert!(
+        ok && help.contains("262080 bytes") && help.contains("4  cas did not swap"),
+        "{help}"
+    );
+    let (ok, help, _) = run_paxring(&["kv", "put", "--help"], Duration::from_secs(30));
+    assert!(ok && help.contains("262080 bytes"), "{help}");
     let (ok, config, _) = run_paxring(&["node", "--print-default-config"], Duration::from_secs(30));
     assert!(
         ok && config.contains("batch_bytes_max = 262144"),
