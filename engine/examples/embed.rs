@@ -57,10 +57,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
     }
-    println!(
-        "durable writes per round: {}",
-        node.stats().totals.durable_writes_per_round
-    );
+    let totals = node.stats().totals;
+    if totals.write_rounds == 0 {
+        println!("durable writes per round: not measured yet (no WAL write so far)");
+    } else {
+        println!(
+            "durable writes per round: {}",
+            totals.durable_writes_per_round
+        );
+    }
     node.shutdown()?;
     Ok(())
 }

@@ -24,13 +24,18 @@ pub struct Committed {
     pub result: Bytes,
 }
 
+/// "node 3" or "unknown", for messages.
+fn leader_name(leader: Option<u32>) -> String {
+    leader.map_or_else(|| "unknown".to_string(), |n| format!("node {n}"))
+}
+
 /// Why a proposal did not commit. Each variant says whether the command may still take effect.
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum Error {
     /// This node does not lead the group: the command was not proposed (it will not take
     /// effect). Propose on the node named by `leader` (when known); proposals are answered
     /// with the leader's id, not forwarded (docs/ARCHITECTURE.md#proposals).
-    #[error("not the leader of this group (leader: {leader:?})")]
+    #[error("not the leader of this group (leader: {})", leader_name(*.leader))]
     NotLeader {
         /// The node this one believes leads the group.
         leader: Option<u32>,
@@ -142,5 +147,18 @@ impl Future for Proposal {
                 })
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Error;
+
+    #[test]
+    fn not_leader_names_the_node_in_words() {
+        let known = Error::NotLeader { leader: Some(3) }.to_string();
+        assert_eq!(known, "not the leader of this group (leader: node 3)");
+        let unknown = Error::NotLeader { leader: None }.to_string();
+        assert_eq!(unknown, "not the leader of this group (leader: unknown)");
     }
 }
