@@ -1,0 +1,207 @@
+//! The acceptor role of a group (docs/PROTOCOL.md#acceptor): promises, acceptances and the
+//! Promise report, each durable before the reply that depends on it leaves.
+use super::*;
+
+impl Group {
+    /// Refuses a Prepare or Accept below the promise; the reply carries the higher ballot.
+    pub(super) fn reject(&self, ctx: &mut Ctx<'_>, from: NodeId, ballot: Ballot) {
+        ctx.stats.rejections_sent += 1;
+        ctx.send(
+            self.id,
+            from,
+            Message::Reject {
+                rejected: ballot,
+                promised: self.promised,
+            },
+        );
+    }
+
+    pub(super) fn on_prepare(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        from: NodeId,
+        ballot: Ballot,
+        first: Instance,
+    ) {
+        self.observe(ctx, ballot);
+        if self.relearn.is_some() {
+            return; // Paxos Made Live: no vote until re-learned.
+        }
+        if ballot < self.promised {
+            self.reject(ctx, from, ballot);
+            return;
+        }
+        let lsn = if ballot > self.promised {
+            self.promised = ballot;
+            self.persist_promise(ctx, first)
+        } else {
+            ctx.last_lsn() // a repeated Prepare: the promise is already on its way to disk
+        };
+        if from != ctx.me {
+            self.election_deadline = Some(ctx.election_deadline());
+        }
+        let (entries, truncated) = self.promise_entries(ctx, first);
+        ctx.stats.promises_sent += u64::from(from != ctx.me);
+        ctx.stats.promises_truncated += u64::from(truncated);
+        ctx.send_after_durable(
+            lsn,
+            self.id,
+            from,
+            Message::Promise {
+                ballot,
+                first,
+                applied_next: self.applied_next,
+                truncated,
+                entries,
+            },
+        );
+    }
+
+    pub(super) fn persist_promise(&mut self, ctx: &mut Ctx<'_>, first: Instance) -> Lsn {
+        #[cfg(feature = "sim-bugs")]
+        if ctx.bugs.forget_promise {
+            return ctx.last_lsn();
+        }
+        ctx.append(Record {
+            kind: RecordKind::Promise,
+            group: self.id,
+            instance: first,
+            promised: self.promised,
+            accepted: Ballot::ZERO,
+            payload: Bytes::new(),
+        })
+    }
+
+    /// What this acceptor holds from `first` on, for a Promise, in instance order, within the
+    /// message byte bound and `PROMISE_SPAN_INSTANCES`; `truncated` when more is held beyond
+    /// the last entry reported (the leader then continues phase 1 from there).
+    pub(super) fn promise_entries(
+        &self,
+        ctx: &Ctx<'_>,
+        first: Instance,
+    ) -> (Vec<PromiseEntry>, bool) {
+        let end = Instance(first.0.saturating_add(PROMISE_SPAN_INSTANCES));
+        let mut truncated = self.chosen.range(end..).next().is_some()
+            || self.accepted.range(end..).next().is_some();
+        let mut all: Vec<PromiseEntry> = self
+            .chosen
+            .range(first..end)
+            .map(|(i, v)| PromiseEntry {
+                instance: *i,
+                ballot: Ballot::ZERO,
+                chosen: true,
+                value: v.clone(),
+            })
+            .chain(
+                self.accepted
+                    .range(first..end)
+                    .map(|(i, (b, v))| PromiseEntry {
+                        instance: *i,
+                        ballot: *b,
+                        chosen: false,
+                        value: v.clone(),
+                    }),
+            )
+            .collect();
+        all.sort_by_key(|e| e.instance);
+        #[allow(unused_mut)]
+        let mut budget = ctx.config.message_bytes_max as usize;
+        #[cfg(feature = "sim-bugs")]
+        if ctx.bugs.unbounded_promise {
+            budget = usize::MAX;
+        }
+        let mut bytes = message::PROMISE_HEADER_BYTES;
+        let mut kept = 0;
+        for entry in &all {
+            let grown = bytes + message::promise_entry_bytes(entry.value.len());
+            // The first entry always fits (values are at most batch_bytes_max, and the
+            // config keeps MESSAGE_OVERHEAD_BYTES of room above it).
+            if grown > budget && kept > 0 {
+                truncated = true;
+                break;
+            }
+            bytes = grown;
+            kept += 1;
+        }
+        all.truncate(kept);
+        (all, truncated)
+    }
+
+    pub(super) fn on_accept(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        from: NodeId,
+        ballot: Ballot,
+        instance: Instance,
+        value: Bytes,
+        chosen_through: Instance,
+    ) {
+        self.observe(ctx, ballot);
+        if self.relearn.is_some() {
+            self.on_commit(ctx, from, ballot, chosen_through);
+            return;
+        }
+        if ballot < self.promised {
+            self.reject(ctx, from, ballot);
+            return;
+        }
+        let raised = ballot > self.promised;
+        self.promised = ballot;
+        self.leader_contact(ctx, ballot);
+        let votes = instance >= self.applied_next
+            && !self.chosen.contains_key(&instance)
+            && instance.0 < self.applied_next.0 + ACCEPT_WINDOW_INSTANCES;
+        if raised && !votes {
+            // The higher promise must be durable even without an Accept record to carry it:
+            // a repeated Prepare with this ballot is answered from it.
+            self.persist_promise(ctx, self.applied_next);
+        }
+        if instance < self.applied_next && !self.chosen.contains_key(&instance) {
+            // Applied long ago and pruned: nothing to vote on, nothing to report.
+        } else if let Some(chosen) = self.chosen_value(instance) {
+            // Already chosen here: tell the leader the value instead of voting again.
+            let checksum = 0;
+            ctx.send(
+                self.id,
+                from,
+                Message::CatchupReply {
+                    request: 0,
+                    applied_next: self.applied_next,
+                    high: self.held_end(),
+                    relearning: false,
+                    state_lost: false,
+                    promised: self.promised,
+                    entries: vec![(instance, chosen)],
+                    checksum,
+                },
+            );
+        } else if votes {
+            let value_crc = crc32fast::hash(&value);
+            self.accepted.insert(instance, (ballot, value.clone()));
+            let lsn = ctx.append(Record {
+                kind: RecordKind::Accept,
+                group: self.id,
+                instance,
+                promised: self.promised,
+                accepted: ballot,
+                payload: value,
+            });
+            ctx.stats.accepted_sent += u64::from(from != ctx.me);
+            ctx.send_after_durable(
+                lsn,
+                self.id,
+                from,
+                Message::Accepted {
+                    ballot,
+                    instance,
+                    value_crc,
+                },
+            );
+        }
+        self.on_commit(ctx, from, ballot, chosen_through);
+    }
+
+    pub(super) fn chosen_value(&self, instance: Instance) -> Option<Bytes> {
+        self.chosen.get(&instance).cloned()
+    }
+}

@@ -1,0 +1,697 @@
+//! One Paxos group's replica: proposer, acceptor and learner (docs/PROTOCOL.md).
+//!
+//! Owns: the group's promise, its accepted values, its chosen values and applied point, the
+//! rolling checksum, the proposer's role and pipeline, and the proposal queue. Must never do
+//! I/O or read a clock: it speaks only through the table's `Ctx` (append, send,
+//! send-after-durable, outputs) and learns time from `ctx.now`.
+use super::message::{self, Message, PromiseEntry};
+use super::table::{
+    Chosen, Ctx, FailReason, GroupError, GroupStatus, ProposalResult, RelearnStatus,
+};
+use super::value::{self, Identity};
+use super::wal_types::{Ballot, Damage, GroupId, Instance, Lsn, Record, RecordKind};
+use super::{NodeId, ProposalId, Tick};
+use super::{ACCEPT_WINDOW_INSTANCES, CATCHUP_BATCH_MAX, PROMISE_SPAN_INSTANCES};
+use bytes::Bytes;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+mod acceptor;
+mod learner;
+mod proposer;
+mod relearn;
+
+/// The payload tag of a repair record (a `Meta` record a group writes when it finished
+/// re-learning: damage below the Lsn that follows the tag is repaired for this group).
+const REPAIR_TAG: &[u8; 4] = b"RPR1";
+/// The payload tag of a re-learn record (a `Meta` record a group writes when it starts
+/// re-learning, in its first write: the obligation survives a crash even after the WAL has
+/// zeroed the damaged tail that caused it). One byte follows: 1 if the state was lost.
+const RELEARN_TAG: &[u8; 4] = b"RLN1";
+
+/// Bytes of chosen values per catch-up reply (besides the entry count limit).
+const CATCHUP_BYTES_MAX: usize = 1 << 20;
+/// Checksums announced by peers for instances not yet applied here, kept to compare later.
+const PENDING_CHECKS_MAX: usize = 64;
+
+#[derive(Debug)]
+struct Queued {
+    id: ProposalId,
+    command: Bytes,
+    /// Queued while this node already led: its commit costs one round trip (else two).
+    arrived_leading: bool,
+}
+
+#[derive(Debug)]
+struct InFlight {
+    value: Bytes,
+    /// crc32 of `value`: an Accepted counts only when it names this.
+    value_crc: u32,
+    /// The identity inside `value` (Committed is answered only when the chosen value has it).
+    identity: Identity,
+    accepted_by: BTreeSet<NodeId>,
+    proposals: Vec<ProposalId>,
+    /// Prepare round trips on its critical path (0 when every command arrived while leading).
+    prepare_rtts: u32,
+    /// Accept transmissions so far (the first send and every retransmission).
+    transmissions: u32,
+    sent_at: Option<Tick>,
+}
+
+#[derive(Debug)]
+struct PromiseInfo {
+    entries: Vec<PromiseEntry>,
+    truncated: bool,
+}
+
+#[derive(Debug)]
+struct Candidate {
+    ballot: Ballot,
+    first: Instance,
+    promises: BTreeMap<NodeId, PromiseInfo>,
+    started_at: Tick,
+    sent_at: Tick,
+    /// The record of this node's own promise of `ballot`: no Prepare leaves before it is
+    /// durable, so a ballot is never used twice across crashes.
+    promise_lsn: Lsn,
+    /// Prepare transmissions (the first and every retransmission).
+    rounds: u32,
+}
+
+#[derive(Debug)]
+enum Role {
+    Follower,
+    Candidate(Candidate),
+    Leader {
+        ballot: Ballot,
+        /// Prepare round trips it took to win (charged to commands queued while a candidate).
+        prepare_rounds: u32,
+    },
+}
+
+/// A peer's answer to a re-learn request.
+#[derive(Debug, Clone, Copy)]
+struct Report {
+    applied_next: Instance,
+    high: Instance,
+    promised: Ballot,
+    relearning: bool,
+    state_lost: bool,
+}
+
+/// Re-learning after WAL damage (Paxos Made Live): no votes until `target` is applied
+/// (docs/PROTOCOL.md#restart).
+#[derive(Debug)]
+struct Relearn {
+    /// Fixed once enough peers reported: every instance this replica may have voted on
+    /// before it lost state lies below it (docs/PROTOCOL.md#re-learning).
+    target: Option<Instance>,
+    /// One past the highest instance in the recovered log.
+    floor: Instance,
+    /// Peers' answers to this re-learn's request (`request`), one per peer.
+    reports: BTreeMap<NodeId, Report>,
+    /// The highest promise reported: this replica promises at least that when it rejoins.
+    promise_floor: Ballot,
+    /// When the peers that have not reported were last asked.
+    asked_at: Option<Tick>,
+    /// When re-learning began (first tick after the restart).
+    started_at: Option<Tick>,
+    /// This re-learn's request id: only replies that echo it count as reports.
+    request: u64,
+    /// The target came from pooled reports of re-learning peers (PAR's condition).
+    pooled: bool,
+    /// This replica's whole state was lost (not just damaged records).
+    lost: bool,
+}
+
+#[derive(Debug)]
+pub(super) struct Group {
+    id: GroupId,
+    // Acceptor (docs/PROTOCOL.md#acceptor).
+    promised: Ballot,
+    accepted: BTreeMap<Instance, (Ballot, Bytes)>,
+    // Learner.
+    chosen: BTreeMap<Instance, Bytes>,
+    applied_next: Instance,
+    checksum: u32,
+    checksums: BTreeMap<Instance, u32>,
+    pending_checks: BTreeMap<Instance, (u32, NodeId)>,
+    catchup_deadline: Option<Tick>,
+    relearn: Option<Relearn>,
+    stopped: bool,
+    // Proposer.
+    role: Role,
+    leader_hint: Option<NodeId>,
+    election_deadline: Option<Tick>,
+    queue: VecDeque<Queued>,
+    inflight: BTreeMap<Instance, InFlight>,
+    next_instance: Instance,
+    max_seen: Ballot,
+    commit_dirty: bool,
+    last_broadcast: Tick,
+    /// A leader whose phase 1 was cut by a Promise's byte bound knows the acceptors' state
+    /// only below this: it opens nothing at or above it until a continuation covers more.
+    phase1_end: Option<Instance>,
+    /// A leader's phase 1 continuation from `phase1_end` (same ballot, next chunk).
+    continuation: Option<Candidate>,
+    /// A re-learning peer needs every instance below this chosen: an idle leader fills.
+    fill_until: Instance,
+    /// The next proposal sequence (with the node and incarnation: the value's identity).
+    next_seq: u64,
+    /// Re-learn episodes so far (part of the request id).
+    relearn_episodes: u64,
+    /// Phase 1 attempts since a leader was last seen.
+    elections_without_leader: u64,
+    /// Members whose Promise the last candidacy did not get.
+    missing_promises: Vec<NodeId>,
+}
+
+impl Group {
+    pub fn new(id: GroupId) -> Group {
+        Group {
+            id,
+            promised: Ballot::ZERO,
+            accepted: BTreeMap::new(),
+            chosen: BTreeMap::new(),
+            applied_next: Instance(0),
+            checksum: 0,
+            checksums: BTreeMap::new(),
+            pending_checks: BTreeMap::new(),
+            catchup_deadline: None,
+            relearn: None,
+            stopped: false,
+            role: Role::Follower,
+            leader_hint: None,
+            election_deadline: None,
+            queue: VecDeque::new(),
+            inflight: BTreeMap::new(),
+            next_instance: Instance(0),
+            max_seen: Ballot::ZERO,
+            commit_dirty: false,
+            last_broadcast: Tick(0),
+            phase1_end: None,
+            continuation: None,
+            fill_until: Instance(0),
+            next_seq: 1,
+            relearn_episodes: 0,
+            elections_without_leader: 0,
+            missing_promises: Vec::new(),
+        }
+    }
+
+    /// What this group is doing (for stats and the stuck-state log line).
+    pub fn status(&self, me: NodeId, members: &[NodeId], needed: usize) -> GroupStatus {
+        let role = if self.stopped {
+            "stopped"
+        } else {
+            match self.role {
+                Role::Follower => "follower",
+                Role::Candidate(_) => "candidate",
+                Role::Leader { .. } => "leader",
+            }
+        };
+        let missing_promises = match &self.role {
+            Role::Candidate(c) => members
+                .iter()
+                .copied()
+                .filter(|n| !c.promises.contains_key(n))
+                .collect(),
+            _ => self.missing_promises.clone(),
+        };
+        let relearning = self.relearn.as_ref().map(|r| RelearnStatus {
+            target: r.target,
+            waiting_for: members
+                .iter()
+                .copied()
+                .filter(|n| *n != me && !r.reports.contains_key(n))
+                .collect(),
+            sure_reports: r.reports.values().filter(|x| !x.relearning).count(),
+            relearning_reports: r.reports.values().filter(|x| x.relearning).count(),
+            needed,
+            pooled: r.pooled,
+        });
+        GroupStatus {
+            group: self.id,
+            role: role.to_string(),
+            leader_hint: self.leader_hint,
+            applied_next: self.applied_next,
+            elections_without_leader: self.elections_without_leader,
+            missing_promises,
+            relearning,
+        }
+    }
+
+    /// One past the highest instance this replica holds anything for.
+    fn held_end(&self) -> Instance {
+        let accepted = self.accepted.keys().next_back().map(|i| Instance(i.0 + 1));
+        let chosen = self.chosen.keys().next_back().map(|i| Instance(i.0 + 1));
+        let inflight = self.inflight.keys().next_back().map(|i| Instance(i.0 + 1));
+        self.applied_next
+            .max(accepted.unwrap_or_default())
+            .max(chosen.unwrap_or_default())
+            .max(inflight.unwrap_or_default())
+    }
+
+    pub fn leader_hint(&self) -> Option<NodeId> {
+        self.leader_hint
+    }
+
+    pub fn is_leader(&self) -> bool {
+        matches!(self.role, Role::Leader { .. })
+    }
+
+    pub fn applied_next(&self) -> Instance {
+        self.applied_next
+    }
+
+    pub fn is_relearning(&self) -> bool {
+        self.relearn.is_some()
+    }
+
+    /// Rebuilds the replica from its recovered records (in Lsn order); see
+    /// docs/PROTOCOL.md#restart for the rules.
+    pub fn restore(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        records: &[&Record],
+        damage: &[&Damage],
+        state_lost: bool,
+    ) {
+        let mut marks: Vec<(Instance, Ballot, Bytes)> = Vec::new();
+        let mut highest = None;
+        // Damage below this Lsn was repaired by an earlier re-learn of this group.
+        let mut repaired_below = Lsn::ZERO;
+        // A re-learn that began and did not finish (Some(state lost)).
+        let mut unfinished: Option<bool> = None;
+        for record in records {
+            assert_eq!(record.group, self.id);
+            highest = highest.max(Some(record.instance));
+            match record.kind {
+                RecordKind::Promise => self.promised = self.promised.max(record.promised),
+                RecordKind::Accept => {
+                    self.promised = self.promised.max(record.promised).max(record.accepted);
+                    let replace = self
+                        .accepted
+                        .get(&record.instance)
+                        .is_none_or(|(ballot, _)| record.accepted >= *ballot);
+                    if replace {
+                        self.accepted
+                            .insert(record.instance, (record.accepted, record.payload.clone()));
+                    }
+                }
+                RecordKind::Chosen => {
+                    marks.push((record.instance, record.accepted, record.payload.clone()))
+                }
+                RecordKind::Meta => {
+                    if let Some(lsn) = repair_lsn(&record.payload) {
+                        repaired_below = repaired_below.max(lsn);
+                        self.promised = self.promised.max(record.promised);
+                        unfinished = None;
+                    } else if let Some(lost) = relearn_lost(&record.payload) {
+                        unfinished = Some(lost || unfinished == Some(true));
+                    }
+                }
+            }
+        }
+        // Any unrepaired damage makes the group re-learn: the (group, instance) names that
+        // recovery reads from a damaged record are hints, and a wrong one would let a group
+        // vote on what it forgot (docs/PROTOCOL.md#restart).
+        let lost = state_lost || unfinished == Some(true);
+        let mut damaged =
+            lost || unfinished.is_some() || damage.iter().any(|d| d.last_lsn >= repaired_below);
+        let mut unresolved: BTreeSet<Instance> = BTreeSet::new();
+        for (instance, ballot, payload) in marks {
+            let value = if !payload.is_empty() {
+                payload
+            } else {
+                match self.accepted.get(&instance) {
+                    Some((accepted, value)) if *accepted == ballot => value.clone(),
+                    _ => {
+                        // The Accept record the mark names is gone (damaged): re-learn it,
+                        // unless a later mark (a repair) carries the value.
+                        unresolved.insert(instance);
+                        continue;
+                    }
+                }
+            };
+            unresolved.remove(&instance);
+            self.accepted.remove(&instance);
+            self.chosen.insert(instance, value);
+        }
+        unresolved.retain(|i| !self.chosen.contains_key(i));
+        damaged |= !unresolved.is_empty();
+        self.max_seen = self.promised;
+        self.apply_ready(ctx);
+        if damaged {
+            ctx.stats.groups_relearning += 1;
+            self.relearn_episodes += 1;
+            self.relearn = Some(Relearn {
+                target: None,
+                floor: Instance(highest.map_or(0, |i| i.0 + 1)),
+                reports: BTreeMap::new(),
+                promise_floor: Ballot::ZERO,
+                asked_at: None,
+                started_at: None,
+                // Unique across restarts (the incarnation) and episodes; never 0.
+                request: (ctx.incarnation << 32) | (self.relearn_episodes & 0xFFFF_FFFF),
+                pooled: false,
+                lost,
+            });
+            // The obligation goes to disk in the first write (docs/PROTOCOL.md#re-learning).
+            ctx.append(Record {
+                kind: RecordKind::Meta,
+                group: self.id,
+                instance: self.applied_next,
+                promised: self.promised,
+                accepted: Ballot::ZERO,
+                payload: Bytes::copy_from_slice(&[
+                    RELEARN_TAG[0],
+                    RELEARN_TAG[1],
+                    RELEARN_TAG[2],
+                    RELEARN_TAG[3],
+                    u8::from(lost),
+                ]),
+            });
+        }
+    }
+
+    pub fn propose(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        id: ProposalId,
+        command: Bytes,
+    ) -> Result<(), FailReason> {
+        if self.stopped {
+            return Err(FailReason::Stopped);
+        }
+        if value::encoded_len([&command]) > ctx.config.batch_bytes_max as usize {
+            return Err(FailReason::TooLarge);
+        }
+        let arrived_leading = match self.role {
+            Role::Leader { .. } => true,
+            Role::Candidate(_) => false,
+            Role::Follower => {
+                return Err(FailReason::NotLeader {
+                    leader_hint: self.leader_hint.filter(|n| *n != ctx.me),
+                })
+            }
+        };
+        if self.queue.len() >= ctx.config.proposal_queue_max as usize {
+            return Err(FailReason::Overloaded);
+        }
+        self.queue.push_back(Queued {
+            id,
+            command,
+            arrived_leading,
+        });
+        Ok(())
+    }
+
+    pub fn tick(&mut self, ctx: &mut Ctx<'_>) {
+        if self.stopped {
+            return;
+        }
+        let now = ctx.now;
+        if self
+            .catchup_deadline
+            .is_some_and(|deadline| now >= deadline)
+        {
+            self.catchup_deadline = None;
+        }
+        self.relearn_ask(ctx);
+        let deadline = match self.election_deadline {
+            Some(deadline) => deadline,
+            None => {
+                let deadline = ctx.election_deadline();
+                self.election_deadline = Some(deadline);
+                deadline
+            }
+        };
+        let retransmit = ctx.config.retransmit_ticks;
+        match &mut self.role {
+            Role::Follower => {
+                if now >= deadline && self.relearn.is_none() {
+                    self.start_prepare(ctx);
+                }
+            }
+            Role::Candidate(candidate) => {
+                if now.0 >= candidate.started_at.0 + ctx.config.election_timeout_ticks {
+                    // No quorum in time: back off with seeded jitter, then try again.
+                    self.step_down(ctx);
+                } else if now.0 >= candidate.sent_at.0 + retransmit {
+                    candidate.sent_at = now;
+                    candidate.rounds += 1;
+                    resend_prepare(ctx, self.id, candidate);
+                }
+            }
+            Role::Leader { ballot, .. } => {
+                let ballot = *ballot;
+                if let Some(cont) = &mut self.continuation {
+                    if now.0 >= cont.started_at.0 + ctx.config.election_timeout_ticks {
+                        // The continuation found no quorum: this leadership cannot go on.
+                        self.step_down(ctx);
+                        return;
+                    }
+                    if now.0 >= cont.sent_at.0 + retransmit {
+                        cont.sent_at = now;
+                        cont.rounds += 1;
+                        resend_prepare(ctx, self.id, cont);
+                    }
+                }
+                let chosen_through = self.applied_next;
+                for (instance, flight) in self.inflight.iter_mut() {
+                    let Some(sent_at) = flight.sent_at else {
+                        continue;
+                    };
+                    if now.0 < sent_at.0 + retransmit {
+                        continue;
+                    }
+                    flight.sent_at = Some(now);
+                    flight.transmissions += 1;
+                    let msg = Message::Accept {
+                        ballot,
+                        instance: *instance,
+                        value: flight.value.clone(),
+                        chosen_through,
+                    };
+                    for &to in ctx.members {
+                        if !flight.accepted_by.contains(&to) && to != ctx.me {
+                            ctx.stats.accepts_sent += 1;
+                            ctx.stats.messages_sent += 1;
+                            ctx.out.sends.push(super::table::SendNow {
+                                to,
+                                group: self.id,
+                                msg: msg.clone(),
+                            });
+                        }
+                    }
+                }
+                if now.0 >= self.last_broadcast.0 + ctx.config.heartbeat_ticks {
+                    self.commit_dirty = true;
+                }
+            }
+        }
+    }
+
+    /// End of a round: a leader batches its queue into instances and sends what is new.
+    pub fn flush(&mut self, ctx: &mut Ctx<'_>) {
+        let Role::Leader { ballot, .. } = self.role else {
+            return;
+        };
+        if self.stopped {
+            return;
+        }
+        self.maybe_continue_phase1(ctx, ballot);
+        // A leader opens instance i only while i < applied_next + pipeline_depth (and below
+        // what its phase 1 covers): an Accept for i leaves only after instance i - depth is
+        // chosen, which bounds what any acceptor may have voted on (the re-learn target's
+        // premise, docs/PROTOCOL.md#re-learning).
+        let depth = u64::from(ctx.config.pipeline_depth);
+        let phase1_end = self.phase1_end;
+        #[allow(unused_mut)]
+        let mut open_limit = Instance(self.applied_next.0 + depth);
+        #[allow(unused_mut)]
+        let mut old_window = false;
+        #[cfg(feature = "sim-bugs")]
+        if ctx.bugs.relearn_target_too_low {
+            // Pre-fix window: up to depth instances in flight, up to applied + 512.
+            open_limit = Instance(self.applied_next.0 + ACCEPT_WINDOW_INSTANCES / 2);
+            old_window = true;
+        }
+        let may_open = |g: &Group| {
+            g.next_instance < open_limit
+                && phase1_end.is_none_or(|end| g.next_instance < end)
+                && (!old_window || g.inflight.len() < ctx.config.pipeline_depth as usize)
+        };
+        while !self.queue.is_empty() && may_open(self) {
+            self.open_instance(ctx);
+        }
+        while self.queue.is_empty() && self.next_instance < self.fill_until && may_open(self) {
+            // A re-learning peer waits for these to be chosen (an idle group would leave it
+            // without a vote forever).
+            self.open_noop(ctx);
+        }
+        let mut sent_accept = false;
+        let chosen_through = self.applied_next;
+        let fresh: Vec<Instance> = self
+            .inflight
+            .iter()
+            .filter(|(_, f)| f.sent_at.is_none())
+            .map(|(i, _)| *i)
+            .collect();
+        for instance in fresh {
+            let flight = self.inflight.get_mut(&instance).expect("in flight");
+            flight.sent_at = Some(ctx.now);
+            flight.transmissions += 1;
+            let msg = Message::Accept {
+                ballot,
+                instance,
+                value: flight.value.clone(),
+                chosen_through,
+            };
+            ctx.stats.accepts_sent += ctx.members.len() as u64 - 1;
+            // The leader's own acceptance goes through its acceptor (loopback) and is written
+            // in the same round: its write overlaps the round trip.
+            ctx.broadcast(self.id, &msg);
+            sent_accept = true;
+        }
+        if sent_accept {
+            self.last_broadcast = ctx.now;
+            self.commit_dirty = false;
+        } else if self.commit_dirty {
+            self.commit_dirty = false;
+            self.last_broadcast = ctx.now;
+            let checksum = self.checksum_before(self.applied_next);
+            ctx.broadcast_peers(
+                self.id,
+                &Message::Commit {
+                    ballot,
+                    chosen_through: self.applied_next,
+                    checksum,
+                },
+            );
+        }
+    }
+
+    pub fn on_message(&mut self, ctx: &mut Ctx<'_>, from: NodeId, msg: Message) {
+        if self.stopped {
+            return;
+        }
+        match msg {
+            Message::Prepare { ballot, first } => self.on_prepare(ctx, from, ballot, first),
+            Message::Promise {
+                ballot,
+                first,
+                applied_next,
+                truncated,
+                entries,
+            } => self.on_promise(
+                ctx,
+                from,
+                ballot,
+                first,
+                applied_next,
+                PromiseInfo { entries, truncated },
+            ),
+            Message::Accept {
+                ballot,
+                instance,
+                value,
+                chosen_through,
+            } => self.on_accept(ctx, from, ballot, instance, value, chosen_through),
+            Message::Accepted {
+                ballot,
+                instance,
+                value_crc,
+            } => self.on_accepted(ctx, from, ballot, instance, value_crc),
+            Message::Reject { rejected, promised } => self.on_reject(ctx, from, rejected, promised),
+            Message::Commit {
+                ballot,
+                chosen_through,
+                checksum,
+            } => {
+                self.observe(ctx, ballot);
+                if ballot >= self.promised {
+                    self.leader_contact(ctx, ballot);
+                }
+                self.on_commit(ctx, from, ballot, chosen_through);
+                if chosen_through.0 > 0 {
+                    self.check(ctx, Instance(chosen_through.0 - 1), checksum, from);
+                }
+            }
+            Message::CatchupRequest {
+                from: first,
+                request,
+                until,
+            } => self.on_catchup_request(ctx, from, first, request, until),
+            Message::CatchupReply {
+                request,
+                applied_next,
+                high,
+                relearning,
+                state_lost,
+                promised,
+                entries,
+                checksum,
+            } => {
+                let report = Report {
+                    applied_next,
+                    high,
+                    promised,
+                    relearning,
+                    state_lost,
+                };
+                self.on_catchup_reply(ctx, from, request, report, entries, checksum)
+            }
+        }
+    }
+}
+
+fn flight(value: Bytes, proposals: Vec<ProposalId>, prepare_rtts: u32) -> InFlight {
+    InFlight {
+        value_crc: crc32fast::hash(&value),
+        identity: value::identity(&value).unwrap_or_default(),
+        value,
+        accepted_by: BTreeSet::new(),
+        proposals,
+        prepare_rtts,
+        transmissions: 0,
+        sent_at: None,
+    }
+}
+
+/// Sends (or re-sends) a candidate's Prepare to every member that has not promised, each
+/// held until the candidate's own promise record is durable.
+fn resend_prepare(ctx: &mut Ctx<'_>, group: GroupId, candidate: &Candidate) {
+    let msg = Message::Prepare {
+        ballot: candidate.ballot,
+        first: candidate.first,
+    };
+    let missing: Vec<NodeId> = ctx
+        .members
+        .iter()
+        .copied()
+        .filter(|n| !candidate.promises.contains_key(n))
+        .collect();
+    for to in missing {
+        if candidate.promise_lsn == Lsn::ZERO {
+            ctx.send(group, to, msg.clone());
+        } else {
+            ctx.send_after_durable(candidate.promise_lsn, group, to, msg.clone());
+        }
+    }
+}
+
+/// Whether a re-learn record says the state was lost (None if the payload is not one).
+fn relearn_lost(payload: &[u8]) -> Option<bool> {
+    match payload.strip_prefix(RELEARN_TAG.as_slice())? {
+        [flag] => Some(*flag == 1),
+        _ => None,
+    }
+}
+
+/// The Lsn a repair record names (None if the payload is not one).
+fn repair_lsn(payload: &[u8]) -> Option<Lsn> {
+    let rest = payload.strip_prefix(REPAIR_TAG.as_slice())?;
+    let bytes: [u8; 8] = rest.try_into().ok()?;
+    Some(Lsn(u64::from_le_bytes(bytes)))
+}

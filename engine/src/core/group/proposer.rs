@@ -1,0 +1,374 @@
+//! The proposer/leader role of a group (docs/PROTOCOL.md#proposer-and-leader): ballots,
+//! phase 1 and its continuation, recovering the open window, opening instances within the
+//! window, counting Accepted replies, stepping down.
+use super::*;
+
+impl Group {
+    pub(super) fn open_instance(&mut self, ctx: &mut Ctx<'_>) {
+        let limit_bytes = ctx.config.batch_bytes_max as usize;
+        let limit_commands = ctx.config.batch_commands_max as usize;
+        let mut taken: Vec<Queued> = Vec::new();
+        let mut bytes = value::VALUE_HEADER_BYTES;
+        while let Some(next) = self.queue.front() {
+            let grown = bytes + 4 + next.command.len();
+            if taken.len() >= limit_commands || grown > limit_bytes {
+                break;
+            }
+            bytes = grown;
+            taken.push(self.queue.pop_front().expect("front exists"));
+        }
+        assert!(!taken.is_empty(), "a queued command always fits a value");
+        #[allow(unused_mut)]
+        let mut identity = Identity {
+            node: ctx.me.0,
+            incarnation: ctx.incarnation,
+            seq: self.next_seq,
+        };
+        self.next_seq += 1;
+        #[cfg(feature = "sim-bugs")]
+        if ctx.bugs.commit_by_bytes {
+            identity = Identity::default(); // pre-fix values carried no identity
+        }
+        let value = value::encode_with(identity, taken.iter().map(|q| &q.command));
+        assert_eq!(value.len(), bytes);
+        let prepare_rtts = match self.role {
+            Role::Leader { prepare_rounds, .. } if !taken.iter().all(|q| q.arrived_leading) => {
+                prepare_rounds
+            }
+            _ => 0,
+        };
+        self.insert_flight(value, taken.iter().map(|q| q.id).collect(), prepare_rtts);
+    }
+
+    /// Opens a no-op instance (no proposal waits on it).
+    pub(super) fn open_noop(&mut self, ctx: &mut Ctx<'_>) {
+        ctx.stats.relearn_fill_instances += 1;
+        self.insert_flight(value::noop(), Vec::new(), 0);
+    }
+
+    pub(super) fn insert_flight(
+        &mut self,
+        value: Bytes,
+        proposals: Vec<ProposalId>,
+        prepare_rtts: u32,
+    ) {
+        let instance = self.next_instance;
+        self.next_instance = Instance(instance.0 + 1);
+        let previous = self
+            .inflight
+            .insert(instance, flight(value, proposals, prepare_rtts));
+        assert!(previous.is_none(), "instance opened twice");
+    }
+
+    /// Any higher ballot seen ends this node's candidacy or leadership.
+    pub(super) fn observe(&mut self, ctx: &mut Ctx<'_>, ballot: Ballot) {
+        self.max_seen = self.max_seen.max(ballot);
+        let mine = match &self.role {
+            Role::Follower => return,
+            Role::Candidate(candidate) => candidate.ballot,
+            Role::Leader { ballot, .. } => *ballot,
+        };
+        if ballot > mine {
+            self.step_down(ctx);
+        }
+    }
+
+    pub(super) fn leader_contact(&mut self, ctx: &mut Ctx<'_>, ballot: Ballot) {
+        if ballot.node != ctx.me.0 {
+            self.leader_hint = Some(NodeId(ballot.node));
+            self.election_deadline = Some(ctx.election_deadline());
+            self.elections_without_leader = 0;
+        }
+    }
+
+    pub(super) fn on_promise(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        from: NodeId,
+        ballot: Ballot,
+        first: Instance,
+        applied_next: Instance,
+        info: PromiseInfo,
+    ) {
+        let quorum = ctx.quorum();
+        // A candidate's phase 1, or a leader's continuation of it: the same collection.
+        let (collecting, continuing) = match &mut self.role {
+            Role::Candidate(candidate) if candidate.ballot == ballot => (candidate, false),
+            Role::Leader { ballot: mine, .. } if *mine == ballot => match &mut self.continuation {
+                Some(cont) => (cont, true),
+                None => return,
+            },
+            _ => return,
+        };
+        if collecting.first != first {
+            return;
+        }
+        if applied_next.0 >= collecting.first.0 + ACCEPT_WINDOW_INSTANCES {
+            // This node is too far behind to lead: catch up first, then try again.
+            self.step_down(ctx);
+            self.request_catchup(ctx, from);
+            return;
+        }
+        collecting.promises.insert(from, info);
+        if collecting.promises.len() < quorum {
+            return;
+        }
+        if continuing {
+            let cont = self.continuation.take().expect("collecting a continuation");
+            self.recover_window(ctx, cont.first, cont.promises);
+        } else {
+            self.become_leader(ctx);
+        }
+    }
+
+    /// Phase 1 succeeded: recover every instance of the open window (docs/PROTOCOL.md#leader-change).
+    pub(super) fn become_leader(&mut self, ctx: &mut Ctx<'_>) {
+        let Role::Candidate(candidate) = std::mem::replace(&mut self.role, Role::Follower) else {
+            unreachable!("only a candidate becomes leader");
+        };
+        self.role = Role::Leader {
+            ballot: candidate.ballot,
+            prepare_rounds: candidate.rounds,
+        };
+        self.leader_hint = Some(ctx.me);
+        self.elections_without_leader = 0;
+        self.missing_promises.clear();
+        ctx.stats.leaderships_won += 1;
+        self.recover_window(ctx, candidate.first, candidate.promises);
+        self.commit_dirty = true;
+    }
+
+    /// Re-proposes what a quorum of promises from `first` reports (the highest-ballot value
+    /// per instance, a no-op in a hole), up to where every cut Promise's report ends.
+    pub(super) fn recover_window(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        first: Instance,
+        promises: BTreeMap<NodeId, PromiseInfo>,
+    ) {
+        // A cut Promise reports `first ..= its last entry`: beyond that the leader knows
+        // nothing of that acceptor yet.
+        let known_end: Option<Instance> = promises
+            .values()
+            .filter(|p| p.truncated)
+            .map(|p| {
+                p.entries
+                    .last()
+                    .map_or(Instance(first.0 + 1), |e| Instance(e.instance.0 + 1))
+            })
+            .min();
+        let mut chosen: BTreeMap<Instance, Bytes> = BTreeMap::new();
+        let mut best: BTreeMap<Instance, (Ballot, Bytes)> = BTreeMap::new();
+        for info in promises.into_values() {
+            for entry in info.entries {
+                if known_end.is_some_and(|end| entry.instance >= end) {
+                    continue;
+                }
+                if entry.chosen {
+                    chosen.insert(entry.instance, entry.value);
+                } else if best
+                    .get(&entry.instance)
+                    .is_none_or(|(b, _)| entry.ballot > *b)
+                {
+                    best.insert(entry.instance, (entry.ballot, entry.value));
+                }
+            }
+        }
+        for (instance, value) in &chosen {
+            self.learn(ctx, *instance, value.clone(), ctx.me);
+        }
+        if !self.is_leader() {
+            return; // learning a conflicting value ended this leadership
+        }
+        let highest = chosen
+            .keys()
+            .chain(best.keys())
+            .max()
+            .map_or(first, |i| Instance(i.0 + 1));
+        let start = first.max(self.applied_next);
+        for index in start.0..highest.0 {
+            let instance = Instance(index);
+            if self.chosen.contains_key(&instance) || self.inflight.contains_key(&instance) {
+                continue;
+            }
+            // The highest-ballot accepted value must be proposed again; a hole gets a no-op.
+            let value = best
+                .remove(&instance)
+                .map_or_else(value::noop, |(_, value)| value);
+            self.inflight.insert(instance, flight(value, Vec::new(), 0));
+        }
+        self.next_instance = self.next_instance.max(highest).max(self.applied_next);
+        self.phase1_end = known_end;
+    }
+
+    /// A leader whose phase 1 was cut continues it (same ballot) once everything below the
+    /// cut is chosen: the acceptors report what they hold from there.
+    pub(super) fn maybe_continue_phase1(&mut self, ctx: &mut Ctx<'_>, ballot: Ballot) {
+        let Some(end) = self.phase1_end else {
+            return;
+        };
+        if self.continuation.is_some() || self.applied_next < end {
+            return;
+        }
+        ctx.stats.phase1_continuations += 1;
+        let cont = Candidate {
+            ballot,
+            first: end,
+            promises: BTreeMap::new(),
+            started_at: ctx.now,
+            sent_at: ctx.now,
+            promise_lsn: Lsn::ZERO, // the promise is durable since phase 1 won
+            rounds: 1,
+        };
+        ctx.broadcast(self.id, &Message::Prepare { ballot, first: end });
+        self.continuation = Some(cont);
+    }
+
+    pub(super) fn on_accepted(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        from: NodeId,
+        ballot: Ballot,
+        instance: Instance,
+        value_crc: u32,
+    ) {
+        let Role::Leader { ballot: mine, .. } = self.role else {
+            return;
+        };
+        if ballot != mine {
+            return;
+        }
+        let Some(flight) = self.inflight.get_mut(&instance) else {
+            return;
+        };
+        #[allow(unused_mut)]
+        let mut names_value = value_crc == flight.value_crc;
+        #[cfg(feature = "sim-bugs")]
+        if ctx.bugs.ballot_reuse_after_crash {
+            names_value = true; // pre-fix: bare (ballot, instance) replies counted
+        }
+        if !names_value {
+            ctx.stats.accepted_stale += 1;
+            return;
+        }
+        flight.accepted_by.insert(from);
+        if flight.accepted_by.len() >= ctx.quorum() {
+            let value = flight.value.clone();
+            self.learn(ctx, instance, value, ctx.me);
+        }
+    }
+
+    pub(super) fn on_reject(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        _from: NodeId,
+        rejected: Ballot,
+        promised: Ballot,
+    ) {
+        let mine = match &self.role {
+            Role::Follower => None,
+            Role::Candidate(candidate) => Some(candidate.ballot),
+            Role::Leader { ballot, .. } => Some(*ballot),
+        };
+        self.max_seen = self.max_seen.max(promised);
+        if mine == Some(rejected) && promised > rejected {
+            ctx.stats.rejections_received += 1;
+            self.step_down(ctx);
+        }
+    }
+
+    pub(super) fn start_prepare(&mut self, ctx: &mut Ctx<'_>) {
+        let number = self.promised.number.max(self.max_seen.number) + 1;
+        let ballot = Ballot {
+            number,
+            node: ctx.me.0,
+        };
+        ctx.stats.prepares_started += 1;
+        self.elections_without_leader += 1;
+        self.max_seen = self.max_seen.max(ballot);
+        self.election_deadline = Some(ctx.election_deadline());
+        #[cfg(feature = "sim-bugs")]
+        if ctx.bugs.skip_prepare_on_new_leader {
+            self.role = Role::Leader {
+                ballot,
+                prepare_rounds: 0,
+            };
+            self.leader_hint = Some(ctx.me);
+            self.next_instance = self.next_instance.max(self.applied_next);
+            ctx.stats.leaderships_won += 1;
+            return;
+        }
+        let first = self.applied_next;
+        #[cfg(feature = "sim-bugs")]
+        if ctx.bugs.ballot_reuse_after_crash {
+            // Pre-fix: the Prepare leaves at once; the candidate's own promise is written when
+            // its loopback Prepare arrives, and a crash before that forgets the ballot.
+            self.role = Role::Candidate(Candidate {
+                ballot,
+                first,
+                promises: BTreeMap::new(),
+                started_at: ctx.now,
+                sent_at: ctx.now,
+                promise_lsn: Lsn::ZERO,
+                rounds: 1,
+            });
+            ctx.broadcast(self.id, &Message::Prepare { ballot, first });
+            return;
+        }
+        // The candidate promises its own ballot durably before any Prepare leaves: after a
+        // crash it restarts with promised >= ballot and never uses the ballot again
+        // (docs/PROTOCOL.md#ballots).
+        self.promised = ballot;
+        let promise_lsn = self.persist_promise(ctx, first);
+        let candidate = Candidate {
+            ballot,
+            first,
+            promises: BTreeMap::new(),
+            started_at: ctx.now,
+            sent_at: ctx.now,
+            promise_lsn,
+            rounds: 1,
+        };
+        resend_prepare(ctx, self.id, &candidate);
+        self.role = Role::Candidate(candidate);
+    }
+
+    /// Leaves candidacy or leadership: proposals in flight become Unknown (they may still be
+    /// chosen), queued ones fail (they were never proposed).
+    pub(super) fn step_down(&mut self, ctx: &mut Ctx<'_>) {
+        if let Role::Candidate(candidate) = &self.role {
+            self.missing_promises = ctx
+                .members
+                .iter()
+                .copied()
+                .filter(|n| !candidate.promises.contains_key(n))
+                .collect();
+        }
+        if matches!(self.role, Role::Follower) {
+            return;
+        }
+        self.role = Role::Follower;
+        self.continuation = None;
+        self.phase1_end = None;
+        self.fill_until = Instance(0);
+        if self.leader_hint == Some(ctx.me) {
+            self.leader_hint = None;
+        }
+        for (_, flight) in std::mem::take(&mut self.inflight) {
+            for id in flight.proposals {
+                ctx.out
+                    .results
+                    .push(ProposalResult::Unknown { id, group: self.id });
+            }
+        }
+        let leader_hint = self.leader_hint;
+        for queued in std::mem::take(&mut self.queue) {
+            ctx.out.results.push(ProposalResult::Failed {
+                id: queued.id,
+                group: self.id,
+                reason: FailReason::NotLeader { leader_hint },
+            });
+        }
+        self.election_deadline = Some(ctx.election_deadline());
+    }
+}
