@@ -53,3 +53,10 @@ fn reply_before_durable_breaks_agreement_too() {
     );
     eprintln!("reply-before-durable (safety checkers only): seed {seed}: {violation}");
 }
+
+#[test]
+fn accept_below_promise_is_caught_by_the_invariant_checker() {
+    let (seed, violation) = first_violation(Bug::AcceptBelowPromise).expect("caught");
+    assert!(violation.contains("invariant:"), "{violation}");
+    eprintln!("accept-below-promise: seed {seed}: {violation}");
+}

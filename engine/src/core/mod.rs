@@ -297,4 +297,6 @@ pub struct Bugs {
     pub unbounded_promise: bool,
     /// A node whose data directory was lost votes at once with empty state.
     pub rejoin_with_empty_state: bool,
+    /// The acceptor accepts an Accept below its promise (and so lowers the promise).
+    pub accept_below_promise: bool,
 }

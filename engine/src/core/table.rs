@@ -640,6 +640,25 @@ impl CoreTable {
             .collect()
     }
 
+    /// The promise of `group` (None for a group this core does not own).
+    pub fn promised(&self, group: GroupId) -> Option<super::Ballot> {
+        self.groups.get(&group).map(|g| g.promised())
+    }
+
+    /// Every group's invariants (docs/PROTOCOL.md): the first that fails, named.
+    pub fn invariants(&self) -> Result<(), String> {
+        for group in self.groups.values() {
+            group.invariants()?;
+        }
+        if self.durable_lsn >= self.next_lsn {
+            return Err(format!(
+                "durable Lsn {} at or beyond the next Lsn {}",
+                self.durable_lsn, self.next_lsn
+            ));
+        }
+        Ok(())
+    }
+
     /// Groups of this core that are re-learning now.
     pub fn relearning_count(&self) -> usize {
         self.groups.values().filter(|g| g.is_relearning()).count()
@@ -739,6 +758,14 @@ impl CoreTable {
         self.drain_loopback();
         self.flush_marks();
         self.out.take_into(out);
+        #[cfg(debug_assertions)]
+        if let Err(broken) = self.invariants() {
+            // Simulator builds inject bugs on purpose: there the checkers report it.
+            #[cfg(not(feature = "sim-bugs"))]
+            panic!("core invariant broken: {broken}");
+            #[cfg(feature = "sim-bugs")]
+            let _ = broken;
+        }
     }
 
     /// The node this core believes leads `group` (itself included), if any.

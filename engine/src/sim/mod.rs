@@ -151,12 +151,14 @@ pub enum Bug {
     UnboundedPromise,
     /// A node whose state was lost votes at once with empty promises.
     RejoinWithEmptyState,
+    /// The acceptor accepts below its promise (lowering it): the invariant checker's bug.
+    AcceptBelowPromise,
 }
 
 #[cfg(feature = "sim-bugs")]
 impl Bug {
     /// Every bug.
-    pub const ALL: [Bug; 9] = [
+    pub const ALL: [Bug; 10] = [
         Bug::ForgetPromise,
         Bug::ReplyBeforeDurable,
         Bug::SkipPrepareOnNewLeader,
@@ -166,6 +168,7 @@ impl Bug {
         Bug::CutDamagedLastWrite,
         Bug::UnboundedPromise,
         Bug::RejoinWithEmptyState,
+        Bug::AcceptBelowPromise,
     ];
 
     /// The `--bug` name.
@@ -180,6 +183,7 @@ impl Bug {
             Bug::CutDamagedLastWrite => "cut-damaged-last-write",
             Bug::UnboundedPromise => "unbounded-promise",
             Bug::RejoinWithEmptyState => "rejoin-with-empty-state",
+            Bug::AcceptBelowPromise => "accept-below-promise",
         }
     }
 
@@ -208,6 +212,7 @@ impl Bug {
             Bug::CutDamagedLastWrite => bugs.cut_damaged_last_write = true,
             Bug::UnboundedPromise => bugs.unbounded_promise = true,
             Bug::RejoinWithEmptyState => bugs.rejoin_with_empty_state = true,
+            Bug::AcceptBelowPromise => bugs.accept_below_promise = true,
         }
         bugs
     }
@@ -355,6 +360,8 @@ struct Node {
     durable_accepts: BTreeSet<(GroupId, Instance, Ballot)>,
     applied_next: BTreeMap<GroupId, Instance>,
     incarnation: u64,
+    /// Each group's promise at the last step (it must never decrease while the node runs).
+    last_promised: BTreeMap<GroupId, Ballot>,
     /// The data directory's identity file exists (the runtime's rule: a start without one,
     /// outside the cluster's bootstrap, has lost its state). Written at bootstrap, and after a
     /// start without it once the first write (carrying the re-learn records) is durable.
@@ -465,6 +472,7 @@ impl Sim {
                 durable_accepts: BTreeSet::new(),
                 applied_next: BTreeMap::new(),
                 incarnation: 0,
+                last_promised: BTreeMap::new(),
                 identity: true, // the cluster's bootstrap: empty state is legitimate
             });
         }
@@ -521,6 +529,7 @@ impl Sim {
         )
         .expect("simulator config is valid");
         node.applied_next.clear();
+        node.last_promised.clear();
         node.table = Some(table);
         node.restart_at = None;
         self.trace(&(
@@ -708,6 +717,39 @@ impl Sim {
         // 6. End of round on every node.
         for index in 0..self.nodes.len() {
             self.end_round(index);
+        }
+        // 7. Every replica's invariants, and promises that only grow while a node runs.
+        self.check_invariants();
+    }
+
+    fn check_invariants(&mut self) {
+        let groups = self.groups();
+        let mut broken = None;
+        for node in &mut self.nodes {
+            let Some(table) = &node.table else {
+                continue;
+            };
+            if let Err(what) = table.invariants() {
+                broken = Some(format!("invariant: node {}: {what}", node.id));
+                break;
+            }
+            for &group in &groups {
+                let now = table.promised(group).unwrap_or_default();
+                let before = node.last_promised.insert(group, now).unwrap_or_default();
+                if now < before {
+                    broken = Some(format!(
+                        "invariant: node {}: group {group}: promised decreased from {before} to {now}",
+                        node.id
+                    ));
+                    break;
+                }
+            }
+            if broken.is_some() {
+                break;
+            }
+        }
+        if let Some(what) = broken {
+            self.violate(what);
         }
     }
 

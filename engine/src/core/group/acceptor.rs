@@ -141,7 +141,13 @@ impl Group {
             self.on_commit(ctx, from, ballot, chosen_through);
             return;
         }
-        if ballot < self.promised {
+        #[allow(unused_mut)]
+        let mut below = ballot < self.promised;
+        #[cfg(feature = "sim-bugs")]
+        if ctx.bugs.accept_below_promise {
+            below = false; // the acceptor forgets to compare (and lowers its promise)
+        }
+        if below {
             self.reject(ctx, from, ballot);
             return;
         }

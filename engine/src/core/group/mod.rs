@@ -267,6 +267,87 @@ impl Group {
         self.relearn.is_some()
     }
 
+    /// The promised ballot.
+    pub fn promised(&self) -> Ballot {
+        self.promised
+    }
+
+    /// The negative space of this replica's state, in TigerBeetle's habit: what must never
+    /// hold. Checked after every simulator step and, in debug builds, at every poll.
+    pub fn invariants(&self) -> Result<(), String> {
+        let g = self.id;
+        let fail = |what: String| Err(format!("group {g}: {what}"));
+        if let Some((i, (b, _))) = self.accepted.iter().find(|(_, (b, _))| *b > self.promised) {
+            return fail(format!(
+                "accepted ballot {b} at instance {} above the promise {}",
+                i.0, self.promised
+            ));
+        }
+        if let Some(i) = self.accepted.keys().find(|i| **i < self.applied_next) {
+            return fail(format!(
+                "an accepted value kept at instance {} below the applied point {}",
+                i.0, self.applied_next.0
+            ));
+        }
+        if self.chosen.contains_key(&self.applied_next) {
+            return fail(format!(
+                "instance {} is chosen but not applied",
+                self.applied_next.0
+            ));
+        }
+        match &self.role {
+            Role::Leader { ballot, .. } => {
+                if self.relearn.is_some() {
+                    return fail("leading while re-learning".into());
+                }
+                if *ballot > self.promised {
+                    return fail(format!(
+                        "leading with ballot {ballot} above its own promise {}",
+                        self.promised
+                    ));
+                }
+                if let Some(i) = self
+                    .inflight
+                    .keys()
+                    .find(|i| **i < self.applied_next || self.chosen.contains_key(i))
+                {
+                    return fail(format!(
+                        "instance {} in flight though chosen or applied",
+                        i.0
+                    ));
+                }
+                if self
+                    .inflight
+                    .keys()
+                    .next_back()
+                    .is_some_and(|last| *last >= self.next_instance)
+                {
+                    return fail("an instance in flight at or beyond next_instance".into());
+                }
+                if self
+                    .phase1_end
+                    .is_some_and(|end| self.next_instance > end.max(self.applied_next))
+                {
+                    return fail("opened instances beyond what phase 1 covers".into());
+                }
+            }
+            Role::Candidate(_) | Role::Follower => {
+                if !self.inflight.is_empty() {
+                    return fail("instances in flight while not leading".into());
+                }
+                if matches!(self.role, Role::Candidate(_)) && self.relearn.is_some() {
+                    return fail("a candidate while re-learning".into());
+                }
+            }
+        }
+        if let Some(relearn) = &self.relearn {
+            if relearn.target.is_none() && relearn.pooled {
+                return fail("pooled without a target".into());
+            }
+        }
+        Ok(())
+    }
+
     /// Rebuilds the replica from its recovered records (in Lsn order); see
     /// docs/PROTOCOL.md#restart for the rules.
     pub fn restore(

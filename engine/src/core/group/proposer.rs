@@ -134,6 +134,10 @@ impl Group {
         self.elections_without_leader = 0;
         self.missing_promises.clear();
         ctx.stats.leaderships_won += 1;
+        // A new leadership numbers from its own phase 1, never from an old one's position (an
+        // old next_instance beyond the recovered window would leave holes no one fills).
+        self.next_instance = self.applied_next;
+        self.phase1_end = None;
         self.recover_window(ctx, candidate.first, candidate.promises);
         self.commit_dirty = true;
     }
