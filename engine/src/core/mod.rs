@@ -34,17 +34,20 @@
 //! (values in instance order per group), `results` (Committed / Failed / Unknown per proposal)
 //! and `stopped` (a group halted by a checksum mismatch). The protocol and its invariants are
 //! documented in `docs/PROTOCOL.md`.
+mod ctx;
 mod group;
 mod message;
+mod outputs;
 mod table;
 pub mod value;
 mod wal_types;
 
 pub use message::{DecodeError, Message, PromiseEntry, MESSAGE_KIND_MAX};
-pub use table::{
-    Chosen, CoreStats, CoreTable, FailReason, GroupError, GroupStatus, Outputs, ProposalResult,
-    RelearnStatus, SendAfterDurable, SendNow, Start,
+pub use outputs::{
+    Chosen, CoreStats, FailReason, GroupError, GroupStatus, Outputs, ProposalResult, RelearnStatus,
+    SendAfterDurable, SendNow, Start,
 };
+pub use table::CoreTable;
 pub use wal_types::{
     Ballot, Damage, GroupId, Instance, Lsn, Record, RecordKind, RecordRef, Recovery,
 };

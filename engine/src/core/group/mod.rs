@@ -4,10 +4,9 @@
 //! rolling checksum, the proposer's role and pipeline, and the proposal queue. Must never do
 //! I/O or read a clock: it speaks only through the table's `Ctx` (append, send,
 //! send-after-durable, outputs) and learns time from `ctx.now`.
+use super::ctx::Ctx;
 use super::message::{self, Message, PromiseEntry};
-use super::table::{
-    Chosen, Ctx, FailReason, GroupError, GroupStatus, ProposalResult, RelearnStatus,
-};
+use super::outputs::{Chosen, FailReason, GroupError, GroupStatus, ProposalResult, RelearnStatus};
 use super::value::{self, Identity};
 use super::wal_types::{Ballot, Damage, GroupId, Instance, Lsn, Record, RecordKind};
 use super::{NodeId, ProposalId, Tick};
@@ -558,7 +557,7 @@ impl Group {
                         if !flight.accepted_by.contains(&to) && to != ctx.me {
                             ctx.stats.accepts_sent += 1;
                             ctx.stats.messages_sent += 1;
-                            ctx.out.sends.push(super::table::SendNow {
+                            ctx.out.sends.push(super::outputs::SendNow {
                                 to,
                                 group: self.id,
                                 msg: msg.clone(),

@@ -1,0 +1,121 @@
+//! What a group needs from its table while it handles one input (`Ctx`): the node, the
+//! members and config, time, the seeded generator, the Lsn counter, the outputs and the
+//! loopback queues. The groups see the table only through this.
+//!
+//! Owns: `Ctx` and its helpers (append, send, send-after-durable, broadcast, quorum). Must
+//! never do I/O.
+use super::outputs::{CoreStats, Outputs, SendAfterDurable, SendNow};
+use super::wal_types::{GroupId, Lsn, Record};
+use super::{Config, Message, NodeId, Prng, Tick};
+use std::collections::VecDeque;
+
+/// What a group needs from its table while it handles one input.
+pub(super) struct Ctx<'a> {
+    pub me: NodeId,
+    pub members: &'a [NodeId],
+    pub config: &'a Config,
+    pub now: Tick,
+    pub rng: &'a mut Prng,
+    pub next_lsn: &'a mut Lsn,
+    pub durable_lsn: Lsn,
+    pub out: &'a mut Outputs,
+    pub local: &'a mut VecDeque<(GroupId, Message)>,
+    pub local_after_durable: &'a mut VecDeque<(Lsn, GroupId, Message)>,
+    pub marks: &'a mut Vec<Record>,
+    pub stats: &'a mut CoreStats,
+    pub incarnation: u64,
+    /// The Lsn every damage this start found lies below (the restore's `next_lsn`).
+    pub restored_lsn: Lsn,
+    #[cfg(feature = "sim-bugs")]
+    pub bugs: super::Bugs,
+}
+
+impl Ctx<'_> {
+    /// Majority of the members.
+    pub fn quorum(&self) -> usize {
+        self.members.len() / 2 + 1
+    }
+
+    /// Peers whose reports a re-learning replica needs (members - quorum + 1): together with
+    /// any quorum but itself they always share a member.
+    pub fn relearn_needed(&self) -> usize {
+        self.members.len() - self.quorum() + 1
+    }
+
+    /// Appends a record; returns its Lsn.
+    pub fn append(&mut self, record: Record) -> Lsn {
+        let lsn = *self.next_lsn;
+        assert!(lsn.0 >= 1, "Lsns start at 1");
+        *self.next_lsn = lsn.next();
+        self.out.appends.push((lsn, record));
+        self.stats.records_appended += 1;
+        lsn
+    }
+
+    /// A chosen mark: it needs no write of its own and rides in the next batch that has
+    /// other records (docs/PROTOCOL.md#durability). Losing it only costs a re-learn.
+    pub fn defer_mark(&mut self, record: Record) {
+        self.marks.push(record);
+    }
+
+    /// The Lsn of the last record appended (0 if none).
+    pub fn last_lsn(&self) -> Lsn {
+        Lsn(self.next_lsn.0 - 1)
+    }
+
+    pub fn send(&mut self, group: GroupId, to: NodeId, msg: Message) {
+        if to == self.me {
+            self.local.push_back((group, msg));
+        } else {
+            self.stats.messages_sent += 1;
+            self.out.sends.push(SendNow { to, group, msg });
+        }
+    }
+
+    pub fn send_after_durable(&mut self, lsn: Lsn, group: GroupId, to: NodeId, msg: Message) {
+        #[cfg(feature = "sim-bugs")]
+        if self.bugs.reply_before_durable {
+            self.send(group, to, msg);
+            return;
+        }
+        if to == self.me {
+            if lsn <= self.durable_lsn {
+                self.local.push_back((group, msg));
+            } else {
+                self.local_after_durable.push_back((lsn, group, msg));
+            }
+        } else {
+            self.stats.messages_sent += 1;
+            self.out.sends_after_durable.push(SendAfterDurable {
+                lsn,
+                to,
+                group,
+                msg,
+            });
+        }
+    }
+
+    /// Sends to every member, this node included (through the loopback).
+    pub fn broadcast(&mut self, group: GroupId, msg: &Message) {
+        for index in 0..self.members.len() {
+            let to = self.members[index];
+            self.send(group, to, msg.clone());
+        }
+    }
+
+    /// Sends to every member but this node.
+    pub fn broadcast_peers(&mut self, group: GroupId, msg: &Message) {
+        for index in 0..self.members.len() {
+            let to = self.members[index];
+            if to != self.me {
+                self.send(group, to, msg.clone());
+            }
+        }
+    }
+
+    /// `now + election timeout + seeded jitter`.
+    pub fn election_deadline(&mut self) -> Tick {
+        let jitter = self.rng.below(self.config.election_jitter_ticks + 1);
+        Tick(self.now.0 + self.config.election_timeout_ticks + jitter)
+    }
+}

@@ -1,0 +1,330 @@
+//! What a core's groups produce and report: messages to send (now or once durable), chosen
+//! values, proposal outcomes, group errors and status, the protocol counters, and the start
+//! information a driver passes in.
+//!
+//! Owns: the output and status types a driver reads. Must never do I/O.
+use super::wal_types::{GroupId, Instance, Lsn, Record};
+use super::{Message, NodeId, ProposalId};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+/// A message that needs no durability (e.g. a leader's Accept, a Commit, a catch-up reply).
+/// (Not named `Send`, so that a glob import does not shadow the `Send` trait.)
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SendNow {
+    /// The destination node.
+    pub to: NodeId,
+    /// The group.
+    pub group: GroupId,
+    /// The message.
+    pub msg: Message,
+}
+
+/// A reply that depends on persisted state (Promise, Accepted): the driver must hold it until
+/// the WAL reports `durable(l)` with `l >= lsn`, and should assert that just before sending.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SendAfterDurable {
+    /// The record that justifies the reply.
+    pub lsn: Lsn,
+    /// The destination node.
+    pub to: NodeId,
+    /// The group.
+    pub group: GroupId,
+    /// The message.
+    pub msg: Message,
+}
+
+/// A chosen value, handed to the executor in instance order per group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Chosen {
+    /// The group.
+    pub group: GroupId,
+    /// The instance.
+    pub instance: Instance,
+    /// The value (decode with [`super::value::decode`]).
+    pub value: Bytes,
+}
+
+/// Why a proposal failed (it was never proposed, so it will not be chosen).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FailReason {
+    /// This node does not lead the group; try the hinted node.
+    NotLeader {
+        /// The node this one believes leads, if any.
+        leader_hint: Option<NodeId>,
+    },
+    /// The group's proposal queue is full: back off.
+    Overloaded,
+    /// This core does not own the group.
+    UnknownGroup,
+    /// The command cannot fit in one value under the configured batch limit.
+    TooLarge,
+    /// The group is stopped by an error (see [`GroupError`]).
+    Stopped,
+}
+
+/// The outcome of one proposal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProposalResult {
+    /// Chosen: the command is entry `index` of the value at `instance`.
+    Committed {
+        /// The caller's id.
+        id: ProposalId,
+        /// The group.
+        group: GroupId,
+        /// The instance.
+        instance: Instance,
+        /// The command's index in the instance's value.
+        index: u32,
+    },
+    /// Not proposed; it will not be chosen.
+    Failed {
+        /// The caller's id.
+        id: ProposalId,
+        /// The group.
+        group: GroupId,
+        /// Why.
+        reason: FailReason,
+    },
+    /// Proposed, but leadership was lost before the outcome was known: it may still be chosen.
+    Unknown {
+        /// The caller's id.
+        id: ProposalId,
+        /// The group.
+        group: GroupId,
+    },
+}
+
+/// Why a group stopped (it takes no more input; the operator must repair it).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum GroupError {
+    /// The rolling checksum through `instance` differs from a peer's.
+    #[error("group {group}: checksum through instance {instance} is {ours:#010x} here but {theirs:#010x} at node {from}")]
+    ChecksumMismatch {
+        /// The group.
+        group: u32,
+        /// The instance.
+        instance: u64,
+        /// Ours.
+        ours: u32,
+        /// The peer's.
+        theirs: u32,
+        /// The peer.
+        from: u32,
+    },
+    /// A peer reported a different chosen value for an instance this replica has chosen.
+    #[error("group {group}: a different value was reported chosen at instance {instance} by node {from}")]
+    Diverged {
+        /// The group.
+        group: u32,
+        /// The instance.
+        instance: u64,
+        /// The peer.
+        from: u32,
+    },
+}
+
+/// How this start of a core relates to the node's history (from the data directory's
+/// identity file; docs/PROTOCOL.md#restart).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Start {
+    /// The node's incarnation: bumped and made durable at every start before anything is
+    /// sent, so proposal identities and re-learn request ids never repeat across restarts.
+    pub incarnation: u64,
+    /// The node's durable state is gone or cannot be trusted (a data directory created anew,
+    /// or an identity file that is missing or damaged): every group re-learns before it votes.
+    pub state_lost: bool,
+}
+
+/// What one group is doing, for stats and for the "why is it stuck" log line.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupStatus {
+    /// The group.
+    pub group: GroupId,
+    /// "leader", "candidate", "follower" or "stopped".
+    pub role: String,
+    /// The node believed to lead, if any.
+    pub leader_hint: Option<NodeId>,
+    /// First instance not yet applied.
+    pub applied_next: Instance,
+    /// Phase 1 attempts since this replica last saw a leader (its own or another's).
+    pub elections_without_leader: u64,
+    /// Peers whose Promise the current or last candidacy did not get (with the reason
+    /// when a peer refused: it is re-learning or promised higher).
+    pub missing_promises: Vec<NodeId>,
+    /// Set while the group re-learns after damage.
+    pub relearning: Option<RelearnStatus>,
+}
+
+/// A re-learning group's progress (docs/PROTOCOL.md#re-learning).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelearnStatus {
+    /// The instance it must apply up to before it votes (None until enough peers reported).
+    pub target: Option<Instance>,
+    /// Peers that have not answered this re-learn's request.
+    pub waiting_for: Vec<NodeId>,
+    /// Reports from peers that are not re-learning themselves.
+    pub sure_reports: usize,
+    /// Reports from peers that are re-learning too.
+    pub relearning_reports: usize,
+    /// Reports needed (members - quorum + 1).
+    pub needed: usize,
+    /// The target was set from pooled reports of re-learning peers (PAR's condition).
+    pub pooled: bool,
+}
+
+impl GroupStatus {
+    /// Why the group cannot make progress by itself, if it cannot: re-learning and waiting for
+    /// reports or catch-up, or elections that do not win.
+    pub fn stuck_reason(&self) -> Option<String> {
+        if self.role == "stopped" {
+            return Some(format!("group {} is stopped", self.group));
+        }
+        if let Some(relearn) = &self.relearning {
+            return Some(match relearn.target {
+                None => format!(
+                    "group {}: re-learning after lost or damaged state; waiting for reports from {} (have {} from undamaged peers and {} from re-learning peers, need {})",
+                    self.group,
+                    names(&relearn.waiting_for),
+                    relearn.sure_reports,
+                    relearn.relearning_reports,
+                    relearn.needed
+                ),
+                Some(target) => format!(
+                    "group {}: re-learning; applied through {} of {} (votes resume at {})",
+                    self.group,
+                    self.applied_next.0,
+                    target.0,
+                    target.0
+                ),
+            });
+        }
+        if self.leader_hint.is_none() && self.elections_without_leader >= 3 {
+            return Some(format!(
+                "group {}: no leader after {} elections; no promise from {}",
+                self.group,
+                self.elections_without_leader,
+                names(&self.missing_promises)
+            ));
+        }
+        None
+    }
+}
+
+fn names(nodes: &[NodeId]) -> String {
+    if nodes.is_empty() {
+        return "none".to_string();
+    }
+    let list: Vec<String> = nodes.iter().map(|n| format!("node {}", n.0)).collect();
+    list.join(", ")
+}
+
+/// Everything a table produced since the last `poll`.
+#[derive(Clone, Debug, Default)]
+pub struct Outputs {
+    /// Records to append, in Lsn order (consecutive Lsns).
+    pub appends: Vec<(Lsn, Record)>,
+    /// Messages to send now.
+    pub sends: Vec<SendNow>,
+    /// Messages to send once the WAL is durable through their Lsn.
+    pub sends_after_durable: Vec<SendAfterDurable>,
+    /// Chosen values, in instance order per group.
+    pub chosen: Vec<Chosen>,
+    /// Proposal outcomes.
+    pub results: Vec<ProposalResult>,
+    /// Groups that stopped on an error.
+    pub stopped: Vec<(GroupId, GroupError)>,
+}
+
+impl Outputs {
+    /// Empties every list (keeps the allocations).
+    pub fn clear(&mut self) {
+        self.appends.clear();
+        self.sends.clear();
+        self.sends_after_durable.clear();
+        self.chosen.clear();
+        self.results.clear();
+        self.stopped.clear();
+    }
+
+    /// True when there is nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.appends.is_empty()
+            && self.sends.is_empty()
+            && self.sends_after_durable.is_empty()
+            && self.chosen.is_empty()
+            && self.results.is_empty()
+            && self.stopped.is_empty()
+    }
+
+    pub(super) fn take_into(&mut self, out: &mut Outputs) {
+        out.appends.append(&mut self.appends);
+        out.sends.append(&mut self.sends);
+        out.sends_after_durable
+            .append(&mut self.sends_after_durable);
+        out.chosen.append(&mut self.chosen);
+        out.results.append(&mut self.results);
+        out.stopped.append(&mut self.stopped);
+    }
+}
+
+/// Protocol counters of one core (docs/PROTOCOL.md#counters).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CoreStats {
+    /// Messages handed out for other nodes.
+    pub messages_sent: u64,
+    /// Messages received from other nodes.
+    pub messages_received: u64,
+    /// Messages for a group this core does not own (ignored: rolling upgrade).
+    pub messages_unknown_group: u64,
+    /// Phase 1 attempts started.
+    pub prepares_started: u64,
+    /// Times this node won phase 1.
+    pub leaderships_won: u64,
+    /// Promises granted.
+    pub promises_sent: u64,
+    /// Accept messages sent to peers.
+    pub accepts_sent: u64,
+    /// Accepted replies granted.
+    pub accepted_sent: u64,
+    /// Prepare/Accept refused for a lower ballot.
+    pub rejections_sent: u64,
+    /// Rejections received for this node's current ballot.
+    pub rejections_received: u64,
+    /// Instances this node chose as leader.
+    pub instances_chosen_as_leader: u64,
+    /// Instances this node learned (applied) in order.
+    pub instances_applied: u64,
+    /// Proposals answered Committed.
+    pub proposals_committed: u64,
+    /// Proposals refused because the queue was full.
+    pub proposals_overloaded: u64,
+    /// Instances with client commands chosen by this leader (denominator of RTTs per commit).
+    pub commit_instances: u64,
+    /// Sequential round trips on those instances' critical paths (1 steady, 2 with Prepare).
+    pub commit_rtts_total: u64,
+    /// Catch-up requests sent.
+    pub catchup_requests_sent: u64,
+    /// Chosen values served to lagging peers.
+    pub catchup_entries_served: u64,
+    /// Catch-up replies that were empty although the peer is ahead: the values this replica
+    /// needs are older than the peer retains in memory (serving them from the WAL, or a
+    /// checkpoint, is a later issue). Non-zero means a replica cannot catch up by itself.
+    pub catchup_unavailable: u64,
+    /// Records handed to the WAL.
+    pub records_appended: u64,
+    /// Accepted replies that named another value than the one in flight (stale; ignored).
+    pub accepted_stale: u64,
+    /// Promises cut by the message byte bound (the leader continues phase 1 in chunks).
+    pub promises_truncated: u64,
+    /// Phase 1 continuations a leader ran for instances beyond a cut Promise.
+    pub phase1_continuations: u64,
+    /// No-op instances a leader opened so that a re-learning peer can finish.
+    pub relearn_fill_instances: u64,
+    /// Groups that finished re-learning (and wrote a repair record).
+    pub groups_repaired: u64,
+    /// Groups that entered re-learning after WAL damage.
+    pub groups_relearning: u64,
+    /// Groups stopped on an error.
+    pub groups_stopped: u64,
+}
