@@ -14,8 +14,7 @@
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use paxring_net::{encode_frame, Dest, Frame, Inbox, NetHandle};
-use paxring_wal::{GroupId, Instance, Lsn, Wal, WalError, WalOptions, WalStats};
-use serde::Serialize;
+use paxring_wal::{GroupId, Instance, Lsn, Wal, WalError, WalOptions};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -24,11 +23,11 @@ use std::time::{Duration, Instant};
 use super::api::{Error, Reply};
 use super::config::{core_of_group, NodeConfig, SyncModeConfig, WalBackendConfig};
 use super::executor::ExecMsg;
-use super::node::{ProposalMsg, Shared};
+use super::shared::{CoreSnapshot, ProposalMsg, Shared};
 use super::wake::Wake;
 use crate::core::{
-    value, Config as CoreConfig, CoreStats, CoreTable, FailReason, Message, NodeId, Outputs, Prng,
-    ProposalId, ProposalResult, Start, Tick,
+    value, Config as CoreConfig, CoreTable, FailReason, Message, NodeId, Outputs, Prng, ProposalId,
+    ProposalResult, Start, Tick,
 };
 
 /// What a core thread needs to start.
@@ -48,44 +47,6 @@ pub(crate) struct CoreStart {
     pub incarnation: u64,
     /// The node's state was lost: a core whose WAL holds no record re-learns every group.
     pub state_lost: bool,
-}
-
-/// One core's counters, published every 20 ms and when the core stops.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct CoreSnapshot {
-    /// The core's index.
-    pub core: usize,
-    /// Groups this core owns.
-    pub groups: usize,
-    /// Loop iterations.
-    pub rounds: u64,
-    /// WAL writes issued (a round issues at most one; rounds whose records join a write
-    /// still in flight are carried by the next one).
-    pub write_rounds: u64,
-    /// Durable writes (DSYNC writes or fdatasyncs), as the WAL counts them.
-    pub durable_writes: u64,
-    /// Records written by the WAL.
-    pub records_written: u64,
-    /// Average groups with records per WAL write.
-    pub groups_per_write: f64,
-    /// Inbound frames that did not decode as a protocol message (dropped, counted).
-    pub undecodable_frames: u64,
-    /// Outbound batches the network thread refused because its queue was full (dropped;
-    /// Paxos retransmits).
-    pub net_batches_refused: u64,
-    /// Proposals received from the API.
-    pub proposals_received: u64,
-    /// Rounds in which chosen values waited for the executor's queue.
-    pub executor_backlog_rounds: u64,
-    /// The WAL's own counters.
-    pub wal: Option<WalStats>,
-    /// The protocol counters.
-    pub protocol: CoreStats,
-    /// Groups that cannot make progress by themselves, with the reason (at most
-    /// `STUCK_LISTED_MAX`; `stuck_groups` counts them all). Refreshed every `STUCK_EVERY`.
-    pub stuck: Vec<String>,
-    /// How many groups were stuck at the last check.
-    pub stuck_groups: usize,
 }
 
 /// How often a core checks for stuck groups and logs them (once per interval).

@@ -13,6 +13,7 @@ mod core_loop;
 pub(crate) mod executor;
 pub mod identity;
 mod node;
+mod shared;
 pub mod state_machine;
 mod wake;
 
@@ -20,6 +21,6 @@ pub use api::{Committed, Error, Proposal};
 pub use config::{
     core_of_group, ConfigError, NodeConfig, NodeConfigBuilder, PeerConfig, SyncModeConfig,
 };
-pub use core_loop::CoreSnapshot;
 pub use node::{Node, NodeStats, NodeTotals};
+pub use shared::CoreSnapshot;
 pub use state_machine::{StateMachine, StateMachineFactory};

@@ -14,47 +14,14 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use super::api::{Error, Proposal, Reply};
+use super::api::{Error, Proposal};
 use super::config::{core_of_group, NodeConfig};
-use super::core_loop::{self, CoreSnapshot, CoreStart};
+use super::core_loop::{self, CoreStart};
 use super::executor::{self, GroupProgress};
 use super::identity;
+use super::shared::{CoreSnapshot, ProposalMsg, Shared};
 use super::state_machine::StateMachineFactory;
 use super::wake::Wake;
-
-/// A proposal on its way into a core.
-pub(crate) struct ProposalMsg {
-    pub group: GroupId,
-    pub command: Bytes,
-    pub reply: Reply,
-}
-
-/// What every thread of a node shares.
-pub(crate) struct Shared {
-    /// Set to stop every thread (shutdown or a fatal error).
-    pub stopping: AtomicBool,
-    /// The first fatal error, if any (a failed fsync, an unreadable WAL): the node has stopped.
-    pub fatal: Mutex<Option<String>>,
-    /// Each core's latest published counters.
-    pub snapshots: Mutex<Vec<CoreSnapshot>>,
-    /// Each group's leader hint (node id, 0 = unknown), published by its core every round.
-    pub leader_hints: Vec<AtomicU64>,
-    /// Each group's executor progress.
-    pub progress: Vec<Arc<GroupProgress>>,
-    /// Commands applied by all executors.
-    pub applied_commands: Arc<AtomicU64>,
-}
-
-impl Shared {
-    pub(crate) fn fail(&self, reason: String) {
-        let mut fatal = self.fatal.lock().expect("fatal lock");
-        if fatal.is_none() {
-            tracing::error!("node stopping on a fatal error: {reason}");
-            *fatal = Some(reason);
-        }
-        self.stopping.store(true, Ordering::Release);
-    }
-}
 
 struct CoreHandle {
     proposals: Sender<ProposalMsg>,

@@ -1,0 +1,86 @@
+//! What a node's threads share: the proposal message into a core, the stop flag and fatal
+//! error, the cores' published counters, leader hints and executor progress.
+//!
+//! Owns: these shared types (so that the core loop and the node import them from here, not
+//! from each other). Must never block on I/O.
+use bytes::Bytes;
+use paxring_wal::{GroupId, WalStats};
+use serde::Serialize;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use super::api::Reply;
+use super::executor::GroupProgress;
+use crate::core::CoreStats;
+
+/// A proposal on its way into a core.
+pub(crate) struct ProposalMsg {
+    pub group: GroupId,
+    pub command: Bytes,
+    pub reply: Reply,
+}
+
+/// What every thread of a node shares.
+pub(crate) struct Shared {
+    /// Set to stop every thread (shutdown or a fatal error).
+    pub stopping: AtomicBool,
+    /// The first fatal error, if any (a failed fsync, an unreadable WAL): the node has stopped.
+    pub fatal: Mutex<Option<String>>,
+    /// Each core's latest published counters.
+    pub snapshots: Mutex<Vec<CoreSnapshot>>,
+    /// Each group's leader hint (node id, 0 = unknown), published by its core every round.
+    pub leader_hints: Vec<AtomicU64>,
+    /// Each group's executor progress.
+    pub progress: Vec<Arc<GroupProgress>>,
+    /// Commands applied by all executors.
+    pub applied_commands: Arc<AtomicU64>,
+}
+
+impl Shared {
+    pub(crate) fn fail(&self, reason: String) {
+        let mut fatal = self.fatal.lock().expect("fatal lock");
+        if fatal.is_none() {
+            tracing::error!("node stopping on a fatal error: {reason}");
+            *fatal = Some(reason);
+        }
+        self.stopping.store(true, Ordering::Release);
+    }
+}
+
+/// One core's counters, published every 20 ms and when the core stops.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct CoreSnapshot {
+    /// The core's index.
+    pub core: usize,
+    /// Groups this core owns.
+    pub groups: usize,
+    /// Loop iterations.
+    pub rounds: u64,
+    /// WAL writes issued (a round issues at most one; rounds whose records join a write
+    /// still in flight are carried by the next one).
+    pub write_rounds: u64,
+    /// Durable writes (DSYNC writes or fdatasyncs), as the WAL counts them.
+    pub durable_writes: u64,
+    /// Records written by the WAL.
+    pub records_written: u64,
+    /// Average groups with records per WAL write.
+    pub groups_per_write: f64,
+    /// Inbound frames that did not decode as a protocol message (dropped, counted).
+    pub undecodable_frames: u64,
+    /// Outbound batches the network thread refused because its queue was full (dropped;
+    /// Paxos retransmits).
+    pub net_batches_refused: u64,
+    /// Proposals received from the API.
+    pub proposals_received: u64,
+    /// Rounds in which chosen values waited for the executor's queue.
+    pub executor_backlog_rounds: u64,
+    /// The WAL's own counters.
+    pub wal: Option<WalStats>,
+    /// The protocol counters.
+    pub protocol: CoreStats,
+    /// Groups that cannot make progress by themselves, with the reason (at most
+    /// `STUCK_LISTED_MAX`; `stuck_groups` counts them all). Refreshed every `STUCK_EVERY`.
+    pub stuck: Vec<String>,
+    /// How many groups were stuck at the last check.
+    pub stuck_groups: usize,
+}
