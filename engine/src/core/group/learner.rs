@@ -131,16 +131,7 @@ impl Group {
             return;
         }
         self.catchup_deadline = Some(Tick(ctx.now.0 + ctx.config.retransmit_ticks));
-        ctx.stats.catchup_requests_sent += 1;
-        ctx.send(
-            self.id,
-            peer,
-            Message::CatchupRequest {
-                from: self.applied_next,
-                request: 0,
-                until: Instance(0),
-            },
-        );
+        ask_catchup(ctx, self.id, peer, self.applied_next, 0, Instance(0));
     }
 
     /// `instance` is chosen with `value` (reported by `from`).

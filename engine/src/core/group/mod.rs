@@ -761,6 +761,28 @@ fn resend_prepare(ctx: &mut Ctx<'_>, group: GroupId, candidate: &Candidate) {
     }
 }
 
+/// Sends one `CatchupRequest` (counted): from `from`, with a re-learn `request` id (0 for plain
+/// catch-up) and the instance a re-learning replica needs chosen (`until`, 0 for none).
+fn ask_catchup(
+    ctx: &mut Ctx<'_>,
+    group: GroupId,
+    peer: NodeId,
+    from: Instance,
+    request: u64,
+    until: Instance,
+) {
+    ctx.stats.catchup_requests_sent += 1;
+    ctx.send(
+        group,
+        peer,
+        Message::CatchupRequest {
+            from,
+            request,
+            until,
+        },
+    );
+}
+
 /// Whether a re-learn record says the state was lost (None if the payload is not one).
 fn relearn_lost(payload: &[u8]) -> Option<bool> {
     match payload.strip_prefix(RELEARN_TAG.as_slice())? {

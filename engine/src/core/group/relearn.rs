@@ -132,16 +132,7 @@ impl Group {
                         .collect(),
                 };
                 for peer in peers {
-                    ctx.stats.catchup_requests_sent += 1;
-                    ctx.send(
-                        self.id,
-                        peer,
-                        Message::CatchupRequest {
-                            from,
-                            request: 0,
-                            until: target,
-                        },
-                    );
+                    ask_catchup(ctx, self.id, peer, from, 0, target);
                 }
             }
             return;
@@ -161,16 +152,7 @@ impl Group {
             .filter(|n| *n != ctx.me && !relearn.reports.contains_key(n))
             .collect();
         for peer in missing {
-            ctx.stats.catchup_requests_sent += 1;
-            ctx.send(
-                self.id,
-                peer,
-                Message::CatchupRequest {
-                    from,
-                    request,
-                    until: Instance(0),
-                },
-            );
+            ask_catchup(ctx, self.id, peer, from, request, Instance(0));
         }
     }
 }
