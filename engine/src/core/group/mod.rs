@@ -266,6 +266,18 @@ impl Group {
         self.relearn.is_some()
     }
 
+    /// Appends a `Meta` record of this group (a re-learn or repair record) at its applied point.
+    fn append_meta(&self, ctx: &mut Ctx<'_>, payload: Vec<u8>) -> Lsn {
+        ctx.append(Record {
+            kind: RecordKind::Meta,
+            group: self.id,
+            instance: self.applied_next,
+            promised: self.promised,
+            accepted: Ballot::ZERO,
+            payload: Bytes::from(payload),
+        })
+    }
+
     /// The promised ballot.
     pub fn promised(&self) -> Ballot {
         self.promised
@@ -437,20 +449,9 @@ impl Group {
                 lost,
             });
             // The obligation goes to disk in the first write (docs/PROTOCOL.md#re-learning).
-            ctx.append(Record {
-                kind: RecordKind::Meta,
-                group: self.id,
-                instance: self.applied_next,
-                promised: self.promised,
-                accepted: Ballot::ZERO,
-                payload: Bytes::copy_from_slice(&[
-                    RELEARN_TAG[0],
-                    RELEARN_TAG[1],
-                    RELEARN_TAG[2],
-                    RELEARN_TAG[3],
-                    u8::from(lost),
-                ]),
-            });
+            let mut payload = RELEARN_TAG.to_vec();
+            payload.push(u8::from(lost));
+            self.append_meta(ctx, payload);
         }
     }
 

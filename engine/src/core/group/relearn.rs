@@ -87,17 +87,9 @@ impl Group {
         // The repair record: what was re-learned is in this log again (chosen marks carry
         // the values), so damage below the Lsn this start recovered to is not re-learned
         // again at the next restart.
-        let mut payload = Vec::with_capacity(12);
-        payload.extend_from_slice(REPAIR_TAG);
+        let mut payload = REPAIR_TAG.to_vec();
         payload.extend_from_slice(&ctx.restored_lsn.0.to_le_bytes());
-        ctx.append(Record {
-            kind: RecordKind::Meta,
-            group: self.id,
-            instance: self.applied_next,
-            promised: self.promised,
-            accepted: Ballot::ZERO,
-            payload: Bytes::from(payload),
-        });
+        self.append_meta(ctx, payload);
         ctx.stats.groups_repaired += 1;
         self.election_deadline = Some(ctx.election_deadline());
     }
