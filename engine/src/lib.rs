@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod core;
+pub mod driver;
 pub mod runtime;
 pub mod sim;
 

@@ -364,7 +364,7 @@ impl Cluster {
         let mut leader = None;
         for _ in 0..500 {
             leader = (1..=3).find(|n| {
-                self.nodes[&NodeId(*n)].table.is_some() && self.table(*n).is_leader(GROUP)
+                self.nodes[&NodeId(*n)].driver.is_some() && self.table(*n).is_leader(GROUP)
             });
             if leader.is_some() {
                 break;

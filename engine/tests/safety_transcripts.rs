@@ -35,9 +35,9 @@ fn tick_until(c: &mut Cluster, limit: u64, mut done: impl FnMut(&mut Cluster) ->
 fn leader_among(c: &mut Cluster, nodes: &[u32]) -> Option<u32> {
     nodes.iter().copied().find(|n| {
         c.nodes[&NodeId(*n)]
-            .table
+            .driver
             .as_ref()
-            .is_some_and(|t| t.is_leader(GROUP))
+            .is_some_and(|d| d.table().is_leader(GROUP))
     })
 }
 

@@ -1,8 +1,9 @@
-//! Simulator seeds in `cargo test`: a few hundred seeds of the full fault mix (3 nodes) plus a
-//! 5-node, a serial-pipeline and a one-group run, all with zero violations; and determinism: a
-//! seed run twice gives the same trace hash (and different seeds give different traces).
-//! Larger runs: `cargo run --release -p paxring-tools -- sim --seeds 500`.
-use paxring_engine::sim::{run_seed, RunSummary, SimOptions};
+//! Simulator seeds in `cargo test`: a few hundred seeds of swarm faults (3 nodes, 2 cores
+//! each) plus 5-node, serial-pipeline, one-group, one-core and every-fault-at-once runs, all
+//! with zero violations; the fault classes are all exercised; the fan-out of broadcasts is
+//! measured; and determinism: a seed run twice gives the same trace hash.
+//! Larger runs: `cargo run --release -p paxring-tools -- sim --seeds 100000` (docs/TESTING.md).
+use paxring_engine::sim::{run_seed, Fault, RunSummary, SimOptions};
 
 fn short() -> SimOptions {
     SimOptions {
@@ -20,7 +21,8 @@ fn run(options: &SimOptions, seeds: std::ops::Range<u64>) -> RunSummary {
         summary.add(&report);
         if let Some(violation) = &report.violation {
             failures.push(format!(
-                "seed {seed}: {violation}\n  replay: {}",
+                "seed {seed}: {violation}\n  faults: {}\n  replay: {}",
+                report.profile,
                 options.replay_command(seed)
             ));
         }
@@ -30,21 +32,61 @@ fn run(options: &SimOptions, seeds: std::ops::Range<u64>) -> RunSummary {
 }
 
 #[test]
-fn three_nodes_all_faults() {
+fn three_nodes_swarm_faults() {
     let summary = run(&short(), 1..201);
     assert_eq!(summary.violations, 0);
     assert!(summary.commits > 0);
-    assert!(summary.crashes > 0, "the fault mix crashed nodes");
+    // Swarm testing switched every class on in some seeds, and the faults landed.
+    for fault in Fault::ALL {
+        assert!(
+            summary.classes_on.get(fault.name()).copied().unwrap_or(0) > 20,
+            "{} was on in too few seeds: {:?}",
+            fault.name(),
+            summary.classes_on
+        );
+    }
+    for injected in [
+        "crash",
+        "torn",
+        "bitflip",
+        "zero",
+        "lost",
+        "rotlast",
+        "wipe",
+        "fsync",
+        "fail-stop",
+        "pause",
+        "partition",
+        "loss",
+        "dup",
+        "corrupt",
+        "stall",
+        "powerloss",
+        "fast-restart",
+    ] {
+        assert!(
+            summary.faults.get(injected).copied().unwrap_or(0) > 0,
+            "{injected} never injected: {:?}",
+            summary.faults
+        );
+    }
+    assert!(summary.corrupt_refused > 0, "corrupted frames were refused");
     // Steady state: one round trip per commit (no Prepare once a leader is stable).
     assert!(
         summary.rtts_per_commit() < 1.05,
         "{}",
         summary.rtts_per_commit()
     );
+    // Broadcasts are encoded once for both peers: more deliveries than encodes.
+    assert!(
+        summary.sends_per_encode() > 1.2,
+        "{}",
+        summary.sends_per_encode()
+    );
 }
 
 #[test]
-fn five_nodes_serial_pipeline_and_one_group() {
+fn five_nodes_serial_pipeline_one_group_one_core() {
     run(
         &SimOptions {
             nodes: 5,
@@ -66,6 +108,25 @@ fn five_nodes_serial_pipeline_and_one_group() {
         },
         3001..3041,
     );
+    run(
+        &SimOptions {
+            cores: 1,
+            ..short()
+        },
+        4001..4041,
+    );
+}
+
+#[test]
+fn every_fault_class_at_once() {
+    let summary = run(
+        &SimOptions {
+            swarm: false,
+            ..short()
+        },
+        5001..5061,
+    );
+    assert!(summary.faults.get("crash").copied().unwrap_or(0) > 0);
 }
 
 #[test]
@@ -75,6 +136,7 @@ fn same_seed_same_trace() {
     let again = run_seed(&options, 77);
     assert_eq!(first.trace_hash, again.trace_hash);
     assert_eq!(first.commits, again.commits);
+    assert_eq!(first.profile, again.profile);
     let other = run_seed(&options, 78);
     assert_ne!(first.trace_hash, other.trace_hash);
 }

@@ -1,4 +1,5 @@
-//! The protocol modules (`src/core`) and the simulator (`src/sim`) use no clock, I/O, thread or
+//! The protocol modules (`src/core`), the round driver (`src/driver`) and the simulator
+//! (`src/sim`) use no clock, I/O, thread or
 //! randomness of their own: this test reads their sources and fails on any forbidden name.
 use std::path::Path;
 
@@ -42,6 +43,7 @@ fn core_and_sim_are_pure() {
     let mut files = Vec::new();
     sources(&root.join("core"), &mut files);
     sources(&root.join("sim"), &mut files);
+    sources(&root.join("driver"), &mut files);
     assert!(files.len() >= 6, "found the sources: {files:?}");
     let mut problems = Vec::new();
     for file in &files {

@@ -132,6 +132,46 @@ pub fn encode_frame_into(
     frame
 }
 
+/// Starts a frame whose body is written in place: `buf` must be empty; the header's bytes are
+/// reserved at its front. Append the body to `buf` (e.g. with `BufMut`), then seal it with
+/// [`finish_frame`]: the body is copied once, from where the caller has it into the frame.
+///
+/// # Panics
+/// If `buf` is not empty.
+pub fn start_frame(buf: &mut BytesMut) {
+    assert!(buf.is_empty(), "start_frame needs an empty buffer");
+    buf.put_bytes(0, FRAME_HEADER_BYTES);
+}
+
+/// Seals a frame begun with [`start_frame`]: fills in the header (length, kind, group, sender,
+/// body and header checksums) and splits the frame off as its own `Bytes`; `buf` keeps its
+/// remaining capacity for the next frame.
+///
+/// # Panics
+/// If `buf` holds less than a header, or a body longer than `u32::MAX` bytes.
+pub fn finish_frame(buf: &mut BytesMut, kind: u8, group: u32, from: u32) -> Bytes {
+    assert!(
+        buf.len() >= FRAME_HEADER_BYTES,
+        "start_frame was not called"
+    );
+    let body_len = buf.len() - FRAME_HEADER_BYTES;
+    assert!(
+        body_len <= u32::MAX as usize,
+        "frame body exceeds u32::MAX bytes"
+    );
+    let body_crc = crc32fast::hash(&buf[FRAME_HEADER_BYTES..]);
+    let mut header = [0u8; FRAME_HEADER_BYTES];
+    header[0..4].copy_from_slice(&(body_len as u32).to_le_bytes());
+    header[4] = kind;
+    header[8..12].copy_from_slice(&group.to_le_bytes());
+    header[12..16].copy_from_slice(&from.to_le_bytes());
+    header[16..20].copy_from_slice(&body_crc.to_le_bytes());
+    let header_crc = crc32fast::hash(&header[..FRAME_HEADER_BYTES - 4]);
+    header[20..24].copy_from_slice(&header_crc.to_le_bytes());
+    buf[..FRAME_HEADER_BYTES].copy_from_slice(&header);
+    buf.split().freeze()
+}
+
 /// The parsed, checksum-verified fields of a frame header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct FrameHeader {
@@ -433,6 +473,20 @@ mod tests {
             Decoder::new(8192).decode_exact(&big).unwrap().body.len(),
             4096
         );
+    }
+
+    #[test]
+    fn a_frame_written_in_place_equals_one_encoded_from_a_body() {
+        let mut buf = BytesMut::with_capacity(64);
+        start_frame(&mut buf);
+        buf.put_slice(b"body in place");
+        let in_place = finish_frame(&mut buf, 3, 9, 2);
+        assert_eq!(in_place, encode_frame(3, 9, 2, b"body in place"));
+        assert!(buf.is_empty());
+        start_frame(&mut buf);
+        let empty = finish_frame(&mut buf, 1, 0, 1);
+        assert_eq!(empty, encode_frame(1, 0, 1, b""));
+        assert_eq!(Decoder::new(0).decode_exact(&empty).unwrap().body.len(), 0);
     }
 
     #[test]

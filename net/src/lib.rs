@@ -64,8 +64,9 @@ mod transport;
 pub use bytes::{Bytes, BytesMut};
 pub use config::{Backend, ConfigError, NetConfig, QUEUE_CAPACITY_LIMIT};
 pub use frame::{
-    encode_frame, encode_frame_into, DecodeError, Decoder, Frame, Hello, HelloError, HelloStatus,
-    FRAME_HEADER_BYTES, HELLO_BYTES, HELLO_MAGIC, MAX_FRAME_BYTES_LIMIT, PROTOCOL_VERSION,
+    encode_frame, encode_frame_into, finish_frame, start_frame, DecodeError, Decoder, Frame, Hello,
+    HelloError, HelloStatus, FRAME_HEADER_BYTES, HELLO_BYTES, HELLO_MAGIC, MAX_FRAME_BYTES_LIMIT,
+    PROTOCOL_VERSION,
 };
 pub use inbox::Inbox;
 pub use stats::{Counters, NetStats, PeerStats};

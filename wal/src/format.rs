@@ -11,7 +11,8 @@
 //! batch  = header(64) records(records_bytes) zero padding up to batch_bytes (a 4 KiB multiple)
 //! header = magic "PXWB" | version u16 | header_bytes u16 | core u32 | record_count u32
 //!          | segment u64 | first_lsn u64 | records_bytes u32 | batch_bytes u32
-//!          | reserved [u8; 20] (zero) | header_crc u32 (crc32 of bytes 0..60)
+//!          | offset u64 (version 2: the batch's byte offset in its segment)
+//!          | reserved [u8; 12] (zero) | header_crc u32 (crc32 of bytes 0..60)
 //! record = record_crc u32 | kind u8 | reserved u8 | identity_check u16 | payload_bytes u32
 //!          | group u32 | lsn u64
 //!          | instance u64 | promised.number u64 | promised.node u32 | accepted.node u32
@@ -45,6 +46,10 @@ pub const SEGMENT_HEADER_BYTES: usize = BLOCK_BYTES;
 pub const SEGMENT_FLAG_RECYCLED: u16 = 1;
 /// The format version this code writes and reads.
 pub const FORMAT_VERSION: u16 = 1;
+/// The batch header version written: 2 adds the batch's own offset (bytes 40..48), so a write
+/// that lands at another place (a misdirected write) is refused by recovery. Version 1
+/// batches (offset not recorded) are still read.
+pub const BATCH_VERSION: u16 = 2;
 /// The largest batch the format can describe (`batch_bytes` is a u32 multiple of 4 KiB).
 pub const BATCH_BYTES_MAX: usize = (u32::MAX as usize / BLOCK_BYTES) * BLOCK_BYTES;
 
@@ -67,6 +72,8 @@ pub struct BatchHeader {
     pub records_bytes: u32,
     /// Total bytes of the batch on disk: header + records + padding, a multiple of 4 KiB.
     pub batch_bytes: u32,
+    /// The byte offset in its segment the batch was written for (None in version 1 batches).
+    pub offset: Option<u64>,
 }
 
 impl BatchHeader {
@@ -169,6 +176,7 @@ pub fn encode_record_into(
 pub fn finish_batch_into(
     core: u32,
     segment: u64,
+    offset: u64,
     first_lsn: Lsn,
     record_count: u32,
     records_bytes: usize,
@@ -188,7 +196,7 @@ pub fn finish_batch_into(
     batch[BATCH_HEADER_BYTES + records_bytes..].fill(0);
     let header = &mut batch[..BATCH_HEADER_BYTES];
     header[0..4].copy_from_slice(&BATCH_MAGIC);
-    put_u16(header, 4, FORMAT_VERSION);
+    put_u16(header, 4, BATCH_VERSION);
     put_u16(header, 6, BATCH_HEADER_BYTES as u16);
     put_u32(header, 8, core);
     put_u32(header, 12, record_count);
@@ -196,7 +204,8 @@ pub fn finish_batch_into(
     put_u64(header, 24, first_lsn.0);
     put_u32(header, 32, records_bytes as u32);
     put_u32(header, 36, batch_bytes as u32);
-    header[40..60].fill(0);
+    put_u64(header, 40, offset);
+    header[48..60].fill(0);
     let crc = crc32fast::hash(&header[..60]);
     put_u32(header, 60, crc);
     // Pair encode with decode: what we wrote must read back as the same header.
@@ -207,11 +216,26 @@ pub fn finish_batch_into(
     batch_bytes
 }
 
-/// Encodes one batch (header + records, padded to a 4 KiB multiple) and appends it to `out`.
-/// Returns the bytes appended. `records` must not be empty.
+/// Encodes one batch (header + records, padded to a 4 KiB multiple) and appends it to `out`,
+/// which is the segment image so far (the batch's offset is `out.len()`). Returns the bytes
+/// appended. `records` must not be empty.
 pub fn encode_batch(
     core: u32,
     segment: u64,
+    first_lsn: Lsn,
+    records: &[RecordRef<'_>],
+    out: &mut Vec<u8>,
+) -> usize {
+    let offset = out.len() as u64;
+    encode_batch_at(core, segment, offset, first_lsn, records, out)
+}
+
+/// Encodes one batch meant for byte `offset` of its segment and appends it to `out` (which
+/// need not be the segment image). Returns the bytes appended.
+pub fn encode_batch_at(
+    core: u32,
+    segment: u64,
+    offset: u64,
     first_lsn: Lsn,
     records: &[RecordRef<'_>],
     out: &mut Vec<u8>,
@@ -229,7 +253,15 @@ pub fn encode_batch(
     }
     assert_eq!(at, BATCH_HEADER_BYTES + records_bytes);
     let count = u32::try_from(records.len()).expect("over 2^32 records in a batch");
-    finish_batch_into(core, segment, first_lsn, count, records_bytes, batch)
+    finish_batch_into(
+        core,
+        segment,
+        offset,
+        first_lsn,
+        count,
+        records_bytes,
+        batch,
+    )
 }
 
 /// Writes the segment header into `block` (one 4 KiB block, zeroed here first).
@@ -318,10 +350,15 @@ pub fn decode_batch_header(bytes: &[u8]) -> Result<BatchHeader, HeaderProblem> {
         first_lsn: Lsn(get_u64(header, 24)),
         records_bytes: get_u32(header, 32),
         batch_bytes: get_u32(header, 36),
+        offset: (get_u16(header, 4) == BATCH_VERSION).then(|| get_u64(header, 40)),
     };
-    let fields_ok = get_u16(header, 4) == FORMAT_VERSION
+    let version_ok = match get_u16(header, 4) {
+        FORMAT_VERSION => header[40..60].iter().all(|&b| b == 0),
+        BATCH_VERSION => header[48..60].iter().all(|&b| b == 0),
+        _ => false,
+    };
+    let fields_ok = version_ok
         && usize::from(get_u16(header, 6)) == BATCH_HEADER_BYTES
-        && header[40..60].iter().all(|&b| b == 0)
         && parsed.record_count >= 1
         && parsed.first_lsn.0 >= 1
         && parsed
@@ -455,6 +492,18 @@ pub fn scan_segment(core: u32, segment: u64, image: &[u8]) -> SegmentScan {
     while at < image.len() {
         let block_end = (at + BLOCK_BYTES).min(image.len());
         match decode_batch_header(&image[at..]) {
+            Ok(header)
+                if header.core == core
+                    && header.segment == segment
+                    && header.offset.is_some_and(|o| o != at as u64) =>
+            {
+                push_bad(
+                    &mut scan,
+                    at,
+                    block_end,
+                    "batch header written for another offset (a misdirected write)",
+                );
+            }
             Ok(header) if header.core == core && header.segment == segment => {
                 let records = scan_records(core, segment, at, &header, image);
                 let batch_end = at.saturating_add(header.batch_bytes as usize);
@@ -642,6 +691,7 @@ pub fn decode_record_at(core: u32, segment: u64, lsn: Lsn, bytes: &[u8]) -> Opti
         record_count: 1,
         records_bytes: record_bytes(payload_bytes).min(bytes.len()) as u32,
         batch_bytes: 0,
+        offset: None,
     };
     // Reuse the record walk on a one-record area placed right after a virtual header.
     let mut image = vec![0u8; BATCH_HEADER_BYTES];
@@ -700,9 +750,10 @@ mod tests {
     #[test]
     fn header_fields_are_where_the_doc_says() {
         let mut out = Vec::new();
-        encode_batch(0x0102_0304, 9, Lsn(1), &[rec(5, 6, b"ab")], &mut out);
+        encode_batch_at(0x0102_0304, 9, 8192, Lsn(1), &[rec(5, 6, b"ab")], &mut out);
         assert_eq!(&out[0..4], b"PXWB");
-        assert_eq!(get_u16(&out, 4), 1);
+        assert_eq!(get_u16(&out, 4), 2);
+        assert_eq!(get_u64(&out, 40), 8192);
         assert_eq!(get_u16(&out, 6), 64);
         assert_eq!(get_u32(&out, 8), 0x0102_0304);
         assert_eq!(get_u32(&out, 12), 1);
@@ -734,14 +785,39 @@ mod tests {
         let mut out = Vec::new();
         assert_eq!(encode_batch(1, 1, Lsn(1), &[record], &mut out), 4096);
         let expected = concat!(
-            "50585742010040000100000001000000010000000000000001000000000000004000000000100000",
-            "0000000000000000000000000000000000000000b36a4724f26df81f0200465b0200000007000000",
+            "50585742020040000100000001000000010000000000000001000000000000004000000000100000",
+            "0000000000000000000000000000000000000000ca5ef802f26df81f0200465b0200000007000000",
             "01000000000000002a00000000000000030000000000000001000000010000000300000000000000",
             "6869000000000000",
         );
         let hex: String = out[..128].iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(hex, expected);
         assert!(out[128..].iter().all(|&b| b == 0), "padding is zero");
+    }
+
+    /// A batch found at another offset than the one it was written for (a misdirected write)
+    /// is a bad region, not a batch; a version 1 batch (no offset) is still read.
+    #[test]
+    fn a_batch_at_the_wrong_offset_is_refused() {
+        let mut image = Vec::new();
+        encode_batch(4, 9, Lsn(1), &[rec(1, 1, b"a")], &mut image);
+        encode_batch(4, 9, Lsn(2), &[rec(1, 2, b"b")], &mut image);
+        assert_eq!(scan_segment(4, 9, &image).batches.len(), 2);
+        // The second write lands over the first one's place.
+        let (first, second) = image.split_at_mut(BLOCK_BYTES);
+        first.copy_from_slice(second);
+        let scan = scan_segment(4, 9, &image);
+        assert_eq!(scan.batches.len(), 1, "{scan:?}");
+        assert_eq!(scan.batches[0].offset, BLOCK_BYTES as u64);
+        assert!(scan.bad_regions[0].reason.contains("misdirected"));
+        // Version 1: bytes 40..60 zero, version field 1.
+        let mut old = image[BLOCK_BYTES..].to_vec();
+        old[40..48].fill(0);
+        put_u16(&mut old, 4, FORMAT_VERSION);
+        let crc = crc32fast::hash(&old[..60]);
+        put_u32(&mut old, 60, crc);
+        let header = decode_batch_header(&old).expect("version 1 reads");
+        assert_eq!(header.offset, None);
     }
 
     #[test]
@@ -755,7 +831,14 @@ mod tests {
         assert_eq!(decode_segment_header(4, 10, &image), None);
         assert_eq!(decode_segment_header(5, 9, &image), None);
         let mut batch = Vec::new();
-        encode_batch(4, 9, Lsn(1), &[rec(1, 1, b"a")], &mut batch);
+        encode_batch_at(
+            4,
+            9,
+            BLOCK_BYTES as u64,
+            Lsn(1),
+            &[rec(1, 1, b"a")],
+            &mut batch,
+        );
         image[BLOCK_BYTES..2 * BLOCK_BYTES].copy_from_slice(&batch);
         // Stale bytes of an earlier life after the batch.
         image[2 * BLOCK_BYTES + 100] = 0x55;

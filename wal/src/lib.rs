@@ -16,7 +16,9 @@ pub mod types;
 pub mod wal;
 
 pub use error::WalError;
-pub use format::{encode_batch, scan_segment, BatchHeader, SegmentScan, BLOCK_BYTES};
+pub use format::{
+    encode_batch, encode_batch_at, scan_segment, BatchHeader, SegmentScan, BLOCK_BYTES,
+};
 pub use recovery::{recover_images, Damage, RecordLocation, Recovery};
 pub use ring::WAIT_FDS_MAX;
 pub use types::{Ballot, GroupId, Instance, Lsn, Record, RecordKind, RecordRef};

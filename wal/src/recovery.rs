@@ -21,7 +21,7 @@
 //! | 6 | bad region (or zeroes, or missing segments) then a verified batch with `first_lsn > expected` | corruption followed by valid data | `Damage` for `expected ..= first_lsn - 1`, identities unknown (`identities_complete = false`) |
 //! | 7 | bad region then a verified batch with `first_lsn == expected`    | junk, nothing lost | skip; count in `junk_bytes` |
 //! | 8 | bad region after the last verified batch                         | torn tail, or damage to the last completed write | cut; count in `torn_tail_bytes` and list it in `tail_regions` (the writer zeroes it before reuse); report `tail_damage` from `expected` with `last_lsn = expected` (a lower bound: how many LSNs it held is unknown), identities unknown (`identities_complete = false`) |
-//! | 9 | bad region, or a segment without a readable batch, before the first verified batch of the oldest segment | corruption at the log start | `Damage` from `Lsn(1)` to `first_lsn - 1` (lower bound unknown), identities unknown |
+//! | 9 | bad region, zeroes, or a segment without a readable batch, before the first verified batch of the oldest segment (whose `first_lsn > 1`) | corruption or a lost write at the log start | `Damage` from `Lsn(1)` to `first_lsn - 1` (lower bound unknown), identities unknown |
 //! | 10 | non-zero bytes after the last batch of a segment whose header says "recycled" | its earlier life (stale) | skip; count in `stale_bytes`; not a torn tail, not junk (if an LSN gap follows, row 6 still reports it) |
 //! | 11 | last batch whose records all verify but whose padding after them is missing (segment cut short) or not zero (its sectors did not land) | a tear that lost only padding | keep every record (row 1); not damage: `tail_damage` stays `None` |
 //! | 12 | a bad region after a last batch cut by row 5                      | torn tail, or damage to the last completed writes | cut both; one `tail_damage` from the batch's `first_lsn` to its last LSN (now a lower bound), `identities_complete = false` (the region's identities are unknown) |
@@ -286,8 +286,20 @@ pub fn recover_scans(scans: &[SegmentScan]) -> Recovery {
                             reason,
                         });
                     }
-                    None if header.first_lsn.0 > 1 && trouble.is_some() && !trouble_is_stale => {
-                        let (seg, offset, reason) = trouble.take().unwrap_or_default();
+                    None if header.first_lsn.0 > 1
+                        && ((trouble.is_some() && !trouble_is_stale)
+                            || zeros_before(scans, *segment, batch.offset)) =>
+                    {
+                        // A writer enters a segment only to write a batch at its data start:
+                        // a first batch further in, after zeroes alone, follows a lost write.
+                        let (seg, offset, reason) = trouble.take().unwrap_or_else(|| {
+                            (
+                                *segment,
+                                batch.offset,
+                                "zeroes where the log's first batch should be (a lost write)"
+                                    .to_string(),
+                            )
+                        });
                         rec.damaged.push(Damage {
                             first_lsn: Lsn(1),
                             last_lsn: Lsn(header.first_lsn.0 - 1),
@@ -323,6 +335,15 @@ pub fn recover_scans(scans: &[SegmentScan]) -> Recovery {
     rec.next_lsn = expected.unwrap_or(Lsn(1));
     check_invariants(&rec);
     rec
+}
+
+/// Whether the first batch of the log sits after zeroes at its segment's data start (its
+/// predecessors' bytes never reached the disk, or were zeroed).
+fn zeros_before(scans: &[SegmentScan], segment: u64, offset: u64) -> bool {
+    scans
+        .iter()
+        .find(|s| s.segment == segment)
+        .is_some_and(|s| offset > s.data_start)
 }
 
 /// Flattens the scans into one ordered walk; batches that repeat LSNs become bad regions.

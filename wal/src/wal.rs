@@ -787,6 +787,7 @@ impl Wal {
         finish_batch_into(
             self.opts.core,
             batch.segment,
+            batch.offset,
             batch.first_lsn,
             batch.count,
             batch.records_bytes,

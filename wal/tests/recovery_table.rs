@@ -7,8 +7,8 @@ use paxring_wal::format::{
     SEGMENT_FLAG_RECYCLED,
 };
 use paxring_wal::{
-    encode_batch, recover_images, Ballot, GroupId, Instance, Lsn, RecordKind, RecordRef,
-    BLOCK_BYTES,
+    encode_batch, encode_batch_at, recover_images, Ballot, GroupId, Instance, Lsn, RecordKind,
+    RecordRef, BLOCK_BYTES,
 };
 use std::collections::BTreeSet;
 
@@ -48,7 +48,14 @@ impl Image {
             .map(|i| record(1 + (i % 2) as u32, first_lsn + i))
             .collect();
         let mut out = Vec::new();
-        let len = encode_batch(CORE, self.segment, Lsn(first_lsn), &records, &mut out);
+        let len = encode_batch_at(
+            CORE,
+            self.segment,
+            self.at as u64,
+            Lsn(first_lsn),
+            &records,
+            &mut out,
+        );
         let offset = self.at;
         self.bytes[offset..offset + len].copy_from_slice(&out);
         self.at += len;
@@ -391,6 +398,26 @@ fn cases() -> Vec<Case> {
     a.batch(10, 2);
     cases.push(Case {
         name: "garbage before the first batch of the oldest segment",
+        rows: &[9],
+        images: vec![a],
+        expect: Expect {
+            lsns: range(10, 11),
+            next_lsn: 12,
+            torn_tail_bytes: 0,
+            damaged: vec![(1, 9, false, 0)],
+            junk_bytes: 0,
+            stale_bytes: 0,
+            tail_damage: None,
+        },
+    });
+
+    // Found by the simulator (a lost write): the log's first write never reached the disk,
+    // so the oldest segment starts with zeroes and its first batch is further in.
+    let mut a = Image::new(7);
+    a.skip_block();
+    a.batch(10, 2);
+    cases.push(Case {
+        name: "zeroes where the first batch of the oldest segment should be (a lost write)",
         rows: &[9],
         images: vec![a],
         expect: Expect {

@@ -4,7 +4,7 @@
 //!
 //! Owns: `Ctx` and its helpers (append, send, send-after-durable, broadcast, quorum). Must
 //! never do I/O.
-use super::outputs::{CoreStats, Outputs, SendAfterDurable, SendNow};
+use super::outputs::{Broadcast, CoreStats, Outputs, SendAfterDurable, SendNow};
 use super::wal_types::{GroupId, Lsn, Record};
 use super::{Config, Message, NodeId, Prng, Tick};
 use std::collections::VecDeque;
@@ -97,20 +97,23 @@ impl Ctx<'_> {
 
     /// Sends to every member, this node included (through the loopback).
     pub fn broadcast(&mut self, group: GroupId, msg: &Message) {
-        for index in 0..self.members.len() {
-            let to = self.members[index];
-            self.send(group, to, msg.clone());
+        if self.members.contains(&self.me) {
+            self.local.push_back((group, msg.clone()));
         }
+        self.broadcast_peers(group, msg);
     }
 
-    /// Sends to every member but this node.
+    /// Sends to every member but this node: one output, encoded once by the driver.
     pub fn broadcast_peers(&mut self, group: GroupId, msg: &Message) {
-        for index in 0..self.members.len() {
-            let to = self.members[index];
-            if to != self.me {
-                self.send(group, to, msg.clone());
-            }
+        let peers = self.members.iter().filter(|m| **m != self.me).count();
+        if peers == 0 {
+            return;
         }
+        self.stats.messages_sent += peers as u64;
+        self.out.broadcasts.push(Broadcast {
+            group,
+            msg: msg.clone(),
+        });
     }
 
     /// `now + election timeout + seeded jitter`.

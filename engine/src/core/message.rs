@@ -186,7 +186,7 @@ impl Message {
 
     /// Appends the body only (no kind byte), for a frame whose header carries the kind and
     /// group: `decode_body(msg.kind(), body)` reads it back.
-    pub fn encode_body_into(&self, out: &mut Vec<u8>) {
+    pub fn encode_body_into<B: BufMut>(&self, out: &mut B) {
         match self {
             Message::Prepare { ballot, first } => {
                 put_ballot(out, *ballot);
@@ -402,14 +402,14 @@ pub fn catchup_entry_bytes(value_len: usize) -> usize {
     8 + 4 + value_len
 }
 
-fn put_ballot(out: &mut Vec<u8>, ballot: Ballot) {
+fn put_ballot<B: BufMut>(out: &mut B, ballot: Ballot) {
     out.put_u64_le(ballot.number);
     out.put_u32_le(ballot.node);
 }
 
-fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+fn put_bytes<B: BufMut>(out: &mut B, bytes: &[u8]) {
     out.put_u32_le(u32::try_from(bytes.len()).expect("value fits u32"));
-    out.extend_from_slice(bytes);
+    out.put_slice(bytes);
 }
 
 struct Reader<'a> {

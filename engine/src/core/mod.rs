@@ -44,8 +44,8 @@ mod wal_types;
 
 pub use message::{DecodeError, Message, PromiseEntry, MESSAGE_KIND_MAX};
 pub use outputs::{
-    Chosen, CoreStats, FailReason, GroupError, GroupStatus, Outputs, ProposalResult, RelearnStatus,
-    SendAfterDurable, SendNow, Start,
+    Broadcast, Chosen, CoreStats, FailReason, GroupError, GroupStatus, Outputs, ProposalResult,
+    RelearnStatus, SendAfterDurable, SendNow, Start,
 };
 pub use table::CoreTable;
 pub use wal_types::{
@@ -54,6 +54,14 @@ pub use wal_types::{
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
+
+/// The core that owns `group`: `group % cores`. Pure and identical on every node, so a group's
+/// frames always land on the same core (the runtime and the simulator both place groups with
+/// it); documented in docs/ARCHITECTURE.md#groups-and-cores.
+pub fn core_of_group(group: u32, cores: usize) -> usize {
+    assert!(cores > 0);
+    (group as usize) % cores
+}
 
 /// A node of the cluster (the `node` half of a [`Ballot`]).
 #[derive(
@@ -302,4 +310,6 @@ pub struct Bugs {
     pub rejoin_with_empty_state: bool,
     /// The acceptor accepts an Accept below its promise (and so lowers the promise).
     pub accept_below_promise: bool,
+    /// The driver takes a failed WAL write (an fsync error) as durable and continues.
+    pub ignore_fsync_error: bool,
 }

@@ -20,6 +20,16 @@ pub struct SendNow {
     pub msg: Message,
 }
 
+/// A message for every member but this node (a Prepare, an Accept, a Commit): the driver
+/// encodes it once and hands the same bytes to every peer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Broadcast {
+    /// The group.
+    pub group: GroupId,
+    /// The message.
+    pub msg: Message,
+}
+
 /// A reply that depends on persisted state (Promise, Accepted): the driver must hold it until
 /// the WAL reports `durable(l)` with `l >= lsn`, and should assert that just before sending.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -226,6 +236,8 @@ pub struct Outputs {
     pub appends: Vec<(Lsn, Record)>,
     /// Messages to send now.
     pub sends: Vec<SendNow>,
+    /// Messages to send now to every peer (encoded once).
+    pub broadcasts: Vec<Broadcast>,
     /// Messages to send once the WAL is durable through their Lsn.
     pub sends_after_durable: Vec<SendAfterDurable>,
     /// Chosen values, in instance order per group.
@@ -237,10 +249,23 @@ pub struct Outputs {
 }
 
 impl Outputs {
+    /// Every message to send now, one `(to, group, message)` per peer: the broadcasts
+    /// expanded over `peers` (the members but this node), then the single sends.
+    pub fn sends_to<'a>(
+        &'a self,
+        peers: &'a [NodeId],
+    ) -> impl Iterator<Item = (NodeId, GroupId, &'a Message)> + 'a {
+        self.broadcasts
+            .iter()
+            .flat_map(move |b| peers.iter().map(move |p| (*p, b.group, &b.msg)))
+            .chain(self.sends.iter().map(|s| (s.to, s.group, &s.msg)))
+    }
+
     /// Empties every list (keeps the allocations).
     pub fn clear(&mut self) {
         self.appends.clear();
         self.sends.clear();
+        self.broadcasts.clear();
         self.sends_after_durable.clear();
         self.chosen.clear();
         self.results.clear();
@@ -251,6 +276,7 @@ impl Outputs {
     pub fn is_empty(&self) -> bool {
         self.appends.is_empty()
             && self.sends.is_empty()
+            && self.broadcasts.is_empty()
             && self.sends_after_durable.is_empty()
             && self.chosen.is_empty()
             && self.results.is_empty()
@@ -260,6 +286,7 @@ impl Outputs {
     pub(super) fn take_into(&mut self, out: &mut Outputs) {
         out.appends.append(&mut self.appends);
         out.sends.append(&mut self.sends);
+        out.broadcasts.append(&mut self.broadcasts);
         out.sends_after_durable
             .append(&mut self.sends_after_durable);
         out.chosen.append(&mut self.chosen);

@@ -386,6 +386,22 @@ impl CoreTable {
         self.me
     }
 
+    /// The members (this node included).
+    pub fn members(&self) -> &[NodeId] {
+        &self.members
+    }
+
+    /// How many members are not this node (the destinations of a broadcast).
+    pub fn peers(&self) -> usize {
+        self.members.iter().filter(|m| **m != self.me).count()
+    }
+
+    /// The injected bugs (simulator only).
+    #[cfg(feature = "sim-bugs")]
+    pub fn bugs(&self) -> super::Bugs {
+        self.bugs
+    }
+
     /// The groups of this core, ascending.
     pub fn groups(&self) -> impl Iterator<Item = GroupId> + '_ {
         self.groups.keys().copied()

@@ -515,12 +515,7 @@ impl NodeConfigBuilder {
     }
 }
 
-/// The core that owns `group`: `group % cores`. Pure and identical on every node, so a group's
-/// frames always land on the same core; documented in docs/ARCHITECTURE.md#groups-and-cores.
-pub fn core_of_group(group: u32, cores: usize) -> usize {
-    assert!(cores > 0);
-    (group as usize) % cores
-}
+pub use crate::core::core_of_group;
 
 #[cfg(test)]
 mod tests {

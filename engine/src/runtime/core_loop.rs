@@ -13,7 +13,7 @@
 
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
-use paxring_net::{encode_frame, Dest, Frame, Inbox, NetHandle};
+use paxring_net::{Dest, Frame, Inbox, NetHandle};
 use paxring_wal::{GroupId, Instance, Lsn, Wal, WalError, WalOptions};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
@@ -26,9 +26,10 @@ use super::executor::ExecMsg;
 use super::shared::{CoreSnapshot, ProposalMsg, Shared};
 use super::wake::Wake;
 use crate::core::{
-    value, Config as CoreConfig, CoreTable, FailReason, Message, NodeId, Outputs, Prng, ProposalId,
-    ProposalResult, Start, Tick,
+    value, Chosen, Config as CoreConfig, CoreTable, FailReason, GroupError, NodeId, Prng,
+    ProposalId, ProposalResult, Record, Start, Tick,
 };
+use crate::driver::{self, Driver, DriverError, StorageError};
 
 /// What a core thread needs to start.
 pub(crate) struct CoreStart {
@@ -89,8 +90,8 @@ pub(crate) fn run(start: CoreStart, ready: Sender<Ready>) {
             return;
         }
     };
-    if let Err(reason) = core.run() {
-        shared.fail(reason);
+    if let Err(error) = core.run() {
+        shared.fail(format!("core {}: {error}", core.index));
     }
     core.publish();
     core.fail_pending("the node stopped");
@@ -98,8 +99,7 @@ pub(crate) fn run(start: CoreStart, ready: Sender<Ready>) {
 
 struct Core {
     index: usize,
-    me: NodeId,
-    table: CoreTable,
+    driver: Driver,
     wal: Wal,
     inbox: Inbox,
     net: NetHandle,
@@ -111,15 +111,10 @@ struct Core {
     started: Instant,
     next_proposal: u64,
     replies: HashMap<ProposalId, Reply>,
-    after_durable: VecDeque<(Lsn, NodeId, Bytes)>,
     exec_backlog: VecDeque<ExecMsg>,
-    outputs: Outputs,
     frames: Vec<Frame>,
     net_batch: Vec<(Dest, Bytes)>,
-    encode_buf: Vec<u8>,
     snapshot: CoreSnapshot,
-    /// Per group: replay to the executor starts at this instance.
-    replay_from: HashMap<u32, u64>,
     /// How long a proposal may wait for others to join its batch (zero: not at all).
     linger: Duration,
     batch_commands_max: usize,
@@ -228,16 +223,14 @@ impl Core {
             Default::default(),
         )
         .map_err(|e| format!("core {}: {e}", start.core))?;
-        let replay_from = start
-            .applied_from
-            .iter()
-            .map(|(g, checkpoint)| (g.0, checkpoint.map_or(0, |i| i.0 + 1)))
-            .collect();
+        let mut driver = Driver::new(table);
+        for (group, checkpoint) in &start.applied_from {
+            driver.set_replay_from(*group, Instance(checkpoint.map_or(0, |i| i.0 + 1)));
+        }
         Ok((
             Core {
                 index: start.core,
-                me: NodeId(config.node_id),
-                table,
+                driver,
                 wal,
                 inbox: start.inbox,
                 net: start.net,
@@ -249,18 +242,14 @@ impl Core {
                 started: Instant::now(),
                 next_proposal: 1,
                 replies: HashMap::new(),
-                after_durable: VecDeque::new(),
                 exec_backlog: VecDeque::new(),
-                outputs: Outputs::default(),
                 frames: Vec::new(),
                 net_batch: Vec::new(),
-                encode_buf: Vec::new(),
                 snapshot: CoreSnapshot {
                     core: start.core,
                     groups: groups.len(),
                     ..CoreSnapshot::default()
                 },
-                replay_from,
                 linger: Duration::from_micros(config.batch_linger_us),
                 batch_commands_max: config.batch_commands_max as usize,
                 batch_bytes_max: config.batch_bytes_max as usize,
@@ -274,7 +263,7 @@ impl Core {
         ))
     }
 
-    fn run(&mut self) -> Result<(), String> {
+    fn run(&mut self) -> Result<(), DriverError> {
         let mut ticks_done = 0u64;
         let mut published_at = Instant::now();
         let mut stuck_checked_at = Instant::now();
@@ -302,12 +291,18 @@ impl Core {
             } else {
                 Some(Duration::ZERO)
             };
-            let outcome = self.wal.wait(&fds, wait).map_err(|e| self.wal_failed(e))?;
+            let outcome = match self.wal.wait(&fds, wait) {
+                Ok(outcome) => outcome,
+                Err(e) => {
+                    self.wal_failed(e)?;
+                    continue;
+                }
+            };
             self.wake.disarm();
             if outcome.ready_fds.contains(&fds[1]) {
                 self.wake.clear();
             }
-            self.table.durable(outcome.durable_lsn);
+            self.driver.durable(outcome.durable_lsn);
             if self
                 .zero_cut_after
                 .is_some_and(|after| outcome.durable_lsn >= after)
@@ -327,13 +322,14 @@ impl Core {
                 (self.started.elapsed().as_nanos() / self.tick.as_nanos().max(1)) as u64;
             if now_ticks > ticks_done {
                 ticks_done = now_ticks;
-                self.table.tick(Tick(ticks_done));
+                self.driver.tick(Tick(ticks_done));
             }
             self.round()?;
             if !self.first_round_done {
                 self.first_round_done = true;
                 if self.wal.cut_tails_pending() {
-                    self.zero_cut_after = Some(Lsn(self.table.next_lsn().0.saturating_sub(1)));
+                    self.zero_cut_after =
+                        Some(Lsn(self.driver.table().next_lsn().0.saturating_sub(1)));
                 }
             }
             if stuck_checked_at.elapsed() >= STUCK_EVERY {
@@ -348,77 +344,26 @@ impl Core {
         Ok(())
     }
 
-    /// Steps outputs of the table into the WAL, the network and the executor.
-    fn round(&mut self) -> Result<(), String> {
-        let mut out = std::mem::take(&mut self.outputs);
-        self.table.poll(&mut out);
-
-        // 1. Durable records: one WAL write for the whole round.
-        for (lsn, record) in &out.appends {
-            let appended = loop {
-                match self.wal.append(record.as_ref()) {
-                    Ok(appended) => break appended,
-                    Err(WalError::BufferFull { .. }) => {
-                        // The round outgrew one write: write what we have, then go on.
-                        self.wal.submit().map_err(|e| self.wal_failed(e))?;
-                        self.wal
-                            .wait(&[], Some(Duration::from_millis(100)))
-                            .map_err(|e| self.wal_failed(e))?;
-                    }
-                    Err(e) => return Err(self.wal_failed(e)),
-                }
-            };
-            assert_eq!(
-                appended, *lsn,
-                "the WAL and the core table must number records alike"
-            );
-        }
-        self.wal.submit().map_err(|e| self.wal_failed(e))?;
-
-        // 2. Messages that need no durability leave now (a leader's Accept overlaps its own write).
-        for send in out.sends.drain(..) {
-            let frame = self.encode(send.group, &send.msg);
-            self.net_batch.push((Dest::Peer(send.to.0), frame));
-        }
-        // 3. Replies that depend on persisted state wait for their Lsn.
-        for send in out.sends_after_durable.drain(..) {
-            let frame = self.encode(send.group, &send.msg);
-            // Kept sorted by Lsn (the core emits them in order; an older one, e.g. a repeated
-            // reply, is placed where it belongs rather than waiting behind newer ones).
-            let at = self
-                .after_durable
-                .partition_point(|(lsn, _, _)| *lsn <= send.lsn);
-            self.after_durable.insert(at, (send.lsn, send.to, frame));
-        }
-        self.release_durable();
-
-        // 4. Answers to proposers; waiters go to the executor before the values they wait on.
-        for result in out.results.drain(..) {
-            self.answer(result);
-        }
-        for chosen in out.chosen.drain(..) {
-            let from = self.replay_from.get(&chosen.group.0).copied().unwrap_or(0);
-            if chosen.instance.0 < from {
-                continue;
-            }
-            let commands = value::decode(&chosen.value).map_err(|e| {
-                format!(
-                    "core {}: chosen value of group {} instance {} does not decode: {e}",
-                    self.index, chosen.group.0, chosen.instance.0
-                )
-            })?;
-            self.exec_backlog.push_back(ExecMsg::Chosen {
-                group: chosen.group,
-                instance: chosen.instance,
-                commands,
-            });
-        }
-        for (group, error) in out.stopped.drain(..) {
-            tracing::error!(core = self.index, group = group.0, %error, "group stopped");
-        }
+    /// One round of the shared driver (crate::driver): the WAL, the network thread's batch
+    /// and the executor's queue are this core's storage, network and apply.
+    fn round(&mut self) -> Result<(), DriverError> {
+        let mut storage = WalStorage {
+            wal: &mut self.wal,
+            core: self.index,
+        };
+        let mut net = NetBatch {
+            batch: &mut self.net_batch,
+        };
+        let mut apply = ExecApply {
+            core: self.index,
+            replies: &mut self.replies,
+            backlog: &mut self.exec_backlog,
+            batch_bytes_max: self.batch_bytes_max,
+        };
+        self.driver.round(&mut storage, &mut net, &mut apply)?;
         self.feed_executor();
 
-        // 5. One hand-off of this round's frames to the network thread.
+        // One hand-off of this round's frames to the network thread.
         if !self.net_batch.is_empty() {
             let batch = std::mem::take(&mut self.net_batch);
             if let Err(mut refused) = self.net.send_batch(batch) {
@@ -427,48 +372,20 @@ impl Core {
                 self.net_batch = refused;
             }
         }
-        out.clear();
-        self.outputs = out;
         Ok(())
-    }
-
-    fn release_durable(&mut self) {
-        let durable = self.wal.durable_lsn();
-        while let Some((lsn, _, _)) = self.after_durable.front() {
-            if *lsn > durable {
-                break;
-            }
-            let (lsn, to, frame) = self.after_durable.pop_front().expect("front exists");
-            assert!(
-                lsn <= self.wal.durable_lsn(),
-                "a reply leaves only after its record is durable"
-            );
-            self.net_batch.push((Dest::Peer(to.0), frame));
-        }
-    }
-
-    fn encode(&mut self, group: GroupId, msg: &Message) -> Bytes {
-        self.encode_buf.clear();
-        msg.encode_body_into(&mut self.encode_buf);
-        encode_frame(msg.kind(), group.0, self.me.0, &self.encode_buf)
     }
 
     fn take_frames(&mut self) {
         self.frames.clear();
         self.inbox.drain(&mut self.frames, FRAMES_PER_ROUND_MAX);
         for frame in self.frames.drain(..) {
-            match Message::decode_body(frame.kind, &frame.body) {
-                Ok(msg) => self
-                    .table
-                    .on_message(NodeId(frame.from), GroupId(frame.group), msg),
-                Err(e) => {
-                    self.snapshot.undecodable_frames += 1;
-                    tracing::warn!(
-                        from = frame.from,
-                        group = frame.group,
-                        "dropping an undecodable message: {e}"
-                    );
-                }
+            if let Err(e) = self.driver.on_frame(&frame) {
+                self.snapshot.undecodable_frames += 1;
+                tracing::warn!(
+                    from = frame.from,
+                    group = frame.group,
+                    "dropping an undecodable message: {e}"
+                );
             }
         }
     }
@@ -515,7 +432,7 @@ impl Core {
         let bytes = proposal.command.len();
         let id = ProposalId(self.next_proposal);
         self.next_proposal += 1;
-        match self.table.propose(proposal.group, id, proposal.command) {
+        match self.driver.propose(proposal.group, id, proposal.command) {
             Ok(()) => {
                 self.replies.insert(id, proposal.reply);
             }
@@ -530,39 +447,6 @@ impl Core {
         }
     }
 
-    fn answer(&mut self, result: ProposalResult) {
-        match result {
-            ProposalResult::Committed {
-                id,
-                group,
-                instance,
-                index,
-            } => {
-                if let Some(reply) = self.replies.remove(&id) {
-                    self.exec_backlog.push_back(ExecMsg::Waiter {
-                        group,
-                        instance,
-                        index,
-                        reply,
-                    });
-                }
-            }
-            ProposalResult::Failed { id, reason, .. } => {
-                if let Some(reply) = self.replies.remove(&id) {
-                    let _ =
-                        reply.send(Err(fail_error(reason, self.index, 0, self.batch_bytes_max)));
-                }
-            }
-            ProposalResult::Unknown { id, .. } => {
-                if let Some(reply) = self.replies.remove(&id) {
-                    let _ = reply.send(Err(Error::Unknown(
-                        "leadership changed while the command was in flight".into(),
-                    )));
-                }
-            }
-        }
-    }
-
     fn feed_executor(&mut self) {
         while let Some(message) = self.exec_backlog.pop_front() {
             match self.exec.try_send(message) {
@@ -573,8 +457,11 @@ impl Core {
                     break;
                 }
                 Err(TrySendError::Disconnected(_)) => {
-                    self.shared
-                        .fail(format!("core {}: the executor thread stopped", self.index));
+                    self.shared.fail(format!(
+                        "core {}: {}",
+                        self.index,
+                        DriverError::Executor("its queue closed".into())
+                    ));
                     self.exec_backlog.clear();
                     break;
                 }
@@ -582,16 +469,19 @@ impl Core {
         }
     }
 
-    fn wal_failed(&self, error: WalError) -> String {
-        format!(
-            "core {}: WAL failed (fatal, never retried): {error}",
-            self.index
+    /// A WAL failure while waiting (a failed write or fsync): the driver decides (it stops
+    /// the core; only the simulator's injected bug carries on).
+    fn wal_failed(&mut self, error: WalError) -> Result<(), DriverError> {
+        let last = Lsn(self.driver.table().next_lsn().0.saturating_sub(1));
+        self.driver.write_failed(
+            last,
+            StorageError::new(format!("core {}: WAL write failed", self.index), error),
         )
     }
 
     /// Every stuck state is logged once per interval and shown in stats with its reason.
     fn check_stuck(&mut self) {
-        let stuck = self.table.stuck();
+        let stuck = self.driver.table().stuck();
         self.snapshot.stuck_groups = stuck.len();
         self.snapshot.stuck = stuck
             .iter()
@@ -620,9 +510,11 @@ impl Core {
         self.snapshot.records_written = wal.records;
         self.snapshot.groups_per_write = wal.groups_per_write.mean;
         self.snapshot.wal = Some(wal);
-        self.snapshot.protocol = self.table.stats().clone();
-        for group in self.table.groups() {
-            let hint = self.table.leader_hint(group).map_or(0, |n| u64::from(n.0));
+        self.snapshot.protocol = self.driver.table().stats().clone();
+        self.snapshot.driver = self.driver.stats().clone();
+        let table = self.driver.table();
+        for group in table.groups() {
+            let hint = table.leader_hint(group).map_or(0, |n| u64::from(n.0));
             self.shared.leader_hints[group.0 as usize].store(hint, Ordering::Release);
         }
         self.shared.snapshots.lock().expect("snapshot lock")[self.index] = self.snapshot.clone();
@@ -638,6 +530,120 @@ impl Core {
         }
         // Waiters already handed to the executor are answered by it when its queue closes.
         self.feed_executor();
+    }
+}
+
+/// The core's WAL as the driver's storage.
+struct WalStorage<'a> {
+    wal: &'a mut Wal,
+    core: usize,
+}
+
+impl driver::Storage for WalStorage<'_> {
+    fn append(&mut self, lsn: Lsn, record: &Record) -> Result<(), StorageError> {
+        let failed = |what: &str, e: WalError| StorageError::new(format!("{what}: {e}"), e);
+        loop {
+            match self.wal.append(record.as_ref()) {
+                Ok(appended) => {
+                    assert_eq!(
+                        appended, lsn,
+                        "the WAL and the core table must number records alike"
+                    );
+                    return Ok(());
+                }
+                Err(WalError::BufferFull { .. }) => {
+                    // The round outgrew one write: write what we have, then go on.
+                    self.wal
+                        .submit()
+                        .map_err(|e| failed("cannot submit a WAL write", e))?;
+                    self.wal
+                        .wait(&[], Some(Duration::from_millis(100)))
+                        .map_err(|e| failed("WAL write failed", e))?;
+                }
+                Err(e) => return Err(failed(&format!("core {}: WAL append", self.core), e)),
+            }
+        }
+    }
+
+    fn submit(&mut self) -> Result<(), StorageError> {
+        self.wal
+            .submit()
+            .map_err(|e| StorageError::new(format!("core {}: WAL submit", self.core), e))
+    }
+}
+
+/// The round's batch for the network thread as the driver's network.
+struct NetBatch<'a> {
+    batch: &'a mut Vec<(Dest, Bytes)>,
+}
+
+impl driver::Network for NetBatch<'_> {
+    fn send(&mut self, to: NodeId, frame: Bytes) {
+        self.batch.push((Dest::Peer(to.0), frame));
+    }
+
+    fn send_to_peers(&mut self, frame: Bytes) {
+        self.batch.push((Dest::AllPeers, frame));
+    }
+}
+
+/// Proposers' replies and the executor's queue as the driver's apply.
+struct ExecApply<'a> {
+    core: usize,
+    replies: &'a mut HashMap<ProposalId, Reply>,
+    backlog: &'a mut VecDeque<ExecMsg>,
+    batch_bytes_max: usize,
+}
+
+impl driver::Apply for ExecApply<'_> {
+    fn result(&mut self, result: ProposalResult) {
+        match result {
+            ProposalResult::Committed {
+                id,
+                group,
+                instance,
+                index,
+            } => {
+                if let Some(reply) = self.replies.remove(&id) {
+                    self.backlog.push_back(ExecMsg::Waiter {
+                        group,
+                        instance,
+                        index,
+                        reply,
+                    });
+                }
+            }
+            ProposalResult::Failed { id, reason, .. } => {
+                if let Some(reply) = self.replies.remove(&id) {
+                    let _ = reply.send(Err(fail_error(reason, self.core, 0, self.batch_bytes_max)));
+                }
+            }
+            ProposalResult::Unknown { id, .. } => {
+                if let Some(reply) = self.replies.remove(&id) {
+                    let _ = reply.send(Err(Error::Unknown(
+                        "leadership changed while the command was in flight".into(),
+                    )));
+                }
+            }
+        }
+    }
+
+    fn chosen(&mut self, chosen: Chosen) -> Result<(), DriverError> {
+        let commands = value::decode(&chosen.value).map_err(|source| DriverError::BadValue {
+            group: chosen.group.0,
+            instance: chosen.instance.0,
+            source,
+        })?;
+        self.backlog.push_back(ExecMsg::Chosen {
+            group: chosen.group,
+            instance: chosen.instance,
+            commands,
+        });
+        Ok(())
+    }
+
+    fn stopped(&mut self, group: GroupId, error: GroupError) {
+        tracing::error!(core = self.core, group = group.0, %error, "group stopped");
     }
 }
 

@@ -78,6 +78,8 @@ pub struct CoreSnapshot {
     pub wal: Option<WalStats>,
     /// The protocol counters.
     pub protocol: CoreStats,
+    /// The round driver's counters (frames encoded and sent, value bytes copied).
+    pub driver: crate::driver::DriverStats,
     /// Groups that cannot make progress by themselves, with the reason (at most
     /// `STUCK_LISTED_MAX`; `stuck_groups` counts them all). Refreshed every `STUCK_EVERY`.
     pub stuck: Vec<String>,

@@ -1,14 +1,16 @@
 //! A simulated disk: one WAL segment image holding the real encoded batches.
 //!
-//! Owns: the bytes of one node's log (written with the WAL's `encode_batch`, read back at
-//! restart with the WAL's `recover_images`), the one write in flight, and the fault model
-//! (a crash loses unsynced writes, a torn last write, a flipped byte in a durable record).
-//! Must never touch a real file or clock.
+//! Owns: the bytes of one core's log (written with the WAL's `encode_batch`, read back at
+//! restart with the WAL's `recover_images`), the one write in flight, and the disk fault model:
+//! a crash loses unsynced writes or tears the write in flight; a flipped bit, a zeroed sector,
+//! a lost write or a misdirected write in the durable log; a rotted last write; a failed write
+//! (fsync error). Must never touch a real file or clock.
 use crate::core::{Lsn, Prng, Record, RecordRef, Recovery, Tick};
 use paxring_wal::format::{record_bytes, BATCH_HEADER_BYTES};
 use paxring_wal::{encode_batch, recover_images};
 
 const CORE_ID: u32 = 0;
+const SECTOR_BYTES: usize = 512;
 const SEGMENT_NO: u64 = 0;
 
 #[derive(Clone, Copy, Debug)]
@@ -41,6 +43,27 @@ pub struct SimDisk {
     /// records, is durable), so a crash before that finds them again.
     cut: Vec<u8>,
     cut_at: usize,
+    /// What the last crash did, for the event log.
+    pub last_fault: String,
+}
+
+/// The damage a crash does to the durable log (each only when the disk holds enough writes).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CrashDamage {
+    /// The write in flight is torn (a prefix of it reaches the disk).
+    pub torn: bool,
+    /// One bit flips in a durable write that has another durable write after it.
+    pub flip: bool,
+    /// One bit flips in the last durable write.
+    pub rot_last: bool,
+    /// A 512-byte sector of a durable write reads back as zeros (in the last write, only
+    /// inside its records: its header stays, so recovery sees damage, not an end).
+    pub zero: bool,
+    /// A durable write that is not the last never reached the disk (its bytes are zeros).
+    pub lost: bool,
+    /// A durable write that is not the last landed at another write's place (over it), its
+    /// own place left as it was (zeros).
+    pub misdirect: bool,
 }
 
 /// What a completed write made durable.
@@ -95,13 +118,13 @@ impl SimDisk {
     }
 
     /// A crash: the write in flight is lost, or (torn) only a prefix of it reaches the disk;
-    /// with `flip`, one byte of a durable record that has a durable batch after it is flipped
-    /// (corruption followed by valid data, which recovery must report, not cut).
-    pub fn crash(&mut self, rng: &mut Prng, torn: bool, flip: bool, rot_last: bool) {
+    /// then the durable log takes the damage asked for. Returns how many faults landed.
+    pub fn crash(&mut self, rng: &mut Prng, damage: CrashDamage) -> u64 {
+        let before = self.faults_injected;
         let durable_end = self.durable.last().map_or(0, |b| b.end);
-        let tore = torn && self.in_flight.is_some();
+        let tore = damage.torn && self.in_flight.is_some();
         if let Some(write) = self.in_flight.take() {
-            if torn {
+            if damage.torn {
                 // Cut inside the records (a tear that only loses padding loses nothing).
                 let len = write.batch.records_end - write.batch.start;
                 let keep = 1 + rng.below(len as u64 - 1) as usize;
@@ -121,7 +144,8 @@ impl SimDisk {
                 self.image.extend_from_slice(&rest);
             }
         }
-        if rot_last && !tore && self.cut.is_empty() {
+        let whole_last = !tore && self.cut.is_empty();
+        if damage.rot_last && whole_last {
             // The last durable write rots after it completed (its replies may have left).
             if let Some(batch) = self.durable.last().copied() {
                 let first = batch.start + BATCH_HEADER_BYTES;
@@ -132,14 +156,78 @@ impl SimDisk {
                 }
             }
         }
-        if flip && self.durable.len() >= 2 {
-            let index = rng.below(self.durable.len() as u64 - 1) as usize;
-            let batch = self.durable[index];
+        // The writes before the last one (damage there is followed by valid data).
+        let middle = self.durable.len().saturating_sub(1);
+        if damage.flip && middle >= 1 {
+            let batch = self.durable[rng.below(middle as u64) as usize];
             let first = batch.start + BATCH_HEADER_BYTES;
             let at = first + rng.below((batch.records_end - first) as u64) as usize;
             self.image[at] ^= 1 << rng.below(8);
             self.faults_injected += 1;
         }
+        if damage.zero && !self.durable.is_empty() && whole_last {
+            let index = rng.below(self.durable.len() as u64) as usize;
+            let batch = self.durable[index];
+            let last = index + 1 == self.durable.len();
+            let from = if last {
+                batch.start + BATCH_HEADER_BYTES
+            } else {
+                batch.start
+            };
+            if batch.records_end > from && self.image.len() >= batch.end {
+                let at = from + rng.below((batch.records_end - from) as u64) as usize;
+                let sector = at / SECTOR_BYTES * SECTOR_BYTES;
+                let start = sector.max(from);
+                let end = (sector + SECTOR_BYTES).min(batch.end);
+                self.image[start..end].fill(0);
+                self.faults_injected += 1;
+            }
+        }
+        if damage.lost && middle >= 1 {
+            let batch = self.durable[rng.below(middle as u64) as usize];
+            self.image[batch.start..batch.end].fill(0);
+            self.faults_injected += 1;
+        }
+        if damage.misdirect && middle >= 2 {
+            let from = self.durable[rng.below(middle as u64) as usize];
+            let to = self.durable[rng.below(middle as u64) as usize];
+            let limit = self.durable[middle].start; // never over the last write
+            if from.start != to.start {
+                self.last_fault = format!(
+                    "misdirect: batch at {} (lsn ..={}) written over {} (lsn ..={}), limit {limit}, batches {:?}",
+                    from.start, from.last_lsn.0, to.start, to.last_lsn.0,
+                    self.durable.iter().map(|b| (b.start, b.end, b.last_lsn.0)).collect::<Vec<_>>()
+                );
+                let bytes = self.image[from.start..from.end].to_vec();
+                let len = bytes.len().min(limit - to.start);
+                self.image[from.start..from.end].fill(0);
+                self.image[to.start..to.start + len].copy_from_slice(&bytes[..len]);
+                self.faults_injected += 1;
+            }
+        }
+        self.faults_injected - before
+    }
+
+    /// The write in flight fails (an fsync error): its bytes may be partly on the disk (a torn
+    /// prefix, when `torn`) but it is not durable. Returns the Lsn it would have made durable.
+    pub fn fail_write(&mut self, rng: &mut Prng, torn: bool) -> Option<Lsn> {
+        let write = self.in_flight.take()?;
+        if torn {
+            let len = write.batch.records_end - write.batch.start;
+            let keep = 1 + rng.below(len as u64 - 1) as usize;
+            self.image.truncate(write.batch.start + keep);
+            // The rest of the write's place reads back as zeros.
+            self.image.resize(write.batch.end, 0);
+        } else {
+            self.image.truncate(write.batch.start);
+        }
+        self.faults_injected += 1;
+        Some(write.batch.last_lsn)
+    }
+
+    /// When the write in flight completes, if one is in flight.
+    pub fn done_at(&self) -> Option<Tick> {
+        self.in_flight.as_ref().map(|w| w.done_at)
     }
 
     /// Restart: runs the WAL's real recovery over the image and continues where it says.
@@ -187,7 +275,13 @@ mod tests {
         disk.submit(Lsn(1), vec![record(0), record(1)], Tick(1));
         assert!(disk.complete(Tick(1)).is_some());
         disk.submit(Lsn(3), vec![record(2)], Tick(5));
-        disk.crash(&mut rng, true, false, false);
+        disk.crash(
+            &mut rng,
+            CrashDamage {
+                torn: true,
+                ..CrashDamage::default()
+            },
+        );
         let recovery = disk.recover();
         assert_eq!(recovery.records.len(), 2);
         assert_eq!(recovery.next_lsn, Lsn(3));
@@ -195,7 +289,7 @@ mod tests {
         assert!(disk.complete(Tick(6)).is_some());
         disk.submit(Lsn(4), vec![record(4)], Tick(7));
         assert!(disk.complete(Tick(7)).is_some());
-        disk.crash(&mut rng, false, false, false);
+        disk.crash(&mut rng, CrashDamage::default());
         let recovery = disk.recover();
         assert_eq!(recovery.records.len(), 4, "{recovery:?}");
         assert_eq!(recovery.next_lsn, Lsn(5));

@@ -1,234 +1,61 @@
-//! The deterministic simulator: the real core, WAL encoding/recovery and message codec,
-//! driven through the same [`CoreTable`] API as the runtime, against a simulated network and
-//! simulated disks, with safety checkers after every step.
+//! The deterministic simulator: every node runs the real [`Driver`] (the same round code as the
+//! io_uring runtime) over the real core, WAL encoding/recovery and network frame codec, on
+//! several cores per node, against a simulated network and simulated disks, with safety
+//! checkers after every step.
 //!
-//! Owns: the cluster of N nodes x G groups, the network (delay, loss, duplication, reordering,
-//! symmetric and one-way partitions), the disks ([`disk::SimDisk`]: latency, crash losing
-//! unsynced writes, torn last write, bit flips in durable records), crash/restart, the clients,
-//! the checkers and the trace hash. Must never read a clock, touch a file or socket, spawn a
-//! thread or use a random source other than the seeded [`Prng`]: one seed, one trace.
+//! Owns: the cluster of N nodes x C cores x G groups and its phases (safety with faults, heal,
+//! drain), node lifecycle (start from the disks' recovery, crash, pause, clock skew, fail-stop
+//! on a write error), the state machines (in-order apply with checkpoints and the replay
+//! rule), and the trace hash. Jobs live in their own files: `network` (links, partitions,
+//! corruption), `disk` (the WAL image and disk faults), `faults` (classes, per-seed swarm
+//! profile, bugs), `clients`, `checkers`. Must never read a clock, touch a file or socket,
+//! spawn a thread or use a random source other than the seeded [`Prng`]: one seed, one trace.
 //!
-//! Checkers (each failure names the seed and prints the command that replays it):
-//! - agreement: at most one value is learned per (group, instance), across all replicas;
-//! - validity: every command in a chosen value was proposed;
-//! - acknowledged: a Committed answer names the instance and index where its command is chosen,
-//!   and that instance is chosen by the end;
-//! - order: each replica applies consecutive instances (a restart replays from instance 0);
-//! - durable-before-reply: a Promise or Accepted leaves only when the record that justifies it
-//!   is durable on the sender's simulated disk (checked against the disk, not the core's label);
-//! - no group stops on a checksum mismatch; after the heal phase every group made progress and
-//!   all replicas converge to the same applied point.
+//! The checkers, each named in its violation (docs/TESTING.md lists which guards what):
+//! `agreement`, `validity`, `acknowledged`, `committed-once`, `identity-once`,
+//! `failed-never-chosen`, `order`, `state-machine`, `durable-before-reply`, `codec`,
+//! `invariant`, `stopped`, `rtt`, and after the heal `no progress` / `converge`.
+mod checkers;
+mod clients;
 pub mod disk;
+mod faults;
+mod network;
 
-use crate::core::value;
+pub use faults::{Fault, Profile, SKEW_PPM_MAX};
+
+#[cfg(feature = "sim-bugs")]
+pub use faults::Bug;
+
 use crate::core::{
-    Ballot, Config, CoreTable, FailReason, GroupId, Instance, Lsn, Message, NodeId, Outputs, Prng,
-    ProposalId, ProposalResult, RecordKind, SendAfterDurable, Start, Tick,
+    core_of_group, Ballot, Chosen, Config, CoreTable, GroupError, GroupId, Instance, Lsn, Message,
+    NodeId, Prng, ProposalResult, Record, RecordKind, Start, Tick,
 };
+use crate::driver::{self, Driver, StorageError};
 use bytes::Bytes;
-use disk::SimDisk;
+use checkers::Checkers;
+use clients::Client;
+use disk::{CrashDamage, SimDisk};
+use network::{Packet, SimNet};
+use paxring_net::{DecodeError as FrameError, Decoder};
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{Hash, Hasher};
-
-/// Fault kinds the simulator can inject (all on by default).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Fault {
-    /// Messages lost.
-    Loss,
-    /// Messages delivered twice.
-    Dup,
-    /// Some messages delayed far beyond the others.
-    Reorder,
-    /// Symmetric partitions (a minority cut from the rest).
-    Partition,
-    /// One-way partitions (a -> b blocked, b -> a open).
-    OneWay,
-    /// Crash and restart (a crash loses unsynced writes).
-    Crash,
-    /// A crash tears the write in flight.
-    Torn,
-    /// A crash flips a bit in a durable record followed by valid data.
-    BitFlip,
-    /// Power loss: every node crashes at once, each tearing its write in flight.
-    PowerLoss,
-    /// A crashed node restarts with its data directory wiped (its state lost).
-    Wipe,
-    /// A crash flips a bit in the last durable write (it completed; its replies may have left).
-    RotLast,
-    /// A disk write stalls for hundreds of ticks now and then.
-    Stall,
-}
-
-impl Fault {
-    /// Every fault, in the order of `--faults` names.
-    pub const ALL: [Fault; 12] = [
-        Fault::Loss,
-        Fault::Dup,
-        Fault::Reorder,
-        Fault::Partition,
-        Fault::OneWay,
-        Fault::Crash,
-        Fault::Torn,
-        Fault::BitFlip,
-        Fault::PowerLoss,
-        Fault::Wipe,
-        Fault::RotLast,
-        Fault::Stall,
-    ];
-
-    /// The `--faults` name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Fault::Loss => "loss",
-            Fault::Dup => "dup",
-            Fault::Reorder => "reorder",
-            Fault::Partition => "partition",
-            Fault::OneWay => "oneway",
-            Fault::Crash => "crash",
-            Fault::Torn => "torn",
-            Fault::BitFlip => "bitflip",
-            Fault::PowerLoss => "powerloss",
-            Fault::Wipe => "wipe",
-            Fault::RotLast => "rotlast",
-            Fault::Stall => "stall",
-        }
-    }
-
-    /// Parses a comma-separated list; `all` and `none` are accepted.
-    pub fn parse_list(list: &str) -> Result<BTreeSet<Fault>, String> {
-        let mut set = BTreeSet::new();
-        for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-            match name {
-                "all" => set.extend(Fault::ALL),
-                "none" => {}
-                _ => {
-                    let fault = Fault::ALL
-                        .iter()
-                        .find(|f| f.name() == name)
-                        .ok_or_else(|| {
-                            let names: Vec<&str> = Fault::ALL.iter().map(|f| f.name()).collect();
-                            format!(
-                                "unknown fault {name:?}; known: all, none, {}",
-                                names.join(", ")
-                            )
-                        })?;
-                    set.insert(*fault);
-                }
-            }
-        }
-        Ok(set)
-    }
-
-    /// The list as `--faults` takes it.
-    pub fn list_name(set: &BTreeSet<Fault>) -> String {
-        if set.is_empty() {
-            return "none".to_string();
-        }
-        let names: Vec<&str> = set.iter().map(|f| f.name()).collect();
-        names.join(",")
-    }
-}
-
-/// A known protocol bug to inject (only with the `sim-bugs` feature).
-#[cfg(feature = "sim-bugs")]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Bug {
-    /// The acceptor does not persist promises.
-    ForgetPromise,
-    /// Promise/Accepted leave before their record is durable.
-    ReplyBeforeDurable,
-    /// A new leader skips phase 1.
-    SkipPrepareOnNewLeader,
-    /// A candidate's Prepare leaves before its own promise is durable; bare Accepted counts.
-    BallotReuseAfterCrash,
-    /// The pre-fix re-learn target (peers' applied point + depth, any reply counts).
-    RelearnTargetTooLow,
-    /// Committed answered by comparing value bytes (values carry no identity).
-    CommitByBytes,
-    /// A cut last write is taken as torn, never as damage.
-    CutDamagedLastWrite,
-    /// Promises have no byte bound (the network drops those over the frame limit).
-    UnboundedPromise,
-    /// A node whose state was lost votes at once with empty promises.
-    RejoinWithEmptyState,
-    /// The acceptor accepts below its promise (lowering it): the invariant checker's bug.
-    AcceptBelowPromise,
-}
-
-#[cfg(feature = "sim-bugs")]
-impl Bug {
-    /// Every bug.
-    pub const ALL: [Bug; 10] = [
-        Bug::ForgetPromise,
-        Bug::ReplyBeforeDurable,
-        Bug::SkipPrepareOnNewLeader,
-        Bug::BallotReuseAfterCrash,
-        Bug::RelearnTargetTooLow,
-        Bug::CommitByBytes,
-        Bug::CutDamagedLastWrite,
-        Bug::UnboundedPromise,
-        Bug::RejoinWithEmptyState,
-        Bug::AcceptBelowPromise,
-    ];
-
-    /// The `--bug` name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Bug::ForgetPromise => "forget-promise",
-            Bug::ReplyBeforeDurable => "reply-before-durable",
-            Bug::SkipPrepareOnNewLeader => "skip-prepare-on-new-leader",
-            Bug::BallotReuseAfterCrash => "ballot-reuse-after-crash",
-            Bug::RelearnTargetTooLow => "relearn-target-too-low",
-            Bug::CommitByBytes => "commit-by-bytes",
-            Bug::CutDamagedLastWrite => "cut-damaged-last-write",
-            Bug::UnboundedPromise => "unbounded-promise",
-            Bug::RejoinWithEmptyState => "rejoin-with-empty-state",
-            Bug::AcceptBelowPromise => "accept-below-promise",
-        }
-    }
-
-    /// Parses a `--bug` name.
-    pub fn parse(name: &str) -> Result<Bug, String> {
-        Bug::ALL
-            .iter()
-            .copied()
-            .find(|b| b.name() == name)
-            .ok_or_else(|| {
-                let names: Vec<&str> = Bug::ALL.iter().map(|b| b.name()).collect();
-                format!("unknown bug {name:?}; known: {}", names.join(", "))
-            })
-    }
-
-    /// The core's flags for this bug.
-    pub fn flags(self) -> crate::core::Bugs {
-        let mut bugs = crate::core::Bugs::default();
-        match self {
-            Bug::ForgetPromise => bugs.forget_promise = true,
-            Bug::ReplyBeforeDurable => bugs.reply_before_durable = true,
-            Bug::SkipPrepareOnNewLeader => bugs.skip_prepare_on_new_leader = true,
-            Bug::BallotReuseAfterCrash => bugs.ballot_reuse_after_crash = true,
-            Bug::RelearnTargetTooLow => bugs.relearn_target_too_low = true,
-            Bug::CommitByBytes => bugs.commit_by_bytes = true,
-            Bug::CutDamagedLastWrite => bugs.cut_damaged_last_write = true,
-            Bug::UnboundedPromise => bugs.unbounded_promise = true,
-            Bug::RejoinWithEmptyState => bugs.rejoin_with_empty_state = true,
-            Bug::AcceptBelowPromise => bugs.accept_below_promise = true,
-        }
-        bugs
-    }
-}
 
 /// What one simulation run looks like (the same for every seed of a run).
 #[derive(Clone, Debug)]
 pub struct SimOptions {
     /// Replicas (3 or 5).
     pub nodes: u32,
-    /// Paxos groups (all on the one simulated core of each node).
+    /// Core threads per node (groups spread over them by `core_of_group`).
+    pub cores: u32,
+    /// Paxos groups.
     pub groups: u32,
     /// `pipeline_depth` of every group.
     pub pipeline: u32,
-    /// Faults injected during the safety phase.
+    /// The fault classes a seed may switch on.
     pub faults: BTreeSet<Fault>,
+    /// Swarm testing: each seed switches on a random subset of `faults` with random rates;
+    /// off, every class of `faults` is on with the default rates.
+    pub swarm: bool,
     /// Ticks of the safety phase (faults on).
     pub safety_ticks: u64,
     /// Ticks of the heal phase (faults off, crashed nodes restarted, progress required).
@@ -249,9 +76,11 @@ impl Default for SimOptions {
     fn default() -> Self {
         SimOptions {
             nodes: 3,
+            cores: 2,
             groups: 4,
             pipeline: 8,
             faults: Fault::ALL.into_iter().collect(),
+            swarm: true,
             safety_ticks: 3000,
             heal_ticks: 3000,
             clients_per_group: 2,
@@ -269,18 +98,22 @@ impl SimOptions {
         #[allow(unused_mut)]
         let mut features = String::new();
         #[allow(unused_mut)]
-        let mut bug = String::new();
+        let mut extra = String::new();
         #[cfg(feature = "sim-bugs")]
         if let Some(b) = self.bug {
             features = " --features sim-bugs".to_string();
-            bug = format!(" --bug {}", b.name());
+            extra = format!(" --bug {}", b.name());
         }
         if !self.check_durable_replies {
-            bug.push_str(" --skip-durable-check");
+            extra.push_str(" --skip-durable-check");
+        }
+        if !self.swarm {
+            extra.push_str(" --no-swarm");
         }
         format!(
-            "cargo run --release -p paxring-tools{features} -- sim --seeds 1 --start-seed {seed} --nodes {} --groups {} --pipeline {} --faults {} --safety-ticks {} --heal-ticks {}{bug}",
+            "cargo run --release -p paxring-tools{features} -- sim --seeds 1 --start-seed {seed} --nodes {} --cores {} --groups {} --pipeline {} --faults {} --safety-ticks {} --heal-ticks {}{extra} --log",
             self.nodes,
+            self.cores,
             self.groups,
             self.pipeline,
             Fault::list_name(&self.faults),
@@ -289,12 +122,21 @@ impl SimOptions {
         )
     }
 
+    /// The fault profile of `seed`.
+    pub fn profile(&self, seed: u64) -> Profile {
+        if self.swarm {
+            Profile::swarm(seed, &self.faults)
+        } else {
+            Profile::all_of(&self.faults)
+        }
+    }
+
     fn config(&self) -> Config {
         Config {
             pipeline_depth: self.pipeline,
             // Small limits so that a Promise over a long run-ahead window is cut and phase 1
-            // continues in chunks (the network drops anything over the limit, as the real
-            // one does).
+            // continues in chunks (the receiving codec refuses anything over the limit, as the
+            // real one does).
             batch_bytes_max: SIM_BATCH_BYTES,
             message_bytes_max: SIM_MESSAGE_BYTES,
             ..Config::default()
@@ -302,18 +144,23 @@ impl SimOptions {
     }
 }
 
+/// Counts of the faults one seed injected, by class.
+pub type FaultCounts = BTreeMap<&'static str, u64>;
+
 /// The result of one seed.
 #[derive(Clone, Debug, Default)]
 pub struct SeedReport {
     /// The seed.
     pub seed: u64,
+    /// The fault profile the seed ran with (printed with the seed).
+    pub profile: String,
     /// The first violation found, if any.
     pub violation: Option<String>,
     /// Hash of every event of the run (same seed, same hash).
     pub trace_hash: u64,
     /// Proposals acknowledged Committed.
     pub commits: u64,
-    /// Messages handed to the network.
+    /// Frames handed to the network (one per destination).
     pub messages: u64,
     /// Distinct (group, instance)s chosen.
     pub instances: u64,
@@ -327,219 +174,386 @@ pub struct SeedReport {
     pub steady_commit_instances: u64,
     /// Steady-state window: round trips on those instances' critical paths.
     pub steady_commit_rtts: u64,
-    /// Crashes injected.
-    pub crashes: u64,
-    /// Data directories wiped.
-    pub wipes: u64,
-    /// Power losses (every node at once).
-    pub power_losses: u64,
-    /// Messages the network dropped for exceeding the message limit.
+    /// Faults injected, by class name (and a few derived events: restarts, fail-stops).
+    pub faults: FaultCounts,
+    /// Frames the receiving codec refused for exceeding the frame limit.
     pub oversize_dropped: u64,
-    /// Disk writes that stalled.
-    pub stalls: u64,
+    /// Corrupted frames the receiving codec refused (checksums).
+    pub corrupt_refused: u64,
+    /// Driver counters summed over every core of every node's last start.
+    pub frames_encoded: u64,
+    /// Frames delivered per frame encoded is the fan-out (sum of deliveries handed out).
+    pub frames_sent: u64,
     /// The event log (only with `SimOptions::log`).
     pub log: Vec<String>,
 }
 
-struct Packet {
-    from: NodeId,
-    to: NodeId,
-    group: GroupId,
-    bytes: Vec<u8>,
+/// The simulator's value limit (bytes).
+const SIM_BATCH_BYTES: u32 = 1024;
+/// The simulator's frame limit (the receiving codec refuses larger bodies).
+const SIM_MESSAGE_BYTES: u32 = SIM_BATCH_BYTES + crate::core::MESSAGE_OVERHEAD_BYTES;
+/// Ticks after the heal phase with clients stopped, for replicas to converge.
+const DRAIN_TICKS: u64 = 600;
+/// A state machine writes a checkpoint now and then: one applied instance in this many.
+const CHECKPOINT_ONE_IN: u64 = 40;
+
+/// One core of a node: its driver (while the process runs) and its disk.
+struct SimCore {
+    driver: Option<Driver>,
+    disk: SimDisk,
+    /// Records appended but not yet written (the disk has one write in flight at a time).
+    staged: Vec<(Lsn, Record)>,
+    /// The first write after a start has completed.
+    wrote_since_start: bool,
+    /// A repair record (a group finished re-learning) waits to be durable through this Lsn.
+    repair_pending: Option<Lsn>,
+}
+
+/// A state machine's state: the next instance it applies and a digest of all it applied.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct SmState {
+    next: Instance,
+    digest: u64,
 }
 
 struct Node {
     id: NodeId,
-    table: Option<CoreTable>,
-    disk: SimDisk,
-    staged: Vec<(Lsn, crate::core::Record)>,
-    held: Vec<SendAfterDurable>,
+    up: bool,
+    cores: Vec<SimCore>,
     restart_at: Option<Tick>,
-    /// What the disk holds durably (for the durable-before-reply checker).
+    paused_until: Option<Tick>,
+    /// Clock rate deviation in parts per million (the node's ticks run at 1 + ppm/1e6).
+    skew_ppm: i64,
+    incarnation: u64,
+    /// The identity file says the state was lost and re-learning is pending (set by a wipe,
+    /// cleared at a start that finds records in every core's WAL: the runtime's rule).
+    relearn_pending: bool,
+    /// What the disks hold durably (for the durable-before-reply checker); rebuilt from what
+    /// recovery finds at each start, so destroyed records are never credited.
     durable_promised: BTreeMap<GroupId, Ballot>,
     durable_accepts: BTreeSet<(GroupId, Instance, Ballot)>,
-    applied_next: BTreeMap<GroupId, Instance>,
-    incarnation: u64,
+    /// The live state machines (lost at a crash).
+    machines: BTreeMap<GroupId, SmState>,
+    /// The state machines' durable checkpoints (lost only with the data directory).
+    checkpoints: BTreeMap<GroupId, SmState>,
     /// Each group's promise at the last step (it must never decrease while the node runs).
     last_promised: BTreeMap<GroupId, Ballot>,
-    /// The data directory's identity file exists (the runtime's rule: a start without one,
-    /// outside the cluster's bootstrap, has lost its state). Written at bootstrap, and after a
-    /// start without it once the first write (carrying the re-learn records) is durable.
-    identity: bool,
+    /// The highest ballot this node sent a Promise for, per group, and every Accepted it
+    /// sent: state it acknowledged, which a restart must find (or re-learn).
+    acked_promised: BTreeMap<GroupId, Ballot>,
+    acked_accepts: BTreeSet<(GroupId, Instance, Ballot)>,
+    /// When one of this node's groups last won phase 1 (targeted crashes aim at new leaders).
+    won_at: Option<Tick>,
+    /// Driver counters of earlier starts (the report sums every start).
+    frames_encoded_before: u64,
+    frames_sent_before: u64,
 }
 
-struct Client {
-    group: GroupId,
-    target: NodeId,
-    outstanding: BTreeMap<ProposalId, Tick>,
-    next_at: Tick,
-    sequence: u64,
-    id: u32,
+impl Node {
+    fn running(&self) -> bool {
+        self.up && self.paused_until.is_none()
+    }
 }
-
-/// The simulator's value limit (bytes).
-const SIM_BATCH_BYTES: u32 = 1024;
-/// The simulator's message limit (the network drops larger messages).
-const SIM_MESSAGE_BYTES: u32 = SIM_BATCH_BYTES + crate::core::MESSAGE_OVERHEAD_BYTES;
-
-/// The proposals a client may have outstanding at once.
-const CLIENT_WINDOW: usize = 4;
-/// A client forgets a proposal it heard nothing about after this long (its node crashed).
-const CLIENT_TIMEOUT_TICKS: u64 = 1000;
-/// Ticks after the heal phase with clients stopped, for replicas to converge.
-const DRAIN_TICKS: u64 = 600;
 
 struct Sim {
     options: SimOptions,
+    profile: Profile,
     seed: u64,
     rng: Prng,
     now: Tick,
     nodes: Vec<Node>,
     members: Vec<NodeId>,
-    network: BTreeMap<(Tick, u64), Packet>,
-    packet_seq: u64,
-    blocked: BTreeSet<(NodeId, NodeId)>,
-    partition_until: Tick,
+    net: SimNet,
+    decoder: Decoder,
     faults_on: bool,
     clients: Vec<Client>,
     clients_on: bool,
     proposal_next: u64,
-    proposals: BTreeMap<ProposalId, (u32, Bytes)>,
-    proposed: BTreeSet<Bytes>,
-    chosen: BTreeMap<(GroupId, Instance), Bytes>,
-    acked: BTreeMap<(GroupId, Instance), Vec<(u32, Bytes)>>,
-    /// Which proposal was told Committed for each chosen command (group, instance, index).
-    acked_slots: BTreeMap<(GroupId, Instance, u32), ProposalId>,
     /// The last command proposed per group (clients sometimes send the same bytes again).
     last_command: BTreeMap<GroupId, Bytes>,
-    violation: Option<String>,
+    /// Each node's disk latency: base ticks and uniform jitter.
+    disk_latency: Vec<(u64, u64)>,
+    checks: Checkers,
     hasher: std::collections::hash_map::DefaultHasher,
     report: SeedReport,
-    outputs: Outputs,
 }
 
 /// Runs one seed to the end (or to its first violation).
 pub fn run_seed(options: &SimOptions, seed: u64) -> SeedReport {
     let mut sim = Sim::new(options.clone(), seed);
     sim.run();
-    sim.report.seed = seed;
-    sim.report.violation = sim.violation.take();
-    sim.report.trace_hash = sim.hasher.finish();
-    sim.report.instances = sim.chosen.len() as u64;
-    sim.report.durable_writes = sim.nodes.iter().map(|n| n.disk.syncs).sum();
-    sim.report
+    sim.finish()
+}
+
+/// The frames one round of one core handed to the network (`None`: every peer).
+#[derive(Default)]
+struct Frames(Vec<(Option<NodeId>, Bytes)>);
+
+/// What one round of one core handed to proposers and the executor.
+#[derive(Default)]
+struct Applied {
+    results: Vec<ProposalResult>,
+    chosen: Vec<Chosen>,
+    stopped: Vec<(GroupId, GroupError)>,
+}
+
+/// The simulated disk's staging area as the driver's storage.
+impl driver::Storage for Vec<(Lsn, Record)> {
+    fn append(&mut self, lsn: Lsn, record: &Record) -> Result<(), StorageError> {
+        if let Some((last, _)) = self.last() {
+            assert_eq!(last.0 + 1, lsn.0, "Lsns are consecutive");
+        }
+        self.push((lsn, record.clone()));
+        Ok(())
+    }
+
+    fn submit(&mut self) -> Result<(), StorageError> {
+        // The simulator starts the disk write at the end of the round when the disk is idle
+        // (one write in flight per core, as in the runtime).
+        Ok(())
+    }
+}
+
+impl driver::Network for Frames {
+    fn send(&mut self, to: NodeId, frame: Bytes) {
+        self.0.push((Some(to), frame));
+    }
+
+    fn send_to_peers(&mut self, frame: Bytes) {
+        self.0.push((None, frame));
+    }
+}
+
+impl driver::Apply for Applied {
+    fn result(&mut self, result: ProposalResult) {
+        self.results.push(result);
+    }
+
+    fn chosen(&mut self, chosen: Chosen) -> Result<(), driver::DriverError> {
+        self.chosen.push(chosen);
+        Ok(())
+    }
+
+    fn stopped(&mut self, group: GroupId, error: GroupError) {
+        self.stopped.push((group, error));
+    }
+}
+
+/// A state machine's digest after applying `value` at `instance`.
+fn digest_step(digest: u64, instance: Instance, value: &[u8]) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    digest.hash(&mut hasher);
+    instance.0.hash(&mut hasher);
+    value.hash(&mut hasher);
+    hasher.finish()
 }
 
 impl Sim {
     fn new(options: SimOptions, seed: u64) -> Sim {
-        assert!(options.nodes >= 1 && options.groups >= 1);
+        assert!(options.nodes >= 1 && options.groups >= 1 && options.cores >= 1);
         let members: Vec<NodeId> = (1..=options.nodes).map(NodeId).collect();
+        let profile = options.profile(seed);
+        let mut rng = Prng::new(seed ^ 0x5EED_0000_0000_0000);
+        let net = SimNet::new(&members, &profile, &mut rng);
         let mut sim = Sim {
             seed,
-            rng: Prng::new(seed ^ 0x5EED_0000_0000_0000),
+            rng,
             now: Tick(0),
             nodes: Vec::new(),
             members: members.clone(),
-            network: BTreeMap::new(),
-            packet_seq: 0,
-            blocked: BTreeSet::new(),
-            partition_until: Tick(0),
+            net,
+            decoder: Decoder::new(SIM_MESSAGE_BYTES),
             faults_on: true,
             clients: Vec::new(),
             clients_on: true,
             proposal_next: 1,
-            proposals: BTreeMap::new(),
-            proposed: BTreeSet::new(),
-            chosen: BTreeMap::new(),
-            acked: BTreeMap::new(),
-            acked_slots: BTreeMap::new(),
             last_command: BTreeMap::new(),
-            violation: None,
+            disk_latency: Vec::new(),
+            checks: Checkers::default(),
             hasher: std::collections::hash_map::DefaultHasher::new(),
-            report: SeedReport::default(),
-            outputs: Outputs::default(),
+            report: SeedReport {
+                profile: profile.to_string(),
+                ..SeedReport::default()
+            },
+            profile,
             options,
         };
         for &id in &members {
+            let latency = if sim.profile.has(Fault::Stall) {
+                (1 + sim.rng.below(6), sim.rng.below(9))
+            } else {
+                (1, 3)
+            };
+            sim.disk_latency.push(latency);
+            let skew_ppm = if sim.profile.has(Fault::Skew) {
+                sim.rng.below(2 * SKEW_PPM_MAX + 1) as i64 - SKEW_PPM_MAX as i64
+            } else {
+                0
+            };
             sim.nodes.push(Node {
                 id,
-                table: None,
-                disk: SimDisk::default(),
-                staged: Vec::new(),
-                held: Vec::new(),
+                up: false,
+                cores: (0..sim.options.cores)
+                    .map(|_| SimCore {
+                        driver: None,
+                        disk: SimDisk::default(),
+                        staged: Vec::new(),
+                        wrote_since_start: false,
+                        repair_pending: None,
+                    })
+                    .collect(),
                 restart_at: None,
+                paused_until: None,
+                skew_ppm,
+                incarnation: 0,
+                relearn_pending: false, // the cluster's bootstrap: empty state is legitimate
                 durable_promised: BTreeMap::new(),
                 durable_accepts: BTreeSet::new(),
-                applied_next: BTreeMap::new(),
-                incarnation: 0,
+                machines: BTreeMap::new(),
+                checkpoints: BTreeMap::new(),
                 last_promised: BTreeMap::new(),
-                identity: true, // the cluster's bootstrap: empty state is legitimate
+                acked_promised: BTreeMap::new(),
+                acked_accepts: BTreeSet::new(),
+                won_at: None,
+                frames_encoded_before: 0,
+                frames_sent_before: 0,
             });
         }
         for index in 0..sim.nodes.len() {
             sim.start_node(index);
         }
-        let mut client_id = 0;
-        for group in 0..sim.options.groups {
-            for _ in 0..sim.options.clients_per_group {
-                let target = members[sim.rng.below(members.len() as u64) as usize];
-                sim.clients.push(Client {
-                    group: GroupId(group),
-                    target,
-                    outstanding: BTreeMap::new(),
-                    next_at: Tick(0),
-                    sequence: 0,
-                    id: client_id,
-                });
-                client_id += 1;
+        sim.make_clients();
+        sim
+    }
+
+    fn finish(mut self) -> SeedReport {
+        self.report.seed = self.seed;
+        self.report.violation = self.checks.violation.take();
+        self.report.trace_hash = self.hasher.finish();
+        self.report.instances = self.checks.chosen.len() as u64;
+        for node in &self.nodes {
+            self.report.durable_writes += node.cores.iter().map(|c| c.disk.syncs).sum::<u64>();
+            self.report.frames_encoded += node.frames_encoded_before;
+            self.report.frames_sent += node.frames_sent_before;
+            for core in &node.cores {
+                if let Some(driver) = &core.driver {
+                    self.report.frames_encoded += driver.stats().frames_encoded;
+                    self.report.frames_sent += driver.stats().frames_sent;
+                }
             }
         }
-        sim
+        self.report
     }
 
     fn groups(&self) -> Vec<GroupId> {
         (0..self.options.groups).map(GroupId).collect()
     }
 
+    fn groups_of_core(&self, core: usize) -> Vec<GroupId> {
+        self.groups()
+            .into_iter()
+            .filter(|g| core_of_group(g.0, self.options.cores as usize) == core)
+            .collect()
+    }
+
+    fn count(&mut self, what: &'static str) {
+        *self.report.faults.entry(what).or_default() += 1;
+    }
+
+    /// The node's own clock (its rate skewed within the bound).
+    fn local_tick(&self, index: usize) -> Tick {
+        let ppm = self.nodes[index].skew_ppm;
+        let scaled = i128::from(self.now.0) * (1_000_000 + i128::from(ppm)) / 1_000_000;
+        Tick(scaled.max(0) as u64)
+    }
+
     fn start_node(&mut self, index: usize) {
-        let groups = self.groups();
         let config = self.options.config();
+        let now = self.local_tick(index);
+        let core_groups: Vec<Vec<GroupId>> = (0..self.options.cores as usize)
+            .map(|c| self.groups_of_core(c))
+            .collect();
+        let members = self.members.clone();
+        #[cfg(feature = "sim-bugs")]
+        let bugs = self.options.bug.map(|b| b.flags()).unwrap_or_default();
         let node = &mut self.nodes[index];
-        let recovery = node.disk.recover();
         node.incarnation += 1;
-        let prng = Prng::new(
-            self.seed
-                .wrapping_mul(31)
-                .wrapping_add(u64::from(node.id.0) << 32 | node.incarnation),
-        );
-        let start = Start {
-            incarnation: node.incarnation,
-            state_lost: !node.identity,
-        };
-        let table = CoreTable::restore_with(
-            config,
-            node.id,
-            &self.members,
-            &groups,
-            &recovery,
-            prng,
-            start,
-            #[cfg(feature = "sim-bugs")]
-            self.options.bug.map(|b| b.flags()).unwrap_or_default(),
-        )
-        .expect("simulator config is valid");
-        let mut table = table;
-        table.set_panic_on_broken_invariant(false); // the invariant checker reports it
-        node.applied_next.clear();
+        node.durable_promised.clear();
+        node.durable_accepts.clear();
+        let state_lost = node.relearn_pending;
+        let mut with_records = 0;
+        let mut summary = Vec::new();
+        let mut recovered: Vec<Record> = Vec::new();
+        for (c, core) in node.cores.iter_mut().enumerate() {
+            let recovery = core.disk.recover();
+            credit(
+                &mut node.durable_promised,
+                &mut node.durable_accepts,
+                recovery.records.iter().map(|(_, r)| r),
+            );
+            recovered.extend(recovery.records.iter().map(|(_, r)| r.clone()));
+            if self.options.log {
+                let fault = std::mem::take(&mut core.disk.last_fault);
+                self.report.log.push(format!(
+                    "{} node {} core {c} recovery: {} records, next lsn {}, damaged {:?}, tail {:?}; {fault}",
+                    self.now.0,
+                    node.id,
+                    recovery.records.len(),
+                    recovery.next_lsn.0,
+                    recovery.damaged,
+                    recovery.tail_damage
+                ));
+            }
+            let had_records = !recovery.records.is_empty();
+            with_records += usize::from(had_records);
+            let prng =
+                Prng::new(self.seed.wrapping_mul(31).wrapping_add(
+                    u64::from(node.id.0) << 40 | (c as u64) << 32 | node.incarnation,
+                ));
+            let mut table = CoreTable::restore_with(
+                config.clone(),
+                node.id,
+                &members,
+                &core_groups[c],
+                &recovery,
+                prng,
+                Start {
+                    incarnation: node.incarnation,
+                    state_lost: state_lost && !had_records,
+                },
+                #[cfg(feature = "sim-bugs")]
+                bugs,
+            )
+            .expect("simulator config is valid");
+            table.set_panic_on_broken_invariant(false); // the invariant checker reports it
+            let mut driver = Driver::new(table);
+            // The executor's replay rule: each group's state machine resumes from its
+            // checkpoint; values below it are not applied again.
+            for group in &core_groups[c] {
+                let from = node.checkpoints.get(group).copied().unwrap_or_default();
+                driver.set_replay_from(*group, from.next);
+            }
+            driver.tick(now);
+            core.driver = Some(driver);
+            core.staged.clear();
+            core.wrote_since_start = false;
+            core.repair_pending = None;
+            summary.push((
+                recovery.records.len(),
+                recovery.damaged.len(),
+                recovery.tail_damage.is_some(),
+            ));
+        }
+        if node.relearn_pending && with_records == node.cores.len() {
+            node.relearn_pending = false;
+        }
+        node.machines = node.checkpoints.clone();
         node.last_promised.clear();
-        node.table = Some(table);
+        node.up = true;
+        node.paused_until = None;
         node.restart_at = None;
-        self.trace(&(
-            "start",
-            index,
-            recovery.records.len(),
-            recovery.damaged.len(),
-        ));
+        self.trace(&("start", index, summary));
+        self.check_durable_state(index, &recovered);
     }
 
     fn trace<T: Hash + std::fmt::Debug>(&mut self, event: &T) {
@@ -559,9 +573,7 @@ impl Sim {
     }
 
     fn violate(&mut self, what: String) {
-        if self.violation.is_none() {
-            self.violation = Some(format!("tick {}: {what}", self.now.0));
-        }
+        self.checks.violate(self.now, what);
     }
 
     fn run(&mut self) {
@@ -586,10 +598,11 @@ impl Sim {
                 self.report.steady_durable_writes = now.1 - steady_base.1;
                 self.report.steady_commit_instances = now.2 - steady_base.2;
                 self.report.steady_commit_rtts = now.3 - steady_base.3;
+                self.check_rtts();
                 self.clients_on = false;
             }
             self.step();
-            if self.violation.is_some() {
+            if self.checks.violation.is_some() {
                 return;
             }
         }
@@ -598,116 +611,84 @@ impl Sim {
 
     /// (instances chosen, disk writes, leader commit instances, leader commit RTTs).
     fn steady_counters(&self) -> (u64, u64, u64, u64) {
-        let mut counters = (self.chosen.len() as u64, 0, 0, 0);
+        let mut counters = (self.checks.chosen.len() as u64, 0, 0, 0);
         for node in &self.nodes {
-            counters.1 += node.disk.syncs;
-            if let Some(table) = &node.table {
-                counters.2 += table.stats().commit_instances;
-                counters.3 += table.stats().commit_rtts_total;
+            for core in &node.cores {
+                counters.1 += core.disk.syncs;
+                if let Some(driver) = &core.driver {
+                    counters.2 += driver.table().stats().commit_instances;
+                    counters.3 += driver.table().stats().commit_rtts_total;
+                }
             }
         }
         counters
     }
 
+    fn table_of(&self, index: usize, group: GroupId) -> Option<&CoreTable> {
+        let core = core_of_group(group.0, self.options.cores as usize);
+        let node = &self.nodes[index];
+        if !node.up {
+            return None;
+        }
+        node.cores[core].driver.as_ref().map(|d| d.table())
+    }
+
     fn max_applied(&self, group: GroupId) -> Instance {
-        self.nodes
-            .iter()
-            .filter_map(|n| n.table.as_ref()?.applied_next(group))
+        (0..self.nodes.len())
+            .filter_map(|i| self.table_of(i, group)?.applied_next(group))
             .max()
             .unwrap_or(Instance(0))
     }
 
     fn heal(&mut self) {
         self.faults_on = false;
-        self.blocked.clear();
+        self.net.heal();
         for index in 0..self.nodes.len() {
-            if self.nodes[index].table.is_none() {
+            if !self.nodes[index].up {
                 self.start_node(index);
             }
+            self.nodes[index].paused_until = None;
         }
-    }
-
-    fn final_checks(&mut self, at_heal: &[Instance]) {
-        for (index, group) in self.groups().into_iter().enumerate() {
-            let applied: Vec<Instance> = self
-                .nodes
-                .iter()
-                .map(|n| {
-                    n.table
-                        .as_ref()
-                        .and_then(|t| t.applied_next(group))
-                        .unwrap_or(Instance(0))
-                })
-                .collect();
-            let max = applied.iter().max().copied().unwrap_or(Instance(0));
-            if max <= at_heal[index] {
-                let why: Vec<String> = self
-                    .nodes
-                    .iter()
-                    .filter_map(|n| {
-                        let status = n.table.as_ref()?.group_status(group)?;
-                        Some(format!(
-                            "{}: {}",
-                            n.id,
-                            status.stuck_reason().unwrap_or_else(|| format!(
-                                "{} at {}",
-                                status.role, status.applied_next.0
-                            ))
-                        ))
-                    })
-                    .collect();
-                self.violate(format!(
-                    "no progress: group {group} applied nothing after the heal (stuck at {}); {}",
-                    max.0,
-                    why.join("; ")
-                ));
-            }
-            if applied.iter().any(|a| *a != max) {
-                self.violate(format!(
-                    "replicas did not converge: group {group} applied points {applied:?}"
-                ));
-            }
-        }
-        let unchosen: Vec<(GroupId, Instance)> = self
-            .acked
-            .keys()
-            .filter(|key| !self.chosen.contains_key(key))
-            .copied()
-            .collect();
-        if let Some((group, instance)) = unchosen.first() {
-            self.violate(format!(
-                "acknowledged proposal at group {group} instance {instance} was never chosen"
-            ));
-        }
+        self.trace(&"heal");
     }
 
     fn step(&mut self) {
         let now = self.now;
         // 1. Deliver what the network carries to now.
-        while let Some(entry) = self.network.first_entry() {
-            if entry.key().0 > now {
-                break;
-            }
-            let packet = entry.remove();
+        while let Some(packet) = self.net.next_due(now) {
             self.deliver(packet);
         }
-        // 2. Disk completions.
+        // 2. Disk completions (a paused process sees them when it resumes).
         for index in 0..self.nodes.len() {
-            self.complete_disk(index);
+            if self.nodes[index].running() {
+                for core in 0..self.nodes[index].cores.len() {
+                    self.complete_disk(index, core);
+                }
+            }
         }
-        // 3. Faults.
+        // 3. Faults, restarts, resumes.
         if self.faults_on {
             self.inject_faults();
         }
         for index in 0..self.nodes.len() {
-            if self.nodes[index].restart_at.is_some_and(|t| t <= now) {
+            let node = &mut self.nodes[index];
+            if node.paused_until.is_some_and(|t| t <= now) {
+                node.paused_until = None;
+                self.trace(&("resume", index));
+            }
+            if !self.nodes[index].up && self.nodes[index].restart_at.is_some_and(|t| t <= now) {
                 self.start_node(index);
             }
         }
-        // 4. Time.
-        for node in &mut self.nodes {
-            if let Some(table) = &mut node.table {
-                table.tick(now);
+        // 4. Time, on each node's own clock.
+        for index in 0..self.nodes.len() {
+            if self.nodes[index].running() {
+                let local = self.local_tick(index);
+                for core in &mut self.nodes[index].cores {
+                    if let Some(driver) = &mut core.driver {
+                        driver.tick(local);
+                    }
+                }
             }
         }
         // 5. Clients.
@@ -716,502 +697,258 @@ impl Sim {
                 self.client_step(index);
             }
         }
-        // 6. End of round on every node.
+        // 6. A round on every core of every running node.
         for index in 0..self.nodes.len() {
-            self.end_round(index);
+            for core in 0..self.nodes[index].cores.len() {
+                if self.nodes[index].running() {
+                    self.round(index, core);
+                }
+            }
         }
         // 7. Every replica's invariants, and promises that only grow while a node runs.
         self.check_invariants();
     }
 
-    fn check_invariants(&mut self) {
-        let groups = self.groups();
-        let mut broken = None;
-        for node in &mut self.nodes {
-            let Some(table) = &node.table else {
-                continue;
-            };
-            if let Err(what) = table.invariants() {
-                broken = Some(format!("invariant: node {}: {what}", node.id));
-                break;
-            }
-            for &group in &groups {
-                let now = table.promised(group).unwrap_or_default();
-                let before = node.last_promised.insert(group, now).unwrap_or_default();
-                if now < before {
-                    broken = Some(format!(
-                        "invariant: node {}: group {group}: promised decreased from {before} to {now}",
-                        node.id
-                    ));
-                    break;
-                }
-            }
-            if broken.is_some() {
-                break;
-            }
-        }
-        if let Some(what) = broken {
-            self.violate(what);
-        }
-    }
-
     fn deliver(&mut self, packet: Packet) {
         let index = (packet.to.0 - 1) as usize;
-        self.trace(&(
-            "deliver",
-            packet.from.0,
-            packet.to.0,
-            packet.group.0,
-            &packet.bytes,
-        ));
-        let msg = match Message::decode(&packet.bytes) {
-            Ok(msg) => msg,
+        if !self.nodes[index].up {
+            return; // the process is gone: its connections are closed
+        }
+        if let Some(until) = self.nodes[index].paused_until {
+            // A paused process reads nothing; the bytes wait in its socket.
+            self.net.requeue(Tick(until.0.max(self.now.0 + 1)), packet);
+            return;
+        }
+        let frame = match self.decoder.decode_exact(&packet.frame) {
+            Ok(frame) => frame,
+            Err(FrameError::Oversize { .. }) => {
+                self.report.oversize_dropped += 1;
+                self.trace(&("oversize", packet.from.0, packet.to.0));
+                return;
+            }
+            Err(error) if packet.corrupted => {
+                self.report.corrupt_refused += 1;
+                self.trace(&("corrupt-refused", packet.from.0, packet.to.0));
+                self.note(|| {
+                    format!(
+                        "{} -> {} corrupted frame refused: {error}",
+                        packet.from, packet.to
+                    )
+                });
+                return;
+            }
             Err(error) => {
                 self.violate(format!(
-                    "codec: a message we encoded does not decode: {error}"
+                    "codec: a frame we encoded does not decode: {error}"
                 ));
                 return;
             }
         };
-        self.note(|| {
-            format!(
-                "{} -> {} g{} {}",
-                packet.from,
-                packet.to,
-                packet.group.0,
-                describe(&msg)
-            )
-        });
-        if let Some(table) = &mut self.nodes[index].table {
-            table.on_message(packet.from, packet.group, msg);
-        }
-    }
-
-    fn complete_disk(&mut self, index: usize) {
-        let now = self.now;
-        let node = &mut self.nodes[index];
-        let Some(done) = node.disk.complete(now) else {
-            return;
-        };
-        for record in &done.records {
-            let promised = node.durable_promised.entry(record.group).or_default();
-            match record.kind {
-                RecordKind::Promise => *promised = (*promised).max(record.promised),
-                RecordKind::Accept => {
-                    *promised = (*promised).max(record.promised);
-                    node.durable_accepts
-                        .insert((record.group, record.instance, record.accepted));
-                }
-                _ => {}
-            }
-        }
-        if let Some(table) = &mut node.table {
-            table.durable(done.last_lsn);
-            node.identity = true;
-        }
-        self.trace(&("durable", index, done.last_lsn.0));
-    }
-
-    fn end_round(&mut self, index: usize) {
-        let mut out = std::mem::take(&mut self.outputs);
-        out.clear();
-        {
-            let node = &mut self.nodes[index];
-            let Some(table) = &mut node.table else {
-                self.outputs = out;
-                return;
-            };
-            table.poll(&mut out);
-        }
-        let from = self.nodes[index].id;
-        for send in out.sends.drain(..) {
-            self.check_durable_reply(index, send.group, &send.msg);
-            self.send(from, send.to, send.group, &send.msg);
-        }
-        self.nodes[index].held.append(&mut out.sends_after_durable);
-        self.release_held(index);
-        for chosen in out.chosen.drain(..) {
-            self.on_chosen(index, chosen.group, chosen.instance, chosen.value);
-        }
-        for result in out.results.drain(..) {
-            self.on_result(result);
-        }
-        for (group, error) in out.stopped.drain(..) {
-            self.violate(format!("node {from} stopped group {group}: {error}"));
-        }
-        let node = &mut self.nodes[index];
-        node.staged.append(&mut out.appends);
-        if !node.disk.busy() && !node.staged.is_empty() {
-            let staged = std::mem::take(&mut node.staged);
-            let first = staged[0].0;
-            for (offset, (lsn, _)) in staged.iter().enumerate() {
-                assert_eq!(lsn.0, first.0 + offset as u64, "Lsns are consecutive");
-            }
-            let mut latency = 1 + self.rng.below(4);
-            if self.faults_on
-                && self.options.faults.contains(&Fault::Stall)
-                && self.rng.chance(1, 150)
-            {
-                latency += 200 + self.rng.below(800);
-                self.report.stalls += 1;
-            }
-            let records = staged.into_iter().map(|(_, r)| r).collect();
-            node.disk.submit(first, records, Tick(self.now.0 + latency));
-        }
-        self.outputs = out;
-    }
-
-    fn release_held(&mut self, index: usize) {
-        let Some(durable) = self.nodes[index].table.as_ref().map(|t| t.durable_lsn()) else {
-            return;
-        };
-        let held = std::mem::take(&mut self.nodes[index].held);
-        let (ready, waiting): (Vec<_>, Vec<_>) = held.into_iter().partition(|h| h.lsn <= durable);
-        self.nodes[index].held = waiting;
-        let from = self.nodes[index].id;
-        for reply in ready {
-            self.check_durable_reply(index, reply.group, &reply.msg);
-            self.send(from, reply.to, reply.group, &reply.msg);
-        }
-    }
-
-    /// Durable-before-reply, checked against the simulated disk.
-    fn check_durable_reply(&mut self, index: usize, group: GroupId, msg: &Message) {
-        let node = &self.nodes[index];
-        let problem = match msg {
-            Message::Promise { ballot, .. } => {
-                let durable = node.durable_promised.get(&group).copied().unwrap_or_default();
-                (durable < *ballot).then(|| format!("Promise {ballot} left but only {durable} is durable"))
-            }
-            Message::Accepted { ballot, instance, .. } => (!node
-                .durable_accepts
-                .contains(&(group, *instance, *ballot)))
-            .then(|| format!("Accepted {ballot} for instance {instance} left before its Accept record was durable")),
-            _ => None,
-        };
-        if let Some(problem) = problem.filter(|_| self.options.check_durable_replies) {
-            let id = node.id;
+        if packet.corrupted {
             self.violate(format!(
-                "durable-before-reply: node {id} group {group}: {problem}"
+                "codec: a corrupted frame from {} to {} passed the frame checksums",
+                packet.from, packet.to
+            ));
+            return;
+        }
+        if frame.from != packet.from.0 {
+            self.violate(format!(
+                "codec: frame from {} names sender {}",
+                packet.from, frame.from
+            ));
+            return;
+        }
+        self.trace(&("deliver", packet.from.0, packet.to.0, &packet.frame[..]));
+        self.note(|| {
+            let text = Message::decode_body(frame.kind, &frame.body)
+                .map(|m| describe(&m))
+                .unwrap_or_else(|e| format!("undecodable: {e}"));
+            format!("{} -> {} g{} {text}", packet.from, packet.to, frame.group)
+        });
+        let core = core_of_group(frame.group, self.options.cores as usize);
+        let Some(driver) = self.nodes[index].cores[core].driver.as_mut() else {
+            return;
+        };
+        if let Err(error) = driver.on_frame(&frame) {
+            self.violate(format!(
+                "codec: a message we encoded does not decode: {error}"
             ));
         }
     }
 
-    fn send(&mut self, from: NodeId, to: NodeId, group: GroupId, msg: &Message) {
-        self.report.messages += 1;
-        let bytes = msg.encode();
-        self.trace(&("send", from.0, to.0, group.0, &bytes));
-        if bytes.len() - 1 > SIM_MESSAGE_BYTES as usize {
-            // The network's frame limit (the body excludes the kind byte).
-            self.report.oversize_dropped += 1;
+    fn complete_disk(&mut self, index: usize, core: usize) {
+        let now = self.now;
+        if self.nodes[index].cores[core]
+            .disk
+            .done_at()
+            .is_none_or(|t| t > now)
+        {
             return;
         }
-        if self.blocked.contains(&(from, to)) {
-            return;
-        }
-        let faults = self.faults_on;
-        if faults && self.options.faults.contains(&Fault::Loss) && self.rng.chance(2, 100) {
-            return;
-        }
-        let copies =
-            if faults && self.options.faults.contains(&Fault::Dup) && self.rng.chance(2, 100) {
-                2
-            } else {
-                1
+        if self.faults_on
+            && self.profile.has(Fault::FsyncError)
+            && self.rng.chance(1, self.profile.fsync_error_one_in)
+        {
+            // The write fails: the node must stop (the driver says so) and restart later.
+            let torn = self.others_whole(index) && self.rng.chance(1, 2);
+            let Some(last) = self.nodes[index].cores[core]
+                .disk
+                .fail_write(&mut self.rng, torn)
+            else {
+                return;
             };
-        for _ in 0..copies {
-            let mut delay = 1 + self.rng.below(8);
-            if faults && self.options.faults.contains(&Fault::Reorder) && self.rng.chance(5, 100) {
-                delay += self.rng.below(60);
+            self.count("fsync");
+            self.trace(&("fsync-error", index, core, last.0, torn));
+            let driver = self.nodes[index].cores[core]
+                .driver
+                .as_mut()
+                .expect("a running node has drivers");
+            match driver.write_failed(last, StorageError::message("injected fsync error")) {
+                Ok(()) => {} // the injected bug: carries on as if durable
+                Err(error) => {
+                    self.note(|| format!("node {} fail-stop: {error}", index + 1));
+                    self.count("fail-stop");
+                    self.crash(index, CrashDamage::default());
+                }
             }
-            self.packet_seq += 1;
-            self.network.insert(
-                (Tick(self.now.0 + delay), self.packet_seq),
-                Packet {
-                    from,
-                    to,
-                    group,
-                    bytes: bytes.clone(),
-                },
-            );
+            return;
         }
+        let node = &mut self.nodes[index];
+        let sim_core = &mut node.cores[core];
+        let Some(done) = sim_core.disk.complete(now) else {
+            return;
+        };
+        credit(
+            &mut node.durable_promised,
+            &mut node.durable_accepts,
+            done.records.iter(),
+        );
+        sim_core.wrote_since_start = true;
+        if let Some(driver) = &mut sim_core.driver {
+            driver.durable(done.last_lsn);
+        }
+        if sim_core
+            .repair_pending
+            .is_some_and(|lsn| lsn <= done.last_lsn)
+        {
+            sim_core.repair_pending = None;
+        }
+        self.trace(&("durable", index, core, done.last_lsn.0));
     }
 
-    fn inject_faults(&mut self) {
-        let n = self.nodes.len();
-        let faults = self.options.faults.clone();
-        if self.now >= self.partition_until && !self.blocked.is_empty() {
-            self.blocked.clear();
-            self.trace(&"partition-heal");
+    fn round(&mut self, index: usize, core: usize) {
+        let mut frames = Frames::default();
+        let mut applied = Applied::default();
+        let result = {
+            let sim_core = &mut self.nodes[index].cores[core];
+            let Some(driver) = sim_core.driver.as_mut() else {
+                return;
+            };
+            let repaired = driver.table().stats().groups_repaired;
+            let won = driver.table().stats().leaderships_won;
+            let result = driver.round(&mut sim_core.staged, &mut frames, &mut applied);
+            if driver.table().stats().groups_repaired != repaired {
+                sim_core.repair_pending = Some(Lsn(driver.table().next_lsn().0 - 1));
+            }
+            if driver.table().stats().leaderships_won != won {
+                self.nodes[index].won_at = Some(self.now);
+            }
+            result
+        };
+        if let Err(error) = result {
+            self.violate(format!("driver: node {} core {core}: {error}", index + 1));
+            return;
         }
-        let partition = faults.contains(&Fault::Partition);
-        let one_way = faults.contains(&Fault::OneWay);
-        if self.blocked.is_empty() && (partition || one_way) && self.rng.chance(1, 300) {
-            let symmetric = partition && (!one_way || self.rng.chance(1, 2));
-            if symmetric {
-                // Cut a minority (at most half) from the rest.
-                let size = 1 + self.rng.below((n as u64) / 2) as usize;
-                let mut minority = BTreeSet::new();
-                while minority.len() < size.min(n) {
-                    minority.insert(self.members[self.rng.below(n as u64) as usize]);
-                }
-                for &a in &minority {
-                    for &b in &self.members {
-                        if !minority.contains(&b) {
-                            self.blocked.insert((a, b));
-                            self.blocked.insert((b, a));
+        let from = self.nodes[index].id;
+        for (to, frame) in frames.0 {
+            self.check_durable_reply(index, &frame);
+            match to {
+                Some(to) => self.send(from, to, frame),
+                None => {
+                    for to in self.members.clone() {
+                        if to != from {
+                            self.send(from, to, frame.clone());
                         }
                     }
                 }
-            } else if n >= 2 {
-                let a = self.members[self.rng.below(n as u64) as usize];
-                let b = self.members[self.rng.below(n as u64) as usize];
-                if a != b {
-                    self.blocked.insert((a, b));
-                }
-            }
-            self.partition_until = Tick(self.now.0 + 100 + self.rng.below(500));
-            let blocked: Vec<(u32, u32)> = self.blocked.iter().map(|(a, b)| (a.0, b.0)).collect();
-            self.trace(&("partition", blocked));
-        }
-        if faults.contains(&Fault::Crash) && self.rng.chance(1, 400) {
-            let index = self.rng.below(n as u64) as usize;
-            if self.nodes[index].table.is_some() {
-                // Damage that loses records this node acknowledged (a flip, a rotted last
-                // write, a wipe) and torn tails (which re-learn like damage, since the two look
-                // the same on disk) are injected only while every other node is up, whole and
-                // has its repair durable. So each chosen value stays intact on some member of
-                // every quorum (PAR's condition), and a replica that pools its re-learn reports
-                // with others (power loss) lost only writes that never completed: the WAL cannot
-                // tell a torn write from a rotted one (docs/PROTOCOL.md#re-learning, limits).
-                // Flips stay on a minority of the replicas (fixed per seed).
-                let others_whole = self.others_whole(index);
-                let torn = faults.contains(&Fault::Torn) && others_whole && self.rng.chance(1, 2);
-                let flip = faults.contains(&Fault::BitFlip)
-                    && index < (n - 1) / 2
-                    && others_whole
-                    && self.rng.chance(1, 4);
-                let rot_last = !flip
-                    && faults.contains(&Fault::RotLast)
-                    && others_whole
-                    && self.rng.chance(1, 4);
-                self.crash(index, torn, flip, rot_last);
-                if !flip
-                    && !rot_last
-                    && faults.contains(&Fault::Wipe)
-                    && others_whole
-                    && self.rng.chance(1, 6)
-                {
-                    let node = &mut self.nodes[index];
-                    node.disk = SimDisk::default();
-                    node.durable_promised.clear();
-                    node.durable_accepts.clear();
-                    node.identity = false;
-                    self.report.wipes += 1;
-                    self.trace(&("wipe", index));
-                }
             }
         }
-        if faults.contains(&Fault::PowerLoss)
-            && self.others_whole(usize::MAX)
-            && self.rng.chance(1, 2500)
-        {
-            // Every node at once, each tearing its write in flight.
-            self.report.power_losses += 1;
-            self.trace(&"power-loss");
-            for index in 0..n {
-                if self.nodes[index].table.is_some() {
-                    self.crash(index, true, false, false);
-                }
-            }
+        for result in applied.results {
+            self.on_result(result);
         }
-    }
-
-    /// Every node but `index` is up, not re-learning, and has nothing waiting for its disk (a
-    /// repair record in a stalled write is not yet a repair).
-    fn others_whole(&self, index: usize) -> bool {
-        self.nodes.iter().enumerate().all(|(i, node)| {
-            i == index
-                || node.table.as_ref().is_some_and(|t| {
-                    t.relearning_count() == 0 && t.durable_lsn().0 + 1 >= t.next_lsn().0
-                }) && node.staged.is_empty()
-                    && !node.disk.busy()
-        })
-    }
-
-    fn crash(&mut self, index: usize, torn: bool, flip: bool, rot_last: bool) {
-        self.report.crashes += 1;
-        let restart = Tick(self.now.0 + 50 + self.rng.below(400));
-        let node = &mut self.nodes[index];
-        node.table = None;
-        node.staged.clear();
-        node.held.clear();
-        node.disk.crash(&mut self.rng, torn, flip, rot_last);
-        node.restart_at = Some(restart);
-        self.trace(&("crash", index, torn, flip, rot_last));
-    }
-
-    fn client_step(&mut self, index: usize) {
+        for chosen in applied.chosen {
+            self.on_chosen(index, chosen);
+        }
+        for (group, error) in applied.stopped {
+            self.violate(format!(
+                "stopped: node {from} stopped group {group}: {error}"
+            ));
+        }
+        // Start the next disk write if the disk is idle.
+        let (base, jitter) = self.disk_latency[index];
+        let stall = self.faults_on
+            && self.profile.has(Fault::Stall)
+            && self.rng.chance(1, self.profile.stall_one_in);
         let now = self.now;
-        let client = &mut self.clients[index];
-        client
-            .outstanding
-            .retain(|_, sent| now.0 < sent.0 + CLIENT_TIMEOUT_TICKS);
-        if client.outstanding.len() >= CLIENT_WINDOW || client.next_at > now {
+        let sim_core = &mut self.nodes[index].cores[core];
+        if sim_core.disk.busy() || sim_core.staged.is_empty() {
             return;
         }
-        let group = client.group;
-        let target = client.target;
-        client.sequence += 1;
-        let mut command = Bytes::from(format!("c{}-{}", client.id, client.sequence));
-        if self.rng.chance(1, 20) {
-            // Now and then a large command (Promises over a long window get cut).
-            let pad = 300 + self.rng.below(400) as usize;
-            command = Bytes::from(format!(
-                "c{}-{}{}",
-                client.id,
-                client.sequence,
-                ".".repeat(pad)
-            ));
-        } else if self.rng.chance(1, 10) {
-            // The same bytes another client just proposed (two clients sending the same cas):
-            // at most one of the two proposals may be told Committed for one chosen command.
-            if let Some(last) = self.last_command.get(&group) {
-                command = last.clone();
-            }
+        let staged = std::mem::take(&mut sim_core.staged);
+        let first = staged[0].0;
+        let mut latency = base + self.rng.below(jitter + 1);
+        if stall {
+            latency += 200 + self.rng.below(800);
         }
-        self.last_command.insert(group, command.clone());
-        let id = ProposalId(self.proposal_next);
-        self.proposal_next += 1;
-        let node = &mut self.nodes[(target.0 - 1) as usize];
-        let Some(table) = &mut node.table else {
-            let client = &mut self.clients[index];
-            client.target = self.members[self.rng.below(self.members.len() as u64) as usize];
-            client.next_at = Tick(now.0 + 10);
-            return;
-        };
-        let result = table.propose(group, id, command.clone());
-        self.trace(&("propose", index, id.0, result.is_ok()));
-        let client = &mut self.clients[index];
-        match result {
-            Ok(()) => {
-                client.outstanding.insert(id, now);
-                self.proposals.insert(id, (client.id, command.clone()));
-                self.proposed.insert(command);
-                client.next_at = Tick(now.0 + self.rng.below(3));
-            }
-            Err(FailReason::NotLeader { leader_hint }) => {
-                client.target = leader_hint.unwrap_or_else(|| {
-                    self.members[self.rng.below(self.members.len() as u64) as usize]
-                });
-                client.next_at = Tick(now.0 + 5 + self.rng.below(20));
-            }
-            Err(_) => client.next_at = Tick(now.0 + 20 + self.rng.below(20)),
+        let records = staged.into_iter().map(|(_, r)| r).collect();
+        sim_core.disk.submit(first, records, Tick(now.0 + latency));
+        if stall {
+            self.count("stall");
         }
     }
 
-    fn on_result(&mut self, result: ProposalResult) {
-        let id = match &result {
-            ProposalResult::Committed { id, .. }
-            | ProposalResult::Failed { id, .. }
-            | ProposalResult::Unknown { id, .. } => *id,
-        };
-        self.trace(&("result", id.0, format!("{result:?}")));
-        let Some((client_id, command)) = self.proposals.remove(&id) else {
-            self.violate(format!(
-                "a result for proposal {} that is not outstanding",
-                id.0
-            ));
-            return;
-        };
-        if let Some(client) = self.clients.get_mut(client_id as usize) {
-            client.outstanding.remove(&id);
+    fn send(&mut self, from: NodeId, to: NodeId, frame: Bytes) {
+        self.report.messages += 1;
+        self.trace(&("send", from.0, to.0, &frame[..]));
+        let outcome = self.net.send(
+            self.now,
+            Packet {
+                from,
+                to,
+                frame,
+                corrupted: false,
+            },
+            &self.profile,
+            self.faults_on,
+            &mut self.rng,
+        );
+        if outcome.lost {
+            self.count("loss");
         }
-        if let ProposalResult::Committed {
-            group,
-            instance,
-            index,
-            ..
-        } = result
-        {
-            self.report.commits += 1;
-            if let Some(other) = self.acked_slots.insert((group, instance, index), id) {
-                self.violate(format!(
-                    "committed-once: proposals {} and {} were both told Committed for entry {index} of group {group} instance {instance} (the command ran once)",
-                    other.0, id.0
-                ));
-            }
-            if let Some(value) = self.chosen.get(&(group, instance)).cloned() {
-                self.check_ack(group, instance, index, &command, &value);
-            }
-            self.acked
-                .entry((group, instance))
-                .or_default()
-                .push((index, command));
+        if outcome.copies > 1 {
+            self.count("dup");
+        }
+        if outcome.corrupted {
+            self.count("corrupt");
         }
     }
+}
 
-    fn check_ack(
-        &mut self,
-        group: GroupId,
-        instance: Instance,
-        index: u32,
-        command: &Bytes,
-        value: &Bytes,
-    ) {
-        let commands = value::decode(value).unwrap_or_default();
-        if commands.get(index as usize) != Some(command) {
-            self.violate(format!(
-                "acknowledged command {:?} is not entry {index} of the value chosen at group {group} instance {instance}",
-                String::from_utf8_lossy(command)
-            ));
-        }
-    }
-
-    fn on_chosen(&mut self, index: usize, group: GroupId, instance: Instance, value: Bytes) {
-        self.trace(&("chosen", index, group.0, instance.0, &value[..]));
-        let node = &mut self.nodes[index];
-        let expected = node.applied_next.entry(group).or_default();
-        if instance != *expected {
-            let id = node.id;
-            let want = *expected;
-            self.violate(format!(
-                "order: node {id} applied group {group} instance {instance}, expected {want}"
-            ));
-            return;
-        }
-        *expected = Instance(instance.0 + 1);
-        let id = node.id;
-        match self.chosen.get(&(group, instance)) {
-            Some(known) if *known != value => {
-                self.violate(format!(
-                    "agreement: node {id} learned a different value at group {group} instance {instance}"
-                ));
-                return;
+/// Credits records that are on the disk to the durable-state checker's view.
+fn credit<'a>(
+    promised: &mut BTreeMap<GroupId, Ballot>,
+    accepts: &mut BTreeSet<(GroupId, Instance, Ballot)>,
+    records: impl Iterator<Item = &'a Record>,
+) {
+    for record in records {
+        let entry = promised.entry(record.group).or_default();
+        match record.kind {
+            RecordKind::Promise => *entry = (*entry).max(record.promised),
+            RecordKind::Accept => {
+                *entry = (*entry).max(record.promised);
+                accepts.insert((record.group, record.instance, record.accepted));
             }
-            Some(_) => return,
-            None => {}
-        }
-        let Ok(commands) = value::decode(&value) else {
-            self.violate(format!(
-                "validity: malformed value chosen at group {group} instance {instance}"
-            ));
-            return;
-        };
-        for command in &commands {
-            if !self.proposed.contains(command) {
-                self.violate(format!(
-                    "validity: chosen command {:?} was never proposed",
-                    String::from_utf8_lossy(command)
-                ));
-                return;
-            }
-        }
-        self.chosen.insert((group, instance), value.clone());
-        if let Some(acks) = self.acked.get(&(group, instance)).cloned() {
-            for (index, command) in acks {
-                self.check_ack(group, instance, index, &command, &value);
-            }
+            _ => {}
         }
     }
 }
@@ -1235,18 +972,18 @@ pub struct RunSummary {
     pub violations: u64,
     /// Acknowledged commits.
     pub commits: u64,
-    /// Messages sent.
+    /// Frames sent.
     pub messages: u64,
     /// Distinct instances chosen.
     pub instances: u64,
-    /// Crashes injected.
-    pub crashes: u64,
-    /// Data directories wiped.
-    pub wipes: u64,
-    /// Power losses.
-    pub power_losses: u64,
-    /// Messages dropped over the message limit.
+    /// Faults injected, by class (summed over seeds).
+    pub faults: FaultCounts,
+    /// Seeds that had each fault class switched on.
+    pub classes_on: FaultCounts,
+    /// Frames refused over the frame limit.
     pub oversize_dropped: u64,
+    /// Corrupted frames refused by the codec's checksums.
+    pub corrupt_refused: u64,
     /// Steady window sums (see [`SeedReport`]).
     pub steady_instances: u64,
     /// Steady window disk writes.
@@ -1255,27 +992,43 @@ pub struct RunSummary {
     pub steady_commit_instances: u64,
     /// Steady window commit RTTs.
     pub steady_commit_rtts: u64,
+    /// Frames encoded (all drivers).
+    pub frames_encoded: u64,
+    /// Frame deliveries handed to the network (all drivers).
+    pub frames_sent: u64,
 }
 
 impl RunSummary {
-    /// Adds one seed.
+    /// Adds one seed (with the options it ran under, for its profile's classes).
     pub fn add(&mut self, report: &SeedReport) {
         self.seeds += 1;
         self.violations += u64::from(report.violation.is_some());
         self.commits += report.commits;
         self.messages += report.messages;
         self.instances += report.instances;
-        self.crashes += report.crashes;
-        self.wipes += report.wipes;
-        self.power_losses += report.power_losses;
+        for (class, count) in &report.faults {
+            *self.faults.entry(class).or_default() += count;
+        }
+        for fault in Fault::ALL {
+            if report
+                .profile
+                .split(' ')
+                .any(|p| p == fault.name() || p.starts_with(&format!("{}(", fault.name())))
+            {
+                *self.classes_on.entry(fault.name()).or_default() += 1;
+            }
+        }
         self.oversize_dropped += report.oversize_dropped;
+        self.corrupt_refused += report.corrupt_refused;
         self.steady_instances += report.steady_instances;
         self.steady_durable_writes += report.steady_durable_writes;
         self.steady_commit_instances += report.steady_commit_instances;
         self.steady_commit_rtts += report.steady_commit_rtts;
+        self.frames_encoded += report.frames_encoded;
+        self.frames_sent += report.frames_sent;
     }
 
-    /// Messages per acknowledged commit.
+    /// Frames per acknowledged commit.
     pub fn messages_per_commit(&self) -> f64 {
         ratio(self.messages, self.commits)
     }
@@ -1292,6 +1045,11 @@ impl RunSummary {
     pub fn rtts_per_commit(&self) -> f64 {
         ratio(self.steady_commit_rtts, self.steady_commit_instances)
     }
+
+    /// Frame deliveries per frame encoded (the fan-out of encode-once broadcasts).
+    pub fn sends_per_encode(&self) -> f64 {
+        ratio(self.frames_sent, self.frames_encoded)
+    }
 }
 
 fn ratio(numerator: u64, denominator: u64) -> f64 {
@@ -1299,30 +1057,5 @@ fn ratio(numerator: u64, denominator: u64) -> f64 {
         0.0
     } else {
         numerator as f64 / denominator as f64
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The committed-once checker fires when two proposals are told Committed for one chosen
-    /// command (what `commit-by-bytes` does when two leaders batch identical bytes; the
-    /// scripted case is `engine/tests/safety_transcripts.rs`).
-    #[test]
-    fn committed_once_checker_reports_two_acks_for_one_entry() {
-        let mut sim = Sim::new(SimOptions::default(), 1);
-        let command = Bytes::from_static(b"cas k 0 1");
-        for id in [ProposalId(900), ProposalId(901)] {
-            sim.proposals.insert(id, (0, command.clone()));
-            sim.on_result(ProposalResult::Committed {
-                id,
-                group: GroupId(0),
-                instance: Instance(5),
-                index: 0,
-            });
-        }
-        let violation = sim.violation.expect("reported");
-        assert!(violation.contains("committed-once:"), "{violation}");
     }
 }

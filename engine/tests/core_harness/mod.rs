@@ -1,9 +1,12 @@
-//! A tiny hand-driven cluster for transcript tests: real `CoreTable`s, a FIFO network the test
-//! can cut, and in-memory logs whose durability the test controls. Every event is written to
-//! a transcript (one line each) that tests compare or search.
+//! A tiny hand-driven cluster for transcript tests: real `CoreTable`s run by the real round
+//! driver (`paxring_engine::driver`, the runtime's and the simulator's, with its durable-reply
+//! gate and frame encoding), a FIFO network the test can cut, and in-memory logs whose
+//! durability the test controls. Every event is written to a transcript (one line each) that
+//! tests compare or search.
 #![allow(dead_code)]
 use bytes::Bytes;
 use paxring_engine::core::*;
+use paxring_engine::driver::{self, Driver, DriverError, StorageError};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 pub const GROUP: GroupId = GroupId(7);
@@ -24,12 +27,71 @@ pub fn transcript_config() -> Config {
 pub type DropFilter = Box<dyn Fn(NodeId, NodeId, &Message) -> bool>;
 
 pub struct Node {
-    pub table: Option<CoreTable>,
+    pub driver: Option<Driver>,
     /// Every record appended, with whether it is durable.
     pub log: Vec<(Lsn, Record, bool)>,
-    pub held: Vec<SendAfterDurable>,
     pub applied: Vec<(Instance, Bytes)>,
     pub now: u64,
+}
+
+/// The node's in-memory log as the driver's storage (durability is the test's to grant).
+struct Log<'a>(&'a mut Vec<(Lsn, Record, bool)>);
+
+impl driver::Storage for Log<'_> {
+    fn append(&mut self, lsn: Lsn, record: &Record) -> Result<(), StorageError> {
+        self.0.push((lsn, record.clone(), false));
+        Ok(())
+    }
+
+    fn submit(&mut self) -> Result<(), StorageError> {
+        Ok(())
+    }
+}
+
+/// Frames a round handed out (`None`: every peer).
+#[derive(Default)]
+struct Frames(Vec<(Option<NodeId>, Bytes)>);
+
+impl driver::Network for Frames {
+    fn send(&mut self, to: NodeId, frame: Bytes) {
+        self.0.push((Some(to), frame));
+    }
+
+    fn send_to_peers(&mut self, frame: Bytes) {
+        self.0.push((None, frame));
+    }
+}
+
+/// What a round handed to proposers and the executor.
+#[derive(Default)]
+struct Applied {
+    results: Vec<ProposalResult>,
+    chosen: Vec<Chosen>,
+    stopped: Vec<(GroupId, GroupError)>,
+}
+
+impl driver::Apply for Applied {
+    fn result(&mut self, result: ProposalResult) {
+        self.results.push(result);
+    }
+
+    fn chosen(&mut self, chosen: Chosen) -> Result<(), DriverError> {
+        self.chosen.push(chosen);
+        Ok(())
+    }
+
+    fn stopped(&mut self, group: GroupId, error: GroupError) {
+        self.stopped.push((group, error));
+    }
+}
+
+/// Decodes a frame the driver encoded back into its message (the harness's network carries
+/// messages so that tests can filter them).
+fn decode_frame(frame: &Bytes) -> Message {
+    let frame = paxring_net::Decoder::new(paxring_net::MAX_FRAME_BYTES_LIMIT)
+        .decode_exact(frame)
+        .expect("the driver encodes valid frames");
+    Message::decode_body(frame.kind, &frame.body).expect("the driver encodes valid messages")
 }
 
 pub struct Cluster {
@@ -74,9 +136,8 @@ impl Cluster {
             map.insert(
                 id,
                 Node {
-                    table: Some(table),
+                    driver: Some(Driver::new(table)),
                     log: Vec::new(),
-                    held: Vec::new(),
                     applied: Vec::new(),
                     now: 0,
                 },
@@ -106,8 +167,12 @@ impl Cluster {
     pub fn with_bugs(mut self, bugs: Bugs) -> Cluster {
         self.bugs = bugs;
         for node in self.nodes.values_mut() {
-            if let Some(table) = &mut node.table {
+            if let Some(table) = node.driver.take().map(|d| {
+                let mut table = d.into_table();
                 table.set_bugs(bugs);
+                table
+            }) {
+                node.driver = Some(Driver::new(table));
             }
         }
         self
@@ -157,9 +222,9 @@ impl Cluster {
         let ids: Vec<u32> = self.members.iter().map(|n| n.0).collect();
         ids.into_iter().find(|n| {
             self.nodes[&NodeId(*n)]
-                .table
+                .driver
                 .as_ref()
-                .is_some_and(|t| t.is_leader(GROUP))
+                .is_some_and(|d| d.table().is_leader(GROUP))
         })
     }
 
@@ -171,9 +236,10 @@ impl Cluster {
         self.nodes
             .get_mut(&NodeId(node))
             .unwrap()
-            .table
+            .driver
             .as_mut()
             .expect("node is up")
+            .table_mut()
     }
 
     /// Advances one node's clock by `ticks` (one tick at a time), settling after each.
@@ -182,8 +248,8 @@ impl Cluster {
             let n = self.nodes.get_mut(&NodeId(node)).unwrap();
             n.now += 1;
             let now = n.now;
-            if let Some(table) = &mut n.table {
-                table.tick(Tick(now));
+            if let Some(driver) = &mut n.driver {
+                driver.tick(Tick(now));
             }
             self.settle();
         }
@@ -196,8 +262,8 @@ impl Cluster {
                 let n = self.nodes.get_mut(&id).unwrap();
                 n.now += 1;
                 let now = n.now;
-                if let Some(table) = &mut n.table {
-                    table.tick(Tick(now));
+                if let Some(driver) = &mut n.driver {
+                    driver.tick(Tick(now));
                 }
             }
             self.settle();
@@ -258,8 +324,8 @@ impl Cluster {
                     self.note(format!("{from} -> {to}: {}", describe(&msg)));
                 }
                 let group = self.group;
-                if let Some(table) = &mut self.nodes.get_mut(&to).unwrap().table {
-                    table.on_message(from, group, msg);
+                if let Some(driver) = &mut self.nodes.get_mut(&to).unwrap().driver {
+                    driver.table_mut().on_message(from, group, msg);
                 }
             }
             if !moved {
@@ -269,47 +335,60 @@ impl Cluster {
         panic!("cluster does not settle");
     }
 
+    /// One driver round on `id`; unless its disk is stalled, everything appended becomes
+    /// durable and a second round releases the replies that waited for it.
     fn poll_node(&mut self, id: NodeId) -> bool {
         let stalled = self.stalled.contains(&id);
-        let node = self.nodes.get_mut(&id).unwrap();
-        let Some(table) = &mut node.table else {
-            return false;
-        };
-        let mut out = Outputs::default();
-        table.poll(&mut out);
-        let mut moved = !out.is_empty();
-        for (lsn, record) in out.appends {
-            node.log.push((lsn, record, false));
-        }
-        if !stalled {
-            if let Some(last) = node
-                .log
-                .iter()
-                .rev()
-                .find(|(_, _, d)| !d)
-                .map(|(l, _, _)| *l)
-            {
-                for entry in node.log.iter_mut() {
-                    entry.2 = true;
+        let members = self.members.clone();
+        let mut frames = Frames::default();
+        let mut applied = Applied::default();
+        let mut moved = false;
+        {
+            let node = self.nodes.get_mut(&id).unwrap();
+            let Some(driver) = &mut node.driver else {
+                return false;
+            };
+            let before = (node.log.len(), driver.stats().frames_sent);
+            driver
+                .round(&mut Log(&mut node.log), &mut frames, &mut applied)
+                .expect("the harness's storage and executor do not fail");
+            moved |= node.log.len() != before.0 || driver.stats().frames_sent != before.1;
+            if !stalled {
+                if let Some(last) = node
+                    .log
+                    .iter()
+                    .rev()
+                    .find(|(_, _, d)| !d)
+                    .map(|(l, _, _)| *l)
+                {
+                    for entry in node.log.iter_mut() {
+                        entry.2 = true;
+                    }
+                    driver.durable(last);
+                    moved = true;
+                    driver
+                        .round(&mut Log(&mut node.log), &mut frames, &mut applied)
+                        .expect("the harness's storage and executor do not fail");
                 }
-                table.durable(last);
-                moved = true;
             }
         }
-        node.held.extend(out.sends_after_durable);
-        let durable = table.durable_lsn();
-        let (ready, waiting): (Vec<_>, Vec<_>) =
-            node.held.drain(..).partition(|h| h.lsn <= durable);
-        node.held = waiting;
-        for send in out.sends {
-            self.net.push_back((id, send.to, send.msg));
-        }
-        for reply in ready {
-            moved = true;
-            self.net.push_back((id, reply.to, reply.msg));
+        moved |= !frames.0.is_empty()
+            || !applied.results.is_empty()
+            || !applied.chosen.is_empty()
+            || !applied.stopped.is_empty();
+        for (to, frame) in frames.0 {
+            let msg = decode_frame(&frame);
+            match to {
+                Some(to) => self.net.push_back((id, to, msg)),
+                None => {
+                    for &to in members.iter().filter(|m| **m != id) {
+                        self.net.push_back((id, to, msg.clone()));
+                    }
+                }
+            }
         }
         let node = self.nodes.get_mut(&id).unwrap();
-        for chosen in out.chosen {
+        for chosen in applied.chosen {
             node.applied.push((chosen.instance, chosen.value.clone()));
             let commands = value::decode(&chosen.value).unwrap();
             let text: Vec<String> = commands
@@ -321,11 +400,11 @@ impl Cluster {
                 chosen.instance.0
             ));
         }
-        for result in out.results {
+        for result in applied.results {
             self.transcript.push(format!("{id} result {result:?}"));
             self.results.push((id, result));
         }
-        for (group, error) in out.stopped {
+        for (group, error) in applied.stopped {
             self.transcript
                 .push(format!("{id} STOPPED group {group}: {error}"));
         }
@@ -335,8 +414,7 @@ impl Cluster {
     /// A crash: the table is gone, and records never made durable are lost.
     pub fn crash(&mut self, node: u32) {
         let n = self.nodes.get_mut(&NodeId(node)).unwrap();
-        n.table = None;
-        n.held.clear();
+        n.driver = None;
         n.log.retain(|(_, _, durable)| *durable);
         n.applied.clear();
         self.net.retain(|(_, to, _)| *to != NodeId(node));
@@ -421,9 +499,9 @@ impl Cluster {
             self.bugs,
         )
         .unwrap();
-        n.table = Some(table);
+        n.driver = Some(Driver::new(table));
         let now = n.now;
-        n.table.as_mut().unwrap().tick(Tick(now));
+        n.driver.as_mut().unwrap().tick(Tick(now));
         self.note(format!(
             "n{node} restarts with {} records",
             recovery.records.len()

@@ -1,0 +1,420 @@
+//! The one round driver: what a core does with its [`CoreTable`] each round, written once and
+//! used by the io_uring runtime, the simulator and the transcript harness alike
+//! (docs/ARCHITECTURE.md#one-round-of-a-core).
+//!
+//! A round: take the table's outputs; append every record to [`Storage`] and start **one**
+//! write; encode each message once into a network frame (the real `paxring-net` codec: header,
+//! checksums) and hand it to [`Network`] (a broadcast is encoded once, its bytes shared by
+//! every peer); hold each reply that depends on persisted state until the storage's durable
+//! point covers its Lsn (**the** durable-reply gate); answer proposers and hand chosen values
+//! to the executor through [`Apply`], in instance order, from the replay point up.
+//!
+//! Owns: the table, the held replies, the frame buffer, the replay points, the driver's
+//! counters. Never: reads a clock, does I/O of its own, spawns a thread or draws randomness
+//! (time arrives as [`Tick`]s, durability as [`Driver::durable`], frames as
+//! [`Driver::on_frame`]); `tests/tidy.rs` checks this source like the core's.
+use crate::core::{
+    Chosen, CoreTable, FailReason, GroupError, GroupId, Instance, Lsn, Message, NodeId, ProposalId,
+    ProposalResult, Record, Tick,
+};
+use bytes::{Bytes, BytesMut};
+use paxring_net::{finish_frame, start_frame, Frame};
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
+
+/// A failure of the storage under a driver (a failed write or fsync): fatal, never retried.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}")]
+pub struct StorageError {
+    what: String,
+    #[source]
+    source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+impl StorageError {
+    /// A storage failure with its cause.
+    pub fn new(
+        what: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> StorageError {
+        StorageError {
+            what: what.into(),
+            source: Some(Box::new(source)),
+        }
+    }
+
+    /// A storage failure described by text alone (the simulator's injected fsync error).
+    pub fn message(what: impl Into<String>) -> StorageError {
+        StorageError {
+            what: what.into(),
+            source: None,
+        }
+    }
+}
+
+/// Why a driver stopped its core (the node must fail-stop).
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    /// A WAL write or fsync failed: the node stops (a failed fsync is never retried).
+    #[error("WAL failed (fatal, never retried): {0}")]
+    Storage(#[source] StorageError),
+    /// The executor cannot take chosen values any more.
+    #[error("the executor stopped: {0}")]
+    Executor(String),
+    /// A chosen value does not decode (a bug: the core only chooses values it encoded).
+    #[error("chosen value of group {group} instance {instance} does not decode: {source}")]
+    BadValue {
+        /// The group.
+        group: u32,
+        /// The instance.
+        instance: u64,
+        /// The decoder's complaint.
+        #[source]
+        source: crate::core::value::ValueError,
+    },
+}
+
+/// Where a core's durable records go: the WAL in the node, a simulated disk in the simulator.
+pub trait Storage {
+    /// Adds one record to the round's write. Lsns come consecutively from the table.
+    fn append(&mut self, lsn: Lsn, record: &Record) -> Result<(), StorageError>;
+    /// Starts writing what was appended this round (one write; the storage reports
+    /// completion to its owner, who passes it to [`Driver::durable`]).
+    fn submit(&mut self) -> Result<(), StorageError>;
+}
+
+/// Where a core's frames go: the shared network thread in the node, the simulated network in
+/// the simulator. Frames are complete `paxring-net` frames (header and checksums included).
+pub trait Network {
+    /// Sends one frame to one peer.
+    fn send(&mut self, to: NodeId, frame: Bytes);
+    /// Sends one frame to every peer (the bytes are shared, not copied per peer).
+    fn send_to_peers(&mut self, frame: Bytes);
+}
+
+/// Where outcomes go: proposers' answers and the executor's queue.
+pub trait Apply {
+    /// A proposal's outcome (given before the chosen values of the same round, so that a
+    /// waiter reaches the executor before the value it waits on).
+    fn result(&mut self, result: ProposalResult);
+    /// A chosen value, in instance order per group, at or above the group's replay point.
+    fn chosen(&mut self, chosen: Chosen) -> Result<(), DriverError>;
+    /// A group stopped on an error (it takes no more input).
+    fn stopped(&mut self, group: GroupId, error: GroupError);
+}
+
+/// The driver's own counters (the fan-out and copy claims of docs/ARCHITECTURE.md are checked
+/// against these by tests).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DriverStats {
+    /// Frames encoded (each message once, however many peers it goes to).
+    pub frames_encoded: u64,
+    /// Frame deliveries handed to the network (one per peer).
+    pub frames_sent: u64,
+    /// Bytes of proposal values copied into frames (an Accept's value is copied once per
+    /// transmission, not once per peer).
+    pub value_bytes_copied: u64,
+    /// Accept transmissions encoded.
+    pub accepts_encoded: u64,
+    /// Replies held until their record was durable.
+    pub replies_held: u64,
+    /// Inbound frames whose body did not decode (dropped and counted).
+    pub undecodable_frames: u64,
+    /// Records appended to storage.
+    pub records_appended: u64,
+    /// Rounds that submitted a write.
+    pub writes_submitted: u64,
+}
+
+/// A reply waiting for its record to be durable.
+struct Held {
+    lsn: Lsn,
+    to: NodeId,
+    frame: Bytes,
+}
+
+/// One core's driver: a [`CoreTable`] and the rules for moving its outputs.
+pub struct Driver {
+    table: CoreTable,
+    me: NodeId,
+    out: crate::core::Outputs,
+    held: VecDeque<Held>,
+    durable: Lsn,
+    replay_from: BTreeMap<GroupId, Instance>,
+    frame_buf: BytesMut,
+    stats: DriverStats,
+    ignore_fsync_error: bool,
+}
+
+impl fmt::Debug for Driver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Driver")
+            .field("me", &self.me)
+            .field("durable", &self.durable)
+            .field("held", &self.held.len())
+            .finish()
+    }
+}
+
+/// Room for a round's frames in one allocation (frames split off it share it).
+const FRAME_BUF_BYTES: usize = 64 * 1024;
+
+impl Driver {
+    /// Drives `table` (freshly created or restored).
+    pub fn new(table: CoreTable) -> Driver {
+        let me = table.node();
+        let durable = table.durable_lsn();
+        #[cfg(feature = "sim-bugs")]
+        let ignore_fsync_error = table.bugs().ignore_fsync_error;
+        #[cfg(not(feature = "sim-bugs"))]
+        let ignore_fsync_error = false;
+        Driver {
+            table,
+            me,
+            out: crate::core::Outputs::default(),
+            held: VecDeque::new(),
+            durable,
+            replay_from: BTreeMap::new(),
+            frame_buf: BytesMut::with_capacity(FRAME_BUF_BYTES),
+            stats: DriverStats::default(),
+            ignore_fsync_error,
+        }
+    }
+
+    /// The table (read-only: status, counters, invariants).
+    pub fn table(&self) -> &CoreTable {
+        &self.table
+    }
+
+    /// The table, for inputs the driver does not wrap (tests, the simulator's checks).
+    pub fn table_mut(&mut self) -> &mut CoreTable {
+        &mut self.table
+    }
+
+    /// Gives the table back (held replies are dropped: for tests that rebuild a driver).
+    pub fn into_table(self) -> CoreTable {
+        self.table
+    }
+
+    /// The driver's counters.
+    pub fn stats(&self) -> &DriverStats {
+        &self.stats
+    }
+
+    /// The durable point the driver was told.
+    pub fn durable_lsn(&self) -> Lsn {
+        self.durable
+    }
+
+    /// Replies held for durability.
+    pub fn held_replies(&self) -> usize {
+        self.held.len()
+    }
+
+    /// Chosen values of `group` below `from` are not handed to the executor (its state machine
+    /// holds them already: the checkpoint/replay rule).
+    pub fn set_replay_from(&mut self, group: GroupId, from: Instance) {
+        self.replay_from.insert(group, from);
+    }
+
+    /// One inbound frame (checksums already verified by the codec). A body that does not
+    /// decode is counted and dropped; the error says why.
+    pub fn on_frame(&mut self, frame: &Frame) -> Result<(), crate::core::DecodeError> {
+        match Message::decode_body(frame.kind, &frame.body) {
+            Ok(msg) => {
+                self.table
+                    .on_message(NodeId(frame.from), GroupId(frame.group), msg);
+                Ok(())
+            }
+            Err(e) => {
+                self.stats.undecodable_frames += 1;
+                Err(e)
+            }
+        }
+    }
+
+    /// Time passes.
+    pub fn tick(&mut self, now: Tick) {
+        self.table.tick(now);
+    }
+
+    /// A proposal (see [`CoreTable::propose`]).
+    pub fn propose(
+        &mut self,
+        group: GroupId,
+        id: ProposalId,
+        command: Bytes,
+    ) -> Result<(), FailReason> {
+        self.table.propose(group, id, command)
+    }
+
+    /// The storage made everything through `lsn` durable.
+    pub fn durable(&mut self, lsn: Lsn) {
+        if lsn > self.durable {
+            self.durable = lsn;
+            self.table.durable(lsn);
+        }
+    }
+
+    /// The storage reports that the write ending at `last_lsn` failed (an fsync error): the
+    /// core must stop; the error comes back for the node to fail-stop with.
+    pub fn write_failed(&mut self, last_lsn: Lsn, error: StorageError) -> Result<(), DriverError> {
+        if self.ignore_fsync_error {
+            // The injected bug: take the failed write as durable and carry on.
+            self.durable(last_lsn);
+            return Ok(());
+        }
+        Err(DriverError::Storage(error))
+    }
+
+    /// One round: moves everything the table produced since the last round.
+    pub fn round(
+        &mut self,
+        storage: &mut impl Storage,
+        net: &mut impl Network,
+        apply: &mut impl Apply,
+    ) -> Result<(), DriverError> {
+        let mut out = std::mem::take(&mut self.out);
+        self.table.poll(&mut out);
+
+        // 1. Durable records: one write for the whole round.
+        if !out.appends.is_empty() {
+            for (lsn, record) in &out.appends {
+                storage.append(*lsn, record).map_err(DriverError::Storage)?;
+            }
+            self.stats.records_appended += out.appends.len() as u64;
+            self.stats.writes_submitted += 1;
+            storage.submit().map_err(DriverError::Storage)?;
+        }
+
+        // 2. Messages that need no durability leave now (a leader's Accept overlaps its own
+        //    write). A broadcast is encoded once; consecutive sends of one message share a frame.
+        for broadcast in out.broadcasts.drain(..) {
+            let frame = self.encode(broadcast.group, &broadcast.msg);
+            self.stats.frames_sent += self.table.peers() as u64;
+            net.send_to_peers(frame);
+        }
+        let mut last: Option<(GroupId, Bytes)> = None;
+        for (index, send) in out.sends.iter().enumerate() {
+            let reuse = index > 0 && {
+                let before = &out.sends[index - 1];
+                before.group == send.group && same_message(&before.msg, &send.msg)
+            };
+            let frame = match (&last, reuse) {
+                (Some((_, frame)), true) => frame.clone(),
+                _ => self.encode(send.group, &send.msg),
+            };
+            self.stats.frames_sent += 1;
+            net.send(send.to, frame.clone());
+            last = Some((send.group, frame));
+        }
+        out.sends.clear();
+
+        // 3. Replies that depend on persisted state wait for their Lsn: the durable-reply gate.
+        let mut last: Option<Bytes> = None;
+        for (index, send) in out.sends_after_durable.iter().enumerate() {
+            let reuse = index > 0 && {
+                let before = &out.sends_after_durable[index - 1];
+                before.group == send.group
+                    && before.lsn == send.lsn
+                    && same_message(&before.msg, &send.msg)
+            };
+            let frame = match (&last, reuse) {
+                (Some(frame), true) => frame.clone(),
+                _ => self.encode(send.group, &send.msg),
+            };
+            last = Some(frame.clone());
+            self.stats.replies_held += 1;
+            // Kept sorted by Lsn (the core emits them in order; an older one, e.g. a repeated
+            // reply, is placed where it belongs rather than waiting behind newer ones).
+            let at = self.held.partition_point(|h| h.lsn <= send.lsn);
+            self.held.insert(
+                at,
+                Held {
+                    lsn: send.lsn,
+                    to: send.to,
+                    frame,
+                },
+            );
+        }
+        out.sends_after_durable.clear();
+        while self.held.front().is_some_and(|h| h.lsn <= self.durable) {
+            let held = self.held.pop_front().expect("front exists");
+            assert!(
+                held.lsn <= self.durable,
+                "a reply leaves only after its record is durable"
+            );
+            self.stats.frames_sent += 1;
+            net.send(held.to, held.frame);
+        }
+
+        // 4. Answers first (a waiter reaches the executor before its value), then values in
+        //    order from the replay point, then stopped groups.
+        for result in out.results.drain(..) {
+            apply.result(result);
+        }
+        for chosen in out.chosen.drain(..) {
+            let from = self
+                .replay_from
+                .get(&chosen.group)
+                .copied()
+                .unwrap_or(Instance(0));
+            if chosen.instance < from {
+                continue;
+            }
+            apply.chosen(chosen)?;
+        }
+        for (group, error) in out.stopped.drain(..) {
+            apply.stopped(group, error);
+        }
+        out.clear();
+        self.out = out;
+        Ok(())
+    }
+
+    /// Encodes one message into a frame, writing the body in place (a value is copied once).
+    fn encode(&mut self, group: GroupId, msg: &Message) -> Bytes {
+        self.stats.frames_encoded += 1;
+        if let Message::Accept { value, .. } = msg {
+            self.stats.accepts_encoded += 1;
+            self.stats.value_bytes_copied += value.len() as u64;
+        }
+        if self.frame_buf.capacity() < 256 {
+            self.frame_buf = BytesMut::with_capacity(FRAME_BUF_BYTES);
+        }
+        start_frame(&mut self.frame_buf);
+        msg.encode_body_into(&mut self.frame_buf);
+        finish_frame(&mut self.frame_buf, msg.kind(), group.0, self.me.0)
+    }
+}
+
+/// Whether two messages are the same transmission (cheap: a value is compared by buffer, not
+/// by bytes; messages with per-destination contents never compare equal).
+fn same_message(a: &Message, b: &Message) -> bool {
+    match (a, b) {
+        (
+            Message::Accept {
+                ballot: b1,
+                instance: i1,
+                value: v1,
+                chosen_through: c1,
+            },
+            Message::Accept {
+                ballot: b2,
+                instance: i2,
+                value: v2,
+                chosen_through: c2,
+            },
+        ) => b1 == b2 && i1 == i2 && c1 == c2 && same_bytes(v1, v2),
+        (Message::Prepare { .. }, Message::Prepare { .. })
+        | (Message::Commit { .. }, Message::Commit { .. })
+        | (Message::Accepted { .. }, Message::Accepted { .. })
+        | (Message::Reject { .. }, Message::Reject { .. })
+        | (Message::CatchupRequest { .. }, Message::CatchupRequest { .. }) => a == b,
+        _ => false,
+    }
+}
+
+fn same_bytes(a: &Bytes, b: &Bytes) -> bool {
+    a.len() == b.len() && a.as_ptr() == b.as_ptr()
+}

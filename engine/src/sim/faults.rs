@@ -1,0 +1,520 @@
+//! The simulator's fault classes, the per-seed fault profile (swarm testing) and the injected
+//! bugs.
+//!
+//! Owns: [`Fault`] (every class a seed may switch on, with its `--faults` name), [`Profile`]
+//! (the classes and rates one seed runs with, drawn from the seed), [`Bug`] (known protocol
+//! bugs, feature `sim-bugs`). Must never draw randomness except from the seeded [`Prng`].
+use crate::core::Prng;
+use std::collections::BTreeSet;
+use std::fmt;
+
+/// A fault class the simulator can inject. Each seed switches on a random subset of the
+/// classes allowed by `--faults` (swarm testing), each with its own rate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Fault {
+    /// Network: messages lost.
+    Loss,
+    /// Network: messages delivered twice.
+    Dup,
+    /// Network: some messages delayed far beyond the others.
+    Reorder,
+    /// Network: symmetric partitions (a minority cut from the rest), several at once.
+    Partition,
+    /// Network: one-way partitions (a -> b blocked, b -> a open).
+    OneWay,
+    /// Network: per-link delay distributions (asymmetric, heavy tail).
+    LinkDelay,
+    /// Network: links that corrupt bytes of frames (the frame checksums must catch it).
+    Corrupt,
+    /// Process: crash and restart after 0..N ticks (a crash loses unsynced writes).
+    Crash,
+    /// Process: a node stops stepping for a while and resumes with old messages in flight.
+    Pause,
+    /// Process: per-node clock rate skew (within `SKEW_PPM_MAX`).
+    Skew,
+    /// Disk: a crash tears the write in flight.
+    Torn,
+    /// Disk: a crash flips a bit in a durable record followed by valid data.
+    BitFlip,
+    /// Disk: a crash finds a zeroed sector in a durable write.
+    Zero,
+    /// Disk: a durable write (not the last) was lost: its bytes never reached the disk.
+    Lost,
+    /// Disk: a durable write (not the last) landed over another write's place.
+    Misdirect,
+    /// Disk: a crash flips a bit in the last durable write (its replies may have left).
+    RotLast,
+    /// Disk: per-node latency with stalls (a write that takes hundreds of ticks).
+    Stall,
+    /// Disk: a write fails (fsync error): the node must fail-stop, never continue.
+    FsyncError,
+    /// Power loss: every node crashes at once, each tearing its write in flight.
+    PowerLoss,
+    /// A crashed node restarts with its data directory wiped (its state lost).
+    Wipe,
+}
+
+/// The largest clock-rate skew the simulator gives a node, in parts per million (±10%):
+/// the bound docs/PROTOCOL.md#time states.
+pub const SKEW_PPM_MAX: u64 = 100_000;
+
+impl Fault {
+    /// Every fault, in the order of `--faults` names.
+    pub const ALL: [Fault; 20] = [
+        Fault::Loss,
+        Fault::Dup,
+        Fault::Reorder,
+        Fault::Partition,
+        Fault::OneWay,
+        Fault::LinkDelay,
+        Fault::Corrupt,
+        Fault::Crash,
+        Fault::Pause,
+        Fault::Skew,
+        Fault::Torn,
+        Fault::BitFlip,
+        Fault::Zero,
+        Fault::Lost,
+        Fault::Misdirect,
+        Fault::RotLast,
+        Fault::Stall,
+        Fault::FsyncError,
+        Fault::PowerLoss,
+        Fault::Wipe,
+    ];
+
+    /// The `--faults` name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::Loss => "loss",
+            Fault::Dup => "dup",
+            Fault::Reorder => "reorder",
+            Fault::Partition => "partition",
+            Fault::OneWay => "oneway",
+            Fault::LinkDelay => "linkdelay",
+            Fault::Corrupt => "corrupt",
+            Fault::Crash => "crash",
+            Fault::Pause => "pause",
+            Fault::Skew => "skew",
+            Fault::Torn => "torn",
+            Fault::BitFlip => "bitflip",
+            Fault::Zero => "zero",
+            Fault::Lost => "lost",
+            Fault::Misdirect => "misdirect",
+            Fault::RotLast => "rotlast",
+            Fault::Stall => "stall",
+            Fault::FsyncError => "fsync",
+            Fault::PowerLoss => "powerloss",
+            Fault::Wipe => "wipe",
+        }
+    }
+
+    /// Parses a comma-separated list; `all` and `none` are accepted.
+    pub fn parse_list(list: &str) -> Result<BTreeSet<Fault>, String> {
+        let mut set = BTreeSet::new();
+        for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            match name {
+                "all" => set.extend(Fault::ALL),
+                "none" => {}
+                _ => {
+                    let fault = Fault::ALL
+                        .iter()
+                        .find(|f| f.name() == name)
+                        .ok_or_else(|| {
+                            let names: Vec<&str> = Fault::ALL.iter().map(|f| f.name()).collect();
+                            format!(
+                                "unknown fault {name:?}; known: all, none, {}",
+                                names.join(", ")
+                            )
+                        })?;
+                    set.insert(*fault);
+                }
+            }
+        }
+        Ok(set)
+    }
+
+    /// The list as `--faults` takes it.
+    pub fn list_name(set: &BTreeSet<Fault>) -> String {
+        if set.is_empty() {
+            return "none".to_string();
+        }
+        if set.len() == Fault::ALL.len() {
+            return "all".to_string();
+        }
+        let names: Vec<&str> = set.iter().map(|f| f.name()).collect();
+        names.join(",")
+    }
+}
+
+/// The fault classes and rates of one seed. Rates are "one in N" chances per tick (process and
+/// network events), per message (loss, duplication, reordering, corruption) or per write
+/// (stalls, fsync errors).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Profile {
+    /// The classes switched on for this seed.
+    pub faults: BTreeSet<Fault>,
+    /// Loss: one message in `loss_one_in` is lost.
+    pub loss_one_in: u64,
+    /// Dup: one message in this many is delivered twice.
+    pub dup_one_in: u64,
+    /// Reorder: one message in this many is delayed by up to 60 ticks more.
+    pub reorder_one_in: u64,
+    /// Partition / OneWay: one tick in this many starts a partition (up to 3 at once).
+    pub partition_one_in: u64,
+    /// Corrupt: on a corrupting link, one frame in this many has a byte changed.
+    pub corrupt_one_in: u64,
+    /// Crash: one tick in this many crashes a node.
+    pub crash_one_in: u64,
+    /// Crash: percent of restarts that come back within 5 ticks (fast restarts).
+    pub fast_restart_percent: u64,
+    /// Pause: one tick in this many pauses a node (for 20..1500 ticks).
+    pub pause_one_in: u64,
+    /// Stall: one write in this many stalls (200..1000 ticks).
+    pub stall_one_in: u64,
+    /// FsyncError: one write in this many fails.
+    pub fsync_error_one_in: u64,
+    /// PowerLoss: one tick in this many (only while every replica is whole).
+    pub power_loss_one_in: u64,
+}
+
+impl Profile {
+    /// Every class in `allowed` with the default rates (no swarm: what `--no-swarm` runs).
+    pub fn all_of(allowed: &BTreeSet<Fault>) -> Profile {
+        Profile {
+            faults: allowed.clone(),
+            loss_one_in: 50,
+            dup_one_in: 50,
+            reorder_one_in: 20,
+            partition_one_in: 300,
+            corrupt_one_in: 20,
+            crash_one_in: 400,
+            fast_restart_percent: 25,
+            pause_one_in: 1500,
+            stall_one_in: 150,
+            fsync_error_one_in: 400,
+            power_loss_one_in: 2500,
+        }
+    }
+
+    /// Swarm testing: each class of `allowed` is on with probability 1/2, and each rate is
+    /// drawn from its range, all from `seed` (the same seed gives the same profile).
+    pub fn swarm(seed: u64, allowed: &BTreeSet<Fault>) -> Profile {
+        let mut rng = Prng::new(seed ^ 0x5A4A_12F0_0D5E_ED00);
+        let mut faults = BTreeSet::new();
+        for fault in Fault::ALL {
+            if allowed.contains(&fault) && rng.chance(1, 2) {
+                faults.insert(fault);
+            }
+        }
+        let mut between = |low: u64, high: u64| low + rng.below(high - low + 1);
+        Profile {
+            faults,
+            loss_one_in: between(8, 100),
+            dup_one_in: between(10, 100),
+            reorder_one_in: between(5, 50),
+            partition_one_in: between(100, 1000),
+            corrupt_one_in: between(3, 50),
+            crash_one_in: between(150, 1500),
+            fast_restart_percent: between(0, 60),
+            pause_one_in: between(300, 3000),
+            stall_one_in: between(30, 400),
+            fsync_error_one_in: between(100, 2000),
+            power_loss_one_in: between(1000, 5000),
+        }
+    }
+
+    /// Whether `fault` is on for this seed.
+    pub fn has(&self, fault: Fault) -> bool {
+        self.faults.contains(&fault)
+    }
+}
+
+impl fmt::Display for Profile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.faults.is_empty() {
+            return write!(f, "none");
+        }
+        let mut parts = Vec::new();
+        for fault in &self.faults {
+            let rate = match fault {
+                Fault::Loss => format!("1/{}", self.loss_one_in),
+                Fault::Dup => format!("1/{}", self.dup_one_in),
+                Fault::Reorder => format!("1/{}", self.reorder_one_in),
+                Fault::Partition | Fault::OneWay => format!("1/{}t", self.partition_one_in),
+                Fault::Corrupt => format!("1/{}", self.corrupt_one_in),
+                Fault::Crash => format!(
+                    "1/{}t,{}%fast",
+                    self.crash_one_in, self.fast_restart_percent
+                ),
+                Fault::Pause => format!("1/{}t", self.pause_one_in),
+                Fault::Stall => format!("1/{}w", self.stall_one_in),
+                Fault::FsyncError => format!("1/{}w", self.fsync_error_one_in),
+                Fault::PowerLoss => format!("1/{}t", self.power_loss_one_in),
+                _ => String::new(),
+            };
+            if rate.is_empty() {
+                parts.push(fault.name().to_string());
+            } else {
+                parts.push(format!("{}({rate})", fault.name()));
+            }
+        }
+        write!(f, "{}", parts.join(" "))
+    }
+}
+
+/// A known protocol bug to inject (only with the `sim-bugs` feature).
+#[cfg(feature = "sim-bugs")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bug {
+    /// The acceptor does not persist promises.
+    ForgetPromise,
+    /// Promise/Accepted leave before their record is durable.
+    ReplyBeforeDurable,
+    /// A new leader skips phase 1.
+    SkipPrepareOnNewLeader,
+    /// A candidate's Prepare leaves before its own promise is durable; bare Accepted counts.
+    BallotReuseAfterCrash,
+    /// The pre-fix re-learn target (peers' applied point + depth, any reply counts).
+    RelearnTargetTooLow,
+    /// Committed answered by comparing value bytes (values carry no identity).
+    CommitByBytes,
+    /// A cut last write is taken as torn, never as damage.
+    CutDamagedLastWrite,
+    /// Promises have no byte bound (the network drops those over the frame limit).
+    UnboundedPromise,
+    /// A node whose state was lost votes at once with empty promises.
+    RejoinWithEmptyState,
+    /// The acceptor accepts below its promise (lowering it): the invariant checker's bug.
+    AcceptBelowPromise,
+    /// The driver takes a failed write (fsync error) as durable and continues.
+    IgnoreFsyncError,
+}
+
+#[cfg(feature = "sim-bugs")]
+impl Bug {
+    /// Every bug.
+    pub const ALL: [Bug; 11] = [
+        Bug::ForgetPromise,
+        Bug::ReplyBeforeDurable,
+        Bug::SkipPrepareOnNewLeader,
+        Bug::BallotReuseAfterCrash,
+        Bug::RelearnTargetTooLow,
+        Bug::CommitByBytes,
+        Bug::CutDamagedLastWrite,
+        Bug::UnboundedPromise,
+        Bug::RejoinWithEmptyState,
+        Bug::AcceptBelowPromise,
+        Bug::IgnoreFsyncError,
+    ];
+
+    /// The `--bug` name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Bug::ForgetPromise => "forget-promise",
+            Bug::ReplyBeforeDurable => "reply-before-durable",
+            Bug::SkipPrepareOnNewLeader => "skip-prepare-on-new-leader",
+            Bug::BallotReuseAfterCrash => "ballot-reuse-after-crash",
+            Bug::RelearnTargetTooLow => "relearn-target-too-low",
+            Bug::CommitByBytes => "commit-by-bytes",
+            Bug::CutDamagedLastWrite => "cut-damaged-last-write",
+            Bug::UnboundedPromise => "unbounded-promise",
+            Bug::RejoinWithEmptyState => "rejoin-with-empty-state",
+            Bug::AcceptBelowPromise => "accept-below-promise",
+            Bug::IgnoreFsyncError => "ignore-fsync-error",
+        }
+    }
+
+    /// Parses a `--bug` name.
+    pub fn parse(name: &str) -> Result<Bug, String> {
+        Bug::ALL
+            .iter()
+            .copied()
+            .find(|b| b.name() == name)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Bug::ALL.iter().map(|b| b.name()).collect();
+                format!("unknown bug {name:?}; known: {}", names.join(", "))
+            })
+    }
+
+    /// The core's flags for this bug.
+    pub fn flags(self) -> crate::core::Bugs {
+        let mut bugs = crate::core::Bugs::default();
+        match self {
+            Bug::ForgetPromise => bugs.forget_promise = true,
+            Bug::ReplyBeforeDurable => bugs.reply_before_durable = true,
+            Bug::SkipPrepareOnNewLeader => bugs.skip_prepare_on_new_leader = true,
+            Bug::BallotReuseAfterCrash => bugs.ballot_reuse_after_crash = true,
+            Bug::RelearnTargetTooLow => bugs.relearn_target_too_low = true,
+            Bug::CommitByBytes => bugs.commit_by_bytes = true,
+            Bug::CutDamagedLastWrite => bugs.cut_damaged_last_write = true,
+            Bug::UnboundedPromise => bugs.unbounded_promise = true,
+            Bug::RejoinWithEmptyState => bugs.rejoin_with_empty_state = true,
+            Bug::AcceptBelowPromise => bugs.accept_below_promise = true,
+            Bug::IgnoreFsyncError => bugs.ignore_fsync_error = true,
+        }
+        bugs
+    }
+}
+
+/// Fault injection: the process and disk faults of one step (network faults are applied
+/// per frame by the network).
+impl super::Sim {
+    pub(super) fn inject_faults(&mut self) {
+        let n = self.nodes.len();
+        let members = self.members.clone();
+        if let Some(change) =
+            self.net
+                .step_partitions(self.now, &members, &self.profile, &mut self.rng)
+        {
+            if change.starts_with("partition [") {
+                self.count("partition");
+            }
+            self.trace(&change);
+        }
+        let p = self.profile.clone();
+        if p.has(Fault::Crash) && self.rng.chance(1, p.crash_one_in) {
+            let mut index = self.rng.below(n as u64) as usize;
+            // A third of the crashes aim at a node that has just won an election (its first
+            // Accepts in flight, its own promise perhaps not yet durable): the moment where a
+            // restart that forgot its ballot does harm.
+            let now = self.now.0;
+            if let Some(fresh) =
+                (0..n).find(|i| self.nodes[*i].won_at.is_some_and(|t| now <= t.0 + 15))
+            {
+                if self.rng.chance(1, 3) {
+                    index = fresh;
+                    self.count("targeted-crash");
+                }
+            }
+            if self.nodes[index].up {
+                // Damage that loses records this node acknowledged (flips, zeroed sectors,
+                // lost or misdirected writes, a rotted last write, a wipe) and torn tails
+                // (which re-learn like damage: the two look alike on disk) are injected only
+                // while every other node is up, whole and has its repair durable. So each
+                // chosen value stays intact on some member of every quorum (the fault atlas
+                // of docs/TESTING.md), on any node, including in its last durable write.
+                let whole = self.others_whole(index);
+                let mut roll =
+                    |fault: Fault, one_in: u64| whole && p.has(fault) && self.rng.chance(1, one_in);
+                let torn = roll(Fault::Torn, 2);
+                let flip = roll(Fault::BitFlip, 3);
+                let rot_last = !flip && roll(Fault::RotLast, 3);
+                let zero = roll(Fault::Zero, 3);
+                let lost = roll(Fault::Lost, 3);
+                let misdirect = roll(Fault::Misdirect, 3);
+                let wipe =
+                    !flip && !rot_last && !zero && !lost && !misdirect && roll(Fault::Wipe, 4);
+                let damage = super::disk::CrashDamage {
+                    torn,
+                    flip,
+                    rot_last,
+                    zero,
+                    lost,
+                    misdirect,
+                };
+                self.crash(index, damage);
+                if wipe {
+                    self.wipe(index);
+                }
+            }
+        }
+        if p.has(Fault::Pause) && self.rng.chance(1, p.pause_one_in) {
+            let index = self.rng.below(n as u64) as usize;
+            if self.nodes[index].running() {
+                let until = super::Tick(self.now.0 + 20 + self.rng.below(1500));
+                self.nodes[index].paused_until = Some(until);
+                self.count("pause");
+                self.trace(&("pause", index, until.0));
+            }
+        }
+        if p.has(Fault::PowerLoss)
+            && self.others_whole(usize::MAX)
+            && self.rng.chance(1, p.power_loss_one_in)
+        {
+            // Every node at once, each tearing its write in flight.
+            self.count("powerloss");
+            self.trace(&"power-loss");
+            for index in 0..n {
+                if self.nodes[index].up {
+                    self.crash(
+                        index,
+                        super::disk::CrashDamage {
+                            torn: true,
+                            ..Default::default()
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    /// Every node but `index` is up, not re-learning, and has its last repair record
+    /// durable (a repair record in a stalled write is not yet a repair).
+    pub(super) fn others_whole(&self, index: usize) -> bool {
+        self.nodes.iter().enumerate().all(|(i, node)| {
+            i == index
+                || node.up
+                    && node.cores.iter().all(|core| {
+                        core.driver
+                            .as_ref()
+                            .is_some_and(|d| d.table().relearning_count() == 0)
+                            && core.repair_pending.is_none()
+                    })
+        })
+    }
+
+    /// The process stops (its memory is gone); its disks take `damage`; it restarts later,
+    /// sometimes at once.
+    pub(super) fn crash(&mut self, index: usize, damage: super::disk::CrashDamage) {
+        self.count("crash");
+        let fast = self.rng.chance(self.profile.fast_restart_percent, 100);
+        let delay = if fast {
+            self.count("fast-restart");
+            self.rng.below(6)
+        } else {
+            50 + self.rng.below(400)
+        };
+        let restart = super::Tick(self.now.0 + delay);
+        let mut landed = 0;
+        let node = &mut self.nodes[index];
+        node.up = false;
+        node.paused_until = None;
+        node.restart_at = Some(restart);
+        node.machines.clear();
+        for core in &mut node.cores {
+            if let Some(driver) = core.driver.take() {
+                node.frames_encoded_before += driver.stats().frames_encoded;
+                node.frames_sent_before += driver.stats().frames_sent;
+            }
+            core.staged.clear();
+            landed += core.disk.crash(&mut self.rng, damage);
+        }
+        for (on, name) in [
+            (damage.torn, "torn"),
+            (damage.flip, "bitflip"),
+            (damage.rot_last, "rotlast"),
+            (damage.zero, "zero"),
+            (damage.lost, "lost"),
+            (damage.misdirect, "misdirect"),
+        ] {
+            if on && landed > 0 {
+                self.count(name);
+            }
+        }
+        self.trace(&("crash", index, damage, landed, restart.0));
+    }
+
+    /// The node's data directory is gone: WALs, state machine checkpoints, identity file (the
+    /// next start finds no identity and no WAL: its state was lost).
+    pub(super) fn wipe(&mut self, index: usize) {
+        let node = &mut self.nodes[index];
+        for core in &mut node.cores {
+            core.disk = super::disk::SimDisk::default();
+        }
+        node.checkpoints.clear();
+        node.relearn_pending = true;
+        self.count("wipe");
+        self.trace(&("wipe", index));
+    }
+}
