@@ -7,6 +7,7 @@ use bytes::Bytes;
 use paxring_wal::{GroupId, Instance};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use super::config::ConfigError;
@@ -64,9 +65,113 @@ pub enum Error {
     /// The configuration cannot run.
     #[error(transparent)]
     Config(#[from] ConfigErrorText),
-    /// The node could not start (WAL, network or state machine), with the reason.
+    /// The node could not start: which part failed and its cause ([`StartError`]).
     #[error("start failed: {0}")]
-    Start(String),
+    Start(#[from] StartError),
+    /// A proposal reached a core that does not own its group (a routing bug: the API routes
+    /// by `core_of_group`); nothing was proposed.
+    #[error("group {group} is not owned by core {core}")]
+    WrongCore {
+        /// The group.
+        group: u32,
+        /// The core the proposal reached.
+        core: usize,
+    },
+}
+
+/// Why a node could not start: the failing part, with its cause as the error's source.
+/// `Clone` and `Eq` (so that [`Error`] stays both): sources are shared, and two errors are
+/// equal when they say the same.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum StartError {
+    /// The data directory cannot be created.
+    #[error("cannot create the data directory {}: {source}", path.display())]
+    DataDir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// The OS error.
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    /// The identity file refuses this start (another cluster or node, damaged, or a WAL
+    /// without an identity: docs/PROTOCOL.md#node-identity).
+    #[error("node identity: {0}")]
+    Identity(String),
+    /// The application's factory could not make a group's state machine.
+    #[error("state machine of group {group}: {reason}")]
+    StateMachine {
+        /// The group.
+        group: u32,
+        /// The factory's reason.
+        reason: String,
+    },
+    /// The network thread could not start.
+    #[error("network thread: {0}")]
+    Network(#[source] Arc<paxring_net::NetError>),
+    /// An OS resource (a thread, an eventfd) could not be made.
+    #[error("{what}: {source}")]
+    Os {
+        /// What was being made.
+        what: String,
+        /// The OS error.
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    /// A core's WAL could not be opened or recovered.
+    #[error("core {core}: cannot open the WAL in {}: {source}", dir.display())]
+    Wal {
+        /// The core.
+        core: usize,
+        /// Its WAL directory.
+        dir: std::path::PathBuf,
+        /// The WAL's error.
+        #[source]
+        source: Arc<paxring_wal::WalError>,
+    },
+    /// A core's table could not be restored from its WAL (bad records or config).
+    #[error("core {core}: {reason}")]
+    Restore {
+        /// The core.
+        core: usize,
+        /// Why.
+        reason: String,
+    },
+    /// A core thread ended before it reported its WAL open.
+    #[error("core thread {core} died while starting")]
+    CoreDied {
+        /// The core.
+        core: usize,
+    },
+}
+
+impl PartialEq for StartError {
+    fn eq(&self, other: &Self) -> bool {
+        std::mem::discriminant(self) == std::mem::discriminant(other)
+            && self.to_string() == other.to_string()
+    }
+}
+
+impl Eq for StartError {}
+
+/// What stopped a running node (the first fatal error). Never retried: the node fail-stops.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum FatalError {
+    /// A core's driver stopped it: a failed WAL write or fsync, a chosen value that does not
+    /// decode, or its executor gone.
+    #[error("core {core}: {source}")]
+    Core {
+        /// The core.
+        core: usize,
+        /// The driver's error.
+        #[source]
+        source: Arc<crate::driver::DriverError>,
+    },
+    /// A node thread panicked.
+    #[error("thread {0} panicked")]
+    Panicked(String),
+    /// The node failed while starting.
+    #[error("start failed: {0}")]
+    Start(#[source] StartError),
 }
 
 /// A [`ConfigError`] as text, so that [`Error`] stays `Clone` and `Eq`.
@@ -152,7 +257,41 @@ impl Future for Proposal {
 
 #[cfg(test)]
 mod tests {
-    use super::Error;
+    use super::{Error, FatalError, StartError};
+    use std::sync::Arc;
+
+    /// Start and fatal errors keep their cause as a typed source (not flattened to text).
+    #[test]
+    fn start_and_fatal_errors_keep_their_sources() {
+        let io = std::io::Error::new(std::io::ErrorKind::PermissionDenied, "denied");
+        let error: Error = StartError::DataDir {
+            path: "/nowhere".into(),
+            source: Arc::new(io),
+        }
+        .into();
+        assert_eq!(
+            error.to_string(),
+            "start failed: cannot create the data directory /nowhere: denied"
+        );
+        let Error::Start(start) = &error else {
+            panic!("{error:?}")
+        };
+        let source = std::error::Error::source(start).expect("a source");
+        assert!(source.downcast_ref::<Arc<std::io::Error>>().is_some());
+        assert_eq!(error.clone(), error);
+
+        let fatal = FatalError::Core {
+            core: 1,
+            source: Arc::new(crate::driver::DriverError::Storage(
+                crate::driver::StorageError::message("fsync: EIO"),
+            )),
+        };
+        let source = std::error::Error::source(&fatal).expect("a source");
+        assert!(source
+            .downcast_ref::<Arc<crate::driver::DriverError>>()
+            .is_some());
+        assert!(fatal.to_string().contains("never retried"), "{fatal}");
+    }
 
     #[test]
     fn not_leader_names_the_node_in_words() {

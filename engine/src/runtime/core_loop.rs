@@ -20,7 +20,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::api::{Error, Reply};
+use super::api::{Error, FatalError, Reply, StartError};
 use super::config::{core_of_group, NodeConfig, SyncModeConfig, WalBackendConfig};
 use super::executor::ExecMsg;
 use super::shared::{CoreSnapshot, ProposalMsg, Shared};
@@ -67,7 +67,7 @@ const FRAMES_PER_ROUND_MAX: usize = 16 * 1024;
 
 /// Runs the core until the node stops. `ready` learns whether the WAL opened.
 /// What a core reports once its WAL is open: whether the WAL held any record.
-pub(crate) type Ready = Result<bool, String>;
+pub(crate) type Ready = Result<bool, StartError>;
 
 pub(crate) fn run(start: CoreStart, ready: Sender<Ready>) {
     if let Some(cpu) = start.cpu {
@@ -91,7 +91,10 @@ pub(crate) fn run(start: CoreStart, ready: Sender<Ready>) {
         }
     };
     if let Err(error) = core.run() {
-        shared.fail(format!("core {}: {error}", core.index));
+        shared.fail(FatalError::Core {
+            core: core.index,
+            source: Arc::new(error),
+        });
     }
     core.publish();
     core.fail_pending("the node stopped");
@@ -131,7 +134,7 @@ struct Core {
 }
 
 impl Core {
-    fn open(start: CoreStart) -> Result<(Core, bool), String> {
+    fn open(start: CoreStart) -> Result<(Core, bool), StartError> {
         let config = &start.config;
         let groups: Vec<GroupId> = (0..config.groups)
             .filter(|g| core_of_group(*g, config.cores) == start.core)
@@ -158,12 +161,10 @@ impl Core {
                 WalBackendConfig::Blocking => paxring_wal::Backend::Blocking,
             },
         })
-        .map_err(|e| {
-            format!(
-                "core {}: cannot open the WAL in {}: {e}",
-                start.core,
-                dir.display()
-            )
+        .map_err(|e| StartError::Wal {
+            core: start.core,
+            dir: dir.clone(),
+            source: Arc::new(e),
         })?;
         if recovery.torn_tail_bytes > 0 {
             tracing::warn!(
@@ -222,7 +223,10 @@ impl Core {
             #[cfg(feature = "sim-bugs")]
             Default::default(),
         )
-        .map_err(|e| format!("core {}: {e}", start.core))?;
+        .map_err(|e| StartError::Restore {
+            core: start.core,
+            reason: e.to_string(),
+        })?;
         let mut driver = Driver::new(table);
         for (group, checkpoint) in &start.applied_from {
             driver.set_replay_from(*group, Instance(checkpoint.map_or(0, |i| i.0 + 1)));
@@ -430,15 +434,17 @@ impl Core {
 
     fn propose(&mut self, proposal: ProposalMsg) {
         let bytes = proposal.command.len();
+        let group = proposal.group;
         let id = ProposalId(self.next_proposal);
         self.next_proposal += 1;
-        match self.driver.propose(proposal.group, id, proposal.command) {
+        match self.driver.propose(group, id, proposal.command) {
             Ok(()) => {
                 self.replies.insert(id, proposal.reply);
             }
             Err(reason) => {
                 let _ = proposal.reply.send(Err(fail_error(
                     reason,
+                    group,
                     self.index,
                     bytes,
                     self.batch_bytes_max,
@@ -457,11 +463,10 @@ impl Core {
                     break;
                 }
                 Err(TrySendError::Disconnected(_)) => {
-                    self.shared.fail(format!(
-                        "core {}: {}",
-                        self.index,
-                        DriverError::Executor("its queue closed".into())
-                    ));
+                    self.shared.fail(FatalError::Core {
+                        core: self.index,
+                        source: Arc::new(DriverError::Executor("its queue closed".into())),
+                    });
                     self.exec_backlog.clear();
                     break;
                 }
@@ -613,9 +618,15 @@ impl driver::Apply for ExecApply<'_> {
                     });
                 }
             }
-            ProposalResult::Failed { id, reason, .. } => {
+            ProposalResult::Failed { id, group, reason } => {
                 if let Some(reply) = self.replies.remove(&id) {
-                    let _ = reply.send(Err(fail_error(reason, self.core, 0, self.batch_bytes_max)));
+                    let _ = reply.send(Err(fail_error(
+                        reason,
+                        group,
+                        self.core,
+                        0,
+                        self.batch_bytes_max,
+                    )));
                 }
             }
             ProposalResult::Unknown { id, .. } => {
@@ -648,7 +659,13 @@ impl driver::Apply for ExecApply<'_> {
 }
 
 /// Maps the protocol's refusal to the API's error; `bytes` is the command's size when known.
-fn fail_error(reason: FailReason, core: usize, bytes: usize, batch_bytes_max: usize) -> Error {
+fn fail_error(
+    reason: FailReason,
+    group: GroupId,
+    core: usize,
+    bytes: usize,
+    batch_bytes_max: usize,
+) -> Error {
     match reason {
         FailReason::NotLeader { leader_hint } => Error::NotLeader {
             leader: leader_hint.map(|n| n.0),
@@ -658,7 +675,10 @@ fn fail_error(reason: FailReason, core: usize, bytes: usize, batch_bytes_max: us
             bytes,
             max: batch_bytes_max as u32,
         },
-        FailReason::UnknownGroup => Error::Start(format!("core {core} does not own the group")),
+        FailReason::UnknownGroup => Error::WrongCore {
+            group: group.0,
+            core,
+        },
         FailReason::Stopped => {
             Error::Stopped("the group stopped on an error (see the node's log)".into())
         }

@@ -17,7 +17,7 @@ mod shared;
 pub mod state_machine;
 mod wake;
 
-pub use api::{Committed, Error, Proposal};
+pub use api::{Committed, Error, FatalError, Proposal, StartError};
 pub use config::{
     core_of_group, ConfigError, NodeConfig, NodeConfigBuilder, PeerConfig, SyncModeConfig,
 };

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use super::api::{Error, Proposal};
+use super::api::{Error, FatalError, Proposal, StartError};
 use super::config::{core_of_group, NodeConfig};
 use super::core_loop::{self, CoreStart};
 use super::executor::{self, GroupProgress};
@@ -79,11 +79,9 @@ impl Node {
     /// and starts the network, core and executor threads.
     pub fn start(config: NodeConfig, mut factory: StateMachineFactory) -> Result<Node, Error> {
         config.validate()?;
-        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-            Error::Start(format!(
-                "cannot create data dir {}: {e}",
-                config.data_dir.display()
-            ))
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| StartError::DataDir {
+            path: config.data_dir.clone(),
+            source: Arc::new(e),
         })?;
         // The identity file: which cluster and node this directory belongs to, this start's
         // incarnation, and whether the node's state was lost (docs/PROTOCOL.md#node-identity).
@@ -97,7 +95,7 @@ impl Node {
             wal_present(&config.data_dir),
             now_ms,
         )
-        .map_err(Error::Start)?;
+        .map_err(StartError::Identity)?;
         tracing::info!(
             incarnation = decision.identity.incarnation,
             state_lost = decision.state_lost,
@@ -121,7 +119,7 @@ impl Node {
         let mut machines_by_core: Vec<Vec<_>> = (0..cores).map(|_| Vec::new()).collect();
         for group in 0..groups {
             let machine = factory(GroupId(group))
-                .map_err(|e| Error::Start(format!("state machine of group {group}: {e}")))?;
+                .map_err(|reason| StartError::StateMachine { group, reason })?;
             machines_by_core[core_of_group(group, cores)].push((
                 GroupId(group),
                 machine,
@@ -142,7 +140,7 @@ impl Node {
         let route: paxring_net::Route =
             Arc::new(move |group: u32| (group < group_count).then(|| core_of_group(group, cores)));
         let (net, net_handle, inboxes) = NetThread::start(net_config, cores, route)
-            .map_err(|e| Error::Start(format!("network thread: {e}")))?;
+            .map_err(|e| StartError::Network(Arc::new(e)))?;
 
         // Core and executor threads.
         let cpus = core_affinity::get_core_ids().unwrap_or_default();
@@ -155,9 +153,8 @@ impl Node {
         let mut handles = Vec::with_capacity(cores);
         let mut threads = Vec::with_capacity(2 * cores);
         for (core, (inbox, machines)) in inboxes.into_iter().zip(machines_by_core).enumerate() {
-            let wake = Arc::new(
-                Wake::new().map_err(|e| Error::Start(format!("eventfd for core {core}: {e}")))?,
-            );
+            let wake =
+                Arc::new(Wake::new().map_err(|e| os(format!("eventfd for core {core}"), e))?);
             let (proposals_tx, proposals_rx) = bounded(config.proposal_queue_max);
             let (exec_tx, exec_rx) = bounded(EXEC_QUEUE_MAX);
             let applied_from: Vec<(GroupId, Option<Instance>)> = machines
@@ -169,7 +166,7 @@ impl Node {
                 std::thread::Builder::new()
                     .name(format!("paxring-exec-{core}"))
                     .spawn(move || executor::run(machines, exec_rx, applied))
-                    .map_err(|e| Error::Start(format!("executor thread {core}: {e}")))?,
+                    .map_err(|e| os(format!("executor thread {core}"), e))?,
             );
             let start = CoreStart {
                 core,
@@ -192,23 +189,22 @@ impl Node {
                 std::thread::Builder::new()
                     .name(format!("paxring-core-{core}"))
                     .spawn(move || core_loop::run(start, ready_tx))
-                    .map_err(|e| Error::Start(format!("core thread {core}: {e}")))?,
+                    .map_err(|e| os(format!("core thread {core}"), e))?,
             );
             match ready_rx.recv() {
                 Ok(Ok(had_records)) => cores_with_records += usize::from(had_records),
-                Ok(Err(reason)) => {
-                    shared.fail(reason.clone());
+                Ok(Err(error)) => {
+                    shared.fail(FatalError::Start(error.clone()));
                     stop_threads(&shared, &handles, threads);
                     net.shutdown();
-                    return Err(Error::Start(reason));
+                    return Err(error.into());
                 }
                 Err(_) => {
-                    shared.fail(format!("core thread {core} died while starting"));
+                    let error = StartError::CoreDied { core };
+                    shared.fail(FatalError::Start(error.clone()));
                     stop_threads(&shared, &handles, threads);
                     net.shutdown();
-                    return Err(Error::Start(format!(
-                        "core thread {core} died while starting"
-                    )));
+                    return Err(error.into());
                 }
             }
             handles.push(CoreHandle {
@@ -333,7 +329,7 @@ impl Node {
     }
 
     /// The fatal error that stopped this node, if any.
-    pub fn fatal_error(&self) -> Option<String> {
+    pub fn fatal_error(&self) -> Option<FatalError> {
         self.shared.fatal.lock().expect("fatal lock").clone()
     }
 
@@ -374,7 +370,7 @@ impl Node {
             net: self.net_handle.stats(),
             applied_commands: self.shared.applied_commands.load(Ordering::Relaxed),
             totals,
-            fatal: self.fatal_error(),
+            fatal: self.fatal_error().map(|f| f.to_string()),
         }
     }
 
@@ -383,7 +379,7 @@ impl Node {
     pub fn shutdown(mut self) -> Result<(), Error> {
         self.stop();
         match self.fatal_error() {
-            Some(reason) => Err(Error::Stopped(reason)),
+            Some(reason) => Err(Error::Stopped(reason.to_string())),
             None => Ok(()),
         }
     }
@@ -398,7 +394,8 @@ impl Node {
     }
 
     fn stop_reason(&self) -> String {
-        self.fatal_error().unwrap_or_else(|| "shut down".into())
+        self.fatal_error()
+            .map_or_else(|| "shut down".into(), |f| f.to_string())
     }
 
     /// Blocks until the node stops on its own (a fatal error) or `timeout` passes; true when
@@ -439,8 +436,16 @@ fn stop_threads(shared: &Shared, cores: &[CoreHandle], threads: Vec<JoinHandle<(
     for thread in threads {
         let name = thread.thread().name().unwrap_or("?").to_string();
         if thread.join().is_err() {
-            shared.fail(format!("thread {name} panicked"));
+            shared.fail(FatalError::Panicked(name));
         }
+    }
+}
+
+/// An OS resource that could not be made.
+fn os(what: String, source: std::io::Error) -> StartError {
+    StartError::Os {
+        what,
+        source: Arc::new(source),
     }
 }
 

@@ -9,7 +9,7 @@ use serde::Serialize;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::api::Reply;
+use super::api::{FatalError, Reply};
 use super::executor::GroupProgress;
 use crate::core::CoreStats;
 
@@ -25,7 +25,7 @@ pub(crate) struct Shared {
     /// Set to stop every thread (shutdown or a fatal error).
     pub stopping: AtomicBool,
     /// The first fatal error, if any (a failed fsync, an unreadable WAL): the node has stopped.
-    pub fatal: Mutex<Option<String>>,
+    pub fatal: Mutex<Option<FatalError>>,
     /// Each core's latest published counters.
     pub snapshots: Mutex<Vec<CoreSnapshot>>,
     /// Each group's leader hint (node id, 0 = unknown), published by its core every round.
@@ -37,7 +37,7 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn fail(&self, reason: String) {
+    pub(crate) fn fail(&self, reason: FatalError) {
         let mut fatal = self.fatal.lock().expect("fatal lock");
         if fatal.is_none() {
             tracing::error!("node stopping on a fatal error: {reason}");

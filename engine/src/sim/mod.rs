@@ -65,8 +65,8 @@ pub struct SimOptions {
     /// The injected bug, if any.
     #[cfg(feature = "sim-bugs")]
     pub bug: Option<Bug>,
-    /// Run the durable-before-reply checker (off only to show that the other checkers catch a
-    /// bug's consequences on their own).
+    /// Run the durable-before-reply and durable-state checkers (off only to show that the
+    /// other checkers catch a bug's consequences on their own).
     pub check_durable_replies: bool,
     /// Keep a readable event log in the report (for replaying one seed).
     pub log: bool,

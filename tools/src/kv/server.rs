@@ -450,7 +450,9 @@ pub fn error_response(error: Error, client_addrs: &BTreeMap<u32, SocketAddr>) ->
         }
         Error::Overloaded => Response::error(code::OVERLOADED, message),
         Error::TooLarge { .. } => Response::error(code::TOO_LARGE, message),
-        Error::NoSuchGroup(..) => Response::error(code::BAD_REQUEST, message),
+        Error::NoSuchGroup(..) | Error::WrongCore { .. } => {
+            Response::error(code::BAD_REQUEST, message)
+        }
         Error::Stopped(_) => Response::error(code::STOPPED, message),
         Error::Unknown(_) | Error::Config(_) | Error::Start(_) => {
             Response::error(code::UNKNOWN, message)
