@@ -1,6 +1,6 @@
 //! The one round driver: what a core does with its [`CoreTable`] each round, written once and
 //! used by the io_uring runtime, the simulator and the transcript harness alike
-//! (docs/ARCHITECTURE.md#one-round-of-a-core).
+//! (docs/ARCHITECTURE.md, "One round of a core").
 //!
 //! A round: take the table's outputs; append every record to [`Storage`] and start **one**
 //! write; encode each message once into a network frame (the real `paxring-net` codec: header,
@@ -116,6 +116,8 @@ pub struct DriverStats {
     pub value_bytes_copied: u64,
     /// Accept transmissions encoded.
     pub accepts_encoded: u64,
+    /// Prepare transmissions encoded.
+    pub prepares_encoded: u64,
     /// Replies held until their record was durable.
     pub replies_held: u64,
     /// Inbound frames whose body did not decode (dropped and counted).
@@ -375,9 +377,13 @@ impl Driver {
     /// Encodes one message into a frame, writing the body in place (a value is copied once).
     fn encode(&mut self, group: GroupId, msg: &Message) -> Bytes {
         self.stats.frames_encoded += 1;
-        if let Message::Accept { value, .. } = msg {
-            self.stats.accepts_encoded += 1;
-            self.stats.value_bytes_copied += value.len() as u64;
+        match msg {
+            Message::Accept { value, .. } => {
+                self.stats.accepts_encoded += 1;
+                self.stats.value_bytes_copied += value.len() as u64;
+            }
+            Message::Prepare { .. } => self.stats.prepares_encoded += 1,
+            _ => {}
         }
         if self.frame_buf.capacity() < 256 {
             self.frame_buf = BytesMut::with_capacity(FRAME_BUF_BYTES);

@@ -1,15 +1,16 @@
-//! One core thread: the hand-written loop that drives a [`CoreTable`] with a real WAL, the
-//! network thread and an executor (docs/ARCHITECTURE.md#one-round-of-a-core).
+//! One core thread: the loop around the shared round [`Driver`] with a real WAL, the network
+//! thread and an executor (docs/ARCHITECTURE.md, "One round of a core").
 //!
 //! Each round: one `Wal::wait` (a single `io_uring_enter` that wakes on the WAL's write
 //! completion, the network inbox's eventfd, the proposal queue's eventfd, or the tick
-//! timeout); drain inbound frames and proposals; tick; poll the table; append every record of
-//! the round and submit **one** WAL write; hand all outbound frames of the round to the network
-//! thread in one batch; release `SendAfterDurable` replies only once the WAL is durable through
-//! their Lsn; hand chosen values to the executor.
+//! timeout); tell the driver the durable point; drain inbound frames and proposals; tick; run
+//! `Driver::round` with the WAL as its storage, the round's frame batch as its network and the
+//! proposers' replies and executor queue as its apply (one WAL write, the durable-reply gate,
+//! broadcasts encoded once); hand all outbound frames of the round to the network thread in
+//! one batch.
 //!
-//! Owns: the core's WAL, table and pending replies. Never: blocks on the executor or the
-//! network thread, retries a failed WAL write (a failed fsync stops the node).
+//! Owns: the core's WAL, driver, proposal replies and executor backlog. Never: blocks on the
+//! executor or the network thread, retries a failed WAL write (a failed fsync stops the node).
 
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, TrySendError};

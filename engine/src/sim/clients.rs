@@ -11,8 +11,10 @@ use std::collections::BTreeMap;
 
 /// The proposals a client may have outstanding at once.
 const CLIENT_WINDOW: usize = 4;
-/// A client forgets a proposal it heard nothing about after this long (its node crashed).
-const CLIENT_TIMEOUT_TICKS: u64 = 1000;
+/// A client gives up waiting on a proposal after this long (its node crashed, paused or was cut
+/// off) and sends the same command again to another node (the answer to the first proposal may
+/// still come, and both proposals may be chosen).
+const CLIENT_TIMEOUT_TICKS: u64 = 300;
 
 pub(super) struct Client {
     pub group: GroupId,
@@ -62,9 +64,28 @@ impl Sim {
     pub(super) fn client_step(&mut self, index: usize) {
         let now = self.now;
         let client = &mut self.clients[index];
-        client
+        let expired: Vec<ProposalId> = client
             .outstanding
-            .retain(|_, sent| now.0 < sent.0 + CLIENT_TIMEOUT_TICKS);
+            .iter()
+            .filter(|(_, sent)| now.0 >= sent.0 + CLIENT_TIMEOUT_TICKS)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &expired {
+            client.outstanding.remove(id);
+        }
+        if let Some(command) = expired
+            .first()
+            .and_then(|id| self.checks.proposals.get(id))
+            .map(|(_, command)| command.clone())
+        {
+            let other = self.random_member();
+            let client = &mut self.clients[index];
+            if client.retry.is_none() {
+                client.retry = Some(command);
+                client.target = other;
+            }
+        }
+        let client = &mut self.clients[index];
         if client.outstanding.len() >= CLIENT_WINDOW || client.next_at > now {
             return;
         }

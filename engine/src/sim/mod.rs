@@ -207,6 +207,8 @@ struct SimCore {
     wrote_since_start: bool,
     /// A repair record (a group finished re-learning) waits to be durable through this Lsn.
     repair_pending: Option<Lsn>,
+    /// Elections this core's table had won when last looked at.
+    wins_seen: u64,
 }
 
 /// A state machine's state: the next instance it applies and a digest of all it applied.
@@ -400,6 +402,7 @@ impl Sim {
                         staged: Vec::new(),
                         wrote_since_start: false,
                         repair_pending: None,
+                        wins_seen: 0,
                     })
                     .collect(),
                 restart_at: None,
@@ -538,6 +541,7 @@ impl Sim {
             core.staged.clear();
             core.wrote_since_start = false;
             core.repair_pending = None;
+            core.wins_seen = 0;
             summary.push((
                 recovery.records.len(),
                 recovery.damaged.len(),
@@ -582,7 +586,7 @@ impl Sim {
         let steady_start = safety_end + self.options.heal_ticks / 2;
         let drain_end = heal_end + DRAIN_TICKS;
         let mut at_heal: Vec<Instance> = Vec::new();
-        let mut steady_base = (0, 0, 0, 0);
+        let mut steady_base = (0, 0, 0, 0, 0, 0);
         for t in 1..=drain_end {
             self.now = Tick(t);
             if t == safety_end + 1 {
@@ -598,7 +602,7 @@ impl Sim {
                 self.report.steady_durable_writes = now.1 - steady_base.1;
                 self.report.steady_commit_instances = now.2 - steady_base.2;
                 self.report.steady_commit_rtts = now.3 - steady_base.3;
-                self.check_rtts();
+                self.check_rtts(now.4 - steady_base.4, now.5 - steady_base.5);
                 self.clients_on = false;
             }
             self.step();
@@ -609,15 +613,18 @@ impl Sim {
         self.final_checks(&at_heal);
     }
 
-    /// (instances chosen, disk writes, leader commit instances, leader commit RTTs).
-    fn steady_counters(&self) -> (u64, u64, u64, u64) {
-        let mut counters = (self.checks.chosen.len() as u64, 0, 0, 0);
+    /// (instances chosen, disk writes, leader commit instances, leader commit RTTs, Accept
+    /// transmissions on the wire, Prepare transmissions on the wire).
+    fn steady_counters(&self) -> (u64, u64, u64, u64, u64, u64) {
+        let mut counters = (self.checks.chosen.len() as u64, 0, 0, 0, 0, 0);
         for node in &self.nodes {
             for core in &node.cores {
                 counters.1 += core.disk.syncs;
                 if let Some(driver) = &core.driver {
                     counters.2 += driver.table().stats().commit_instances;
                     counters.3 += driver.table().stats().commit_rtts_total;
+                    counters.4 += driver.stats().accepts_encoded;
+                    counters.5 += driver.stats().prepares_encoded;
                 }
             }
         }
@@ -845,12 +852,14 @@ impl Sim {
                 return;
             };
             let repaired = driver.table().stats().groups_repaired;
-            let won = driver.table().stats().leaderships_won;
             let result = driver.round(&mut sim_core.staged, &mut frames, &mut applied);
             if driver.table().stats().groups_repaired != repaired {
                 sim_core.repair_pending = Some(Lsn(driver.table().next_lsn().0 - 1));
             }
-            if driver.table().stats().leaderships_won != won {
+            let won = driver.table().stats().leaderships_won;
+            let new_win = won != sim_core.wins_seen;
+            sim_core.wins_seen = won;
+            if new_win {
                 self.nodes[index].won_at = Some(self.now);
             }
             result
