@@ -296,19 +296,19 @@ impl Driver {
             self.stats.frames_sent += self.table.peers() as u64;
             net.send_to_peers(frame);
         }
-        let mut last: Option<(GroupId, Bytes)> = None;
+        let mut last: Option<Bytes> = None;
         for (index, send) in out.sends.iter().enumerate() {
             let reuse = index > 0 && {
                 let before = &out.sends[index - 1];
                 before.group == send.group && same_message(&before.msg, &send.msg)
             };
             let frame = match (&last, reuse) {
-                (Some((_, frame)), true) => frame.clone(),
+                (Some(frame), true) => frame.clone(),
                 _ => self.encode(send.group, &send.msg),
             };
             self.stats.frames_sent += 1;
             net.send(send.to, frame.clone());
-            last = Some((send.group, frame));
+            last = Some(frame);
         }
         out.sends.clear();
 

@@ -447,24 +447,17 @@ impl Sim {
         }
     }
 
-    /// `rtt`: the measured round trips per commit, checked against the wire in the fault-free
-    /// window: every commit instance took at least one round trip (a counter that says less is
-    /// a label, not a measurement); and when no election ran in the window (`prepares` on the
-    /// wire is 0: a Prepare round counts once per instance it served), no more round trips than
-    /// the Accept transmissions the drivers encoded (`accepts`), plus what the instances in
-    /// flight when the window opened may have sent before it (at most two each, for groups x
-    /// pipeline depth instances). Tests assert 1.0 per commit on average.
-    pub(super) fn check_rtts(&mut self, accepts: u64, prepares: u64) {
+    /// `rtt`: every commit instance in the fault-free window took at least one round trip (a
+    /// counter that says less is a label, not a measurement). The wire's side
+    /// (`steady_accepts_on_wire`) is reported next to the count; an upper bound from it is not
+    /// enforced yet (docs/TESTING.md). Tests assert 1.0 per commit on average.
+    pub(super) fn check_rtts(&mut self) {
         let instances = self.report.steady_commit_instances;
         let rtts = self.report.steady_commit_rtts;
-        let before_window = 2 * u64::from(self.options.groups) * u64::from(self.options.pipeline);
-        // The upper bound over-fires today (a retransmission round counted for an instance whose
-        // peers had all answered is under investigation): reported, not enforced.
-        let _ = (accepts, prepares, before_window);
-        let over = false;
-        if rtts < instances || over {
+        if rtts < instances {
             self.violate(format!(
-                "rtt: {rtts} round trips counted for {instances} commit instances, with {accepts} Accept transmissions on the wire, in the fault-free window"
+                "rtt: {rtts} round trips counted for {instances} commit instances ({} Accept transmissions on the wire) in the fault-free window",
+                self.report.steady_accepts_on_wire
             ));
         }
     }
@@ -654,5 +647,20 @@ mod tests {
         });
         let violation = sim.checks.violation.expect("reported");
         assert!(violation.contains("codec:"), "{violation}");
+    }
+
+    /// The rtt checker fires when the counted round trips fall below one per commit (a label,
+    /// not a measurement).
+    #[test]
+    fn rtt_checker_reports_a_count_below_one_per_commit() {
+        let mut sim = Sim::new(SimOptions::default(), 1);
+        sim.report.steady_commit_instances = 100;
+        sim.report.steady_commit_rtts = 100;
+        sim.check_rtts();
+        assert!(sim.checks.violation.is_none());
+        sim.report.steady_commit_rtts = 99;
+        sim.check_rtts();
+        let violation = sim.checks.violation.expect("reported");
+        assert!(violation.contains("rtt:"), "{violation}");
     }
 }

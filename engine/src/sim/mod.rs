@@ -154,6 +154,8 @@ pub struct SeedReport {
     pub seed: u64,
     /// The fault profile the seed ran with (printed with the seed).
     pub profile: String,
+    /// The fault classes the profile switched on.
+    pub classes: Vec<Fault>,
     /// The first violation found, if any.
     pub violation: Option<String>,
     /// Hash of every event of the run (same seed, same hash).
@@ -174,6 +176,9 @@ pub struct SeedReport {
     pub steady_commit_instances: u64,
     /// Steady-state window: round trips on those instances' critical paths.
     pub steady_commit_rtts: u64,
+    /// Steady-state window: Accept transmissions the drivers encoded (the wire's side of the
+    /// round-trip count).
+    pub steady_accepts_on_wire: u64,
     /// Faults injected, by class name (and a few derived events: restarts, fail-stops).
     pub faults: FaultCounts,
     /// Frames the receiving codec refused for exceeding the frame limit.
@@ -203,8 +208,6 @@ struct SimCore {
     disk: SimDisk,
     /// Records appended but not yet written (the disk has one write in flight at a time).
     staged: Vec<(Lsn, Record)>,
-    /// The first write after a start has completed.
-    wrote_since_start: bool,
     /// A repair record (a group finished re-learning) waits to be durable through this Lsn.
     repair_pending: Option<Lsn>,
     /// Elections this core's table had won when last looked at.
@@ -375,6 +378,7 @@ impl Sim {
             hasher: std::collections::hash_map::DefaultHasher::new(),
             report: SeedReport {
                 profile: profile.to_string(),
+                classes: profile.faults.iter().copied().collect(),
                 ..SeedReport::default()
             },
             profile,
@@ -400,7 +404,6 @@ impl Sim {
                         driver: None,
                         disk: SimDisk::default(),
                         staged: Vec::new(),
-                        wrote_since_start: false,
                         repair_pending: None,
                         wins_seen: 0,
                     })
@@ -539,7 +542,6 @@ impl Sim {
             driver.tick(now);
             core.driver = Some(driver);
             core.staged.clear();
-            core.wrote_since_start = false;
             core.repair_pending = None;
             core.wins_seen = 0;
             summary.push((
@@ -586,7 +588,7 @@ impl Sim {
         let steady_start = safety_end + self.options.heal_ticks / 2;
         let drain_end = heal_end + DRAIN_TICKS;
         let mut at_heal: Vec<Instance> = Vec::new();
-        let mut steady_base = (0, 0, 0, 0, 0, 0);
+        let mut steady_base = (0, 0, 0, 0, 0);
         for t in 1..=drain_end {
             self.now = Tick(t);
             if t == safety_end + 1 {
@@ -602,7 +604,8 @@ impl Sim {
                 self.report.steady_durable_writes = now.1 - steady_base.1;
                 self.report.steady_commit_instances = now.2 - steady_base.2;
                 self.report.steady_commit_rtts = now.3 - steady_base.3;
-                self.check_rtts(now.4 - steady_base.4, now.5 - steady_base.5);
+                self.report.steady_accepts_on_wire = now.4 - steady_base.4;
+                self.check_rtts();
                 self.clients_on = false;
             }
             self.step();
@@ -614,9 +617,9 @@ impl Sim {
     }
 
     /// (instances chosen, disk writes, leader commit instances, leader commit RTTs, Accept
-    /// transmissions on the wire, Prepare transmissions on the wire).
-    fn steady_counters(&self) -> (u64, u64, u64, u64, u64, u64) {
-        let mut counters = (self.checks.chosen.len() as u64, 0, 0, 0, 0, 0);
+    /// transmissions on the wire).
+    fn steady_counters(&self) -> (u64, u64, u64, u64, u64) {
+        let mut counters = (self.checks.chosen.len() as u64, 0, 0, 0, 0);
         for node in &self.nodes {
             for core in &node.cores {
                 counters.1 += core.disk.syncs;
@@ -624,7 +627,6 @@ impl Sim {
                     counters.2 += driver.table().stats().commit_instances;
                     counters.3 += driver.table().stats().commit_rtts_total;
                     counters.4 += driver.stats().accepts_encoded;
-                    counters.5 += driver.stats().prepares_encoded;
                 }
             }
         }
@@ -830,7 +832,6 @@ impl Sim {
             &mut node.durable_accepts,
             done.records.iter(),
         );
-        sim_core.wrote_since_start = true;
         if let Some(driver) = &mut sim_core.driver {
             driver.durable(done.last_lsn);
         }
@@ -1008,7 +1009,7 @@ pub struct RunSummary {
 }
 
 impl RunSummary {
-    /// Adds one seed (with the options it ran under, for its profile's classes).
+    /// Adds one seed.
     pub fn add(&mut self, report: &SeedReport) {
         self.seeds += 1;
         self.violations += u64::from(report.violation.is_some());
@@ -1018,14 +1019,8 @@ impl RunSummary {
         for (class, count) in &report.faults {
             *self.faults.entry(class).or_default() += count;
         }
-        for fault in Fault::ALL {
-            if report
-                .profile
-                .split(' ')
-                .any(|p| p == fault.name() || p.starts_with(&format!("{}(", fault.name())))
-            {
-                *self.classes_on.entry(fault.name()).or_default() += 1;
-            }
+        for fault in &report.classes {
+            *self.classes_on.entry(fault.name()).or_default() += 1;
         }
         self.oversize_dropped += report.oversize_dropped;
         self.corrupt_refused += report.corrupt_refused;

@@ -31,7 +31,6 @@ struct LinkModel {
 /// What the network did with a frame handed to it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(super) struct SendOutcome {
-    pub blocked: bool,
     pub lost: bool,
     pub copies: u32,
     pub corrupted: bool,
@@ -108,7 +107,6 @@ impl SimNet {
     ) -> SendOutcome {
         let mut outcome = SendOutcome::default();
         if self.blocked(packet.from, packet.to) {
-            outcome.blocked = true;
             return outcome;
         }
         if faults && profile.has(Fault::Loss) && rng.chance(1, profile.loss_one_in) {
