@@ -70,7 +70,7 @@ fn ignore_fsync_error_is_caught_by_durable_before_reply() {
 
 #[test]
 fn rejoin_with_empty_state_is_caught_by_durable_state() {
-    caught_by(Bug::RejoinWithEmptyState, 60, "durable-state");
+    caught_by(Bug::RejoinWithEmptyState, 200, "durable-state");
 }
 
 #[test]

@@ -34,12 +34,15 @@ pub struct SimArgs {
     /// Paxos groups.
     #[arg(long, default_value_t = 4)]
     groups: u32,
+    /// Clients per group (each keeps up to 4 proposals outstanding).
+    #[arg(long, default_value_t = 2)]
+    clients: u32,
     /// Instances in flight per group (1 = serial mode).
     #[arg(long, default_value_t = 8)]
     pipeline: u32,
     /// Fault classes a seed may switch on: comma-separated from loss, dup, reorder,
     /// partition, oneway, linkdelay, corrupt, crash, pause, skew, torn, bitflip, zero, lost,
-    /// misdirect, rotlast, stall, fsync, powerloss, wipe; or all, none.
+    /// misdirect, rotlast, stall, fsync, powerloss, wipe, kindloss; or all, none.
     #[arg(long, default_value = "all")]
     faults: String,
     /// Every allowed fault class on in every seed, at default rates (default: swarm testing,
@@ -105,6 +108,10 @@ pub fn run(args: SimArgs) -> ExitCode {
         eprintln!("paxring sim: --cores must be 1..=64 (got {})", args.cores);
         return ExitCode::from(2);
     }
+    if args.clients == 0 {
+        eprintln!("paxring sim: --clients must be at least 1");
+        return ExitCode::from(2);
+    }
     if args.jobs == Some(0) {
         eprintln!("paxring sim: --jobs must be at least 1");
         return ExitCode::from(2);
@@ -118,6 +125,7 @@ pub fn run(args: SimArgs) -> ExitCode {
         nodes: args.nodes,
         cores: args.cores,
         groups: args.groups,
+        clients_per_group: args.clients,
         swarm: !args.no_swarm,
         pipeline: args.pipeline,
         faults,

@@ -330,6 +330,9 @@ pub struct CoreStats {
     pub commit_instances: u64,
     /// Sequential round trips on those instances' critical paths (1 steady, 2 with Prepare).
     pub commit_rtts_total: u64,
+    /// The Accept transmissions among those round trips (the rest are Prepare rounds): each
+    /// is a frame the driver encoded, so this never exceeds the Accepts on the wire.
+    pub commit_accept_transmissions: u64,
     /// Catch-up requests sent.
     pub catchup_requests_sent: u64,
     /// Chosen values served to lagging peers.

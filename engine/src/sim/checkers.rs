@@ -447,10 +447,25 @@ impl Sim {
         }
     }
 
+    /// `rtt` (upper side): over the whole run, the Accept transmissions the cores counted on
+    /// commit instances never exceed the Accept frames the drivers encoded (a transmission
+    /// counted without a frame is a label). Prepare rounds are the rest of the round-trip
+    /// count; they are bounded below, not here.
+    pub(super) fn check_transmissions(&mut self) {
+        let (counted, encoded) = self.transmission_counters();
+        self.report.commit_transmissions = counted;
+        self.report.accepts_encoded = encoded;
+        if counted > encoded {
+            self.violate(format!(
+                "rtt: {counted} Accept transmissions counted on commit instances but only {encoded} Accept frames encoded"
+            ));
+        }
+    }
+
     /// `rtt`: every commit instance in the fault-free window took at least one round trip (a
     /// counter that says less is a label, not a measurement). The wire's side
-    /// (`steady_accepts_on_wire`) is reported next to the count; an upper bound from it is not
-    /// enforced yet (docs/TESTING.md). Tests assert 1.0 per commit on average.
+    /// (`steady_accepts_on_wire`) is reported next to the count; the whole-run upper side is
+    /// [`Sim::check_transmissions`]. Tests assert 1.0 per commit on average.
     pub(super) fn check_rtts(&mut self) {
         let instances = self.report.steady_commit_instances;
         let rtts = self.report.steady_commit_rtts;
@@ -662,5 +677,21 @@ mod tests {
         sim.check_rtts();
         let violation = sim.checks.violation.expect("reported");
         assert!(violation.contains("rtt:"), "{violation}");
+    }
+
+    /// The rtt checker's upper side fires when more Accept transmissions are counted on
+    /// commit instances than Accept frames were encoded (a count set without a frame).
+    #[test]
+    fn rtt_checker_reports_transmissions_beyond_the_wire() {
+        let mut sim = Sim::new(SimOptions::default(), 1);
+        sim.nodes[0].accepts_encoded_before = 7;
+        sim.nodes[0].commit_transmissions_before = 7;
+        sim.check_transmissions();
+        assert!(sim.checks.violation.is_none());
+        sim.nodes[1].commit_transmissions_before = 1;
+        sim.check_transmissions();
+        let violation = sim.checks.violation.expect("reported");
+        assert!(violation.contains("rtt:"), "{violation}");
+        assert!(violation.contains("8 Accept transmissions"), "{violation}");
     }
 }

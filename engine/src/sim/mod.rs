@@ -179,6 +179,11 @@ pub struct SeedReport {
     /// Steady-state window: Accept transmissions the drivers encoded (the wire's side of the
     /// round-trip count).
     pub steady_accepts_on_wire: u64,
+    /// Whole run, every incarnation: Accept transmissions the cores counted on commit
+    /// instances (each must be a frame on the wire).
+    pub commit_transmissions: u64,
+    /// Whole run, every incarnation: Accept frames the drivers encoded.
+    pub accepts_encoded: u64,
     /// Faults injected, by class name (and a few derived events: restarts, fail-stops).
     pub faults: FaultCounts,
     /// Frames the receiving codec refused for exceeding the frame limit.
@@ -252,6 +257,10 @@ struct Node {
     /// Driver counters of earlier starts (the report sums every start).
     frames_encoded_before: u64,
     frames_sent_before: u64,
+    /// Accepts the node's drivers encoded before its last crash.
+    accepts_encoded_before: u64,
+    /// Accept transmissions of commit instances its cores counted before its last crash.
+    commit_transmissions_before: u64,
 }
 
 impl Node {
@@ -423,6 +432,8 @@ impl Sim {
                 won_at: None,
                 frames_encoded_before: 0,
                 frames_sent_before: 0,
+                accepts_encoded_before: 0,
+                commit_transmissions_before: 0,
             });
         }
         for index in 0..sim.nodes.len() {
@@ -433,6 +444,7 @@ impl Sim {
     }
 
     fn finish(mut self) -> SeedReport {
+        self.check_transmissions();
         self.report.seed = self.seed;
         self.report.violation = self.checks.violation.take();
         self.report.trace_hash = self.hasher.finish();
@@ -614,6 +626,24 @@ impl Sim {
             }
         }
         self.final_checks(&at_heal);
+    }
+
+    /// Whole-run Accept transmissions counted on commit instances and Accepts encoded, over
+    /// every incarnation of every node (for the rtt checker's upper bound).
+    pub(super) fn transmission_counters(&self) -> (u64, u64) {
+        let mut counted = 0;
+        let mut encoded = 0;
+        for node in &self.nodes {
+            counted += node.commit_transmissions_before;
+            encoded += node.accepts_encoded_before;
+            for core in &node.cores {
+                if let Some(driver) = &core.driver {
+                    counted += driver.table().stats().commit_accept_transmissions;
+                    encoded += driver.stats().accepts_encoded;
+                }
+            }
+        }
+        (counted, encoded)
     }
 
     /// (instances chosen, disk writes, leader commit instances, leader commit RTTs, Accept

@@ -44,7 +44,14 @@ pub(super) struct SimNet {
     partitions: Vec<(BTreeSet<(NodeId, NodeId)>, Tick)>,
     links: BTreeMap<(NodeId, NodeId), LinkModel>,
     corrupting: BTreeSet<(NodeId, NodeId)>,
+    /// Kind-loss windows in force: the link, the message kind it drops, and when it ends.
+    kind_loss: Vec<((NodeId, NodeId), u8, Tick)>,
 }
+
+/// Message kinds are 1..=this (the frame header's kind byte, docs/WIRE.md).
+const KIND_MAX: u64 = 8;
+/// The frame header's kind byte.
+const KIND_OFFSET: usize = 4;
 
 /// At most this many partitions are in force at once.
 const PARTITIONS_MAX: usize = 3;
@@ -86,6 +93,7 @@ impl SimNet {
             partitions: Vec::new(),
             links,
             corrupting,
+            kind_loss: Vec::new(),
         }
     }
 
@@ -107,6 +115,16 @@ impl SimNet {
     ) -> SendOutcome {
         let mut outcome = SendOutcome::default();
         if self.blocked(packet.from, packet.to) {
+            return outcome;
+        }
+        let kind = packet.frame.get(KIND_OFFSET).copied();
+        if faults
+            && self
+                .kind_loss
+                .iter()
+                .any(|(link, k, _)| *link == (packet.from, packet.to) && Some(*k) == kind)
+        {
+            outcome.lost = true;
             return outcome;
         }
         if faults && profile.has(Fault::Loss) && rng.chance(1, profile.loss_one_in) {
@@ -224,8 +242,40 @@ impl SimNet {
         changed
     }
 
+    /// Ends kind-loss windows whose time has come; may start one (a random link drops every
+    /// frame of a random message kind for 100..600 ticks). Returns what started.
+    pub fn step_kind_loss(
+        &mut self,
+        now: Tick,
+        members: &[NodeId],
+        profile: &Profile,
+        rng: &mut Prng,
+    ) -> Option<String> {
+        self.kind_loss.retain(|(_, _, until)| *until > now);
+        if !profile.has(Fault::KindLoss)
+            || self.kind_loss.len() >= PARTITIONS_MAX
+            || !rng.chance(1, profile.partition_one_in)
+        {
+            return None;
+        }
+        let n = members.len() as u64;
+        let a = members[rng.below(n) as usize];
+        let b = members[rng.below(n) as usize];
+        let kind = 1 + rng.below(KIND_MAX) as u8;
+        let until = Tick(now.0 + 100 + rng.below(500));
+        if a == b {
+            return None;
+        }
+        self.kind_loss.push(((a, b), kind, until));
+        Some(format!(
+            "kindloss {} -> {} kind {kind} until {}",
+            a.0, b.0, until.0
+        ))
+    }
+
     /// The heal phase: every partition ends.
     pub fn heal(&mut self) {
+        self.kind_loss.clear();
         self.partitions.clear();
     }
 }

@@ -191,6 +191,7 @@ impl Group {
                     ctx.stats.commit_instances += 1;
                     ctx.stats.commit_rtts_total +=
                         u64::from(flight.prepare_rtts) + u64::from(flight.transmissions);
+                    ctx.stats.commit_accept_transmissions += u64::from(flight.transmissions);
                 }
             }
             for (index, id) in flight.proposals.into_iter().enumerate() {
