@@ -119,3 +119,27 @@ fn ballot_reuse_after_crash_is_caught_by_ballot_once() {
     assert!(violation.contains("ballot-once:"), "{violation}");
     eprintln!("ballot-reuse-after-crash: seed {seed}: {violation}");
 }
+
+/// Streaming catch-up that reads the wrong instance's value from the log (the simulated
+/// disk serves replicas further behind than memory keeps): another replica's state machine
+/// applies a different value, so the digests differ.
+#[test]
+fn log_read_off_by_one_is_caught_by_the_state_machine_checker() {
+    caught_by(Bug::LogReadOffByOne, 30, "state-machine");
+}
+
+/// With purge (log bases follow checkpoints; a restart loses every record below its base),
+/// a log-base record that does not carry the promise loses it at a restart: about one seed
+/// in 250 (`paxring sim --purge --bug base-forgets-promise`, first 266); the test replays
+/// seeds around it.
+#[test]
+fn base_forgets_promise_is_caught_by_durable_state() {
+    let options = SimOptions {
+        purge: true,
+        ..short(Bug::BaseForgetsPromise)
+    };
+    let (seed, violation) =
+        first_violation(&options, 260..271).expect("the known seed still finds it");
+    assert!(violation.contains("durable-state:"), "{violation}");
+    eprintln!("base-forgets-promise: seed {seed}: {violation}");
+}

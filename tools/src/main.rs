@@ -2,6 +2,7 @@
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+mod checkpoint_cmd;
 mod cluster_cmd;
 mod kv;
 mod kv_cmd;
@@ -25,6 +26,8 @@ struct Cli {
 enum Command {
     /// Inspect a WAL directory: dump, verify, stat.
     Wal(wal_cmd::WalArgs),
+    /// List and verify checkpoint files: list, verify.
+    Checkpoint(checkpoint_cmd::CheckpointArgs),
     /// Run the deterministic simulator over many seeds.
     Sim(sim_cmd::SimArgs),
     /// Run one node with the sample KV store and its client protocol.
@@ -50,6 +53,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Wal(args) => wal_cmd::run(args),
+        Command::Checkpoint(args) => checkpoint_cmd::run(args),
         Command::Sim(args) => sim_cmd::run(args),
         Command::Node(args) => node_cmd::run(args),
         Command::Cluster(args) => cluster_cmd::run(args),

@@ -176,10 +176,6 @@ const KEY_DOCS: &[(&str, &str)] = &[
         "batch_linger_us",
         "Longest time a proposal waits for more to join its batch, in microseconds (0 = none).",
     ),
-    (
-        "catchup_retained_instances",
-        "Chosen values each group keeps in memory below its applied point, to serve peers that catch up.",
-    ),
     ("proposal_queue_max", "Proposals queued per core before `overloaded`."),
     (
         "sync_mode",
@@ -207,6 +203,18 @@ const KEY_DOCS: &[(&str, &str)] = &[
     (
         "inbox_frames_max",
         "Frames queued per core inbox before the network thread stops reading.",
+    ),
+    (
+        "wal_purge",
+        "Purge the WAL below each group's state machine checkpoint (off by default: a replica behind every peer's log base cannot catch up until checkpoint transfer exists).",
+    ),
+    (
+        "purge_every_ms",
+        "How often each core moves its groups' log bases to their checkpoints and purges, in milliseconds.",
+    ),
+    (
+        "wal_budget_bytes",
+        "Disk each core's WAL should stay under, in bytes (0 = none); over it, what holds the oldest segment is logged and shown in stats.",
     ),
     ("peers", "Every other member: its id and its peer address."),
 ];

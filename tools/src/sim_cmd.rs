@@ -55,6 +55,12 @@ pub struct SimArgs {
     /// Ticks of the heal phase (faults off; progress required).
     #[arg(long, default_value_t = 3000)]
     heal_ticks: u64,
+    /// Log bases follow the state machines' checkpoints (the purge pass), so restarts start
+    /// each group at its base. Until checkpoint transfer exists, expect liveness violations
+    /// (`no progress`, `converge`) from replicas behind every peer's base; any other
+    /// violation is a bug.
+    #[arg(long)]
+    purge: bool,
     /// Print one line per seed (trace hash, commits, fault profile).
     #[arg(long)]
     verbose: bool,
@@ -65,7 +71,7 @@ pub struct SimArgs {
     /// Inject a known protocol bug: forget-promise, reply-before-durable,
     /// skip-prepare-on-new-leader, ballot-reuse-after-crash, relearn-target-too-low,
     /// commit-by-bytes, cut-damaged-last-write, unbounded-promise, rejoin-with-empty-state,
-    /// accept-below-promise, ignore-fsync-error.
+    /// accept-below-promise, ignore-fsync-error, log-read-off-by-one, base-forgets-promise.
     #[cfg(feature = "sim-bugs")]
     #[arg(long)]
     bug: Option<String>,
@@ -132,6 +138,7 @@ pub fn run(args: SimArgs) -> ExitCode {
         safety_ticks: args.safety_ticks,
         heal_ticks: args.heal_ticks,
         log: args.log,
+        purge: args.purge,
         ..SimOptions::default()
     };
     #[cfg(feature = "sim-bugs")]
@@ -236,7 +243,7 @@ pub fn run(args: SimArgs) -> ExitCode {
         summary.seeds as f64 / seconds.max(1e-9),
     );
     println!(
-        "commits {} instances {} frames/commit {:.2} sends/encode {:.2} durable-writes/instance/replica {:.3} rtts/commit(steady) {:.3} oversize-refused {} corrupt-refused {}",
+        "commits {} instances {} frames/commit {:.2} sends/encode {:.2} durable-writes/instance/replica {:.3} rtts/commit(steady) {:.3} oversize-refused {} corrupt-refused {} catch-up-values-from-disk {}",
         summary.commits,
         summary.instances,
         summary.messages_per_commit(),
@@ -245,6 +252,7 @@ pub fn run(args: SimArgs) -> ExitCode {
         summary.rtts_per_commit(),
         summary.oversize_dropped,
         summary.corrupt_refused,
+        summary.values_read_from_disk,
     );
     let classes: Vec<String> = Fault::ALL
         .iter()

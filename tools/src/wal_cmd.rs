@@ -331,6 +331,18 @@ struct GroupStat {
     records: u64,
     instance_min: u64,
     instance_max: u64,
+    /// The group's log base (its highest log-base record): the WAL may purge below it.
+    log_base: Option<u64>,
+}
+
+/// A group that keeps the oldest segment from being purged, and why.
+#[derive(Serialize)]
+struct PurgeHolder {
+    group: u32,
+    /// Its highest instance in the oldest segment.
+    instance_max: u64,
+    log_base: Option<u64>,
+    why: String,
 }
 
 #[derive(Serialize)]
@@ -363,6 +375,9 @@ struct CoreStat {
     last_lsn: u64,
     next_lsn: u64,
     groups: Vec<GroupStat>,
+    /// The oldest segment, and the groups that keep it (what a purge pass would find).
+    oldest_segment: Option<u64>,
+    held_back_by: Vec<PurgeHolder>,
     torn_tail_bytes: u64,
     damaged_ranges: usize,
     tail_damage: Option<TailDamageStat>,
@@ -383,11 +398,41 @@ fn stat(dir: &Path, core: Option<u32>, json: bool) -> Result<ExitCode, String> {
                 records: 0,
                 instance_min: record.instance.0,
                 instance_max: record.instance.0,
+                log_base: None,
             });
+            if let Some((base, _)) = paxring_engine::core::log_base_of(record) {
+                entry.log_base = Some(entry.log_base.unwrap_or(0).max(base.0));
+            }
             entry.records += 1;
             entry.instance_min = entry.instance_min.min(record.instance.0);
             entry.instance_max = entry.instance_max.max(record.instance.0);
         }
+        let oldest = recovery.segments.iter().min_by_key(|s| s.segment);
+        let oldest_segment = oldest.map(|s| s.segment);
+        let held_back_by: Vec<PurgeHolder> = oldest
+            .map(|s| {
+                s.groups_max_instance
+                    .iter()
+                    .filter_map(|(group, high)| {
+                        let base = groups.get(group).and_then(|g| g.log_base);
+                        let why = match base {
+                            Some(base) if high.0 < base => return None,
+                            Some(base) => format!(
+                                "its log base {base} is not past instance {}: its state machine's checkpoint is not there yet",
+                                high.0
+                            ),
+                            None => "it has no log base yet (no checkpoint)".to_string(),
+                        };
+                        Some(PurgeHolder {
+                            group: group.0,
+                            instance_max: high.0,
+                            log_base: base,
+                            why,
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         let segment_bytes_total = segments
             .iter()
             .map(|(_, path)| std::fs::metadata(path).map(|m| m.len()).unwrap_or(0))
@@ -402,6 +447,8 @@ fn stat(dir: &Path, core: Option<u32>, json: bool) -> Result<ExitCode, String> {
             last_lsn: recovery.last_lsn().0,
             next_lsn: recovery.next_lsn.0,
             groups: groups.into_values().collect(),
+            oldest_segment,
+            held_back_by,
             torn_tail_bytes: recovery.torn_tail_bytes,
             damaged_ranges: recovery.damaged.len(),
             tail_damage: recovery.tail_damage.as_ref().map(|d| TailDamageStat {
@@ -454,12 +501,31 @@ fn stat(dir: &Path, core: Option<u32>, json: bool) -> Result<ExitCode, String> {
         out!("  groups:          {}", s.groups.len());
         for g in &s.groups {
             out!(
-                "    group {}: {} records, instances {}..={}",
+                "    group {}: {} records, instances {}..={}, log base {}",
                 g.group,
                 g.records,
                 g.instance_min,
-                g.instance_max
+                g.instance_max,
+                g.log_base
+                    .map_or_else(|| "none".to_string(), |b| b.to_string())
             );
+        }
+        match s.oldest_segment {
+            Some(oldest) if s.held_back_by.is_empty() => out!(
+                "  purge:           oldest segment {oldest}; no group needs it (a purge pass removes it unless it is being written)"
+            ),
+            Some(oldest) => {
+                out!("  purge:           oldest segment {oldest} is held by");
+                for h in &s.held_back_by {
+                    out!(
+                        "    group {} (instance {} in it): {}",
+                        h.group,
+                        h.instance_max,
+                        h.why
+                    );
+                }
+            }
+            None => out!("  purge:           no segments"),
         }
         out!("  torn tail bytes: {}", s.torn_tail_bytes);
         out!("  damaged ranges:  {}", s.damaged_ranges);

@@ -124,24 +124,41 @@ impl GroupIndex {
     }
 }
 
-/// Per group: instance -> location of its newest record.
+/// Per group: instance -> location of its newest record, and of its newest record that
+/// carries a value (where an empty `Chosen` mark's value is).
 #[derive(Default, Debug)]
 pub struct Index {
     groups: HashMap<GroupId, GroupIndex>,
+    values: HashMap<GroupId, GroupIndex>,
 }
 
 impl Index {
     /// Builds the index from recovery's.
     pub fn from_recovered(
         recovered: &BTreeMap<GroupId, BTreeMap<Instance, RecordLocation>>,
+        values: &BTreeMap<GroupId, BTreeMap<Instance, RecordLocation>>,
     ) -> Index {
         let mut index = Index::default();
         for (group, instances) in recovered {
             for (instance, location) in instances {
-                index.insert(*group, *instance, *location, Lsn::ZERO);
+                index.insert(*group, *instance, *location, Lsn::ZERO, false);
+            }
+        }
+        for (group, instances) in values {
+            for (instance, location) in instances {
+                index
+                    .values
+                    .entry(*group)
+                    .or_default()
+                    .insert(*instance, *location);
             }
         }
         index
+    }
+
+    /// The location of the newest record of `(group, instance)` that carries a value.
+    pub fn get_value(&self, group: GroupId, instance: Instance) -> Option<&RecordLocation> {
+        self.values.get(&group).and_then(|g| g.get(instance))
     }
 
     /// Records that the newest record of `(group, instance)` is at `location` (callers insert
@@ -153,7 +170,14 @@ impl Index {
         instance: Instance,
         location: RecordLocation,
         batch: Lsn,
+        carries_value: bool,
     ) -> bool {
+        if carries_value {
+            self.values
+                .entry(group)
+                .or_default()
+                .insert(instance, location);
+        }
         let entry = self.groups.entry(group).or_default();
         entry.insert(instance, location);
         let first_in_batch = entry.last_batch != batch.0;
@@ -183,6 +207,10 @@ impl Index {
             group.remove_segment(segment);
         }
         self.groups.retain(|_, group| !group.is_empty());
+        for group in self.values.values_mut() {
+            group.remove_segment(segment);
+        }
+        self.values.retain(|_, group| !group.is_empty());
     }
 
     /// Number of indexed `(group, instance)` pairs.
@@ -215,11 +243,11 @@ mod tests {
     fn newest_wins_dense_and_sparse_and_purge_forgets() {
         let mut index = Index::default();
         let g = GroupId(1);
-        assert!(index.insert(g, Instance(10), loc(1, 1), Lsn(1)));
-        assert!(!index.insert(g, Instance(12), loc(2, 1), Lsn(1)));
-        assert!(index.insert(g, Instance(10), loc(3, 2), Lsn(3)));
-        index.insert(g, Instance(5), loc(4, 2), Lsn(3)); // below the dense base: sparse
-        index.insert(g, Instance(1_000_000), loc(5, 2), Lsn(3)); // far beyond: sparse
+        assert!(index.insert(g, Instance(10), loc(1, 1), Lsn(1), false));
+        assert!(!index.insert(g, Instance(12), loc(2, 1), Lsn(1), false));
+        assert!(index.insert(g, Instance(10), loc(3, 2), Lsn(3), false));
+        index.insert(g, Instance(5), loc(4, 2), Lsn(3), false); // below the dense base: sparse
+        index.insert(g, Instance(1_000_000), loc(5, 2), Lsn(3), false); // far beyond: sparse
         assert_eq!(index.groups_in_segment(1), vec![(g, Instance(12))]);
         assert_eq!(index.groups_in_segment(2), vec![(g, Instance(1_000_000))]);
         assert_eq!(index.get(g, Instance(10)).map(|l| l.lsn), Some(Lsn(3)));

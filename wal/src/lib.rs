@@ -5,6 +5,7 @@
 //! the real log lives in `wal`, its system calls in `ring` and `segfile`.
 #![deny(missing_docs)]
 
+pub mod checkpoint;
 pub mod error;
 pub mod format;
 mod index;
@@ -15,6 +16,9 @@ pub mod segfile;
 pub mod types;
 pub mod wal;
 
+pub use checkpoint::{
+    CheckpointError, CheckpointMeta, CheckpointReader, CheckpointReceiver, CheckpointWriter,
+};
 pub use error::WalError;
 pub use format::{
     encode_batch, encode_batch_at, scan_segment, BatchHeader, SegmentScan, BLOCK_BYTES,

@@ -54,7 +54,7 @@
 //!
 //! Every other loss is reported in `damaged`, never silently cut.
 use crate::format::{scan_segment, BadRegion, ScannedBatch, ScannedRecord, SegmentScan};
-use crate::types::{GroupId, Instance, Lsn, Record};
+use crate::types::{GroupId, Instance, Lsn, Record, RecordKind};
 use std::collections::BTreeMap;
 
 /// Where one record lives on disk.
@@ -148,6 +148,9 @@ pub struct Recovery {
     pub stale_bytes: u64,
     /// Per group: instance -> location of the newest record for that instance.
     pub index: BTreeMap<GroupId, BTreeMap<Instance, RecordLocation>>,
+    /// Per group: instance -> location of its newest record that carries a value (an
+    /// `Accept`, or a `Chosen` mark with a payload): where an empty mark's value is.
+    pub values: BTreeMap<GroupId, BTreeMap<Instance, RecordLocation>>,
     /// Per segment, in order.
     pub segments: Vec<SegmentSummary>,
     /// Where the log continues: (segment, offset) after the last kept batch (the start of a cut
@@ -423,6 +426,12 @@ fn keep_batch(rec: &mut Recovery, segment: u64, batch: &ScannedBatch) {
                     .entry(record.group)
                     .or_default()
                     .insert(record.instance, location);
+                if carries_value(record) {
+                    rec.values
+                        .entry(record.group)
+                        .or_default()
+                        .insert(record.instance, location);
+                }
                 let summary = &mut rec.segments[summary_at];
                 if summary.first_lsn == Lsn::ZERO {
                     summary.first_lsn = *lsn;
@@ -578,5 +587,15 @@ fn check_invariants(rec: &Recovery) {
             "tail damage range is not empty"
         );
         assert!(rec.torn_tail_bytes > 0, "tail damage is always a cut");
+    }
+}
+
+/// Whether a record holds a value: an `Accept`, or a `Chosen` mark with a payload (an empty
+/// mark's value is in the `Accept` record it names).
+pub(crate) fn carries_value(record: &Record) -> bool {
+    match record.kind {
+        RecordKind::Accept => true,
+        RecordKind::Chosen => !record.payload.is_empty(),
+        _ => false,
     }
 }

@@ -14,7 +14,8 @@ use crate::index::Index;
 use crate::recovery::{recover_images, RecordLocation, Recovery, TailRegion};
 use crate::ring::{self, Completion, Ring, WAIT_FDS_MAX};
 use crate::segfile;
-use crate::types::{GroupId, Instance, Lsn, Record, RecordRef};
+use crate::types::{GroupId, Instance, Lsn, Record, RecordKind, RecordRef};
+use bytes::Bytes;
 use hdrhistogram::Histogram;
 use memmap2::{Mmap, MmapMut};
 use serde::Serialize;
@@ -356,6 +357,11 @@ pub struct Wal {
     segments: BTreeMap<u64, SegmentFile>,
     index: Index,
     floors: BTreeMap<GroupId, Instance>,
+    /// Per group: it needs none of its records with an LSN below this (it wrote what it
+    /// needs again, later).
+    lsn_floors: BTreeMap<GroupId, Lsn>,
+    /// Per segment: the highest LSN written in it.
+    segment_last_lsn: BTreeMap<u64, Lsn>,
     next_lsn: Lsn,
     durable_lsn: Lsn,
     preparation: Option<Preparation>,
@@ -576,8 +582,15 @@ impl Wal {
             inflight: None,
             next_write: resume,
             segments,
-            index: Index::from_recovered(&recovery.index),
+            index: Index::from_recovered(&recovery.index, &recovery.values),
             floors: BTreeMap::new(),
+            lsn_floors: BTreeMap::new(),
+            segment_last_lsn: recovery
+                .segments
+                .iter()
+                .filter(|s| s.last_lsn != Lsn::ZERO)
+                .map(|s| (s.segment, s.last_lsn))
+                .collect(),
             next_lsn: recovery.next_lsn,
             durable_lsn: Lsn(recovery.next_lsn.0 - 1),
             preparation: None,
@@ -718,10 +731,20 @@ impl Wal {
         batch.count += 1;
         batch.records_bytes += size;
         batch.payload_bytes += record.payload.len() as u64;
-        if self
-            .index
-            .insert(record.group, record.instance, location, batch.first_lsn)
-        {
+        let last = self.segment_last_lsn.entry(location.segment).or_insert(lsn);
+        *last = (*last).max(lsn);
+        let carries_value = match record.kind {
+            RecordKind::Accept => true,
+            RecordKind::Chosen => !record.payload.is_empty(),
+            _ => false,
+        };
+        if self.index.insert(
+            record.group,
+            record.instance,
+            location,
+            batch.first_lsn,
+            carries_value,
+        ) {
             batch.groups += 1;
         }
         self.next_lsn = lsn.next();
@@ -1118,9 +1141,15 @@ impl Wal {
     /// The newest record for `(group, instance)` (appended, possibly not yet durable).
     pub fn read(&self, group: GroupId, instance: Instance) -> Result<Option<Record>, WalError> {
         self.check_poisoned()?;
-        let Some(location) = self.index.get(group, instance) else {
+        let Some(location) = self.index.get(group, instance).copied() else {
             return Ok(None);
         };
+        self.read_at(location)
+    }
+
+    /// The record at `location` (appended, possibly not yet durable).
+    fn read_at(&self, location: RecordLocation) -> Result<Option<Record>, WalError> {
+        self.check_poisoned()?;
         let in_buffer = |buffer: usize, base: u64| {
             let start = (location.offset - base) as usize;
             let bytes = &self.buffers[buffer][start..start + location.len as usize];
@@ -1151,6 +1180,39 @@ impl Wal {
                 offset: location.offset,
             }),
         }
+    }
+
+    /// Segment files this log holds now (the one being written included; spares not).
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
+    /// The chosen value of `(group, instance)` as this log holds it: its newest record is a
+    /// `Chosen` mark, whose payload is the value or, when empty, names the ballot of the
+    /// `Accept` record that holds it (checked here). `None` when the log holds no mark for
+    /// the instance (not chosen here, not yet marked, or purged), or the mark's `Accept` is
+    /// not the one it names (damaged and re-learnt: the caller serves it from elsewhere).
+    pub fn read_chosen(
+        &self,
+        group: GroupId,
+        instance: Instance,
+    ) -> Result<Option<Bytes>, WalError> {
+        let Some(mark) = self.read(group, instance)? else {
+            return Ok(None);
+        };
+        if mark.kind != RecordKind::Chosen {
+            return Ok(None);
+        }
+        if !mark.payload.is_empty() {
+            return Ok(Some(mark.payload));
+        }
+        let Some(location) = self.index.get_value(group, instance).copied() else {
+            return Ok(None);
+        };
+        let value = self.read_at(location)?;
+        Ok(value
+            .filter(|r| r.kind == RecordKind::Accept && r.accepted == mark.accepted)
+            .map(|r| r.payload))
     }
 
     fn segment_path(&self, segment: u64) -> PathBuf {
@@ -1194,13 +1256,26 @@ impl Wal {
         Ok(report)
     }
 
+    /// Declares that `group` needs none of its records with an LSN below `below`: it wrote
+    /// everything it still needs again at or above it (an idle group re-logs its state so
+    /// that old segments can go). Floors only rise.
+    pub fn set_purge_floor_lsn(&mut self, group: GroupId, below: Lsn) {
+        let floor = self.lsn_floors.entry(group).or_insert(below);
+        *floor = (*floor).max(below);
+    }
+
     fn holds(&self, segment: u64) -> Vec<PurgeHold> {
+        let last_lsn = self.segment_last_lsn.get(&segment).copied();
         self.index
             .groups_in_segment(segment)
             .into_iter()
             .filter_map(|(group, high)| {
                 let floor = self.floors.get(&group).copied();
-                let needed = floor.is_none_or(|floor| high >= floor);
+                let superseded = match (self.lsn_floors.get(&group), last_lsn) {
+                    (Some(lsn_floor), Some(last)) => last < *lsn_floor,
+                    _ => false,
+                };
+                let needed = !superseded && floor.is_none_or(|floor| high >= floor);
                 needed.then_some(PurgeHold {
                     group: group.0,
                     instance_max: high.0,
@@ -1212,6 +1287,7 @@ impl Wal {
 
     fn remove_segment(&mut self, segment: u64) -> Result<(), WalError> {
         let file = self.segments.remove(&segment).expect("listed segment");
+        self.segment_last_lsn.remove(&segment);
         self.index.remove_segment(segment);
         let path = file.path.clone();
         drop(file);

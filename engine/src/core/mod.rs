@@ -42,10 +42,11 @@ mod table;
 pub mod value;
 mod wal_types;
 
+pub use group::log_base_of;
 pub use message::{DecodeError, Message, PromiseEntry, MESSAGE_KIND_MAX};
 pub use outputs::{
     Broadcast, Chosen, CoreStats, FailReason, GroupError, GroupStatus, Outputs, ProposalResult,
-    RelearnStatus, SendAfterDurable, SendNow, Start,
+    ReadRequest, RelearnStatus, SendAfterDurable, SendNow, Start,
 };
 pub use table::CoreTable;
 pub use wal_types::{
@@ -124,7 +125,10 @@ pub struct Config {
     pub heartbeat_ticks: u64,
     /// Unanswered Prepare/Accept/catch-up requests are re-sent after this many ticks.
     pub retransmit_ticks: u64,
-    /// Chosen values kept in memory below the applied point (to serve catch-up).
+    /// Chosen values kept in memory below the applied point; catch-up reads older ones
+    /// from storage (`Outputs::reads`). At least `CATCHUP_BATCH_MAX`; the same on every
+    /// member (a Promise reports chosen values from memory, so a candidate further behind
+    /// than this catches up before it leads).
     pub chosen_retained_max: u64,
     /// The largest message body the network carries (its frame limit): every message the
     /// core emits stays within it (a Promise that would not is cut and continued in chunks).
@@ -179,8 +183,8 @@ pub enum ConfigError {
         /// retransmit_ticks
         retransmit: u64,
     },
-    /// `chosen_retained_max` below one catch-up window.
-    #[error("chosen_retained_max = {0}: must be at least {ACCEPT_WINDOW_INSTANCES}")]
+    /// `chosen_retained_max` below one catch-up reply.
+    #[error("chosen_retained_max = {0}: must be at least {CATCHUP_BATCH_MAX}")]
     Retained(u64),
     /// This node is not among the members, members repeat, or there are none.
     #[error("membership: node {me} must appear exactly once among {count} distinct members")]
@@ -231,7 +235,7 @@ impl Config {
                 retransmit: self.retransmit_ticks,
             });
         }
-        if self.chosen_retained_max < ACCEPT_WINDOW_INSTANCES {
+        if self.chosen_retained_max < CATCHUP_BATCH_MAX as u64 {
             return Err(ConfigError::Retained(self.chosen_retained_max));
         }
         if u64::from(self.batch_bytes_max) + u64::from(MESSAGE_OVERHEAD_BYTES)
@@ -312,4 +316,9 @@ pub struct Bugs {
     pub accept_below_promise: bool,
     /// The driver takes a failed WAL write (an fsync error) as durable and continues.
     pub ignore_fsync_error: bool,
+    /// Streaming catch-up reads the value of the next instance (an off-by-one in the log read).
+    pub log_read_off_by_one: bool,
+    /// A log-base record does not carry the promise (the Promise records below the base go
+    /// with the purge).
+    pub base_forgets_promise: bool,
 }

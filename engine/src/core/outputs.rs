@@ -164,6 +164,14 @@ pub struct GroupStatus {
     pub missing_promises: Vec<NodeId>,
     /// Set while the group re-learns after damage.
     pub relearning: Option<RelearnStatus>,
+    /// The lowest instance this replica's log holds (below it: the state machine's
+    /// checkpoint; the WAL may have purged it).
+    #[serde(default)]
+    pub log_base: Instance,
+    /// Set while catch-up finds nothing: a peer (and its applied point) that is ahead but no
+    /// longer holds the values this replica needs.
+    #[serde(default)]
+    pub catchup_unavailable: Option<(NodeId, Instance)>,
 }
 
 /// A re-learning group's progress (docs/PROTOCOL.md#re-learning).
@@ -209,6 +217,15 @@ impl GroupStatus {
                 ),
             });
         }
+        if let Some((peer, theirs)) = self.catchup_unavailable {
+            return Some(format!(
+                "group {}: cannot catch up: applied through {}, node {} is at {} and no longer holds the values in between (they are below what it retains; a checkpoint transfer is needed); asking again with back-off",
+                self.group,
+                self.applied_next.0,
+                peer.0,
+                theirs.0
+            ));
+        }
         if self.leader_hint.is_none() && self.elections_without_leader >= 3 {
             return Some(format!(
                 "group {}: no leader after {} elections; no promise from {}",
@@ -246,6 +263,29 @@ pub struct Outputs {
     pub results: Vec<ProposalResult>,
     /// Groups that stopped on an error.
     pub stopped: Vec<(GroupId, GroupError)>,
+    /// Catch-up that needs values older than the group keeps in memory: the driver reads
+    /// them from storage and hands them to [`crate::core::CoreTable::serve_read`].
+    pub reads: Vec<ReadRequest>,
+}
+
+/// A peer's catch-up request for chosen values no longer in memory (streaming catch-up
+/// from the log, docs/PROTOCOL.md#learner).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadRequest {
+    /// The group.
+    pub group: GroupId,
+    /// The peer that asked.
+    pub to: NodeId,
+    /// Its request id (echoed in the reply).
+    pub request: u64,
+    /// The first instance it needs.
+    pub first: Instance,
+    /// One past the last instance to read from storage (above it, memory serves).
+    pub end: Instance,
+    /// At most this many values.
+    pub entries_max: usize,
+    /// At most this many value bytes (the reply's byte budget).
+    pub bytes_max: usize,
 }
 
 impl Outputs {
@@ -270,6 +310,7 @@ impl Outputs {
         self.chosen.clear();
         self.results.clear();
         self.stopped.clear();
+        self.reads.clear();
     }
 
     /// True when there is nothing to do.
@@ -292,6 +333,7 @@ impl Outputs {
         out.chosen.append(&mut self.chosen);
         out.results.append(&mut self.results);
         out.stopped.append(&mut self.stopped);
+        out.reads.append(&mut self.reads);
     }
 }
 
@@ -337,6 +379,10 @@ pub struct CoreStats {
     pub catchup_requests_sent: u64,
     /// Chosen values served to lagging peers.
     pub catchup_entries_served: u64,
+    /// Of which read from the log (older than the values kept in memory).
+    pub catchup_entries_from_log: u64,
+    /// Catch-up reads handed to the driver (one per request that needed the log).
+    pub catchup_log_reads: u64,
     /// Catch-up replies that were empty although the peer is ahead: the values this replica
     /// needs are older than the peer retains in memory (serving them from the WAL, or a
     /// checkpoint, is a later issue). Non-zero means a replica cannot catch up by itself.

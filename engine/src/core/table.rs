@@ -308,6 +308,46 @@ impl CoreTable {
         result
     }
 
+    /// Moves `group`'s log base up to `below` (see `Group::set_log_base`): returns the Lsn of
+    /// the log-base record to wait for before the WAL may purge the group below `below`.
+    pub fn set_log_base(&mut self, group: GroupId, below: Instance) -> Option<Lsn> {
+        let state = self.groups.get_mut(&group)?;
+        let mut ctx = ctx!(self);
+        state.set_log_base(&mut ctx, below)
+    }
+
+    /// Answers a catch-up request the table handed out as a [`crate::core::ReadRequest`]:
+    /// `read` holds the values the driver read from storage (consecutive from `first`, maybe
+    /// none); memory serves what follows. The reply goes straight into `out`.
+    pub fn serve_read(
+        &mut self,
+        group: GroupId,
+        to: NodeId,
+        request: u64,
+        first: Instance,
+        read: Vec<(Instance, Bytes)>,
+        out: &mut Outputs,
+    ) {
+        if let Some(state) = self.groups.get_mut(&group) {
+            let mut ctx = ctx!(self);
+            state.serve_entries(&mut ctx, to, request, first, read);
+        }
+        self.out.take_into(out);
+    }
+
+    /// Re-logs an idle group's state (see `Group::relog_base`): the Lsn of its new log-base
+    /// record, before which the WAL needs none of the group's records once it is durable.
+    pub fn relog_base(&mut self, group: GroupId) -> Option<Lsn> {
+        let state = self.groups.get_mut(&group)?;
+        let mut ctx = ctx!(self);
+        state.relog_base(&mut ctx)
+    }
+
+    /// The lowest instance `group`'s log holds (None for a group this core does not own).
+    pub fn log_base(&self, group: GroupId) -> Option<Instance> {
+        self.groups.get(&group).map(|g| g.log_base())
+    }
+
     /// The WAL is durable through `lsn`: releases this node's own durable-gated messages.
     pub fn durable(&mut self, lsn: Lsn) {
         assert!(

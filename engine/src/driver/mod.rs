@@ -81,6 +81,14 @@ pub trait Storage {
     /// Starts writing what was appended this round (one write; the storage reports
     /// completion to its owner, who passes it to [`Driver::durable`]).
     fn submit(&mut self) -> Result<(), StorageError>;
+    /// The chosen value of `(group, instance)` as the storage holds it (its `Chosen` mark's
+    /// value), or `None` when it holds none (streaming catch-up from the log). An error is
+    /// not a durability failure: the driver stops that read, serves what it has and counts it.
+    fn read_chosen(
+        &mut self,
+        group: GroupId,
+        instance: Instance,
+    ) -> Result<Option<Bytes>, StorageError>;
 }
 
 /// Where a core's frames go: the shared network thread in the node, the simulated network in
@@ -126,7 +134,19 @@ pub struct DriverStats {
     pub records_appended: u64,
     /// Rounds that submitted a write.
     pub writes_submitted: u64,
+    /// Chosen values read from storage for catch-up (streaming catch-up from the log).
+    pub values_read: u64,
+    /// Their bytes.
+    pub value_bytes_read: u64,
+    /// Reads from storage that failed (that catch-up reply stopped there).
+    pub read_errors: u64,
+    /// Catch-up reads put off to a later round by the per-round read budget.
+    pub reads_deferred: u64,
 }
+
+/// Most value bytes a round reads from storage for catch-up: serving a lagging peer never
+/// takes a round much longer than one such read (the serving node's own commits go on).
+pub const READ_BYTES_PER_ROUND: usize = 4 << 20;
 
 /// A reply waiting for its record to be durable.
 struct Held {
@@ -146,6 +166,10 @@ pub struct Driver {
     frame_buf: BytesMut,
     stats: DriverStats,
     ignore_fsync_error: bool,
+    /// Catch-up reads waiting for a round with read budget left.
+    reads: VecDeque<crate::core::ReadRequest>,
+    /// 0; 1 under the injected `log-read-off-by-one` bug.
+    read_skew: u64,
 }
 
 impl fmt::Debug for Driver {
@@ -170,6 +194,10 @@ impl Driver {
         let ignore_fsync_error = table.bugs().ignore_fsync_error;
         #[cfg(not(feature = "sim-bugs"))]
         let ignore_fsync_error = false;
+        #[cfg(feature = "sim-bugs")]
+        let read_skew = u64::from(table.bugs().log_read_off_by_one);
+        #[cfg(not(feature = "sim-bugs"))]
+        let read_skew = 0;
         Driver {
             table,
             me,
@@ -180,6 +208,8 @@ impl Driver {
             frame_buf: BytesMut::with_capacity(FRAME_BUF_BYTES),
             stats: DriverStats::default(),
             ignore_fsync_error,
+            reads: VecDeque::new(),
+            read_skew,
         }
     }
 
@@ -278,6 +308,49 @@ impl Driver {
     ) -> Result<(), DriverError> {
         let mut out = std::mem::take(&mut self.out);
         self.table.poll(&mut out);
+
+        // 0. Catch-up older than memory: read the values from storage (within the round's
+        //    read budget; the rest waits) and let the table answer with them.
+        self.reads.extend(out.reads.drain(..));
+        let mut budget = READ_BYTES_PER_ROUND;
+        while budget > 0 {
+            let Some(read) = self.reads.pop_front() else {
+                break;
+            };
+            let mut entries = Vec::new();
+            let mut bytes = 0;
+            for index in read.first.0..read.end.0 {
+                if entries.len() >= read.entries_max {
+                    break;
+                }
+                match storage.read_chosen(read.group, Instance(index + self.read_skew)) {
+                    Ok(Some(value)) => {
+                        if bytes + value.len() > read.bytes_max && !entries.is_empty() {
+                            break;
+                        }
+                        bytes += value.len();
+                        entries.push((Instance(index), value));
+                    }
+                    Ok(None) => break,
+                    Err(_) => {
+                        self.stats.read_errors += 1;
+                        break;
+                    }
+                }
+            }
+            self.stats.values_read += entries.len() as u64;
+            self.stats.value_bytes_read += bytes as u64;
+            budget = budget.saturating_sub(bytes.max(1));
+            self.table.serve_read(
+                read.group,
+                read.to,
+                read.request,
+                read.first,
+                entries,
+                &mut out,
+            );
+        }
+        self.stats.reads_deferred += self.reads.len() as u64;
 
         // 1. Durable records: one write for the whole round.
         if !out.appends.is_empty() {

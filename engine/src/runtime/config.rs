@@ -80,13 +80,6 @@ pub struct NodeConfig {
     /// batches form from whatever arrives while earlier instances are in flight).
     #[serde(default)]
     pub batch_linger_us: u64,
-    /// Chosen values each group keeps in memory below its applied point, to serve peers that
-    /// catch up (at least 1024; default 65536). A peer further behind cannot catch up until
-    /// streaming catch-up from the WAL exists, so keep it above the instances a group chooses
-    /// while a node may be down. Memory is up to groups x this x average value size: lower it
-    /// for many groups with large values.
-    #[serde(default = "defaults::catchup_retained_instances")]
-    pub catchup_retained_instances: u64,
     /// Proposals queued per core before `Error::Overloaded`.
     #[serde(default = "defaults::proposal_queue_max")]
     pub proposal_queue_max: usize,
@@ -117,6 +110,29 @@ pub struct NodeConfig {
     /// Frames queued per core inbox before the network thread stops reading (back-pressure).
     #[serde(default = "defaults::inbox_frames_max")]
     pub inbox_frames_max: usize,
+    // --- Checkpoint mode (docs/ARCHITECTURE.md, "Checkpoints") ---
+    /// How each group's checkpoints are made: by the application (every group, by default) or
+    /// by a mirror state machine the runtime feeds (the groups listed). Left out of the TOML
+    /// text while it is the default.
+    #[serde(default, skip_serializing_if = "CheckpointModeConfig::is_default")]
+    pub checkpoint_mode: CheckpointModeConfig,
+    // --- WAL purge (docs/ARCHITECTURE.md#purge) ---
+    /// How often each core moves its groups' log bases up to their state machines'
+    /// checkpoints and purges WAL segments no group needs, in milliseconds.
+    #[serde(default = "defaults::purge_every_ms")]
+    pub purge_every_ms: u64,
+    /// Purge the WAL: each group's log base follows its state machine's checkpoint and the
+    /// segments below every group's base are removed. Off by default in this version: a
+    /// replica behind every peer's log base cannot catch up until checkpoint transfer exists
+    /// (docs/ARCHITECTURE.md#limits-of-this-version). Off, the purge pass still reports the
+    /// WAL's size and what would hold it.
+    #[serde(default)]
+    pub wal_purge: bool,
+    /// The disk a core's WAL should stay under, in bytes (0: no budget). Purge never
+    /// removes what a group still needs: when the WAL is over budget, the groups holding its
+    /// oldest segment (and why) are logged once per interval and shown in stats.
+    #[serde(default)]
+    pub wal_budget_bytes: u64,
 }
 
 mod defaults {
@@ -137,9 +153,6 @@ mod defaults {
     }
     pub fn batch_commands_max() -> u32 {
         4096
-    }
-    pub fn catchup_retained_instances() -> u64 {
-        65_536
     }
     pub fn proposal_queue_max() -> usize {
         65_536
@@ -164,6 +177,9 @@ mod defaults {
     }
     pub fn inbox_frames_max() -> usize {
         65_536
+    }
+    pub fn purge_every_ms() -> u64 {
+        1000
     }
 }
 
@@ -227,7 +243,6 @@ impl NodeConfig {
                 batch_bytes_max: defaults::batch_bytes_max(),
                 batch_commands_max: defaults::batch_commands_max(),
                 batch_linger_us: 0,
-                catchup_retained_instances: defaults::catchup_retained_instances(),
                 proposal_queue_max: defaults::proposal_queue_max(),
                 sync_mode: SyncModeConfig::default(),
                 wal_backend: WalBackendConfig::default(),
@@ -238,6 +253,10 @@ impl NodeConfig {
                 heartbeat_ticks: defaults::heartbeat_ticks(),
                 frame_bytes_max: defaults::frame_bytes_max(),
                 inbox_frames_max: defaults::inbox_frames_max(),
+                checkpoint_mode: CheckpointModeConfig::default(),
+                purge_every_ms: defaults::purge_every_ms(),
+                wal_purge: false,
+                wal_budget_bytes: 0,
             },
         }
     }
@@ -407,11 +426,21 @@ impl NodeConfig {
                 "keep frame_bytes_max at least 4 KiB above batch_bytes_max",
             ));
         }
-        if self.catchup_retained_instances < 1024 {
+        if self.purge_every_ms == 0 {
             return Err(invalid(
-                "catchup_retained_instances",
-                format!("is {}", self.catchup_retained_instances),
-                "use at least 1024 (one acceptance window)",
+                "purge_every_ms",
+                "is 0".into(),
+                "use at least 1 (the default is 1000)",
+            ));
+        }
+        if self.wal_budget_bytes != 0 && self.wal_budget_bytes < 2 * self.segment_bytes {
+            return Err(invalid(
+                "wal_budget_bytes",
+                format!(
+                    "{} is below two segments of segment_bytes = {}",
+                    self.wal_budget_bytes, self.segment_bytes
+                ),
+                "use 0 (no budget) or at least two segments (the segment being written and one more)",
             ));
         }
         if self.proposal_queue_max == 0 {
@@ -441,6 +470,7 @@ impl NodeConfig {
         if self.inbox_frames_max == 0 {
             return Err(invalid("inbox_frames_max", "is 0".into(), "use at least 1"));
         }
+        self.checkpoint_mode.validate(self.groups)?;
         Ok(())
     }
 }
@@ -478,8 +508,6 @@ impl NodeConfigBuilder {
         batch_commands_max: u32,
         /// Sets `batch_linger_us`.
         batch_linger_us: u64,
-        /// Sets `catchup_retained_instances`.
-        catchup_retained_instances: u64,
         /// Sets `proposal_queue_max`.
         proposal_queue_max: usize,
         /// Sets `sync_mode`.
@@ -498,6 +526,12 @@ impl NodeConfigBuilder {
         heartbeat_ticks: u32,
         /// Sets `frame_bytes_max`.
         frame_bytes_max: u32,
+        /// Sets `purge_every_ms`.
+        purge_every_ms: u64,
+        /// Sets `wal_purge`.
+        wal_purge: bool,
+        /// Sets `wal_budget_bytes`.
+        wal_budget_bytes: u64,
         /// Sets `inbox_frames_max`.
         inbox_frames_max: usize,
     }
@@ -512,6 +546,225 @@ impl NodeConfigBuilder {
     pub fn build(self) -> Result<NodeConfig, ConfigError> {
         self.config.validate()?;
         Ok(self.config)
+    }
+}
+
+// --- Checkpoint mode (docs/ARCHITECTURE.md, "Checkpoints"): the type of `checkpoint_mode`,
+// its defaults, validation and builder setter, and their tests. ---
+
+/// How each group's checkpoints are made (docs/ARCHITECTURE.md, "Checkpoints"): by the
+/// application itself (the default for every group) or by a mirror state machine that the
+/// runtime feeds behind the live one (PhxPaxos). In TOML, the `[checkpoint_mode]` table, e.g.
+/// `mirror_groups = [0, 3]` and `mirror_every_instances = 100000`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointModeConfig {
+    /// Every group in mirror mode (then `mirror_groups` must be empty).
+    #[serde(default)]
+    pub mirror_all: bool,
+    /// The groups in mirror mode, each once; every other group is in application mode.
+    #[serde(default)]
+    pub mirror_groups: Vec<u32>,
+    /// Mirror mode: applied instances between two checkpoints (one is written after each
+    /// instance `i` with `(i + 1) % mirror_every_instances == 0`).
+    #[serde(default = "CheckpointModeConfig::default_every_instances")]
+    pub mirror_every_instances: u64,
+    /// Mirror mode: chosen values queued from a core's executor to its mirror thread. When the
+    /// queue is full the live state machine does not wait: the value's group stops being
+    /// mirrored (logged, counted) and its checkpoints stay where they were until the next start.
+    #[serde(default = "CheckpointModeConfig::default_queue_max")]
+    pub mirror_queue_max: usize,
+}
+
+impl Default for CheckpointModeConfig {
+    fn default() -> Self {
+        CheckpointModeConfig {
+            mirror_all: false,
+            mirror_groups: Vec::new(),
+            mirror_every_instances: CheckpointModeConfig::default_every_instances(),
+            mirror_queue_max: CheckpointModeConfig::default_queue_max(),
+        }
+    }
+}
+
+impl CheckpointModeConfig {
+    fn default_every_instances() -> u64 {
+        100_000
+    }
+
+    fn default_queue_max() -> usize {
+        65_536
+    }
+
+    fn is_default(&self) -> bool {
+        *self == CheckpointModeConfig::default()
+    }
+
+    /// Every group in mirror mode, a checkpoint every `every_instances` applied instances.
+    pub fn mirror_all(every_instances: u64) -> CheckpointModeConfig {
+        CheckpointModeConfig {
+            mirror_all: true,
+            mirror_every_instances: every_instances,
+            ..CheckpointModeConfig::default()
+        }
+    }
+
+    /// The mode of `group`.
+    pub fn mode_of(&self, group: GroupId) -> CheckpointMode {
+        if self.mirror_all || self.mirror_groups.contains(&group.0) {
+            CheckpointMode::Mirror {
+                every_instances: self.mirror_every_instances,
+            }
+        } else {
+            CheckpointMode::Application
+        }
+    }
+
+    /// Checks the table against the node's group count.
+    fn validate(&self, groups: u32) -> Result<(), ConfigError> {
+        if self.mirror_every_instances == 0 {
+            return Err(invalid(
+                "checkpoint_mode.mirror_every_instances",
+                "is 0".into(),
+                "use at least 1 (the default is 100000)",
+            ));
+        }
+        if self.mirror_queue_max == 0 {
+            return Err(invalid(
+                "checkpoint_mode.mirror_queue_max",
+                "is 0".into(),
+                "use at least 1 (the default is 65536)",
+            ));
+        }
+        if self.mirror_all && !self.mirror_groups.is_empty() {
+            return Err(invalid(
+                "checkpoint_mode.mirror_groups",
+                "is not empty while mirror_all is true".into(),
+                "set mirror_all = true alone, or list the groups and leave mirror_all out",
+            ));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for group in &self.mirror_groups {
+            if *group >= groups {
+                return Err(invalid(
+                    "checkpoint_mode.mirror_groups",
+                    format!("names group {group}, and groups = {groups}"),
+                    "list only groups 0..groups",
+                ));
+            }
+            if !seen.insert(*group) {
+                return Err(invalid(
+                    "checkpoint_mode.mirror_groups",
+                    format!("names group {group} twice"),
+                    "list each group once",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl NodeConfigBuilder {
+    /// Sets `checkpoint_mode`.
+    pub fn checkpoint_mode(mut self, value: CheckpointModeConfig) -> Self {
+        self.config.checkpoint_mode = value;
+        self
+    }
+}
+
+use super::state_machine::CheckpointMode;
+use paxring_wal::GroupId;
+
+#[cfg(test)]
+mod checkpoint_mode_tests {
+    //! Proves `checkpoint_mode` defaults to application mode for every group, selects mirror
+    //! mode per group, round-trips through TOML, and refuses unworkable tables by name.
+    use super::*;
+
+    fn base() -> NodeConfigBuilder {
+        NodeConfig::builder(1, "127.0.0.1:7001".parse().unwrap(), "/data").groups(4)
+    }
+
+    #[test]
+    fn default_is_application_and_stays_out_of_the_toml() {
+        let config = base().build().unwrap();
+        for group in 0..4 {
+            assert_eq!(
+                config.checkpoint_mode.mode_of(GroupId(group)),
+                CheckpointMode::Application
+            );
+        }
+        assert!(!config.to_toml_string().contains("checkpoint_mode"));
+    }
+
+    #[test]
+    fn mirror_groups_are_chosen_per_group_and_round_trip() {
+        let text = "node_id = 1\ncluster_id = 1\nlisten = \"127.0.0.1:1\"\ndata_dir = \"/d\"\n\
+                    groups = 4\n[checkpoint_mode]\nmirror_groups = [1, 3]\n\
+                    mirror_every_instances = 50\n";
+        let config = NodeConfig::from_toml_str(text).unwrap();
+        let modes: Vec<CheckpointMode> = (0..4)
+            .map(|g| config.checkpoint_mode.mode_of(GroupId(g)))
+            .collect();
+        let mirror = CheckpointMode::Mirror {
+            every_instances: 50,
+        };
+        use CheckpointMode::Application as App;
+        assert_eq!(modes, vec![App, mirror, App, mirror]);
+        assert_eq!(config.checkpoint_mode.mirror_queue_max, 65_536);
+        let back = NodeConfig::from_toml_str(&config.to_toml_string()).unwrap();
+        assert_eq!(back, config);
+        let all = base()
+            .checkpoint_mode(CheckpointModeConfig::mirror_all(7))
+            .build()
+            .unwrap();
+        assert_eq!(
+            all.checkpoint_mode.mode_of(GroupId(2)),
+            CheckpointMode::Mirror { every_instances: 7 }
+        );
+    }
+
+    #[test]
+    fn unworkable_tables_are_named() {
+        let with = |change: fn(&mut CheckpointModeConfig)| {
+            let mut mode = CheckpointModeConfig::default();
+            change(&mut mode);
+            base()
+                .checkpoint_mode(mode)
+                .build()
+                .unwrap_err()
+                .to_string()
+        };
+        let cases: Vec<(String, &str)> = vec![
+            (
+                with(|m| m.mirror_every_instances = 0),
+                "checkpoint_mode.mirror_every_instances",
+            ),
+            (
+                with(|m| m.mirror_queue_max = 0),
+                "checkpoint_mode.mirror_queue_max",
+            ),
+            (with(|m| m.mirror_groups = vec![4]), "group 4"),
+            (with(|m| m.mirror_groups = vec![1, 1]), "twice"),
+            (
+                with(|m| {
+                    m.mirror_all = true;
+                    m.mirror_groups = vec![0];
+                }),
+                "mirror_all",
+            ),
+        ];
+        for (text, expected) in cases {
+            assert!(text.contains(expected), "{text} should say {expected}");
+            assert!(text.contains("fix:"), "{text}");
+        }
+        let err = NodeConfig::from_toml_str(
+            "node_id = 1\ncluster_id = 1\nlisten = \"127.0.0.1:1\"\ndata_dir = \"/d\"\n\
+             [checkpoint_mode]\nmirror_every = 3\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("mirror_every"), "{err}");
     }
 }
 
@@ -557,10 +810,8 @@ mod tests {
             (base().batch_bytes_max(8 * 1024 * 1024), "batch_bytes_max"),
             (base().heartbeat_ticks(100), "heartbeat_ticks"),
             (base().tick_ms(0), "tick_ms"),
-            (
-                base().catchup_retained_instances(10),
-                "catchup_retained_instances",
-            ),
+            (base().purge_every_ms(0), "purge_every_ms"),
+            (base().wal_budget_bytes(64 << 20), "wal_budget_bytes"),
         ];
         for (builder, field) in cases {
             let err = builder.build().unwrap_err();

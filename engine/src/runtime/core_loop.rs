@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use super::api::{Error, FatalError, Reply, StartError};
 use super::config::{core_of_group, NodeConfig, SyncModeConfig, WalBackendConfig};
 use super::executor::ExecMsg;
-use super::shared::{CoreSnapshot, ProposalMsg, Shared};
+use super::shared::{CoreSnapshot, ProposalMsg, PurgeSnapshot, Shared};
 use super::wake::Wake;
 use crate::core::{
     value, Chosen, Config as CoreConfig, CoreTable, FailReason, GroupError, NodeId, Prng,
@@ -132,6 +132,19 @@ struct Core {
     zero_cut_after: Option<Lsn>,
     /// The first round has run.
     first_round_done: bool,
+    /// How often log bases move up and the WAL purges.
+    purge_every: Duration,
+    /// Whether log bases move and the WAL purges (else the pass only reports).
+    purge_on: bool,
+    /// The WAL budget in bytes (0: none).
+    wal_budget: u64,
+    /// Log-base records appended and not yet durable: (group, base, Lsn). The WAL's floor
+    /// for the group rises only once its record is durable.
+    bases_pending: Vec<(GroupId, Instance, Lsn)>,
+    /// Segments the WAL held at the last purge pass.
+    segments_seen: usize,
+    /// Idle groups' re-logged state records not yet durable: (group, Lsn).
+    relogs_pending: Vec<(GroupId, Lsn)>,
 }
 
 impl Core {
@@ -190,7 +203,9 @@ impl Core {
             election_jitter_ticks: u64::from(config.election_timeout_ticks),
             heartbeat_ticks: u64::from(config.heartbeat_ticks),
             retransmit_ticks: u64::from(config.heartbeat_ticks) * 2,
-            chosen_retained_max: config.catchup_retained_instances,
+            // Memory keeps one acceptance window of chosen values below the applied point;
+            // older ones are served from the WAL (streaming catch-up).
+            chosen_retained_max: crate::core::ACCEPT_WINDOW_INSTANCES,
             message_bytes_max: config.frame_bytes_max,
         };
         let members: Vec<NodeId> = config.members().into_iter().map(NodeId).collect();
@@ -228,6 +243,19 @@ impl Core {
             core: start.core,
             reason: e.to_string(),
         })?;
+        for (group, checkpoint) in &start.applied_from {
+            let from = checkpoint.map_or(0, |i| i.0 + 1);
+            let base = table.log_base(*group).unwrap_or(Instance(0));
+            if base.0 > from {
+                return Err(StartError::Restore {
+                    core: start.core,
+                    reason: format!(
+                        "group {}: the WAL holds this group's log only from instance {} (it was purged below, after a checkpoint there), but the state machine's checkpoint covers only instances below {}: the state machine lost its checkpoint. Restore that checkpoint, or move this node's data directory away so that it rejoins as a new replica",
+                        group.0, base.0, from
+                    ),
+                });
+            }
+        }
         let mut driver = Driver::new(table);
         for (group, checkpoint) in &start.applied_from {
             driver.set_replay_from(*group, Instance(checkpoint.map_or(0, |i| i.0 + 1)));
@@ -263,6 +291,12 @@ impl Core {
                 linger_since: Instant::now(),
                 zero_cut_after: None,
                 first_round_done: false,
+                purge_every: Duration::from_millis(config.purge_every_ms),
+                purge_on: config.wal_purge,
+                wal_budget: config.wal_budget_bytes,
+                bases_pending: Vec::new(),
+                segments_seen: 0,
+                relogs_pending: Vec::new(),
             },
             had_records,
         ))
@@ -272,6 +306,7 @@ impl Core {
         let mut ticks_done = 0u64;
         let mut published_at = Instant::now();
         let mut stuck_checked_at = Instant::now();
+        let mut purged_at = Instant::now();
         let fds = [self.inbox.fd(), self.wake.raw()];
         while !self.shared.stopping.load(Ordering::Acquire) {
             self.snapshot.rounds += 1;
@@ -335,6 +370,25 @@ impl Core {
                 if self.wal.cut_tails_pending() {
                     self.zero_cut_after =
                         Some(Lsn(self.driver.table().next_lsn().0.saturating_sub(1)));
+                }
+            }
+            // A pass every `purge_every`, and as soon as the WAL enters a new segment or the
+            // log-base records of the last pass are durable (so that disk use follows the
+            // checkpoints closely, not a timer).
+            let segments = self.wal.segment_count();
+            let bases_durable = self
+                .bases_pending
+                .last()
+                .is_some_and(|(_, _, lsn)| *lsn <= self.wal.durable_lsn());
+            if purged_at.elapsed() >= self.purge_every
+                || (self.purge_on && (segments > self.segments_seen || bases_durable))
+            {
+                self.segments_seen = segments;
+                purged_at = Instant::now();
+                if let Err(e) = self.purge() {
+                    // Not a durability failure (a failed write poisons the WAL and the next
+                    // wait reports it): the segments stay, the next pass tries again.
+                    tracing::error!(core = self.index, "WAL purge failed: {e}");
                 }
             }
             if stuck_checked_at.elapsed() >= STUCK_EVERY {
@@ -485,9 +539,124 @@ impl Core {
         )
     }
 
+    /// One purge pass (docs/ARCHITECTURE.md#purge): each group's log base moves up to its
+    /// state machine's checkpoint (a log-base record carrying its promise and checksum); once
+    /// that record is durable the WAL's floor for the group rises; then the WAL removes the
+    /// segments no group needs and says what holds the oldest one back.
+    fn purge(&mut self) -> Result<(), WalError> {
+        let durable = self.wal.durable_lsn();
+        let wal = &mut self.wal;
+        self.bases_pending.retain(|(group, base, lsn)| {
+            if *lsn <= durable {
+                wal.set_purge_floor(*group, *base);
+                false
+            } else {
+                true
+            }
+        });
+        self.relogs_pending.retain(|(group, lsn)| {
+            if *lsn <= durable {
+                wal.set_purge_floor_lsn(*group, *lsn);
+                false
+            } else {
+                true
+            }
+        });
+        let groups: Vec<GroupId> = self.driver.table().groups().collect();
+        for group in groups.iter().filter(|_| self.purge_on) {
+            let checkpoint_next = self.shared.progress[group.0 as usize]
+                .checkpoint_next
+                .load(Ordering::Acquire);
+            if let Some(lsn) = self
+                .driver
+                .table_mut()
+                .set_log_base(*group, Instance(checkpoint_next))
+            {
+                let base = self.driver.table().log_base(*group).expect("own group");
+                self.bases_pending.push((*group, base, lsn));
+            }
+        }
+        let report = if self.purge_on {
+            self.wal.purge()?
+        } else {
+            Default::default()
+        };
+        if self.purge_on {
+            // An idle group (nothing applied since its base, nothing accepted) that holds the
+            // oldest segment re-logs its state: once that record is durable, none of its
+            // older records are needed.
+            for hold in &report.held_back_by {
+                let group = GroupId(hold.group);
+                if self.relogs_pending.iter().any(|(g, _)| *g == group) {
+                    continue;
+                }
+                if let Some(lsn) = self.driver.table_mut().relog_base(group) {
+                    self.relogs_pending.push((group, lsn));
+                }
+            }
+        }
+        let segments = self.wal.segment_numbers().len() as u64;
+        let wal_bytes = segments * self.wal.options().segment_bytes;
+        let table = self.driver.table();
+        let lowest_base = groups
+            .iter()
+            .filter_map(|g| Some((g.0, table.log_base(*g)?.0)))
+            .min_by_key(|(_, base)| *base);
+        let held_back_by = report
+            .held_back_by
+            .iter()
+            .map(|hold| match hold.floor {
+                Some(floor) => format!(
+                    "group {} (instance {} is in segment {}; its log base is {}: its state machine's checkpoint is not past that instance yet)",
+                    hold.group,
+                    hold.instance_max,
+                    report.oldest_segment.unwrap_or(0),
+                    floor
+                ),
+                None => format!(
+                    "group {} (instance {} is in segment {}; it has no checkpoint yet)",
+                    hold.group,
+                    hold.instance_max,
+                    report.oldest_segment.unwrap_or(0)
+                ),
+            })
+            .collect();
+        let purge = &mut self.snapshot.purge;
+        *purge = PurgeSnapshot {
+            passes: purge.passes + 1,
+            segments,
+            wal_bytes,
+            budget_bytes: self.wal_budget,
+            over_budget: self.wal_budget != 0 && wal_bytes > self.wal_budget,
+            segments_purged: self.wal.stats().segments_purged,
+            lowest_base,
+            oldest_segment: report.oldest_segment,
+            held_back_by,
+        };
+        Ok(())
+    }
+
     /// Every stuck state is logged once per interval and shown in stats with its reason.
     fn check_stuck(&mut self) {
-        let stuck = self.driver.table().stuck();
+        let mut stuck = self.driver.table().stuck();
+        let purge = &self.snapshot.purge;
+        if purge.over_budget {
+            stuck.push((
+                GroupId(u32::MAX),
+                format!(
+                    "core {}: WAL over budget ({} bytes in {} segments, budget {}); cannot purge: the oldest segment is held by {}",
+                    self.index,
+                    purge.wal_bytes,
+                    purge.segments,
+                    purge.budget_bytes,
+                    if purge.held_back_by.is_empty() {
+                        "the segment being written".to_string()
+                    } else {
+                        purge.held_back_by.join(", ")
+                    }
+                ),
+            ));
+        }
         self.snapshot.stuck_groups = stuck.len();
         self.snapshot.stuck = stuck
             .iter()
@@ -546,6 +715,22 @@ struct WalStorage<'a> {
 }
 
 impl driver::Storage for WalStorage<'_> {
+    fn read_chosen(
+        &mut self,
+        group: GroupId,
+        instance: Instance,
+    ) -> Result<Option<Bytes>, StorageError> {
+        self.wal.read_chosen(group, instance).map_err(|e| {
+            tracing::warn!(
+                core = self.core,
+                group = group.0,
+                instance = instance.0,
+                "catch-up read from the WAL failed (that reply stops there): {e}"
+            );
+            StorageError::new(format!("core {}: WAL read", self.core), e)
+        })
+    }
+
     fn append(&mut self, lsn: Lsn, record: &Record) -> Result<(), StorageError> {
         let failed = |what: &str, e: WalError| StorageError::new(format!("{what}: {e}"), e);
         loop {

@@ -1,8 +1,10 @@
 //! The executor of one core: applies chosen values to the application's state machines in
-//! instance order, and answers the proposals that wait on them.
+//! instance order, answers the proposals that wait on them, and hands each applied value of a
+//! mirror-mode group on to the core's mirror thread (`mirror.rs`).
 //!
-//! Owns: the state machines of its core's groups, the waiting replies. Never: blocks its core
-//! (the core hands it work through a queue and never waits for it).
+//! Owns: the live state machines of its core's groups, the waiting replies, the core's mirror
+//! thread (started and joined here). Never: blocks its core (the core hands it work through a
+//! queue and never waits for it), waits for the mirror thread while values flow.
 
 use bytes::Bytes;
 use crossbeam_channel::Receiver;
@@ -12,6 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::api::{Committed, Error, Reply};
+use super::mirror::{self, MirrorStats, Mirrors};
 use super::state_machine::StateMachine;
 
 /// What a core sends its executor.
@@ -37,8 +40,12 @@ pub(crate) enum ExecMsg {
 pub(crate) struct GroupProgress {
     /// Highest applied instance + 1 (0 = nothing applied).
     pub applied_next: AtomicU64,
-    /// The state machine's checkpoint instance + 1 (0 = none): the WAL may purge below it.
+    /// The checkpoint instance + 1 (0 = none): the WAL may purge below it. In application mode
+    /// the state machine's own `checkpoint_instance()`; in mirror mode the newest checkpoint
+    /// file the mirror wrote (docs/ARCHITECTURE.md, "Checkpoints").
     pub checkpoint_next: AtomicU64,
+    /// Mirror mode: the mirror's counters (all 0 in application mode).
+    pub mirror: MirrorStats,
 }
 
 struct GroupExec {
@@ -49,18 +56,30 @@ struct GroupExec {
     waiters: BTreeMap<(u64, u32), Reply>,
 }
 
-/// Runs until the queue closes (its core stopped); then fails every waiter as unknown.
-pub(crate) fn run(
+/// Runs until the queue closes (its core stopped); then fails every waiter as unknown, and
+/// waits for the mirror thread (if any) to apply what it was handed and end.
+///
+/// `mirrors` are the core's mirror-mode groups, from `mirror::prepare` (run before the core
+/// computes its replay points with `Mirrors::applied_from`).
+pub(crate) fn run_with_mirrors(
     machines: Vec<(GroupId, Box<dyn StateMachine>, Arc<GroupProgress>)>,
     queue: Receiver<ExecMsg>,
     applied_commands: Arc<AtomicU64>,
+    mirrors: Mirrors,
 ) {
+    let mirror_floors: HashMap<u32, u64> = mirrors
+        .checkpoint_nexts()
+        .into_iter()
+        .map(|(group, floor)| (group.0, floor))
+        .collect();
+    let mut mirror = mirror::spawn(mirrors);
     let mut groups: HashMap<u32, GroupExec> = machines
         .into_iter()
         .map(|(group, machine, progress)| {
             let next = machine.checkpoint_instance().map_or(0, |i| i.0 + 1);
             progress.applied_next.store(next, Ordering::Release);
-            progress.checkpoint_next.store(next, Ordering::Release);
+            let floor = mirror_floors.get(&group.0).copied().unwrap_or(next);
+            progress.checkpoint_next.store(floor, Ordering::Release);
             (
                 group.0,
                 GroupExec {
@@ -96,7 +115,12 @@ pub(crate) fn run(
                     .get_mut(&group.0)
                     .expect("a core only sends values of its own groups");
                 if instance.0 < exec.next {
-                    // Replayed below what the state machine already holds (restart): skip.
+                    // Replayed below what the state machine already holds (restart): skip,
+                    // unless the mirror is further behind (it restarted from an older
+                    // checkpoint).
+                    if mirror.wants(group, instance) {
+                        mirror.feed(group, instance, commands);
+                    }
                     continue;
                 }
                 assert_eq!(
@@ -115,11 +139,17 @@ pub(crate) fn run(
                 exec.progress
                     .applied_next
                     .store(exec.next, Ordering::Release);
-                let checkpoint_next = exec.machine.checkpoint_instance().map_or(0, |i| i.0 + 1);
-                exec.progress
-                    .checkpoint_next
-                    .store(checkpoint_next, Ordering::Release);
+                if !mirror.is_mirror_mode(group) {
+                    let checkpoint_next = exec.machine.checkpoint_instance().map_or(0, |i| i.0 + 1);
+                    exec.progress
+                        .checkpoint_next
+                        .store(checkpoint_next, Ordering::Release);
+                }
                 applied_commands.fetch_add(commands.len() as u64, Ordering::Relaxed);
+                if mirror.wants(group, instance) {
+                    // Never waits: a full queue drops the group's mirror instead.
+                    mirror.feed(group, instance, commands);
+                }
                 // Answer every waiter of this instance.
                 let done: Vec<(u64, u32)> = exec
                     .waiters
@@ -152,4 +182,5 @@ pub(crate) fn run(
             )));
         }
     }
+    mirror.finish();
 }

@@ -12,15 +12,17 @@ pub mod config;
 mod core_loop;
 pub(crate) mod executor;
 pub mod identity;
+pub(crate) mod mirror;
 mod node;
 mod shared;
 pub mod state_machine;
 mod wake;
 
 pub use api::{Committed, Error, FatalError, Proposal, StartError};
+pub use config::CheckpointModeConfig;
 pub use config::{
     core_of_group, ConfigError, NodeConfig, NodeConfigBuilder, PeerConfig, SyncModeConfig,
 };
 pub use node::{Node, NodeStats, NodeTotals};
 pub use shared::CoreSnapshot;
-pub use state_machine::{StateMachine, StateMachineFactory};
+pub use state_machine::{CheckpointMode, StateMachine, StateMachineFactory};

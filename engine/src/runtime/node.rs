@@ -19,6 +19,7 @@ use super::config::{core_of_group, NodeConfig};
 use super::core_loop::{self, CoreStart};
 use super::executor::{self, GroupProgress};
 use super::identity;
+use super::mirror;
 use super::shared::{CoreSnapshot, ProposalMsg, Shared};
 use super::state_machine::StateMachineFactory;
 use super::wake::Wake;
@@ -127,6 +128,18 @@ impl Node {
             ));
         }
 
+        // Mirror state machines for the groups whose checkpoints the engine makes
+        // (docs/ARCHITECTURE.md, "Checkpoints"); a factory error aborts before any thread.
+        let mut mirrors_by_core = Vec::with_capacity(cores);
+        for machines in &mut machines_by_core {
+            mirrors_by_core.push(mirror::prepare(
+                machines,
+                &config.checkpoint_mode,
+                &config.data_dir,
+                &mut factory,
+            )?);
+        }
+
         // The network thread.
         let mut net_config = NetConfig::new(
             config.cluster_id,
@@ -152,20 +165,22 @@ impl Node {
         }
         let mut handles = Vec::with_capacity(cores);
         let mut threads = Vec::with_capacity(2 * cores);
-        for (core, (inbox, machines)) in inboxes.into_iter().zip(machines_by_core).enumerate() {
+        for (core, ((inbox, machines), mirrors)) in inboxes
+            .into_iter()
+            .zip(machines_by_core)
+            .zip(mirrors_by_core)
+            .enumerate()
+        {
             let wake =
                 Arc::new(Wake::new().map_err(|e| os(format!("eventfd for core {core}"), e))?);
             let (proposals_tx, proposals_rx) = bounded(config.proposal_queue_max);
             let (exec_tx, exec_rx) = bounded(EXEC_QUEUE_MAX);
-            let applied_from: Vec<(GroupId, Option<Instance>)> = machines
-                .iter()
-                .map(|(g, m, _)| (*g, m.checkpoint_instance()))
-                .collect();
+            let applied_from: Vec<(GroupId, Option<Instance>)> = mirrors.applied_from(&machines);
             let applied = shared.applied_commands.clone();
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("paxring-exec-{core}"))
-                    .spawn(move || executor::run(machines, exec_rx, applied))
+                    .spawn(move || executor::run_with_mirrors(machines, exec_rx, applied, mirrors))
                     .map_err(|e| os(format!("executor thread {core}"), e))?,
             );
             let start = CoreStart {

@@ -85,4 +85,30 @@ pub struct CoreSnapshot {
     pub stuck: Vec<String>,
     /// How many groups were stuck at the last check.
     pub stuck_groups: usize,
+    /// The WAL's purge: its size, the groups' log bases and what holds the oldest segment.
+    pub purge: PurgeSnapshot,
+}
+
+/// One core's WAL purge state, refreshed at every purge pass.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct PurgeSnapshot {
+    /// Purge passes run.
+    pub passes: u64,
+    /// Segment files the WAL holds now.
+    pub segments: u64,
+    /// Their size on disk, in bytes.
+    pub wal_bytes: u64,
+    /// The configured budget (0: none).
+    pub budget_bytes: u64,
+    /// The WAL is over its budget and purge cannot bring it under.
+    pub over_budget: bool,
+    /// Segments removed so far.
+    pub segments_purged: u64,
+    /// The lowest log base of this core's groups (what the WAL may purge below), with its group.
+    pub lowest_base: Option<(u32, u64)>,
+    /// The oldest segment still there.
+    pub oldest_segment: Option<u64>,
+    /// What holds the oldest segment back: each group with its highest instance in it, its
+    /// purge floor, and in words why (its checkpoint is not past that instance yet).
+    pub held_back_by: Vec<String>,
 }

@@ -190,7 +190,13 @@ impl Sim {
         let mut promised: BTreeMap<GroupId, Ballot> = BTreeMap::new();
         let mut accepted: BTreeMap<(GroupId, Instance), Ballot> = BTreeMap::new();
         let mut chosen: std::collections::BTreeSet<(GroupId, Instance)> = Default::default();
+        // Each group's recovered log base: what lies below is in the state machine's checkpoint.
+        let mut bases: BTreeMap<GroupId, Instance> = BTreeMap::new();
         for record in recovered {
+            if let Some((below, _)) = crate::core::log_base_of(record) {
+                let b = bases.entry(record.group).or_default();
+                *b = (*b).max(below);
+            }
             let p = promised.entry(record.group).or_default();
             *p = (*p).max(record.promised);
             match record.kind {
@@ -231,6 +237,7 @@ impl Sim {
         if problem.is_none() {
             for (group, instance, ballot) in &node.acked_accepts {
                 let superseded = chosen.contains(&(*group, *instance))
+                    || bases.get(group).is_some_and(|base| instance < base)
                     || accepted
                         .get(&(*group, *instance))
                         .is_some_and(|b| b >= ballot);

@@ -5,9 +5,13 @@
 //! a crash loses unsynced writes or tears the write in flight; a flipped bit, a zeroed sector,
 //! a lost write or a misdirected write in the durable log; a rotted last write; a failed write
 //! (fsync error). Must never touch a real file or clock.
-use crate::core::{Lsn, Prng, Record, RecordRef, Recovery, Tick};
+use crate::core::{
+    Ballot, GroupId, Instance, Lsn, Prng, Record, RecordKind, RecordRef, Recovery, Tick,
+};
+use bytes::Bytes;
 use paxring_wal::format::{record_bytes, BATCH_HEADER_BYTES};
 use paxring_wal::{encode_batch, recover_images};
+use std::collections::BTreeMap;
 
 const CORE_ID: u32 = 0;
 const SECTOR_BYTES: usize = 512;
@@ -45,6 +49,41 @@ pub struct SimDisk {
     cut_at: usize,
     /// What the last crash did, for the event log.
     pub last_fault: String,
+    /// The chosen values the durable log holds (the WAL's `read_chosen`), rebuilt from what
+    /// recovery finds at each restart.
+    values: ValueIndex,
+}
+
+/// Chosen values by (group, instance), from `Chosen` marks (their payload, or the `Accept`
+/// value with the ballot an empty mark names).
+#[derive(Debug, Default)]
+struct ValueIndex {
+    accepted: BTreeMap<(GroupId, Instance), (Ballot, Bytes)>,
+    chosen: BTreeMap<(GroupId, Instance), Bytes>,
+}
+
+impl ValueIndex {
+    fn note(&mut self, record: &Record) {
+        let key = (record.group, record.instance);
+        match record.kind {
+            RecordKind::Accept => {
+                self.accepted
+                    .insert(key, (record.accepted, record.payload.clone()));
+            }
+            RecordKind::Chosen if !record.payload.is_empty() => {
+                self.chosen.insert(key, record.payload.clone());
+                self.accepted.remove(&key);
+            }
+            RecordKind::Chosen => {
+                if let Some((ballot, value)) = self.accepted.remove(&key) {
+                    if ballot == record.accepted {
+                        self.chosen.insert(key, value);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 /// The damage a crash does to the durable log (each only when the disk holds enough writes).
@@ -108,6 +147,9 @@ impl SimDisk {
             return None;
         }
         let write = self.in_flight.take().expect("checked above");
+        for record in &write.records {
+            self.values.note(record);
+        }
         self.cut.clear();
         self.durable.push(write.batch);
         self.syncs += 1;
@@ -225,6 +267,11 @@ impl SimDisk {
         Some(write.batch.last_lsn)
     }
 
+    /// The chosen value of `(group, instance)` the durable log holds, if any.
+    pub fn read_chosen(&self, group: GroupId, instance: Instance) -> Option<Bytes> {
+        self.values.chosen.get(&(group, instance)).cloned()
+    }
+
     /// When the write in flight completes, if one is in flight.
     pub fn done_at(&self) -> Option<Tick> {
         self.in_flight.as_ref().map(|w| w.done_at)
@@ -234,6 +281,10 @@ impl SimDisk {
     pub fn recover(&mut self) -> Recovery {
         assert!(!self.busy(), "recover after a crash");
         let recovery = recover_images(CORE_ID, &[(SEGMENT_NO, &self.image)]);
+        self.values = ValueIndex::default();
+        for (_, record) in &recovery.records {
+            self.values.note(record);
+        }
         let resume = recovery.resume.map_or(0, |(_, offset)| offset as usize);
         // The log continues at `resume`: cut what follows (kept aside until a write completes),
         // or pad a batch whose padding never reached the disk.

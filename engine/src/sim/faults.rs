@@ -303,12 +303,16 @@ pub enum Bug {
     AcceptBelowPromise,
     /// The driver takes a failed write (fsync error) as durable and continues.
     IgnoreFsyncError,
+    /// Streaming catch-up from the log reads the next instance's value.
+    LogReadOffByOne,
+    /// A log-base record does not carry the promise (run with `purge`).
+    BaseForgetsPromise,
 }
 
 #[cfg(feature = "sim-bugs")]
 impl Bug {
     /// Every bug.
-    pub const ALL: [Bug; 11] = [
+    pub const ALL: [Bug; 13] = [
         Bug::ForgetPromise,
         Bug::ReplyBeforeDurable,
         Bug::SkipPrepareOnNewLeader,
@@ -320,6 +324,8 @@ impl Bug {
         Bug::RejoinWithEmptyState,
         Bug::AcceptBelowPromise,
         Bug::IgnoreFsyncError,
+        Bug::LogReadOffByOne,
+        Bug::BaseForgetsPromise,
     ];
 
     /// The `--bug` name.
@@ -336,6 +342,8 @@ impl Bug {
             Bug::RejoinWithEmptyState => "rejoin-with-empty-state",
             Bug::AcceptBelowPromise => "accept-below-promise",
             Bug::IgnoreFsyncError => "ignore-fsync-error",
+            Bug::LogReadOffByOne => "log-read-off-by-one",
+            Bug::BaseForgetsPromise => "base-forgets-promise",
         }
     }
 
@@ -366,6 +374,8 @@ impl Bug {
             Bug::RejoinWithEmptyState => bugs.rejoin_with_empty_state = true,
             Bug::AcceptBelowPromise => bugs.accept_below_promise = true,
             Bug::IgnoreFsyncError => bugs.ignore_fsync_error = true,
+            Bug::LogReadOffByOne => bugs.log_read_off_by_one = true,
+            Bug::BaseForgetsPromise => bugs.base_forgets_promise = true,
         }
         bugs
     }
@@ -508,6 +518,7 @@ impl super::Sim {
                 node.frames_encoded_before += driver.stats().frames_encoded;
                 node.frames_sent_before += driver.stats().frames_sent;
                 node.accepts_encoded_before += driver.stats().accepts_encoded;
+                node.values_read_before += driver.stats().values_read;
                 node.commit_transmissions_before +=
                     driver.table().stats().commit_accept_transmissions;
             }

@@ -68,6 +68,12 @@ pub struct SimOptions {
     /// Run the durable-before-reply and durable-state checkers (off only to show that the
     /// other checkers catch a bug's consequences on their own).
     pub check_durable_replies: bool,
+    /// Log bases follow the state machines' checkpoints (the runtime's purge pass with
+    /// `purge` on): restart then starts each group at its base. Off by default: until
+    /// checkpoint transfer exists, a replica behind every peer's base cannot catch up, so
+    /// seeds with it on may end in `no progress` / `converge` (liveness), never in a safety
+    /// violation.
+    pub purge: bool,
     /// Keep a readable event log in the report (for replaying one seed).
     pub log: bool,
 }
@@ -87,6 +93,7 @@ impl Default for SimOptions {
             #[cfg(feature = "sim-bugs")]
             bug: None,
             check_durable_replies: true,
+            purge: false,
             log: false,
         }
     }
@@ -139,6 +146,9 @@ impl SimOptions {
             // real one does).
             batch_bytes_max: SIM_BATCH_BYTES,
             message_bytes_max: SIM_MESSAGE_BYTES,
+            // Memory keeps two catch-up replies' worth below the applied point: lagging
+            // replicas catch up from the simulated disk (the WAL's read path).
+            chosen_retained_max: 2 * crate::core::CATCHUP_BATCH_MAX as u64,
             ..Config::default()
         }
     }
@@ -184,6 +194,9 @@ pub struct SeedReport {
     pub commit_transmissions: u64,
     /// Whole run, every incarnation: Accept frames the drivers encoded.
     pub accepts_encoded: u64,
+    /// Whole run: chosen values served to catch-up from the simulated disk (older than
+    /// memory keeps: the WAL's read path).
+    pub values_read_from_disk: u64,
     /// Faults injected, by class name (and a few derived events: restarts, fail-stops).
     pub faults: FaultCounts,
     /// Frames the receiving codec refused for exceeding the frame limit.
@@ -206,6 +219,9 @@ const SIM_MESSAGE_BYTES: u32 = SIM_BATCH_BYTES + crate::core::MESSAGE_OVERHEAD_B
 const DRAIN_TICKS: u64 = 600;
 /// A state machine writes a checkpoint now and then: one applied instance in this many.
 const CHECKPOINT_ONE_IN: u64 = 40;
+/// Every this many ticks each core moves its groups' log bases up to their state machines'
+/// checkpoints (the runtime's purge pass).
+const LOG_BASE_EVERY_TICKS: u64 = 50;
 
 /// One core of a node: its driver (while the process runs) and its disk.
 struct SimCore {
@@ -259,6 +275,8 @@ struct Node {
     frames_sent_before: u64,
     /// Accepts the node's drivers encoded before its last crash.
     accepts_encoded_before: u64,
+    /// Chosen values its drivers read from disk for catch-up before its last crash.
+    values_read_before: u64,
     /// Accept transmissions of commit instances its cores counted before its last crash.
     commit_transmissions_before: u64,
 }
@@ -311,14 +329,27 @@ struct Applied {
     stopped: Vec<(GroupId, GroupError)>,
 }
 
-/// The simulated disk's staging area as the driver's storage.
-impl driver::Storage for Vec<(Lsn, Record)> {
+/// The simulated disk (reads) and its staging area (appends) as the driver's storage.
+struct SimStorage<'a> {
+    staged: &'a mut Vec<(Lsn, Record)>,
+    disk: &'a SimDisk,
+}
+
+impl driver::Storage for SimStorage<'_> {
     fn append(&mut self, lsn: Lsn, record: &Record) -> Result<(), StorageError> {
-        if let Some((last, _)) = self.last() {
+        if let Some((last, _)) = self.staged.last() {
             assert_eq!(last.0 + 1, lsn.0, "Lsns are consecutive");
         }
-        self.push((lsn, record.clone()));
+        self.staged.push((lsn, record.clone()));
         Ok(())
+    }
+
+    fn read_chosen(
+        &mut self,
+        group: GroupId,
+        instance: Instance,
+    ) -> Result<Option<Bytes>, StorageError> {
+        Ok(self.disk.read_chosen(group, instance))
     }
 
     fn submit(&mut self) -> Result<(), StorageError> {
@@ -433,6 +464,7 @@ impl Sim {
                 frames_encoded_before: 0,
                 frames_sent_before: 0,
                 accepts_encoded_before: 0,
+                values_read_before: 0,
                 commit_transmissions_before: 0,
             });
         }
@@ -453,10 +485,12 @@ impl Sim {
             self.report.durable_writes += node.cores.iter().map(|c| c.disk.syncs).sum::<u64>();
             self.report.frames_encoded += node.frames_encoded_before;
             self.report.frames_sent += node.frames_sent_before;
+            self.report.values_read_from_disk += node.values_read_before;
             for core in &node.cores {
                 if let Some(driver) = &core.driver {
                     self.report.frames_encoded += driver.stats().frames_encoded;
                     self.report.frames_sent += driver.stats().frames_sent;
+                    self.report.values_read_from_disk += driver.stats().values_read;
                 }
             }
         }
@@ -502,8 +536,26 @@ impl Sim {
         let mut with_records = 0;
         let mut summary = Vec::new();
         let mut recovered: Vec<Record> = Vec::new();
+        let mut purged = 0u64;
         for (c, core) in node.cores.iter_mut().enumerate() {
-            let recovery = core.disk.recover();
+            #[allow(unused_mut)]
+            let mut recovery = core.disk.recover();
+            if self.options.purge {
+                // The purge the runtime may have done: every record of a group below its
+                // durable log base is gone (the most a purge may remove).
+                let mut bases: BTreeMap<GroupId, Instance> = BTreeMap::new();
+                for (_, record) in &recovery.records {
+                    if let Some((below, _)) = crate::core::log_base_of(record) {
+                        let base = bases.entry(record.group).or_default();
+                        *base = (*base).max(below);
+                    }
+                }
+                let before = recovery.records.len();
+                recovery
+                    .records
+                    .retain(|(_, r)| bases.get(&r.group).is_none_or(|base| r.instance >= *base));
+                purged += (before - recovery.records.len()) as u64;
+            }
             credit(
                 &mut node.durable_promised,
                 &mut node.durable_accepts,
@@ -564,6 +616,9 @@ impl Sim {
         }
         if node.relearn_pending && with_records == node.cores.len() {
             node.relearn_pending = false;
+        }
+        if purged > 0 {
+            *self.report.faults.entry("purged-records").or_default() += purged;
         }
         node.machines = node.checkpoints.clone();
         node.last_promised.clear();
@@ -877,15 +932,43 @@ impl Sim {
     fn round(&mut self, index: usize, core: usize) {
         let mut frames = Frames::default();
         let mut applied = Applied::default();
+        let checkpoints = if self.options.purge && self.now.0 % LOG_BASE_EVERY_TICKS == 0 {
+            Some(self.nodes[index].checkpoints.clone())
+        } else {
+            None
+        };
         let result = {
             let sim_core = &mut self.nodes[index].cores[core];
             let Some(driver) = sim_core.driver.as_mut() else {
                 return;
             };
             let repaired = driver.table().stats().groups_repaired;
-            let result = driver.round(&mut sim_core.staged, &mut frames, &mut applied);
+            let mut bases_moved = 0;
+            if let Some(checkpoints) = &checkpoints {
+                // The purge pass: each group's log base follows its state machine's
+                // checkpoint (a log-base record; restart then starts the group there).
+                let groups: Vec<GroupId> = driver.table().groups().collect();
+                for group in groups {
+                    let next = checkpoints.get(&group).map_or(Instance(0), |c| c.next);
+                    if driver.table_mut().set_log_base(group, next).is_some() {
+                        bases_moved += 1;
+                    }
+                }
+            }
+            let mut storage = SimStorage {
+                staged: &mut sim_core.staged,
+                disk: &sim_core.disk,
+            };
+            let result = driver.round(&mut storage, &mut frames, &mut applied);
             if driver.table().stats().groups_repaired != repaired {
                 sim_core.repair_pending = Some(Lsn(driver.table().next_lsn().0 - 1));
+            }
+            for _ in 0..bases_moved {
+                self.report
+                    .faults
+                    .entry("log-base")
+                    .and_modify(|n| *n += 1)
+                    .or_insert(1);
             }
             let won = driver.table().stats().leaderships_won;
             let new_win = won != sim_core.wins_seen;
@@ -984,6 +1067,11 @@ fn credit<'a>(
         let entry = promised.entry(record.group).or_default();
         match record.kind {
             RecordKind::Promise => *entry = (*entry).max(record.promised),
+            // A log-base record carries the promise (the Promise records below the base may
+            // be purged); restart takes it.
+            RecordKind::Meta if crate::core::log_base_of(record).is_some() => {
+                *entry = (*entry).max(record.promised)
+            }
             RecordKind::Accept => {
                 *entry = (*entry).max(record.promised);
                 accepts.insert((record.group, record.instance, record.accepted));
@@ -1036,6 +1124,8 @@ pub struct RunSummary {
     pub frames_encoded: u64,
     /// Frame deliveries handed to the network (all drivers).
     pub frames_sent: u64,
+    /// Chosen values served to catch-up from the simulated disks.
+    pub values_read_from_disk: u64,
 }
 
 impl RunSummary {
@@ -1060,6 +1150,7 @@ impl RunSummary {
         self.steady_commit_rtts += report.steady_commit_rtts;
         self.frames_encoded += report.frames_encoded;
         self.frames_sent += report.frames_sent;
+        self.values_read_from_disk += report.values_read_from_disk;
     }
 
     /// Frames per acknowledged commit.

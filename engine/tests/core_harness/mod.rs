@@ -46,6 +46,35 @@ impl driver::Storage for Log<'_> {
     fn submit(&mut self) -> Result<(), StorageError> {
         Ok(())
     }
+
+    /// The newest `Chosen` mark's value (or the accepted value it names), as the WAL serves.
+    fn read_chosen(
+        &mut self,
+        group: GroupId,
+        instance: Instance,
+    ) -> Result<Option<Bytes>, StorageError> {
+        let mut accepted: Option<(paxring_engine::core::Ballot, Bytes)> = None;
+        let mut value = None;
+        for (_, record, _) in self.0.iter() {
+            if record.group != group || record.instance != instance {
+                continue;
+            }
+            match record.kind {
+                RecordKind::Accept => accepted = Some((record.accepted, record.payload.clone())),
+                RecordKind::Chosen if !record.payload.is_empty() => {
+                    value = Some(record.payload.clone())
+                }
+                RecordKind::Chosen => {
+                    value = accepted
+                        .as_ref()
+                        .filter(|(b, _)| *b == record.accepted)
+                        .map(|(_, v)| v.clone())
+                }
+                _ => {}
+            }
+        }
+        Ok(value)
+    }
 }
 
 /// Frames a round handed out (`None`: every peer).

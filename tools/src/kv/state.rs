@@ -1,6 +1,8 @@
 //! The replicated key-value state machine of one group: commands, their results, the client
 //! session table that makes a retried request apply at most once, the rolling digest of the
-//! applied sequence, and the snapshot file that makes its checkpoint real.
+//! applied sequence, and the snapshot file that makes its checkpoint real. The same snapshot
+//! bytes are what `StateMachine::snapshot` streams out and `restore` reads back (never a whole
+//! image in memory), so a group can be rebuilt from another replica's snapshot.
 //!
 //! Owns: the map and the session table of one group, `DATA_DIR/kv/group-G.snap`, the group's
 //! published [`GroupView`]. Never: reports a checkpoint instance that is not in a snapshot file
@@ -14,7 +16,7 @@ use paxring_engine::runtime::StateMachine;
 use paxring_wal::{GroupId, Instance};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
+use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -539,6 +541,7 @@ impl Sessions {
     }
 
     /// The table as snapshot records, by client id.
+    #[cfg(test)]
     fn records(&self) -> Vec<SessionRecord> {
         self.by_client
             .iter()
@@ -676,25 +679,15 @@ impl KvState {
             failed: None,
             view: Arc::new(Mutex::new(GroupView::default())),
         };
-        match std::fs::read(&path) {
-            Ok(bytes) => {
-                let body = decode_snapshot(&path, &bytes)?;
-                if body.group != group.0 {
-                    return Err(SnapshotError::Corrupt {
-                        path,
-                        problem: format!("it holds group {}, not group {}", body.group, group.0),
-                    });
-                }
-                state.sessions = Sessions::from_records(body.sessions).map_err(|problem| {
-                    SnapshotError::Corrupt {
-                        path: path.clone(),
-                        problem,
-                    }
-                })?;
-                state.map = body.entries;
-                state.digest = body.digest;
-                state.checkpoint = Some(Instance(body.checkpoint));
-                state.applied_next = Some(body.checkpoint + 1);
+        match std::fs::File::open(&path) {
+            Ok(file) => {
+                let body = read_snapshot(&path, &mut BufReader::new(file))?;
+                let (checkpoint, map, sessions, digest) = check_body(&path, group, body)?;
+                state.sessions = sessions;
+                state.map = map;
+                state.digest = digest;
+                state.checkpoint = Some(Instance(checkpoint));
+                state.applied_next = Some(checkpoint + 1);
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(source) => {
@@ -822,28 +815,14 @@ impl KvState {
         };
         assert!(applied_next > 0, "something was applied");
         let checkpoint = applied_next - 1;
-        let body = SnapshotBody {
+        let out = SnapshotOut {
             group: self.group.0,
             checkpoint,
             digest: self.digest,
-            entries: self.map.clone(),
-            sessions: self.sessions.records(),
+            entries: &self.map,
+            sessions: SessionsOut(&self.sessions),
         };
-        let bytes = encode_snapshot(&body);
-        let tmp = self.path.with_extension("snap.tmp");
-        let io = |path: &Path, op: &'static str| {
-            let path = path.to_path_buf();
-            move |source| SnapshotError::Io { path, op, source }
-        };
-        let mut file = std::fs::File::create(&tmp).map_err(io(&tmp, "create"))?;
-        file.write_all(&bytes).map_err(io(&tmp, "write"))?;
-        file.sync_all().map_err(io(&tmp, "fsync"))?;
-        drop(file);
-        std::fs::rename(&tmp, &self.path).map_err(io(&self.path, "rename"))?;
-        let dir = self.path.parent().expect("a snapshot path has a parent");
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io(dir, "fsync directory"))?;
+        write_snapshot_file(&self.path, &out)?;
         self.checkpoint = Some(Instance(checkpoint));
         self.instances_since_snapshot = 0;
         self.last_snapshot = Instant::now();
@@ -917,8 +896,251 @@ impl StateMachine for KvState {
     fn checkpoint_instance(&self) -> Option<Instance> {
         self.checkpoint
     }
+
+    /// Streams the snapshot bytes of the state as of the last applied instance (what the
+    /// `.snap` file would hold).
+    fn snapshot(&mut self, out: &mut dyn Write) -> std::io::Result<()> {
+        let Some(applied_next) = self.applied_next else {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "group {} has applied nothing: no state to snapshot",
+                    self.group.0
+                ),
+            ));
+        };
+        let body = SnapshotOut {
+            group: self.group.0,
+            checkpoint: applied_next - 1,
+            digest: self.digest,
+            entries: &self.map,
+            sessions: SessionsOut(&self.sessions),
+        };
+        write_snapshot(&body, out)
+    }
+
+    /// Reads snapshot bytes taken at `instance`, writes them as this group's fsynced `.snap`
+    /// file, and only then installs them. Any error leaves the state as it was; one at or after
+    /// the fsync also stops further snapshots (`GroupView::failed`), as a failed snapshot does.
+    fn restore(&mut self, instance: Instance, input: &mut dyn Read) -> std::io::Result<()> {
+        let source = PathBuf::from(format!("restore input of group {}", self.group.0));
+        let invalid = |e: SnapshotError| match e {
+            SnapshotError::Io { source, .. } => source,
+            other => std::io::Error::new(std::io::ErrorKind::InvalidData, other.to_string()),
+        };
+        let body = read_snapshot(&source, input).map_err(invalid)?;
+        let (checkpoint, map, mut sessions, digest) =
+            check_body(&source, self.group, body).map_err(invalid)?;
+        if checkpoint != instance.0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "the snapshot holds instance {checkpoint}, not the {} it was restored as",
+                    instance.0
+                ),
+            ));
+        }
+        if let Some(failed) = &self.failed {
+            return Err(std::io::Error::other(format!(
+                "snapshots of group {} stopped after a failure: {failed}",
+                self.group.0
+            )));
+        }
+        sessions.max = self.sessions.max;
+        sessions.value_bytes_max = self.sessions.value_bytes_max;
+        let out = SnapshotOut {
+            group: self.group.0,
+            checkpoint,
+            digest,
+            entries: &map,
+            sessions: SessionsOut(&sessions),
+        };
+        if let Err(e) = write_snapshot_file(&self.path, &out) {
+            if let SnapshotError::Io { op, .. } = &e {
+                if !matches!(*op, "create" | "write") {
+                    // The file's durability is unknown: never retried (see `maybe_snapshot`).
+                    tracing::error!(
+                        group = self.group.0,
+                        "restore could not make its snapshot durable, the node must stop: {e}"
+                    );
+                    self.failed = Some(e.to_string());
+                    self.publish();
+                }
+            }
+            return Err(std::io::Error::other(e.to_string()));
+        }
+        self.map = map;
+        self.sessions = sessions;
+        self.digest = digest;
+        self.checkpoint = Some(instance);
+        self.applied_next = Some(instance.0 + 1);
+        self.instances_since_snapshot = 0;
+        self.last_snapshot = Instant::now();
+        self.publish();
+        Ok(())
+    }
+
+    /// The current `.snap` file, streamed, with its instance.
+    fn open_checkpoint(&self) -> std::io::Result<Option<(Instance, Box<dyn Read + Send>)>> {
+        let Some(checkpoint) = self.checkpoint else {
+            return Ok(None);
+        };
+        if let Some(failed) = &self.failed {
+            return Err(std::io::Error::other(format!(
+                "snapshots of group {} stopped after a failure: {failed}",
+                self.group.0
+            )));
+        }
+        // Snapshots are written by `&mut self` calls only, and a rename leaves an open file as
+        // it was: the file opened here is the one of `checkpoint`.
+        let file = std::fs::File::open(&self.path).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot open snapshot {}: {e}", self.path.display()),
+            )
+        })?;
+        Ok(Some((checkpoint, Box::new(BufReader::new(file)))))
+    }
 }
 
+/// The body of a snapshot as it is written: borrowed from the state, never copied.
+#[derive(Serialize)]
+struct SnapshotOut<'a> {
+    group: u32,
+    checkpoint: u64,
+    digest: u32,
+    entries: &'a BTreeMap<String, Value>,
+    sessions: SessionsOut<'a>,
+}
+
+/// The session table written as the records of [`SnapshotBody::sessions`], by client id.
+struct SessionsOut<'a>(&'a Sessions);
+
+/// One written session record (the fields of [`SessionRecord`], in its order).
+#[derive(Serialize)]
+struct SessionRecordOut<'a> {
+    client: u64,
+    seq: u64,
+    used: u64,
+    outcome: &'a Outcome,
+}
+
+impl Serialize for SessionsOut<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(
+            self.0
+                .by_client
+                .iter()
+                .map(|(client, entry)| SessionRecordOut {
+                    client: *client,
+                    seq: entry.seq,
+                    used: entry.used,
+                    outcome: &entry.outcome,
+                }),
+        )
+    }
+}
+
+impl SnapshotOut<'_> {
+    /// The format version: text when every value (of the map and of the recorded results) is.
+    fn version(&self) -> u8 {
+        let text = |v: &Value| v.as_text().is_some();
+        let all_text = self.entries.values().all(text)
+            && self
+                .sessions
+                .0
+                .by_client
+                .values()
+                .all(|s| s.outcome.value.as_ref().is_none_or(text));
+        if all_text {
+            SNAPSHOT_VERSION_TEXT
+        } else {
+            SNAPSHOT_VERSION_BINARY
+        }
+    }
+}
+
+/// Counts and checksums what is written to it, and keeps nothing.
+struct CrcCount {
+    hasher: crc32fast::Hasher,
+    bytes: u64,
+}
+
+impl Write for CrcCount {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.hasher.update(buf);
+        self.bytes += buf.len() as u64;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Checksums and counts what is read through it.
+struct CrcRead<R> {
+    inner: R,
+    hasher: crc32fast::Hasher,
+    bytes: u64,
+}
+
+impl<R: Read> Read for CrcRead<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+}
+
+/// Buffer of the snapshot encoder and decoder.
+const SNAPSHOT_BUFFER_BYTES: usize = 64 * 1024;
+
+/// Streams a snapshot: header (magic, version, body length u64 LE, body CRC-32 u32 LE), then the
+/// JSON body. The body is serialized twice, first only to count and checksum it, so that no
+/// image of the state is ever held in memory.
+fn write_snapshot(body: &SnapshotOut<'_>, out: &mut dyn Write) -> std::io::Result<()> {
+    let mut sum = BufWriter::with_capacity(
+        SNAPSHOT_BUFFER_BYTES,
+        CrcCount {
+            hasher: crc32fast::Hasher::new(),
+            bytes: 0,
+        },
+    );
+    serde_json::to_writer(&mut sum, body)?;
+    let sum = sum.into_inner().map_err(|e| e.into_error())?;
+    let (length, crc) = (sum.bytes, sum.hasher.finalize());
+    let mut out = BufWriter::with_capacity(SNAPSHOT_BUFFER_BYTES, out);
+    out.write_all(SNAPSHOT_MAGIC)?;
+    out.write_all(&[body.version()])?;
+    out.write_all(&length.to_le_bytes())?;
+    out.write_all(&crc.to_le_bytes())?;
+    serde_json::to_writer(&mut out, body)?;
+    out.flush()
+}
+
+/// Writes a snapshot as the file `path`: temporary file, fsync, rename, fsync of the directory.
+fn write_snapshot_file(path: &Path, body: &SnapshotOut<'_>) -> Result<(), SnapshotError> {
+    let tmp = path.with_extension("snap.tmp");
+    let io = |path: &Path, op: &'static str| {
+        let path = path.to_path_buf();
+        move |source| SnapshotError::Io { path, op, source }
+    };
+    let mut file = std::fs::File::create(&tmp).map_err(io(&tmp, "create"))?;
+    write_snapshot(body, &mut file).map_err(io(&tmp, "write"))?;
+    file.sync_all().map_err(io(&tmp, "fsync"))?;
+    drop(file);
+    std::fs::rename(&tmp, path).map_err(io(path, "rename"))?;
+    let dir = path.parent().expect("a snapshot path has a parent");
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(dir, "fsync directory"))?;
+    Ok(())
+}
+
+/// The whole snapshot encoded in memory (the format's reference, for tests).
+#[cfg(test)]
 fn encode_snapshot(body: &SnapshotBody) -> Vec<u8> {
     let json = serde_json::to_vec(body).expect("a snapshot body always serializes");
     let mut bytes = Vec::with_capacity(SNAPSHOT_HEADER_BYTES + json.len());
@@ -940,21 +1162,38 @@ fn encode_snapshot(body: &SnapshotBody) -> Vec<u8> {
     bytes
 }
 
-fn decode_snapshot(path: &Path, bytes: &[u8]) -> Result<SnapshotBody, SnapshotError> {
+/// Reads a snapshot from a stream to its end (`path` names the source in errors), checking
+/// in the order of the format: header, body length (nothing missing, nothing after it), body
+/// checksum, then the JSON. Bad bytes are an error, never a panic.
+fn read_snapshot(path: &Path, input: &mut dyn Read) -> Result<SnapshotBody, SnapshotError> {
     let corrupt = |problem: String| SnapshotError::Corrupt {
         path: path.to_path_buf(),
         problem,
     };
-    if bytes.len() < SNAPSHOT_HEADER_BYTES {
+    let read_error = |source: std::io::Error| SnapshotError::Io {
+        path: path.to_path_buf(),
+        op: "read",
+        source,
+    };
+    let mut header = [0u8; SNAPSHOT_HEADER_BYTES];
+    let mut got = 0;
+    while got < header.len() {
+        match input.read(&mut header[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(read_error(e)),
+        }
+    }
+    if got < SNAPSHOT_HEADER_BYTES {
         return Err(corrupt(format!(
-            "{} bytes, shorter than the {SNAPSHOT_HEADER_BYTES}-byte header",
-            bytes.len()
+            "{got} bytes, shorter than the {SNAPSHOT_HEADER_BYTES}-byte header"
         )));
     }
-    if &bytes[..7] != SNAPSHOT_MAGIC {
+    if &header[..7] != SNAPSHOT_MAGIC {
         return Err(corrupt("bad magic at offset 0".into()));
     }
-    let version = bytes[7];
+    let version = header[7];
     if !SNAPSHOT_VERSIONS_READ.contains(&version) {
         let shown = |v: u8| {
             if v.is_ascii_graphic() {
@@ -973,22 +1212,58 @@ fn decode_snapshot(path: &Path, bytes: &[u8]) -> Result<SnapshotBody, SnapshotEr
                 .join(", "),
         });
     }
-    let length = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
-    let crc = u32::from_le_bytes(bytes[16..20].try_into().expect("4 bytes"));
-    let body = &bytes[SNAPSHOT_HEADER_BYTES..];
-    if length != body.len() as u64 {
+    let length = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
+    let crc = u32::from_le_bytes(header[16..20].try_into().expect("4 bytes"));
+    let mut body = CrcRead {
+        inner: Read::take(&mut *input, length),
+        hasher: crc32fast::Hasher::new(),
+        bytes: 0,
+    };
+    let parsed: Result<SnapshotBody, serde_json::Error> = {
+        let mut buffered = BufReader::with_capacity(SNAPSHOT_BUFFER_BYTES, &mut body);
+        serde_json::from_reader(&mut buffered)
+    };
+    let parsed = match parsed {
+        Err(e) if e.is_io() => return Err(read_error(e.into())),
+        other => other,
+    };
+    // What the parser left of the body's length still counts (and is checksummed).
+    std::io::copy(&mut body, &mut std::io::sink()).map_err(read_error)?;
+    let (held, actual) = (body.bytes, body.hasher.finalize());
+    let after = std::io::copy(input, &mut std::io::sink()).map_err(read_error)?;
+    if held != length || after != 0 {
         return Err(corrupt(format!(
             "header says {length} body bytes, the file holds {}",
-            body.len()
+            held.saturating_add(after)
         )));
     }
-    let actual = crc32fast::hash(body);
     if actual != crc {
         return Err(corrupt(format!(
             "body checksum {actual:#010x} does not match the header's {crc:#010x}"
         )));
     }
-    serde_json::from_slice(body).map_err(|e| corrupt(format!("body is not a snapshot: {e}")))
+    parsed.map_err(|e| corrupt(format!("body is not a snapshot: {e}")))
+}
+
+/// The parts of a snapshot of `group`: checkpoint, map, session table and digest; an error
+/// when it is another group's or its session table is invalid.
+fn check_body(
+    path: &Path,
+    group: GroupId,
+    body: SnapshotBody,
+) -> Result<(u64, BTreeMap<String, Value>, Sessions, u32), SnapshotError> {
+    let corrupt = |problem: String| SnapshotError::Corrupt {
+        path: path.to_path_buf(),
+        problem,
+    };
+    if body.group != group.0 {
+        return Err(corrupt(format!(
+            "it holds group {}, not group {}",
+            body.group, group.0
+        )));
+    }
+    let sessions = Sessions::from_records(body.sessions).map_err(corrupt)?;
+    Ok((body.checkpoint, body.entries, sessions, body.digest))
 }
 
 #[cfg(test)]
@@ -1608,5 +1883,195 @@ mod tests {
             .map(|i| group_of_key(&format!("k{i}"), 4).0)
             .collect();
         assert_eq!(spread.len(), 4);
+    }
+
+    /// A state of group 0 with text and binary values and sessions, instances 0 to 2 applied.
+    fn busy_state(dir: &Path) -> KvState {
+        let mut state = KvState::open(dir, GroupId(0), never()).unwrap();
+        apply(
+            &mut state,
+            0,
+            &[put("a", "1"), put_as("b", "2", session(3, 1))],
+        );
+        let binary = Command::Put {
+            key: "bin".into(),
+            value: Value::from(vec![0u8, 0xff, b'"']),
+        };
+        apply(&mut state, 1, &[binary.encode_binary(session(4, 2))]);
+        apply(
+            &mut state,
+            2,
+            &[
+                Command::Get { key: "a".into() }.encode_with(session(5, 1)),
+                Command::Delete { key: "b".into() }.encode(),
+            ],
+        );
+        state
+    }
+
+    /// What `StateMachine::snapshot` streams.
+    fn streamed(state: &mut KvState) -> Vec<u8> {
+        let mut out = Vec::new();
+        StateMachine::snapshot(state, &mut out).unwrap();
+        out
+    }
+
+    /// Digest, map and session table: everything a restore must carry over.
+    type Contents = (u32, BTreeMap<String, Value>, Vec<(u64, u64, u64)>);
+
+    fn contents(state: &KvState) -> Contents {
+        (state.digest(), state.map.clone(), state.session_list())
+    }
+
+    #[test]
+    fn a_streamed_snapshot_restores_in_another_data_dir() {
+        let a = tempfile::tempdir().unwrap();
+        let mut state = busy_state(a.path());
+        let bytes = streamed(&mut state);
+        // The format is unchanged: the bytes of the in-memory reference encoder, and of the
+        // .snap file.
+        let reference = encode_snapshot(&SnapshotBody {
+            group: 0,
+            checkpoint: 2,
+            digest: state.digest(),
+            entries: state.map.clone(),
+            sessions: state.sessions.records(),
+        });
+        assert_eq!(bytes, reference);
+        assert_eq!(&bytes[..8], b"PXKVSNP3");
+        state.snapshot().unwrap();
+        let file = std::fs::read(KvState::snapshot_path(a.path(), GroupId(0))).unwrap();
+        assert_eq!(file, bytes);
+
+        let b = tempfile::tempdir().unwrap();
+        let mut fresh = KvState::open(b.path(), GroupId(0), never()).unwrap();
+        // Something else applied first: a restore replaces the whole state.
+        apply(&mut fresh, 0, &[put("gone", "x")]);
+        fresh.restore(Instance(2), &mut &bytes[..]).unwrap();
+        assert_eq!(contents(&fresh), contents(&state));
+        assert_eq!(fresh.value("gone"), None);
+        assert_eq!(fresh.checkpoint_instance(), Some(Instance(2)));
+        assert_eq!(fresh.view().lock().unwrap().applied_next, 3);
+        assert_eq!(fresh.view().lock().unwrap().sessions, 3);
+        // Durable: the other data dir reopens at the same state.
+        drop(fresh);
+        let mut fresh = KvState::open(b.path(), GroupId(0), never()).unwrap();
+        assert_eq!(fresh.checkpoint_instance(), Some(Instance(2)));
+        assert_eq!(contents(&fresh), contents(&state));
+        // Both go on identically, retried sessions included.
+        let next = [
+            put_as("b", "3", session(3, 1)),
+            Command::Get { key: "bin".into() }.encode(),
+        ];
+        let ours = apply_raw(&mut state, 3, &next);
+        let theirs = apply_raw(&mut fresh, 3, &next);
+        assert_eq!(ours, theirs);
+        assert_eq!(contents(&fresh), contents(&state));
+    }
+
+    #[test]
+    fn a_bad_restore_leaves_the_state_as_it_was() {
+        let a = tempfile::tempdir().unwrap();
+        let good = streamed(&mut busy_state(a.path()));
+        let other_group = {
+            let c = tempfile::tempdir().unwrap();
+            let mut state = KvState::open(c.path(), GroupId(1), never()).unwrap();
+            state.apply(GroupId(1), Instance(2), &[put("k", "v")], &mut Vec::new());
+            streamed(&mut state)
+        };
+        let mut flipped = good.clone();
+        let at = flipped.len() - 5;
+        flipped[at] ^= 0x20;
+        let mut version = good.clone();
+        version[7] = b'9';
+        let mut magic = good.clone();
+        magic[0] = b'X';
+        let cases: Vec<(&str, Vec<u8>, u64)> = vec![
+            ("checksum", flipped, 2),
+            ("body bytes", good[..good.len() - 1].to_vec(), 2),
+            ("body bytes", [&good[..], b" "].concat(), 2),
+            ("header", good[..10].to_vec(), 2),
+            ("header", Vec::new(), 2),
+            ("magic", magic, 2),
+            ("format version", version, 2),
+            ("not the 5", good.clone(), 5),
+            ("not group 0", other_group, 2),
+        ];
+
+        let b = tempfile::tempdir().unwrap();
+        let mut target = KvState::open(b.path(), GroupId(0), never()).unwrap();
+        apply(&mut target, 0, &[put_as("x", "old", session(9, 1))]);
+        target.snapshot().unwrap();
+        let path = KvState::snapshot_path(b.path(), GroupId(0));
+        let file_before = std::fs::read(&path).unwrap();
+        let before = contents(&target);
+        for (expected, bytes, instance) in cases {
+            let err = target
+                .restore(Instance(instance), &mut &bytes[..])
+                .unwrap_err();
+            assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{err}");
+            assert!(
+                err.to_string().contains(expected),
+                "{err} should say {expected}"
+            );
+            assert_eq!(contents(&target), before, "after {expected}");
+            assert_eq!(target.checkpoint_instance(), Some(Instance(0)));
+            assert_eq!(std::fs::read(&path).unwrap(), file_before);
+            assert!(target.view().lock().unwrap().failed.is_none());
+        }
+        // It goes on from where it was.
+        apply(&mut target, 1, &[put("y", "1")]);
+        assert_eq!(target.value("x"), Some("old"));
+        // A good restore still works after the bad ones.
+        target.restore(Instance(2), &mut &good[..]).unwrap();
+        assert_eq!(target.value("x"), None);
+        assert_eq!(target.value("a"), Some("1"));
+    }
+
+    #[test]
+    fn open_checkpoint_streams_the_snapshot_file() {
+        let a = tempfile::tempdir().unwrap();
+        let mut state = busy_state(a.path());
+        assert!(
+            state.open_checkpoint().unwrap().is_none(),
+            "nothing durable yet"
+        );
+        state.snapshot().unwrap();
+        let at_2 = contents(&state);
+        let (instance, mut reader) = state.open_checkpoint().unwrap().unwrap();
+        assert_eq!(instance, Instance(2));
+        // A later snapshot replaces the file; the open reader still streams instance 2's.
+        apply(&mut state, 3, &[put("late", "1")]);
+        state.snapshot().unwrap();
+
+        let b = tempfile::tempdir().unwrap();
+        let mut fresh = KvState::open(b.path(), GroupId(0), never()).unwrap();
+        fresh.restore(instance, &mut reader).unwrap();
+        assert_eq!(contents(&fresh), at_2);
+        assert_eq!(fresh.value("late"), None);
+        let (instance, mut reader) = state.open_checkpoint().unwrap().unwrap();
+        assert_eq!(instance, Instance(3));
+        fresh.restore(instance, &mut reader).unwrap();
+        assert_eq!(contents(&fresh), contents(&state));
+    }
+
+    #[test]
+    fn a_snapshot_round_trips_through_a_checkpoint_file() {
+        use paxring_wal::checkpoint::{CheckpointReader, CheckpointWriter};
+        let a = tempfile::tempdir().unwrap();
+        let mut state = busy_state(a.path());
+        let ckpt = tempfile::tempdir().unwrap();
+        // Small chunks, so that the snapshot spans several of them.
+        let mut writer =
+            CheckpointWriter::with_chunk_bytes(ckpt.path(), GroupId(0), Instance(2), 0, 16)
+                .unwrap();
+        StateMachine::snapshot(&mut state, &mut writer).unwrap();
+        let (path, meta) = writer.finish().unwrap();
+        assert!(meta.chunks > 1);
+        let mut reader = CheckpointReader::open(&path).unwrap();
+        let b = tempfile::tempdir().unwrap();
+        let mut fresh = KvState::open(b.path(), GroupId(0), never()).unwrap();
+        fresh.restore(meta.instance, &mut reader).unwrap();
+        assert_eq!(contents(&fresh), contents(&state));
     }
 }

@@ -65,7 +65,9 @@ impl Group {
         ctx.append(Record {
             kind: RecordKind::Promise,
             group: self.id,
-            instance: first,
+            // Never below the log base: the WAL may purge this group's records below it, and
+            // restart takes a promise from any Promise record whatever its instance.
+            instance: first.max(self.log_base),
             promised: self.promised,
             accepted: Ballot::ZERO,
             payload: Bytes::new(),

@@ -48,13 +48,65 @@ impl Group {
             self.fill_until = until.min(bound);
         }
         let budget = (ctx.config.message_bytes_max as usize).min(CATCHUP_BYTES_MAX);
+        let in_memory = self
+            .chosen
+            .first_key_value()
+            .map_or(self.applied_next, |(i, _)| *i)
+            .min(self.applied_next);
+        if first < in_memory && first >= self.log_base {
+            // Older than what memory keeps, but in the log: the driver reads it from storage
+            // and calls `serve_read` (streaming catch-up from the WAL).
+            ctx.stats.catchup_log_reads += 1;
+            ctx.out.reads.push(ReadRequest {
+                group: self.id,
+                to: from,
+                request,
+                first,
+                end: in_memory,
+                entries_max: CATCHUP_BATCH_MAX,
+                bytes_max: budget - message::CATCHUP_REPLY_HEADER_BYTES,
+            });
+            return;
+        }
+        self.serve_entries(ctx, from, request, first, Vec::new());
+    }
+
+    /// Answers a catch-up request with `read` (values the driver read from storage, from
+    /// `first` on, consecutive) followed by what memory holds, within the reply's bounds.
+    pub(crate) fn serve_entries(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        from: NodeId,
+        request: u64,
+        first: Instance,
+        read: Vec<(Instance, Bytes)>,
+    ) {
+        let budget = (ctx.config.message_bytes_max as usize).min(CATCHUP_BYTES_MAX);
         let mut entries = Vec::new();
         let mut bytes = message::CATCHUP_REPLY_HEADER_BYTES;
         let mut checksum = 0;
-        for index in first.0..self.applied_next.0 {
+        let mut next = first;
+        for (instance, value) in read {
+            let grown = bytes + message::catchup_entry_bytes(value.len());
+            if instance != next
+                || instance >= self.applied_next
+                || entries.len() >= CATCHUP_BATCH_MAX
+                || (grown > budget && !entries.is_empty())
+            {
+                break;
+            }
+            bytes = grown;
+            // Older than the checksums kept: the reply carries no check (0); the live edge's
+            // checksums (Commits, later replies) still compare.
+            checksum = self.checksums.get(&instance).copied().unwrap_or(0);
+            ctx.stats.catchup_entries_from_log += 1;
+            entries.push((instance, value));
+            next = Instance(instance.0 + 1);
+        }
+        for index in next.0..self.applied_next.0 {
             let instance = Instance(index);
             let Some(value) = self.chosen.get(&instance) else {
-                break; // pruned: serving it needs the WAL read path (a later issue)
+                break; // below what memory keeps and not read from the log
             };
             let grown = bytes + message::catchup_entry_bytes(value.len());
             if entries.len() >= CATCHUP_BATCH_MAX || (grown > budget && !entries.is_empty()) {
@@ -95,16 +147,32 @@ impl Group {
     ) {
         self.catchup_deadline = None;
         if entries.is_empty() && report.applied_next > self.applied_next {
+            // The peer is ahead but no longer holds what this replica needs: back off
+            // (doubling) instead of asking again at once, and say why in the status.
             ctx.stats.catchup_unavailable += 1;
+            let cap = ctx
+                .config
+                .election_timeout_ticks
+                .saturating_mul(CATCHUP_BACKOFF_ELECTIONS_MAX);
+            self.catchup_backoff = (self.catchup_backoff.saturating_mul(2)).clamp(
+                ctx.config.retransmit_ticks,
+                cap.max(ctx.config.retransmit_ticks),
+            );
+            self.catchup_deadline = Some(Tick(ctx.now.0 + self.catchup_backoff));
+            self.catchup_unavailable = Some((from, report.applied_next));
+        } else if !entries.is_empty() {
+            self.catchup_backoff = 0;
+            self.catchup_unavailable = None;
         }
         let last = entries.last().map(|(i, _)| *i);
-        let single = entries.len() == 1;
         for (instance, value) in entries {
             self.learn(ctx, instance, value, from);
         }
         if let Some(last) = last {
             // A one-entry reply to an Accept carries no checksum.
-            if !(single && checksum == 0) {
+            // A reply with checksum 0 carries no check (an entry read from the log below the
+            // checksums kept, or the one-entry reply to an Accept).
+            if checksum != 0 {
                 self.check(ctx, last, checksum, from);
             }
         }

@@ -6,7 +6,9 @@
 //! send-after-durable, outputs) and learns time from `ctx.now`.
 use super::ctx::Ctx;
 use super::message::{self, Message, PromiseEntry};
-use super::outputs::{Chosen, FailReason, GroupError, GroupStatus, ProposalResult, RelearnStatus};
+use super::outputs::{
+    Chosen, FailReason, GroupError, GroupStatus, ProposalResult, ReadRequest, RelearnStatus,
+};
 use super::value::{self, Identity};
 use super::wal_types::{Ballot, Damage, GroupId, Instance, Lsn, Record, RecordKind};
 use super::{NodeId, ProposalId, Tick};
@@ -26,6 +28,14 @@ const REPAIR_TAG: &[u8; 4] = b"RPR1";
 /// re-learning, in its first write: the obligation survives a crash even after the WAL has
 /// zeroed the damaged tail that caused it). One byte follows: 1 if the state was lost.
 const RELEARN_TAG: &[u8; 4] = b"RLN1";
+/// The payload tag of a log-base record (a `Meta` record a group writes before the WAL may
+/// purge its records below an instance): the instance (u64) and the rolling checksum of every
+/// value below it (u32) follow, and the record's `promised` carries the promise (the Promise
+/// records below the base may be purged). docs/PROTOCOL.md#log-base-and-purge.
+const BASE_TAG: &[u8; 4] = b"BAS1";
+/// Catch-up that found nothing to learn from a peer that is ahead backs off, doubling from
+/// the retransmit interval up to this many election timeouts (never a tight loop).
+const CATCHUP_BACKOFF_ELECTIONS_MAX: u64 = 16;
 
 /// Bytes of chosen values per catch-up reply (besides the entry count limit).
 const CATCHUP_BYTES_MAX: usize = 1 << 20;
@@ -135,6 +145,14 @@ pub(super) struct Group {
     checksums: BTreeMap<Instance, u32>,
     pending_checks: BTreeMap<Instance, (u32, NodeId)>,
     catchup_deadline: Option<Tick>,
+    /// Set while catch-up finds nothing: the peer that is ahead (and its applied point) no
+    /// longer holds the values this replica needs (cleared by the next value learned).
+    catchup_unavailable: Option<(NodeId, Instance)>,
+    /// The current catch-up back-off in ticks (0: none).
+    catchup_backoff: u64,
+    /// The lowest instance this replica's log holds (the WAL may purge below it; what is
+    /// below is in the state machine's checkpoint).
+    log_base: Instance,
     relearn: Option<Relearn>,
     stopped: bool,
     // Proposer.
@@ -176,6 +194,9 @@ impl Group {
             checksums: BTreeMap::new(),
             pending_checks: BTreeMap::new(),
             catchup_deadline: None,
+            catchup_unavailable: None,
+            catchup_backoff: 0,
+            log_base: Instance(0),
             relearn: None,
             stopped: false,
             role: Role::Follower,
@@ -236,7 +257,69 @@ impl Group {
             elections_without_leader: self.elections_without_leader,
             missing_promises,
             relearning,
+            log_base: self.log_base,
+            catchup_unavailable: self.catchup_unavailable,
         }
+    }
+
+    /// An idle group re-logs its state so that the WAL's old segments need not be kept for
+    /// it: when its base is its applied point and it holds nothing accepted or in flight, a
+    /// new log-base record (same base, the current promise and checksum) is all it needs;
+    /// returns its Lsn (every record of the group before it is then superseded). None when
+    /// the group holds anything else.
+    pub fn relog_base(&mut self, ctx: &mut Ctx<'_>) -> Option<Lsn> {
+        if self.log_base != self.applied_next
+            || !self.accepted.is_empty()
+            || !self.inflight.is_empty()
+            || self.chosen.range(self.applied_next..).next().is_some()
+            || self.relearn.is_some()
+            || self.stopped
+        {
+            return None;
+        }
+        let mut payload = BASE_TAG.to_vec();
+        payload.extend_from_slice(&self.log_base.0.to_le_bytes());
+        payload.extend_from_slice(&self.checksum.to_le_bytes());
+        Some(self.append_meta(ctx, payload))
+    }
+
+    /// The lowest instance this replica's log holds.
+    pub fn log_base(&self) -> Instance {
+        self.log_base
+    }
+
+    /// Moves the log base up to `below` (at most the applied point; the caller's state
+    /// machine holds every value below it durably): appends a log-base record carrying the
+    /// promise and the rolling checksum below `below`, and returns its Lsn. Once that record
+    /// is durable the WAL may purge this group's records below `below`. None when nothing
+    /// changes or the group cannot move its base now (re-learning, stopped, or the checksum
+    /// below `below` is no longer held).
+    pub fn set_log_base(&mut self, ctx: &mut Ctx<'_>, below: Instance) -> Option<Lsn> {
+        let below = below.min(self.applied_next);
+        if below <= self.log_base || self.relearn.is_some() || self.stopped {
+            return None;
+        }
+        let checksum = if below == self.applied_next {
+            self.checksum
+        } else {
+            *self.checksums.get(&Instance(below.0 - 1))?
+        };
+        self.log_base = below;
+        let mut payload = BASE_TAG.to_vec();
+        payload.extend_from_slice(&below.0.to_le_bytes());
+        payload.extend_from_slice(&checksum.to_le_bytes());
+        #[cfg(feature = "sim-bugs")]
+        if ctx.bugs.base_forgets_promise {
+            return Some(ctx.append(Record {
+                kind: RecordKind::Meta,
+                group: self.id,
+                instance: self.applied_next,
+                promised: Ballot::ZERO,
+                accepted: Ballot::ZERO,
+                payload: Bytes::from(payload),
+            }));
+        }
+        Some(self.append_meta(ctx, payload))
     }
 
     /// One past the highest instance this replica holds anything for.
@@ -374,6 +457,8 @@ impl Group {
         let mut repaired_below = Lsn::ZERO;
         // A re-learn that began and did not finish (Some(state lost)).
         let mut unfinished: Option<bool> = None;
+        // The highest log base recorded, with the rolling checksum below it.
+        let mut base: Option<(Instance, u32)> = None;
         for record in records {
             assert_eq!(record.group, self.id);
             highest = highest.max(Some(record.instance));
@@ -394,7 +479,12 @@ impl Group {
                     marks.push((record.instance, record.accepted, record.payload.clone()))
                 }
                 RecordKind::Meta => {
-                    if let Some(lsn) = repair_lsn(&record.payload) {
+                    if let Some((below, checksum)) = log_base(&record.payload) {
+                        self.promised = self.promised.max(record.promised);
+                        if base.is_none_or(|(b, _)| below > b) {
+                            base = Some((below, checksum));
+                        }
+                    } else if let Some(lsn) = repair_lsn(&record.payload) {
                         repaired_below = repaired_below.max(lsn);
                         self.promised = self.promised.max(record.promised);
                         unfinished = None;
@@ -411,7 +501,21 @@ impl Group {
         let mut damaged =
             lost || unfinished.is_some() || damage.iter().any(|d| d.last_lsn >= repaired_below);
         let mut unresolved: BTreeSet<Instance> = BTreeSet::new();
+        if let Some((below, checksum)) = base {
+            // Everything below the base is in the state machine's checkpoint; the log (what
+            // the WAL did not purge yet) starts there.
+            self.log_base = below;
+            self.applied_next = below;
+            self.checksum = checksum;
+            if below.0 > 0 {
+                self.checksums.insert(Instance(below.0 - 1), checksum);
+            }
+            self.accepted = self.accepted.split_off(&below);
+        }
         for (instance, ballot, payload) in marks {
+            if instance < self.log_base {
+                continue;
+            }
             let value = if !payload.is_empty() {
                 payload
             } else {
@@ -790,6 +894,26 @@ fn relearn_lost(payload: &[u8]) -> Option<bool> {
         [flag] => Some(*flag == 1),
         _ => None,
     }
+}
+
+/// The base and rolling checksum a log-base record names (None if it is not one): for
+/// checkers and tools that read a WAL.
+pub fn log_base_of(record: &Record) -> Option<(Instance, u32)> {
+    if record.kind != RecordKind::Meta {
+        return None;
+    }
+    log_base(&record.payload)
+}
+
+/// The base and checksum a log-base record names (None if the payload is not one).
+fn log_base(payload: &[u8]) -> Option<(Instance, u32)> {
+    let rest = payload.strip_prefix(BASE_TAG.as_slice())?;
+    if rest.len() != 12 {
+        return None;
+    }
+    let below = u64::from_le_bytes(rest[..8].try_into().ok()?);
+    let checksum = u32::from_le_bytes(rest[8..].try_into().ok()?);
+    Some((Instance(below), checksum))
 }
 
 /// The Lsn a repair record names (None if the payload is not one).

@@ -103,8 +103,12 @@ impl Group {
         if collecting.first != first {
             return;
         }
-        if applied_next.0 >= collecting.first.0 + ACCEPT_WINDOW_INSTANCES {
-            // This node is too far behind to lead: catch up first, then try again.
+        // A Promise reports chosen values only from what the acceptor keeps in memory
+        // (`chosen_retained_max` below its applied point, the same on every member): a
+        // candidate further behind than that would not learn them all. It is also too far
+        // behind to lead past the acceptance window. Catch up first, then try again.
+        let behind_max = ACCEPT_WINDOW_INSTANCES.min(ctx.config.chosen_retained_max);
+        if applied_next.0 >= collecting.first.0 + behind_max {
             self.step_down(ctx);
             self.request_catchup(ctx, from);
             return;
