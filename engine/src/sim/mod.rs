@@ -233,6 +233,9 @@ struct SimCore {
     repair_pending: Option<Lsn>,
     /// Elections this core's table had won when last looked at.
     wins_seen: u64,
+    /// Groups this core's table had repaired when last looked at (a repair can finish while
+    /// a frame is delivered, between rounds: compare with this, not with the round's start).
+    repairs_seen: u64,
 }
 
 /// A state machine's state: the next instance it applies and a digest of all it applied.
@@ -446,6 +449,7 @@ impl Sim {
                         staged: Vec::new(),
                         repair_pending: None,
                         wins_seen: 0,
+                        repairs_seen: 0,
                     })
                     .collect(),
                 restart_at: None,
@@ -608,6 +612,7 @@ impl Sim {
             core.staged.clear();
             core.repair_pending = None;
             core.wins_seen = 0;
+            core.repairs_seen = 0;
             summary.push((
                 recovery.records.len(),
                 recovery.damaged.len(),
@@ -942,7 +947,6 @@ impl Sim {
             let Some(driver) = sim_core.driver.as_mut() else {
                 return;
             };
-            let repaired = driver.table().stats().groups_repaired;
             let mut bases_moved = 0;
             if let Some(checkpoints) = &checkpoints {
                 // The purge pass: each group's log base follows its state machine's
@@ -960,7 +964,11 @@ impl Sim {
                 disk: &sim_core.disk,
             };
             let result = driver.round(&mut storage, &mut frames, &mut applied);
-            if driver.table().stats().groups_repaired != repaired {
+            // A repair record (finished during this round or while a frame was delivered
+            // before it) is appended by now: the fault atlas waits until it is durable.
+            let repaired = driver.table().stats().groups_repaired;
+            if repaired != sim_core.repairs_seen {
+                sim_core.repairs_seen = repaired;
                 sim_core.repair_pending = Some(Lsn(driver.table().next_lsn().0 - 1));
             }
             for _ in 0..bases_moved {
