@@ -53,6 +53,9 @@ pub struct Chosen {
     pub instance: Instance,
     /// The value (decode with [`super::value::decode`]).
     pub value: Bytes,
+    /// The group's rolling checksum through this instance (what a checkpoint at this
+    /// instance records, docs/PROTOCOL.md#learner).
+    pub checksum: u32,
 }
 
 /// Why a proposal failed (it was never proposed, so it will not be chosen).

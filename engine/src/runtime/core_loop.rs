@@ -835,6 +835,7 @@ impl driver::Apply for ExecApply<'_> {
             group: chosen.group,
             instance: chosen.instance,
             commands,
+            checksum: chosen.checksum,
         });
         Ok(())
     }

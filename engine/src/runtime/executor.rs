@@ -27,11 +27,13 @@ pub(crate) enum ExecMsg {
         index: u32,
         reply: Reply,
     },
-    /// The chosen value of (group, instance), in instance order per group.
+    /// The chosen value of (group, instance), in instance order per group, with the group's
+    /// rolling checksum through it (a mirror checkpoint at this instance records it).
     Chosen {
         group: GroupId,
         instance: Instance,
         commands: Vec<Bytes>,
+        checksum: u32,
     },
 }
 
@@ -110,6 +112,7 @@ pub(crate) fn run_with_mirrors(
                 group,
                 instance,
                 commands,
+                checksum,
             } => {
                 let exec = groups
                     .get_mut(&group.0)
@@ -119,7 +122,7 @@ pub(crate) fn run_with_mirrors(
                     // unless the mirror is further behind (it restarted from an older
                     // checkpoint).
                     if mirror.wants(group, instance) {
-                        mirror.feed(group, instance, commands);
+                        mirror.feed(group, instance, commands, checksum);
                     }
                     continue;
                 }
@@ -148,7 +151,7 @@ pub(crate) fn run_with_mirrors(
                 applied_commands.fetch_add(commands.len() as u64, Ordering::Relaxed);
                 if mirror.wants(group, instance) {
                     // Never waits: a full queue drops the group's mirror instead.
-                    mirror.feed(group, instance, commands);
+                    mirror.feed(group, instance, commands, checksum);
                 }
                 // Answer every waiter of this instance.
                 let done: Vec<(u64, u32)> = exec

@@ -270,6 +270,8 @@ pub(crate) struct MirrorMsg {
     pub group: GroupId,
     pub instance: Instance,
     pub commands: Vec<Bytes>,
+    /// The group's rolling checksum through `instance`.
+    pub checksum: u32,
 }
 
 /// The executor's side of the mirrors: where each mirror-mode group is, and the queue.
@@ -336,7 +338,13 @@ impl MirrorFeed {
 
     /// Hands an applied value to the mirror thread without waiting; drops the group's mirror
     /// when the queue is full. Call only when [`MirrorFeed::wants`] it.
-    pub(crate) fn feed(&mut self, group: GroupId, instance: Instance, commands: Vec<Bytes>) {
+    pub(crate) fn feed(
+        &mut self,
+        group: GroupId,
+        instance: Instance,
+        commands: Vec<Bytes>,
+        checksum: u32,
+    ) {
         let Some(Some(next)) = self.next.get_mut(&group.0) else {
             return;
         };
@@ -352,6 +360,7 @@ impl MirrorFeed {
             group,
             instance,
             commands,
+            checksum,
         }) {
             Ok(()) => *next += 1,
             Err(TrySendError::Full(_)) => {
@@ -424,6 +433,7 @@ fn run_mirrors(mirrors: Mirrors, rx: Receiver<MirrorMsg>) {
         group,
         instance,
         commands,
+        checksum,
     }) = rx.recv()
     {
         let state = states
@@ -445,18 +455,21 @@ fn run_mirrors(mirrors: Mirrors, rx: Receiver<MirrorMsg>) {
             .applied_next
             .store(state.next, Ordering::Release);
         if state.next % state.every_instances == 0 {
-            write_checkpoint(&dir, group, instance, state);
+            write_checkpoint(&dir, group, instance, checksum, state);
         }
     }
 }
 
 /// Writes the mirror's state at `instance` as a checkpoint file, prunes the older ones and
 /// raises the purge floor. A failure is logged and counted; the older checkpoint stays.
-fn write_checkpoint(dir: &Path, group: GroupId, instance: Instance, state: &mut MirrorState) {
+fn write_checkpoint(
+    dir: &Path,
+    group: GroupId,
+    instance: Instance,
+    log_checksum: u32,
+    state: &mut MirrorState,
+) {
     let stats = &state.progress.mirror;
-    // TODO(log_checksum): the core's rolling checksum at `instance` is to be supplied by the
-    // caller (with the chosen value); 0 until it is.
-    let log_checksum = 0;
     let written = CheckpointWriter::create(dir, group, instance, log_checksum)
         .map_err(|e| format!("cannot create it: {e}"))
         .and_then(|mut writer| {
@@ -673,6 +686,11 @@ mod tests {
         thread: std::thread::JoinHandle<()>,
     }
 
+    /// The rolling checksum the test's core reports through `instance` (any distinct values).
+    fn log_checksum_at(instance: u64) -> u32 {
+        0x5EED_0000 ^ instance as u32
+    }
+
     fn start(machines: Machines, mirrors: Mirrors) -> Running {
         let progress = machines[0].2.clone();
         let (tx, rx) = crossbeam_channel::unbounded();
@@ -694,6 +712,7 @@ mod tests {
                         group: G,
                         instance: Instance(instance),
                         commands: vec![command(instance)],
+                        checksum: log_checksum_at(instance),
                     })
                     .unwrap();
             }
@@ -800,9 +819,10 @@ mod tests {
             Instance(29),
         ))
         .unwrap();
+        // The checkpoint records the core's rolling checksum through its instance.
         assert_eq!(
             (meta.group, meta.instance, meta.log_checksum),
-            (G, Instance(29), 0)
+            (G, Instance(29), log_checksum_at(29))
         );
     }
 

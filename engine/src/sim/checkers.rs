@@ -335,6 +335,7 @@ impl Sim {
             group,
             instance,
             value,
+            ..
         } = chosen;
         self.trace(&("chosen", index, group.0, instance.0, &value[..]));
         let node = &mut self.nodes[index];
@@ -585,6 +586,7 @@ mod tests {
                 group: GroupId(0),
                 instance: Instance(0),
                 value,
+                checksum: 0,
             },
         );
         let violation = sim.checks.violation.expect("reported");
@@ -603,6 +605,7 @@ mod tests {
                 group: GroupId(0),
                 instance: Instance(instance),
                 value: crate::core::value::encode([&command]),
+                checksum: 0,
             }
         };
         let first = chosen(&mut sim, 0);
@@ -643,6 +646,7 @@ mod tests {
                     group: GroupId(0),
                     instance: Instance(instance),
                     value: encode_with(identity, [&command]),
+                    checksum: 0,
                 },
             );
         }

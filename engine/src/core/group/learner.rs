@@ -295,6 +295,7 @@ impl Group {
                 group: self.id,
                 instance,
                 value: value.clone(),
+                checksum: self.checksum,
             });
             ctx.stats.instances_applied += 1;
             self.applied_next = Instance(instance.0 + 1);
