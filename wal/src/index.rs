@@ -130,6 +130,9 @@ impl GroupIndex {
 pub struct Index {
     groups: HashMap<GroupId, GroupIndex>,
     values: HashMap<GroupId, GroupIndex>,
+    /// Per group: instance -> location of its newest `Chosen` mark (a Promise or Meta record
+    /// may name the same instance later; it does not hide the mark).
+    marks: HashMap<GroupId, GroupIndex>,
 }
 
 impl Index {
@@ -137,11 +140,21 @@ impl Index {
     pub fn from_recovered(
         recovered: &BTreeMap<GroupId, BTreeMap<Instance, RecordLocation>>,
         values: &BTreeMap<GroupId, BTreeMap<Instance, RecordLocation>>,
+        marks: &BTreeMap<GroupId, BTreeMap<Instance, RecordLocation>>,
     ) -> Index {
         let mut index = Index::default();
         for (group, instances) in recovered {
             for (instance, location) in instances {
-                index.insert(*group, *instance, *location, Lsn::ZERO, false);
+                index.insert(*group, *instance, *location, Lsn::ZERO, false, false);
+            }
+        }
+        for (group, instances) in marks {
+            for (instance, location) in instances {
+                index
+                    .marks
+                    .entry(*group)
+                    .or_default()
+                    .insert(*instance, *location);
             }
         }
         for (group, instances) in values {
@@ -154,6 +167,11 @@ impl Index {
             }
         }
         index
+    }
+
+    /// The location of the newest `Chosen` mark of `(group, instance)`.
+    pub fn get_mark(&self, group: GroupId, instance: Instance) -> Option<&RecordLocation> {
+        self.marks.get(&group).and_then(|g| g.get(instance))
     }
 
     /// The location of the newest record of `(group, instance)` that carries a value.
@@ -171,7 +189,14 @@ impl Index {
         location: RecordLocation,
         batch: Lsn,
         carries_value: bool,
+        is_mark: bool,
     ) -> bool {
+        if is_mark {
+            self.marks
+                .entry(group)
+                .or_default()
+                .insert(instance, location);
+        }
         if carries_value {
             self.values
                 .entry(group)
@@ -211,6 +236,10 @@ impl Index {
             group.remove_segment(segment);
         }
         self.values.retain(|_, group| !group.is_empty());
+        for group in self.marks.values_mut() {
+            group.remove_segment(segment);
+        }
+        self.marks.retain(|_, group| !group.is_empty());
     }
 
     /// Number of indexed `(group, instance)` pairs.
@@ -243,11 +272,11 @@ mod tests {
     fn newest_wins_dense_and_sparse_and_purge_forgets() {
         let mut index = Index::default();
         let g = GroupId(1);
-        assert!(index.insert(g, Instance(10), loc(1, 1), Lsn(1), false));
-        assert!(!index.insert(g, Instance(12), loc(2, 1), Lsn(1), false));
-        assert!(index.insert(g, Instance(10), loc(3, 2), Lsn(3), false));
-        index.insert(g, Instance(5), loc(4, 2), Lsn(3), false); // below the dense base: sparse
-        index.insert(g, Instance(1_000_000), loc(5, 2), Lsn(3), false); // far beyond: sparse
+        assert!(index.insert(g, Instance(10), loc(1, 1), Lsn(1), false, false));
+        assert!(!index.insert(g, Instance(12), loc(2, 1), Lsn(1), false, false));
+        assert!(index.insert(g, Instance(10), loc(3, 2), Lsn(3), false, false));
+        index.insert(g, Instance(5), loc(4, 2), Lsn(3), false, false); // below the dense base: sparse
+        index.insert(g, Instance(1_000_000), loc(5, 2), Lsn(3), false, false); // far beyond: sparse
         assert_eq!(index.groups_in_segment(1), vec![(g, Instance(12))]);
         assert_eq!(index.groups_in_segment(2), vec![(g, Instance(1_000_000))]);
         assert_eq!(index.get(g, Instance(10)).map(|l| l.lsn), Some(Lsn(3)));

@@ -151,6 +151,8 @@ pub struct Recovery {
     /// Per group: instance -> location of its newest record that carries a value (an
     /// `Accept`, or a `Chosen` mark with a payload): where an empty mark's value is.
     pub values: BTreeMap<GroupId, BTreeMap<Instance, RecordLocation>>,
+    /// Per group: instance -> location of its newest `Chosen` mark.
+    pub marks: BTreeMap<GroupId, BTreeMap<Instance, RecordLocation>>,
     /// Per segment, in order.
     pub segments: Vec<SegmentSummary>,
     /// Where the log continues: (segment, offset) after the last kept batch (the start of a cut
@@ -426,6 +428,12 @@ fn keep_batch(rec: &mut Recovery, segment: u64, batch: &ScannedBatch) {
                     .entry(record.group)
                     .or_default()
                     .insert(record.instance, location);
+                if record.kind == RecordKind::Chosen {
+                    rec.marks
+                        .entry(record.group)
+                        .or_default()
+                        .insert(record.instance, location);
+                }
                 if carries_value(record) {
                     rec.values
                         .entry(record.group)

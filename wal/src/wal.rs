@@ -582,7 +582,7 @@ impl Wal {
             inflight: None,
             next_write: resume,
             segments,
-            index: Index::from_recovered(&recovery.index, &recovery.values),
+            index: Index::from_recovered(&recovery.index, &recovery.values, &recovery.marks),
             floors: BTreeMap::new(),
             lsn_floors: BTreeMap::new(),
             segment_last_lsn: recovery
@@ -744,6 +744,7 @@ impl Wal {
             location,
             batch.first_lsn,
             carries_value,
+            record.kind == RecordKind::Chosen,
         ) {
             batch.groups += 1;
         }
@@ -1187,9 +1188,10 @@ impl Wal {
         self.segments.len()
     }
 
-    /// The chosen value of `(group, instance)` as this log holds it: its newest record is a
-    /// `Chosen` mark, whose payload is the value or, when empty, names the ballot of the
-    /// `Accept` record that holds it (checked here). `None` when the log holds no mark for
+    /// The chosen value of `(group, instance)` as this log holds it: its newest `Chosen` mark
+    /// (a later Promise or Meta record naming the same instance does not hide it), whose
+    /// payload is the value or, when empty, names the ballot of the `Accept` record that holds
+    /// it (checked here). `None` when the log holds no mark for
     /// the instance (not chosen here, not yet marked, or purged), or the mark's `Accept` is
     /// not the one it names (damaged and re-learnt: the caller serves it from elsewhere).
     pub fn read_chosen(
@@ -1197,7 +1199,10 @@ impl Wal {
         group: GroupId,
         instance: Instance,
     ) -> Result<Option<Bytes>, WalError> {
-        let Some(mark) = self.read(group, instance)? else {
+        let Some(location) = self.index.get_mark(group, instance).copied() else {
+            return Ok(None);
+        };
+        let Some(mark) = self.read_at(location)? else {
             return Ok(None);
         };
         if mark.kind != RecordKind::Chosen {

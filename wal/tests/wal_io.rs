@@ -524,6 +524,10 @@ fn read_chosen_serves_marked_values_from_the_log() {
             rec(RecordKind::Chosen, 1, Ballot::ZERO, b"one-chosen"),
             rec(RecordKind::Chosen, 3, b2, b""),
             rec(RecordKind::Chosen, 4, b2, b""),
+            // A Promise whose first covered instance is 0 (a lagging candidate's Prepare) and
+            // a Meta record at 1: later records naming those instances hide no mark.
+            rec(RecordKind::Promise, 0, b2, b""),
+            rec(RecordKind::Meta, 1, b2, b"meta"),
         ] {
             wal.append(r).expect("append");
         }
