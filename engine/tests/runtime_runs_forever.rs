@@ -65,7 +65,8 @@ fn free_addrs(count: usize) -> Vec<SocketAddr> {
 fn config(id: u32, addrs: &[SocketAddr], dir: &Path, purge: bool) -> NodeConfig {
     let mut builder =
         NodeConfig::builder(id, addrs[id as usize - 1], dir.join(format!("node-{id}")))
-            .cluster_id(11)
+            // A cluster id per test: the two tests run at once on loopback ports.
+            .cluster_id(if purge { 12 } else { 11 })
             .groups(4)
             .cores(2)
             .pin_cores(false)
