@@ -98,6 +98,33 @@ fn start(id: u32, addrs: &[SocketAddr], dir: &Path, store: Store, purge: bool) -
     Node::start(config(id, addrs, dir, purge), factory).expect("node starts")
 }
 
+/// Three fresh nodes (group 0 on core 0), each with its own store.
+#[allow(clippy::type_complexity)]
+fn cluster(
+    purge: bool,
+) -> (
+    tempfile::TempDir,
+    Vec<SocketAddr>,
+    Vec<Store>,
+    Vec<Option<Node>>,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let addrs = free_addrs(3);
+    let stores: Vec<Store> = (0..3).map(|_| Store::default()).collect();
+    let nodes = (1..=3)
+        .map(|id| {
+            Some(start(
+                id,
+                &addrs,
+                dir.path(),
+                stores[id as usize - 1].clone(),
+                purge,
+            ))
+        })
+        .collect();
+    (dir, addrs, stores, nodes)
+}
+
 /// Proposes `count` commands of `bytes` bytes each to group 0 through whichever node leads
 /// it, up to `window` outstanding at a time (1: one command per instance); a command whose
 /// outcome is not Committed is sent again. Bounded in time.
@@ -197,20 +224,7 @@ fn wait_for(what: &str, seconds: u64, mut done: impl FnMut() -> bool) {
 /// older values can only come from its peers' WALs).
 #[test]
 fn a_follower_further_behind_than_memory_catches_up_from_the_wal() {
-    let dir = tempfile::tempdir().unwrap();
-    let addrs = free_addrs(3);
-    let stores: Vec<Store> = (0..3).map(|_| Store::default()).collect();
-    let mut nodes: Vec<Option<Node>> = (1..=3)
-        .map(|id| {
-            Some(start(
-                id,
-                &addrs,
-                dir.path(),
-                stores[id as usize - 1].clone(),
-                false,
-            ))
-        })
-        .collect();
+    let (dir, addrs, stores, mut nodes) = cluster(false);
     wait_for_leader(&nodes);
     propose_many(&nodes, 0, 20, 16, 1);
     // Stop a follower (not the leader), then choose well over one window without it.
@@ -285,20 +299,7 @@ fn a_follower_further_behind_than_memory_catches_up_from_the_wal() {
 /// (nothing below it is replayed) and the group goes on committing.
 #[test]
 fn purge_keeps_the_wal_under_its_budget_and_a_restart_starts_at_the_log_base() {
-    let dir = tempfile::tempdir().unwrap();
-    let addrs = free_addrs(3);
-    let stores: Vec<Store> = (0..3).map(|_| Store::default()).collect();
-    let mut nodes: Vec<Option<Node>> = (1..=3)
-        .map(|id| {
-            Some(start(
-                id,
-                &addrs,
-                dir.path(),
-                stores[id as usize - 1].clone(),
-                true,
-            ))
-        })
-        .collect();
+    let (dir, addrs, stores, mut nodes) = cluster(true);
     wait_for_leader(&nodes);
     let budget = 16u64 << 20;
     let value = 32 << 10;
