@@ -340,11 +340,37 @@ fn codec_round_trips_every_kind() {
             request: 9,
             applied_next: Instance(3),
             high: Instance(7),
+            log_base: Instance(1),
             relearning: true,
             state_lost: false,
             promised: ballot,
             entries: vec![(Instance(1), bytes::Bytes::from_static(b"q"))],
             checksum: 5,
+        },
+        Message::CheckpointRequest {
+            instance: Some(Instance(40)),
+            offset: 4096,
+            need: Instance(3),
+        },
+        Message::CheckpointRequest {
+            instance: None,
+            offset: 0,
+            need: Instance(3),
+        },
+        Message::CheckpointChunk {
+            info: Some(paxring_engine::core::CheckpointInfo {
+                instance: Instance(40),
+                log_checksum: 0xABCD,
+                payload_bytes: 9000,
+                payload_crc: 17,
+            }),
+            offset: 4096,
+            data: bytes::Bytes::from_static(b"image"),
+        },
+        Message::CheckpointChunk {
+            info: None,
+            offset: 0,
+            data: bytes::Bytes::new(),
         },
     ];
     for message in messages {

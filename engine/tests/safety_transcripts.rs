@@ -362,6 +362,7 @@ fn relearn_counts_only_replies_to_its_own_request() {
                 request: 7, // not this re-learn's id
                 applied_next: Instance(0),
                 high: Instance(0),
+                log_base: Instance(0),
                 relearning: false,
                 state_lost: false,
                 promised: Ballot::ZERO,

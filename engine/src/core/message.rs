@@ -98,6 +98,9 @@ pub enum Message {
         applied_next: Instance,
         /// The highest instance the sender holds anything for (accepted, chosen or applied).
         high: Instance,
+        /// The sender's log base: it serves no value below it (a replica behind it needs a
+        /// checkpoint, docs/PROTOCOL.md#checkpoint-transfer).
+        log_base: Instance,
         /// The sender is itself re-learning (its report covers only its intact records).
         relearning: bool,
         /// The sender re-learns because its whole state was lost (it holds nothing of its own).
@@ -109,6 +112,39 @@ pub enum Message {
         /// The sender's rolling checksum through the last entry (0 if none).
         checksum: u32,
     },
+    /// A replica behind every value a peer serves asks for a checkpoint, from `offset` of its
+    /// payload (a transfer resumes where it stopped).
+    CheckpointRequest {
+        /// The checkpoint being fetched (resuming), or `None` for the newest the peer has.
+        instance: Option<Instance>,
+        /// The payload offset to send from.
+        offset: u64,
+        /// The requester's applied point: a checkpoint below it is of no use.
+        need: Instance,
+    },
+    /// Bytes of a checkpoint's payload from `offset` (`info: None`: the sender has none to
+    /// offer now).
+    CheckpointChunk {
+        /// The checkpoint, or `None` when the sender has none above the request's `need`.
+        info: Option<CheckpointInfo>,
+        /// Where `data` starts in the payload.
+        offset: u64,
+        /// Payload bytes.
+        data: Bytes,
+    },
+}
+
+/// What a checkpoint holds, as a transfer names it (docs/PROTOCOL.md#checkpoint-transfer).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct CheckpointInfo {
+    /// The state as of this applied instance (every instance up to it is applied).
+    pub instance: Instance,
+    /// The group's rolling checksum through `instance`.
+    pub log_checksum: u32,
+    /// Bytes of the state machine's image.
+    pub payload_bytes: u64,
+    /// crc32 of the whole image (the receiver checks it before installing).
+    pub payload_crc: u32,
 }
 
 /// Bytes that are not a message.
@@ -147,7 +183,7 @@ pub enum DecodeError {
 }
 
 /// The largest kind byte in use (kinds are 1..=MESSAGE_KIND_MAX).
-pub const MESSAGE_KIND_MAX: u8 = 8;
+pub const MESSAGE_KIND_MAX: u8 = 10;
 
 impl Message {
     /// The kind byte (first byte of the encoding; the network frame header repeats it).
@@ -161,6 +197,8 @@ impl Message {
             Message::Commit { .. } => 6,
             Message::CatchupRequest { .. } => 7,
             Message::CatchupReply { .. } => 8,
+            Message::CheckpointRequest { .. } => 9,
+            Message::CheckpointChunk { .. } => 10,
         }
     }
 
@@ -175,6 +213,8 @@ impl Message {
             Message::Commit { .. } => "commit",
             Message::CatchupRequest { .. } => "catchup-request",
             Message::CatchupReply { .. } => "catchup-reply",
+            Message::CheckpointRequest { .. } => "checkpoint-request",
+            Message::CheckpointChunk { .. } => "checkpoint-chunk",
         }
     }
 
@@ -257,6 +297,7 @@ impl Message {
                 request,
                 applied_next,
                 high,
+                log_base,
                 relearning,
                 state_lost,
                 promised,
@@ -266,6 +307,7 @@ impl Message {
                 out.put_u64_le(*request);
                 out.put_u64_le(applied_next.0);
                 out.put_u64_le(high.0);
+                out.put_u64_le(log_base.0);
                 out.put_u8(u8::from(*relearning));
                 out.put_u8(u8::from(*state_lost));
                 put_ballot(out, *promised);
@@ -275,6 +317,31 @@ impl Message {
                     out.put_u64_le(instance.0);
                     put_bytes(out, value);
                 }
+            }
+            Message::CheckpointRequest {
+                instance,
+                offset,
+                need,
+            } => {
+                out.put_u8(u8::from(instance.is_some()));
+                out.put_u64_le(instance.map_or(0, |i| i.0));
+                out.put_u64_le(*offset);
+                out.put_u64_le(need.0);
+            }
+            Message::CheckpointChunk { info, offset, data } => {
+                out.put_u8(u8::from(info.is_some()));
+                let info = info.unwrap_or(CheckpointInfo {
+                    instance: Instance(0),
+                    log_checksum: 0,
+                    payload_bytes: 0,
+                    payload_crc: 0,
+                });
+                out.put_u64_le(info.instance.0);
+                out.put_u32_le(info.log_checksum);
+                out.put_u64_le(info.payload_bytes);
+                out.put_u32_le(info.payload_crc);
+                out.put_u64_le(*offset);
+                put_bytes(out, data);
             }
         }
     }
@@ -358,6 +425,7 @@ impl Message {
                 let request = reader.u64()?;
                 let applied_next = Instance(reader.u64()?);
                 let high = Instance(reader.u64()?);
+                let log_base = Instance(reader.u64()?);
                 let relearning = reader.flag()?;
                 let state_lost = reader.flag()?;
                 let promised = reader.ballot()?;
@@ -372,11 +440,37 @@ impl Message {
                     request,
                     applied_next,
                     high,
+                    log_base,
                     relearning,
                     state_lost,
                     promised,
                     entries,
                     checksum,
+                }
+            }
+            9 => {
+                let some = reader.flag()?;
+                let instance = Instance(reader.u64()?);
+                Message::CheckpointRequest {
+                    instance: some.then_some(instance),
+                    offset: reader.u64()?,
+                    need: Instance(reader.u64()?),
+                }
+            }
+            10 => {
+                let some = reader.flag()?;
+                let info = CheckpointInfo {
+                    instance: Instance(reader.u64()?),
+                    log_checksum: reader.u32()?,
+                    payload_bytes: reader.u64()?,
+                    payload_crc: reader.u32()?,
+                };
+                let offset = reader.u64()?;
+                let data = reader.value()?;
+                Message::CheckpointChunk {
+                    info: some.then_some(info),
+                    offset,
+                    data,
                 }
             }
             other => return Err(DecodeError::UnknownKind(other)),
@@ -396,7 +490,9 @@ pub fn promise_entry_bytes(value_len: usize) -> usize {
     8 + 12 + 1 + 4 + value_len
 }
 /// Encoded bytes of a CatchupReply (kind byte included) before its entries.
-pub const CATCHUP_REPLY_HEADER_BYTES: usize = 1 + 8 + 8 + 8 + 1 + 1 + 12 + 4 + 4;
+pub const CATCHUP_REPLY_HEADER_BYTES: usize = 1 + 8 + 8 + 8 + 8 + 1 + 1 + 12 + 4 + 4;
+/// Encoded bytes of a CheckpointChunk (kind byte included) before its data.
+pub const CHECKPOINT_CHUNK_HEADER_BYTES: usize = 1 + 1 + 8 + 4 + 8 + 4 + 8 + 4;
 /// Encoded bytes of one CatchupReply entry carrying a value of `value_len` bytes.
 pub fn catchup_entry_bytes(value_len: usize) -> usize {
     8 + 4 + value_len

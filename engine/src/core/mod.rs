@@ -43,10 +43,11 @@ pub mod value;
 mod wal_types;
 
 pub use group::log_base_of;
-pub use message::{DecodeError, Message, PromiseEntry, MESSAGE_KIND_MAX};
+pub use message::{CheckpointInfo, DecodeError, Message, PromiseEntry, MESSAGE_KIND_MAX};
 pub use outputs::{
-    Broadcast, Chosen, CoreStats, FailReason, GroupError, GroupStatus, Outputs, ProposalResult,
-    ReadRequest, RelearnStatus, SendAfterDurable, SendNow, Start,
+    Broadcast, CheckpointRead, CheckpointWrite, Chosen, CoreStats, FailReason, GroupError,
+    GroupStatus, InstallStatus, Outputs, ProposalResult, ReadRequest, RelearnStatus,
+    SendAfterDurable, SendNow, Start,
 };
 pub use table::CoreTable;
 pub use wal_types::{
@@ -321,4 +322,8 @@ pub struct Bugs {
     /// A log-base record does not carry the promise (the Promise records below the base go
     /// with the purge).
     pub base_forgets_promise: bool,
+    /// Pre-fix Promise: an acceptor promises a Prepare from below what it still holds of its
+    /// applied values (its log base after a restart or checkpoint install), reporting nothing
+    /// for the instances in between.
+    pub promise_below_base: bool,
 }

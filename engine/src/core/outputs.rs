@@ -4,7 +4,7 @@
 //!
 //! Owns: the output and status types a driver reads. Must never do I/O.
 use super::wal_types::{GroupId, Instance, Lsn, Record};
-use super::{Message, NodeId, ProposalId};
+use super::{CheckpointInfo, Message, NodeId, ProposalId};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
@@ -175,6 +175,25 @@ pub struct GroupStatus {
     /// longer holds the values this replica needs.
     #[serde(default)]
     pub catchup_unavailable: Option<(NodeId, Instance)>,
+    /// Set while a checkpoint transfer runs (this replica is behind every value its peers
+    /// serve, docs/PROTOCOL.md#checkpoint-transfer).
+    #[serde(default)]
+    pub installing: Option<InstallStatus>,
+}
+
+/// A checkpoint transfer in progress.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstallStatus {
+    /// The peer sending it.
+    pub peer: NodeId,
+    /// The checkpoint (None until its first chunk arrived).
+    pub info: Option<CheckpointInfo>,
+    /// Payload bytes received.
+    pub received: u64,
+    /// Every byte arrived; the state machine is installing it.
+    pub installing: bool,
+    /// Requests re-sent without progress.
+    pub stalls: u32,
 }
 
 /// A re-learning group's progress (docs/PROTOCOL.md#re-learning).
@@ -220,9 +239,30 @@ impl GroupStatus {
                 ),
             });
         }
+        if let Some(install) = &self.installing {
+            return Some(match install.info {
+                None => format!(
+                    "group {}: behind every value node {} serves (applied through {}): asking it for a checkpoint",
+                    self.group, install.peer.0, self.applied_next.0
+                ),
+                Some(info) if install.installing => format!(
+                    "group {}: installing the checkpoint at instance {} from node {}",
+                    self.group, info.instance.0, install.peer.0
+                ),
+                Some(info) => format!(
+                    "group {}: receiving the checkpoint at instance {} from node {}: {} of {} bytes ({} re-sent requests without progress)",
+                    self.group,
+                    info.instance.0,
+                    install.peer.0,
+                    install.received,
+                    info.payload_bytes,
+                    install.stalls
+                ),
+            });
+        }
         if let Some((peer, theirs)) = self.catchup_unavailable {
             return Some(format!(
-                "group {}: cannot catch up: applied through {}, node {} is at {} and no longer holds the values in between (they are below what it retains; a checkpoint transfer is needed); asking again with back-off",
+                "group {}: cannot catch up: applied through {}, node {} is at {} and serves neither the values in between nor a checkpoint past them; asking again with back-off",
                 self.group,
                 self.applied_next.0,
                 peer.0,
@@ -269,6 +309,45 @@ pub struct Outputs {
     /// Catch-up that needs values older than the group keeps in memory: the driver reads
     /// them from storage and hands them to [`crate::core::CoreTable::serve_read`].
     pub reads: Vec<ReadRequest>,
+    /// A peer asked for checkpoint bytes: the driver reads them from its checkpoint store and
+    /// hands them to [`crate::core::CoreTable::serve_checkpoint`].
+    pub checkpoint_reads: Vec<CheckpointRead>,
+    /// Checkpoint bytes received, to append to the group's receive in progress (offset 0
+    /// starts a new one).
+    pub checkpoint_writes: Vec<CheckpointWrite>,
+    /// Every byte of a checkpoint arrived: the driver verifies it, installs it into the state
+    /// machine and then calls [`crate::core::CoreTable::installed`] (or `install_failed`).
+    pub installs: Vec<(GroupId, CheckpointInfo)>,
+}
+
+/// A peer's request for checkpoint bytes (docs/PROTOCOL.md#checkpoint-transfer).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckpointRead {
+    /// The group.
+    pub group: GroupId,
+    /// The peer that asked.
+    pub to: NodeId,
+    /// The checkpoint it is fetching, or None for the newest.
+    pub instance: Option<Instance>,
+    /// The payload offset it needs.
+    pub offset: u64,
+    /// Its applied point (a checkpoint must be at or above it to be of use).
+    pub need: Instance,
+    /// At most this many payload bytes (one message).
+    pub bytes_max: usize,
+}
+
+/// Checkpoint bytes received for the group's transfer in progress.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckpointWrite {
+    /// The group.
+    pub group: GroupId,
+    /// The checkpoint.
+    pub info: CheckpointInfo,
+    /// Where `data` goes in the payload (0: a new receive).
+    pub offset: u64,
+    /// The bytes.
+    pub data: Bytes,
 }
 
 /// A peer's catch-up request for chosen values no longer in memory (streaming catch-up
@@ -314,6 +393,9 @@ impl Outputs {
         self.results.clear();
         self.stopped.clear();
         self.reads.clear();
+        self.checkpoint_reads.clear();
+        self.checkpoint_writes.clear();
+        self.installs.clear();
     }
 
     /// True when there is nothing to do.
@@ -325,6 +407,10 @@ impl Outputs {
             && self.chosen.is_empty()
             && self.results.is_empty()
             && self.stopped.is_empty()
+            && self.reads.is_empty()
+            && self.checkpoint_reads.is_empty()
+            && self.checkpoint_writes.is_empty()
+            && self.installs.is_empty()
     }
 
     pub(super) fn take_into(&mut self, out: &mut Outputs) {
@@ -337,6 +423,9 @@ impl Outputs {
         out.results.append(&mut self.results);
         out.stopped.append(&mut self.stopped);
         out.reads.append(&mut self.reads);
+        out.checkpoint_reads.append(&mut self.checkpoint_reads);
+        out.checkpoint_writes.append(&mut self.checkpoint_writes);
+        out.installs.append(&mut self.installs);
     }
 }
 
@@ -390,6 +479,29 @@ pub struct CoreStats {
     /// needs are older than the peer retains in memory (serving them from the WAL, or a
     /// checkpoint, is a later issue). Non-zero means a replica cannot catch up by itself.
     pub catchup_unavailable: u64,
+    /// Checkpoint transfers started (this replica was behind every value a peer serves).
+    #[serde(default)]
+    pub checkpoint_fetches: u64,
+    /// Checkpoints installed by transfer.
+    #[serde(default)]
+    pub checkpoints_installed: u64,
+    /// Transfers abandoned (the peer had none, stopped answering, sent bad bytes, or the
+    /// install failed); catch-up then backs off and tries again.
+    #[serde(default)]
+    pub checkpoint_transfers_abandoned: u64,
+    /// Checkpoint chunks received (used or not).
+    #[serde(default)]
+    pub checkpoint_chunks_received: u64,
+    /// Checkpoint payload bytes received and handed on to be written.
+    #[serde(default)]
+    pub checkpoint_bytes_received: u64,
+    /// Checkpoint read requests handed to the driver (serving a peer).
+    #[serde(default)]
+    pub checkpoint_reads_served: u64,
+    /// Prepares answered with catch-up instead of a promise: this acceptor no longer holds
+    /// every chosen value from the Prepare's first instance, so its report would be incomplete.
+    #[serde(default)]
+    pub promises_refused_behind_base: u64,
     /// Records handed to the WAL.
     pub records_appended: u64,
     /// Accepted replies that named another value than the one in flight (stale; ignored).

@@ -335,6 +335,45 @@ impl CoreTable {
         self.out.take_into(out);
     }
 
+    /// Answers a peer's checkpoint request the table handed out as a
+    /// [`crate::core::CheckpointRead`]: `piece` is what the driver's checkpoint store read
+    /// (the checkpoint, the offset served and the bytes), or None when it has none to offer.
+    /// The reply goes straight into `out`.
+    pub fn serve_checkpoint(
+        &mut self,
+        group: GroupId,
+        to: NodeId,
+        piece: Option<(super::CheckpointInfo, u64, Bytes)>,
+        out: &mut Outputs,
+    ) {
+        if let Some(state) = self.groups.get_mut(&group) {
+            let mut ctx = ctx!(self);
+            state.serve_checkpoint(&mut ctx, to, piece);
+        }
+        self.out.take_into(out);
+    }
+
+    /// The driver installed the checkpoint `info` of `group` into its state machine (durably):
+    /// the group continues after it (docs/PROTOCOL.md#checkpoint-transfer). What it produces
+    /// goes into `out`.
+    pub fn installed(&mut self, group: GroupId, info: super::CheckpointInfo, out: &mut Outputs) {
+        if let Some(state) = self.groups.get_mut(&group) {
+            let mut ctx = ctx!(self);
+            state.installed(&mut ctx, info);
+        }
+        self.out.take_into(out);
+    }
+
+    /// The driver could not receive or install `group`'s checkpoint: the transfer is
+    /// abandoned (catch-up backs off and tries again).
+    pub fn install_failed(&mut self, group: GroupId, out: &mut Outputs) {
+        if let Some(state) = self.groups.get_mut(&group) {
+            let mut ctx = ctx!(self);
+            state.install_failed(&mut ctx);
+        }
+        self.out.take_into(out);
+    }
+
     /// Re-logs an idle group's state (see `Group::relog_base`): the Lsn of its new log-base
     /// record, before which the WAL needs none of the group's records once it is durable.
     pub fn relog_base(&mut self, group: GroupId) -> Option<Lsn> {

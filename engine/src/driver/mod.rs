@@ -14,7 +14,7 @@
 //! (time arrives as [`Tick`]s, durability as [`Driver::durable`], frames as
 //! [`Driver::on_frame`]); `tests/tidy.rs` checks this source like the core's.
 use crate::core::{
-    Chosen, CoreTable, FailReason, GroupError, GroupId, Instance, Lsn, Message, NodeId, ProposalId,
+    CheckpointInfo, Chosen, CoreTable, FailReason, GroupError, GroupId, Instance, Lsn, Message, NodeId, ProposalId,
     ProposalResult, Record, Tick,
 };
 use bytes::{Bytes, BytesMut};
@@ -89,6 +89,50 @@ pub trait Storage {
         group: GroupId,
         instance: Instance,
     ) -> Result<Option<Bytes>, StorageError>;
+
+    /// Checkpoint transfer, serving side (docs/PROTOCOL.md#checkpoint-transfer): at most
+    /// `bytes_max` payload bytes of `group`'s checkpoint `instance` from `offset` — or, when
+    /// that one is gone or `instance` is None, of the newest checkpoint above `need` from
+    /// offset 0 — as (checkpoint, offset served, bytes). `Ok(None)`: none to offer (a store
+    /// may start making one; the peer asks again later). Default: none.
+    fn read_checkpoint(
+        &mut self,
+        group: GroupId,
+        instance: Option<Instance>,
+        need: Instance,
+        offset: u64,
+        bytes_max: usize,
+    ) -> Result<Option<(CheckpointInfo, u64, Bytes)>, StorageError> {
+        let _ = (group, instance, need, offset, bytes_max);
+        Ok(None)
+    }
+
+    /// Checkpoint transfer, receiving side: `data` belongs at `offset` of the payload of
+    /// `info` (offset 0 starts a new receive for the group, dropping any earlier partial one).
+    /// An error abandons the transfer (it is not a WAL failure). Default: unsupported.
+    fn receive_checkpoint(
+        &mut self,
+        group: GroupId,
+        info: &CheckpointInfo,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), StorageError> {
+        let _ = (group, info, offset, data);
+        Err(StorageError::message("this storage cannot receive checkpoints"))
+    }
+
+    /// Every byte of `info` arrived: check it and install it into the group's state machine.
+    /// Completion comes back later through [`Driver::installed`] or
+    /// [`Driver::install_failed`] (the owner may install on another thread). Default:
+    /// unsupported.
+    fn install_checkpoint(
+        &mut self,
+        group: GroupId,
+        info: &CheckpointInfo,
+    ) -> Result<(), StorageError> {
+        let _ = (group, info);
+        Err(StorageError::message("this storage cannot install checkpoints"))
+    }
 }
 
 /// Where a core's frames go: the shared network thread in the node, the simulated network in
@@ -140,6 +184,21 @@ pub struct DriverStats {
     pub value_bytes_read: u64,
     /// Reads from storage that failed (that catch-up reply stopped there).
     pub read_errors: u64,
+    /// Checkpoint chunks read for peers.
+    #[serde(default)]
+    pub checkpoint_chunks_read: u64,
+    /// Their payload bytes.
+    #[serde(default)]
+    pub checkpoint_bytes_read: u64,
+    /// Checkpoint requests answered "none to offer".
+    #[serde(default)]
+    pub checkpoint_none: u64,
+    /// Checkpoint reads, writes or installs that failed.
+    #[serde(default)]
+    pub checkpoint_errors: u64,
+    /// Checkpoints handed to storage to install.
+    #[serde(default)]
+    pub checkpoint_installs: u64,
     /// Catch-up reads put off to a later round by the per-round read budget.
     pub reads_deferred: u64,
 }
@@ -168,6 +227,8 @@ pub struct Driver {
     ignore_fsync_error: bool,
     /// Catch-up reads waiting for a round with read budget left.
     reads: VecDeque<crate::core::ReadRequest>,
+    /// Checkpoint reads waiting likewise.
+    checkpoint_reads: VecDeque<crate::core::CheckpointRead>,
     /// 0; 1 under the injected `log-read-off-by-one` bug.
     read_skew: u64,
 }
@@ -209,6 +270,7 @@ impl Driver {
             stats: DriverStats::default(),
             ignore_fsync_error,
             reads: VecDeque::new(),
+            checkpoint_reads: VecDeque::new(),
             read_skew,
         }
     }
@@ -288,6 +350,26 @@ impl Driver {
         }
     }
 
+    /// The storage installed `group`'s checkpoint `info` into the state machine (durably):
+    /// the group continues after it; chosen values from there on go to the executor.
+    pub fn installed(&mut self, group: GroupId, info: CheckpointInfo) {
+        let from = Instance(info.instance.0 + 1);
+        let replay = self.replay_from.entry(group).or_insert(from);
+        *replay = (*replay).max(from);
+        let mut out = std::mem::take(&mut self.out);
+        self.table.installed(group, info, &mut out);
+        self.out = out;
+    }
+
+    /// The storage could not install `group`'s checkpoint: the transfer is abandoned and
+    /// catch-up tries again after a back-off.
+    pub fn install_failed(&mut self, group: GroupId) {
+        self.stats.checkpoint_errors += 1;
+        let mut out = std::mem::take(&mut self.out);
+        self.table.install_failed(group, &mut out);
+        self.out = out;
+    }
+
     /// The storage reports that the write ending at `last_lsn` failed (an fsync error): the
     /// core must stop; the error comes back for the node to fail-stop with.
     pub fn write_failed(&mut self, last_lsn: Lsn, error: StorageError) -> Result<(), DriverError> {
@@ -351,6 +433,67 @@ impl Driver {
             );
         }
         self.stats.reads_deferred += self.reads.len() as u64;
+
+        // 0b. Checkpoint transfer: chunks for peers (within what is left of the read budget;
+        //     the rest waits), received chunks to the store, complete ones to install.
+        self.checkpoint_reads.extend(out.checkpoint_reads.drain(..));
+        while budget > 0 {
+            let Some(read) = self.checkpoint_reads.pop_front() else {
+                break;
+            };
+            let piece = match storage.read_checkpoint(
+                read.group,
+                read.instance,
+                read.need,
+                read.offset,
+                read.bytes_max,
+            ) {
+                Ok(Some((info, offset, data))) => {
+                    self.stats.checkpoint_chunks_read += 1;
+                    self.stats.checkpoint_bytes_read += data.len() as u64;
+                    budget = budget.saturating_sub(data.len().max(1));
+                    Some((info, offset, data))
+                }
+                Ok(None) => {
+                    self.stats.checkpoint_none += 1;
+                    None
+                }
+                Err(_) => {
+                    self.stats.checkpoint_errors += 1;
+                    None
+                }
+            };
+            self.table
+                .serve_checkpoint(read.group, read.to, piece, &mut out);
+        }
+        let writes: Vec<_> = out.checkpoint_writes.drain(..).collect();
+        let mut failed: Vec<GroupId> = Vec::new();
+        for write in writes {
+            if failed.contains(&write.group) {
+                continue;
+            }
+            if storage
+                .receive_checkpoint(write.group, &write.info, write.offset, &write.data)
+                .is_err()
+            {
+                self.stats.checkpoint_errors += 1;
+                failed.push(write.group);
+            }
+        }
+        let installs: Vec<_> = out.installs.drain(..).collect();
+        for (group, info) in installs {
+            if failed.contains(&group) {
+                continue;
+            }
+            self.stats.checkpoint_installs += 1;
+            if storage.install_checkpoint(group, &info).is_err() {
+                self.stats.checkpoint_errors += 1;
+                failed.push(group);
+            }
+        }
+        for group in failed {
+            self.table.install_failed(group, &mut out);
+        }
 
         // 1. Durable records: one write for the whole round.
         if !out.appends.is_empty() {

@@ -23,11 +23,12 @@ use std::time::{Duration, Instant};
 
 use super::api::{Error, FatalError, Reply, StartError};
 use super::config::{core_of_group, NodeConfig, SyncModeConfig, WalBackendConfig};
-use super::executor::ExecMsg;
+use super::executor::{ExecMsg, InstallDone};
+use super::transfer::CheckpointStore;
 use super::shared::{CoreSnapshot, ProposalMsg, PurgeSnapshot, Shared};
 use super::wake::Wake;
 use crate::core::{
-    value, Chosen, Config as CoreConfig, CoreTable, FailReason, GroupError, NodeId, Prng,
+    value, CheckpointInfo, Chosen, Config as CoreConfig, CoreTable, FailReason, GroupError, NodeId, Prng,
     ProposalId, ProposalResult, Record, Start, Tick,
 };
 use crate::driver::{self, Driver, DriverError, StorageError};
@@ -145,6 +146,11 @@ struct Core {
     segments_seen: usize,
     /// Idle groups' re-logged state records not yet durable: (group, Lsn).
     relogs_pending: Vec<(GroupId, Lsn)>,
+    /// Checkpoint files served to and received from peers (docs/PROTOCOL.md#checkpoint-transfer).
+    checkpoints: CheckpointStore,
+    /// The executor reports installed checkpoints here.
+    installs_tx: Sender<InstallDone>,
+    installs_rx: Receiver<InstallDone>,
 }
 
 impl Core {
@@ -256,6 +262,7 @@ impl Core {
                 });
             }
         }
+        let (installs_tx, installs_rx) = crossbeam_channel::unbounded();
         let mut driver = Driver::new(table);
         for (group, checkpoint) in &start.applied_from {
             driver.set_replay_from(*group, Instance(checkpoint.map_or(0, |i| i.0 + 1)));
@@ -297,6 +304,12 @@ impl Core {
                 bases_pending: Vec::new(),
                 segments_seen: 0,
                 relogs_pending: Vec::new(),
+                checkpoints: CheckpointStore::new(
+                    super::mirror::checkpoint_dir(&config.data_dir),
+                    start.core,
+                ),
+                installs_tx,
+                installs_rx,
             },
             had_records,
         ))
@@ -356,6 +369,7 @@ impl Core {
                 }
             }
 
+            self.take_installs();
             self.take_frames();
             self.take_proposals();
             let now_ticks =
@@ -409,6 +423,7 @@ impl Core {
         let mut storage = WalStorage {
             wal: &mut self.wal,
             core: self.index,
+            checkpoints: &mut self.checkpoints,
         };
         let mut net = NetBatch {
             batch: &mut self.net_batch,
@@ -420,6 +435,29 @@ impl Core {
             batch_bytes_max: self.batch_bytes_max,
         };
         self.driver.round(&mut storage, &mut net, &mut apply)?;
+        // Received checkpoints go to the executor after the values applied before them.
+        for (group, info, path) in self.checkpoints.ready.drain(..) {
+            tracing::info!(
+                core = self.index,
+                group = group.0,
+                instance = info.instance.0,
+                bytes = info.payload_bytes,
+                "checkpoint received from a peer: installing it into the state machine"
+            );
+            self.exec_backlog.push_back(ExecMsg::Install {
+                group,
+                info,
+                path,
+                done: self.installs_tx.clone(),
+            });
+        }
+        let dir = self.checkpoints.dir().to_path_buf();
+        for group in self.checkpoints.exports.drain(..) {
+            self.exec_backlog.push_back(ExecMsg::Export {
+                group,
+                dir: dir.clone(),
+            });
+        }
         self.feed_executor();
 
         // One hand-off of this round's frames to the network thread.
@@ -432,6 +470,32 @@ impl Core {
             }
         }
         Ok(())
+    }
+
+    /// Checkpoints the executor installed (or could not): the groups go on from there.
+    fn take_installs(&mut self) {
+        while let Ok(done) = self.installs_rx.try_recv() {
+            match done.result {
+                Ok(()) => {
+                    tracing::info!(
+                        core = self.index,
+                        group = done.group.0,
+                        instance = done.info.instance.0,
+                        "checkpoint installed: catching up from the instance after it"
+                    );
+                    self.driver.installed(done.group, done.info);
+                }
+                Err(reason) => {
+                    tracing::error!(
+                        core = self.index,
+                        group = done.group.0,
+                        instance = done.info.instance.0,
+                        "cannot install the checkpoint received (the transfer is tried again after a back-off): {reason}"
+                    );
+                    self.driver.install_failed(done.group);
+                }
+            }
+        }
     }
 
     fn take_frames(&mut self) {
@@ -708,13 +772,65 @@ impl Core {
     }
 }
 
-/// The core's WAL as the driver's storage.
+/// The core's WAL (and checkpoint store) as the driver's storage.
 struct WalStorage<'a> {
     wal: &'a mut Wal,
     core: usize,
+    checkpoints: &'a mut CheckpointStore,
 }
 
 impl driver::Storage for WalStorage<'_> {
+    fn read_checkpoint(
+        &mut self,
+        group: GroupId,
+        instance: Option<Instance>,
+        need: Instance,
+        offset: u64,
+        bytes_max: usize,
+    ) -> Result<Option<(CheckpointInfo, u64, Bytes)>, StorageError> {
+        self.checkpoints
+            .read(group, instance, need, offset, bytes_max)
+            .inspect_err(|e| {
+                tracing::warn!(
+                    core = self.core,
+                    group = group.0,
+                    "cannot serve a checkpoint to a peer: {e}"
+                )
+            })
+    }
+
+    fn receive_checkpoint(
+        &mut self,
+        group: GroupId,
+        info: &CheckpointInfo,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), StorageError> {
+        self.checkpoints
+            .receive(group, info, offset, data)
+            .inspect_err(|e| {
+                tracing::warn!(
+                    core = self.core,
+                    group = group.0,
+                    "checkpoint transfer abandoned: {e}"
+                )
+            })
+    }
+
+    fn install_checkpoint(
+        &mut self,
+        group: GroupId,
+        info: &CheckpointInfo,
+    ) -> Result<(), StorageError> {
+        self.checkpoints.finish(group, info).inspect_err(|e| {
+            tracing::warn!(
+                core = self.core,
+                group = group.0,
+                "checkpoint transfer abandoned: {e}"
+            )
+        })
+    }
+
     fn read_chosen(
         &mut self,
         group: GroupId,

@@ -7,7 +7,8 @@
 //! queue and never waits for it), waits for the mirror thread while values flow.
 
 use bytes::Bytes;
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{Receiver, Sender};
+use std::path::{Path, PathBuf};
 use paxring_wal::{GroupId, Instance};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,6 +17,7 @@ use std::sync::Arc;
 use super::api::{Committed, Error, Reply};
 use super::mirror::{self, MirrorStats, Mirrors};
 use super::state_machine::StateMachine;
+use crate::core::CheckpointInfo;
 
 /// What a core sends its executor.
 pub(crate) enum ExecMsg {
@@ -35,7 +37,31 @@ pub(crate) enum ExecMsg {
         commands: Vec<Bytes>,
         checksum: u32,
     },
+    /// Install a checkpoint received from a peer into the group's state machine (it replaces
+    /// the whole state; docs/PROTOCOL.md#checkpoint-transfer); the outcome goes to `done`.
+    /// Sent after every value applied before it.
+    Install {
+        group: GroupId,
+        info: CheckpointInfo,
+        path: PathBuf,
+        done: Sender<InstallDone>,
+    },
+    /// A peer needs a checkpoint of the group and there is none past its point: write one of
+    /// the live state machine at its applied point into `dir` (application mode; a mirror-mode
+    /// group's mirror writes its own).
+    Export { group: GroupId, dir: PathBuf },
 }
+
+/// The executor's answer to [`ExecMsg::Install`].
+#[derive(Debug)]
+pub(crate) struct InstallDone {
+    pub group: GroupId,
+    pub info: CheckpointInfo,
+    pub result: Result<(), String>,
+}
+
+/// Checkpoint files kept per group when the executor exports one.
+const EXPORTS_KEPT: usize = 2;
 
 /// Per-group counters an executor shares with its core and the stats snapshot.
 #[derive(Debug, Default)]
@@ -56,6 +82,9 @@ struct GroupExec {
     /// Next instance to apply.
     next: u64,
     waiters: BTreeMap<(u64, u32), Reply>,
+    /// The rolling checksum through the last applied instance (`next - 1`), once one was
+    /// applied in this run (an exported checkpoint records it).
+    last_checksum: Option<u32>,
 }
 
 /// Runs until the queue closes (its core stopped); then fails every waiter as unknown, and
@@ -89,6 +118,7 @@ pub(crate) fn run_with_mirrors(
                     progress,
                     next,
                     waiters: BTreeMap::new(),
+                    last_checksum: None,
                 },
             )
         })
@@ -139,6 +169,7 @@ pub(crate) fn run_with_mirrors(
                     "a state machine must return one result per command"
                 );
                 exec.next += 1;
+                exec.last_checksum = Some(checksum);
                 exec.progress
                     .applied_next
                     .store(exec.next, Ordering::Release);
@@ -176,6 +207,39 @@ pub(crate) fn run_with_mirrors(
                     let _ = reply.send(outcome);
                 }
             }
+            ExecMsg::Install {
+                group,
+                info,
+                path,
+                done,
+            } => {
+                let exec = groups
+                    .get_mut(&group.0)
+                    .expect("a core only installs checkpoints of its own groups");
+                let result = install(exec, group, &info, &path, mirror.is_mirror_mode(group));
+                if result.is_ok() && mirror.is_mirror_mode(group) {
+                    mirror.installed(group);
+                }
+                let _ = done.send(InstallDone {
+                    group,
+                    info,
+                    result,
+                });
+            }
+            ExecMsg::Export { group, dir } => {
+                let Some(exec) = groups.get_mut(&group.0) else {
+                    continue;
+                };
+                if mirror.is_mirror_mode(group) {
+                    continue; // its mirror writes its checkpoints
+                }
+                if let Err(e) = export(exec, group, &dir) {
+                    tracing::warn!(
+                        group = group.0,
+                        "cannot write a checkpoint for a peer that needs one: {e}"
+                    );
+                }
+            }
         }
     }
     for exec in groups.values_mut() {
@@ -186,4 +250,76 @@ pub(crate) fn run_with_mirrors(
         }
     }
     mirror.finish();
+}
+
+/// Installs a received checkpoint file into the group's state machine (which makes it durable
+/// before it returns, by the `restore` contract). A state machine already past it keeps its
+/// state (never moved back).
+fn install(
+    exec: &mut GroupExec,
+    group: GroupId,
+    info: &CheckpointInfo,
+    path: &Path,
+    mirror_mode: bool,
+) -> Result<(), String> {
+    let next = info.instance.0 + 1;
+    if next > exec.next {
+        let restored = super::mirror::restore_from(path, group, exec.machine.as_mut())?;
+        if restored != info.instance {
+            return Err(format!(
+                "the file holds instance {}, not {}",
+                restored.0, info.instance.0
+            ));
+        }
+        exec.next = next;
+        exec.last_checksum = Some(info.log_checksum);
+    }
+    // Proposals waiting on instances the checkpoint covers were applied elsewhere: their
+    // results are not known here.
+    let covered: Vec<(u64, u32)> = exec.waiters.range(..(exec.next, 0)).map(|(k, _)| *k).collect();
+    for key in covered {
+        if let Some(reply) = exec.waiters.remove(&key) {
+            let _ = reply.send(Err(Error::Unknown(
+                "the instance was applied through a checkpoint installed from a peer; its result is not known here".into(),
+            )));
+        }
+    }
+    exec.progress.applied_next.store(exec.next, Ordering::Release);
+    let checkpoint_next = if mirror_mode {
+        next // the installed file is a checkpoint of this group
+    } else {
+        exec.machine.checkpoint_instance().map_or(0, |i| i.0 + 1)
+    };
+    exec.progress
+        .checkpoint_next
+        .fetch_max(checkpoint_next, Ordering::AcqRel);
+    Ok(())
+}
+
+/// Writes a checkpoint of the live state machine at its applied point (application mode),
+/// for a peer that is behind every value this node serves; keeps the newest few.
+fn export(exec: &mut GroupExec, group: GroupId, dir: &Path) -> Result<(), String> {
+    let (Some(checksum), Some(instance)) = (exec.last_checksum, exec.next.checked_sub(1)) else {
+        return Err("nothing applied since this start (the checksum through the state machine's point is not known yet)".into());
+    };
+    if paxring_wal::checkpoint::checkpoint_path(dir, group, Instance(instance)).exists() {
+        return Ok(());
+    }
+    let mut writer =
+        paxring_wal::checkpoint::CheckpointWriter::create(dir, group, Instance(instance), checksum)
+            .map_err(|e| e.to_string())?;
+    exec.machine
+        .snapshot(&mut writer)
+        .map_err(|e| e.to_string())?;
+    let (path, _) = writer.finish().map_err(|e| e.to_string())?;
+    tracing::info!(
+        group = group.0,
+        instance,
+        "wrote a checkpoint for a peer: {}",
+        path.display()
+    );
+    if let Err(e) = paxring_wal::checkpoint::prune(dir, group, EXPORTS_KEPT) {
+        tracing::warn!(group = group.0, "cannot prune old checkpoints: {e}");
+    }
+    Ok(())
 }

@@ -232,7 +232,7 @@ fn restore_newest(
 }
 
 /// Streams one checkpoint file into `machine`; the instance restored.
-fn restore_from(
+pub(crate) fn restore_from(
     path: &Path,
     group: GroupId,
     machine: &mut dyn StateMachine,
@@ -380,6 +380,19 @@ impl MirrorFeed {
                 );
                 self.drop_group(group.0);
             }
+        }
+    }
+
+    /// The live state machine of `group` installed a checkpoint received from a peer: the
+    /// mirror (behind it, with values it will never get) stops until the next start, which
+    /// restores it from the newest checkpoint file (the installed one at least).
+    pub(crate) fn installed(&mut self, group: GroupId) {
+        if matches!(self.next.get(&group.0), Some(Some(_))) {
+            tracing::warn!(
+                group = group.0,
+                "a checkpoint from a peer was installed: this group's mirror stops until the next start"
+            );
+            self.drop_group(group.0);
         }
     }
 

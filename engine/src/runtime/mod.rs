@@ -15,6 +15,7 @@ pub mod identity;
 pub(crate) mod mirror;
 mod node;
 mod shared;
+mod transfer;
 pub mod state_machine;
 mod wake;
 

@@ -37,6 +37,9 @@ pub(super) struct Checkers {
     /// The value (its crc) every Accept sent for (group, instance, ballot) carried: one ballot
     /// proposes at most one value per instance.
     pub accepts_sent: BTreeMap<(GroupId, Instance, crate::core::Ballot), u32>,
+    /// Every (group, instance, value crc) a Promise reported (a later leader re-proposes
+    /// these): counts `commit-by-bytes`' precondition apart from a recovered value.
+    pub reported: std::collections::BTreeSet<(GroupId, Instance, u32)>,
 }
 
 impl Checkers {
@@ -118,6 +121,13 @@ impl Sim {
                 }
             }
         }
+        if let Message::Promise { entries, .. } = &msg {
+            for entry in entries {
+                let crc = crc32fast::hash(&entry.value);
+                self.checks.reported.insert((group, entry.instance, crc));
+            }
+        }
+        self.count_stale_leader_answer(index, group, &msg);
         // What this replica acknowledged: it must survive a restart (or the group re-learns).
         let node = &mut self.nodes[index];
         match &msg {
@@ -177,6 +187,57 @@ impl Sim {
             self.violate(format!(
                 "durable-before-reply: node {id} group {group}: {problem}"
             ));
+        }
+    }
+
+    /// Counts how often a leader is told by an acceptor that an instance it still has in
+    /// flight was chosen (the only way a leader learns another ballot's value without being
+    /// deposed first, and what `commit-by-bytes` needs; docs/TESTING.md): an acceptor answers
+    /// an Accept for an instance it knows chosen with a one-entry `CatchupReply` (request 0,
+    /// no checksum) whose `promised` is the Accept's ballot, so it names the leader it goes
+    /// to. `stale-leader-told-chosen`: that leader still leads with that ballot and has not
+    /// applied the instance; `stale-leader-told-other`: and the chosen value is not its own
+    /// (other bytes, or its bytes never reported by a Promise: not recovered from it);
+    /// `stale-leader-same-bytes`: the latter, the precondition of `commit-by-bytes`.
+    fn count_stale_leader_answer(&mut self, index: usize, group: GroupId, msg: &Message) {
+        let Message::CatchupReply {
+            request: 0,
+            promised,
+            entries,
+            checksum: 0,
+            ..
+        } = msg
+        else {
+            return;
+        };
+        let [(instance, chosen)] = entries.as_slice() else {
+            return;
+        };
+        self.count("accept-answered-chosen");
+        let leader = promised.node as usize;
+        if leader == 0 || leader > self.nodes.len() || leader - 1 == index {
+            return;
+        }
+        let stale = self.table_of(leader - 1, group).is_some_and(|t| {
+            t.is_leader(group)
+                && t.promised(group) == Some(*promised)
+                && t.applied_next(group).is_some_and(|a| a <= *instance)
+        });
+        if !stale {
+            return;
+        }
+        self.count("stale-leader-told-chosen");
+        let crc = crc32fast::hash(chosen);
+        if self.checks.accepts_sent.get(&(group, *instance, *promised)) != Some(&crc) {
+            self.count("stale-leader-told-other");
+        } else if !self.checks.reported.contains(&(group, *instance, crc))
+            && value::decode(chosen).is_ok_and(|commands| !commands.is_empty())
+        {
+            // Its own bytes (not a no-op), yet no Promise ever reported them at this
+            // instance: not its value recovered by a later leader, but another proposal with
+            // the same bytes.
+            self.count("stale-leader-told-other");
+            self.count("stale-leader-same-bytes");
         }
     }
 
@@ -335,7 +396,7 @@ impl Sim {
             group,
             instance,
             value,
-            ..
+            checksum,
         } = chosen;
         self.trace(&("chosen", index, group.0, instance.0, &value[..]));
         let node = &mut self.nodes[index];
@@ -351,6 +412,7 @@ impl Sim {
         *machine = SmState {
             next: Instance(instance.0 + 1),
             digest: digest_step(machine.digest, instance, &value),
+            checksum,
         };
         let digest = machine.digest;
         let machine = *machine;
@@ -617,6 +679,7 @@ mod tests {
             super::SmState {
                 next: Instance(1),
                 digest: 42,
+                checksum: 0,
             },
         );
         let second = chosen(&mut sim, 1);

@@ -20,6 +20,7 @@ mod clients;
 pub mod disk;
 mod faults;
 mod network;
+mod transfer;
 
 pub use faults::{Fault, Profile, SKEW_PPM_MAX};
 
@@ -116,6 +117,12 @@ impl SimOptions {
         }
         if !self.swarm {
             extra.push_str(" --no-swarm");
+        }
+        if self.purge {
+            extra.push_str(" --purge");
+        }
+        if self.clients_per_group != SimOptions::default().clients_per_group {
+            extra.push_str(&format!(" --clients {}", self.clients_per_group));
         }
         format!(
             "cargo run --release -p paxring-tools{features} -- sim --seeds 1 --start-seed {seed} --nodes {} --cores {} --groups {} --pipeline {} --faults {} --safety-ticks {} --heal-ticks {}{extra} --log",
@@ -243,6 +250,8 @@ struct SimCore {
 struct SmState {
     next: Instance,
     digest: u64,
+    /// The group's rolling checksum through `next - 1` (a checkpoint records it).
+    checksum: u32,
 }
 
 struct Node {
@@ -265,6 +274,8 @@ struct Node {
     machines: BTreeMap<GroupId, SmState>,
     /// The state machines' durable checkpoints (lost only with the data directory).
     checkpoints: BTreeMap<GroupId, SmState>,
+    /// Checkpoint transfers in progress (process memory: lost at a crash).
+    transfers: transfer::Transfers,
     /// Each group's promise at the last step (it must never decrease while the node runs).
     last_promised: BTreeMap<GroupId, Ballot>,
     /// The highest ballot this node sent a Promise for, per group, and every Accepted it
@@ -336,6 +347,8 @@ struct Applied {
 struct SimStorage<'a> {
     staged: &'a mut Vec<(Lsn, Record)>,
     disk: &'a SimDisk,
+    checkpoints: &'a BTreeMap<GroupId, SmState>,
+    transfers: &'a mut transfer::Transfers,
 }
 
 impl driver::Storage for SimStorage<'_> {
@@ -353,6 +366,42 @@ impl driver::Storage for SimStorage<'_> {
         instance: Instance,
     ) -> Result<Option<Bytes>, StorageError> {
         Ok(self.disk.read_chosen(group, instance))
+    }
+
+    fn read_checkpoint(
+        &mut self,
+        group: GroupId,
+        instance: Option<Instance>,
+        need: Instance,
+        offset: u64,
+        bytes_max: usize,
+    ) -> Result<Option<(crate::core::CheckpointInfo, u64, Bytes)>, StorageError> {
+        Ok(transfer::read(
+            self.checkpoints,
+            group,
+            instance,
+            need,
+            offset,
+            bytes_max,
+        ))
+    }
+
+    fn receive_checkpoint(
+        &mut self,
+        group: GroupId,
+        info: &crate::core::CheckpointInfo,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), StorageError> {
+        transfer::receive(self.transfers, group, info, offset, data)
+    }
+
+    fn install_checkpoint(
+        &mut self,
+        group: GroupId,
+        info: &crate::core::CheckpointInfo,
+    ) -> Result<(), StorageError> {
+        transfer::install(self.transfers, group, info)
     }
 
     fn submit(&mut self) -> Result<(), StorageError> {
@@ -461,6 +510,7 @@ impl Sim {
                 durable_accepts: BTreeSet::new(),
                 machines: BTreeMap::new(),
                 checkpoints: BTreeMap::new(),
+                transfers: transfer::Transfers::default(),
                 last_promised: BTreeMap::new(),
                 acked_promised: BTreeMap::new(),
                 acked_accepts: BTreeSet::new(),
@@ -626,6 +676,7 @@ impl Sim {
             *self.report.faults.entry("purged-records").or_default() += purged;
         }
         node.machines = node.checkpoints.clone();
+        node.transfers = transfer::Transfers::default();
         node.last_promised.clear();
         node.up = true;
         node.paused_until = None;
@@ -763,6 +814,7 @@ impl Sim {
                 for core in 0..self.nodes[index].cores.len() {
                     self.complete_disk(index, core);
                 }
+                self.finish_installs(index);
             }
         }
         // 3. Faults, restarts, resumes.
@@ -943,7 +995,8 @@ impl Sim {
             None
         };
         let result = {
-            let sim_core = &mut self.nodes[index].cores[core];
+            let node = &mut self.nodes[index];
+            let sim_core = &mut node.cores[core];
             let Some(driver) = sim_core.driver.as_mut() else {
                 return;
             };
@@ -962,6 +1015,8 @@ impl Sim {
             let mut storage = SimStorage {
                 staged: &mut sim_core.staged,
                 disk: &sim_core.disk,
+                checkpoints: &node.checkpoints,
+                transfers: &mut node.transfers,
             };
             let result = driver.round(&mut storage, &mut frames, &mut applied);
             // A repair record (finished during this round or while a frame was delivered
@@ -990,6 +1045,7 @@ impl Sim {
             self.violate(format!("driver: node {} core {core}: {error}", index + 1));
             return;
         }
+        self.start_installs(index);
         let from = self.nodes[index].id;
         for (to, frame) in frames.0 {
             self.check_durable_reply(index, &frame);

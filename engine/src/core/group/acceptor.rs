@@ -31,6 +31,26 @@ impl Group {
             self.reject(ctx, from, ballot);
             return;
         }
+        // A Promise must report every value this acceptor accepted or knows chosen from
+        // `first` on. Below what memory keeps of its applied values (its log base after a
+        // restart or a checkpoint install, or the retention bound) it cannot: no vote; the
+        // candidate gets those values by catch-up instead and stands again from further on.
+        let reported_from = self
+            .chosen
+            .first_key_value()
+            .map_or(self.applied_next, |(i, _)| *i)
+            .min(self.applied_next);
+        #[allow(unused_mut)]
+        let mut incomplete = first < reported_from;
+        #[cfg(feature = "sim-bugs")]
+        if ctx.bugs.promise_below_base {
+            incomplete = false;
+        }
+        if incomplete {
+            ctx.stats.promises_refused_behind_base += 1;
+            self.on_catchup_request(ctx, from, first, 0, Instance(0));
+            return;
+        }
         let lsn = if ballot > self.promised {
             self.promised = ballot;
             self.persist_promise(ctx, first)
@@ -176,6 +196,7 @@ impl Group {
                     request: 0,
                     applied_next: self.applied_next,
                     high: self.held_end(),
+                    log_base: self.log_base,
                     relearning: false,
                     state_lost: false,
                     promised: self.promised,

@@ -127,6 +127,7 @@ impl Group {
                 request,
                 applied_next: self.applied_next,
                 high: self.held_end(),
+                log_base: self.log_base,
                 relearning: self.relearn.is_some(),
                 state_lost: self.relearn.as_ref().is_some_and(|r| r.lost),
                 promised: self.promised,
@@ -147,19 +148,19 @@ impl Group {
     ) {
         self.catchup_deadline = None;
         if entries.is_empty() && report.applied_next > self.applied_next {
-            // The peer is ahead but no longer holds what this replica needs: back off
+            if report.log_base > self.applied_next
+                && from != ctx.me
+                && self.install.is_none()
+            {
+                // The peer serves nothing from this replica's point on (its log starts
+                // later): only its checkpoint can bring this replica forward.
+                self.start_install(ctx, from);
+                return;
+            }
+            // The peer is ahead but does not hold what this replica needs: back off
             // (doubling) instead of asking again at once, and say why in the status.
             ctx.stats.catchup_unavailable += 1;
-            let cap = ctx
-                .config
-                .election_timeout_ticks
-                .saturating_mul(CATCHUP_BACKOFF_ELECTIONS_MAX);
-            self.catchup_backoff = (self.catchup_backoff.saturating_mul(2)).clamp(
-                ctx.config.retransmit_ticks,
-                cap.max(ctx.config.retransmit_ticks),
-            );
-            self.catchup_deadline = Some(Tick(ctx.now.0 + self.catchup_backoff));
-            self.catchup_unavailable = Some((from, report.applied_next));
+            self.back_off_catchup(ctx, from, report.applied_next);
         } else if !entries.is_empty() {
             self.catchup_backoff = 0;
             self.catchup_unavailable = None;
@@ -194,8 +195,24 @@ impl Group {
         }
     }
 
+    /// Catch-up from `peer` found nothing usable: ask again only after a back-off that
+    /// doubles from the retransmit interval up to `CATCHUP_BACKOFF_ELECTIONS_MAX` election
+    /// timeouts (never a tight loop); the status says why.
+    pub(super) fn back_off_catchup(&mut self, ctx: &mut Ctx<'_>, peer: NodeId, theirs: Instance) {
+        let cap = ctx
+            .config
+            .election_timeout_ticks
+            .saturating_mul(CATCHUP_BACKOFF_ELECTIONS_MAX);
+        self.catchup_backoff = (self.catchup_backoff.saturating_mul(2)).clamp(
+            ctx.config.retransmit_ticks,
+            cap.max(ctx.config.retransmit_ticks),
+        );
+        self.catchup_deadline = Some(Tick(ctx.now.0 + self.catchup_backoff));
+        self.catchup_unavailable = Some((peer, theirs.max(self.applied_next)));
+    }
+
     pub(super) fn request_catchup(&mut self, ctx: &mut Ctx<'_>, peer: NodeId) {
-        if self.catchup_deadline.is_some() || peer == ctx.me {
+        if self.catchup_deadline.is_some() || peer == ctx.me || self.install.is_some() {
             return;
         }
         self.catchup_deadline = Some(Tick(ctx.now.0 + ctx.config.retransmit_ticks));

@@ -17,6 +17,7 @@ use bytes::Bytes;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 mod acceptor;
+mod install;
 mod learner;
 mod proposer;
 mod relearn;
@@ -101,6 +102,8 @@ enum Role {
 #[derive(Debug, Clone, Copy)]
 struct Report {
     applied_next: Instance,
+    /// The peer serves no value below this.
+    log_base: Instance,
     high: Instance,
     promised: Ballot,
     relearning: bool,
@@ -153,6 +156,8 @@ pub(super) struct Group {
     /// The lowest instance this replica's log holds (the WAL may purge below it; what is
     /// below is in the state machine's checkpoint).
     log_base: Instance,
+    /// A checkpoint transfer in progress (docs/PROTOCOL.md#checkpoint-transfer).
+    install: Option<install::Install>,
     relearn: Option<Relearn>,
     stopped: bool,
     // Proposer.
@@ -197,6 +202,7 @@ impl Group {
             catchup_unavailable: None,
             catchup_backoff: 0,
             log_base: Instance(0),
+            install: None,
             relearn: None,
             stopped: false,
             role: Role::Follower,
@@ -259,6 +265,7 @@ impl Group {
             relearning,
             log_base: self.log_base,
             catchup_unavailable: self.catchup_unavailable,
+            installing: self.install.as_ref().map(|i| i.status()),
         }
     }
 
@@ -602,6 +609,7 @@ impl Group {
         {
             self.catchup_deadline = None;
         }
+        self.install_tick(ctx);
         self.relearn_ask(ctx);
         let deadline = match self.election_deadline {
             Some(deadline) => deadline,
@@ -614,7 +622,8 @@ impl Group {
         let retransmit = ctx.config.retransmit_ticks;
         match &mut self.role {
             Role::Follower => {
-                if now >= deadline && self.relearn.is_none() {
+                // A replica fetching a checkpoint is far behind: it does not stand.
+                if now >= deadline && self.relearn.is_none() && self.install.is_none() {
                     self.start_prepare(ctx);
                 }
             }
@@ -812,6 +821,7 @@ impl Group {
                 request,
                 applied_next,
                 high,
+                log_base,
                 relearning,
                 state_lost,
                 promised,
@@ -819,6 +829,7 @@ impl Group {
                 checksum,
             } => {
                 let report = Report {
+                    log_base,
                     applied_next,
                     high,
                     promised,
@@ -826,6 +837,14 @@ impl Group {
                     state_lost,
                 };
                 self.on_catchup_reply(ctx, from, request, report, entries, checksum)
+            }
+            Message::CheckpointRequest {
+                instance,
+                offset,
+                need,
+            } => self.on_checkpoint_request(ctx, from, instance, offset, need),
+            Message::CheckpointChunk { info, offset, data } => {
+                self.on_checkpoint_chunk(ctx, from, info, offset, data)
             }
         }
     }
