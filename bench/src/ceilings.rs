@@ -1,6 +1,8 @@
 //! The machine's ceilings, measured in the same run as the cluster benchmark: O_DIRECT writes
 //! with one fdatasync each on the file system that holds the data (1 and 3 concurrent writers,
-//! at the engine's typical round sizes) and the loopback TCP round trip.
+//! at the engine's typical round sizes) and the loopback TCP round trip; for the catch-up
+//! benchmark, the streaming ceilings: sequential O_DIRECT reads of a file as large as the log
+//! a lagging replica must fetch, and one loopback TCP stream's bulk rate.
 //!
 //! Owns: the baseline measurements and their figures. Never: touches files outside the
 //! directory it is given (it removes what it created).
@@ -136,6 +138,10 @@ impl Aligned {
     fn bytes(&self) -> &[u8] {
         &self.storage[self.offset..self.offset + self.len]
     }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.storage[self.offset..self.offset + self.len]
+    }
 }
 
 fn open_direct(path: &Path) -> std::io::Result<File> {
@@ -151,11 +157,17 @@ fn open_direct(path: &Path) -> std::io::Result<File> {
 /// Writes the whole file once and syncs it, so that measured writes land in written extents
 /// (as the WAL's pre-written segments do).
 fn prepare(path: &Path) -> Result<File, String> {
+    prepare_sized(path, FILE_BYTES)
+}
+
+/// Writes `bytes` (a multiple of 1 MiB) into a new file with O_DIRECT and syncs it.
+fn prepare_sized(path: &Path, bytes: u64) -> Result<File, String> {
+    assert!(bytes > 0 && bytes % (1 << 20) == 0, "whole MiB: {bytes}");
     let file = open_direct(path)
         .map_err(|e| format!("cannot open {} with O_DIRECT: {e}", path.display()))?;
     let chunk = Aligned::new(1024 * 1024);
     let mut at = 0u64;
-    while at < FILE_BYTES {
+    while at < bytes {
         file.write_all_at(chunk.bytes(), at)
             .map_err(|e| format!("pre-writing {} at {at}: {e}", path.display()))?;
         at += chunk.len as u64;
@@ -171,11 +183,18 @@ struct WriterOutcome {
     durable: Histogram<u64>,
 }
 
-fn write_loop(file: &File, size: usize, until: Instant) -> Result<WriterOutcome, String> {
+/// Durable writes of `size` into `file` (`file_bytes` long, written) until `until`, cycling
+/// through it.
+fn write_loop(
+    file: &File,
+    file_bytes: u64,
+    size: usize,
+    until: Instant,
+) -> Result<WriterOutcome, String> {
     let buffer = Aligned::new(size);
     let mut fsync = Histogram::new_with_bounds(1, 60_000_000, 3).expect("bounds");
     let mut durable = fsync.clone();
-    let slots = FILE_BYTES / size as u64;
+    let slots = (file_bytes / size as u64).max(1);
     let mut writes = 0u64;
     while Instant::now() < until {
         let offset = (writes % slots) * size as u64;
@@ -214,7 +233,7 @@ pub fn measure(dir: &Path, seconds: f64) -> Result<Ceilings, String> {
             let outcomes: Vec<Result<WriterOutcome, String>> = std::thread::scope(|s| {
                 let handles: Vec<_> = files[..writers]
                     .iter()
-                    .map(|file| s.spawn(move || write_loop(file, size, until)))
+                    .map(|file| s.spawn(move || write_loop(file, FILE_BYTES, size, until)))
                     .collect();
                 handles
                     .into_iter()
@@ -311,6 +330,173 @@ pub fn loopback_rtt(seconds: f64) -> Result<(f64, f64), String> {
     ))
 }
 
+/// Bytes of each sequential O_DIRECT read of the read ceiling.
+pub const READ_CHUNK_BYTES: usize = 1 << 20;
+/// Bytes of each write of the loopback stream ceiling (the network thread's batches are of
+/// this order).
+pub const STREAM_WRITE_BYTES: usize = 256 * 1024;
+
+/// The streaming ceilings: what moving a log's bytes from one replica's disk to another
+/// replica could reach on this machine, measured in the same run as what they bound.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StreamCeilings {
+    /// Sequential O_DIRECT reads of `READ_CHUNK_BYTES`, one reader, over a file of
+    /// `disk_read_file_bytes` written just before, MB/s (10^6 bytes).
+    pub disk_read_mb_per_s: f64,
+    /// Size of the file read, bytes.
+    pub disk_read_file_bytes: u64,
+    /// Bytes per read.
+    pub disk_read_chunk_bytes: usize,
+    /// Sequential O_DIRECT writes of `READ_CHUNK_BYTES`, each followed by fdatasync, one
+    /// writer, into the same (written) file, MB/s: what a catching-up follower's WAL, which
+    /// makes every value it learns durable, could reach.
+    pub disk_write_mb_per_s: f64,
+    /// One loopback TCP connection (TCP_NODELAY), one writer thread writing
+    /// `STREAM_WRITE_BYTES` at a time and one reader thread, MB/s delivered.
+    pub loopback_mb_per_s: f64,
+    /// Bytes per write of the loopback stream.
+    pub loopback_write_bytes: usize,
+    /// Loopback TCP ping-pong (64 B) round trip, median, µs.
+    pub rtt_us_p50: f64,
+    /// Same, 99th percentile.
+    pub rtt_us_p99: f64,
+    /// /proc/pressure/io "some avg10" after the disk measurement (other programs' I/O).
+    pub io_pressure_some_avg10: Option<f64>,
+    /// /proc/loadavg's 1-minute load after the disk measurement (CPU contention).
+    pub load_avg_1m: Option<f64>,
+}
+
+impl StreamCeilings {
+    /// The slower of the two rates (what a catch-up stream is bounded by), MB/s, and its name.
+    pub fn slower(&self) -> (f64, &'static str) {
+        if self.disk_read_mb_per_s <= self.loopback_mb_per_s {
+            (self.disk_read_mb_per_s, "disk read")
+        } else {
+            (self.loopback_mb_per_s, "loopback TCP")
+        }
+    }
+
+    /// The better figure of two measurements, field by field (higher rate, lower latency):
+    /// other programs only ever make a ceiling look worse. Machine readings are `self`'s.
+    pub fn best_of(&self, other: &StreamCeilings) -> StreamCeilings {
+        StreamCeilings {
+            disk_read_mb_per_s: self.disk_read_mb_per_s.max(other.disk_read_mb_per_s),
+            disk_read_file_bytes: self.disk_read_file_bytes,
+            disk_read_chunk_bytes: self.disk_read_chunk_bytes,
+            disk_write_mb_per_s: self.disk_write_mb_per_s.max(other.disk_write_mb_per_s),
+            loopback_mb_per_s: self.loopback_mb_per_s.max(other.loopback_mb_per_s),
+            loopback_write_bytes: self.loopback_write_bytes,
+            rtt_us_p50: self.rtt_us_p50.min(other.rtt_us_p50),
+            rtt_us_p99: self.rtt_us_p99.min(other.rtt_us_p99),
+            io_pressure_some_avg10: self.io_pressure_some_avg10,
+            load_avg_1m: self.load_avg_1m,
+        }
+    }
+}
+
+/// Measures the streaming ceilings: sequential reads of a `file_bytes` file (rounded up to
+/// whole MiB) written in `dir` first, then the loopback stream, then the round trip; about
+/// `seconds` each. Removes the file.
+pub fn measure_streams(
+    dir: &Path,
+    file_bytes: u64,
+    seconds: f64,
+) -> Result<StreamCeilings, String> {
+    let scratch = tempfile::Builder::new()
+        .prefix("stream-ceilings-")
+        .tempdir_in(dir)
+        .map_err(|e| format!("cannot make a scratch dir in {}: {e}", dir.display()))?;
+    let file_bytes = file_bytes.max(1).div_ceil(1 << 20) * (1 << 20);
+    let file = prepare_sized(&scratch.path().join("read-ceiling"), file_bytes)?;
+    let disk_read_mb_per_s = sequential_read_mb_per_s(&file, file_bytes, seconds)?;
+    let until = Instant::now() + Duration::from_secs_f64(seconds);
+    let started = Instant::now();
+    let written = write_loop(&file, file_bytes, READ_CHUNK_BYTES, until)?;
+    let disk_write_mb_per_s =
+        written.writes as f64 * READ_CHUNK_BYTES as f64 / started.elapsed().as_secs_f64() / 1e6;
+    drop(file);
+    let io_pressure_some_avg10 = io_pressure_avg10();
+    let load_avg_1m = load_avg();
+    let loopback_mb_per_s = loopback_stream_mb_per_s(seconds)?;
+    let (rtt_us_p50, rtt_us_p99) = loopback_rtt(seconds.clamp(0.1, 0.5))?;
+    Ok(StreamCeilings {
+        disk_read_mb_per_s,
+        disk_read_file_bytes: file_bytes,
+        disk_read_chunk_bytes: READ_CHUNK_BYTES,
+        disk_write_mb_per_s,
+        loopback_mb_per_s,
+        loopback_write_bytes: STREAM_WRITE_BYTES,
+        rtt_us_p50,
+        rtt_us_p99,
+        io_pressure_some_avg10,
+        load_avg_1m,
+    })
+}
+
+/// Reads `file` (opened with O_DIRECT, `file_bytes` long) from the start in
+/// `READ_CHUNK_BYTES` pieces, wrapping around, for `seconds` (at least one whole pass of up to
+/// 64 MiB, so a fast disk is not timed on a handful of reads); MB/s.
+fn sequential_read_mb_per_s(file: &File, file_bytes: u64, seconds: f64) -> Result<f64, String> {
+    let mut buffer = Aligned::new(READ_CHUNK_BYTES);
+    let chunks = (file_bytes / READ_CHUNK_BYTES as u64).max(1);
+    let chunks_min = chunks.min(64);
+    let started = Instant::now();
+    let until = started + Duration::from_secs_f64(seconds);
+    let mut read = 0u64;
+    while read < chunks_min || Instant::now() < until {
+        let offset = (read % chunks) * READ_CHUNK_BYTES as u64;
+        file.read_exact_at(buffer.bytes_mut(), offset)
+            .map_err(|e| format!("O_DIRECT read of {READ_CHUNK_BYTES} bytes at {offset}: {e}"))?;
+        read += 1;
+    }
+    Ok(read as f64 * READ_CHUNK_BYTES as f64 / started.elapsed().as_secs_f64() / 1e6)
+}
+
+/// One loopback TCP connection streaming for `seconds`: MB/s delivered to the reader (the
+/// clock stops when the reader has everything that was written).
+pub fn loopback_stream_mb_per_s(seconds: f64) -> Result<f64, String> {
+    let listener =
+        TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind 127.0.0.1:0: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let reader = std::thread::spawn(move || -> std::io::Result<u64> {
+        let (mut stream, _) = listener.accept()?;
+        let mut buf = vec![0u8; STREAM_WRITE_BYTES];
+        let mut total = 0u64;
+        loop {
+            match stream.read(&mut buf)? {
+                0 => return Ok(total),
+                n => total += n as u64,
+            }
+        }
+    });
+    let mut stream = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
+    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    let chunk = vec![0x5au8; STREAM_WRITE_BYTES];
+    let started = Instant::now();
+    let until = started + Duration::from_secs_f64(seconds);
+    let mut written = 0u64;
+    while Instant::now() < until {
+        stream
+            .write_all(&chunk)
+            .map_err(|e| format!("loopback stream: {e}"))?;
+        written += chunk.len() as u64;
+    }
+    stream
+        .shutdown(std::net::Shutdown::Write)
+        .map_err(|e| e.to_string())?;
+    let received = reader
+        .join()
+        .map_err(|_| "stream reader panicked".to_string())?
+        .map_err(|e| format!("stream reader: {e}"))?;
+    let elapsed = started.elapsed().as_secs_f64();
+    if received != written {
+        return Err(format!(
+            "loopback stream: {written} bytes written, {received} received"
+        ));
+    }
+    Ok(received as f64 / elapsed / 1e6)
+}
+
 #[cfg(test)]
 mod tests {
     //! Proves that the aligned buffer really is page-aligned (O_DIRECT refuses otherwise) and
@@ -345,6 +531,33 @@ mod tests {
         assert_eq!(best.disk_durable_write_p50_us, 180.0);
         assert_eq!(best.disk_mb_per_s_3w, 500.0);
         assert_eq!(best.rtt_us_p50, 12.0);
+    }
+
+    #[test]
+    fn the_slower_stream_ceiling_bounds_catch_up() {
+        let c = |disk: f64, tcp: f64| StreamCeilings {
+            disk_read_mb_per_s: disk,
+            disk_read_file_bytes: 1 << 20,
+            disk_read_chunk_bytes: READ_CHUNK_BYTES,
+            disk_write_mb_per_s: disk / 4.0,
+            loopback_mb_per_s: tcp,
+            loopback_write_bytes: STREAM_WRITE_BYTES,
+            rtt_us_p50: 20.0,
+            rtt_us_p99: 50.0,
+            io_pressure_some_avg10: None,
+            load_avg_1m: None,
+        };
+        assert_eq!(c(300.0, 2000.0).slower(), (300.0, "disk read"));
+        assert_eq!(c(3000.0, 2000.0).slower(), (2000.0, "loopback TCP"));
+        let best = c(300.0, 2000.0).best_of(&c(400.0, 1500.0));
+        assert_eq!(best.slower(), (400.0, "disk read"));
+        assert_eq!(best.loopback_mb_per_s, 2000.0);
+    }
+
+    #[test]
+    fn loopback_stream_delivers_everything() {
+        let mb_per_s = loopback_stream_mb_per_s(0.05).unwrap();
+        assert!(mb_per_s > 0.0, "{mb_per_s}");
     }
 
     #[test]

@@ -6,11 +6,13 @@
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+mod catchup;
 mod ceilings;
 mod cluster;
 mod compare;
 mod net;
 mod report;
+mod rss;
 mod wal;
 
 /// The paxring benchmark harness.
@@ -38,6 +40,9 @@ enum Command {
     Wal(wal::WalBenchArgs),
     /// The network thread against raw loopback TCP.
     Net(net::NetBenchArgs),
+    /// A restarted follower catching up from its peers' WALs against the disk-read and
+    /// loopback-stream ceilings, and the serving leader's p99 meanwhile.
+    Catchup(catchup::CatchupArgs),
     /// One node of the cluster benchmark (started by the benchmark itself).
     #[command(hide = true)]
     NodeRole {
@@ -61,6 +66,7 @@ fn main() -> ExitCode {
         Some(Command::Compare(args)) => compare::run(args),
         Some(Command::Wal(args)) => wal::run(args),
         Some(Command::Net(args)) => net::run(args),
+        Some(Command::Catchup(args)) => catchup::run(args),
         Some(Command::NodeRole { spec }) => cluster::node::run(&spec),
     }
 }

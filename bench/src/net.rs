@@ -24,6 +24,7 @@
 //! `rtt_ratio` = paxring p50 / baseline p50; `throughput_ratio` = paxring MB/s / baseline MB/s.
 //! It must never report a figure it did not measure in this run.
 
+use crate::rss::{self, RssLog, RssReport};
 use hdrhistogram::Histogram;
 use paxring_net::{
     encode_frame, encode_frame_into, Bytes, BytesMut, Dest, Frame, Inbox, NetConfig, NetHandle,
@@ -97,6 +98,8 @@ struct Report {
     encode_mb_per_s: f64,
     outbound_dropped_frames: u64,
     send_batches_refused: u64,
+    /// This process's memory: at the start, after the measurements, at the end.
+    rss: RssReport,
 }
 
 const CLUSTER_ID: u64 = 0x00be_7c4a;
@@ -121,6 +124,7 @@ pub fn run(args: NetBenchArgs) -> ExitCode {
 type BenchResult<T> = Result<T, Box<dyn std::error::Error>>;
 
 fn run_inner(args: &NetBenchArgs) -> BenchResult<()> {
+    let mut rss_log = RssLog::start();
     if !(args.seconds > 0.0 && args.seconds <= 3600.0) {
         return Err("--seconds must be in (0, 3600]".into());
     }
@@ -171,6 +175,7 @@ fn run_inner(args: &NetBenchArgs) -> BenchResult<()> {
         theirs.add(tcp_pump.run(slice)?);
     }
     let encode_mb_per_s = paxring_pump.encode_mb_per_s;
+    rss_log.after_load();
     let pump_stats = paxring_pump.stop()?;
     tcp_pump.stop()?;
 
@@ -198,6 +203,7 @@ fn run_inner(args: &NetBenchArgs) -> BenchResult<()> {
         encode_mb_per_s,
         outbound_dropped_frames: pump_stats.totals.outbound_dropped_frames,
         send_batches_refused: pump_stats.send_batches_refused,
+        rss: rss_log.finish(),
     };
     println!(
         "net [{}]: rtt p50 {:.1} us p99 {:.1} us p999 {:.1} us | baseline p50 {:.1} us p99 {:.1} us | rtt_ratio {:.2} (target <= 1.5)",
@@ -218,6 +224,7 @@ fn run_inner(args: &NetBenchArgs) -> BenchResult<()> {
         baseline_mb_per_s,
         report.throughput_ratio
     );
+    println!("net: {}", rss::summary_line(&report.rss));
     let json = serde_json::to_string_pretty(&report)?;
     match &args.json {
         Some(path) => std::fs::write(path, &json)

@@ -5,6 +5,7 @@
 //! coordinator measured).
 
 use crate::ceilings::Ceilings;
+use crate::rss::{self, RssReport};
 use hdrhistogram::Histogram;
 use plotters::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -49,6 +50,19 @@ pub struct ReplicaOut {
     pub wal_write_p50_us: u64,
     /// Same, 99th percentile.
     pub wal_write_p99_us: u64,
+    /// The node process's VmRSS right after the point's load, bytes (0: not read).
+    #[serde(default)]
+    pub rss_bytes: u64,
+    /// Its VmHWM (the largest resident size since it started) at the same moment, bytes.
+    #[serde(default)]
+    pub rss_hwm_bytes: u64,
+    /// Its RssAnon (anonymous memory: the heap) at the same moment, bytes (0: not read).
+    #[serde(default)]
+    pub rss_anon_bytes: u64,
+    /// (seconds into the window, VmRSS, RssAnon) every progress interval: with a long
+    /// `--seconds`, whether the node's memory stays flat.
+    #[serde(default)]
+    pub rss_over_time: Vec<(f64, u64, u64)>,
 }
 
 /// One point's figures. The issue's schema plus extra fields.
@@ -131,6 +145,18 @@ pub struct NodeFinal {
     pub durable_writes: u64,
     /// WAL batch writes since the node started.
     pub wal_writes: u64,
+    /// VmRSS when the node had started, bytes (0: not read).
+    #[serde(default)]
+    pub rss_bytes_start: u64,
+    /// VmRSS just before it shut down, bytes.
+    #[serde(default)]
+    pub rss_bytes_end: u64,
+    /// VmHWM then: the node process's largest resident size, bytes.
+    #[serde(default)]
+    pub rss_hwm_bytes: u64,
+    /// RssAnon then (the heap), bytes.
+    #[serde(default)]
+    pub rss_anon_bytes_end: u64,
 }
 
 /// The whole run, as `--json` writes it.
@@ -149,6 +175,10 @@ pub struct RunOut {
     pub profile: String,
     /// The data directory, when kept.
     pub data_dir: Option<String>,
+    /// The coordinator's own memory (the nodes' is in `points[].replicas[]` and
+    /// `nodes_final`).
+    #[serde(default)]
+    pub rss: RssReport,
 }
 
 /// Sets a point's ratios against the run's ceilings.
@@ -246,10 +276,47 @@ pub fn ceilings_text(c: &Ceilings) -> String {
     s
 }
 
+/// The memory lines printed at the end: every node process's resident size when it started,
+/// after each point's load and when it stopped, and the coordinator's.
+pub fn memory_text(run: &RunOut) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "node memory (VmRSS when started / after the point's load / at exit; VmHWM at exit; \
+         RssAnon after the load / at exit):"
+    );
+    // Every point ran on its own cluster, and each cluster's nodes are listed in order.
+    let mut offset = 0;
+    for p in &run.points {
+        let end = (offset + p.replicas.len()).min(run.nodes_final.len());
+        let finals = &run.nodes_final[offset.min(end)..end];
+        offset = end;
+        for r in &p.replicas {
+            let Some(f) = finals.iter().find(|f| f.id == r.id) else {
+                continue;
+            };
+            let _ = writeln!(
+                s,
+                "  {:<22} node {}: {} / {} / {}; peak {}; heap {} / {}",
+                point_name(p),
+                r.id,
+                rss::mib_text(f.rss_bytes_start),
+                rss::mib_text(r.rss_bytes),
+                rss::mib_text(f.rss_bytes_end),
+                rss::mib_text(f.rss_hwm_bytes),
+                rss::mib_text(r.rss_anon_bytes),
+                rss::mib_text(f.rss_anon_bytes_end)
+            );
+        }
+    }
+    let _ = writeln!(s, "coordinator {}", rss::summary_line(&run.rss));
+    s
+}
+
 /// The line printed when a point finishes.
 pub fn point_line(label: &str, p: &PointOut) -> String {
     format!(
-        "{label}: {:.0} commits/s, {:.2} MB/s, p50 {} p99 {}, WAL write p50 {} p99 {}, {} durable writes/round, CPU {:.2} cores{}",
+        "{label}: {:.0} commits/s, {:.2} MB/s, p50 {} p99 {}, WAL write p50 {} p99 {}, {} durable writes/round, CPU {:.2} cores, largest node RSS {}{}",
         p.commits_per_s,
         p.payload_mb_per_s,
         us_text(p.latency_us.p50),
@@ -258,6 +325,7 @@ pub fn point_line(label: &str, p: &PointOut) -> String {
         us_text(p.wal_write_p99_us as f64),
         num(p.durable_writes_per_round, 2),
         p.cpu_cores_busy,
+        rss::mib_text(p.replicas.iter().map(|r| r.rss_bytes).max().unwrap_or(0)),
         if p.not_leader + p.overloaded + p.unknown > 0 {
             format!(
                 " (refused: {} not-leader, {} overloaded, {} unknown)",

@@ -3,6 +3,7 @@
 //!
 //! Owns: the WAL benchmark and its report (table and JSON). Must never report a figure it did
 //! not measure in this run; speed is a ratio against the in-run baseline.
+use crate::rss::{self, RssLog, RssReport};
 use clap::{Args, ValueEnum};
 use hdrhistogram::Histogram;
 use paxring_wal::format::BLOCK_BYTES;
@@ -125,6 +126,8 @@ struct Report {
     append_ns_per_record: f64,
     verified_clean: bool,
     dir: Option<PathBuf>,
+    /// This process's memory: at the start, after the slices, at the end.
+    rss: RssReport,
 }
 
 /// Runs `paxring-bench wal`.
@@ -148,6 +151,7 @@ fn bench(args: WalBenchArgs) -> Result<(), String> {
     if args.groups == 0 || !args.seconds.is_finite() || args.seconds <= 0.0 {
         return Err("--groups and --seconds must be positive".into());
     }
+    let mut rss_log = RssLog::start();
     let (dir, temp) = match &args.dir {
         Some(dir) => (dir.clone(), None),
         None => {
@@ -159,7 +163,7 @@ fn bench(args: WalBenchArgs) -> Result<(), String> {
         }
     };
     if args.compare_sync {
-        let result = compare_sync(&dir, &args);
+        let result = compare_sync(&dir, &args, rss_log);
         if temp.is_none() && !args.keep {
             for mode in ["dsync", "fdatasync"] {
                 let _ = std::fs::remove_dir_all(dir.join(mode));
@@ -194,6 +198,7 @@ fn bench(args: WalBenchArgs) -> Result<(), String> {
         wal_side.slice(slice).map_err(|e| e.to_string())?;
         baseline.slice(slice)?;
     }
+    rss_log.after_load();
     let last_lsn = wal_side.wal.durable_lsn();
     let append_ns_per_record =
         wal_side.fill_time.as_nanos() as f64 / wal_side.appended.max(1) as f64;
@@ -248,6 +253,7 @@ fn bench(args: WalBenchArgs) -> Result<(), String> {
         append_ns_per_record,
         verified_clean,
         dir: args.keep.then(|| dir.clone()),
+        rss: rss_log.finish(),
     };
     print_table(&report);
     if let Some(path) = &args.json {
@@ -469,10 +475,12 @@ struct SyncReport {
     seconds: f64,
     sides: Vec<SyncSide>,
     dsync_over_fdatasync: f64,
+    /// This process's memory: at the start, after the slices, at the end.
+    rss: RssReport,
 }
 
 /// The WAL with RWF_DSYNC against the WAL with write + fdatasync, same run, alternating.
-fn compare_sync(dir: &Path, args: &WalBenchArgs) -> Result<(), String> {
+fn compare_sync(dir: &Path, args: &WalBenchArgs, mut rss_log: RssLog) -> Result<(), String> {
     let modes = [SyncMode::Dsync, SyncMode::Fdatasync];
     let mut runners = Vec::new();
     for mode in modes {
@@ -494,6 +502,7 @@ fn compare_sync(dir: &Path, args: &WalBenchArgs) -> Result<(), String> {
             runner.slice(slice).map_err(|e| e.to_string())?;
         }
     }
+    rss_log.after_load();
     let sides: Vec<SyncSide> = runners
         .iter()
         .map(|runner| {
@@ -507,6 +516,7 @@ fn compare_sync(dir: &Path, args: &WalBenchArgs) -> Result<(), String> {
             }
         })
         .collect();
+    drop(runners);
     let report = SyncReport {
         round_bytes: args.round_bytes,
         record_bytes: args.record_bytes,
@@ -514,6 +524,7 @@ fn compare_sync(dir: &Path, args: &WalBenchArgs) -> Result<(), String> {
         seconds: args.seconds,
         dsync_over_fdatasync: sides[0].wal_mb_per_s / sides[1].wal_mb_per_s,
         sides,
+        rss: rss_log.finish(),
     };
     println!(
         "paxring-bench wal --compare-sync: {} s each, round {} B, alternating {} slices",
@@ -539,6 +550,7 @@ fn compare_sync(dir: &Path, args: &WalBenchArgs) -> Result<(), String> {
         "dsync / fdatasync throughput: {:.3}",
         report.dsync_over_fdatasync
     );
+    println!("{}", rss::summary_line(&report.rss));
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
         std::fs::write(path, text + "\n")
@@ -617,4 +629,5 @@ fn print_table(r: &Report) {
         "append ns per record", r.append_ns_per_record
     );
     println!("{:<28} {:>14}", "WAL verified clean", r.verified_clean);
+    println!("{}", rss::summary_line(&r.rss));
 }

@@ -1,13 +1,15 @@
 //! Proves that three in-process nodes on loopback, each with real WALs on disk and a real
 //! network thread, commit proposals made through the embedding API, apply the same sequence on
 //! every replica, keep one durable write per writing round, and recover after a restart.
+mod common;
 
 use bytes::Bytes;
+use common::{free_addrs, node_config, shutdown_all, start_nodes, wait_for, wait_until};
 use paxring_engine::runtime::{
     Committed, Error, Node, NodeConfig, StateMachine, StateMachineFactory,
 };
 use paxring_wal::{GroupId, Instance};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -44,13 +46,6 @@ impl StateMachine for Recorder {
     }
 }
 
-fn free_addrs(count: usize) -> Vec<SocketAddr> {
-    let listeners: Vec<TcpListener> = (0..count)
-        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    listeners.iter().map(|l| l.local_addr().unwrap()).collect()
-}
-
 #[derive(Clone, Copy)]
 struct Shape {
     groups: u32,
@@ -65,26 +60,14 @@ const DEFAULT_SHAPE: Shape = Shape {
 };
 
 fn config(id: u32, addrs: &[SocketAddr], dir: &Path, shape: Shape) -> NodeConfig {
-    let mut builder =
-        NodeConfig::builder(id, addrs[id as usize - 1], dir.join(format!("node-{id}")))
-            .cluster_id(7)
-            .pipeline_depth(shape.pipeline_depth)
-            .batch_linger_us(shape.linger_us)
-            .groups(shape.groups)
-            .cores(2)
-            .pin_cores(false)
-            .segment_bytes(16 << 20)
-            .round_bytes_max(1 << 20)
-            .tick_ms(5)
-            .election_timeout_ticks(40)
-            .heartbeat_ticks(4);
-    for (i, addr) in addrs.iter().enumerate() {
-        let peer = i as u32 + 1;
-        if peer != id {
-            builder = builder.peer(peer, *addr);
-        }
-    }
-    builder.build().unwrap()
+    node_config(id, addrs, dir, 7)
+        .pipeline_depth(shape.pipeline_depth)
+        .batch_linger_us(shape.linger_us)
+        .groups(shape.groups)
+        .segment_bytes(16 << 20)
+        .round_bytes_max(1 << 20)
+        .build()
+        .unwrap()
 }
 
 fn start(id: u32, addrs: &[SocketAddr], dir: &Path, shape: Shape, log: Log) -> Node {
@@ -95,7 +78,8 @@ fn start(id: u32, addrs: &[SocketAddr], dir: &Path, shape: Shape, log: Log) -> N
     Node::start(config(id, addrs, dir, shape), factory).expect("node starts")
 }
 
-/// Proposes through whichever node leads `group`, following NotLeader hints; bounded in time.
+/// Proposes through whichever node leads `group`, following NotLeader hints; bounded in time
+/// (waiting for an outcome included).
 fn propose(nodes: &[Option<Node>], group: u32, command: &str) -> Committed {
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut target = 0usize;
@@ -108,7 +92,11 @@ fn propose(nodes: &[Option<Node>], group: u32, command: &str) -> Committed {
             target = (target + 1) % nodes.len();
             continue;
         };
-        match node.propose_blocking(GroupId(group), Bytes::from(command.to_string())) {
+        let proposal = node.propose(GroupId(group), Bytes::from(command.to_string()));
+        let Some(outcome) = wait_until(proposal, deadline) else {
+            panic!("no outcome for {command} within 20 s");
+        };
+        match outcome {
             Ok(committed) => return committed,
             Err(Error::NotLeader {
                 leader: Some(leader),
@@ -126,21 +114,16 @@ fn propose(nodes: &[Option<Node>], group: u32, command: &str) -> Committed {
 }
 
 fn wait_applied(logs: &[Log], count: usize) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if logs.iter().all(|log| {
+    wait_for(&format!("replicas apply {count} commands"), 20, || {
+        logs.iter().all(|log| {
             log.lock()
                 .unwrap()
                 .iter()
                 .map(|(_, _, commands)| commands.len())
                 .sum::<usize>()
                 >= count
-        }) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("replicas did not apply {count} commands within 20 s");
+        })
+    });
 }
 
 fn sequences(log: &Log) -> Vec<(u32, u64, Vec<Bytes>)> {
@@ -156,17 +139,9 @@ fn three_nodes_commit_apply_identically_and_restart() {
     let shape = DEFAULT_SHAPE;
     let groups = shape.groups;
     let logs: Vec<Log> = (0..3).map(|_| Log::default()).collect();
-    let mut nodes: Vec<Option<Node>> = (1..=3)
-        .map(|id| {
-            Some(start(
-                id,
-                &addrs,
-                dir.path(),
-                shape,
-                logs[id as usize - 1].clone(),
-            ))
-        })
-        .collect();
+    let mut nodes = start_nodes(3, |id| {
+        start(id, &addrs, dir.path(), shape, logs[id as usize - 1].clone())
+    });
 
     let mut committed = Vec::new();
     for i in 0..40 {
@@ -232,9 +207,7 @@ fn three_nodes_commit_apply_identically_and_restart() {
         reference,
         "the restarted replica replays and catches up to the same sequence"
     );
-    for node in nodes.into_iter().flatten() {
-        node.shutdown().unwrap();
-    }
+    shutdown_all(nodes);
 }
 
 #[test]
@@ -247,17 +220,9 @@ fn serial_pipeline_with_linger_commits_concurrent_proposals_in_shared_instances(
         linger_us: 2_000,
     };
     let logs: Vec<Log> = (0..3).map(|_| Log::default()).collect();
-    let nodes: Vec<Option<Node>> = (1..=3)
-        .map(|id| {
-            Some(start(
-                id,
-                &addrs,
-                dir.path(),
-                shape,
-                logs[id as usize - 1].clone(),
-            ))
-        })
-        .collect();
+    let nodes = start_nodes(3, |id| {
+        start(id, &addrs, dir.path(), shape, logs[id as usize - 1].clone())
+    });
     // Find the leader with one command, then send 50 at once: lingering lets them share instances.
     let first = propose(&nodes, 0, "first");
     // Leader hints are published every 20 ms: wait (bounded) until the leader says so.
@@ -279,7 +244,15 @@ fn serial_pipeline_with_linger_commits_concurrent_proposals_in_shared_instances(
     let proposals: Vec<_> = (0..50)
         .map(|i| leader.propose(GroupId(0), Bytes::from(format!("c{i}"))))
         .collect();
-    let committed: Vec<Committed> = proposals.into_iter().map(|p| p.wait().unwrap()).collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let committed: Vec<Committed> = proposals
+        .into_iter()
+        .map(|p| {
+            wait_until(p, deadline)
+                .expect("every outcome within 20 s")
+                .unwrap()
+        })
+        .collect();
     let instances: std::collections::BTreeSet<u64> =
         committed.iter().map(|c| c.instance.0).collect();
     assert!(instances.iter().all(|i| *i > first.instance.0));
@@ -294,7 +267,5 @@ fn serial_pipeline_with_linger_commits_concurrent_proposals_in_shared_instances(
     for log in &logs[1..] {
         assert_eq!(sequences(log), reference);
     }
-    for node in nodes.into_iter().flatten() {
-        node.shutdown().unwrap();
-    }
+    shutdown_all(nodes);
 }

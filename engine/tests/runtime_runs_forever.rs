@@ -3,13 +3,17 @@
 //! from its peers' WALs (streaming catch-up), and with `wal_purge` on, log bases follow the
 //! state machines' checkpoints, the WAL stays under its budget while many times that is
 //! written, and a node restarts from its log base with its state machine's checkpoint.
+mod common;
 
 use bytes::Bytes;
+use common::{
+    free_addrs, node_config, shutdown_all, start_nodes, wait_for, wait_for_leader, wait_until,
+};
 use paxring_engine::core::ACCEPT_WINDOW_INSTANCES;
 use paxring_engine::runtime::{Error, Node, NodeConfig, StateMachine, StateMachineFactory};
 use paxring_wal::{GroupId, Instance};
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -55,36 +59,17 @@ impl StateMachine for Machine {
     }
 }
 
-fn free_addrs(count: usize) -> Vec<SocketAddr> {
-    let listeners: Vec<TcpListener> = (0..count)
-        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    listeners.iter().map(|l| l.local_addr().unwrap()).collect()
-}
-
 fn config(id: u32, addrs: &[SocketAddr], dir: &Path, purge: bool) -> NodeConfig {
-    let mut builder =
-        NodeConfig::builder(id, addrs[id as usize - 1], dir.join(format!("node-{id}")))
-            // A cluster id per test: the two tests run at once on loopback ports.
-            .cluster_id(if purge { 12 } else { 11 })
-            .groups(4)
-            .cores(2)
-            .pin_cores(false)
-            .segment_bytes(2 << 20)
-            .round_bytes_max(512 << 10)
-            .tick_ms(5)
-            .election_timeout_ticks(40)
-            .heartbeat_ticks(4)
-            .wal_purge(purge)
-            .purge_every_ms(200)
-            .wal_budget_bytes(if purge { 16 << 20 } else { 0 });
-    for (i, addr) in addrs.iter().enumerate() {
-        let peer = i as u32 + 1;
-        if peer != id {
-            builder = builder.peer(peer, *addr);
-        }
-    }
-    builder.build().unwrap()
+    // A cluster id per test: the two tests run at once on loopback ports.
+    node_config(id, addrs, dir, if purge { 12 } else { 11 })
+        .groups(4)
+        .segment_bytes(2 << 20)
+        .round_bytes_max(512 << 10)
+        .wal_purge(purge)
+        .purge_every_ms(200)
+        .wal_budget_bytes(if purge { 16 << 20 } else { 0 })
+        .build()
+        .unwrap()
 }
 
 fn start(id: u32, addrs: &[SocketAddr], dir: &Path, store: Store, purge: bool) -> Node {
@@ -111,39 +96,54 @@ fn cluster(
     let dir = tempfile::tempdir().unwrap();
     let addrs = free_addrs(3);
     let stores: Vec<Store> = (0..3).map(|_| Store::default()).collect();
-    let nodes = (1..=3)
-        .map(|id| {
-            Some(start(
-                id,
-                &addrs,
-                dir.path(),
-                stores[id as usize - 1].clone(),
-                purge,
-            ))
-        })
-        .collect();
+    let nodes = start_nodes(3, |id| {
+        start(
+            id,
+            &addrs,
+            dir.path(),
+            stores[id as usize - 1].clone(),
+            purge,
+        )
+    });
     (dir, addrs, stores, nodes)
 }
 
 /// Proposes `count` commands of `bytes` bytes each to group 0 through whichever node leads
 /// it, up to `window` outstanding at a time (1: one command per instance); a command whose
-/// outcome is not Committed is sent again. Bounded in time.
+/// outcome is not Committed is sent again. Bounded in time (waiting for outcomes included).
 fn propose_many(nodes: &[Option<Node>], first: usize, count: usize, bytes: usize, window: usize) {
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut target = 0usize;
     let mut pending: Vec<usize> = (first..first + count).collect();
     let mut last_error = String::new();
     let mut misses = 0u64;
+    // Each running node's view of group 0 and its cores' stuck reports, for a failure.
+    let stuck = || {
+        nodes
+            .iter()
+            .flatten()
+            .map(|n| {
+                let cores = n
+                    .stats()
+                    .cores
+                    .iter()
+                    .map(|c| (c.stuck.clone(), c.purge.clone()))
+                    .collect::<Vec<_>>();
+                format!(
+                    "node {}: leader {:?}, applied next {:?}, cores {cores:?}",
+                    n.config().node_id,
+                    n.leader_hint(GroupId(0)),
+                    n.applied_next(GroupId(0))
+                )
+            })
+            .collect::<Vec<_>>()
+    };
     while !pending.is_empty() {
         assert!(
             Instant::now() < deadline,
             "{} of {count} commands not committed within 120 s (last error: {last_error}); stuck: {:?}",
             pending.len(),
-            nodes
-                .iter()
-                .flatten()
-                .map(|n| n.stats().cores.iter().map(|c| (c.stuck.clone(), c.purge.clone())).collect::<Vec<_>>())
-                .collect::<Vec<_>>()
+            stuck()
         );
         let Some(node) = nodes[target].as_ref() else {
             target = (target + 1) % nodes.len();
@@ -160,7 +160,15 @@ fn propose_many(nodes: &[Option<Node>], first: usize, count: usize, bytes: usize
             .collect();
         let mut failed = Vec::new();
         for (n, proposal) in window.iter().zip(proposals) {
-            match proposal.wait() {
+            let Some(outcome) = wait_until(proposal, deadline) else {
+                panic!(
+                    "{} of {count} commands not committed within 120 s (cmd-{n} sent to node {}: no outcome); stuck: {:?}",
+                    pending.len(),
+                    target + 1,
+                    stuck()
+                );
+            };
+            match outcome {
                 Ok(_) => {}
                 Err(Error::NotLeader {
                     leader: Some(leader),
@@ -190,16 +198,6 @@ fn propose_many(nodes: &[Option<Node>], first: usize, count: usize, bytes: usize
     }
 }
 
-/// Waits until some node leads group 0 (a new cluster elects once all three answered).
-fn wait_for_leader(nodes: &[Option<Node>]) {
-    wait_for("a leader of group 0", 30, || {
-        nodes
-            .iter()
-            .flatten()
-            .any(|n| n.leader_hint(GroupId(0)).is_some())
-    });
-}
-
 fn commands_applied(store: &Store) -> usize {
     store
         .lock()
@@ -208,24 +206,13 @@ fn commands_applied(store: &Store) -> usize {
         .map_or(0, |applied| applied.iter().map(|(_, c)| c.len()).sum())
 }
 
-fn wait_for(what: &str, seconds: u64, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    while Instant::now() < deadline {
-        if done() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("{what}: not within {seconds} s");
-}
-
 /// A follower stopped while the others choose more instances than memory keeps (one
 /// acceptance window) catches up when it returns and applies exactly their sequence (the
 /// older values can only come from its peers' WALs).
 #[test]
 fn a_follower_further_behind_than_memory_catches_up_from_the_wal() {
     let (dir, addrs, stores, mut nodes) = cluster(false);
-    wait_for_leader(&nodes);
+    wait_for_leader(&nodes, GroupId(0));
     propose_many(&nodes, 0, 20, 16, 1);
     // Stop a follower (not the leader), then choose well over one window without it.
     let leader = nodes[0]
@@ -287,9 +274,7 @@ fn a_follower_further_behind_than_memory_catches_up_from_the_wal() {
         "the follower missed more instances ({missed}) than memory keeps"
     );
     eprintln!("missed {missed} instances; peers read {read} values from their WALs");
-    for node in nodes.into_iter().flatten() {
-        node.shutdown().unwrap();
-    }
+    shutdown_all(nodes);
 }
 
 /// With `wal_purge` on and a 16 MiB budget (eight 2 MiB segments), writing over 20x the budget
@@ -300,7 +285,7 @@ fn a_follower_further_behind_than_memory_catches_up_from_the_wal() {
 #[test]
 fn purge_keeps_the_wal_under_its_budget_and_a_restart_starts_at_the_log_base() {
     let (dir, addrs, stores, mut nodes) = cluster(true);
-    wait_for_leader(&nodes);
+    wait_for_leader(&nodes, GroupId(0));
     let budget = 16u64 << 20;
     let value = 32 << 10;
     // A sampler watches the segment files on disk (not the spares kept for recycling) of
@@ -405,7 +390,5 @@ fn purge_keeps_the_wal_under_its_budget_and_a_restart_starts_at_the_log_base() {
     let restarted = stores[2].lock().unwrap().get(&0).cloned().unwrap();
     let n = reference.len().min(restarted.len());
     assert_eq!(restarted[..n], reference[..n], "the same sequence");
-    for node in nodes.into_iter().flatten() {
-        node.shutdown().unwrap();
-    }
+    shutdown_all(nodes);
 }

@@ -143,3 +143,18 @@ fn base_forgets_promise_is_caught_by_durable_state() {
     assert!(violation.contains("durable-state:"), "{violation}");
     eprintln!("base-forgets-promise: seed {seed}: {violation}");
 }
+
+/// With purge, an acceptor restarted at its log base (or after a checkpoint install) holds
+/// no applied value below it; the pre-fix acceptor promised a Prepare from below anyway,
+/// reporting nothing for those instances (`paxring sim --purge --bug promise-below-base`:
+/// first seed 7, 5 in the first 54).
+#[test]
+fn promise_below_base_is_caught_by_promise_complete() {
+    let options = SimOptions {
+        purge: true,
+        ..short(Bug::PromiseBelowBase)
+    };
+    let (seed, violation) = first_violation(&options, 1..11).expect("caught in 10 seeds");
+    assert!(violation.contains("promise-complete:"), "{violation}");
+    eprintln!("promise-below-base: seed {seed}: {violation}");
+}

@@ -140,3 +140,29 @@ fn same_seed_same_trace() {
     let other = run_seed(&options, 78);
     assert_ne!(first.trace_hash, other.trace_hash);
 }
+
+/// With purge (log bases follow checkpoints; a restart loses every record below its base),
+/// a replica behind every peer's base fetches a checkpoint over the faulty network and
+/// installs it (docs/PROTOCOL.md#checkpoint-transfer): every group converges, no violation,
+/// and transfers did happen.
+#[test]
+fn purge_with_checkpoint_transfer() {
+    let summary = run(
+        &SimOptions {
+            purge: true,
+            ..short()
+        },
+        6001..6101,
+    );
+    assert!(
+        summary
+            .faults
+            .get("checkpoint-transfer")
+            .copied()
+            .unwrap_or(0)
+            > 0,
+        "no checkpoint was transferred: {:?}",
+        summary.faults
+    );
+    assert!(summary.faults.get("purged-records").copied().unwrap_or(0) > 0);
+}

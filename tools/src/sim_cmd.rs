@@ -71,7 +71,8 @@ pub struct SimArgs {
     /// Inject a known protocol bug: forget-promise, reply-before-durable,
     /// skip-prepare-on-new-leader, ballot-reuse-after-crash, relearn-target-too-low,
     /// commit-by-bytes, cut-damaged-last-write, unbounded-promise, rejoin-with-empty-state,
-    /// accept-below-promise, ignore-fsync-error, log-read-off-by-one, base-forgets-promise.
+    /// accept-below-promise, ignore-fsync-error, log-read-off-by-one, base-forgets-promise,
+    /// promise-below-base.
     #[cfg(feature = "sim-bugs")]
     #[arg(long)]
     bug: Option<String>,

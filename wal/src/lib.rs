@@ -1,7 +1,8 @@
 //! paxring-wal: the segmented, group-committed, O_DIRECT write-ahead log of one core.
 //!
 //! A leaf crate: it imports nothing of paxring's. See `docs/WAL_FORMAT.md`.
-//! `types`, `format` and `recovery` are pure (the simulator runs them on simulated disks);
+//! `types`, `format`, `recovery` and the log's index (`LogIndex`, which resolves which record
+//! holds a chosen value) are pure (the simulator runs them on simulated disks);
 //! the real log lives in `wal`, its system calls in `ring` and `segfile`.
 #![deny(missing_docs)]
 
@@ -23,6 +24,7 @@ pub use error::WalError;
 pub use format::{
     encode_batch, encode_batch_at, scan_segment, BatchHeader, SegmentScan, BLOCK_BYTES,
 };
+pub use index::LogIndex;
 pub use recovery::{recover_images, Damage, RecordLocation, Recovery};
 pub use ring::WAIT_FDS_MAX;
 pub use types::{Ballot, GroupId, Instance, Lsn, Record, RecordKind, RecordRef};

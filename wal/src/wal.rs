@@ -10,7 +10,7 @@ use crate::format::{
     batch_bytes_for, decode_record_at, encode_record_into, finish_batch_into, record_bytes,
     BATCH_BYTES_MAX, BATCH_HEADER_BYTES, BLOCK_BYTES, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES,
 };
-use crate::index::Index;
+use crate::index::LogIndex;
 use crate::recovery::{recover_images, RecordLocation, Recovery, TailRegion};
 use crate::ring::{self, Completion, Ring, WAIT_FDS_MAX};
 use crate::segfile;
@@ -355,7 +355,7 @@ pub struct Wal {
     inflight: Option<InFlight>,
     next_write: (u64, u64),
     segments: BTreeMap<u64, SegmentFile>,
-    index: Index,
+    index: LogIndex,
     floors: BTreeMap<GroupId, Instance>,
     /// Per group: it needs none of its records with an LSN below this (it wrote what it
     /// needs again, later).
@@ -582,7 +582,7 @@ impl Wal {
             inflight: None,
             next_write: resume,
             segments,
-            index: Index::from_recovered(&recovery.index, &recovery.values, &recovery.marks),
+            index: LogIndex::from_recovery(&recovery),
             floors: BTreeMap::new(),
             lsn_floors: BTreeMap::new(),
             segment_last_lsn: recovery
@@ -733,19 +733,7 @@ impl Wal {
         batch.payload_bytes += record.payload.len() as u64;
         let last = self.segment_last_lsn.entry(location.segment).or_insert(lsn);
         *last = (*last).max(lsn);
-        let carries_value = match record.kind {
-            RecordKind::Accept => true,
-            RecordKind::Chosen => !record.payload.is_empty(),
-            _ => false,
-        };
-        if self.index.insert(
-            record.group,
-            record.instance,
-            location,
-            batch.first_lsn,
-            carries_value,
-            record.kind == RecordKind::Chosen,
-        ) {
+        if self.index.note(location, &record, batch.first_lsn) {
             batch.groups += 1;
         }
         self.next_lsn = lsn.next();
@@ -1188,36 +1176,30 @@ impl Wal {
         self.segments.len()
     }
 
-    /// The chosen value of `(group, instance)` as this log holds it: its newest `Chosen` mark
-    /// (a later Promise or Meta record naming the same instance does not hide it), whose
-    /// payload is the value or, when empty, names the ballot of the `Accept` record that holds
-    /// it (checked here). `None` when the log holds no mark for
-    /// the instance (not chosen here, not yet marked, or purged), or the mark's `Accept` is
-    /// not the one it names (damaged and re-learnt: the caller serves it from elsewhere).
+    /// The chosen value of `(group, instance)` as this log holds it, read from the record the
+    /// index resolves it to ([`LogIndex::resolve_chosen`], the rule the simulator's disk runs
+    /// too): the payload of its newest `Chosen` mark, or of the `Accept` an empty mark names
+    /// by ballot (a later Promise or Meta record naming the same instance does not hide the
+    /// mark). `None` when the log holds no mark for the instance (not chosen here, not yet
+    /// marked, or purged), or the mark's `Accept` is not the one it names (replaced, or
+    /// damaged and re-learnt: the caller serves it from elsewhere).
     pub fn read_chosen(
         &self,
         group: GroupId,
         instance: Instance,
     ) -> Result<Option<Bytes>, WalError> {
-        let Some(location) = self.index.get_mark(group, instance).copied() else {
-            return Ok(None);
-        };
-        let Some(mark) = self.read_at(location)? else {
-            return Ok(None);
-        };
-        if mark.kind != RecordKind::Chosen {
-            return Ok(None);
-        }
-        if !mark.payload.is_empty() {
-            return Ok(Some(mark.payload));
-        }
-        let Some(location) = self.index.get_value(group, instance).copied() else {
+        self.check_poisoned()?;
+        let Some(location) = self.index.resolve_chosen(group, instance) else {
             return Ok(None);
         };
         let value = self.read_at(location)?;
-        Ok(value
-            .filter(|r| r.kind == RecordKind::Accept && r.accepted == mark.accepted)
-            .map(|r| r.payload))
+        debug_assert!(
+            value.as_ref().is_none_or(|r| r.group == group
+                && r.instance == instance
+                && matches!(r.kind, RecordKind::Accept | RecordKind::Chosen)),
+            "the index resolved ({group:?}, {instance:?}) to another record: {value:?}"
+        );
+        Ok(value.map(|r| r.payload))
     }
 
     fn segment_path(&self, segment: u64) -> PathBuf {

@@ -12,6 +12,7 @@ pub mod proto;
 
 use crate::ceilings;
 use crate::report::{self, LatencyUs, NodeFinal, PointOut, ReplicaOut, RunOut};
+use crate::rss::{Memory, RssLog};
 use base64::Engine as _;
 use hdrhistogram::serialization::Deserializer;
 use hdrhistogram::Histogram;
@@ -298,6 +299,7 @@ fn validate(args: &ClusterArgs) -> Result<(), String> {
 
 fn run_inner(args: &ClusterArgs) -> Result<(), String> {
     validate(args)?;
+    let mut rss_log = RssLog::start();
     let points = matrix(args);
     let profile = match args.profile {
         Profile::Quick => "quick",
@@ -372,12 +374,14 @@ fn run_inner(args: &ClusterArgs) -> Result<(), String> {
             outs.push(out);
         }
         finals.extend(cluster.stop()?);
+        rss_log.sample(&format!("cluster {cluster_no} stopped"));
         if !args.keep {
             std::fs::remove_dir_all(&dir)
                 .map_err(|e| format!("cannot remove {}: {e}", dir.display()))?;
         }
     }
 
+    rss_log.after_load();
     // The ceilings again, after the points: other programs' I/O only ever makes a ceiling look
     // worse, so the ratios use the better figure of the two measurements.
     let (ceilings, ceilings_measured) = match ceilings {
@@ -411,9 +415,11 @@ fn run_inner(args: &ClusterArgs) -> Result<(), String> {
         nodes_final: finals,
         profile: profile.to_string(),
         data_dir: args.keep.then(|| data_dir.display().to_string()),
+        rss: rss_log.finish(),
     };
     println!();
     print!("{}", report::table(&run));
+    print!("{}", report::memory_text(&run));
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&run).map_err(|e| e.to_string())?;
         std::fs::write(path, text + "\n")
@@ -436,6 +442,8 @@ struct NodeRun {
     id: u32,
     result: RunResult,
     timeline: Vec<(f64, u64)>,
+    /// (seconds into the window, VmRSS bytes, RssAnon bytes) at each progress event.
+    memory: Vec<(f64, u64, u64)>,
 }
 
 fn summarize(
@@ -487,6 +495,10 @@ fn summarize(
             cpu_s: r.cpu_s,
             wal_write_p50_us: c.wal_write_p50_us,
             wal_write_p99_us: c.wal_write_p99_us,
+            rss_bytes: r.memory.map_or(0, |m| m.rss_bytes),
+            rss_hwm_bytes: r.memory.map_or(0, |m| m.hwm_bytes),
+            rss_anon_bytes: r.memory.and_then(|m| m.anon_bytes).unwrap_or(0),
+            rss_over_time: run.memory.clone(),
         });
     }
     let elapsed_s = elapsed_s.max(1e-9);
@@ -601,6 +613,8 @@ struct Cluster {
     stdins: Vec<ChildStdin>,
     ids: Vec<u32>,
     events: Receiver<(usize, Option<Event>)>,
+    /// Each node's memory when it reported Ready.
+    started_memory: Vec<Option<Memory>>,
 }
 
 impl Cluster {
@@ -618,6 +632,7 @@ impl Cluster {
             stdins: Vec::new(),
             ids: Vec::new(),
             events,
+            started_memory: vec![None; addrs.len()],
         };
         for (i, &listen) in addrs.iter().enumerate() {
             let id = i as u32 + 1;
@@ -688,7 +703,10 @@ impl Cluster {
         let deadline = Instant::now() + Duration::from_secs(60);
         while ready < REPLICAS {
             match cluster.next_event(deadline)? {
-                (_, Event::Ready { .. }) => ready += 1,
+                (i, Event::Ready { memory, .. }) => {
+                    cluster.started_memory[i] = memory;
+                    ready += 1;
+                }
                 (i, Event::Error { message }) => {
                     return Err(format!("node {}: {message}", cluster.ids[i]))
                 }
@@ -806,13 +824,24 @@ impl Cluster {
         let deadline = Instant::now() + Duration::from_secs_f64(warmup + seconds + 60.0);
         let mut results: Vec<Option<RunResult>> = vec![None; nodes];
         let mut timelines: Vec<Vec<(f64, u64)>> = vec![Vec::new(); nodes];
+        let mut memories: Vec<Vec<(f64, u64, u64)>> = vec![Vec::new(); nodes];
         let mut latest: Vec<(f64, u64)> = vec![(0.0, 0); nodes];
         let tty = std::io::stderr().is_terminal();
         let mut printed_s = 0.0;
         while results.iter().any(Option::is_none) {
             match self.next_event(deadline)? {
-                (i, Event::Progress { elapsed_s, commits }) => {
+                (
+                    i,
+                    Event::Progress {
+                        elapsed_s,
+                        commits,
+                        memory,
+                    },
+                ) => {
                     timelines[i].push((elapsed_s, commits));
+                    if let Some(m) = memory {
+                        memories[i].push((elapsed_s, m.rss_bytes, m.anon_bytes.unwrap_or(0)));
+                    }
                     latest[i] = (elapsed_s, commits);
                     let t = latest.iter().map(|l| l.0).fold(0.0, f64::max);
                     let c: u64 = latest.iter().map(|l| l.1).sum();
@@ -834,11 +863,13 @@ impl Cluster {
         Ok(results
             .into_iter()
             .zip(timelines)
+            .zip(memories)
             .enumerate()
-            .map(|(i, (r, timeline))| NodeRun {
+            .map(|(i, ((r, timeline), memory))| NodeRun {
                 id: self.ids[i],
                 result: r.expect("every result arrived"),
                 timeline,
+                memory,
             })
             .collect())
     }
@@ -850,11 +881,13 @@ impl Cluster {
             let _ = self.send(i, &Command::Quit);
         }
         let deadline = Instant::now() + Duration::from_secs(30);
-        let mut finals: Vec<Option<Counters>> = vec![None; self.children.len()];
+        let mut finals: Vec<Option<(Counters, Option<Memory>)>> = vec![None; self.children.len()];
         while finals.iter().any(Option::is_none) {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.events.recv_timeout(left) {
-                Ok((i, Some(Event::Bye { counters }))) => finals[i] = Some(counters),
+                Ok((i, Some(Event::Bye { counters, memory }))) => {
+                    finals[i] = Some((counters, memory))
+                }
                 Ok((i, None)) if finals[i].is_none() => {
                     return Err(format!(
                         "stopping the cluster: node {} exited without its final counters",
@@ -871,11 +904,17 @@ impl Cluster {
             if !status.success() {
                 return Err(format!("node {} exited with {status}", self.ids[i]));
             }
+            let (counters, memory) = finals[i].expect("checked");
+            let started = self.started_memory[i];
             out.push(NodeFinal {
                 id: self.ids[i],
                 pid: child.id(),
-                durable_writes: finals[i].expect("checked").durable_writes,
-                wal_writes: finals[i].expect("checked").wal_writes,
+                durable_writes: counters.durable_writes,
+                wal_writes: counters.wal_writes,
+                rss_bytes_start: started.map_or(0, |m| m.rss_bytes),
+                rss_bytes_end: memory.map_or(0, |m| m.rss_bytes),
+                rss_hwm_bytes: memory.map_or(0, |m| m.hwm_bytes),
+                rss_anon_bytes_end: memory.and_then(|m| m.anon_bytes).unwrap_or(0),
             });
         }
         self.children.clear();

@@ -124,6 +124,7 @@ pub fn run(spec_json: &str) -> ExitCode {
     emit(&Event::Ready {
         id: spec.id,
         pid: std::process::id(),
+        memory: crate::rss::read_self(),
     });
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_time()
@@ -170,7 +171,10 @@ pub fn run(spec_json: &str) -> ExitCode {
         }
     }
     let counters = quiesce(&node);
-    emit(&Event::Bye { counters });
+    emit(&Event::Bye {
+        counters,
+        memory: crate::rss::read_self(),
+    });
     let node = Rc::try_unwrap(node).unwrap_or_else(|_| panic!("no load task outlives its run"));
     if let Err(e) = node.shutdown() {
         eprintln!("node {}: {e}", spec.id);
@@ -392,6 +396,7 @@ async fn run_point(node: Rc<Node>, spec: RunSpec) -> RunResult {
                 emit(&Event::Progress {
                     elapsed_s: next.duration_since(window.start).as_secs_f64(),
                     commits: window.commits.get(),
+                    memory: crate::rss::read_self(),
                 });
                 next += every;
             }
@@ -438,5 +443,6 @@ async fn run_point(node: Rc<Node>, spec: RunSpec) -> RunResult {
         cpu_s: cpu_after - cpu_before,
         elapsed_s,
         open_loop_skipped: window.skipped.get(),
+        memory: crate::rss::read_self(),
     }
 }

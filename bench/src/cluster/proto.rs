@@ -4,6 +4,7 @@
 //! Owns: the message shapes and the counter arithmetic shared by both sides. Never: does I/O
 //! itself (the coordinator and the node role read and write the lines).
 
+use crate::rss::Memory;
 use paxring_engine::runtime::NodeStats;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -77,6 +78,9 @@ pub enum Event {
         id: u32,
         /// Its process id.
         pid: u32,
+        /// Its memory once the node started (None where /proc cannot be read).
+        #[serde(default)]
+        memory: Option<Memory>,
     },
     /// The groups this node leads.
     Leaders {
@@ -89,6 +93,9 @@ pub enum Event {
         elapsed_s: f64,
         /// Commits answered since the measurement started.
         commits: u64,
+        /// The node process's memory now (per-interval RSS: does it stay flat?).
+        #[serde(default)]
+        memory: Option<Memory>,
     },
     /// The outcome of a `Run`.
     Result(Box<RunResult>),
@@ -103,6 +110,9 @@ pub enum Event {
     Bye {
         /// Counters after the last round, just before shutdown.
         counters: Counters,
+        /// Its memory at the same moment.
+        #[serde(default)]
+        memory: Option<Memory>,
     },
 }
 
@@ -136,6 +146,9 @@ pub struct RunResult {
     pub elapsed_s: f64,
     /// Open-loop proposals that could not start because too many were in flight.
     pub open_loop_skipped: u64,
+    /// The node process's memory right after the point's load stopped.
+    #[serde(default)]
+    pub memory: Option<Memory>,
 }
 
 /// The node counters the benchmark reports, summed over cores.
@@ -255,8 +268,8 @@ impl Counters {
 
 #[cfg(test)]
 mod tests {
-    //! Proves that commands and events survive the JSON line round trip and that counter deltas
-    //! subtract field by field.
+    //! Proves that commands and events survive the JSON line round trip (memory figures
+    //! included, and optional) and that counter deltas subtract field by field.
     use super::*;
 
     #[test]
@@ -277,6 +290,33 @@ mod tests {
             other => panic!("decoded {other:?}"),
         }
         assert!(serde_json::from_str::<Command>("{\"cmd\":\"explode\"}").is_err());
+    }
+
+    #[test]
+    fn memory_rides_on_ready_and_bye() {
+        let memory = Memory {
+            rss_bytes: 5 << 20,
+            hwm_bytes: 7 << 20,
+            anon_bytes: Some(3 << 20),
+            file_bytes: None,
+        };
+        let line = serde_json::to_string(&Event::Bye {
+            counters: Counters::default(),
+            memory: Some(memory),
+        })
+        .unwrap();
+        match serde_json::from_str::<Event>(&line).unwrap() {
+            Event::Bye { memory: got, .. } => assert_eq!(got, Some(memory)),
+            other => panic!("decoded {other:?}"),
+        }
+        // A node that does not report memory (an older binary) still decodes.
+        match serde_json::from_str::<Event>("{\"event\":\"ready\",\"id\":2,\"pid\":9}").unwrap() {
+            Event::Ready { id, memory, .. } => {
+                assert_eq!(id, 2);
+                assert_eq!(memory, None);
+            }
+            other => panic!("decoded {other:?}"),
+        }
     }
 
     #[test]

@@ -14,8 +14,8 @@
 //! (time arrives as [`Tick`]s, durability as [`Driver::durable`], frames as
 //! [`Driver::on_frame`]); `tests/tidy.rs` checks this source like the core's.
 use crate::core::{
-    CheckpointInfo, Chosen, CoreTable, FailReason, GroupError, GroupId, Instance, Lsn, Message, NodeId, ProposalId,
-    ProposalResult, Record, Tick,
+    CheckpointInfo, Chosen, CoreTable, FailReason, GroupError, GroupId, Instance, Lsn, Message,
+    NodeId, ProposalId, ProposalResult, Record, Tick,
 };
 use bytes::{Bytes, BytesMut};
 use paxring_net::{finish_frame, start_frame, Frame};
@@ -118,7 +118,9 @@ pub trait Storage {
         data: &[u8],
     ) -> Result<(), StorageError> {
         let _ = (group, info, offset, data);
-        Err(StorageError::message("this storage cannot receive checkpoints"))
+        Err(StorageError::message(
+            "this storage cannot receive checkpoints",
+        ))
     }
 
     /// Every byte of `info` arrived: check it and install it into the group's state machine.
@@ -131,7 +133,9 @@ pub trait Storage {
         info: &CheckpointInfo,
     ) -> Result<(), StorageError> {
         let _ = (group, info);
-        Err(StorageError::message("this storage cannot install checkpoints"))
+        Err(StorageError::message(
+            "this storage cannot install checkpoints",
+        ))
     }
 }
 

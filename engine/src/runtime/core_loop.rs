@@ -24,12 +24,12 @@ use std::time::{Duration, Instant};
 use super::api::{Error, FatalError, Reply, StartError};
 use super::config::{core_of_group, NodeConfig, SyncModeConfig, WalBackendConfig};
 use super::executor::{ExecMsg, InstallDone};
-use super::transfer::CheckpointStore;
 use super::shared::{CoreSnapshot, ProposalMsg, PurgeSnapshot, Shared};
+use super::transfer::CheckpointStore;
 use super::wake::Wake;
 use crate::core::{
-    value, CheckpointInfo, Chosen, Config as CoreConfig, CoreTable, FailReason, GroupError, NodeId, Prng,
-    ProposalId, ProposalResult, Record, Start, Tick,
+    value, CheckpointInfo, Chosen, Config as CoreConfig, CoreTable, FailReason, GroupError, NodeId,
+    Prng, ProposalId, ProposalResult, Record, Start, Tick,
 };
 use crate::driver::{self, Driver, DriverError, StorageError};
 

@@ -8,9 +8,9 @@
 
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
-use std::path::{Path, PathBuf};
 use paxring_wal::{GroupId, Instance};
 use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -276,7 +276,11 @@ fn install(
     }
     // Proposals waiting on instances the checkpoint covers were applied elsewhere: their
     // results are not known here.
-    let covered: Vec<(u64, u32)> = exec.waiters.range(..(exec.next, 0)).map(|(k, _)| *k).collect();
+    let covered: Vec<(u64, u32)> = exec
+        .waiters
+        .range(..(exec.next, 0))
+        .map(|(k, _)| *k)
+        .collect();
     for key in covered {
         if let Some(reply) = exec.waiters.remove(&key) {
             let _ = reply.send(Err(Error::Unknown(
@@ -284,7 +288,9 @@ fn install(
             )));
         }
     }
-    exec.progress.applied_next.store(exec.next, Ordering::Release);
+    exec.progress
+        .applied_next
+        .store(exec.next, Ordering::Release);
     let checkpoint_next = if mirror_mode {
         next // the installed file is a checkpoint of this group
     } else {

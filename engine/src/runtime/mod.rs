@@ -15,8 +15,8 @@ pub mod identity;
 pub(crate) mod mirror;
 mod node;
 mod shared;
-mod transfer;
 pub mod state_machine;
+mod transfer;
 mod wake;
 
 pub use api::{Committed, Error, FatalError, Proposal, StartError};

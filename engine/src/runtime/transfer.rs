@@ -67,7 +67,11 @@ impl CheckpointStore {
         &self.dir
     }
 
-    fn error(&self, what: String, source: impl std::error::Error + Send + Sync + 'static) -> StorageError {
+    fn error(
+        &self,
+        what: String,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> StorageError {
         StorageError::new(format!("core {}: {what}", self.core), source)
     }
 
@@ -184,7 +188,9 @@ impl CheckpointStore {
             self.receiving.remove(&group); // an unfinished writer removes its temp file
             let writer =
                 CheckpointWriter::create(&self.dir, group, info.instance, info.log_checksum)
-                    .map_err(|e| self.error(format!("group {}: receive a checkpoint", group.0), e))?;
+                    .map_err(|e| {
+                        self.error(format!("group {}: receive a checkpoint", group.0), e)
+                    })?;
             self.receiving.insert(
                 group,
                 Receiving {
@@ -212,7 +218,10 @@ impl CheckpointStore {
         if let Err(e) = receiving.writer.write_all(data) {
             self.receiving.remove(&group);
             return Err(StorageError::new(
-                format!("core {core}: group {}: write a received checkpoint", group.0),
+                format!(
+                    "core {core}: group {}: write a received checkpoint",
+                    group.0
+                ),
                 e,
             ));
         }
@@ -223,7 +232,11 @@ impl CheckpointStore {
 
     /// See [`crate::driver::Storage::install_checkpoint`]: checks the whole image and
     /// publishes the file; the core hands it to the executor (`ready`).
-    pub(crate) fn finish(&mut self, group: GroupId, info: &CheckpointInfo) -> Result<(), StorageError> {
+    pub(crate) fn finish(
+        &mut self,
+        group: GroupId,
+        info: &CheckpointInfo,
+    ) -> Result<(), StorageError> {
         let core = self.core;
         let Some(receiving) = self.receiving.remove(&group) else {
             return Err(StorageError::message(format!(
@@ -241,10 +254,12 @@ impl CheckpointStore {
                 group.0, info.instance.0, receiving.received, info.payload_bytes, info.payload_crc
             )));
         }
-        let (path, _) = receiving
-            .writer
-            .finish()
-            .map_err(|e| self.error(format!("group {}: publish a received checkpoint", group.0), e))?;
+        let (path, _) = receiving.writer.finish().map_err(|e| {
+            self.error(
+                format!("group {}: publish a received checkpoint", group.0),
+                e,
+            )
+        })?;
         self.ready.push((group, *info, path));
         Ok(())
     }

@@ -8,7 +8,7 @@ use super::{digest_step, Sim, SmState, CHECKPOINT_ONE_IN};
 use crate::core::value::{self, Identity};
 use crate::core::{Chosen, GroupId, Instance, Message, ProposalId, ProposalResult, Tick};
 use bytes::Bytes;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// What the checkers remember across the whole cluster.
 #[derive(Default)]
@@ -37,9 +37,6 @@ pub(super) struct Checkers {
     /// The value (its crc) every Accept sent for (group, instance, ballot) carried: one ballot
     /// proposes at most one value per instance.
     pub accepts_sent: BTreeMap<(GroupId, Instance, crate::core::Ballot), u32>,
-    /// Every (group, instance, value crc) a Promise reported (a later leader re-proposes
-    /// these): counts `commit-by-bytes`' precondition apart from a recovered value.
-    pub reported: std::collections::BTreeSet<(GroupId, Instance, u32)>,
 }
 
 impl Checkers {
@@ -121,10 +118,39 @@ impl Sim {
                 }
             }
         }
-        if let Message::Promise { entries, .. } = &msg {
-            for entry in entries {
-                let crc = crc32fast::hash(&entry.value);
-                self.checks.reported.insert((group, entry.instance, crc));
+        // `promise-complete`: a Promise reports, as chosen, every instance its sender has
+        // applied from the Prepare's first instance on (up to where a cut report ends); a
+        // candidate that counts it must not miss a chosen value.
+        if let Message::Promise {
+            first,
+            applied_next,
+            truncated,
+            entries,
+            ..
+        } = &msg
+        {
+            let end = if *truncated {
+                entries
+                    .last()
+                    .map_or(*first, |e| Instance(e.instance.0 + 1))
+                    .min(*applied_next)
+            } else {
+                *applied_next
+            };
+            let reported: BTreeSet<Instance> = entries
+                .iter()
+                .filter(|e| e.chosen)
+                .map(|e| e.instance)
+                .collect();
+            if let Some(missing) = (first.0..end.0)
+                .map(Instance)
+                .find(|i| !reported.contains(i))
+            {
+                let id = self.nodes[index].id;
+                self.violate(format!(
+                    "promise-complete: node {id} promised group {group} from instance {first} but its report lacks instance {missing}, which it applied"
+                ));
+                return;
             }
         }
         self.count_stale_leader_answer(index, group, &msg);
@@ -196,10 +222,12 @@ impl Sim {
     /// an Accept for an instance it knows chosen with a one-entry `CatchupReply` (request 0,
     /// no checksum) whose `promised` is the Accept's ballot, so it names the leader it goes
     /// to. `stale-leader-told-chosen`: that leader still leads with that ballot and has not
-    /// applied the instance; `stale-leader-told-other`: and the chosen value is not its own
-    /// (other bytes, or its bytes never reported by a Promise: not recovered from it);
-    /// `stale-leader-same-bytes`: the latter, the precondition of `commit-by-bytes`.
+    /// applied the instance; `stale-leader-told-other`: and the value chosen there is another
+    /// proposer's (other bytes, or the same bytes proposed anew by a newer ballot);
+    /// `stale-leader-same-bytes`: the latter, the precondition of `commit-by-bytes` (with the
+    /// bug, both proposals are told Committed).
     fn count_stale_leader_answer(&mut self, index: usize, group: GroupId, msg: &Message) {
+        use std::ops::Bound::{Excluded, Included, Unbounded};
         let Message::CatchupReply {
             request: 0,
             promised,
@@ -229,13 +257,31 @@ impl Sim {
         self.count("stale-leader-told-chosen");
         let crc = crc32fast::hash(chosen);
         if self.checks.accepts_sent.get(&(group, *instance, *promised)) != Some(&crc) {
-            self.count("stale-leader-told-other");
-        } else if !self.checks.reported.contains(&(group, *instance, crc))
-            && value::decode(chosen).is_ok_and(|commands| !commands.is_empty())
-        {
-            // Its own bytes (not a no-op), yet no Promise ever reported them at this
-            // instance: not its value recovered by a later leader, but another proposal with
-            // the same bytes.
+            self.count("stale-leader-told-other"); // another proposer's value, other bytes
+            return;
+        }
+        // Its own bytes. Another proposal of the same bytes only if no older ballot sent them
+        // at this instance (this leader's flight is then its own batch, not a recovered
+        // value), a newer one did, and no acceptor acknowledged this leader's Accept (else the
+        // newer ballot may have recovered this very value). No-ops all look alike: left out.
+        let sent = |from: std::ops::Bound<_>, to: std::ops::Bound<_>| {
+            self.checks
+                .accepts_sent
+                .range((from, to))
+                .take_while(|((g, i, _), _)| *g == group && i == instance)
+                .any(|(_, c)| *c == crc)
+        };
+        let older = sent(
+            Included((group, *instance, crate::core::Ballot::ZERO)),
+            Excluded((group, *instance, *promised)),
+        );
+        let newer = sent(Excluded((group, *instance, *promised)), Unbounded);
+        let acked = self
+            .nodes
+            .iter()
+            .any(|n| n.acked_accepts.contains(&(group, *instance, *promised)));
+        let noop = value::decode(chosen).map_or(true, |commands| commands.is_empty());
+        if !older && newer && !acked && !noop {
             self.count("stale-leader-told-other");
             self.count("stale-leader-same-bytes");
         }

@@ -5,13 +5,10 @@
 //! a crash loses unsynced writes or tears the write in flight; a flipped bit, a zeroed sector,
 //! a lost write or a misdirected write in the durable log; a rotted last write; a failed write
 //! (fsync error). Must never touch a real file or clock.
-use crate::core::{
-    Ballot, GroupId, Instance, Lsn, Prng, Record, RecordKind, RecordRef, Recovery, Tick,
-};
+use crate::core::{GroupId, Instance, Lsn, Prng, Record, RecordRef, Recovery, Tick};
 use bytes::Bytes;
-use paxring_wal::format::{record_bytes, BATCH_HEADER_BYTES};
-use paxring_wal::{encode_batch, recover_images};
-use std::collections::BTreeMap;
+use paxring_wal::format::{decode_record_at, record_bytes, BATCH_HEADER_BYTES};
+use paxring_wal::{encode_batch, recover_images, LogIndex, RecordLocation};
 
 const CORE_ID: u32 = 0;
 const SECTOR_BYTES: usize = 512;
@@ -29,6 +26,8 @@ struct Batch {
 struct Write {
     batch: Batch,
     records: Vec<Record>,
+    /// Where each record is in the image.
+    locations: Vec<RecordLocation>,
     done_at: Tick,
 }
 
@@ -49,41 +48,10 @@ pub struct SimDisk {
     cut_at: usize,
     /// What the last crash did, for the event log.
     pub last_fault: String,
-    /// The chosen values the durable log holds (the WAL's `read_chosen`), rebuilt from what
-    /// recovery finds at each restart.
-    values: ValueIndex,
-}
-
-/// Chosen values by (group, instance), from `Chosen` marks (their payload, or the `Accept`
-/// value with the ballot an empty mark names).
-#[derive(Debug, Default)]
-struct ValueIndex {
-    accepted: BTreeMap<(GroupId, Instance), (Ballot, Bytes)>,
-    chosen: BTreeMap<(GroupId, Instance), Bytes>,
-}
-
-impl ValueIndex {
-    fn note(&mut self, record: &Record) {
-        let key = (record.group, record.instance);
-        match record.kind {
-            RecordKind::Accept => {
-                self.accepted
-                    .insert(key, (record.accepted, record.payload.clone()));
-            }
-            RecordKind::Chosen if !record.payload.is_empty() => {
-                self.chosen.insert(key, record.payload.clone());
-                self.accepted.remove(&key);
-            }
-            RecordKind::Chosen => {
-                if let Some((ballot, value)) = self.accepted.remove(&key) {
-                    if ballot == record.accepted {
-                        self.chosen.insert(key, value);
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
+    /// The WAL's own index of the durable log: notes every record a completed write made
+    /// durable, rebuilt from recovery at each restart, and resolves which record holds a
+    /// chosen value (`read_chosen`, as the WAL's).
+    index: LogIndex,
 }
 
 /// The damage a crash does to the durable log (each only when the disk holds enough writes).
@@ -126,7 +94,23 @@ impl SimDisk {
         let refs: Vec<RecordRef<'_>> = records.iter().map(|r| r.as_ref()).collect();
         let start = self.image.len();
         let bytes = encode_batch(CORE_ID, SEGMENT_NO, first_lsn, &refs, &mut self.image);
-        let records_bytes: usize = records.iter().map(|r| record_bytes(r.payload.len())).sum();
+        let mut offset = start + BATCH_HEADER_BYTES;
+        let locations: Vec<RecordLocation> = records
+            .iter()
+            .enumerate()
+            .map(|(at, record)| {
+                let len = record_bytes(record.payload.len());
+                let location = RecordLocation {
+                    lsn: Lsn(first_lsn.0 + at as u64),
+                    segment: SEGMENT_NO,
+                    offset: offset as u64,
+                    len: len as u32,
+                };
+                offset += len;
+                location
+            })
+            .collect();
+        let records_bytes = offset - start - BATCH_HEADER_BYTES;
         let batch = Batch {
             start,
             records_end: start + BATCH_HEADER_BYTES + records_bytes,
@@ -137,6 +121,7 @@ impl SimDisk {
         self.in_flight = Some(Write {
             batch,
             records,
+            locations,
             done_at,
         });
     }
@@ -147,8 +132,9 @@ impl SimDisk {
             return None;
         }
         let write = self.in_flight.take().expect("checked above");
-        for record in &write.records {
-            self.values.note(record);
+        let batch = write.locations[0].lsn;
+        for (location, record) in write.locations.iter().zip(&write.records) {
+            self.index.note(*location, &record.as_ref(), batch);
         }
         self.cut.clear();
         self.durable.push(write.batch);
@@ -267,9 +253,19 @@ impl SimDisk {
         Some(write.batch.last_lsn)
     }
 
-    /// The chosen value of `(group, instance)` the durable log holds, if any.
+    /// The chosen value of `(group, instance)` the durable log holds, if any: read from the
+    /// image at the record the WAL's index resolves it to, as the WAL's `read_chosen` does.
     pub fn read_chosen(&self, group: GroupId, instance: Instance) -> Option<Bytes> {
-        self.values.chosen.get(&(group, instance)).cloned()
+        let location = self.index.resolve_chosen(group, instance)?;
+        let start = location.offset as usize;
+        let record = self
+            .image
+            .get(start..start + location.len as usize)
+            .and_then(|bytes| decode_record_at(CORE_ID, SEGMENT_NO, location.lsn, bytes))
+            .unwrap_or_else(|| {
+                panic!("the durable image holds no record where the index says: {location:?}")
+            });
+        Some(record.payload)
     }
 
     /// When the write in flight completes, if one is in flight.
@@ -281,10 +277,7 @@ impl SimDisk {
     pub fn recover(&mut self) -> Recovery {
         assert!(!self.busy(), "recover after a crash");
         let recovery = recover_images(CORE_ID, &[(SEGMENT_NO, &self.image)]);
-        self.values = ValueIndex::default();
-        for (_, record) in &recovery.records {
-            self.values.note(record);
-        }
+        self.index = LogIndex::from_recovery(&recovery);
         let resume = recovery.resume.map_or(0, |(_, offset)| offset as usize);
         // The log continues at `resume`: cut what follows (kept aside until a write completes),
         // or pad a batch whose padding never reached the disk.
@@ -315,6 +308,61 @@ mod tests {
             accepted: Ballot { number: 1, node: 1 },
             payload: Bytes::from(vec![7u8; 100]),
         }
+    }
+
+    /// Chosen values are served from the image at the record the WAL's index resolves them
+    /// to, once durable, and again after a restart: a later Promise naming the instance hides
+    /// no mark.
+    #[test]
+    fn chosen_values_from_the_image_before_and_after_a_restart() {
+        let mut rng = Prng::new(1);
+        let mut disk = SimDisk::default();
+        let b1 = Ballot { number: 1, node: 1 };
+        let b2 = Ballot { number: 2, node: 2 };
+        let at = |kind, instance, accepted, payload: &'static [u8]| Record {
+            kind,
+            group: GroupId(1),
+            instance: Instance(instance),
+            promised: accepted,
+            accepted,
+            payload: Bytes::from_static(payload),
+        };
+        disk.submit(
+            Lsn(1),
+            vec![
+                at(RecordKind::Accept, 0, b1, b"zero"),
+                at(RecordKind::Accept, 1, b1, b"one"),
+            ],
+            Tick(1),
+        );
+        assert!(disk.complete(Tick(1)).is_some());
+        disk.submit(
+            Lsn(3),
+            vec![
+                at(RecordKind::Chosen, 0, b1, b""),
+                at(RecordKind::Chosen, 1, b2, b""),
+                at(RecordKind::Chosen, 2, Ballot::ZERO, b"two"),
+                at(RecordKind::Promise, 0, b2, b""),
+            ],
+            Tick(2),
+        );
+        assert_eq!(
+            disk.read_chosen(GroupId(1), Instance(0)),
+            None,
+            "not durable yet"
+        );
+        assert!(disk.complete(Tick(2)).is_some());
+        let check = |disk: &SimDisk| {
+            let read = |instance| disk.read_chosen(GroupId(1), Instance(instance));
+            assert_eq!(read(0).as_deref(), Some(&b"zero"[..]));
+            assert_eq!(read(1), None, "the mark names another ballot");
+            assert_eq!(read(2).as_deref(), Some(&b"two"[..]));
+            assert_eq!(read(3), None);
+        };
+        check(&disk);
+        disk.crash(&mut rng, CrashDamage::default());
+        disk.recover();
+        check(&disk);
     }
 
     /// A torn write is cut at restart, and what is written after the restart survives the

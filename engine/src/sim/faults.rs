@@ -307,12 +307,15 @@ pub enum Bug {
     LogReadOffByOne,
     /// A log-base record does not carry the promise (run with `purge`).
     BaseForgetsPromise,
+    /// An acceptor promises a Prepare from below the applied values it still holds (run
+    /// with `purge`): its report misses chosen values.
+    PromiseBelowBase,
 }
 
 #[cfg(feature = "sim-bugs")]
 impl Bug {
     /// Every bug.
-    pub const ALL: [Bug; 13] = [
+    pub const ALL: [Bug; 14] = [
         Bug::ForgetPromise,
         Bug::ReplyBeforeDurable,
         Bug::SkipPrepareOnNewLeader,
@@ -326,6 +329,7 @@ impl Bug {
         Bug::IgnoreFsyncError,
         Bug::LogReadOffByOne,
         Bug::BaseForgetsPromise,
+        Bug::PromiseBelowBase,
     ];
 
     /// The `--bug` name.
@@ -344,6 +348,7 @@ impl Bug {
             Bug::IgnoreFsyncError => "ignore-fsync-error",
             Bug::LogReadOffByOne => "log-read-off-by-one",
             Bug::BaseForgetsPromise => "base-forgets-promise",
+            Bug::PromiseBelowBase => "promise-below-base",
         }
     }
 
@@ -376,6 +381,7 @@ impl Bug {
             Bug::IgnoreFsyncError => bugs.ignore_fsync_error = true,
             Bug::LogReadOffByOne => bugs.log_read_off_by_one = true,
             Bug::BaseForgetsPromise => bugs.base_forgets_promise = true,
+            Bug::PromiseBelowBase => bugs.promise_below_base = true,
         }
         bugs
     }

@@ -80,7 +80,7 @@ pub(super) fn read(
 ) -> Option<(CheckpointInfo, u64, Bytes)> {
     let state = checkpoints.get(&group)?;
     let info = info_of(state)?;
-    if info.instance.0 + 1 <= need.0 {
+    if info.instance.0 < need.0 {
         return None;
     }
     let offset = if instance == Some(info.instance) {
@@ -134,7 +134,9 @@ pub(super) fn install(
             && info_of(s) == Some(*info)
     });
     let Some(state) = state else {
-        return Err(StorageError::message("the received checkpoint does not check"));
+        return Err(StorageError::message(
+            "the received checkpoint does not check",
+        ));
     };
     transfers.ready.push((group, *info, state));
     Ok(())

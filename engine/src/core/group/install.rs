@@ -185,8 +185,7 @@ impl Group {
             return; // a duplicate or a late chunk: the outstanding request covers it
         }
         let end = offset.checked_add(data.len() as u64);
-        if data.is_empty() && info.payload_bytes > 0 || end.is_none_or(|e| e > info.payload_bytes)
-        {
+        if data.is_empty() && info.payload_bytes > 0 || end.is_none_or(|e| e > info.payload_bytes) {
             // Bytes that cannot belong to this checkpoint: a broken peer.
             self.abandon_install(ctx);
             return;

@@ -148,10 +148,7 @@ impl Group {
     ) {
         self.catchup_deadline = None;
         if entries.is_empty() && report.applied_next > self.applied_next {
-            if report.log_base > self.applied_next
-                && from != ctx.me
-                && self.install.is_none()
-            {
+            if report.log_base > self.applied_next && from != ctx.me && self.install.is_none() {
                 // The peer serves nothing from this replica's point on (its log starts
                 // later): only its checkpoint can bring this replica forward.
                 self.start_install(ctx, from);
