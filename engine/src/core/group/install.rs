@@ -17,6 +17,8 @@ const INSTALL_STALLS_MAX: u32 = 8;
 #[derive(Debug)]
 pub(super) struct Install {
     peer: NodeId,
+    /// The peer's applied point when the fetch began (for the stuck reason if it fails).
+    peer_applied: Instance,
     info: Option<CheckpointInfo>,
     /// Payload bytes received (the next request's offset).
     received: u64,
@@ -42,13 +44,19 @@ impl Install {
 impl Group {
     /// A peer that is ahead serves nothing from this replica's point on (its log starts at
     /// `peer_base`): fetch its checkpoint.
-    pub(super) fn start_install(&mut self, ctx: &mut Ctx<'_>, peer: NodeId) {
+    pub(super) fn start_install(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        peer: NodeId,
+        peer_applied: Instance,
+    ) {
         if self.install.is_some() || peer == ctx.me || self.stopped {
             return;
         }
         ctx.stats.checkpoint_fetches += 1;
         self.install = Some(Install {
             peer,
+            peer_applied,
             info: None,
             received: 0,
             installing: false,
@@ -97,7 +105,7 @@ impl Group {
             return;
         };
         ctx.stats.checkpoint_transfers_abandoned += 1;
-        self.back_off_catchup(ctx, install.peer, self.applied_next);
+        self.back_off_catchup(ctx, install.peer, install.peer_applied);
     }
 
     pub(super) fn on_checkpoint_request(

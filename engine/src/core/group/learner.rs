@@ -151,7 +151,7 @@ impl Group {
             if report.log_base > self.applied_next && from != ctx.me && self.install.is_none() {
                 // The peer serves nothing from this replica's point on (its log starts
                 // later): only its checkpoint can bring this replica forward.
-                self.start_install(ctx, from);
+                self.start_install(ctx, from, report.applied_next);
                 return;
             }
             // The peer is ahead but does not hold what this replica needs: back off
