@@ -335,6 +335,8 @@ fn codec_round_trips_every_kind() {
             from: Instance(1),
             request: 9,
             until: Instance(12),
+            entries_max: 300,
+            bytes_max: 70_000,
         },
         Message::CatchupReply {
             request: 9,
@@ -345,6 +347,7 @@ fn codec_round_trips_every_kind() {
             state_lost: false,
             promised: ballot,
             entries: vec![(Instance(1), bytes::Bytes::from_static(b"q"))],
+            served_end: Instance(2),
             checksum: 5,
         },
         Message::CheckpointRequest {
@@ -426,4 +429,116 @@ fn an_accept_is_encoded_once_and_its_value_copied_once() {
     let sent = after.frames_sent - before.frames_sent;
     assert!(sent > encoded, "{sent} sends of {encoded} frames");
     assert_eq!(cluster.applied(2).len(), cluster.applied(1).len());
+}
+
+/// What a lagging replica's catch-up looked like on the wire.
+#[derive(Default, Debug)]
+struct StreamSeen {
+    requests: u64,
+    replies: u64,
+    /// The largest `entries_max` a request asked for.
+    entries_max: u32,
+    /// Replies whose answer went on beyond them (`served_end` past their last entry).
+    replies_with_more: u64,
+}
+
+/// Streaming catch-up (docs/PROTOCOL.md#streaming-catch-up): a replica 1,200 instances behind
+/// asks within its window (never more than `catchup_window_instances` values), each request is
+/// answered with several replies that name where the answer ends, and it catches up.
+#[test]
+fn a_lagging_replica_streams_within_its_window() {
+    let config = Config {
+        chosen_retained_max: 64,
+        catchup_window_instances: 512,
+        ..config()
+    };
+    let mut cluster = Cluster::new(3, config);
+    cluster.elect(1);
+    for other in [1, 2] {
+        cluster.cut.insert((NodeId(3), NodeId(other)));
+        cluster.cut.insert((NodeId(other), NodeId(3)));
+    }
+    for id in 0..1200 {
+        cluster.propose(1, id, &format!("m{id}")).unwrap();
+        cluster.settle();
+    }
+    assert_eq!(cluster.applied(1).len(), 1200);
+    let seen = std::rc::Rc::new(std::cell::RefCell::new(StreamSeen::default()));
+    let record = seen.clone();
+    cluster.drop_if = Some(Box::new(move |from, to, msg| {
+        let mut seen = record.borrow_mut();
+        match msg {
+            Message::CatchupRequest { entries_max, .. } if from == NodeId(3) => {
+                seen.requests += 1;
+                seen.entries_max = seen.entries_max.max(*entries_max);
+            }
+            Message::CatchupReply {
+                entries,
+                served_end,
+                ..
+            } if to == NodeId(3) && !entries.is_empty() => {
+                seen.replies += 1;
+                let last = entries.last().unwrap().0;
+                seen.replies_with_more += u64::from(served_end.0 > last.0 + 1);
+            }
+            _ => {}
+        }
+        false
+    }));
+    cluster.cut.clear();
+    cluster.tick_all(200);
+    assert_eq!(cluster.applied(3), cluster.applied(1), "caught up");
+    let seen = seen.borrow();
+    assert!(seen.entries_max > 0 && seen.entries_max <= 512, "{seen:?}");
+    // The first request asks for 512 values: two replies of 256, the first naming the end.
+    assert!(seen.replies_with_more > 0, "{seen:?}");
+    // 1,200 values in windows of 512 asked half a window at a time: a handful of requests,
+    // not one per reply.
+    assert!(seen.requests <= 12, "{seen:?}");
+}
+
+/// Purge holds for lagging peers: while a peer catches up from the log, the leader's log base
+/// does not move past what it asked for (its status names the peer); once the peer has been
+/// silent for `purge_hold_ticks`, the base moves.
+#[test]
+fn the_log_base_holds_for_a_peer_catching_up() {
+    let config = Config {
+        chosen_retained_max: 64,
+        catchup_window_instances: 256,
+        purge_hold_ticks: 100,
+        ..config()
+    };
+    let mut cluster = Cluster::new(3, config);
+    cluster.elect(1);
+    for other in [1, 2] {
+        cluster.cut.insert((NodeId(3), NodeId(other)));
+        cluster.cut.insert((NodeId(other), NodeId(3)));
+    }
+    for id in 0..600 {
+        cluster.propose(1, id, &format!("m{id}")).unwrap();
+        cluster.settle();
+    }
+    // Node 3 hears one Commit and asks node 1 for catch-up from 0; its replies are lost.
+    cluster.cut.clear();
+    cluster.drop_if = Some(Box::new(|from, to, msg| {
+        (to == NodeId(3) && from == NodeId(1) && matches!(msg, Message::CatchupReply { .. }))
+            || (to == NodeId(3) && from == NodeId(2))
+    }));
+    cluster.tick_all(30);
+    let lsn = cluster.table(1).set_log_base(GROUP, Instance(600));
+    assert!(lsn.is_none(), "held at 0: nothing to move");
+    let status = cluster.table(1).group_status(GROUP).unwrap();
+    assert_eq!(status.log_base, Instance(0));
+    assert_eq!(status.log_base_held_by.map(|(n, _)| n), Some(NodeId(3)));
+    // Node 3 goes silent: after the hold, the base moves.
+    cluster.cut.insert((NodeId(3), NodeId(1)));
+    cluster.cut.insert((NodeId(3), NodeId(2)));
+    cluster.tick_node(1, 150);
+    assert!(cluster
+        .table(1)
+        .set_log_base(GROUP, Instance(600))
+        .is_some());
+    let status = cluster.table(1).group_status(GROUP).unwrap();
+    assert_eq!(status.log_base, Instance(600));
+    assert_eq!(status.log_base_held_by, None);
 }

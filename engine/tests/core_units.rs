@@ -332,6 +332,8 @@ fn unknown_group_is_ignored_and_counted() {
             from: Instance(0),
             request: 0,
             until: Instance(0),
+            entries_max: 64,
+            bytes_max: 1 << 20,
         },
     );
     assert_eq!(table.stats().messages_unknown_group, 1);

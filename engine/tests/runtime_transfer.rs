@@ -109,6 +109,7 @@ fn start(id: u32, addrs: &[SocketAddr], dir: &Path, store: Store) -> Node {
             .election_timeout_ticks(40)
             .heartbeat_ticks(4)
             .wal_purge(true)
+            .purge_hold_for_peers_ms(0)
             .purge_every_ms(100);
     for (i, addr) in addrs.iter().enumerate() {
         let peer = i as u32 + 1;

@@ -367,6 +367,7 @@ fn relearn_counts_only_replies_to_its_own_request() {
                 state_lost: false,
                 promised: Ballot::ZERO,
                 entries: Vec::new(),
+                served_end: Instance(0),
                 checksum: 0,
             },
         );

@@ -158,3 +158,29 @@ fn promise_below_base_is_caught_by_promise_complete() {
     assert!(violation.contains("promise-complete:"), "{violation}");
     eprintln!("promise-below-base: seed {seed}: {violation}");
 }
+
+/// Streaming catch-up without go-back-N: after a lost reply the stream asks on from where
+/// its last request ended, so the lost values are never asked for again and the replica
+/// stops behind its peers (`paxring sim --bug stream-no-go-back`: 33 seeds in the first 100).
+#[test]
+fn stream_no_go_back_is_caught_by_converge() {
+    caught_by(Bug::StreamNoGoBack, 20, "converge");
+}
+
+/// With purge, a replica that finds itself behind a peer's log base while it is a candidate
+/// or leader must step down before it installs the peer's checkpoint; the pre-fix code kept
+/// leading, and its instances in flight ended up below the installed checkpoint. Found by
+/// `paxring sim --purge` when streaming catch-up landed; `--bug install-while-leading` brings
+/// it back: 1 seed in 1,000 of the default profile (seed 45), which the test replays.
+#[test]
+fn install_while_leading_is_caught_by_the_invariant_checker() {
+    let options = SimOptions {
+        purge: true,
+        bug: Some(Bug::InstallWhileLeading),
+        ..SimOptions::default()
+    };
+    let (seed, violation) =
+        first_violation(&options, 40..50).expect("the known seed still finds it");
+    assert!(violation.contains("invariant:"), "{violation}");
+    eprintln!("install-while-leading: seed {seed}: {violation}");
+}

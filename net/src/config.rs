@@ -36,8 +36,17 @@ pub struct NetConfig {
     pub max_frame_bytes: u32,
     /// Frames each core's inbox holds before the connections feeding it stop reading.
     pub inbox_capacity: usize,
-    /// Frames queued per peer before further frames to that peer are dropped (counted).
+    /// Frames queued per peer at most. See `outbound_bytes_max` for what happens to a frame
+    /// that does not fit.
     pub outbound_capacity: usize,
+    /// Bytes (whole frames, headers included) queued per peer at most. A frame that would take
+    /// the queue past this or `outbound_capacity` is dropped (counted in
+    /// `outbound_dropped_frames`) while the peer's connection is up; while it is down the oldest
+    /// queued frames are dropped instead until the new one fits (counted in
+    /// `outbound_dropped_stale_frames`), so a returning peer gets recent frames, not a stale
+    /// backlog. A frame larger than this is always dropped: keep it above
+    /// `max_frame_bytes` + 24 (the frame header).
+    pub outbound_bytes_max: usize,
     /// Batches `NetHandle::send_batch` queues before it returns them (back-pressure).
     pub send_batch_capacity: usize,
     /// Time allowed for a connection's handshake (either direction).
@@ -95,11 +104,12 @@ impl NetConfig {
             max_frame_bytes: 4 << 20,
             inbox_capacity: 65_536,
             outbound_capacity: 65_536,
+            outbound_bytes_max: 64 << 20,
             send_batch_capacity: 1024,
             handshake_timeout: Duration::from_secs(5),
             peer_dead_timeout: Duration::from_secs(10),
             reconnect_backoff_min: Duration::from_millis(10),
-            reconnect_backoff_max: Duration::from_secs(2),
+            reconnect_backoff_max: Duration::from_millis(200),
             write_batch_bytes_max: 1 << 20,
             copy_threshold_bytes: 4096,
             backend: Backend::Auto,
@@ -134,6 +144,13 @@ impl NetConfig {
             if value == 0 || value > QUEUE_CAPACITY_LIMIT {
                 return Err(invalid(field, value, "use 1 ..= 1048576 frames"));
             }
+        }
+        if self.outbound_bytes_max == 0 {
+            return Err(invalid(
+                "outbound_bytes_max",
+                self.outbound_bytes_max,
+                "use a positive number of bytes, at least max_frame_bytes + 24, e.g. 67108864 (64 MiB)",
+            ));
         }
         if self.handshake_timeout.is_zero() {
             return Err(invalid(
@@ -214,6 +231,38 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         base().validate().unwrap();
+    }
+
+    #[test]
+    fn defaults_bound_queued_bytes_and_reconnect_quickly() {
+        let cfg = base();
+        assert_eq!(cfg.outbound_bytes_max, 64 << 20);
+        assert_eq!(cfg.reconnect_backoff_min, Duration::from_millis(10));
+        assert_eq!(cfg.reconnect_backoff_max, Duration::from_millis(200));
+    }
+
+    #[test]
+    fn zero_outbound_bytes_max_is_rejected_with_a_fix() {
+        let mut cfg = base();
+        cfg.outbound_bytes_max = 0;
+        let err = cfg.validate().unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ConfigError::Invalid {
+                    field: "outbound_bytes_max",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        let message = err.to_string();
+        assert!(
+            message.contains("outbound_bytes_max = 0") && message.contains("use a positive"),
+            "the message names the field and says how to fix it: {message}"
+        );
+        cfg.outbound_bytes_max = 1;
+        cfg.validate().unwrap();
     }
 
     #[test]

@@ -46,10 +46,13 @@
 //! node2.shutdown();
 //! ```
 //!
-//! Loss: frames to a peer that is down or slow are dropped (counted) once its outbound queue
-//! is full, and frames being written when a connection fails are lost (counted). Paxos tolerates
-//! message loss; the engine retransmits. Inbound frames are never dropped silently: a full inbox
-//! stops the connection reading (back-pressure).
+//! Loss: each peer's outbound queue is bounded in frames (`outbound_capacity`) and bytes
+//! (`outbound_bytes_max`). When it is full, a new frame to a connected (slow) peer is dropped
+//! (`outbound_dropped_frames`); for a peer that is down the oldest queued frames are dropped
+//! instead (`outbound_dropped_stale_frames`), so it gets recent frames when it returns. Frames
+//! being written when a connection fails are lost (counted). Paxos tolerates message loss; the
+//! engine retransmits. Inbound frames are never dropped silently: a full inbox stops the
+//! connection reading (back-pressure).
 #![deny(missing_docs)]
 
 mod config;

@@ -58,8 +58,13 @@ counters! {
     unknown_group_frames,
     /// Times a connection from the peer stopped reading because a core's inbox was full.
     queue_full_events,
-    /// Frames to the peer dropped because its outbound queue was full (peer slow or down).
+    /// New frames to the peer dropped because its outbound queue was full (frames or bytes)
+    /// while its connection was up (the peer is slow), or because a frame alone exceeds
+    /// `outbound_bytes_max`.
     outbound_dropped_frames,
+    /// Queued frames to the peer dropped, oldest first, to make room for new ones while its
+    /// connection was down (stale frames go first).
+    outbound_dropped_stale_frames,
     /// Frames to the peer dropped because they exceed the peer's maximum frame size.
     oversize_dropped_frames,
     /// Frames lost because the connection failed while they were being written.
@@ -75,6 +80,9 @@ pub struct PeerStats {
     pub connected: bool,
     /// Frames waiting in the outbound queue.
     pub outbound_queued_frames: u64,
+    /// Bytes (whole frames, headers included) waiting in the outbound queue; at most
+    /// `outbound_bytes_max`. Frames taken by a socket write in progress are not counted.
+    pub outbound_queued_bytes: u64,
     /// The counters.
     #[serde(flatten)]
     pub counters: Counters,
@@ -113,6 +121,7 @@ pub(crate) struct PeerSlot {
     pub(crate) counters: AtomicCounters,
     pub(crate) connected: AtomicBool,
     pub(crate) outbound_queued_frames: AtomicU64,
+    pub(crate) outbound_queued_bytes: AtomicU64,
 }
 
 /// The shared counters: written by the network thread, read by `NetHandle::stats`.
@@ -170,6 +179,7 @@ impl SharedStats {
                     node_id: *node_id,
                     connected: slot.connected.load(Ordering::Relaxed),
                     outbound_queued_frames: slot.outbound_queued_frames.load(Ordering::Relaxed),
+                    outbound_queued_bytes: slot.outbound_queued_bytes.load(Ordering::Relaxed),
                     counters,
                 }
             })

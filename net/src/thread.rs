@@ -314,7 +314,10 @@ fn run_epoll(setup: Setup, uring_error: Option<io::Error>) {
 struct PeerOut {
     node_id: u32,
     addr: SocketAddr,
-    queue: RefCell<VecDeque<Bytes>>,
+    queue: RefCell<OutQueue>,
+    /// Whether the outbound connection is up (handshake done, writer running): decides which
+    /// frames a full queue drops (see [`OutQueue::push`]). Mirrors the `connected` stat.
+    connected: Cell<bool>,
     /// Woken when frames are queued.
     wake: Notify,
     /// The largest body the peer accepts (from its handshake; ours until then).
@@ -324,6 +327,99 @@ struct PeerOut {
     /// Rate limit of the warnings about garbage this peer sent after its handshake
     /// (undecodable bytes, a forged sender, a truncated frame).
     garbage_log: RefCell<LogLimiter>,
+}
+
+/// The bounds of one peer's outbound queue (`outbound_capacity`, `outbound_bytes_max`).
+#[derive(Clone, Copy, Debug)]
+struct QueueLimits {
+    /// Frames queued at most.
+    frames: usize,
+    /// Bytes (whole frames) queued at most.
+    bytes: usize,
+}
+
+/// What [`OutQueue::push`] did with a frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pushed {
+    /// Queued, after dropping this many of the oldest queued frames to make room (0 when it
+    /// fit; more only while the peer's connection is down).
+    Queued {
+        /// Stale frames dropped from the front.
+        dropped_stale: u64,
+    },
+    /// Not queued: the queue is full and the peer's connection is up (the peer is slow).
+    DroppedNew,
+    /// Not queued: the frame alone exceeds the byte bound (or the frame bound is zero).
+    NeverFits,
+}
+
+/// One peer's outbound queue: whole frames, oldest first, and their total length in bytes.
+///
+/// The byte count stays exact because frames enter only through [`OutQueue::push`] and leave
+/// only through [`OutQueue::pop_front`]. The writer pops the frames of a socket write before it
+/// starts that write, so a frame being written (or partly written) is no longer here and no
+/// push can drop it.
+#[derive(Debug, Default)]
+struct OutQueue {
+    frames: VecDeque<Bytes>,
+    bytes: usize,
+}
+
+impl OutQueue {
+    /// Queues `frame` within `limits`, never waiting. When it does not fit: while the peer's
+    /// connection is up the new frame is dropped (the peer is slow; what is queued goes out
+    /// next); while it is down the oldest frames are dropped until the new one fits, so a
+    /// returning peer gets recent frames instead of a stale backlog. Paxos tolerates loss.
+    fn push(&mut self, frame: Bytes, limits: QueueLimits, connected: bool) -> Pushed {
+        let len = frame.len();
+        if len > limits.bytes || limits.frames == 0 {
+            return Pushed::NeverFits;
+        }
+        let fits = |queue: &OutQueue| {
+            queue.frames.len() < limits.frames && queue.bytes + len <= limits.bytes
+        };
+        let mut dropped_stale = 0;
+        if !fits(self) {
+            if connected {
+                return Pushed::DroppedNew;
+            }
+            while !fits(self) {
+                // The frame fits an empty queue (checked above), so the loop ends.
+                self.pop_front()
+                    .expect("a frame that fits alone fits an empty queue");
+                dropped_stale += 1;
+            }
+        }
+        self.bytes += len;
+        self.frames.push_back(frame);
+        Pushed::Queued { dropped_stale }
+    }
+
+    /// Takes the oldest frame.
+    fn pop_front(&mut self) -> Option<Bytes> {
+        let frame = self.frames.pop_front()?;
+        self.bytes -= frame.len();
+        Some(frame)
+    }
+
+    /// The oldest frame.
+    fn front(&self) -> Option<&Bytes> {
+        self.frames.front()
+    }
+
+    /// Frames queued.
+    fn len(&self) -> usize {
+        self.frames.len()
+    }
+
+    /// Bytes queued (the sum of the frames' lengths).
+    fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
 }
 
 /// How often at most one peer's oversize drops are logged.
@@ -447,6 +543,23 @@ impl Ctx {
         &self.stats.peers[peer].counters
     }
 
+    /// Publishes a peer's queue length and bytes to the stats.
+    fn publish_queue(&self, peer: usize, queue: &OutQueue) {
+        let slot = &self.stats.peers[peer];
+        slot.outbound_queued_frames
+            .store(queue.len() as u64, Ordering::Relaxed);
+        slot.outbound_queued_bytes
+            .store(queue.bytes() as u64, Ordering::Relaxed);
+    }
+
+    /// Records whether a peer's outbound connection is up (for the push rule and the stat).
+    fn set_connected(&self, peer: usize, connected: bool) {
+        self.peers[peer].connected.set(connected);
+        self.stats.peers[peer]
+            .connected
+            .store(connected, Ordering::Relaxed);
+    }
+
     /// The next reconnect delay (see [`backoff_delay`]).
     fn backoff(&self, attempt: u32) -> Duration {
         let mut state = self.rng.get();
@@ -500,7 +613,8 @@ async fn node_main<B: Backend>(setup: Setup) {
         .map(|(node_id, addr)| PeerOut {
             node_id: *node_id,
             addr: *addr,
-            queue: RefCell::new(VecDeque::new()),
+            queue: RefCell::new(OutQueue::default()),
+            connected: Cell::new(false),
             wake: Notify::new(),
             max_frame_bytes: Cell::new(cfg.max_frame_bytes),
             oversize_log: RefCell::new(LogLimiter::new(OVERSIZE_LOG_EVERY)),
@@ -568,7 +682,8 @@ async fn node_main<B: Backend>(setup: Setup) {
 // ---------------------------------------------------------------------------------------------
 // Outbound
 
-/// Takes core batches and queues each frame on its peers (bounded: drop + count when full).
+/// Takes core batches and queues each frame on its peers (bounded in frames and bytes: when a
+/// queue is full a frame is dropped and counted, see [`OutQueue::push`]).
 async fn dispatch(ctx: Rc<Ctx>, mut rx: mpsc::Receiver<Batch>) {
     let mut touched = vec![false; ctx.peers.len()];
     while let Some(batch) = rx.recv().await {
@@ -643,17 +758,36 @@ fn enqueue(ctx: &Ctx, peer: usize, frame: Bytes, body_bytes: u32, touched: &mut 
         }
         return;
     }
+    let limits = QueueLimits {
+        frames: ctx.cfg.outbound_capacity,
+        bytes: ctx.cfg.outbound_bytes_max,
+    };
+    let frame_bytes = frame.len();
     let mut queue = out.queue.borrow_mut();
-    if queue.len() >= ctx.cfg.outbound_capacity {
-        // The peer is slow or down. Paxos tolerates message loss; memory must stay bounded.
-        bump(&counters.outbound_dropped_frames);
-        return;
+    // The peer is slow or down. Paxos tolerates message loss; memory must stay bounded.
+    match queue.push(frame, limits, out.connected.get()) {
+        Pushed::Queued { dropped_stale } => {
+            add(&counters.outbound_dropped_stale_frames, dropped_stale);
+            ctx.publish_queue(peer, &queue);
+            touched[peer] = true;
+        }
+        Pushed::DroppedNew => bump(&counters.outbound_dropped_frames),
+        Pushed::NeverFits => {
+            bump(&counters.outbound_dropped_frames);
+            // No queue can ever hold it: a misconfiguration, logged like oversize frames.
+            if let Some(suppressed) = out.oversize_log.borrow_mut().admit(Instant::now()) {
+                tracing::error!(
+                    node = ctx.cfg.node_id,
+                    peer = out.node_id,
+                    frame_bytes,
+                    outbound_bytes_max = limits.bytes,
+                    suppressed,
+                    "outbound frame of {frame_bytes} bytes exceeds outbound_bytes_max ({}); dropped ({suppressed} more such drops to this peer not logged since the last line)",
+                    limits.bytes
+                );
+            }
+        }
     }
-    queue.push_back(frame);
-    ctx.stats.peers[peer]
-        .outbound_queued_frames
-        .store(queue.len() as u64, Ordering::Relaxed);
-    touched[peer] = true;
 }
 
 /// Keeps one outbound connection to `peer` up: connect, handshake, write queued frames;
@@ -671,18 +805,14 @@ async fn peer_loop<B: Backend>(ctx: Rc<Ctx>, peer: usize) {
                 attempt = 0;
                 let stream = Rc::new(stream);
                 let _live = ctx.register(&stream);
-                ctx.stats.peers[peer]
-                    .connected
-                    .store(true, Ordering::Relaxed);
+                ctx.set_connected(peer, true);
                 tracing::info!(
                     node = ctx.cfg.node_id,
                     peer = ctx.peers[peer].node_id,
                     "connected to peer"
                 );
                 write_loop(&ctx, peer, &stream).await;
-                ctx.stats.peers[peer]
-                    .connected
-                    .store(false, Ordering::Relaxed);
+                ctx.set_connected(peer, false);
                 stream.close();
             }
             Err(err) => {
@@ -836,6 +966,8 @@ async fn write_loop<S: Stream>(ctx: &Rc<Ctx>, peer: usize, stream: &Rc<S>) {
 
 /// Pops frames for one write (up to `write_batch_bytes_max`, at least one): small frames are
 /// copied into one buffer, large ones go as their own iovec. Returns (buffers, frames, bytes).
+/// The frames leave the queue here, before the write starts, so pushes that drop stale frames
+/// while the write is in progress cannot touch them.
 fn take_write(ctx: &Ctx, peer: usize) -> (Vec<Bytes>, u64, u64) {
     let out = &ctx.peers[peer];
     let mut queue = out.queue.borrow_mut();
@@ -855,9 +987,7 @@ fn take_write(ctx: &Ctx, peer: usize) -> (Vec<Bytes>, u64, u64) {
         }
         frames.push(frame);
     }
-    ctx.stats.peers[peer]
-        .outbound_queued_frames
-        .store(queue.len() as u64, Ordering::Relaxed);
+    ctx.publish_queue(peer, &queue);
     drop(queue);
     let frame_count = frames.len() as u64;
     if small == total && frames.len() == 1 {
@@ -1227,6 +1357,159 @@ async fn deliver(ctx: &Ctx, counters: &AtomicCounters, frame: Frame, touched: &m
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// A frame of `len` bytes whose first byte is `tag` (to tell frames apart).
+    fn frame(tag: u8, len: usize) -> Bytes {
+        let mut bytes = vec![0u8; len];
+        bytes[0] = tag;
+        Bytes::from(bytes)
+    }
+
+    fn tags(queue: &OutQueue) -> Vec<u8> {
+        queue.frames.iter().map(|f| f[0]).collect()
+    }
+
+    const LIMITS: QueueLimits = QueueLimits {
+        frames: 3,
+        bytes: 100,
+    };
+
+    #[test]
+    fn connected_full_queue_drops_the_new_frame() {
+        // Frame bound reached.
+        let mut queue = OutQueue::default();
+        for tag in 0..3 {
+            assert_eq!(
+                queue.push(frame(tag, 10), LIMITS, true),
+                Pushed::Queued { dropped_stale: 0 }
+            );
+        }
+        assert_eq!(queue.push(frame(3, 10), LIMITS, true), Pushed::DroppedNew);
+        assert_eq!(tags(&queue), [0, 1, 2], "what is queued is kept");
+        assert_eq!((queue.len(), queue.bytes()), (3, 30));
+        // Byte bound reached (the frame bound is not).
+        let mut queue = OutQueue::default();
+        queue.push(frame(0, 60), LIMITS, true);
+        assert_eq!(queue.push(frame(1, 41), LIMITS, true), Pushed::DroppedNew);
+        assert_eq!(
+            queue.push(frame(2, 40), LIMITS, true),
+            Pushed::Queued { dropped_stale: 0 },
+            "exactly at the byte bound fits"
+        );
+        assert_eq!(tags(&queue), [0, 2]);
+        assert_eq!(queue.bytes(), 100);
+    }
+
+    #[test]
+    fn disconnected_full_queue_drops_the_oldest_frames_until_the_new_one_fits() {
+        // Frame bound: one stale frame makes room.
+        let mut queue = OutQueue::default();
+        for tag in 0..3 {
+            queue.push(frame(tag, 10), LIMITS, false);
+        }
+        assert_eq!(
+            queue.push(frame(3, 10), LIMITS, false),
+            Pushed::Queued { dropped_stale: 1 }
+        );
+        assert_eq!(tags(&queue), [1, 2, 3]);
+        assert_eq!(queue.bytes(), 30);
+        // Byte bound: a big frame pushes out as many old ones as it needs, oldest first.
+        assert_eq!(
+            queue.push(frame(4, 85), LIMITS, false),
+            Pushed::Queued { dropped_stale: 2 }
+        );
+        assert_eq!(tags(&queue), [3, 4]);
+        assert_eq!((queue.len(), queue.bytes()), (2, 95));
+        assert_eq!(
+            queue.push(frame(5, 100), LIMITS, false),
+            Pushed::Queued { dropped_stale: 2 }
+        );
+        assert_eq!(tags(&queue), [5]);
+        assert_eq!(queue.bytes(), 100);
+    }
+
+    #[test]
+    fn a_frame_larger_than_the_byte_bound_never_fits_and_evicts_nothing() {
+        for connected in [false, true] {
+            let mut queue = OutQueue::default();
+            queue.push(frame(0, 10), LIMITS, connected);
+            assert_eq!(
+                queue.push(frame(1, 101), LIMITS, connected),
+                Pushed::NeverFits
+            );
+            assert_eq!(tags(&queue), [0]);
+            assert_eq!(queue.bytes(), 10);
+        }
+    }
+
+    #[test]
+    fn a_frame_taken_by_the_writer_is_not_touched_by_later_pushes() {
+        let mut queue = OutQueue::default();
+        for tag in 0..3 {
+            queue.push(frame(tag, 30), LIMITS, false);
+        }
+        // The writer takes the oldest frame for a write that is now in progress.
+        let in_flight = queue.pop_front().unwrap();
+        assert_eq!((queue.len(), queue.bytes()), (2, 60));
+        // The peer goes down; new frames push out stale ones, never the one being written.
+        for tag in 3..6 {
+            queue.push(frame(tag, 50), LIMITS, false);
+        }
+        assert_eq!(tags(&queue), [4, 5]);
+        assert_eq!(queue.bytes(), 100);
+        assert_eq!((in_flight[0], in_flight.len()), (0, 30));
+    }
+
+    proptest! {
+        /// Against a model: the byte count stays exact, both bounds hold, a full queue drops
+        /// the new frame while connected and the oldest frames (only as many as needed) while
+        /// disconnected.
+        #[test]
+        fn out_queue_matches_its_model(
+            ops in proptest::collection::vec((0usize..4, 4usize..60, any::<bool>()), 1..200),
+        ) {
+            let limits = QueueLimits { frames: 5, bytes: 120 };
+            let mut queue = OutQueue::default();
+            // (frame id, length), oldest first.
+            let mut model: VecDeque<(u32, usize)> = VecDeque::new();
+            let id_of = |f: &Bytes| u32::from_le_bytes(f[..4].try_into().unwrap());
+            for (next_id, (op, len, connected)) in (0u32..).zip(ops) {
+                if op == 0 {
+                    let popped = queue.pop_front().map(|f| (id_of(&f), f.len()));
+                    prop_assert_eq!(popped, model.pop_front());
+                } else {
+                    let mut bytes = vec![0u8; len];
+                    bytes[..4].copy_from_slice(&next_id.to_le_bytes());
+                    let fits = |m: &VecDeque<(u32, usize)>| {
+                        m.len() < limits.frames
+                            && m.iter().map(|e| e.1).sum::<usize>() + len <= limits.bytes
+                    };
+                    let expected = if fits(&model) {
+                        model.push_back((next_id, len));
+                        Pushed::Queued { dropped_stale: 0 }
+                    } else if connected {
+                        Pushed::DroppedNew
+                    } else {
+                        let mut dropped_stale = 0;
+                        while !fits(&model) {
+                            model.pop_front();
+                            dropped_stale += 1;
+                        }
+                        model.push_back((next_id, len));
+                        Pushed::Queued { dropped_stale }
+                    };
+                    prop_assert_eq!(queue.push(Bytes::from(bytes), limits, connected), expected);
+                }
+                let got: Vec<(u32, usize)> =
+                    queue.frames.iter().map(|f| (id_of(f), f.len())).collect();
+                prop_assert_eq!(&got, &Vec::from(model.clone()));
+                prop_assert_eq!(queue.bytes(), got.iter().map(|e| e.1).sum::<usize>());
+                prop_assert!(queue.len() <= limits.frames);
+                prop_assert!(queue.bytes() <= limits.bytes);
+            }
+        }
+    }
 
     #[test]
     fn oversize_log_is_limited_to_one_line_per_second_and_counts_the_rest() {

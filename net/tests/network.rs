@@ -4,7 +4,9 @@
 //! restart is survived by reconnecting without duplicate delivery; a foreign cluster id, a
 //! handshake that never finishes, random bytes, garbage frames and a frame with a forged sender
 //! are refused and counted while the node keeps working; unknown groups are counted and dropped;
-//! a full inbox stops reading without losing frames; a down peer costs bounded memory; a node
+//! a full inbox stops reading without losing frames; a down peer costs bounded memory (frames and
+//! bytes) and, when it returns, gets the newest frames rather than a stale backlog; a connected
+//! peer that stops reading makes new frames drop, within the byte cap; a node
 //! that shuts down mid-stream lets its stalled write finish, so peers see whole frames only; one
 //! peer cannot hold more than eight connections.
 //! Every wait is bounded by a deadline.
@@ -12,7 +14,7 @@
 use bytes::Bytes;
 use paxring_net::{
     encode_frame, Backend, Dest, Frame, Hello, HelloStatus, Inbox, NetConfig, NetError, NetHandle,
-    NetThread, HELLO_BYTES, PROTOCOL_VERSION,
+    NetThread, FRAME_HEADER_BYTES, HELLO_BYTES, PROTOCOL_VERSION,
 };
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -334,7 +336,8 @@ fn peer_restart_reconnects_without_duplicates() {
         assert!(stats.peers[0].counters.reconnects >= 1, "{stats:?}");
         let sent = stats.peers[0].counters.frames_sent;
         let lost = stats.peers[0].counters.lost_on_disconnect_frames
-            + stats.peers[0].counters.outbound_dropped_frames;
+            + stats.peers[0].counters.outbound_dropped_frames
+            + stats.peers[0].counters.outbound_dropped_stale_frames;
         assert!(
             sent + lost >= 2500,
             "every frame is sent or counted as lost: {stats:?}"
@@ -620,11 +623,17 @@ fn down_peer_costs_bounded_memory_and_drops_are_counted() {
         cfg.outbound_capacity = 100;
         let a = start(cfg, 1, route_mod(1));
         send_numbered(&a.handle, 1, Dest::AllPeers, 0, 1000, 3, 100);
+        // The peer is down: the oldest frames make room for new ones.
         wait_until("drops counted", || {
-            a.handle.stats().peers[0].counters.outbound_dropped_frames == 900
+            a.handle.stats().peers[0]
+                .counters
+                .outbound_dropped_stale_frames
+                == 900
         });
         let stats = a.handle.stats();
         assert_eq!(stats.peers[0].outbound_queued_frames, 100);
+        assert_eq!(stats.peers[0].counters.outbound_dropped_frames, 0);
+        assert_eq!(stats.totals.outbound_dropped_stale_frames, 900);
         assert!(!stats.peers[0].connected);
         wait_until("connect failures counted", || {
             a.handle.stats().peers[0].counters.connect_failures >= 2
@@ -651,6 +660,153 @@ fn down_peer_costs_bounded_memory_and_drops_are_counted() {
     }
 }
 
+/// Sends `count` frames of `body_len` body bytes to `dest`, numbered from `start_seq`, in
+/// batches of `batch`, retrying batches refused by back-pressure.
+fn send_sized(
+    handle: &NetHandle,
+    dest: Dest,
+    start_seq: u64,
+    count: u64,
+    body_len: usize,
+    batch: u64,
+) {
+    let mut seq = start_seq;
+    while seq < start_seq + count {
+        let end = (seq + batch).min(start_seq + count);
+        let mut pending: Vec<(Dest, Bytes)> = (seq..end)
+            .map(|s| (dest, encode_frame(3, 0, 1, &body(s, body_len))))
+            .collect();
+        while let Err(back) = handle.send_batch(pending) {
+            pending = back;
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        seq = end;
+    }
+}
+
+#[test]
+fn down_peer_keeps_the_newest_frames_within_the_byte_cap() {
+    for backend in backends() {
+        let addrs = free_addrs(2); // nobody listens on addrs[1] until B starts
+        const BODY: usize = 1000;
+        const FRAME: usize = FRAME_HEADER_BYTES + BODY;
+        let cap = 10 * FRAME + FRAME / 2; // room for ten frames, not eleven
+        let mut cfg = config(7, 1, addrs[0], vec![(2, addrs[1])], backend);
+        cfg.outbound_bytes_max = cap;
+        let a = start(cfg, 1, route_mod(1));
+        send_sized(&a.handle, Dest::Peer(2), 0, 200, BODY, 20);
+        wait_until("stale drops counted", || {
+            a.handle.stats().peers[0]
+                .counters
+                .outbound_dropped_stale_frames
+                == 190
+        });
+        let stats = a.handle.stats();
+        let peer = &stats.peers[0];
+        assert!(!peer.connected, "{stats:?}");
+        assert_eq!(peer.outbound_queued_bytes, (10 * FRAME) as u64, "{stats:?}");
+        assert!(peer.outbound_queued_bytes <= cap as u64, "{stats:?}");
+        assert_eq!(peer.outbound_queued_frames, 10, "{stats:?}");
+        assert_eq!(peer.counters.outbound_dropped_frames, 0, "{stats:?}");
+        assert_eq!(stats.totals.outbound_dropped_stale_frames, 190, "{stats:?}");
+        // B comes up: A reconnects and sends what it kept, the newest ten frames, in order.
+        let mut b = start(
+            config(7, 2, addrs[1], vec![(1, addrs[0])], backend),
+            1,
+            route_mod(1),
+        );
+        let mut got = collect(&mut b.inboxes, 10, DEADLINE);
+        got.extend(collect(
+            &mut b.inboxes,
+            usize::MAX,
+            Duration::from_millis(300),
+        ));
+        let seqs: Vec<u64> = got.iter().map(seq_of).collect();
+        assert_eq!(seqs, (190..200).collect::<Vec<u64>>());
+        wait_until("the queue is empty once written", || {
+            let stats = a.handle.stats();
+            stats.peers[0].outbound_queued_bytes == 0 && stats.peers[0].counters.frames_sent == 10
+        });
+        a.thread.shutdown();
+        b.thread.shutdown();
+    }
+}
+
+#[test]
+fn connected_peer_that_stops_reading_drops_new_frames_within_the_byte_cap() {
+    for backend in backends() {
+        let addrs = free_addrs(2);
+        // Peer 2 is played by this test: it completes the handshake, then never reads.
+        let listener = TcpListener::bind(addrs[1]).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let cap = 1 << 20;
+        let mut cfg = config(7, 1, addrs[0], vec![(2, addrs[1])], backend);
+        cfg.outbound_bytes_max = cap;
+        // Long enough that the stalled connection is not declared dead during the test.
+        cfg.peer_dead_timeout = Duration::from_secs(120);
+        let a = start(cfg, 1, route_mod(1));
+        let end = Instant::now() + DEADLINE;
+        let mut peer = loop {
+            match listener.accept() {
+                Ok((stream, _)) => break stream,
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
+                    assert!(Instant::now() < end, "node 1 did not connect");
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(err) => panic!("accept: {err}"),
+            }
+        };
+        peer.set_nonblocking(false).unwrap();
+        peer.set_read_timeout(Some(DEADLINE)).unwrap();
+        let mut hello = [0u8; HELLO_BYTES];
+        peer.read_exact(&mut hello).unwrap();
+        assert_eq!(Hello::decode(&hello).unwrap().node_id, 1);
+        let reply = Hello {
+            version: PROTOCOL_VERSION,
+            status: HelloStatus::Hello,
+            cluster_id: 7,
+            node_id: 2,
+            max_frame_bytes: 4 << 20,
+        };
+        peer.write_all(&reply.encode()).unwrap();
+        wait_connected(&a.handle);
+        // Socket buffers fill, then the queue, then new frames are dropped.
+        const BODY: usize = 64 << 10;
+        let mut sent = 0u64;
+        while a.handle.stats().peers[0].counters.outbound_dropped_frames == 0 {
+            assert!(
+                Instant::now() < end,
+                "no frame dropped: {:?}",
+                a.handle.stats()
+            );
+            send_sized(&a.handle, Dest::Peer(2), sent, 4, BODY, 4);
+            sent += 4;
+        }
+        let stats = a.handle.stats();
+        let p = &stats.peers[0];
+        assert!(p.connected, "{stats:?}");
+        assert!(p.counters.outbound_dropped_frames > 0, "{stats:?}");
+        assert_eq!(p.counters.outbound_dropped_stale_frames, 0, "{stats:?}");
+        assert!(p.outbound_queued_bytes <= cap as u64, "{stats:?}");
+        assert_eq!(
+            p.outbound_queued_bytes,
+            p.outbound_queued_frames * (FRAME_HEADER_BYTES + BODY) as u64,
+            "{stats:?}"
+        );
+        assert!(
+            p.counters.frames_sent + p.outbound_queued_frames + p.counters.outbound_dropped_frames
+                <= sent,
+            "{stats:?}"
+        );
+        assert_eq!(
+            stats.totals.outbound_dropped_frames,
+            p.counters.outbound_dropped_frames
+        );
+        a.thread.shutdown();
+        drop(peer);
+    }
+}
+
 #[test]
 fn start_refuses_bad_config_and_busy_port() {
     let addrs = free_addrs(1);
@@ -659,6 +815,14 @@ fn start_refuses_bad_config_and_busy_port() {
         NetThread::start(cfg.clone(), 1, route_mod(1)),
         Err(NetError::Config(_))
     ));
+    let mut zero_bytes = config(7, 1, addrs[0], vec![], Backend::Epoll);
+    zero_bytes.outbound_bytes_max = 0;
+    match NetThread::start(zero_bytes, 1, route_mod(1)) {
+        Err(NetError::Config(err)) => {
+            assert!(err.to_string().contains("outbound_bytes_max = 0"), "{err}")
+        }
+        other => panic!("expected a config error, got {:?}", other.map(|_| ())),
+    }
     cfg.peers.clear();
     assert!(matches!(
         NetThread::start(cfg.clone(), 0, route_mod(1)),

@@ -92,6 +92,8 @@ fn reconfigure(cluster: &mut TestCluster) {
             .expect("[node] in the node file");
         table.insert("wal_purge".into(), toml::Value::Boolean(true));
         table.insert("purge_every_ms".into(), toml::Value::Integer(150));
+        // No purge hold for lagging peers: the others purge past the stopped node at once.
+        table.insert("purge_hold_for_peers_ms".into(), toml::Value::Integer(0));
         table.insert(
             "round_bytes_max".into(),
             toml::Value::Integer(ROUND_BYTES as i64),

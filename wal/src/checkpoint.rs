@@ -1300,6 +1300,67 @@ pub fn newest_valid(
     Ok(None)
 }
 
+/// Remembers the outcome of [`verify`] per checkpoint file (by path, length and modification
+/// time), so that a server looking up the newest valid checkpoint on every peer's request
+/// reads each file once, not once per request: a corrupt file is reported once and then
+/// skipped, a valid one is not re-read. A file that changes is verified again.
+#[derive(Debug, Default)]
+pub struct VerifyCache {
+    seen: std::collections::HashMap<PathBuf, (u64, std::time::SystemTime, Option<CheckpointMeta>)>,
+    /// Files found corrupt (each counted once).
+    pub corrupt_found: u64,
+    /// Verifications done (each reads the whole file).
+    pub verifications: u64,
+}
+
+/// Files a [`VerifyCache`] remembers at most (it forgets them all beyond this).
+const VERIFY_CACHE_FILES_MAX: usize = 4096;
+
+impl VerifyCache {
+    /// The newest checkpoint of `group` under `dir` that passes [`verify`], as
+    /// [`newest_valid`], verifying only files not seen before (or changed since).
+    pub fn newest_valid(
+        &mut self,
+        dir: &Path,
+        group: GroupId,
+    ) -> Result<Option<(PathBuf, CheckpointMeta)>, CheckpointError> {
+        if self.seen.len() > VERIFY_CACHE_FILES_MAX {
+            self.seen.clear();
+        }
+        for (_, path) in checkpoints_newest_first(dir, group)? {
+            let Ok(stat) = fs::metadata(&path) else {
+                continue; // removed since the listing
+            };
+            let key = (stat.len(), stat.modified().unwrap_or(std::time::UNIX_EPOCH));
+            let known = self
+                .seen
+                .get(&path)
+                .filter(|(len, modified, _)| (*len, *modified) == key)
+                .map(|(_, _, meta)| *meta);
+            let meta = match known {
+                Some(meta) => meta,
+                None => {
+                    self.verifications += 1;
+                    let meta = match verify(&path) {
+                        Ok(meta) => Some(meta),
+                        Err(error) => {
+                            self.corrupt_found += 1;
+                            tracing::warn!(path = %path.display(), %error, "skipping a checkpoint that fails verification (not checked again until the file changes)");
+                            None
+                        }
+                    };
+                    self.seen.insert(path.clone(), (key.0, key.1, meta));
+                    meta
+                }
+            };
+            if let Some(meta) = meta {
+                return Ok(Some((path, meta)));
+            }
+        }
+        Ok(None)
+    }
+}
+
 /// Keeps the newest `keep` valid checkpoints of `group` (at least one: the newest valid one is
 /// never removed) and removes every checkpoint file older than the oldest one kept, valid or
 /// not. Corrupt files newer than that stay (for `list` to report). Nothing is removed when no

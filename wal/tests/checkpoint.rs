@@ -600,6 +600,39 @@ fn newest_valid_skips_a_corrupt_newer_checkpoint_and_list_reports_it() {
     assert!(err.to_string().contains("nowhere"), "{err}");
 }
 
+/// A server looks up the newest valid checkpoint on every peer's request: the cache reads a
+/// corrupt file once (then skips it), does not re-read a valid one, and checks a file again
+/// once it changes.
+#[test]
+fn verify_cache_reads_each_file_once_until_it_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cache = checkpoint::VerifyCache::default();
+    assert!(cache.newest_valid(dir.path(), G).unwrap().is_none());
+    let (p20, m20) = write_ckpt(dir.path(), G, 20, 32, &payload(100, 20));
+    let (p30, m30) = write_ckpt(dir.path(), G, 30, 32, &payload(100, 30));
+    let good = std::fs::read(&p30).unwrap();
+    let mut bad = good.clone();
+    bad[64 + 8 + 3] ^= 0x01;
+    std::fs::write(&p30, &bad).unwrap();
+    for round in 0..3 {
+        assert_eq!(
+            cache.newest_valid(dir.path(), G).unwrap(),
+            Some((p20.clone(), m20)),
+            "round {round}"
+        );
+        assert_eq!(cache.verifications, 2, "round {round}: each file read once");
+        assert_eq!(cache.corrupt_found, 1, "round {round}");
+    }
+    // Repaired (a new modification time and the same length): verified again, and chosen.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    std::fs::write(&p30, &good).unwrap();
+    assert_eq!(
+        cache.newest_valid(dir.path(), G).unwrap(),
+        Some((p30.clone(), m30))
+    );
+    assert_eq!(cache.verifications, 3);
+}
+
 #[test]
 fn an_unfinished_writer_leaves_no_checkpoint() {
     let dir = tempfile::tempdir().unwrap();

@@ -301,7 +301,8 @@ pub struct ServingCounters {
     /// Reconnections to the follower (not a delta).
     pub reconnects_to_follower: u64,
     /// Frames queued for the follower when it restarted (sent while it was down; its
-    /// outbound queue holds up to `outbound_capacity` frames, whatever their size).
+    /// outbound queue holds up to `outbound_capacity` frames and `outbound_bytes_max` bytes,
+    /// the newest kept).
     pub outbound_queued_frames_to_follower_at_restart: u64,
     /// Frames to the follower dropped because that queue was full (not a delta).
     pub outbound_dropped_frames_to_follower: u64,
@@ -536,9 +537,9 @@ pub struct CatchupRunOut {
     pub ceilings: StreamCeilings,
     /// Both measurements: before the cluster started and after it stopped.
     pub ceilings_measured: Vec<StreamCeilings>,
-    /// Frames a node's network thread queues for a peer (a down one included) before it drops
-    /// further frames (the runtime's default `outbound_capacity`): a lag under it can be
-    /// replayed from that queue instead of the WAL.
+    /// Frames a node's network thread queues for a peer at most (the runtime's default
+    /// `outbound_capacity`; `outbound_bytes_max` bounds their bytes too, and for a down peer
+    /// the oldest go first): a lag under it can be replayed from that queue instead of the WAL.
     pub outbound_capacity_frames: usize,
     /// Which ceiling is slower.
     pub slower_ceiling: String,
@@ -1032,7 +1033,7 @@ fn explain(
         "Catch-up replies carried {served} entries for the {} missed instances ({:.2} per \
          instance: more than 1 when both serving nodes answered or a reply was repeated). {} \
          frames sent while it was down were still queued for it at the restart ({} dropped; \
-         the queue holds {outbound_capacity_frames} frames whatever their size) and went out \
+         the queue holds {outbound_capacity_frames} frames and 64 MiB at most, the newest kept) and went out \
          when it reconnected; in all the serving nodes sent it {:.1} MB in {} frames for {:.1} \
          MB of payload.",
         catch_up.lag_instances,

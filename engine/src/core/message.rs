@@ -89,6 +89,11 @@ pub enum Message {
         /// A re-learning replica needs every instance below this chosen: a leader that gets
         /// this fills the gap with no-ops when it has nothing else to propose (0: no need).
         until: Instance,
+        /// The requester's window: at most this many values from `from` on (the answer may
+        /// span several replies).
+        entries_max: u32,
+        /// At most this many value bytes in all the replies to this request together.
+        bytes_max: u32,
     },
     /// Chosen values (consecutive from the request's `from`), and the sender's applied point.
     CatchupReply {
@@ -109,6 +114,9 @@ pub enum Message {
         promised: Ballot,
         /// Chosen values, ascending and consecutive.
         entries: Vec<(Instance, Bytes)>,
+        /// One past the last value the answer to this request carries, over all its replies:
+        /// the requester asks again from here (the sender stopped at its limits or its end).
+        served_end: Instance,
         /// The sender's rolling checksum through the last entry (0 if none).
         checksum: u32,
     },
@@ -288,10 +296,14 @@ impl Message {
                 from,
                 request,
                 until,
+                entries_max,
+                bytes_max,
             } => {
                 out.put_u64_le(from.0);
                 out.put_u64_le(*request);
                 out.put_u64_le(until.0);
+                out.put_u32_le(*entries_max);
+                out.put_u32_le(*bytes_max);
             }
             Message::CatchupReply {
                 request,
@@ -302,10 +314,12 @@ impl Message {
                 state_lost,
                 promised,
                 entries,
+                served_end,
                 checksum,
             } => {
                 out.put_u64_le(*request);
                 out.put_u64_le(applied_next.0);
+                out.put_u64_le(served_end.0);
                 out.put_u64_le(high.0);
                 out.put_u64_le(log_base.0);
                 out.put_u8(u8::from(*relearning));
@@ -420,10 +434,13 @@ impl Message {
                 from: Instance(reader.u64()?),
                 request: reader.u64()?,
                 until: Instance(reader.u64()?),
+                entries_max: reader.u32()?,
+                bytes_max: reader.u32()?,
             },
             8 => {
                 let request = reader.u64()?;
                 let applied_next = Instance(reader.u64()?);
+                let served_end = Instance(reader.u64()?);
                 let high = Instance(reader.u64()?);
                 let log_base = Instance(reader.u64()?);
                 let relearning = reader.flag()?;
@@ -445,6 +462,7 @@ impl Message {
                     state_lost,
                     promised,
                     entries,
+                    served_end,
                     checksum,
                 }
             }
@@ -490,7 +508,7 @@ pub fn promise_entry_bytes(value_len: usize) -> usize {
     8 + 12 + 1 + 4 + value_len
 }
 /// Encoded bytes of a CatchupReply (kind byte included) before its entries.
-pub const CATCHUP_REPLY_HEADER_BYTES: usize = 1 + 8 + 8 + 8 + 8 + 1 + 1 + 12 + 4 + 4;
+pub const CATCHUP_REPLY_HEADER_BYTES: usize = 1 + 8 + 8 + 8 + 8 + 8 + 1 + 1 + 12 + 4 + 4;
 /// Encoded bytes of a CheckpointChunk (kind byte included) before its data.
 pub const CHECKPOINT_CHUNK_HEADER_BYTES: usize = 1 + 1 + 8 + 4 + 8 + 4 + 8 + 4;
 /// Encoded bytes of one CatchupReply entry carrying a value of `value_len` bytes.

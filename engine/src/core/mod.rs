@@ -97,8 +97,14 @@ pub const ACCEPT_WINDOW_INSTANCES: u64 = 1024;
 /// A Promise reports at most this many instances from the prepared one; an acceptor holding
 /// more sets `truncated` and the candidate catches up before it leads.
 pub const PROMISE_SPAN_INSTANCES: u64 = 2 * ACCEPT_WINDOW_INSTANCES;
-/// Chosen values per catch-up reply.
-pub const CATCHUP_BATCH_MAX: usize = 64;
+/// Chosen values per catch-up reply (one answer to a request may span several replies).
+pub const CATCHUP_BATCH_MAX: usize = 256;
+/// The fewest chosen values a replica keeps in memory below its applied point (older ones
+/// are served from its log).
+pub const CHOSEN_RETAINED_MIN: u64 = 64;
+/// Value bytes one catch-up request is answered with at most, over all its replies (the
+/// server's own cap on a requester's byte window).
+pub const CATCHUP_ANSWER_BYTES_MAX: u32 = 4 << 20;
 /// The largest value (a batch of commands) in bytes; a proposal larger than the batch limit
 /// fails, and a decoder refuses anything larger.
 pub const VALUE_BYTES_MAX: u32 = 16 << 20;
@@ -134,6 +140,16 @@ pub struct Config {
     /// The largest message body the network carries (its frame limit): every message the
     /// core emits stays within it (a Promise that would not is cut and continued in chunks).
     pub message_bytes_max: u32,
+    /// Streaming catch-up's window (docs/PROTOCOL.md#streaming-catch-up): a lagging replica
+    /// has at most this many values asked for and not yet applied, and asks for more when
+    /// half of them have been applied. At least `CATCHUP_BATCH_MAX`.
+    pub catchup_window_instances: u32,
+    /// The window in value bytes (each request asks for at most half of it).
+    pub catchup_window_bytes: u32,
+    /// Purge holds for lagging peers (docs/PROTOCOL.md#log-base-and-purge): a group's log
+    /// base does not move past what a peer asked for by catch-up or checkpoint transfer
+    /// within this many ticks (0: no hold; a peer then behind the base fetches a checkpoint).
+    pub purge_hold_ticks: u64,
 }
 
 /// Room a message needs besides its values (headers, counts): `batch_bytes_max` plus this
@@ -153,6 +169,9 @@ impl Default for Config {
             retransmit_ticks: 30,
             chosen_retained_max: 1 << 16,
             message_bytes_max: 4 << 20,
+            catchup_window_instances: 4096,
+            catchup_window_bytes: 8 << 20,
+            purge_hold_ticks: 0,
         }
     }
 }
@@ -184,8 +203,16 @@ pub enum ConfigError {
         /// retransmit_ticks
         retransmit: u64,
     },
-    /// `chosen_retained_max` below one catch-up reply.
-    #[error("chosen_retained_max = {0}: must be at least {CATCHUP_BATCH_MAX}")]
+    /// A catch-up window smaller than one reply.
+    #[error("catch-up window ({instances} instances, {bytes} bytes): need at least {CATCHUP_BATCH_MAX} instances and twice batch_bytes_max in bytes")]
+    CatchupWindow {
+        /// The configured instances.
+        instances: u32,
+        /// The configured bytes.
+        bytes: u32,
+    },
+    /// `chosen_retained_max` below `CHOSEN_RETAINED_MIN`.
+    #[error("chosen_retained_max = {0}: must be at least {CHOSEN_RETAINED_MIN}")]
     Retained(u64),
     /// This node is not among the members, members repeat, or there are none.
     #[error("membership: node {me} must appear exactly once among {count} distinct members")]
@@ -236,8 +263,16 @@ impl Config {
                 retransmit: self.retransmit_ticks,
             });
         }
-        if self.chosen_retained_max < CATCHUP_BATCH_MAX as u64 {
+        if self.chosen_retained_max < CHOSEN_RETAINED_MIN {
             return Err(ConfigError::Retained(self.chosen_retained_max));
+        }
+        if (self.catchup_window_instances as usize) < CATCHUP_BATCH_MAX
+            || u64::from(self.catchup_window_bytes) < 2 * u64::from(self.batch_bytes_max)
+        {
+            return Err(ConfigError::CatchupWindow {
+                instances: self.catchup_window_instances,
+                bytes: self.catchup_window_bytes,
+            });
         }
         if u64::from(self.batch_bytes_max) + u64::from(MESSAGE_OVERHEAD_BYTES)
             > u64::from(self.message_bytes_max)
@@ -326,4 +361,11 @@ pub struct Bugs {
     /// applied values (its log base after a restart or checkpoint install), reporting nothing
     /// for the instances in between.
     pub promise_below_base: bool,
+    /// Streaming catch-up without go-back-N: when a stream's request times out, the next one
+    /// asks from where the last one ended, not from the applied point (a lost reply leaves a
+    /// gap that is never asked for again).
+    pub stream_no_go_back: bool,
+    /// A leader or candidate that starts or finishes a checkpoint install keeps its role (its
+    /// instances in flight end up below the installed checkpoint).
+    pub install_while_leading: bool,
 }

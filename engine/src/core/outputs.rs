@@ -175,6 +175,10 @@ pub struct GroupStatus {
     /// longer holds the values this replica needs.
     #[serde(default)]
     pub catchup_unavailable: Option<(NodeId, Instance)>,
+    /// A lagging peer (and the instance it needs) that held this group's log base back at the
+    /// last purge pass (`purge_hold_ticks`).
+    #[serde(default)]
+    pub log_base_held_by: Option<(NodeId, Instance)>,
     /// Set while a checkpoint transfer runs (this replica is behind every value its peers
     /// serve, docs/PROTOCOL.md#checkpoint-transfer).
     #[serde(default)]
@@ -471,13 +475,15 @@ pub struct CoreStats {
     pub catchup_requests_sent: u64,
     /// Chosen values served to lagging peers.
     pub catchup_entries_served: u64,
+    /// Catch-up replies sent (one request's answer may span several).
+    #[serde(default)]
+    pub catchup_replies_sent: u64,
     /// Of which read from the log (older than the values kept in memory).
     pub catchup_entries_from_log: u64,
     /// Catch-up reads handed to the driver (one per request that needed the log).
     pub catchup_log_reads: u64,
-    /// Catch-up replies that were empty although the peer is ahead: the values this replica
-    /// needs are older than the peer retains in memory (serving them from the WAL, or a
-    /// checkpoint, is a later issue). Non-zero means a replica cannot catch up by itself.
+    /// Catch-up replies that were empty although the peer is ahead: the peer no longer holds
+    /// the values this replica needs (behind its log base, a checkpoint transfer follows).
     pub catchup_unavailable: u64,
     /// Checkpoint transfers started (this replica was behind every value a peer serves).
     #[serde(default)]

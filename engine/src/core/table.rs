@@ -317,20 +317,22 @@ impl CoreTable {
     }
 
     /// Answers a catch-up request the table handed out as a [`crate::core::ReadRequest`]:
-    /// `read` holds the values the driver read from storage (consecutive from `first`, maybe
-    /// none); memory serves what follows. The reply goes straight into `out`.
+    /// `values` holds what the driver read from storage (consecutive from `read.first`, maybe
+    /// none, maybe cut short by its read budget); memory serves what follows them, within the
+    /// request's window. The replies go straight into `out`.
     pub fn serve_read(
         &mut self,
-        group: GroupId,
-        to: NodeId,
-        request: u64,
-        first: Instance,
-        read: Vec<(Instance, Bytes)>,
+        read: &super::ReadRequest,
+        values: Vec<(Instance, Bytes)>,
         out: &mut Outputs,
     ) {
-        if let Some(state) = self.groups.get_mut(&group) {
+        if let Some(state) = self.groups.get_mut(&read.group) {
             let mut ctx = ctx!(self);
-            state.serve_entries(&mut ctx, to, request, first, read);
+            let window = super::group::Window {
+                entries: read.entries_max,
+                bytes: read.bytes_max,
+            };
+            state.serve_entries(&mut ctx, read.to, read.request, read.first, values, window);
         }
         self.out.take_into(out);
     }

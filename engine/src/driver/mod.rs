@@ -210,6 +210,9 @@ pub struct DriverStats {
 /// Most value bytes a round reads from storage for catch-up: serving a lagging peer never
 /// takes a round much longer than one such read (the serving node's own commits go on).
 pub const READ_BYTES_PER_ROUND: usize = 4 << 20;
+/// Most values a round reads from storage for catch-up (each is a read of its own: this
+/// bounds the time a round spends on them when values are small).
+pub const READ_VALUES_PER_ROUND: usize = 2048;
 
 /// A reply waiting for its record to be durable.
 struct Held {
@@ -395,23 +398,27 @@ impl Driver {
         let mut out = std::mem::take(&mut self.out);
         self.table.poll(&mut out);
 
-        // 0. Catch-up older than memory: read the values from storage (within the round's
-        //    read budget; the rest waits) and let the table answer with them.
+        // 0. Catch-up older than memory: read the values from storage within the round's
+        //    read budget (bytes and values); a read the budget cuts short is served as far as
+        //    it got (the requester asks again from there), the reads not started wait.
         self.reads.extend(out.reads.drain(..));
         let mut budget = READ_BYTES_PER_ROUND;
-        while budget > 0 {
+        let mut values_left = READ_VALUES_PER_ROUND;
+        while budget > 0 && values_left > 0 {
             let Some(read) = self.reads.pop_front() else {
                 break;
             };
             let mut entries = Vec::new();
             let mut bytes = 0;
+            let bytes_max = read.bytes_max.min(budget);
+            let entries_max = read.entries_max.min(values_left);
             for index in read.first.0..read.end.0 {
-                if entries.len() >= read.entries_max {
+                if entries.len() >= entries_max {
                     break;
                 }
                 match storage.read_chosen(read.group, Instance(index + self.read_skew)) {
                     Ok(Some(value)) => {
-                        if bytes + value.len() > read.bytes_max && !entries.is_empty() {
+                        if bytes + value.len() > bytes_max && !entries.is_empty() {
                             break;
                         }
                         bytes += value.len();
@@ -427,14 +434,10 @@ impl Driver {
             self.stats.values_read += entries.len() as u64;
             self.stats.value_bytes_read += bytes as u64;
             budget = budget.saturating_sub(bytes.max(1));
-            self.table.serve_read(
-                read.group,
-                read.to,
-                read.request,
-                read.first,
-                entries,
-                &mut out,
-            );
+            values_left = values_left.saturating_sub(entries.len().max(1));
+            // What follows the values read is served from memory only where memory holds
+            // it (a read cut short by the budget ends the answer: it names where it ended).
+            self.table.serve_read(&read, entries, &mut out);
         }
         self.stats.reads_deferred += self.reads.len() as u64;
 

@@ -110,6 +110,13 @@ pub struct NodeConfig {
     /// Frames queued per core inbox before the network thread stops reading (back-pressure).
     #[serde(default = "defaults::inbox_frames_max")]
     pub inbox_frames_max: usize,
+    /// Streaming catch-up's window per group (docs/PROTOCOL.md#streaming-catch-up): values a
+    /// lagging replica has asked for beyond its applied point (bounds its memory).
+    #[serde(default = "defaults::catchup_window_instances")]
+    pub catchup_window_instances: u32,
+    /// The same window in value bytes (each request asks for at most half of it).
+    #[serde(default = "defaults::catchup_window_bytes")]
+    pub catchup_window_bytes: u32,
     // --- Checkpoint mode (docs/ARCHITECTURE.md, "Checkpoints") ---
     /// How each group's checkpoints are made: by the application (every group, by default) or
     /// by a mirror state machine the runtime feeds (the groups listed). Left out of the TOML
@@ -133,6 +140,13 @@ pub struct NodeConfig {
     /// oldest segment (and why) are logged once per interval and shown in stats.
     #[serde(default)]
     pub wal_budget_bytes: u64,
+    /// Purge holds for lagging peers (docs/PROTOCOL.md#log-base-and-purge): a group's log base
+    /// does not move past what a peer asked for (by catch-up or checkpoint transfer) within
+    /// this many milliseconds, so a peer catching up from the log is not pushed behind the
+    /// base into a checkpoint transfer. 0 turns the hold off. A peer silent for longer holds
+    /// nothing (a dead peer never stops the purge).
+    #[serde(default = "defaults::purge_hold_for_peers_ms")]
+    pub purge_hold_for_peers_ms: u64,
 }
 
 mod defaults {
@@ -180,6 +194,15 @@ mod defaults {
     }
     pub fn purge_every_ms() -> u64 {
         1000
+    }
+    pub fn purge_hold_for_peers_ms() -> u64 {
+        30_000
+    }
+    pub fn catchup_window_instances() -> u32 {
+        4096
+    }
+    pub fn catchup_window_bytes() -> u32 {
+        8 << 20
     }
 }
 
@@ -253,10 +276,13 @@ impl NodeConfig {
                 heartbeat_ticks: defaults::heartbeat_ticks(),
                 frame_bytes_max: defaults::frame_bytes_max(),
                 inbox_frames_max: defaults::inbox_frames_max(),
+                catchup_window_instances: defaults::catchup_window_instances(),
+                catchup_window_bytes: defaults::catchup_window_bytes(),
                 checkpoint_mode: CheckpointModeConfig::default(),
                 purge_every_ms: defaults::purge_every_ms(),
                 wal_purge: false,
                 wal_budget_bytes: 0,
+                purge_hold_for_peers_ms: defaults::purge_hold_for_peers_ms(),
             },
         }
     }
@@ -470,6 +496,23 @@ impl NodeConfig {
         if self.inbox_frames_max == 0 {
             return Err(invalid("inbox_frames_max", "is 0".into(), "use at least 1"));
         }
+        if (self.catchup_window_instances as usize) < crate::core::CATCHUP_BATCH_MAX {
+            return Err(invalid(
+                "catchup_window_instances",
+                format!("is {}", self.catchup_window_instances),
+                "use at least 256 (one catch-up reply)",
+            ));
+        }
+        if u64::from(self.catchup_window_bytes) < 2 * u64::from(self.batch_bytes_max) {
+            return Err(invalid(
+                "catchup_window_bytes",
+                format!(
+                    "is {} with batch_bytes_max = {}",
+                    self.catchup_window_bytes, self.batch_bytes_max
+                ),
+                "use at least twice batch_bytes_max (each request asks for half the window)",
+            ));
+        }
         self.checkpoint_mode.validate(self.groups)?;
         Ok(())
     }
@@ -532,8 +575,14 @@ impl NodeConfigBuilder {
         wal_purge: bool,
         /// Sets `wal_budget_bytes`.
         wal_budget_bytes: u64,
+        /// Sets `purge_hold_for_peers_ms`.
+        purge_hold_for_peers_ms: u64,
         /// Sets `inbox_frames_max`.
         inbox_frames_max: usize,
+        /// Sets `catchup_window_instances`.
+        catchup_window_instances: u32,
+        /// Sets `catchup_window_bytes`.
+        catchup_window_bytes: u32,
     }
 
     /// Adds a peer.

@@ -27,6 +27,7 @@ use super::executor::{ExecMsg, InstallDone};
 use super::shared::{CoreSnapshot, ProposalMsg, PurgeSnapshot, Shared};
 use super::transfer::CheckpointStore;
 use super::wake::Wake;
+use crate::core::GroupStatus;
 use crate::core::{
     value, CheckpointInfo, Chosen, Config as CoreConfig, CoreTable, FailReason, GroupError, NodeId,
     Prng, ProposalId, ProposalResult, Record, Start, Tick,
@@ -213,6 +214,11 @@ impl Core {
             // older ones are served from the WAL (streaming catch-up).
             chosen_retained_max: crate::core::ACCEPT_WINDOW_INSTANCES,
             message_bytes_max: config.frame_bytes_max,
+            catchup_window_instances: config.catchup_window_instances,
+            catchup_window_bytes: config.catchup_window_bytes,
+            purge_hold_ticks: config
+                .purge_hold_for_peers_ms
+                .div_ceil(config.tick_ms.max(1)),
         };
         let members: Vec<NodeId> = config.members().into_iter().map(NodeId).collect();
         let seed = seed_for(config.node_id, start.core);
@@ -669,7 +675,17 @@ impl Core {
         let held_back_by = report
             .held_back_by
             .iter()
-            .map(|hold| match hold.floor {
+            .map(|hold| match (hold.floor, table.group_status(GroupId(hold.group))) {
+                (Some(floor), Some(GroupStatus { log_base_held_by: Some((peer, need)), .. })) => format!(
+                    "group {} (instance {} is in segment {}; its log base is {}: held for node {}, which is catching up from instance {})",
+                    hold.group,
+                    hold.instance_max,
+                    report.oldest_segment.unwrap_or(0),
+                    floor,
+                    peer.0,
+                    need.0
+                ),
+                (floor, _) => match floor {
                 Some(floor) => format!(
                     "group {} (instance {} is in segment {}; its log base is {}: its state machine's checkpoint is not past that instance yet)",
                     hold.group,
@@ -683,6 +699,7 @@ impl Core {
                     hold.instance_max,
                     report.oldest_segment.unwrap_or(0)
                 ),
+                },
             })
             .collect();
         let purge = &mut self.snapshot.purge;

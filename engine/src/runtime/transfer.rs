@@ -47,6 +47,8 @@ pub(crate) struct CheckpointStore {
     /// Groups whose executor should export a checkpoint (none to serve).
     pub exports: Vec<GroupId>,
     export_asked: HashMap<GroupId, Instant>,
+    /// Which checkpoint files were verified, and how it went (a corrupt one is read once).
+    verified: checkpoint::VerifyCache,
 }
 
 impl CheckpointStore {
@@ -59,6 +61,7 @@ impl CheckpointStore {
             ready: Vec::new(),
             exports: Vec::new(),
             export_asked: HashMap::new(),
+            verified: checkpoint::VerifyCache::default(),
         }
     }
 
@@ -105,9 +108,12 @@ impl CheckpointStore {
                 .filter(|p| p.exists());
             let path = match named {
                 Some(path) => Some(path),
-                None => checkpoint::newest_valid(&self.dir, group)
-                    .map_err(|e| self.error(format!("group {}: checkpoint lookup", group.0), e))?
-                    .map(|(path, _)| path),
+                None => match self.verified.newest_valid(&self.dir, group) {
+                    Ok(found) => found.map(|(path, _)| path),
+                    Err(e) => {
+                        return Err(self.error(format!("group {}: checkpoint lookup", group.0), e))
+                    }
+                },
             };
             let Some(path) = path else {
                 return Ok(None);

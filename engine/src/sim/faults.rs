@@ -310,12 +310,17 @@ pub enum Bug {
     /// An acceptor promises a Prepare from below the applied values it still holds (run
     /// with `purge`): its report misses chosen values.
     PromiseBelowBase,
+    /// A catch-up stream whose request timed out asks on from where it ended instead of from
+    /// the applied point: a lost reply's values are never asked for again.
+    StreamNoGoBack,
+    /// A leader or candidate installs a checkpoint without stepping down (run with `purge`).
+    InstallWhileLeading,
 }
 
 #[cfg(feature = "sim-bugs")]
 impl Bug {
     /// Every bug.
-    pub const ALL: [Bug; 14] = [
+    pub const ALL: [Bug; 16] = [
         Bug::ForgetPromise,
         Bug::ReplyBeforeDurable,
         Bug::SkipPrepareOnNewLeader,
@@ -330,6 +335,8 @@ impl Bug {
         Bug::LogReadOffByOne,
         Bug::BaseForgetsPromise,
         Bug::PromiseBelowBase,
+        Bug::StreamNoGoBack,
+        Bug::InstallWhileLeading,
     ];
 
     /// The `--bug` name.
@@ -349,6 +356,8 @@ impl Bug {
             Bug::LogReadOffByOne => "log-read-off-by-one",
             Bug::BaseForgetsPromise => "base-forgets-promise",
             Bug::PromiseBelowBase => "promise-below-base",
+            Bug::StreamNoGoBack => "stream-no-go-back",
+            Bug::InstallWhileLeading => "install-while-leading",
         }
     }
 
@@ -382,6 +391,8 @@ impl Bug {
             Bug::LogReadOffByOne => bugs.log_read_off_by_one = true,
             Bug::BaseForgetsPromise => bugs.base_forgets_promise = true,
             Bug::PromiseBelowBase => bugs.promise_below_base = true,
+            Bug::StreamNoGoBack => bugs.stream_no_go_back = true,
+            Bug::InstallWhileLeading => bugs.install_while_leading = true,
         }
         bugs
     }

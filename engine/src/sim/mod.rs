@@ -153,9 +153,16 @@ impl SimOptions {
             // real one does).
             batch_bytes_max: SIM_BATCH_BYTES,
             message_bytes_max: SIM_MESSAGE_BYTES,
-            // Memory keeps two catch-up replies' worth below the applied point: lagging
-            // replicas catch up from the simulated disk (the WAL's read path).
-            chosen_retained_max: 2 * crate::core::CATCHUP_BATCH_MAX as u64,
+            // Memory keeps 128 values below the applied point: lagging replicas catch up from
+            // the simulated disk (the WAL's read path).
+            chosen_retained_max: 2 * crate::core::CHOSEN_RETAINED_MIN,
+            // A small catch-up window (two replies' worth, 32 KiB per request):
+            // streams are cut by both limits and flow control runs often.
+            catchup_window_instances: 2 * crate::core::CATCHUP_BATCH_MAX as u32,
+            catchup_window_bytes: 64 * SIM_BATCH_BYTES,
+            // Purge holds for a peer that asked within 300 ticks: a peer down for longer
+            // still needs a checkpoint transfer.
+            purge_hold_ticks: 300,
             ..Config::default()
         }
     }

@@ -48,7 +48,7 @@ impl Group {
         }
         if incomplete {
             ctx.stats.promises_refused_behind_base += 1;
-            self.on_catchup_request(ctx, from, first, 0, Instance(0));
+            self.on_catchup_request(ctx, from, first, 0, Instance(0), Window::one_reply());
             return;
         }
         let lsn = if ballot > self.promised {
@@ -201,6 +201,7 @@ impl Group {
                     state_lost: false,
                     promised: self.promised,
                     entries: vec![(instance, chosen)],
+                    served_end: Instance(instance.0 + 1),
                     checksum,
                 },
             );

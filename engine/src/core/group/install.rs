@@ -54,6 +54,9 @@ impl Group {
             return;
         }
         ctx.stats.checkpoint_fetches += 1;
+        // Behind every value a peer serves: no candidacy or leadership of this replica may
+        // go on (its instances in flight would lie below the installed checkpoint).
+        self.step_down_to_install(ctx);
         self.install = Some(Install {
             peer,
             peer_applied,
@@ -119,6 +122,9 @@ impl Group {
         if from == ctx.me {
             return;
         }
+        // Once installed it streams on from after the checkpoint it fetches (or its point).
+        let next = instance.map_or(need, |i| Instance(i.0 + 1));
+        self.note_peer_need(ctx, from, next);
         let bytes_max = (ctx.config.message_bytes_max as usize)
             .saturating_sub(CHECKPOINT_CHUNK_HEADER_BYTES)
             .clamp(1, CHECKPOINT_CHUNK_BYTES_MAX);
@@ -219,12 +225,13 @@ impl Group {
     /// from the instance after it, with the checkpoint's rolling checksum, and its log starts
     /// there (a log-base record, which carries the promise).
     pub(crate) fn installed(&mut self, ctx: &mut Ctx<'_>, info: CheckpointInfo) {
-        let from = self.install.take().map(|i| i.peer);
+        let from = self.install.take().map(|i| (i.peer, i.peer_applied));
         let base = Instance(info.instance.0 + 1);
         if base <= self.applied_next || self.stopped {
             return;
         }
         ctx.stats.checkpoints_installed += 1;
+        self.step_down_to_install(ctx);
         self.applied_next = base;
         self.log_base = base;
         self.checksum = info.log_checksum;
@@ -237,6 +244,7 @@ impl Group {
         self.catchup_backoff = 0;
         self.catchup_unavailable = None;
         self.catchup_deadline = None;
+        self.catchup_stream = None;
         let mut payload = BASE_TAG.to_vec();
         payload.extend_from_slice(&base.0.to_le_bytes());
         payload.extend_from_slice(&info.log_checksum.to_le_bytes());
@@ -247,9 +255,17 @@ impl Group {
         }
         self.apply_ready(ctx);
         self.finish_relearn(ctx);
-        if let Some(peer) = from {
-            self.request_catchup(ctx, peer);
+        if let Some((peer, theirs)) = from {
+            self.request_catchup(ctx, peer, theirs);
         }
+    }
+
+    fn step_down_to_install(&mut self, ctx: &mut Ctx<'_>) {
+        #[cfg(feature = "sim-bugs")]
+        if ctx.bugs.install_while_leading {
+            return;
+        }
+        self.step_down(ctx);
     }
 
     /// The driver could not install the checkpoint (bad bytes, a failed write or restore):

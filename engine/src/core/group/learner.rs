@@ -29,7 +29,7 @@ impl Group {
             }
         }
         if self.applied_next < chosen_through && from != ctx.me {
-            self.request_catchup(ctx, from);
+            self.request_catchup(ctx, from, chosen_through);
         }
     }
 
@@ -40,6 +40,7 @@ impl Group {
         first: Instance,
         request: u64,
         until: Instance,
+        window: Window,
     ) {
         if self.is_leader() && until > self.fill_until {
             // A re-learning peer needs instances chosen up to `until`; bounded by the accept
@@ -47,7 +48,20 @@ impl Group {
             let bound = Instance(self.applied_next.0 + ACCEPT_WINDOW_INSTANCES);
             self.fill_until = until.min(bound);
         }
-        let budget = (ctx.config.message_bytes_max as usize).min(CATCHUP_BYTES_MAX);
+        // A stream may go back to its applied point, at most a window below what it asks.
+        let need = Instance(
+            first
+                .0
+                .saturating_sub(ctx.config.catchup_window_instances.into()),
+        );
+        self.note_peer_need(ctx, from, need);
+        // The requester's window, within this node's own caps.
+        let window = Window {
+            entries: window.entries.max(1),
+            bytes: window
+                .bytes
+                .clamp(1, super::super::CATCHUP_ANSWER_BYTES_MAX as usize),
+        };
         let in_memory = self
             .chosen
             .first_key_value()
@@ -55,7 +69,8 @@ impl Group {
             .min(self.applied_next);
         if first < in_memory && first >= self.log_base {
             // Older than what memory keeps, but in the log: the driver reads it from storage
-            // and calls `serve_read` (streaming catch-up from the WAL).
+            // (within its per-round read budget) and calls `serve_read` (streaming catch-up
+            // from the WAL).
             ctx.stats.catchup_log_reads += 1;
             ctx.out.reads.push(ReadRequest {
                 group: self.id,
@@ -63,16 +78,18 @@ impl Group {
                 request,
                 first,
                 end: in_memory,
-                entries_max: CATCHUP_BATCH_MAX,
-                bytes_max: budget - message::CATCHUP_REPLY_HEADER_BYTES,
+                entries_max: window.entries,
+                bytes_max: window.bytes,
             });
             return;
         }
-        self.serve_entries(ctx, from, request, first, Vec::new());
+        self.serve_entries(ctx, from, request, first, Vec::new(), window);
     }
 
     /// Answers a catch-up request with `read` (values the driver read from storage, from
-    /// `first` on, consecutive) followed by what memory holds, within the reply's bounds.
+    /// `first` on, consecutive) followed by what memory holds, within the requester's
+    /// `window`, in as many replies as the per-reply bounds need. Every reply names where the
+    /// whole answer ends (`served_end`).
     pub(crate) fn serve_entries(
         &mut self,
         ctx: &mut Ctx<'_>,
@@ -80,63 +97,83 @@ impl Group {
         request: u64,
         first: Instance,
         read: Vec<(Instance, Bytes)>,
+        window: Window,
     ) {
         let budget = (ctx.config.message_bytes_max as usize).min(CATCHUP_BYTES_MAX);
+        // (entries, checksum through the last one) per reply.
+        let mut replies: Vec<(Vec<(Instance, Bytes)>, u32)> = Vec::new();
         let mut entries = Vec::new();
         let mut bytes = message::CATCHUP_REPLY_HEADER_BYTES;
         let mut checksum = 0;
+        let mut total_entries = 0usize;
+        let mut total_bytes = 0usize;
         let mut next = first;
-        for (instance, value) in read {
-            let grown = bytes + message::catchup_entry_bytes(value.len());
-            if instance != next
-                || instance >= self.applied_next
-                || entries.len() >= CATCHUP_BATCH_MAX
-                || (grown > budget && !entries.is_empty())
+        let mut read = read.into_iter().peekable();
+        loop {
+            // The next value: from what the driver read, else from memory.
+            let (instance, value, from_log) = match read.peek() {
+                Some((instance, _)) if *instance == next => {
+                    let (instance, value) = read.next().expect("peeked");
+                    (instance, value, true)
+                }
+                _ => match self.chosen.get(&next) {
+                    Some(value) => (next, value.clone(), false),
+                    None => break, // below what memory keeps and not read from the log
+                },
+            };
+            if instance >= self.applied_next
+                || total_entries >= window.entries
+                || (total_bytes + value.len() > window.bytes && total_entries > 0)
             {
                 break;
             }
-            bytes = grown;
+            let grown = bytes + message::catchup_entry_bytes(value.len());
+            if entries.len() >= CATCHUP_BATCH_MAX || (grown > budget && !entries.is_empty()) {
+                replies.push((std::mem::take(&mut entries), checksum));
+                bytes = message::CATCHUP_REPLY_HEADER_BYTES;
+            }
+            bytes += message::catchup_entry_bytes(value.len());
             // Older than the checksums kept: the reply carries no check (0); the live edge's
             // checksums (Commits, later replies) still compare.
-            checksum = self.checksums.get(&instance).copied().unwrap_or(0);
-            ctx.stats.catchup_entries_from_log += 1;
+            checksum = match self.checksums.get(&instance) {
+                Some(checksum) => *checksum,
+                None if from_log => 0,
+                None => unreachable!("an applied instance in memory has a checksum"),
+            };
+            if from_log {
+                ctx.stats.catchup_entries_from_log += 1;
+            }
+            total_entries += 1;
+            total_bytes += value.len();
             entries.push((instance, value));
             next = Instance(instance.0 + 1);
         }
-        for index in next.0..self.applied_next.0 {
-            let instance = Instance(index);
-            let Some(value) = self.chosen.get(&instance) else {
-                break; // below what memory keeps and not read from the log
-            };
-            let grown = bytes + message::catchup_entry_bytes(value.len());
-            if entries.len() >= CATCHUP_BATCH_MAX || (grown > budget && !entries.is_empty()) {
-                break;
-            }
-            bytes = grown;
-            checksum = *self
-                .checksums
-                .get(&instance)
-                .expect("applied instance has a checksum");
-            entries.push((instance, value.clone()));
+        if !entries.is_empty() || replies.is_empty() {
+            replies.push((entries, checksum));
         }
-        ctx.stats.catchup_entries_served += entries.len() as u64;
-        ctx.send(
-            self.id,
-            from,
-            Message::CatchupReply {
-                request,
-                applied_next: self.applied_next,
-                high: self.held_end(),
-                log_base: self.log_base,
-                relearning: self.relearn.is_some(),
-                state_lost: self.relearn.as_ref().is_some_and(|r| r.lost),
-                promised: self.promised,
-                entries,
-                checksum,
-            },
-        );
+        ctx.stats.catchup_entries_served += total_entries as u64;
+        ctx.stats.catchup_replies_sent += replies.len() as u64;
+        for (entries, checksum) in replies {
+            ctx.send(
+                self.id,
+                from,
+                Message::CatchupReply {
+                    request,
+                    applied_next: self.applied_next,
+                    high: self.held_end(),
+                    log_base: self.log_base,
+                    relearning: self.relearn.is_some(),
+                    state_lost: self.relearn.as_ref().is_some_and(|r| r.lost),
+                    promised: self.promised,
+                    entries,
+                    served_end: next,
+                    checksum,
+                },
+            );
+        }
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn on_catchup_reply(
         &mut self,
         ctx: &mut Ctx<'_>,
@@ -144,10 +181,33 @@ impl Group {
         request: u64,
         report: Report,
         entries: Vec<(Instance, Bytes)>,
+        served_end: Instance,
         checksum: u32,
     ) {
-        self.catchup_deadline = None;
-        if entries.is_empty() && report.applied_next > self.applied_next {
+        // An empty answer to a request from beyond this replica's applied point (a later part
+        // of the window) says nothing about what this replica needs now.
+        let ahead = entries.is_empty() && served_end > self.applied_next;
+        match &mut self.catchup_stream {
+            Some(_) if ahead => {}
+            Some(stream) if stream.peer == from => {
+                if entries.is_empty() {
+                    // The peer has nothing from the asked point on: the stream ends here.
+                    self.catchup_stream = None;
+                    self.catchup_deadline = None;
+                } else {
+                    // Progress: the stream lives on (its deadline counts from the last value).
+                    stream.progress_at = ctx.now;
+                    self.catchup_deadline = Some(Tick(ctx.now.0 + ctx.config.retransmit_ticks));
+                    if request == stream.request && served_end < stream.asked_end {
+                        // The peer stopped early (its limits, or its end): ask from there.
+                        stream.asked_end = served_end;
+                    }
+                }
+            }
+            Some(_) => {} // another peer's stream is in progress: it keeps its deadline
+            None => self.catchup_deadline = None,
+        }
+        if entries.is_empty() && !ahead && report.applied_next > self.applied_next {
             if report.log_base > self.applied_next && from != ctx.me && self.install.is_none() {
                 // The peer serves nothing from this replica's point on (its log starts
                 // later): only its checkpoint can bring this replica forward.
@@ -167,7 +227,6 @@ impl Group {
             self.learn(ctx, instance, value, from);
         }
         if let Some(last) = last {
-            // A one-entry reply to an Accept carries no checksum.
             // A reply with checksum 0 carries no check (an entry read from the log below the
             // checksums kept, or the one-entry reply to an Accept).
             if checksum != 0 {
@@ -188,7 +247,7 @@ impl Group {
         self.relearn_evaluate(ctx);
         self.finish_relearn(ctx);
         if self.applied_next < report.applied_next && from != ctx.me {
-            self.request_catchup(ctx, from);
+            self.request_catchup(ctx, from, report.applied_next);
         }
     }
 
@@ -205,15 +264,72 @@ impl Group {
             cap.max(ctx.config.retransmit_ticks),
         );
         self.catchup_deadline = Some(Tick(ctx.now.0 + self.catchup_backoff));
+        self.catchup_stream = None;
         self.catchup_unavailable = Some((peer, theirs.max(self.applied_next)));
     }
 
-    pub(super) fn request_catchup(&mut self, ctx: &mut Ctx<'_>, peer: NodeId) {
-        if self.catchup_deadline.is_some() || peer == ctx.me || self.install.is_some() {
+    /// Streaming catch-up from `peer` (docs/PROTOCOL.md#streaming-catch-up): keeps up to
+    /// `catchup_window_instances` values asked for beyond the applied point, asking for the
+    /// next half window when half of it has been applied. One stream at a time: while a
+    /// stream from another peer makes progress, this does nothing (two peers never serve the
+    /// same values), and during a back-off nothing is asked.
+    ///
+    /// `theirs` is what this replica knows of the peer's applied point (its last report, or
+    /// the leader's `chosen_through`): nothing at or beyond it is asked for.
+    pub(super) fn request_catchup(&mut self, ctx: &mut Ctx<'_>, peer: NodeId, theirs: Instance) {
+        if peer == ctx.me || self.install.is_some() {
             return;
         }
+        let window = u64::from(ctx.config.catchup_window_instances);
+        let pending = self.catchup_deadline.is_some();
+        let asked_end = match &self.catchup_stream {
+            Some(stream) if stream.peer == peer => {
+                let asked_end = stream.asked_end.max(self.applied_next);
+                if pending && asked_end.0 - self.applied_next.0 > window / 2 {
+                    return; // more than half the window is still on its way
+                }
+                asked_end
+            }
+            _ if pending => return, // another stream, or a back-off
+            _ => self.applied_next,
+        };
+        let window_end = Instance(self.applied_next.0 + window).min(theirs);
+        if asked_end >= window_end {
+            return;
+        }
+        self.stream_requests += 1;
+        let request = STREAM_REQUEST_BIT | self.stream_requests;
+        let progress_at = match &self.catchup_stream {
+            Some(stream) if stream.peer == peer => stream.progress_at,
+            _ => ctx.now,
+        };
+        self.catchup_stream = Some(Stream {
+            peer,
+            request,
+            asked_end: window_end,
+            progress_at,
+        });
         self.catchup_deadline = Some(Tick(ctx.now.0 + ctx.config.retransmit_ticks));
-        ask_catchup(ctx, self.id, peer, self.applied_next, 0, Instance(0));
+        let bytes = (ctx.config.catchup_window_bytes / 2) as usize;
+        ask_catchup(
+            ctx,
+            self.id,
+            peer,
+            asked_end,
+            request,
+            Instance(0),
+            Window {
+                entries: (window_end.0 - asked_end.0) as usize,
+                bytes,
+            },
+        );
+    }
+
+    /// Whether a catch-up stream brought values within the last election timeout while this
+    /// replica is still behind: it is being brought forward and does not stand for election.
+    pub(super) fn catching_up(&self, now: Tick, election_timeout: u64) -> bool {
+        self.catchup_stream
+            .is_some_and(|s| now.0 < s.progress_at.0.saturating_add(election_timeout))
     }
 
     /// `instance` is chosen with `value` (reported by `from`).

@@ -38,6 +38,9 @@ const BASE_TAG: &[u8; 4] = b"BAS1";
 /// the retransmit interval up to this many election timeouts (never a tight loop).
 const CATCHUP_BACKOFF_ELECTIONS_MAX: u64 = 16;
 
+/// Set in the id of every streaming catch-up request (re-learn request ids never have it).
+const STREAM_REQUEST_BIT: u64 = 1 << 63;
+
 /// Bytes of chosen values per catch-up reply (besides the entry count limit).
 const CATCHUP_BYTES_MAX: usize = 1 << 20;
 /// Checksums announced by peers for instances not yet applied here, kept to compare later.
@@ -98,6 +101,21 @@ enum Role {
     },
 }
 
+/// A catch-up stream from one peer: values from the applied point up to `asked_end` have
+/// been asked for (a window, docs/PROTOCOL.md#streaming-catch-up).
+#[derive(Debug, Clone, Copy)]
+struct Stream {
+    peer: NodeId,
+    /// The id of the latest request (`STREAM_REQUEST_BIT` set): only its replies move
+    /// `asked_end` back (an older request's reply may have stopped earlier).
+    request: u64,
+    /// One past the last instance asked for.
+    asked_end: Instance,
+    /// When this stream last brought a value (a replica that is being brought forward does
+    /// not stand for election: it would lead from far behind).
+    progress_at: Tick,
+}
+
 /// A peer's answer to a re-learn request.
 #[derive(Debug, Clone, Copy)]
 struct Report {
@@ -153,6 +171,13 @@ pub(super) struct Group {
     catchup_unavailable: Option<(NodeId, Instance)>,
     /// The current catch-up back-off in ticks (0: none).
     catchup_backoff: u64,
+    /// The catch-up stream in progress (docs/PROTOCOL.md#streaming-catch-up).
+    catchup_stream: Option<Stream>,
+    /// What lagging peers asked for lately (catch-up or checkpoint transfer), and when: the
+    /// log base does not move past it for `purge_hold_ticks` (docs/PROTOCOL.md#log-base-and-purge).
+    peer_needs: BTreeMap<NodeId, (Instance, Tick)>,
+    /// The peer (and the instance it needs) that held the log base back at the last move.
+    base_held_by: Option<(NodeId, Instance)>,
     /// The lowest instance this replica's log holds (the WAL may purge below it; what is
     /// below is in the state machine's checkpoint).
     log_base: Instance,
@@ -181,6 +206,8 @@ pub(super) struct Group {
     next_seq: u64,
     /// Re-learn episodes so far (part of the request id).
     relearn_episodes: u64,
+    /// Streaming catch-up requests sent so far (part of their ids).
+    stream_requests: u64,
     /// Phase 1 attempts since a leader was last seen.
     elections_without_leader: u64,
     /// Members whose Promise the last candidacy did not get.
@@ -201,6 +228,9 @@ impl Group {
             catchup_deadline: None,
             catchup_unavailable: None,
             catchup_backoff: 0,
+            catchup_stream: None,
+            peer_needs: BTreeMap::new(),
+            base_held_by: None,
             log_base: Instance(0),
             install: None,
             relearn: None,
@@ -219,6 +249,7 @@ impl Group {
             fill_until: Instance(0),
             next_seq: 1,
             relearn_episodes: 0,
+            stream_requests: 0,
             elections_without_leader: 0,
             missing_promises: Vec::new(),
         }
@@ -265,6 +296,7 @@ impl Group {
             relearning,
             log_base: self.log_base,
             catchup_unavailable: self.catchup_unavailable,
+            log_base_held_by: self.base_held_by,
             installing: self.install.as_ref().map(|i| i.status()),
         }
     }
@@ -290,6 +322,15 @@ impl Group {
         Some(self.append_meta(ctx, payload))
     }
 
+    /// A lagging peer asked for values from `need` on (catch-up, or a checkpoint transfer
+    /// that will continue from there): the log base holds at most there for a while.
+    pub(super) fn note_peer_need(&mut self, ctx: &Ctx<'_>, peer: NodeId, need: Instance) {
+        if ctx.config.purge_hold_ticks == 0 || peer == ctx.me || need >= self.applied_next {
+            return;
+        }
+        self.peer_needs.insert(peer, (need, ctx.now));
+    }
+
     /// The lowest instance this replica's log holds.
     pub fn log_base(&self) -> Instance {
         self.log_base
@@ -302,7 +343,23 @@ impl Group {
     /// changes or the group cannot move its base now (re-learning, stopped, or the checksum
     /// below `below` is no longer held).
     pub fn set_log_base(&mut self, ctx: &mut Ctx<'_>, below: Instance) -> Option<Lsn> {
-        let below = below.min(self.applied_next);
+        let mut below = below.min(self.applied_next);
+        // Purge holds for lagging peers: not past what one asked for lately.
+        let hold = ctx.config.purge_hold_ticks;
+        self.peer_needs
+            .retain(|_, (_, at)| hold > 0 && ctx.now.0 < at.0.saturating_add(hold));
+        self.base_held_by = None;
+        if let Some((peer, need)) = self
+            .peer_needs
+            .iter()
+            .map(|(peer, (need, _))| (*peer, *need))
+            .min_by_key(|(_, need)| *need)
+        {
+            if need < below {
+                below = need;
+                self.base_held_by = Some((peer, need));
+            }
+        }
         if below <= self.log_base || self.relearn.is_some() || self.stopped {
             return None;
         }
@@ -607,7 +664,20 @@ impl Group {
             .catchup_deadline
             .is_some_and(|deadline| now >= deadline)
         {
+            // No answer in time: whatever was asked for and not received is asked again
+            // from the applied point (replies may have been lost).
             self.catchup_deadline = None;
+            #[allow(unused_mut)]
+            let mut go_back = true;
+            #[cfg(feature = "sim-bugs")]
+            if ctx.bugs.stream_no_go_back {
+                go_back = false;
+            }
+            if let Some(stream) = &mut self.catchup_stream {
+                if go_back {
+                    stream.asked_end = self.applied_next;
+                }
+            }
         }
         self.install_tick(ctx);
         self.relearn_ask(ctx);
@@ -622,8 +692,14 @@ impl Group {
         let retransmit = ctx.config.retransmit_ticks;
         match &mut self.role {
             Role::Follower => {
-                // A replica fetching a checkpoint is far behind: it does not stand.
-                if now >= deadline && self.relearn.is_none() && self.install.is_none() {
+                // A replica fetching a checkpoint, or being brought forward by a catch-up
+                // stream, is far behind: it does not stand (it would lead from behind and
+                // depose a leader that is serving it).
+                if now >= deadline
+                    && self.relearn.is_none()
+                    && self.install.is_none()
+                    && !self.catching_up(now, ctx.config.election_timeout_ticks)
+                {
                     self.start_prepare(ctx);
                 }
             }
@@ -816,7 +892,15 @@ impl Group {
                 from: first,
                 request,
                 until,
-            } => self.on_catchup_request(ctx, from, first, request, until),
+                entries_max,
+                bytes_max,
+            } => {
+                let window = Window {
+                    entries: entries_max as usize,
+                    bytes: bytes_max as usize,
+                };
+                self.on_catchup_request(ctx, from, first, request, until, window)
+            }
             Message::CatchupReply {
                 request,
                 applied_next,
@@ -826,6 +910,7 @@ impl Group {
                 state_lost,
                 promised,
                 entries,
+                served_end,
                 checksum,
             } => {
                 let report = Report {
@@ -836,7 +921,7 @@ impl Group {
                     relearning,
                     state_lost,
                 };
-                self.on_catchup_reply(ctx, from, request, report, entries, checksum)
+                self.on_catchup_reply(ctx, from, request, report, entries, served_end, checksum)
             }
             Message::CheckpointRequest {
                 instance,
@@ -894,6 +979,7 @@ fn ask_catchup(
     from: Instance,
     request: u64,
     until: Instance,
+    window: Window,
 ) {
     ctx.stats.catchup_requests_sent += 1;
     ctx.send(
@@ -903,8 +989,30 @@ fn ask_catchup(
             from,
             request,
             until,
+            entries_max: u32::try_from(window.entries).unwrap_or(u32::MAX),
+            bytes_max: u32::try_from(window.bytes).unwrap_or(u32::MAX),
         },
     );
+}
+
+/// What one catch-up request may be answered with at most (over all its replies).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Window {
+    /// Values.
+    pub entries: usize,
+    /// Value bytes.
+    pub bytes: usize,
+}
+
+impl Window {
+    /// The window of a request that needs only a report and one reply's worth of values
+    /// (re-learning).
+    fn one_reply() -> Window {
+        Window {
+            entries: CATCHUP_BATCH_MAX,
+            bytes: CATCHUP_BYTES_MAX,
+        }
+    }
 }
 
 /// Whether a re-learn record says the state was lost (None if the payload is not one).

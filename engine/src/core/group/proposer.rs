@@ -110,7 +110,7 @@ impl Group {
         let behind_max = ACCEPT_WINDOW_INSTANCES.min(ctx.config.chosen_retained_max);
         if applied_next.0 >= collecting.first.0 + behind_max {
             self.step_down(ctx);
-            self.request_catchup(ctx, from);
+            self.request_catchup(ctx, from, applied_next);
             return;
         }
         collecting.promises.insert(from, info);

@@ -124,7 +124,7 @@ impl Group {
                         .collect(),
                 };
                 for peer in peers {
-                    ask_catchup(ctx, self.id, peer, from, 0, target);
+                    ask_catchup(ctx, self.id, peer, from, 0, target, Window::one_reply());
                 }
             }
             return;
@@ -144,7 +144,15 @@ impl Group {
             .filter(|n| *n != ctx.me && !relearn.reports.contains_key(n))
             .collect();
         for peer in missing {
-            ask_catchup(ctx, self.id, peer, from, request, Instance(0));
+            ask_catchup(
+                ctx,
+                self.id,
+                peer,
+                from,
+                request,
+                Instance(0),
+                Window::one_reply(),
+            );
         }
     }
 }
