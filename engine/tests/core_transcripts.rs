@@ -350,6 +350,7 @@ fn codec_round_trips_every_kind() {
             served_end: Instance(2),
             checksum: 5,
         },
+        Message::CommitAck { ballot },
         Message::CheckpointRequest {
             instance: Some(Instance(40)),
             offset: 4096,
@@ -443,13 +444,13 @@ struct StreamSeen {
 }
 
 /// Streaming catch-up (docs/PROTOCOL.md#streaming-catch-up): a replica 1,200 instances behind
-/// asks within its window (never more than `catchup_window_instances` values), each request is
+/// asks within its window (half of `catchup_window_instances` per request), a request is
 /// answered with several replies that name where the answer ends, and it catches up.
 #[test]
 fn a_lagging_replica_streams_within_its_window() {
     let config = Config {
         chosen_retained_max: 64,
-        catchup_window_instances: 512,
+        catchup_window_instances: 1024,
         ..config()
     };
     let mut cluster = Cluster::new(3, config);
@@ -489,11 +490,12 @@ fn a_lagging_replica_streams_within_its_window() {
     cluster.tick_all(200);
     assert_eq!(cluster.applied(3), cluster.applied(1), "caught up");
     let seen = seen.borrow();
+    // Each request asks for half the window at most.
     assert!(seen.entries_max > 0 && seen.entries_max <= 512, "{seen:?}");
-    // The first request asks for 512 values: two replies of 256, the first naming the end.
+    // A request for 512 values is answered with two replies of 256, the first naming the end.
     assert!(seen.replies_with_more > 0, "{seen:?}");
-    // 1,200 values in windows of 512 asked half a window at a time: a handful of requests,
-    // not one per reply.
+    // 1,200 values asked half a window (512) at a time: a handful of requests, not one per
+    // reply.
     assert!(seen.requests <= 12, "{seen:?}");
 }
 
@@ -541,4 +543,51 @@ fn the_log_base_holds_for_a_peer_catching_up() {
     let status = cluster.table(1).group_status(GROUP).unwrap();
     assert_eq!(status.log_base, Instance(600));
     assert_eq!(status.log_base_held_by, None);
+}
+
+/// Check quorum and leader stickiness (docs/PROTOCOL.md#leader-stickiness-and-check-quorum),
+/// with every clock running: a node that was cut off and times out cannot depose a leader its
+/// peers still hear (its Prepares are ignored and counted), and a leader cut off from every
+/// peer steps down within an election timeout, answering its queued proposal at once.
+#[test]
+fn check_quorum_keeps_a_live_leader_and_retires_an_isolated_one() {
+    let config = Config {
+        check_quorum: true,
+        ..config()
+    };
+    let mut cluster = Cluster::new(3, config);
+    cluster.elect(1);
+    cluster.propose(1, 1, "a").unwrap();
+    cluster.settle();
+    // Node 3 hears nothing for a while and prepares; 1 and 2 still hear each other.
+    for other in [1, 2] {
+        cluster.cut.insert((NodeId(other), NodeId(3)));
+    }
+    cluster.tick_all(150);
+    assert!(cluster.table(3).stats().prepares_started >= 1);
+    cluster.cut.clear();
+    cluster.tick_all(150);
+    assert!(cluster.table(1).is_leader(GROUP), "the live leader stays");
+    let ignored = cluster.table(1).stats().prepares_ignored_leader_alive
+        + cluster.table(2).stats().prepares_ignored_leader_alive;
+    assert!(ignored >= 1, "node 3's Prepares were ignored");
+    cluster.propose(1, 2, "b").unwrap();
+    cluster.settle();
+    assert_eq!(cluster.committed().len(), 2);
+    // Node 1 is cut off from both peers: it steps down by itself and answers its queue.
+    for other in [2, 3] {
+        cluster.cut.insert((NodeId(1), NodeId(other)));
+        cluster.cut.insert((NodeId(other), NodeId(1)));
+    }
+    cluster.propose(1, 3, "c").unwrap();
+    cluster.tick_node(1, 60);
+    assert!(
+        !cluster.table(1).is_leader(GROUP),
+        "an isolated leader steps down"
+    );
+    assert_eq!(cluster.table(1).stats().leader_stepdowns_no_quorum, 1);
+    assert!(cluster
+        .results
+        .iter()
+        .any(|(n, r)| *n == NodeId(1) && !matches!(r, ProposalResult::Committed { .. })));
 }

@@ -47,6 +47,11 @@ pub struct NetConfig {
     /// backlog. A frame larger than this is always dropped: keep it above
     /// `max_frame_bytes` + 24 (the frame header).
     pub outbound_bytes_max: usize,
+    /// While a peer's connection is down its queue keeps at most this many bytes (the newest
+    /// frames; at least the one just queued): a peer that returns after a long absence gets
+    /// a short recent backlog, not up to `outbound_bytes_max` of stale frames ahead of
+    /// everything current (the engine retransmits and catches up what matters).
+    pub outbound_down_bytes_max: usize,
     /// Batches `NetHandle::send_batch` queues before it returns them (back-pressure).
     pub send_batch_capacity: usize,
     /// Time allowed for a connection's handshake (either direction).
@@ -105,6 +110,7 @@ impl NetConfig {
             inbox_capacity: 65_536,
             outbound_capacity: 65_536,
             outbound_bytes_max: 64 << 20,
+            outbound_down_bytes_max: 4 << 20,
             send_batch_capacity: 1024,
             handshake_timeout: Duration::from_secs(5),
             peer_dead_timeout: Duration::from_secs(10),

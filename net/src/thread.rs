@@ -758,14 +758,23 @@ fn enqueue(ctx: &Ctx, peer: usize, frame: Bytes, body_bytes: u32, touched: &mut 
         }
         return;
     }
+    let frame_bytes = frame.len();
+    let connected = out.connected.get();
     let limits = QueueLimits {
         frames: ctx.cfg.outbound_capacity,
-        bytes: ctx.cfg.outbound_bytes_max,
+        bytes: if connected {
+            ctx.cfg.outbound_bytes_max
+        } else {
+            // A down peer's queue keeps a short recent backlog (at least this frame).
+            ctx.cfg
+                .outbound_down_bytes_max
+                .max(frame_bytes)
+                .min(ctx.cfg.outbound_bytes_max)
+        },
     };
-    let frame_bytes = frame.len();
     let mut queue = out.queue.borrow_mut();
     // The peer is slow or down. Paxos tolerates message loss; memory must stay bounded.
-    match queue.push(frame, limits, out.connected.get()) {
+    match queue.push(frame, limits, connected) {
         Pushed::Queued { dropped_stale } => {
             add(&counters.outbound_dropped_stale_frames, dropped_stale);
             ctx.publish_queue(peer, &queue);

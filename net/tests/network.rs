@@ -685,14 +685,16 @@ fn send_sized(
 }
 
 #[test]
-fn down_peer_keeps_the_newest_frames_within_the_byte_cap() {
+fn down_peer_keeps_the_newest_frames_within_the_down_byte_cap() {
     for backend in backends() {
         let addrs = free_addrs(2); // nobody listens on addrs[1] until B starts
         const BODY: usize = 1000;
         const FRAME: usize = FRAME_HEADER_BYTES + BODY;
         let cap = 10 * FRAME + FRAME / 2; // room for ten frames, not eleven
         let mut cfg = config(7, 1, addrs[0], vec![(2, addrs[1])], backend);
-        cfg.outbound_bytes_max = cap;
+        // A connected peer may have 1 MiB queued; a down one keeps only the newest `cap`.
+        cfg.outbound_bytes_max = 1 << 20;
+        cfg.outbound_down_bytes_max = cap;
         let a = start(cfg, 1, route_mod(1));
         send_sized(&a.handle, Dest::Peer(2), 0, 200, BODY, 20);
         wait_until("stale drops counted", || {

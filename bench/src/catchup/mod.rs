@@ -1013,10 +1013,10 @@ fn explain(
     );
     if requests > 0.0 {
         note.push_str(&format!(
-            "{requests:.0} catch-up requests (one outstanding per group): {per_request:.1} \
-             entries ({:.1} KB) per reply, {ms_per_request:.2} ms per request ({:.0} loopback \
-             round trips); at the {slower_name} ceiling a reply's payload takes \
-             {ms_at_ceiling:.3} ms. {:.0}% of the entries served came from the WAL ({} values, \
+            "{requests:.0} catch-up requests (a window of half-window requests in flight per \
+             group): {per_request:.1} entries ({:.1} KB) per request, {ms_per_request:.2} ms \
+             per request ({:.0} loopback round trips); at the {slower_name} ceiling a request's \
+             payload takes {ms_at_ceiling:.3} ms. {:.0}% of the entries served came from the WAL ({} values, \
              {:.1} MB read), {} reads deferred by the per-round read budget, {} read errors. ",
             per_request * value_bytes as f64 / 1e3,
             ratio(ms_per_request * 1e3, ceilings.rtt_us_p50),

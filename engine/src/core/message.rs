@@ -140,6 +140,12 @@ pub enum Message {
         /// Payload bytes.
         data: Bytes,
     },
+    /// A follower's answer to a leader's `Commit` (its heartbeat) with check quorum on: the
+    /// leader hears from its followers while idle (docs/PROTOCOL.md#leader-stickiness-and-check-quorum).
+    CommitAck {
+        /// The leader's ballot that this follower follows.
+        ballot: Ballot,
+    },
 }
 
 /// What a checkpoint holds, as a transfer names it (docs/PROTOCOL.md#checkpoint-transfer).
@@ -207,6 +213,7 @@ impl Message {
             Message::CatchupReply { .. } => 8,
             Message::CheckpointRequest { .. } => 9,
             Message::CheckpointChunk { .. } => 10,
+            Message::CommitAck { .. } => 11,
         }
     }
 
@@ -223,6 +230,7 @@ impl Message {
             Message::CatchupReply { .. } => "catchup-reply",
             Message::CheckpointRequest { .. } => "checkpoint-request",
             Message::CheckpointChunk { .. } => "checkpoint-chunk",
+            Message::CommitAck { .. } => "commit-ack",
         }
     }
 
@@ -357,6 +365,7 @@ impl Message {
                 out.put_u64_le(*offset);
                 put_bytes(out, data);
             }
+            Message::CommitAck { ballot } => put_ballot(out, *ballot),
         }
     }
 
@@ -491,6 +500,9 @@ impl Message {
                     data,
                 }
             }
+            11 => Message::CommitAck {
+                ballot: reader.ballot()?,
+            },
             other => return Err(DecodeError::UnknownKind(other)),
         };
         let left = bytes.len() - reader.offset;

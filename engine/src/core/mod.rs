@@ -150,6 +150,11 @@ pub struct Config {
     /// base does not move past what a peer asked for by catch-up or checkpoint transfer
     /// within this many ticks (0: no hold; a peer then behind the base fetches a checkpoint).
     pub purge_hold_ticks: u64,
+    /// Check quorum and leader stickiness, as etcd's `CheckQuorum`
+    /// (docs/PROTOCOL.md#leader-stickiness-and-check-quorum): a leader that has not heard from
+    /// a quorum within an election timeout steps down, and a replica that knows a live leader
+    /// ignores Prepares from other nodes.
+    pub check_quorum: bool,
 }
 
 /// Room a message needs besides its values (headers, counts): `batch_bytes_max` plus this
@@ -172,6 +177,7 @@ impl Default for Config {
             catchup_window_instances: 4096,
             catchup_window_bytes: 8 << 20,
             purge_hold_ticks: 0,
+            check_quorum: true,
         }
     }
 }

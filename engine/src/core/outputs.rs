@@ -372,6 +372,9 @@ pub struct ReadRequest {
     pub entries_max: usize,
     /// At most this many value bytes (the reply's byte budget).
     pub bytes_max: usize,
+    /// One past the last instance the request asked for: what the replies name as the
+    /// answer's end while more of it follows (a read continued in a later round).
+    pub asked_end: Instance,
 }
 
 impl Outputs {
@@ -473,6 +476,17 @@ pub struct CoreStats {
     pub commit_accept_transmissions: u64,
     /// Catch-up requests sent.
     pub catchup_requests_sent: u64,
+    /// Prepares ignored because this replica knew a live leadership (leader stickiness).
+    #[serde(default)]
+    pub prepares_ignored_leader_alive: u64,
+    /// Leaderships given up because no quorum was heard within an election timeout (check
+    /// quorum).
+    #[serde(default)]
+    pub leader_stepdowns_no_quorum: u64,
+    /// Leaders refused by one acceptor's higher promise while they still heard a quorum,
+    /// that prepared again at once above it.
+    #[serde(default)]
+    pub leader_reprepares: u64,
     /// Chosen values served to lagging peers.
     pub catchup_entries_served: u64,
     /// Catch-up replies sent (one request's answer may span several).

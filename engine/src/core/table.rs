@@ -319,11 +319,14 @@ impl CoreTable {
     /// Answers a catch-up request the table handed out as a [`crate::core::ReadRequest`]:
     /// `values` holds what the driver read from storage (consecutive from `read.first`, maybe
     /// none, maybe cut short by its read budget); memory serves what follows them, within the
-    /// request's window. The replies go straight into `out`.
+    /// request's window, unless `more_follows` (the driver continues the read in a later
+    /// round: the replies name the request's asked end as the answer's end). The replies go
+    /// straight into `out`.
     pub fn serve_read(
         &mut self,
         read: &super::ReadRequest,
         values: Vec<(Instance, Bytes)>,
+        more_follows: bool,
         out: &mut Outputs,
     ) {
         if let Some(state) = self.groups.get_mut(&read.group) {
@@ -332,7 +335,16 @@ impl CoreTable {
                 entries: read.entries_max,
                 bytes: read.bytes_max,
             };
-            state.serve_entries(&mut ctx, read.to, read.request, read.first, values, window);
+            let end = more_follows.then_some(read.asked_end);
+            state.serve_entries(
+                &mut ctx,
+                read.to,
+                read.request,
+                read.first,
+                values,
+                window,
+                end,
+            );
         }
         self.out.take_into(out);
     }

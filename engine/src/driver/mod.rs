@@ -205,14 +205,16 @@ pub struct DriverStats {
     pub checkpoint_installs: u64,
     /// Catch-up reads put off to a later round by the per-round read budget.
     pub reads_deferred: u64,
+    /// Catch-up reads the budget cut short, continued in the next round.
+    pub reads_continued: u64,
 }
 
 /// Most value bytes a round reads from storage for catch-up: serving a lagging peer never
 /// takes a round much longer than one such read (the serving node's own commits go on).
-pub const READ_BYTES_PER_ROUND: usize = 4 << 20;
+pub const READ_BYTES_PER_ROUND: usize = 1 << 20;
 /// Most values a round reads from storage for catch-up (each is a read of its own: this
 /// bounds the time a round spends on them when values are small).
-pub const READ_VALUES_PER_ROUND: usize = 2048;
+pub const READ_VALUES_PER_ROUND: usize = 512;
 
 /// A reply waiting for its record to be durable.
 struct Held {
@@ -280,6 +282,12 @@ impl Driver {
             checkpoint_reads: VecDeque::new(),
             read_skew,
         }
+    }
+
+    /// Catch-up or checkpoint reads wait for a round with read budget: the owner runs the
+    /// next round without waiting for an event.
+    pub fn reads_pending(&self) -> bool {
+        !self.reads.is_empty() || !self.checkpoint_reads.is_empty()
     }
 
     /// The table (read-only: status, counters, invariants).
@@ -399,8 +407,10 @@ impl Driver {
         self.table.poll(&mut out);
 
         // 0. Catch-up older than memory: read the values from storage within the round's
-        //    read budget (bytes and values); a read the budget cuts short is served as far as
-        //    it got (the requester asks again from there), the reads not started wait.
+        //    read budget (bytes and values: the serving node's own commits go on between
+        //    rounds). A read the budget cuts short is answered as far as it got, and the rest
+        //    of it continues first in the next round (the replies say more follows); the
+        //    reads not started wait.
         self.reads.extend(out.reads.drain(..));
         let mut budget = READ_BYTES_PER_ROUND;
         let mut values_left = READ_VALUES_PER_ROUND;
@@ -412,13 +422,16 @@ impl Driver {
             let mut bytes = 0;
             let bytes_max = read.bytes_max.min(budget);
             let entries_max = read.entries_max.min(values_left);
+            let mut cut = false;
             for index in read.first.0..read.end.0 {
                 if entries.len() >= entries_max {
+                    cut = entries_max < read.entries_max;
                     break;
                 }
                 match storage.read_chosen(read.group, Instance(index + self.read_skew)) {
                     Ok(Some(value)) => {
                         if bytes + value.len() > bytes_max && !entries.is_empty() {
+                            cut = bytes_max < read.bytes_max;
                             break;
                         }
                         bytes += value.len();
@@ -435,9 +448,27 @@ impl Driver {
             self.stats.value_bytes_read += bytes as u64;
             budget = budget.saturating_sub(bytes.max(1));
             values_left = values_left.saturating_sub(entries.len().max(1));
-            // What follows the values read is served from memory only where memory holds
-            // it (a read cut short by the budget ends the answer: it names where it ended).
-            self.table.serve_read(&read, entries, &mut out);
+            let next = entries
+                .last()
+                .map_or(read.first, |(i, _)| Instance(i.0 + 1));
+            if cut && !entries.is_empty() {
+                self.stats.reads_continued += 1;
+                let part = crate::core::ReadRequest {
+                    entries_max: entries.len(),
+                    bytes_max: bytes,
+                    ..read.clone()
+                };
+                self.reads.push_front(crate::core::ReadRequest {
+                    first: next,
+                    entries_max: read.entries_max - entries.len(),
+                    bytes_max: read.bytes_max.saturating_sub(bytes).max(1),
+                    ..read
+                });
+                self.table.serve_read(&part, entries, true, &mut out);
+            } else {
+                // What follows the values read is served from memory where memory holds it.
+                self.table.serve_read(&read, entries, false, &mut out);
+            }
         }
         self.stats.reads_deferred += self.reads.len() as u64;
 

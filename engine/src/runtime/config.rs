@@ -147,6 +147,12 @@ pub struct NodeConfig {
     /// nothing (a dead peer never stops the purge).
     #[serde(default = "defaults::purge_hold_for_peers_ms")]
     pub purge_hold_for_peers_ms: u64,
+    /// Check quorum and leader stickiness (docs/PROTOCOL.md#leader-stickiness-and-check-quorum):
+    /// a leader that has not heard from a quorum within an election timeout steps down (its
+    /// clients are answered at once), and a replica that hears a live leader ignores Prepares
+    /// from other nodes (a restarted or cut-off node does not depose it). On by default.
+    #[serde(default = "defaults::yes")]
+    pub check_quorum: bool,
 }
 
 mod defaults {
@@ -283,6 +289,7 @@ impl NodeConfig {
                 wal_purge: false,
                 wal_budget_bytes: 0,
                 purge_hold_for_peers_ms: defaults::purge_hold_for_peers_ms(),
+                check_quorum: true,
             },
         }
     }
@@ -577,6 +584,8 @@ impl NodeConfigBuilder {
         wal_budget_bytes: u64,
         /// Sets `purge_hold_for_peers_ms`.
         purge_hold_for_peers_ms: u64,
+        /// Sets `check_quorum`.
+        check_quorum: bool,
         /// Sets `inbox_frames_max`.
         inbox_frames_max: usize,
         /// Sets `catchup_window_instances`.

@@ -219,6 +219,7 @@ impl Core {
             purge_hold_ticks: config
                 .purge_hold_for_peers_ms
                 .div_ceil(config.tick_ms.max(1)),
+            check_quorum: config.check_quorum,
         };
         let members: Vec<NodeId> = config.members().into_iter().map(NodeId).collect();
         let seed = seed_for(config.node_id, start.core);
@@ -344,7 +345,9 @@ impl Core {
             }
             // Arm the wake before the last look at the queue (see `Wake`).
             self.wake.arm();
-            let idle = self.proposals.is_empty() && self.inbox.is_empty();
+            // Catch-up reads the per-round budget put off run in the next round at once.
+            let idle =
+                self.proposals.is_empty() && self.inbox.is_empty() && !self.driver.reads_pending();
             let wait = if idle {
                 Some(timeout)
             } else {

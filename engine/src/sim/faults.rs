@@ -55,6 +55,9 @@ pub enum Fault {
     /// Network: a link drops every frame of one message kind for a while (Accepts lost while
     /// Commits pass): a loss pattern that independent random loss makes vanishingly rare.
     KindLoss,
+    /// Protocol: check quorum and leader stickiness off for this seed (a node that times out
+    /// may depose a live leader, as before they existed): many more elections.
+    Restless,
 }
 
 /// The largest clock-rate skew the simulator gives a node, in parts per million (±10%):
@@ -63,7 +66,7 @@ pub const SKEW_PPM_MAX: u64 = 100_000;
 
 impl Fault {
     /// Every fault, in the order of `--faults` names.
-    pub const ALL: [Fault; 21] = [
+    pub const ALL: [Fault; 22] = [
         Fault::Loss,
         Fault::Dup,
         Fault::Reorder,
@@ -85,6 +88,7 @@ impl Fault {
         Fault::PowerLoss,
         Fault::Wipe,
         Fault::KindLoss,
+        Fault::Restless,
     ];
 
     /// The `--faults` name.
@@ -111,6 +115,7 @@ impl Fault {
             Fault::PowerLoss => "powerloss",
             Fault::Wipe => "wipe",
             Fault::KindLoss => "kindloss",
+            Fault::Restless => "restless",
         }
     }
 
@@ -208,9 +213,12 @@ impl Profile {
     pub fn swarm(seed: u64, allowed: &BTreeSet<Fault>) -> Profile {
         let mut rng = Prng::new(seed ^ 0x5A4A_12F0_0D5E_ED00);
         let mut faults = BTreeSet::new();
-        // KindLoss came later: its coin is drawn last, so that the other classes and rates of
-        // a seed stay what they were before it existed.
-        for fault in Fault::ALL.into_iter().filter(|f| *f != Fault::KindLoss) {
+        // KindLoss and Restless came later: their coins are drawn last, so that the other
+        // classes and rates of a seed stay what they were before they existed.
+        for fault in Fault::ALL
+            .into_iter()
+            .filter(|f| !matches!(f, Fault::KindLoss | Fault::Restless))
+        {
             if allowed.contains(&fault) && rng.chance(1, 2) {
                 faults.insert(fault);
             }
@@ -232,6 +240,9 @@ impl Profile {
         };
         if allowed.contains(&Fault::KindLoss) && rng.chance(1, 2) {
             profile.faults.insert(Fault::KindLoss);
+        }
+        if allowed.contains(&Fault::Restless) && rng.chance(1, 2) {
+            profile.faults.insert(Fault::Restless);
         }
         profile
     }

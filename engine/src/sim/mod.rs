@@ -581,7 +581,8 @@ impl Sim {
     }
 
     fn start_node(&mut self, index: usize) {
-        let config = self.options.config();
+        let mut config = self.options.config();
+        config.check_quorum = !self.profile.has(Fault::Restless);
         let now = self.local_tick(index);
         let core_groups: Vec<Vec<GroupId>> = (0..self.options.cores as usize)
             .map(|c| self.groups_of_core(c))

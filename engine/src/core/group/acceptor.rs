@@ -23,6 +23,12 @@ impl Group {
         ballot: Ballot,
         first: Instance,
     ) {
+        if ballot > self.promised && self.leader_alive(ctx, from) {
+            // Leader stickiness: a live leadership is not deposed by a node that merely
+            // timed out (it restarted, or was cut off); no reply, no promise.
+            ctx.stats.prepares_ignored_leader_alive += 1;
+            return;
+        }
         self.observe(ctx, ballot);
         if self.relearn.is_some() {
             return; // Paxos Made Live: no vote until re-learned.

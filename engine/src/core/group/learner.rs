@@ -80,16 +80,19 @@ impl Group {
                 end: in_memory,
                 entries_max: window.entries,
                 bytes_max: window.bytes,
+                asked_end: Instance(first.0.saturating_add(window.entries as u64)),
             });
             return;
         }
-        self.serve_entries(ctx, from, request, first, Vec::new(), window);
+        self.serve_entries(ctx, from, request, first, Vec::new(), window, None);
     }
 
     /// Answers a catch-up request with `read` (values the driver read from storage, from
     /// `first` on, consecutive) followed by what memory holds, within the requester's
     /// `window`, in as many replies as the per-reply bounds need. Every reply names where the
-    /// whole answer ends (`served_end`).
+    /// whole answer ends (`served_end`); `continues_to` (a read the driver continues in a
+    /// later round) names it instead, and memory adds nothing after `read`.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn serve_entries(
         &mut self,
         ctx: &mut Ctx<'_>,
@@ -98,6 +101,7 @@ impl Group {
         first: Instance,
         read: Vec<(Instance, Bytes)>,
         window: Window,
+        continues_to: Option<Instance>,
     ) {
         let budget = (ctx.config.message_bytes_max as usize).min(CATCHUP_BYTES_MAX);
         // (entries, checksum through the last one) per reply.
@@ -116,6 +120,7 @@ impl Group {
                     let (instance, value) = read.next().expect("peeked");
                     (instance, value, true)
                 }
+                _ if continues_to.is_some() => break, // the driver reads on later
                 _ => match self.chosen.get(&next) {
                     Some(value) => (next, value.clone(), false),
                     None => break, // below what memory keeps and not read from the log
@@ -166,7 +171,7 @@ impl Group {
                     state_lost: self.relearn.as_ref().is_some_and(|r| r.lost),
                     promised: self.promised,
                     entries,
-                    served_end: next,
+                    served_end: continues_to.unwrap_or(next),
                     checksum,
                 },
             );
@@ -198,9 +203,22 @@ impl Group {
                     // Progress: the stream lives on (its deadline counts from the last value).
                     stream.progress_at = ctx.now;
                     self.catchup_deadline = Some(Tick(ctx.now.0 + ctx.config.retransmit_ticks));
-                    if request == stream.request && served_end < stream.asked_end {
-                        // The peer stopped early (its limits, or its end): ask from there.
-                        stream.asked_end = served_end;
+                    let asked = stream.requests.iter().position(|(id, _, _)| *id == request);
+                    if let Some(at) = asked {
+                        let (_, _, end) = stream.requests[at];
+                        if served_end < end {
+                            // The answer stopped short (the peer's limits, or its end): the
+                            // latest request's end moves back (the next one asks from there);
+                            // an earlier one's gap is asked for at once.
+                            if at + 1 == stream.requests.len() {
+                                stream.asked_end = served_end;
+                                stream.requests.remove(at);
+                            } else {
+                                let gap = (served_end, end);
+                                stream.requests.remove(at);
+                                self.ask_stream(ctx, from, gap.0, gap.1);
+                            }
+                        }
                     }
                 }
             }
@@ -293,33 +311,50 @@ impl Group {
             _ if pending => return, // another stream, or a back-off
             _ => self.applied_next,
         };
-        let window_end = Instance(self.applied_next.0 + window).min(theirs);
+        // Each request asks for at most half the window.
+        let window_end = Instance(self.applied_next.0 + window)
+            .min(Instance(asked_end.0 + window.div_ceil(2)))
+            .min(theirs);
         if asked_end >= window_end {
             return;
         }
-        self.stream_requests += 1;
-        let request = STREAM_REQUEST_BIT | self.stream_requests;
-        let progress_at = match &self.catchup_stream {
-            Some(stream) if stream.peer == peer => stream.progress_at,
-            _ => ctx.now,
+        let (progress_at, requests) = match self.catchup_stream.take() {
+            Some(stream) if stream.peer == peer => (stream.progress_at, stream.requests),
+            _ => (ctx.now, VecDeque::new()),
         };
         self.catchup_stream = Some(Stream {
             peer,
-            request,
+            requests,
             asked_end: window_end,
             progress_at,
         });
+        self.ask_stream(ctx, peer, asked_end, window_end);
+    }
+
+    /// Sends one request of the catch-up stream, for `[first, end)`, and tracks it.
+    fn ask_stream(&mut self, ctx: &mut Ctx<'_>, peer: NodeId, first: Instance, end: Instance) {
+        let Some(stream) = &mut self.catchup_stream else {
+            return;
+        };
+        self.stream_requests += 1;
+        let request = STREAM_REQUEST_BIT | self.stream_requests;
+        let applied_next = self.applied_next;
+        stream.requests.retain(|(_, _, end)| *end > applied_next);
+        if stream.requests.len() >= STREAM_REQUESTS_MAX {
+            stream.requests.pop_front();
+        }
+        stream.requests.push_back((request, first, end));
         self.catchup_deadline = Some(Tick(ctx.now.0 + ctx.config.retransmit_ticks));
         let bytes = (ctx.config.catchup_window_bytes / 2) as usize;
         ask_catchup(
             ctx,
             self.id,
             peer,
-            asked_end,
+            first,
             request,
             Instance(0),
             Window {
-                entries: (window_end.0 - asked_end.0) as usize,
+                entries: (end.0 - first.0) as usize,
                 bytes,
             },
         );
@@ -329,6 +364,7 @@ impl Group {
     /// replica is still behind: it is being brought forward and does not stand for election.
     pub(super) fn catching_up(&self, now: Tick, election_timeout: u64) -> bool {
         self.catchup_stream
+            .as_ref()
             .is_some_and(|s| now.0 < s.progress_at.0.saturating_add(election_timeout))
     }
 

@@ -40,6 +40,9 @@ const CATCHUP_BACKOFF_ELECTIONS_MAX: u64 = 16;
 
 /// Set in the id of every streaming catch-up request (re-learn request ids never have it).
 const STREAM_REQUEST_BIT: u64 = 1 << 63;
+/// Requests of one catch-up stream whose answers are tracked (older ones are forgotten: a
+/// gap in them is found by the stream's deadline instead).
+const STREAM_REQUESTS_MAX: usize = 8;
 
 /// Bytes of chosen values per catch-up reply (besides the entry count limit).
 const CATCHUP_BYTES_MAX: usize = 1 << 20;
@@ -103,12 +106,13 @@ enum Role {
 
 /// A catch-up stream from one peer: values from the applied point up to `asked_end` have
 /// been asked for (a window, docs/PROTOCOL.md#streaming-catch-up).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Stream {
     peer: NodeId,
-    /// The id of the latest request (`STREAM_REQUEST_BIT` set): only its replies move
-    /// `asked_end` back (an older request's reply may have stopped earlier).
-    request: u64,
+    /// The requests whose answers may still come: (id, first, end), oldest first, at most
+    /// `STREAM_REQUESTS_MAX`. An answer that ends short of its request's end leaves a gap,
+    /// asked for again at once (docs/PROTOCOL.md#streaming-catch-up).
+    requests: VecDeque<(u64, Instance, Instance)>,
     /// One past the last instance asked for.
     asked_end: Instance,
     /// When this stream last brought a value (a replica that is being brought forward does
@@ -212,6 +216,13 @@ pub(super) struct Group {
     elections_without_leader: u64,
     /// Members whose Promise the last candidacy did not get.
     missing_promises: Vec<NodeId>,
+    /// When this replica last heard from another node's leadership (an Accept or Commit with a
+    /// ballot at least its promise): within an election timeout of it, it ignores Prepares
+    /// from other nodes (docs/PROTOCOL.md#leader-stickiness-and-check-quorum).
+    leader_seen_at: Option<Tick>,
+    /// A leader's view of its peers: when each was last heard from (any message). A leader
+    /// that has not heard from a quorum within an election timeout steps down.
+    peer_heard_at: BTreeMap<NodeId, Tick>,
 }
 
 impl Group {
@@ -250,6 +261,8 @@ impl Group {
             next_seq: 1,
             relearn_episodes: 0,
             stream_requests: 0,
+            leader_seen_at: None,
+            peer_heard_at: BTreeMap::new(),
             elections_without_leader: 0,
             missing_promises: Vec::new(),
         }
@@ -515,6 +528,13 @@ impl Group {
         damage: &[&Damage],
         state_lost: bool,
     ) {
+        if !records.is_empty() {
+            // A replica restarting with state listens first: its first election timer runs
+            // two timeouts, so that a working leader (whose connections to it come back within
+            // a reconnect back-off) reaches it before it stands.
+            let first = ctx.election_deadline();
+            self.election_deadline = Some(Tick(first.0 + ctx.config.election_timeout_ticks));
+        }
         let mut marks: Vec<(Instance, Ballot, Bytes)> = Vec::new();
         let mut highest = None;
         // Damage below this Lsn was repaired by an earlier re-learn of this group.
@@ -715,6 +735,14 @@ impl Group {
             }
             Role::Leader { ballot, .. } => {
                 let ballot = *ballot;
+                if ctx.config.check_quorum && !self.hears_quorum(ctx) {
+                    // Check quorum: a leader cut off from a quorum cannot commit; it steps
+                    // down so that its clients move on and its followers (no longer hearing
+                    // it) may elect another at once.
+                    ctx.stats.leader_stepdowns_no_quorum += 1;
+                    self.step_down(ctx);
+                    return;
+                }
                 if let Some(cont) = &mut self.continuation {
                     if now.0 >= cont.started_at.0 + ctx.config.election_timeout_ticks {
                         // The continuation found no quorum: this leadership cannot go on.
@@ -846,6 +874,9 @@ impl Group {
         if self.stopped {
             return;
         }
+        if from != ctx.me {
+            self.peer_heard_at.insert(from, ctx.now);
+        }
         match msg {
             Message::Prepare { ballot, first } => self.on_prepare(ctx, from, ballot, first),
             Message::Promise {
@@ -882,6 +913,9 @@ impl Group {
                 self.observe(ctx, ballot);
                 if ballot >= self.promised {
                     self.leader_contact(ctx, ballot);
+                    if ctx.config.check_quorum && from != ctx.me {
+                        ctx.send(self.id, from, Message::CommitAck { ballot });
+                    }
                 }
                 self.on_commit(ctx, from, ballot, chosen_through);
                 if chosen_through.0 > 0 {
@@ -931,6 +965,8 @@ impl Group {
             Message::CheckpointChunk { info, offset, data } => {
                 self.on_checkpoint_chunk(ctx, from, info, offset, data)
             }
+            // Heard (counted above): nothing else to do.
+            Message::CommitAck { .. } => {}
         }
     }
 }

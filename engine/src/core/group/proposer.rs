@@ -78,6 +78,44 @@ impl Group {
             self.leader_hint = Some(NodeId(ballot.node));
             self.election_deadline = Some(ctx.election_deadline());
             self.elections_without_leader = 0;
+            self.leader_seen_at = Some(ctx.now);
+        }
+    }
+
+    /// Check quorum: this leader heard from enough peers (with itself, a quorum) within the
+    /// last election timeout. Peers count from the moment it won (their Promises).
+    pub(super) fn hears_quorum(&self, ctx: &Ctx<'_>) -> bool {
+        let timeout = ctx.config.election_timeout_ticks;
+        let heard = ctx
+            .members
+            .iter()
+            .filter(|n| **n != ctx.me)
+            .filter(|n| {
+                self.peer_heard_at
+                    .get(n)
+                    .is_some_and(|at| ctx.now.0 < at.0.saturating_add(timeout))
+            })
+            .count();
+        heard + 1 >= ctx.quorum()
+    }
+
+    /// Leader stickiness: a Prepare from `from` is ignored while this replica knows a live
+    /// leadership other than `from`'s: a follower that heard its leader within an election
+    /// timeout, or a leader that hears a quorum. A replica that merely restarted, or was cut
+    /// off for a while, cannot depose a working leader (refusing a Prepare is always safe).
+    pub(super) fn leader_alive(&self, ctx: &Ctx<'_>, from: NodeId) -> bool {
+        if !ctx.config.check_quorum {
+            return false;
+        }
+        match &self.role {
+            Role::Leader { .. } => from != ctx.me && self.hears_quorum(ctx),
+            Role::Candidate(_) => false,
+            Role::Follower => {
+                self.leader_hint.is_some_and(|leader| leader != from)
+                    && self.leader_seen_at.is_some_and(|at| {
+                        ctx.now.0 < at.0.saturating_add(ctx.config.election_timeout_ticks)
+                    })
+            }
         }
     }
 
@@ -137,6 +175,12 @@ impl Group {
         self.leader_hint = Some(ctx.me);
         self.elections_without_leader = 0;
         self.missing_promises.clear();
+        // Check quorum counts from here: the promisers were just heard from.
+        for peer in candidate.promises.keys() {
+            if *peer != ctx.me {
+                self.peer_heard_at.insert(*peer, ctx.now);
+            }
+        }
         ctx.stats.leaderships_won += 1;
         // A new leadership numbers from its own phase 1, never from an old one's position (an
         // old next_instance beyond the recovered window would leave holes no one fills).
@@ -281,7 +325,21 @@ impl Group {
         self.max_seen = self.max_seen.max(promised);
         if mine == Some(rejected) && promised > rejected {
             ctx.stats.rejections_received += 1;
+            let leading = matches!(self.role, Role::Leader { .. });
+            let renew = leading
+                && ctx.config.check_quorum
+                && self.hears_quorum(ctx)
+                && self.relearn.is_none()
+                && self.install.is_none();
             self.step_down(ctx);
+            if renew {
+                // A leader its peers still hear was refused by one acceptor whose promise
+                // is higher (it stood while cut off, or restarted and stood): it prepares
+                // again at once above that promise, instead of leaving the group leaderless
+                // while its followers, loyal to it, ignore every other candidate.
+                ctx.stats.leader_reprepares += 1;
+                self.start_prepare(ctx);
+            }
         }
     }
 
