@@ -432,6 +432,22 @@ fn an_accept_is_encoded_once_and_its_value_copied_once() {
     assert_eq!(cluster.applied(2).len(), cluster.applied(1).len());
 }
 
+/// A three-node cluster led by node 1 that chose `instances` instances (one command each)
+/// while node 3 was cut off (it still is).
+fn with_node_3_behind(config: Config, instances: u64) -> Cluster {
+    let mut cluster = Cluster::new(3, config);
+    cluster.elect(1);
+    for other in [1, 2] {
+        cluster.cut.insert((NodeId(3), NodeId(other)));
+        cluster.cut.insert((NodeId(other), NodeId(3)));
+    }
+    for id in 0..instances {
+        cluster.propose(1, id, &format!("m{id}")).unwrap();
+        cluster.settle();
+    }
+    cluster
+}
+
 /// What a lagging replica's catch-up looked like on the wire.
 #[derive(Default, Debug)]
 struct StreamSeen {
@@ -453,16 +469,7 @@ fn a_lagging_replica_streams_within_its_window() {
         catchup_window_instances: 1024,
         ..config()
     };
-    let mut cluster = Cluster::new(3, config);
-    cluster.elect(1);
-    for other in [1, 2] {
-        cluster.cut.insert((NodeId(3), NodeId(other)));
-        cluster.cut.insert((NodeId(other), NodeId(3)));
-    }
-    for id in 0..1200 {
-        cluster.propose(1, id, &format!("m{id}")).unwrap();
-        cluster.settle();
-    }
+    let mut cluster = with_node_3_behind(config, 1200);
     assert_eq!(cluster.applied(1).len(), 1200);
     let seen = std::rc::Rc::new(std::cell::RefCell::new(StreamSeen::default()));
     let record = seen.clone();
@@ -510,16 +517,7 @@ fn the_log_base_holds_for_a_peer_catching_up() {
         purge_hold_ticks: 100,
         ..config()
     };
-    let mut cluster = Cluster::new(3, config);
-    cluster.elect(1);
-    for other in [1, 2] {
-        cluster.cut.insert((NodeId(3), NodeId(other)));
-        cluster.cut.insert((NodeId(other), NodeId(3)));
-    }
-    for id in 0..600 {
-        cluster.propose(1, id, &format!("m{id}")).unwrap();
-        cluster.settle();
-    }
+    let mut cluster = with_node_3_behind(config, 600);
     // Node 3 hears one Commit and asks node 1 for catch-up from 0; its replies are lost.
     cluster.cut.clear();
     cluster.drop_if = Some(Box::new(|from, to, msg| {
