@@ -205,8 +205,16 @@ const KEY_DOCS: &[(&str, &str)] = &[
         "Frames queued per core inbox before the network thread stops reading.",
     ),
     (
+        "catchup_window_instances",
+        "Streaming catch-up's window per group: values a lagging replica has asked for beyond its applied point (each request asks for half).",
+    ),
+    (
+        "catchup_window_bytes",
+        "The catch-up window in value bytes (each request asks for at most half of it).",
+    ),
+    (
         "wal_purge",
-        "Purge the WAL below each group's state machine checkpoint (off by default: a replica behind every peer's log base cannot catch up until checkpoint transfer exists).",
+        "Purge the WAL below each group's state machine checkpoint (off by default in this version); a replica behind every peer's log base fetches a checkpoint.",
     ),
     (
         "purge_every_ms",
@@ -215,6 +223,14 @@ const KEY_DOCS: &[(&str, &str)] = &[
     (
         "wal_budget_bytes",
         "Disk each core's WAL should stay under, in bytes (0 = none); over it, what holds the oldest segment is logged and shown in stats.",
+    ),
+    (
+        "purge_hold_for_peers_ms",
+        "A group's log base does not move past what a lagging peer asked for within this many milliseconds (0 = no hold; a peer silent for longer holds nothing).",
+    ),
+    (
+        "check_quorum",
+        "Check quorum and leader stickiness: a leader that hears no quorum within an election timeout steps down, and a replica that hears a live leader ignores other nodes' Prepares.",
     ),
     ("peers", "Every other member: its id and its peer address."),
 ];
