@@ -213,6 +213,10 @@ const KEY_DOCS: &[(&str, &str)] = &[
         "The catch-up window in value bytes (each request asks for at most half of it).",
     ),
     (
+        "catchup_serve_bytes_per_sec",
+        "Value bytes per second each core reads from its WAL for lagging peers (0 = no limit beyond the per-round budget).",
+    ),
+    (
         "wal_purge",
         "Purge the WAL below each group's state machine checkpoint (off by default in this version); a replica behind every peer's log base fetches a checkpoint.",
     ),

@@ -107,6 +107,10 @@ pub struct CatchupArgs {
     /// Write the results as JSON.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Limit each serving core's catch-up reads to this many MB/s (the runtime's
+    /// `catchup_serve_bytes_per_sec`; default: no limit).
+    #[arg(long = "serve-mbps")]
+    pub serve_mbps: Option<f64>,
 }
 
 /// Latency of the steady load in one phase.
@@ -664,6 +668,7 @@ struct ClusterPlan {
     groups: u32,
     cores: usize,
     pipeline: Option<u32>,
+    serve_bytes_per_sec: u64,
 }
 
 impl ClusterPlan {
@@ -677,7 +682,8 @@ impl ClusterPlan {
                 // Three nodes share this machine's CPUs: do not stack their cores on CPU 0.
                 .pin_cores(false)
                 // One command per instance: the lag is counted in instances of --value-bytes.
-                .batch_commands_max(1);
+                .batch_commands_max(1)
+                .catchup_serve_bytes_per_sec(self.serve_bytes_per_sec);
         if let Some(depth) = self.pipeline {
             builder = builder.pipeline_depth(depth);
         }
@@ -1309,6 +1315,7 @@ fn run_inner(args: &CatchupArgs) -> Result<(), String> {
         groups: args.groups,
         cores: args.cores,
         pipeline: args.pipeline,
+        serve_bytes_per_sec: args.serve_mbps.map_or(0, |mbps| (mbps * 1e6) as u64),
     };
     let pipeline_depth = plan.config(0)?.pipeline_depth;
     let outbound_capacity_frames =

@@ -240,6 +240,12 @@ pub struct Driver {
     checkpoint_reads: VecDeque<crate::core::CheckpointRead>,
     /// 0; 1 under the injected `log-read-off-by-one` bug.
     read_skew: u64,
+    /// Catch-up read bytes allowed per tick on average (`set_read_rate`), if limited.
+    read_rate: Option<u64>,
+    /// Catch-up read bytes allowed now (refilled each tick).
+    read_tokens: u64,
+    /// The last tick seen.
+    read_tick: Tick,
 }
 
 impl fmt::Debug for Driver {
@@ -281,13 +287,17 @@ impl Driver {
             reads: VecDeque::new(),
             checkpoint_reads: VecDeque::new(),
             read_skew,
+            read_rate: None,
+            read_tokens: 0,
+            read_tick: Tick(0),
         }
     }
 
     /// Catch-up or checkpoint reads wait for a round with read budget: the owner runs the
     /// next round without waiting for an event.
     pub fn reads_pending(&self) -> bool {
-        !self.reads.is_empty() || !self.checkpoint_reads.is_empty()
+        let tokens = self.read_rate.is_none() || self.read_tokens > 0;
+        tokens && (!self.reads.is_empty() || !self.checkpoint_reads.is_empty())
     }
 
     /// The table (read-only: status, counters, invariants).
@@ -344,7 +354,25 @@ impl Driver {
 
     /// Time passes.
     pub fn tick(&mut self, now: Tick) {
+        if let Some(rate) = self.read_rate {
+            // Refill the catch-up read tokens for the ticks passed (at most a few rounds'
+            // worth saved up).
+            let passed = now.0.saturating_sub(self.read_tick.0);
+            self.read_tokens = self
+                .read_tokens
+                .saturating_add(rate.saturating_mul(passed))
+                .min(rate.max(READ_BYTES_PER_ROUND as u64) * 4);
+        }
+        self.read_tick = now;
         self.table.tick(now);
+    }
+
+    /// Limits the value bytes this driver reads for catch-up to `bytes_per_tick` on average
+    /// (`None`: only the per-round budget): the serving node's own commits keep their latency
+    /// while a peer catches up, at the cost of the peer's catch-up rate.
+    pub fn set_read_rate(&mut self, bytes_per_tick: Option<u64>) {
+        self.read_rate = bytes_per_tick.filter(|r| *r > 0);
+        self.read_tokens = self.read_rate.unwrap_or(0);
     }
 
     /// A proposal (see [`CoreTable::propose`]).
@@ -412,7 +440,11 @@ impl Driver {
         //    of it continues first in the next round (the replies say more follows); the
         //    reads not started wait.
         self.reads.extend(out.reads.drain(..));
-        let mut budget = READ_BYTES_PER_ROUND;
+        let mut budget = match self.read_rate {
+            Some(_) => READ_BYTES_PER_ROUND.min(self.read_tokens as usize),
+            None => READ_BYTES_PER_ROUND,
+        };
+        let budget_at_start = budget;
         let mut values_left = READ_VALUES_PER_ROUND;
         while budget > 0 && values_left > 0 {
             let Some(read) = self.reads.pop_front() else {
@@ -469,6 +501,10 @@ impl Driver {
                 // What follows the values read is served from memory where memory holds it.
                 self.table.serve_read(&read, entries, false, &mut out);
             }
+        }
+        if self.read_rate.is_some() {
+            let used = budget_at_start.saturating_sub(budget) as u64;
+            self.read_tokens = self.read_tokens.saturating_sub(used);
         }
         self.stats.reads_deferred += self.reads.len() as u64;
 

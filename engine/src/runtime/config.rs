@@ -117,6 +117,11 @@ pub struct NodeConfig {
     /// The same window in value bytes (each request asks for at most half of it).
     #[serde(default = "defaults::catchup_window_bytes")]
     pub catchup_window_bytes: u32,
+    /// Value bytes per second each core reads from its WAL to serve lagging peers (0: no
+    /// limit beyond the per-round read budget). A limit keeps the serving node's own commit
+    /// latency closer to normal while a peer catches up, at the cost of the catch-up rate.
+    #[serde(default)]
+    pub catchup_serve_bytes_per_sec: u64,
     // --- Checkpoint mode (docs/ARCHITECTURE.md, "Checkpoints") ---
     /// How each group's checkpoints are made: by the application (every group, by default) or
     /// by a mirror state machine the runtime feeds (the groups listed). Left out of the TOML
@@ -284,6 +289,7 @@ impl NodeConfig {
                 inbox_frames_max: defaults::inbox_frames_max(),
                 catchup_window_instances: defaults::catchup_window_instances(),
                 catchup_window_bytes: defaults::catchup_window_bytes(),
+                catchup_serve_bytes_per_sec: 0,
                 checkpoint_mode: CheckpointModeConfig::default(),
                 purge_every_ms: defaults::purge_every_ms(),
                 wal_purge: false,
@@ -592,6 +598,8 @@ impl NodeConfigBuilder {
         catchup_window_instances: u32,
         /// Sets `catchup_window_bytes`.
         catchup_window_bytes: u32,
+        /// Sets `catchup_serve_bytes_per_sec`.
+        catchup_serve_bytes_per_sec: u64,
     }
 
     /// Adds a peer.

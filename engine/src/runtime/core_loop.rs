@@ -271,6 +271,16 @@ impl Core {
         }
         let (installs_tx, installs_rx) = crossbeam_channel::unbounded();
         let mut driver = Driver::new(table);
+        // Catch-up served from this core's WAL: at most this many value bytes per tick.
+        driver.set_read_rate(
+            Some(
+                config
+                    .catchup_serve_bytes_per_sec
+                    .saturating_mul(config.tick_ms)
+                    / 1000,
+            )
+            .filter(|_| config.catchup_serve_bytes_per_sec > 0),
+        );
         for (group, checkpoint) in &start.applied_from {
             driver.set_replay_from(*group, Instance(checkpoint.map_or(0, |i| i.0 + 1)));
         }
