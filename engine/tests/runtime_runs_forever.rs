@@ -59,20 +59,6 @@ impl StateMachine for Machine {
     }
 }
 
-/// The WAL backend of the catch-up test: blocking system calls, unless
-/// `PAXRING_TEST_WAL_BACKEND=auto` (io_uring). With io_uring, about 1 run in 5 stalls for good: one core's last WAL write
-/// never counts as durable (`writes_submitted` = durable writes + 1, on two nodes at once)
-/// while the core loop keeps running; with the blocking backend 10 runs in 10 pass. An open
-/// bug of the io_uring WAL path (docs/ARCHITECTURE.md#limits-of-this-version); reproduce with
-/// `PAXRING_TEST_WAL_BACKEND=auto cargo test -p paxring-engine --test runtime_runs_forever`.
-fn wal_backend() -> paxring_engine::runtime::config::WalBackendConfig {
-    use paxring_engine::runtime::config::WalBackendConfig;
-    match std::env::var("PAXRING_TEST_WAL_BACKEND").as_deref() {
-        Ok("auto") => WalBackendConfig::Auto,
-        _ => WalBackendConfig::Blocking,
-    }
-}
-
 fn config(id: u32, addrs: &[SocketAddr], dir: &Path, purge: bool) -> NodeConfig {
     // A cluster id per test: the two tests run at once on loopback ports.
     node_config(id, addrs, dir, if purge { 12 } else { 11 })
@@ -82,12 +68,6 @@ fn config(id: u32, addrs: &[SocketAddr], dir: &Path, purge: bool) -> NodeConfig 
         .wal_purge(purge)
         .purge_every_ms(200)
         .wal_budget_bytes(if purge { 16 << 20 } else { 0 })
-        .wal_backend(if purge {
-            // Large values: the blocking backend's synchronous writes are too slow here.
-            paxring_engine::runtime::config::WalBackendConfig::Auto
-        } else {
-            wal_backend()
-        })
         .build()
         .unwrap()
 }

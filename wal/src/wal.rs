@@ -1107,6 +1107,27 @@ impl Wal {
         Ok(self.durable_lsn)
     }
 
+    /// The write in flight, if any: how long ago it was issued, and its LSNs, segment and
+    /// offset (for a stuck report: no reply that depends on it can leave until it completes).
+    pub fn write_in_flight_since(&self) -> Option<(std::time::Duration, Lsn, Lsn, u64, u64)> {
+        self.inflight.as_ref().map(|f| {
+            (
+                f.issued.elapsed(),
+                f.first_lsn,
+                f.last_lsn,
+                f.segment,
+                f.offset,
+            )
+        })
+    }
+
+    /// Records appended while a write was in flight wait in a batch that no write carries
+    /// yet, and no write is in flight now: the owner must `submit` (else they never become
+    /// durable when nothing else is appended).
+    pub fn batch_waiting(&self) -> bool {
+        self.inflight.is_none() && self.batch.as_ref().is_some_and(|b| b.count > 0)
+    }
+
     /// Highest LSN whose write completed durably.
     pub fn durable_lsn(&self) -> Lsn {
         self.durable_lsn

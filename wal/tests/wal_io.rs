@@ -141,6 +141,9 @@ fn double_buffering_accumulates_while_a_write_is_in_flight() {
             let first_done = wal.wait(&[], Some(Duration::from_secs(5))).expect("wait");
             assert!(first_done.write_completed);
             assert_eq!(first_done.durable_lsn, Lsn(wal.appended_lsn().0 - 1));
+            // Nothing carries the second record until the owner submits again: the log says
+            // so (a node's core loop submits it at once, appended records or not).
+            assert!(wal.batch_waiting());
         }
         drain(&mut wal);
         let second = wal.read(GroupId(1), Instance(round * 2 + 1)).expect("read");

@@ -58,6 +58,8 @@ const STUCK_EVERY: Duration = Duration::from_secs(5);
 /// Stuck groups listed by name in the snapshot and the log line.
 const STUCK_LISTED_MAX: usize = 8;
 
+/// A WAL write in flight for longer than this is reported as a stuck state.
+const WRITE_STUCK_AFTER: Duration = Duration::from_secs(2);
 /// Most proposals taken from the queue in one round (the rest wait for the next round).
 const PROPOSALS_PER_ROUND_MAX: usize = 16 * 1024;
 /// How often a core publishes its counters and leader hints (summarising the WAL's latency
@@ -375,6 +377,16 @@ impl Core {
                 self.wake.clear();
             }
             self.driver.durable(outcome.durable_lsn);
+            if self.wal.batch_waiting() {
+                // Records appended while the last write was in flight: they go out now, not
+                // at the next round that happens to append (which may never come: a leader
+                // waiting for its own acceptance appends nothing more).
+                if let Err(e) = self.wal.submit() {
+                    self.wal_failed(e)?;
+                    continue;
+                }
+                self.snapshot.deferred_submits += 1;
+            }
             if self
                 .zero_cut_after
                 .is_some_and(|after| outcome.durable_lsn >= after)
@@ -733,6 +745,21 @@ impl Core {
     /// Every stuck state is logged once per interval and shown in stats with its reason.
     fn check_stuck(&mut self) {
         let mut stuck = self.driver.table().stuck();
+        if let Some((age, first, last, segment, offset)) = self.wal.write_in_flight_since() {
+            if age >= WRITE_STUCK_AFTER {
+                // Silence would hide it: every reply that depends on this write waits.
+                stuck.push((
+                    GroupId(u32::MAX),
+                    format!(
+                        "core {}: a WAL write (LSNs {}..={}, segment {segment} offset {offset}) has been in flight for {:.1} s; no reply that depends on it can leave",
+                        self.index,
+                        first.0,
+                        last.0,
+                        age.as_secs_f64()
+                    ),
+                ));
+            }
+        }
         let purge = &self.snapshot.purge;
         if purge.over_budget {
             stuck.push((
