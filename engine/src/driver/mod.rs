@@ -81,6 +81,12 @@ pub trait Storage {
     /// Starts writing what was appended this round (one write; the storage reports
     /// completion to its owner, who passes it to [`Driver::durable`]).
     fn submit(&mut self) -> Result<(), StorageError>;
+    /// Records appended while the last write was in flight wait, and no write is in flight
+    /// now: they need a `submit` although this round appended nothing (the driver submits
+    /// them; else a node with nothing more to append would wait on them forever).
+    fn batch_waiting(&self) -> bool {
+        false
+    }
     /// The chosen value of `(group, instance)` as the storage holds it (its `Chosen` mark's
     /// value), or `None` when it holds none (streaming catch-up from the log). An error is
     /// not a durability failure: the driver stops that read, serves what it has and counts it.
@@ -182,6 +188,9 @@ pub struct DriverStats {
     pub records_appended: u64,
     /// Rounds that submitted a write.
     pub writes_submitted: u64,
+    /// Of which rounds that appended nothing and submitted records that waited for the last
+    /// write to complete ([`Storage::batch_waiting`]).
+    pub waiting_batches_submitted: u64,
     /// Chosen values read from storage for catch-up (streaming catch-up from the log).
     pub values_read: u64,
     /// Their bytes.
@@ -569,13 +578,16 @@ impl Driver {
             self.table.install_failed(group, &mut out);
         }
 
-        // 1. Durable records: one write for the whole round.
-        if !out.appends.is_empty() {
+        // 1. Durable records: one write for the whole round, and records that waited for
+        //    the last write to complete go out now even when this round appended nothing.
+        let waiting = out.appends.is_empty() && storage.batch_waiting();
+        if !out.appends.is_empty() || waiting {
             for (lsn, record) in &out.appends {
                 storage.append(*lsn, record).map_err(DriverError::Storage)?;
             }
             self.stats.records_appended += out.appends.len() as u64;
             self.stats.writes_submitted += 1;
+            self.stats.waiting_batches_submitted += u64::from(waiting);
             storage.submit().map_err(DriverError::Storage)?;
         }
 

@@ -377,16 +377,6 @@ impl Core {
                 self.wake.clear();
             }
             self.driver.durable(outcome.durable_lsn);
-            if self.wal.batch_waiting() {
-                // Records appended while the last write was in flight: they go out now, not
-                // at the next round that happens to append (which may never come: a leader
-                // waiting for its own acceptance appends nothing more).
-                if let Err(e) = self.wal.submit() {
-                    self.wal_failed(e)?;
-                    continue;
-                }
-                self.snapshot.deferred_submits += 1;
-            }
             if self
                 .zero_cut_after
                 .is_some_and(|after| outcome.durable_lsn >= after)
@@ -933,6 +923,10 @@ impl driver::Storage for WalStorage<'_> {
         self.wal
             .submit()
             .map_err(|e| StorageError::new(format!("core {}: WAL submit", self.core), e))
+    }
+
+    fn batch_waiting(&self) -> bool {
+        self.wal.batch_waiting()
     }
 }
 

@@ -59,9 +59,6 @@ pub struct CoreSnapshot {
     /// WAL writes issued (a round issues at most one; rounds whose records join a write
     /// still in flight are carried by the next one).
     pub write_rounds: u64,
-    /// Writes issued for records appended while the previous write was in flight, as soon as
-    /// it completed (not by a round that appended).
-    pub deferred_submits: u64,
     /// Durable writes (DSYNC writes or fdatasyncs), as the WAL counts them.
     pub durable_writes: u64,
     /// Records written by the WAL.

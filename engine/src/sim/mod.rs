@@ -243,6 +243,8 @@ struct SimCore {
     disk: SimDisk,
     /// Records appended but not yet written (the disk has one write in flight at a time).
     staged: Vec<(Lsn, Record)>,
+    /// A submit found the disk idle this round (the staged records go out at its end).
+    submit_requested: bool,
     /// A repair record (a group finished re-learning) waits to be durable through this Lsn.
     repair_pending: Option<Lsn>,
     /// Elections this core's table had won when last looked at.
@@ -353,6 +355,9 @@ struct Applied {
 /// The simulated disk (reads) and its staging area (appends) as the driver's storage.
 struct SimStorage<'a> {
     staged: &'a mut Vec<(Lsn, Record)>,
+    /// Set by a `submit` that found the disk idle: the write starts at the end of the round
+    /// (as the WAL's: a submit while a write is in flight only lets the records accumulate).
+    submit_requested: &'a mut bool,
     disk: &'a SimDisk,
     checkpoints: &'a BTreeMap<GroupId, SmState>,
     transfers: &'a mut transfer::Transfers,
@@ -412,9 +417,17 @@ impl driver::Storage for SimStorage<'_> {
     }
 
     fn submit(&mut self) -> Result<(), StorageError> {
-        // The simulator starts the disk write at the end of the round when the disk is idle
-        // (one write in flight per core, as in the runtime).
+        // The WAL's rule: one write in flight per core; a submit while one is in flight lets
+        // the records accumulate, and only a later submit issues them. The disk write starts
+        // at the end of the round.
+        if !self.disk.busy() {
+            *self.submit_requested = true;
+        }
         Ok(())
+    }
+
+    fn batch_waiting(&self) -> bool {
+        !self.disk.busy() && !self.staged.is_empty()
     }
 }
 
@@ -503,6 +516,7 @@ impl Sim {
                         driver: None,
                         disk: SimDisk::default(),
                         staged: Vec::new(),
+                        submit_requested: false,
                         repair_pending: None,
                         wins_seen: 0,
                         repairs_seen: 0,
@@ -668,6 +682,7 @@ impl Sim {
             driver.tick(now);
             core.driver = Some(driver);
             core.staged.clear();
+            core.submit_requested = false;
             core.repair_pending = None;
             core.wins_seen = 0;
             core.repairs_seen = 0;
@@ -1022,6 +1037,7 @@ impl Sim {
             }
             let mut storage = SimStorage {
                 staged: &mut sim_core.staged,
+                submit_requested: &mut sim_core.submit_requested,
                 disk: &sim_core.disk,
                 checkpoints: &node.checkpoints,
                 transfers: &mut node.transfers,
@@ -1086,7 +1102,8 @@ impl Sim {
             && self.rng.chance(1, self.profile.stall_one_in);
         let now = self.now;
         let sim_core = &mut self.nodes[index].cores[core];
-        if sim_core.disk.busy() || sim_core.staged.is_empty() {
+        let requested = std::mem::take(&mut sim_core.submit_requested);
+        if !requested || sim_core.disk.busy() || sim_core.staged.is_empty() {
             return;
         }
         let staged = std::mem::take(&mut sim_core.staged);
