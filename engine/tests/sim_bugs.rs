@@ -199,3 +199,24 @@ fn install_while_leading_is_caught_by_the_invariant_checker() {
     assert!(violation.contains("invariant:"), "{violation}");
     eprintln!("install-while-leading: seed {seed}: {violation}");
 }
+
+/// The driver submitted only in rounds that appended: records that accumulated while the last
+/// write was in flight waited for the next append, and a leader waiting on its own acceptance
+/// appends nothing more (the runtime stalled about 1 run in 5 of `runtime_runs_forever` before
+/// the fix). The simulated disk follows the WAL's submit rule since then; the stall shows when
+/// nothing else on the core appends: one group on one core with one client (`paxring sim
+/// --groups 1 --cores 1 --clients 1 --bug submit-only-on-append`, short phases: seed 78 in the
+/// first 100), which the test replays.
+#[test]
+fn submit_only_on_append_is_caught_by_the_progress_checker() {
+    let options = SimOptions {
+        groups: 1,
+        cores: 1,
+        clients_per_group: 1,
+        ..short(Bug::SubmitOnlyOnAppend)
+    };
+    let (seed, violation) =
+        first_violation(&options, 74..85).expect("the known seed still finds it");
+    assert!(violation.contains("no progress:"), "{violation}");
+    eprintln!("submit-only-on-append: seed {seed}: {violation}");
+}

@@ -374,4 +374,7 @@ pub struct Bugs {
     /// A leader or candidate that starts or finishes a checkpoint install keeps its role (its
     /// instances in flight end up below the installed checkpoint).
     pub install_while_leading: bool,
+    /// The driver submits only in rounds that appended: records that accumulated while the
+    /// last write was in flight wait for the next append (the runtime's stall before the fix).
+    pub submit_only_on_append: bool,
 }

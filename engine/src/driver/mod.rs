@@ -580,7 +580,12 @@ impl Driver {
 
         // 1. Durable records: one write for the whole round, and records that waited for
         //    the last write to complete go out now even when this round appended nothing.
-        let waiting = out.appends.is_empty() && storage.batch_waiting();
+        #[allow(unused_mut)]
+        let mut waiting = out.appends.is_empty() && storage.batch_waiting();
+        #[cfg(feature = "sim-bugs")]
+        if self.table.bugs().submit_only_on_append {
+            waiting = false;
+        }
         if !out.appends.is_empty() || waiting {
             for (lsn, record) in &out.appends {
                 storage.append(*lsn, record).map_err(DriverError::Storage)?;

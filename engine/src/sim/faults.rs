@@ -326,12 +326,15 @@ pub enum Bug {
     StreamNoGoBack,
     /// A leader or candidate installs a checkpoint without stepping down (run with `purge`).
     InstallWhileLeading,
+    /// The driver submits only in rounds that appended (records that accumulated while a
+    /// write was in flight wait for the next append).
+    SubmitOnlyOnAppend,
 }
 
 #[cfg(feature = "sim-bugs")]
 impl Bug {
     /// Every bug.
-    pub const ALL: [Bug; 16] = [
+    pub const ALL: [Bug; 17] = [
         Bug::ForgetPromise,
         Bug::ReplyBeforeDurable,
         Bug::SkipPrepareOnNewLeader,
@@ -348,6 +351,7 @@ impl Bug {
         Bug::PromiseBelowBase,
         Bug::StreamNoGoBack,
         Bug::InstallWhileLeading,
+        Bug::SubmitOnlyOnAppend,
     ];
 
     /// The `--bug` name.
@@ -369,6 +373,7 @@ impl Bug {
             Bug::PromiseBelowBase => "promise-below-base",
             Bug::StreamNoGoBack => "stream-no-go-back",
             Bug::InstallWhileLeading => "install-while-leading",
+            Bug::SubmitOnlyOnAppend => "submit-only-on-append",
         }
     }
 
@@ -404,6 +409,7 @@ impl Bug {
             Bug::PromiseBelowBase => bugs.promise_below_base = true,
             Bug::StreamNoGoBack => bugs.stream_no_go_back = true,
             Bug::InstallWhileLeading => bugs.install_while_leading = true,
+            Bug::SubmitOnlyOnAppend => bugs.submit_only_on_append = true,
         }
         bugs
     }
