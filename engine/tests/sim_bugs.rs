@@ -106,7 +106,7 @@ fn reply_before_durable_breaks_the_safety_checkers_too() {
 }
 
 /// The targeted profile that finds ballot reuse (`paxring sim --no-swarm --faults
-/// crash,stall,loss,linkdelay,reorder`): 2 seeds in the first 3,000 (first 77) since
+/// crash,stall,loss,linkdelay,reorder`): 6 seeds in the first 3,000 (first 804) since
 /// check quorum and leader stickiness.
 #[test]
 fn ballot_reuse_after_crash_is_caught_by_ballot_once() {
@@ -116,7 +116,7 @@ fn ballot_reuse_after_crash_is_caught_by_ballot_once() {
         ..short(Bug::BallotReuseAfterCrash)
     };
     let (seed, violation) =
-        first_violation(&options, 73..84).expect("the known seed still finds it");
+        first_violation(&options, 800..811).expect("the known seed still finds it");
     assert!(violation.contains("ballot-once:"), "{violation}");
     eprintln!("ballot-reuse-after-crash: seed {seed}: {violation}");
 }
@@ -205,8 +205,8 @@ fn install_while_leading_is_caught_by_the_invariant_checker() {
 /// appends nothing more (the runtime stalled about 1 run in 5 of `runtime_runs_forever` before
 /// the fix). The simulated disk follows the WAL's submit rule since then; the stall shows when
 /// nothing else on the core appends: one group on one core with one client (`paxring sim
-/// --groups 1 --cores 1 --clients 1 --bug submit-only-on-append`, short phases: seed 78 in the
-/// first 100), which the test replays.
+/// --groups 1 --cores 1 --clients 1 --bug submit-only-on-append`, short phases: seed 169 in the
+/// first 300), which the test replays.
 #[test]
 fn submit_only_on_append_is_caught_by_the_progress_checker() {
     let options = SimOptions {
@@ -216,7 +216,7 @@ fn submit_only_on_append_is_caught_by_the_progress_checker() {
         ..short(Bug::SubmitOnlyOnAppend)
     };
     let (seed, violation) =
-        first_violation(&options, 74..85).expect("the known seed still finds it");
+        first_violation(&options, 165..176).expect("the known seed still finds it");
     assert!(violation.contains("no progress:"), "{violation}");
     eprintln!("submit-only-on-append: seed {seed}: {violation}");
 }

@@ -1121,13 +1121,6 @@ impl Wal {
         })
     }
 
-    /// Records appended while a write was in flight wait in a batch that no write carries
-    /// yet, and no write is in flight now: the owner must `submit` (else they never become
-    /// durable when nothing else is appended).
-    pub fn batch_waiting(&self) -> bool {
-        self.inflight.is_none() && self.batch.as_ref().is_some_and(|b| b.count > 0)
-    }
-
     /// Highest LSN whose write completed durably.
     pub fn durable_lsn(&self) -> Lsn {
         self.durable_lsn

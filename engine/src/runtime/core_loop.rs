@@ -926,7 +926,7 @@ impl driver::Storage for WalStorage<'_> {
     }
 
     fn batch_waiting(&self) -> bool {
-        self.wal.batch_waiting()
+        !self.wal.write_in_flight() && self.wal.pending_records() > 0
     }
 }
 

@@ -223,6 +223,8 @@ pub(super) struct Group {
     /// A leader's view of its peers: when each was last heard from (any message). A leader
     /// that has not heard from a quorum within an election timeout steps down.
     peer_heard_at: BTreeMap<NodeId, Tick>,
+    /// When this follower last answered a Commit with a `CommitAck`.
+    commit_acked_at: Tick,
 }
 
 impl Group {
@@ -263,6 +265,7 @@ impl Group {
             stream_requests: 0,
             leader_seen_at: None,
             peer_heard_at: BTreeMap::new(),
+            commit_acked_at: Tick(0),
             elections_without_leader: 0,
             missing_promises: Vec::new(),
         }
@@ -913,7 +916,13 @@ impl Group {
                 self.observe(ctx, ballot);
                 if ballot >= self.promised {
                     self.leader_contact(ctx, ballot);
-                    if ctx.config.check_quorum && from != ctx.me {
+                    // At most one ack per heartbeat interval: check quorum needs one per
+                    // election timeout, and under load Accepted replies already count.
+                    if ctx.config.check_quorum
+                        && from != ctx.me
+                        && ctx.now.0 >= self.commit_acked_at.0 + ctx.config.heartbeat_ticks
+                    {
+                        self.commit_acked_at = ctx.now;
                         ctx.send(self.id, from, Message::CommitAck { ballot });
                     }
                 }
