@@ -330,6 +330,7 @@ fn codec_round_trips_every_kind() {
             ballot,
             chosen_through: Instance(5),
             checksum: 77,
+            lease: 3,
         },
         Message::CatchupRequest {
             from: Instance(1),
@@ -350,7 +351,11 @@ fn codec_round_trips_every_kind() {
             served_end: Instance(2),
             checksum: 5,
         },
-        Message::CommitAck { ballot },
+        Message::CommitAck {
+            ballot,
+            lease: 3,
+            granted: true,
+        },
         Message::CheckpointRequest {
             instance: Some(Instance(40)),
             offset: 4096,

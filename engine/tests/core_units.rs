@@ -160,6 +160,7 @@ fn commit_applies_what_was_accepted_with_that_ballot() {
             ballot: ballot(1, 2),
             chosen_through: Instance(1),
             checksum,
+            lease: 0,
         },
     );
     let out = drain(&mut table);
@@ -190,6 +191,7 @@ fn checksum_mismatch_stops_the_group_naming_the_instance() {
             ballot: ballot(1, 2),
             chosen_through: Instance(1),
             checksum: 12345,
+            lease: 0,
         },
     );
     let out = drain(&mut table);

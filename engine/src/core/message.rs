@@ -79,6 +79,10 @@ pub enum Message {
         chosen_through: Instance,
         /// Rolling checksum of the chosen sequence through `chosen_through - 1` (0 if none).
         checksum: u32,
+        /// A lease round of the leader (0: none): the followers answer it with a `CommitAck`
+        /// that echoes it, and grant the leader their master lease when they may
+        /// (docs/PROTOCOL.md#master-lease).
+        lease: u64,
     },
     /// A learner asks for chosen values from `from` on.
     CatchupRequest {
@@ -145,6 +149,11 @@ pub enum Message {
     CommitAck {
         /// The leader's ballot that this follower follows.
         ballot: Ballot,
+        /// The lease round of the Commit this answers (0: a plain heartbeat answer).
+        lease: u64,
+        /// This follower granted the leader its master lease with this answer (it grants no
+        /// other node until the grant ends, docs/PROTOCOL.md#master-lease).
+        granted: bool,
     },
 }
 
@@ -197,7 +206,7 @@ pub enum DecodeError {
 }
 
 /// The largest kind byte in use (kinds are 1..=MESSAGE_KIND_MAX).
-pub const MESSAGE_KIND_MAX: u8 = 10;
+pub const MESSAGE_KIND_MAX: u8 = 11;
 
 impl Message {
     /// The kind byte (first byte of the encoding; the network frame header repeats it).
@@ -295,10 +304,12 @@ impl Message {
                 ballot,
                 chosen_through,
                 checksum,
+                lease,
             } => {
                 put_ballot(out, *ballot);
                 out.put_u64_le(chosen_through.0);
                 out.put_u32_le(*checksum);
+                out.put_u64_le(*lease);
             }
             Message::CatchupRequest {
                 from,
@@ -365,7 +376,15 @@ impl Message {
                 out.put_u64_le(*offset);
                 put_bytes(out, data);
             }
-            Message::CommitAck { ballot } => put_ballot(out, *ballot),
+            Message::CommitAck {
+                ballot,
+                lease,
+                granted,
+            } => {
+                put_ballot(out, *ballot);
+                out.put_u64_le(*lease);
+                out.put_u8(u8::from(*granted));
+            }
         }
     }
 
@@ -438,6 +457,7 @@ impl Message {
                 ballot: reader.ballot()?,
                 chosen_through: Instance(reader.u64()?),
                 checksum: reader.u32()?,
+                lease: reader.u64()?,
             },
             7 => Message::CatchupRequest {
                 from: Instance(reader.u64()?),
@@ -502,6 +522,8 @@ impl Message {
             }
             11 => Message::CommitAck {
                 ballot: reader.ballot()?,
+                lease: reader.u64()?,
+                granted: reader.flag()?,
             },
             other => return Err(DecodeError::UnknownKind(other)),
         };

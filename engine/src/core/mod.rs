@@ -46,8 +46,8 @@ pub use group::log_base_of;
 pub use message::{CheckpointInfo, DecodeError, Message, PromiseEntry, MESSAGE_KIND_MAX};
 pub use outputs::{
     Broadcast, CheckpointRead, CheckpointWrite, Chosen, CoreStats, FailReason, GroupError,
-    GroupStatus, InstallStatus, Outputs, ProposalResult, ReadRequest, RelearnStatus,
-    SendAfterDurable, SendNow, Start,
+    GroupStatus, InstallStatus, MasterChange, Outputs, ProposalResult, ReadReady, ReadRequest,
+    RelearnStatus, SendAfterDurable, SendNow, Start,
 };
 pub use table::CoreTable;
 pub use wal_types::{
@@ -155,6 +155,15 @@ pub struct Config {
     /// a quorum within an election timeout steps down, and a replica that knows a live leader
     /// ignores Prepares from other nodes.
     pub check_quorum: bool,
+    /// The master lease (docs/PROTOCOL.md#master-lease), in ticks of each follower's clock: a
+    /// follower that answers a leader's lease round grants it this long, during which it
+    /// promises no other node and grants no other node. 0 turns leases off (no master; reads
+    /// then go through read index or the log).
+    pub master_lease_ticks: u64,
+    /// The bound on clock-rate drift between any node's clock and real time, in parts per
+    /// million, that leases assume (a master stops acting as one before any grant it counts
+    /// can have ended, counting this bound).
+    pub clock_drift_ppm: u32,
 }
 
 /// Room a message needs besides its values (headers, counts): `batch_bytes_max` plus this
@@ -178,6 +187,8 @@ impl Default for Config {
             catchup_window_bytes: 8 << 20,
             purge_hold_ticks: 0,
             check_quorum: true,
+            master_lease_ticks: 80,
+            clock_drift_ppm: 10_000,
         }
     }
 }
@@ -231,6 +242,19 @@ pub enum ConfigError {
     /// A group listed twice.
     #[error("group {0} listed twice")]
     DuplicateGroup(u32),
+    /// A master lease too short to be renewed before it ends (or a drift bound of 100% or
+    /// more).
+    #[error("master_lease_ticks = {lease} with clock_drift_ppm = {drift_ppm}: a master may count on its lease for only {usable} ticks, which must exceed heartbeat_ticks ({heartbeat}) so that a round renews it in time; lengthen the lease or use 0 to turn leases off")]
+    Lease {
+        /// The configured lease.
+        lease: u64,
+        /// The configured drift bound.
+        drift_ppm: u32,
+        /// What a master may count on (see `Config::lease_usable_ticks`).
+        usable: u64,
+        /// The heartbeat interval.
+        heartbeat: u64,
+    },
     /// `message_bytes_max` cannot carry one value of `batch_bytes_max`.
     #[error("message_bytes_max = {message}: must be at least batch_bytes_max ({batch}) + {MESSAGE_OVERHEAD_BYTES}")]
     MessageBytes {
@@ -280,6 +304,17 @@ impl Config {
                 bytes: self.catchup_window_bytes,
             });
         }
+        if self.master_lease_ticks > 0
+            && (self.clock_drift_ppm >= 1_000_000
+                || self.lease_usable_ticks() <= self.heartbeat_ticks)
+        {
+            return Err(ConfigError::Lease {
+                lease: self.master_lease_ticks,
+                drift_ppm: self.clock_drift_ppm,
+                usable: self.lease_usable_ticks(),
+                heartbeat: self.heartbeat_ticks,
+            });
+        }
         if u64::from(self.batch_bytes_max) + u64::from(MESSAGE_OVERHEAD_BYTES)
             > u64::from(self.message_bytes_max)
         {
@@ -290,6 +325,32 @@ impl Config {
         }
         Ok(())
     }
+}
+
+impl Config {
+    /// How long after sending a lease round a master may count on the grants that answer it,
+    /// in ticks of its own clock: `floor((lease - 1) * (1 - drift) / (1 + drift))`
+    /// (docs/PROTOCOL.md#master-lease has the derivation). 0 when leases are off.
+    pub fn lease_usable_ticks(&self) -> u64 {
+        if self.master_lease_ticks == 0 || self.clock_drift_ppm >= 1_000_000 {
+            return 0;
+        }
+        let drift = u128::from(self.clock_drift_ppm);
+        let usable =
+            u128::from(self.master_lease_ticks - 1) * (1_000_000 - drift) / (1_000_000 + drift);
+        u64::try_from(usable).unwrap_or(u64::MAX)
+    }
+}
+
+/// How a linearizable read is confirmed (docs/PROTOCOL.md#reads). Neither writes the log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ReadMode {
+    /// Served by the master from its applied state with no message, while its lease holds;
+    /// without a valid lease, the read falls back to `Index`.
+    Lease,
+    /// Read index: one lease round to a quorum confirms that this node still leads, then the
+    /// read is served once the applied point reaches what was chosen when it arrived.
+    Index,
 }
 
 /// A small deterministic generator (splitmix64), seeded by the driver. The core's only source
@@ -377,4 +438,11 @@ pub struct Bugs {
     /// The driver submits only in rounds that appended: records that accumulated while the
     /// last write was in flight wait for the next append (the runtime's stall before the fix).
     pub submit_only_on_append: bool,
+    /// A master counts on its lease for as long as its followers grant it, on its own clock:
+    /// no allowance for clock drift (with a slower clock it outlives the grants).
+    pub lease_ignores_drift: bool,
+    /// A read is served once the applied point reaches the leader's own applied point at its
+    /// arrival, forgetting the window its phase 1 recovered (values an earlier leader chose
+    /// and acknowledged may not be applied yet).
+    pub read_before_applied: bool,
 }

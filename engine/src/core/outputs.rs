@@ -4,7 +4,7 @@
 //!
 //! Owns: the output and status types a driver reads. Must never do I/O.
 use super::wal_types::{GroupId, Instance, Lsn, Record};
-use super::{CheckpointInfo, Message, NodeId, ProposalId};
+use super::{CheckpointInfo, Message, NodeId, ProposalId, ReadMode, Tick};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
@@ -183,6 +183,13 @@ pub struct GroupStatus {
     /// serve, docs/PROTOCOL.md#checkpoint-transfer).
     #[serde(default)]
     pub installing: Option<InstallStatus>,
+    /// While this node is master: the tick of its clock at which its lease ends (exclusive).
+    #[serde(default)]
+    pub master_until: Option<Tick>,
+    /// The master lease this node's acceptor grants now: the holder (None: any node, for a
+    /// lease's length after a restart) and the tick of this node's clock when the grant ends.
+    #[serde(default)]
+    pub lease_granted: Option<(Option<NodeId>, Tick)>,
 }
 
 /// A checkpoint transfer in progress.
@@ -322,6 +329,33 @@ pub struct Outputs {
     /// Every byte of a checkpoint arrived: the driver verifies it, installs it into the state
     /// machine and then calls [`crate::core::CoreTable::installed`] (or `install_failed`).
     pub installs: Vec<(GroupId, CheckpointInfo)>,
+    /// Reads confirmed (docs/PROTOCOL.md#reads): the driver serves each from the group's state
+    /// machine after every value in `chosen` (the applied state then covers all it must).
+    pub reads_ready: Vec<ReadReady>,
+    /// This node became or stopped being the master of a group (its lease began or ended).
+    pub master_changes: Vec<MasterChange>,
+}
+
+/// A linearizable read that may now be served from the applied state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadReady {
+    /// The caller's id.
+    pub id: ProposalId,
+    /// The group.
+    pub group: GroupId,
+    /// How it was confirmed (a lease read without a valid lease went through read index).
+    pub mode: ReadMode,
+}
+
+/// This node's master status of a group changed (docs/PROTOCOL.md#master-lease).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MasterChange {
+    /// The group.
+    pub group: GroupId,
+    /// Master from now (until `until`), or no longer master.
+    pub master: bool,
+    /// While master: the tick of this node's clock at which its lease ends (exclusive).
+    pub until: Option<Tick>,
 }
 
 /// A peer's request for checkpoint bytes (docs/PROTOCOL.md#checkpoint-transfer).
@@ -403,6 +437,8 @@ impl Outputs {
         self.checkpoint_reads.clear();
         self.checkpoint_writes.clear();
         self.installs.clear();
+        self.reads_ready.clear();
+        self.master_changes.clear();
     }
 
     /// True when there is nothing to do.
@@ -418,6 +454,8 @@ impl Outputs {
             && self.checkpoint_reads.is_empty()
             && self.checkpoint_writes.is_empty()
             && self.installs.is_empty()
+            && self.reads_ready.is_empty()
+            && self.master_changes.is_empty()
     }
 
     pub(super) fn take_into(&mut self, out: &mut Outputs) {
@@ -433,6 +471,8 @@ impl Outputs {
         out.checkpoint_reads.append(&mut self.checkpoint_reads);
         out.checkpoint_writes.append(&mut self.checkpoint_writes);
         out.installs.append(&mut self.installs);
+        out.reads_ready.append(&mut self.reads_ready);
+        out.master_changes.append(&mut self.master_changes);
     }
 }
 
@@ -487,6 +527,35 @@ pub struct CoreStats {
     /// that prepared again at once above it.
     #[serde(default)]
     pub leader_reprepares: u64,
+    /// Lease rounds this node sent as leader (each a Commit to every peer).
+    #[serde(default)]
+    pub lease_rounds_sent: u64,
+    /// Master leases this node's acceptor granted (a new holder, or a renewal).
+    #[serde(default)]
+    pub lease_grants: u64,
+    /// Lease rounds this node's acceptor answered without a grant (it still granted another
+    /// node, docs/PROTOCOL.md#master-lease).
+    #[serde(default)]
+    pub lease_grants_refused: u64,
+    /// Prepares ignored because this node's acceptor granted another node its master lease
+    /// (or restarted within a lease and may have).
+    #[serde(default)]
+    pub prepares_refused_lease: u64,
+    /// Elections this node put off because its own acceptor granted another node its lease.
+    #[serde(default)]
+    pub elections_deferred_lease: u64,
+    /// Times this node became master of a group.
+    #[serde(default)]
+    pub master_terms: u64,
+    /// Reads served by the master's lease (no message).
+    #[serde(default)]
+    pub reads_lease: u64,
+    /// Reads served after a read-index round.
+    #[serde(default)]
+    pub reads_index: u64,
+    /// Reads refused (not the leader, overloaded) or failed (leadership lost before confirmed).
+    #[serde(default)]
+    pub reads_failed: u64,
     /// Chosen values served to lagging peers.
     pub catchup_entries_served: u64,
     /// Catch-up replies sent (one request's answer may span several).

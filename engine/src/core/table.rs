@@ -308,6 +308,56 @@ impl CoreTable {
         result
     }
 
+    /// A linearizable read of `group` (docs/PROTOCOL.md#reads): refused at once (nothing
+    /// queued) when this node does not lead the group (`NotLeader` with a hint), too many reads
+    /// wait (`Overloaded`), or the group is unknown or stopped. Otherwise it appears in
+    /// `Outputs::reads_ready` once confirmed (by the master lease at once, or by a read-index
+    /// round) and once the applied point covers every value chosen before it arrived; if
+    /// leadership is lost first it fails with `NotLeader` in `Outputs::results`. The driver
+    /// must read the clock (`tick`) after the read arrived and before handing it in.
+    pub fn read(
+        &mut self,
+        group: GroupId,
+        id: ProposalId,
+        mode: super::ReadMode,
+    ) -> Result<(), FailReason> {
+        let Some(state) = self.groups.get_mut(&group) else {
+            return Err(FailReason::UnknownGroup);
+        };
+        let mut ctx = ctx!(self);
+        let result = state.read(&mut ctx, id, mode);
+        if result.is_err() {
+            self.stats.reads_failed += 1;
+        }
+        result
+    }
+
+    /// While this node is the master of `group`: the tick of its clock at which its lease ends
+    /// (exclusive). None otherwise (docs/PROTOCOL.md#master-lease).
+    pub fn master_until(&self, group: GroupId) -> Option<Tick> {
+        #[cfg(feature = "sim-bugs")]
+        let ignore_drift = self.bugs.lease_ignores_drift;
+        #[cfg(not(feature = "sim-bugs"))]
+        let ignore_drift = false;
+        let quorum = self.members.len() / 2 + 1;
+        self.groups
+            .get(&group)?
+            .master_until_at(&self.config, quorum, self.now, ignore_drift)
+    }
+
+    /// The master lease this node's acceptor grants for `group` now: the holder (None: any
+    /// node, for a lease's length after a restart) and the tick of this node's clock at which
+    /// the grant ends.
+    pub fn lease_granted(&self, group: GroupId) -> Option<(Option<NodeId>, Tick)> {
+        let (holder, until) = self.groups.get(&group)?.grant_raw()?;
+        (self.now < until).then_some((holder, until))
+    }
+
+    /// The tick the table was last told (`tick`).
+    pub fn now(&self) -> Tick {
+        self.now
+    }
+
     /// Moves `group`'s log base up to `below` (see `Group::set_log_base`): returns the Lsn of
     /// the log-base record to wait for before the WAL may purge the group below `below`.
     pub fn set_log_base(&mut self, group: GroupId, below: Instance) -> Option<Lsn> {

@@ -14,8 +14,8 @@
 //! (time arrives as [`Tick`]s, durability as [`Driver::durable`], frames as
 //! [`Driver::on_frame`]); `tests/tidy.rs` checks this source like the core's.
 use crate::core::{
-    CheckpointInfo, Chosen, CoreTable, FailReason, GroupError, GroupId, Instance, Lsn, Message,
-    NodeId, ProposalId, ProposalResult, Record, Tick,
+    CheckpointInfo, Chosen, CoreTable, FailReason, GroupError, GroupId, Instance, Lsn,
+    MasterChange, Message, NodeId, ProposalId, ProposalResult, ReadMode, ReadReady, Record, Tick,
 };
 use bytes::{Bytes, BytesMut};
 use paxring_net::{finish_frame, start_frame, Frame};
@@ -163,6 +163,13 @@ pub trait Apply {
     fn chosen(&mut self, chosen: Chosen) -> Result<(), DriverError>;
     /// A group stopped on an error (it takes no more input).
     fn stopped(&mut self, group: GroupId, error: GroupError);
+    /// A read is confirmed (docs/PROTOCOL.md#reads): serve it from the group's state machine
+    /// after every chosen value handed over before it (it is given after this round's values).
+    fn read_ready(&mut self, ready: ReadReady) -> Result<(), DriverError>;
+    /// This node became or stopped being the master of a group.
+    fn master_change(&mut self, change: MasterChange) {
+        let _ = change;
+    }
 }
 
 /// The driver's own counters (the fan-out and copy claims of docs/ARCHITECTURE.md are checked
@@ -382,6 +389,17 @@ impl Driver {
     pub fn set_read_rate(&mut self, bytes_per_tick: Option<u64>) {
         self.read_rate = bytes_per_tick.filter(|r| *r > 0);
         self.read_tokens = self.read_rate.unwrap_or(0);
+    }
+
+    /// A linearizable read (see [`CoreTable::read`]): tick the clock after it arrived and
+    /// before calling this.
+    pub fn read(
+        &mut self,
+        group: GroupId,
+        id: ProposalId,
+        mode: ReadMode,
+    ) -> Result<(), FailReason> {
+        self.table.read(group, id, mode)
     }
 
     /// A proposal (see [`CoreTable::propose`]).
@@ -672,6 +690,14 @@ impl Driver {
                 continue;
             }
             apply.chosen(chosen)?;
+        }
+        // 5. Reads confirmed this round, after the values (the applied state then covers every
+        //    value each must see).
+        for ready in out.reads_ready.drain(..) {
+            apply.read_ready(ready)?;
+        }
+        for change in out.master_changes.drain(..) {
+            apply.master_change(change);
         }
         for (group, error) in out.stopped.drain(..) {
             apply.stopped(group, error);

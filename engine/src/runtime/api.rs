@@ -12,16 +12,17 @@ use std::task::{Context, Poll};
 
 use super::config::ConfigError;
 
-/// A command that was chosen and applied.
+/// A command that was chosen and applied (or a read that was answered).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Committed {
     /// The group it was proposed to.
     pub group: GroupId,
-    /// The instance whose value holds it.
+    /// The instance whose value holds it. For a read: the applied point it was answered at
+    /// (every instance below it is reflected, none above).
     pub instance: Instance,
-    /// Its index in that instance's batch of commands.
+    /// Its index in that instance's batch of commands (0 for a read).
     pub index: u32,
-    /// What the state machine returned for it.
+    /// What the state machine returned for it (for a read: its `query` answer).
     pub result: Bytes,
 }
 
@@ -59,6 +60,9 @@ pub enum Error {
     /// changed while it was in flight, or the node stopped).
     #[error("outcome unknown: {0}")]
     Unknown(String),
+    /// The state machine could not answer a read (its `query` failed); nothing changed.
+    #[error("the state machine could not answer the read: {0}")]
+    Query(String),
     /// The node has stopped (fatal error or shutdown); nothing new is accepted.
     #[error("node stopped: {0}")]
     Stopped(String),

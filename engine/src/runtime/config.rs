@@ -158,6 +158,18 @@ pub struct NodeConfig {
     /// from other nodes (a restarted or cut-off node does not depose it). On by default.
     #[serde(default = "defaults::yes")]
     pub check_quorum: bool,
+    /// The master lease in milliseconds (docs/PROTOCOL.md#master-lease): a follower that
+    /// answers its leader's lease round promises no other node, and grants no other node, for
+    /// this long on its own clock (CLOCK_MONOTONIC); the leader is master (and serves lease
+    /// reads with no message) while a quorum's grants must still run, counting
+    /// `clock_drift_ppm`. 0 turns leases off (reads then use read index). Must be the same on
+    /// every node.
+    #[serde(default = "defaults::master_lease_ms")]
+    pub master_lease_ms: u64,
+    /// The bound on any node's clock-rate drift from real time that leases assume, in parts
+    /// per million (10,000 = 1%). Must be the same on every node.
+    #[serde(default = "defaults::clock_drift_ppm")]
+    pub clock_drift_ppm: u32,
 }
 
 mod defaults {
@@ -190,6 +202,12 @@ mod defaults {
     }
     pub fn tick_ms() -> u64 {
         10
+    }
+    pub fn master_lease_ms() -> u64 {
+        250
+    }
+    pub fn clock_drift_ppm() -> u32 {
+        10_000
     }
     pub fn election_timeout_ticks() -> u32 {
         30
@@ -296,6 +314,8 @@ impl NodeConfig {
                 wal_budget_bytes: 0,
                 purge_hold_for_peers_ms: defaults::purge_hold_for_peers_ms(),
                 check_quorum: true,
+                master_lease_ms: defaults::master_lease_ms(),
+                clock_drift_ppm: defaults::clock_drift_ppm(),
             },
         }
     }
@@ -526,8 +546,37 @@ impl NodeConfig {
                 "use at least twice batch_bytes_max (each request asks for half the window)",
             ));
         }
+        if self.master_lease_ms > 0 {
+            let lease = crate::core::Config {
+                heartbeat_ticks: u64::from(self.heartbeat_ticks),
+                master_lease_ticks: self.master_lease_ticks(),
+                clock_drift_ppm: self.clock_drift_ppm,
+                ..crate::core::Config::default()
+            };
+            if self.clock_drift_ppm >= 1_000_000
+                || lease.lease_usable_ticks() <= lease.heartbeat_ticks
+            {
+                return Err(invalid(
+                    "master_lease_ms",
+                    format!(
+                        "is {} ms with clock_drift_ppm = {}, tick_ms = {} and heartbeat_ticks = {}: a master could count on its lease for only {} ticks, not more than one heartbeat",
+                        self.master_lease_ms,
+                        self.clock_drift_ppm,
+                        self.tick_ms,
+                        self.heartbeat_ticks,
+                        lease.lease_usable_ticks()
+                    ),
+                    "use a lease of several heartbeats (the default is 250 ms with 50 ms heartbeats), a drift bound below 1,000,000 ppm, or 0 to turn leases off",
+                ));
+            }
+        }
         self.checkpoint_mode.validate(self.groups)?;
         Ok(())
+    }
+
+    /// The master lease in ticks (whole ticks: every node computes the same).
+    pub fn master_lease_ticks(&self) -> u64 {
+        self.master_lease_ms / self.tick_ms.max(1)
     }
 }
 
@@ -592,6 +641,10 @@ impl NodeConfigBuilder {
         purge_hold_for_peers_ms: u64,
         /// Sets `check_quorum`.
         check_quorum: bool,
+        /// Sets `master_lease_ms`.
+        master_lease_ms: u64,
+        /// Sets `clock_drift_ppm`.
+        clock_drift_ppm: u32,
         /// Sets `inbox_frames_max`.
         inbox_frames_max: usize,
         /// Sets `catchup_window_instances`.

@@ -119,6 +119,10 @@ struct Core {
     started: Instant,
     next_proposal: u64,
     replies: HashMap<ProposalId, Reply>,
+    /// The queries of reads handed to the driver, by id (their replies wait in `replies`).
+    read_queries: HashMap<ProposalId, Bytes>,
+    /// Proposals and reads taken from the queue this round, handed in after the clock is read.
+    arrived: Vec<ProposalMsg>,
     exec_backlog: VecDeque<ExecMsg>,
     frames: Vec<Frame>,
     net_batch: Vec<(Dest, Bytes)>,
@@ -222,6 +226,8 @@ impl Core {
                 .purge_hold_for_peers_ms
                 .div_ceil(config.tick_ms.max(1)),
             check_quorum: config.check_quorum,
+            master_lease_ticks: config.master_lease_ticks(),
+            clock_drift_ppm: config.clock_drift_ppm,
         };
         let members: Vec<NodeId> = config.members().into_iter().map(NodeId).collect();
         let seed = seed_for(config.node_id, start.core);
@@ -303,6 +309,8 @@ impl Core {
                 replies: HashMap::new(),
                 exec_backlog: VecDeque::new(),
                 frames: Vec::new(),
+                read_queries: HashMap::new(),
+                arrived: Vec::new(),
                 net_batch: Vec::new(),
                 snapshot: CoreSnapshot {
                     core: start.core,
@@ -391,14 +399,21 @@ impl Core {
             }
 
             self.take_installs();
-            self.take_frames();
-            self.take_proposals();
+            // The round's input is collected first, then the clock is read, then the input is
+            // handed in: whatever arrived is judged (a lease read, a lease grant) at a time no
+            // earlier than its arrival, however long this thread was descheduled or stopped
+            // before (docs/PROTOCOL.md#master-lease).
+            self.frames.clear();
+            self.inbox.drain(&mut self.frames, FRAMES_PER_ROUND_MAX);
+            self.collect_proposals();
             let now_ticks =
                 (self.started.elapsed().as_nanos() / self.tick.as_nanos().max(1)) as u64;
             if now_ticks > ticks_done {
                 ticks_done = now_ticks;
                 self.driver.tick(Tick(ticks_done));
             }
+            self.take_frames();
+            self.take_proposals();
             self.round()?;
             if !self.first_round_done {
                 self.first_round_done = true;
@@ -452,8 +467,12 @@ impl Core {
         let mut apply = ExecApply {
             core: self.index,
             replies: &mut self.replies,
+            read_queries: &mut self.read_queries,
             backlog: &mut self.exec_backlog,
             batch_bytes_max: self.batch_bytes_max,
+            shared: &self.shared,
+            started: self.started,
+            tick: self.tick,
         };
         self.driver.round(&mut storage, &mut net, &mut apply)?;
         // Received checkpoints go to the executor after the values applied before them.
@@ -519,9 +538,8 @@ impl Core {
         }
     }
 
+    /// Hands the frames collected this round to the driver.
     fn take_frames(&mut self) {
-        self.frames.clear();
-        self.inbox.drain(&mut self.frames, FRAMES_PER_ROUND_MAX);
         for frame in self.frames.drain(..) {
             if let Err(e) = self.driver.on_frame(&frame) {
                 self.snapshot.undecodable_frames += 1;
@@ -534,12 +552,26 @@ impl Core {
         }
     }
 
-    fn take_proposals(&mut self) {
+    /// Takes this round's proposals and reads from the queue (handed in by `take_proposals`
+    /// after the clock is read).
+    fn collect_proposals(&mut self) {
         for _ in 0..PROPOSALS_PER_ROUND_MAX {
             let Ok(proposal) = self.proposals.try_recv() else {
                 break;
             };
+            self.arrived.push(proposal);
+        }
+    }
+
+    fn take_proposals(&mut self) {
+        let arrived = std::mem::take(&mut self.arrived);
+        for proposal in arrived {
             self.snapshot.proposals_received += 1;
+            if let Some(mode) = proposal.read {
+                // Reads are never held back to batch (they write nothing).
+                self.read(proposal, mode);
+                continue;
+            }
             if !self.exec_backlog.is_empty() {
                 let _ = proposal.reply.send(Err(Error::Overloaded));
                 continue;
@@ -570,6 +602,27 @@ impl Core {
     fn linger_timeout(&self) -> Option<Duration> {
         (!self.lingering.is_empty())
             .then(|| self.linger.saturating_sub(self.linger_since.elapsed()))
+    }
+
+    fn read(&mut self, read: ProposalMsg, mode: crate::core::ReadMode) {
+        let group = read.group;
+        let id = ProposalId(self.next_proposal);
+        self.next_proposal += 1;
+        match self.driver.read(group, id, mode) {
+            Ok(()) => {
+                self.replies.insert(id, read.reply);
+                self.read_queries.insert(id, read.command);
+            }
+            Err(reason) => {
+                let _ = read.reply.send(Err(fail_error(
+                    reason,
+                    group,
+                    self.index,
+                    0,
+                    self.batch_bytes_max,
+                )));
+            }
+        }
     }
 
     fn propose(&mut self, proposal: ProposalMsg) {
@@ -803,6 +856,24 @@ impl Core {
             let hint = table.leader_hint(group).map_or(0, |n| u64::from(n.0));
             self.shared.leader_hints[group.0 as usize].store(hint, Ordering::Release);
         }
+        {
+            let me = table.node().0;
+            let mut masters = self.shared.masters.lock().expect("masters lock");
+            for group in table.groups() {
+                let info = match table.master_until(group) {
+                    Some(until) => Some((me, until)),
+                    None => table
+                        .lease_granted(group)
+                        .and_then(|(holder, until)| Some((holder?.0, until))),
+                };
+                if let Some(slot) = masters.get_mut(group.0 as usize) {
+                    *slot = info.map(|(node, until)| super::shared::MasterInfo {
+                        node,
+                        lease_until: tick_instant(self.started, self.tick, until),
+                    });
+                }
+            }
+        }
         self.shared.snapshots.lock().expect("snapshot lock")[self.index] = self.snapshot.clone();
     }
 
@@ -945,12 +1016,22 @@ impl driver::Network for NetBatch<'_> {
     }
 }
 
+/// When tick `at` of a core's clock begins (the core's clock started at `started`).
+fn tick_instant(started: Instant, tick: Duration, at: Tick) -> Instant {
+    let nanos = tick.as_nanos().saturating_mul(u128::from(at.0));
+    started + Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+}
+
 /// Proposers' replies and the executor's queue as the driver's apply.
 struct ExecApply<'a> {
     core: usize,
     replies: &'a mut HashMap<ProposalId, Reply>,
+    read_queries: &'a mut HashMap<ProposalId, Bytes>,
     backlog: &'a mut VecDeque<ExecMsg>,
     batch_bytes_max: usize,
+    shared: &'a Shared,
+    started: Instant,
+    tick: Duration,
 }
 
 impl driver::Apply for ExecApply<'_> {
@@ -972,6 +1053,7 @@ impl driver::Apply for ExecApply<'_> {
                 }
             }
             ProposalResult::Failed { id, group, reason } => {
+                self.read_queries.remove(&id);
                 if let Some(reply) = self.replies.remove(&id) {
                     let _ = reply.send(Err(fail_error(
                         reason,
@@ -1009,6 +1091,55 @@ impl driver::Apply for ExecApply<'_> {
 
     fn stopped(&mut self, group: GroupId, error: GroupError) {
         tracing::error!(core = self.core, group = group.0, %error, "group stopped");
+    }
+
+    fn read_ready(&mut self, ready: crate::core::ReadReady) -> Result<(), DriverError> {
+        let query = self.read_queries.remove(&ready.id);
+        if let (Some(query), Some(reply)) = (query, self.replies.remove(&ready.id)) {
+            // After this round's values in the executor's queue: the state it is answered
+            // from covers every value the read must see.
+            self.backlog.push_back(ExecMsg::Read {
+                group: ready.group,
+                query,
+                reply,
+            });
+        }
+        Ok(())
+    }
+
+    fn master_change(&mut self, change: crate::core::MasterChange) {
+        let event = super::shared::MasterEvent {
+            group: change.group,
+            master: change.master,
+            lease_until: change
+                .until
+                .map(|until| tick_instant(self.started, self.tick, until)),
+        };
+        if change.master {
+            tracing::info!(
+                core = self.core,
+                group = change.group.0,
+                "this node is now master of the group"
+            );
+        } else {
+            tracing::info!(
+                core = self.core,
+                group = change.group.0,
+                "this node is no longer master of the group"
+            );
+        }
+        let subscribers = self
+            .shared
+            .master_subscribers
+            .lock()
+            .expect("subscribers lock");
+        for subscriber in subscribers.iter() {
+            if subscriber.try_send(event).is_err() {
+                self.shared
+                    .master_events_dropped
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
 }
 

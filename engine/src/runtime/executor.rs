@@ -46,6 +46,13 @@ pub(crate) enum ExecMsg {
         path: PathBuf,
         done: Sender<InstallDone>,
     },
+    /// A confirmed linearizable read: answer it from the group's state machine now (every value
+    /// it must see was sent before it).
+    Read {
+        group: GroupId,
+        query: Bytes,
+        reply: Reply,
+    },
     /// A peer needs a checkpoint of the group and there is none past its point: write one of
     /// the live state machine at its applied point into `dir` (application mode; a mirror-mode
     /// group's mirror writes its own).
@@ -137,6 +144,27 @@ pub(crate) fn run_with_mirrors(
                     continue;
                 };
                 exec.waiters.insert((instance.0, index), reply);
+            }
+            ExecMsg::Read {
+                group,
+                query,
+                reply,
+            } => {
+                let Some(exec) = groups.get_mut(&group.0) else {
+                    let _ = reply.send(Err(Error::NoSuchGroup(group.0, 0)));
+                    continue;
+                };
+                let answer = exec
+                    .machine
+                    .query(group, &query)
+                    .map(|result| Committed {
+                        group,
+                        instance: Instance(exec.next),
+                        index: 0,
+                        result,
+                    })
+                    .map_err(|e| Error::Query(e.to_string()));
+                let _ = reply.send(answer);
             }
             ExecMsg::Chosen {
                 group,

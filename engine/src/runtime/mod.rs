@@ -19,11 +19,12 @@ pub mod state_machine;
 mod transfer;
 mod wake;
 
+pub use crate::core::ReadMode;
 pub use api::{Committed, Error, FatalError, Proposal, StartError};
 pub use config::CheckpointModeConfig;
 pub use config::{
     core_of_group, ConfigError, NodeConfig, NodeConfigBuilder, PeerConfig, SyncModeConfig,
 };
 pub use node::{Node, NodeStats, NodeTotals};
-pub use shared::CoreSnapshot;
+pub use shared::{CoreSnapshot, MasterEvent, MasterInfo};
 pub use state_machine::{CheckpointMode, StateMachine, StateMachineFactory};

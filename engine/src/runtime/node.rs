@@ -20,7 +20,11 @@ use super::core_loop::{self, CoreStart};
 use super::executor::{self, GroupProgress};
 use super::identity;
 use super::mirror;
-use super::shared::{CoreSnapshot, ProposalMsg, Shared};
+use super::shared::{CoreSnapshot, MasterEvent, MasterInfo, ProposalMsg, Shared};
+use crate::core::ReadMode;
+
+/// Master events queued per subscriber.
+const MASTER_EVENTS_QUEUED: usize = 1024;
 use super::state_machine::StateMachineFactory;
 use super::wake::Wake;
 
@@ -50,6 +54,8 @@ pub struct NodeStats {
     pub net: paxring_net::NetStats,
     /// Commands applied by the executors.
     pub applied_commands: u64,
+    /// Master events a subscriber did not take (its queue was full).
+    pub master_events_dropped: u64,
     /// Sums over the cores.
     pub totals: NodeTotals,
     /// The fatal error that stopped the node, if any.
@@ -114,6 +120,9 @@ impl Node {
                 .map(|_| Arc::new(GroupProgress::default()))
                 .collect(),
             applied_commands: Arc::new(AtomicU64::new(0)),
+            masters: Mutex::new(vec![None; groups as usize]),
+            master_subscribers: Mutex::new(Vec::new()),
+            master_events_dropped: AtomicU64::new(0),
         });
 
         // The state machines, per core.
@@ -269,12 +278,72 @@ impl Node {
         if self.shared.stopping.load(Ordering::Acquire) {
             return Proposal::ready(Err(Error::Stopped(self.stop_reason())));
         }
+        self.send_to_core(group, command, None)
+    }
+
+    /// A linearizable read of `group` (docs/PROTOCOL.md#reads), answered by the state
+    /// machine's [`StateMachine::query`](super::StateMachine::query) with `query`, with no log
+    /// write: by the master's lease (`ReadMode::Lease`; without a valid lease it falls back to
+    /// read index), or after one read-index round to a quorum (`ReadMode::Index`). Refused
+    /// with `NotLeader` on a node that does not lead the group. The answer's `instance` is the
+    /// applied point it was served at.
+    pub fn read(&self, group: GroupId, query: Bytes, mode: ReadMode) -> Proposal {
+        if group.0 >= self.config.groups {
+            return Proposal::ready(Err(Error::NoSuchGroup(group.0, self.config.groups)));
+        }
+        self.send_to_core(group, query, Some(mode))
+    }
+
+    /// [`Node::read`], blocking until the answer.
+    pub fn read_blocking(
+        &self,
+        group: GroupId,
+        query: Bytes,
+        mode: ReadMode,
+    ) -> Result<super::Committed, Error> {
+        self.read(group, query, mode).wait()
+    }
+
+    /// Whether this node is the master of `group` now: it leads and holds a master lease
+    /// (docs/PROTOCOL.md#master-lease). At most one node of a cluster is master of a group at
+    /// any moment, under the configured clock-drift bound.
+    pub fn is_master(&self, group: GroupId) -> bool {
+        self.master(group)
+            .is_some_and(|m| m.node == self.config.node_id)
+    }
+
+    /// The master of `group` as this node knows it, with when its lease ends at the latest:
+    /// this node while it holds the lease, or the node this node's acceptor grants its lease to
+    /// (that node's lease ends no later than the grant). None when neither holds now. Cores
+    /// publish it every 20 ms: it may lag a renewal by that much, never outlive a lease.
+    pub fn master(&self, group: GroupId) -> Option<MasterInfo> {
+        let masters = self.shared.masters.lock().expect("masters lock");
+        let info = (*masters.get(group.0 as usize)?)?;
+        (std::time::Instant::now() < info.lease_until).then_some(info)
+    }
+
+    /// A new subscription to this node's master changes (every group): an event when this node
+    /// becomes master of a group and when it stops being master. The queue holds up to 1,024
+    /// events; a subscriber that does not keep up misses events (counted in
+    /// `NodeStats::master_events_dropped`).
+    pub fn subscribe_master_events(&self) -> crossbeam_channel::Receiver<MasterEvent> {
+        let (tx, rx) = crossbeam_channel::bounded(MASTER_EVENTS_QUEUED);
+        self.shared
+            .master_subscribers
+            .lock()
+            .expect("subscribers lock")
+            .push(tx);
+        rx
+    }
+
+    fn send_to_core(&self, group: GroupId, command: Bytes, read: Option<ReadMode>) -> Proposal {
         let core = &self.cores[core_of_group(group.0, self.config.cores)];
         let (proposal, reply) = Proposal::pending();
         match core.proposals.try_send(ProposalMsg {
             group,
             command,
             reply,
+            read,
         }) {
             Ok(()) => {
                 core.wake.notify();
@@ -384,6 +453,7 @@ impl Node {
             cores,
             net: self.net_handle.stats(),
             applied_commands: self.shared.applied_commands.load(Ordering::Relaxed),
+            master_events_dropped: self.shared.master_events_dropped.load(Ordering::Relaxed),
             totals,
             fatal: self.fatal_error().map(|f| f.to_string()),
         }

@@ -13,11 +13,36 @@ use super::api::{FatalError, Reply};
 use super::executor::GroupProgress;
 use crate::core::CoreStats;
 
-/// A proposal on its way into a core.
+/// A proposal (or a linearizable read) on its way into a core.
 pub(crate) struct ProposalMsg {
     pub group: GroupId,
+    /// The command (for a read: the query for the state machine).
     pub command: Bytes,
     pub reply: Reply,
+    /// Set for a read (docs/PROTOCOL.md#reads): not proposed, answered by the state machine's
+    /// `query` once confirmed.
+    pub read: Option<crate::core::ReadMode>,
+}
+
+/// This node became or stopped being the master of a group (docs/PROTOCOL.md#master-lease).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MasterEvent {
+    /// The group.
+    pub group: GroupId,
+    /// Master from now, or no longer.
+    pub master: bool,
+    /// While master: when its lease ends at the latest (CLOCK_MONOTONIC).
+    pub lease_until: Option<std::time::Instant>,
+}
+
+/// Who is master of a group, as this node knows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MasterInfo {
+    /// The master: this node (its lease), or the node this node's acceptor grants its lease to.
+    pub node: u32,
+    /// When the lease ends at the latest: for this node, its own lease; for another, the end
+    /// of this node's grant (the other's lease ends no later).
+    pub lease_until: std::time::Instant,
 }
 
 /// What every thread of a node shares.
@@ -34,6 +59,12 @@ pub(crate) struct Shared {
     pub progress: Vec<Arc<GroupProgress>>,
     /// Commands applied by all executors.
     pub applied_commands: Arc<AtomicU64>,
+    /// Each group's master as this node knows it, published by its core with its counters.
+    pub masters: Mutex<Vec<Option<MasterInfo>>>,
+    /// Subscribers to this node's master changes (a full subscriber misses events; counted).
+    pub master_subscribers: Mutex<Vec<crossbeam_channel::Sender<MasterEvent>>>,
+    /// Master events a full subscriber did not take.
+    pub master_events_dropped: AtomicU64,
 }
 
 impl Shared {

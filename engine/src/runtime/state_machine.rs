@@ -59,6 +59,15 @@ pub trait StateMachine: Send + 'static {
         Err(unsupported("restore"))
     }
 
+    /// Answers a read-only `query` from the applied state (a linearizable read,
+    /// docs/PROTOCOL.md#reads: the runtime calls it once every value the read must see is
+    /// applied, between two `apply` calls). It must not change the state. Default: an
+    /// `Unsupported` error.
+    fn query(&self, group: GroupId, query: &[u8]) -> std::io::Result<Bytes> {
+        let _ = (group, query);
+        Err(unsupported("query"))
+    }
+
     /// Application mode: a reader of the application's own latest durable checkpoint (bytes
     /// that `restore` accepts), with its instance; `None` when it has none. Default: `Ok(None)`.
     fn open_checkpoint(

@@ -369,6 +369,15 @@ impl Sim {
             | ProposalResult::Unknown { id, .. } => *id,
         };
         self.trace(&("result", id.0, format!("{result:?}")));
+        if let ProposalResult::Failed { reason, .. } = &result {
+            let hint = match reason {
+                crate::core::FailReason::NotLeader { leader_hint } => *leader_hint,
+                _ => None,
+            };
+            if self.read_failed(id, hint) {
+                return;
+            }
+        }
         let Some((client_id, command)) = self.checks.proposals.remove(&id) else {
             self.violate(format!(
                 "acknowledged: a result for proposal {} that is not outstanding",
@@ -767,6 +776,7 @@ mod tests {
     fn codec_checker_reports_a_corrupted_frame_that_passes() {
         let mut sim = Sim::new(SimOptions::default(), 1);
         let body = crate::core::Message::Commit {
+            lease: 0,
             ballot: crate::core::Ballot::ZERO,
             chosen_through: Instance(0),
             checksum: 0,

@@ -100,6 +100,33 @@ impl Sim {
             client.next_at = Tick(now.0 + 10);
             return;
         }
+        if self.clients[index].retry.is_none() && self.rng.chance(1, 4) {
+            // A linearizable read (checked by `read-linearizable`): by lease mostly.
+            let mode = if self.rng.chance(3, 4) {
+                crate::core::ReadMode::Lease
+            } else {
+                crate::core::ReadMode::Index
+            };
+            let client_id = self.clients[index].id;
+            match self.client_read(client_id, group, node_index, mode) {
+                Ok(id) => {
+                    let client = &mut self.clients[index];
+                    client.outstanding.insert(id, now);
+                    client.next_at = Tick(now.0 + self.rng.below(3));
+                }
+                Err(FailReason::NotLeader { leader_hint }) => {
+                    let other = self.random_member();
+                    let client = &mut self.clients[index];
+                    client.target = leader_hint.unwrap_or(other);
+                    client.next_at = Tick(now.0 + 5 + self.rng.below(20));
+                }
+                Err(_) => {
+                    let wait = 20 + self.rng.below(20);
+                    self.clients[index].next_at = Tick(now.0 + wait);
+                }
+            }
+            return;
+        }
         let client = &mut self.clients[index];
         let retry = client.retry.take();
         client.sequence += 1;

@@ -55,8 +55,9 @@ pub enum Fault {
     /// Network: a link drops every frame of one message kind for a while (Accepts lost while
     /// Commits pass): a loss pattern that independent random loss makes vanishingly rare.
     KindLoss,
-    /// Protocol: check quorum and leader stickiness off for this seed (a node that times out
-    /// may depose a live leader, as before they existed): many more elections.
+    /// Protocol: check quorum, leader stickiness and master leases off for this seed (a node
+    /// that times out may depose a live leader, as before they existed; reads go through read
+    /// index): many more elections.
     Restless,
 }
 
@@ -329,12 +330,16 @@ pub enum Bug {
     /// The driver submits only in rounds that appended (records that accumulated while a
     /// write was in flight wait for the next append).
     SubmitOnlyOnAppend,
+    /// A master counts on its lease for as long as its followers grant it (no drift allowance).
+    LeaseIgnoresDrift,
+    /// A read is served at the leader's own applied point, forgetting its recovered window.
+    ReadBeforeApplied,
 }
 
 #[cfg(feature = "sim-bugs")]
 impl Bug {
     /// Every bug.
-    pub const ALL: [Bug; 17] = [
+    pub const ALL: [Bug; 19] = [
         Bug::ForgetPromise,
         Bug::ReplyBeforeDurable,
         Bug::SkipPrepareOnNewLeader,
@@ -352,6 +357,8 @@ impl Bug {
         Bug::StreamNoGoBack,
         Bug::InstallWhileLeading,
         Bug::SubmitOnlyOnAppend,
+        Bug::LeaseIgnoresDrift,
+        Bug::ReadBeforeApplied,
     ];
 
     /// The `--bug` name.
@@ -374,6 +381,8 @@ impl Bug {
             Bug::StreamNoGoBack => "stream-no-go-back",
             Bug::InstallWhileLeading => "install-while-leading",
             Bug::SubmitOnlyOnAppend => "submit-only-on-append",
+            Bug::LeaseIgnoresDrift => "lease-ignores-drift",
+            Bug::ReadBeforeApplied => "read-before-applied",
         }
     }
 
@@ -410,6 +419,8 @@ impl Bug {
             Bug::StreamNoGoBack => bugs.stream_no_go_back = true,
             Bug::InstallWhileLeading => bugs.install_while_leading = true,
             Bug::SubmitOnlyOnAppend => bugs.submit_only_on_append = true,
+            Bug::LeaseIgnoresDrift => bugs.lease_ignores_drift = true,
+            Bug::ReadBeforeApplied => bugs.read_before_applied = true,
         }
         bugs
     }
@@ -485,7 +496,14 @@ impl super::Sim {
             }
         }
         if p.has(Fault::Pause) && self.rng.chance(1, p.pause_one_in) {
-            let index = self.rng.below(n as u64) as usize;
+            let mut index = self.rng.below(n as u64) as usize;
+            // Half the pauses aim at a master (the process a SIGSTOP catches holding a lease:
+            // it must not act on the lease when it resumes after another became master).
+            let masters = self.masters_now();
+            if !masters.is_empty() && self.rng.chance(1, 2) {
+                index = masters[self.rng.below(masters.len() as u64) as usize];
+                self.count("targeted-pause");
+            }
             if self.nodes[index].running() {
                 let until = super::Tick(self.now.0 + 20 + self.rng.below(1500));
                 self.nodes[index].paused_until = Some(until);
@@ -541,6 +559,7 @@ impl super::Sim {
             50 + self.rng.below(400)
         };
         let restart = super::Tick(self.now.0 + delay);
+        self.drop_acks(index);
         let mut landed = 0;
         let node = &mut self.nodes[index];
         node.up = false;

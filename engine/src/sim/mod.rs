@@ -20,6 +20,7 @@ mod clients;
 pub mod disk;
 mod faults;
 mod network;
+mod reads;
 mod transfer;
 
 pub use faults::{Fault, Profile, SKEW_PPM_MAX};
@@ -163,6 +164,10 @@ impl SimOptions {
             // Purge holds for a peer that asked within 300 ticks: a peer down for longer
             // still needs a checkpoint transfer.
             purge_hold_ticks: 300,
+            // Leases assume the drift bound the simulator's skew stays within (each seed draws
+            // its lease length, `lease_ticks`).
+            master_lease_ticks: 80,
+            clock_drift_ppm: SKEW_PPM_MAX as u32,
             ..Config::default()
         }
     }
@@ -211,6 +216,10 @@ pub struct SeedReport {
     /// Whole run: chosen values served to catch-up from the simulated disk (older than
     /// memory keeps: the WAL's read path).
     pub values_read_from_disk: u64,
+    /// Reads served by a master's lease (checked by `read-linearizable`).
+    pub reads_lease: u64,
+    /// Reads served after a read-index round.
+    pub reads_index: u64,
     /// Faults injected, by class name (and a few derived events: restarts, fail-stops).
     pub faults: FaultCounts,
     /// Frames the receiving codec refused for exceeding the frame limit.
@@ -329,6 +338,10 @@ struct Sim {
     /// Each node's disk latency: base ticks and uniform jitter.
     disk_latency: Vec<(u64, u64)>,
     checks: Checkers,
+    reads: reads::ReadChecks,
+    /// This seed's master lease (drawn from the seed on its own, 40..=160 ticks: shorter and
+    /// longer than the election timeout, so that either may end a leadership first).
+    lease_ticks: u64,
     hasher: std::collections::hash_map::DefaultHasher,
     report: SeedReport,
 }
@@ -350,6 +363,7 @@ struct Applied {
     results: Vec<ProposalResult>,
     chosen: Vec<Chosen>,
     stopped: Vec<(GroupId, GroupError)>,
+    reads_ready: Vec<crate::core::ReadReady>,
 }
 
 /// The simulated disk (reads) and its staging area (appends) as the driver's storage.
@@ -454,6 +468,11 @@ impl driver::Apply for Applied {
     fn stopped(&mut self, group: GroupId, error: GroupError) {
         self.stopped.push((group, error));
     }
+
+    fn read_ready(&mut self, ready: crate::core::ReadReady) -> Result<(), driver::DriverError> {
+        self.reads_ready.push(ready);
+        Ok(())
+    }
 }
 
 /// A state machine's digest after applying `value` at `instance`.
@@ -487,9 +506,18 @@ impl Sim {
             last_command: BTreeMap::new(),
             disk_latency: Vec::new(),
             checks: Checkers::default(),
+            reads: reads::ReadChecks::default(),
+            lease_ticks: 40 + Prng::new(seed ^ 0x1EA5_E000_0000_0000).below(121),
             hasher: std::collections::hash_map::DefaultHasher::new(),
             report: SeedReport {
-                profile: profile.to_string(),
+                profile: format!(
+                    "{profile} lease({})",
+                    if profile.has(Fault::Restless) {
+                        0
+                    } else {
+                        40 + Prng::new(seed ^ 0x1EA5_E000_0000_0000).below(121)
+                    }
+                ),
                 classes: profile.faults.iter().copied().collect(),
                 ..SeedReport::default()
             },
@@ -555,6 +583,8 @@ impl Sim {
         self.report.seed = self.seed;
         self.report.violation = self.checks.violation.take();
         self.report.trace_hash = self.hasher.finish();
+        self.report.reads_lease = self.reads.served_lease;
+        self.report.reads_index = self.reads.served_index;
         self.report.instances = self.checks.chosen.len() as u64;
         for node in &self.nodes {
             self.report.durable_writes += node.cores.iter().map(|c| c.disk.syncs).sum::<u64>();
@@ -597,6 +627,11 @@ impl Sim {
     fn start_node(&mut self, index: usize) {
         let mut config = self.options.config();
         config.check_quorum = !self.profile.has(Fault::Restless);
+        config.master_lease_ticks = if self.profile.has(Fault::Restless) {
+            0 // reads go through read index
+        } else {
+            self.lease_ticks
+        };
         let now = self.local_tick(index);
         let core_groups: Vec<Vec<GroupId>> = (0..self.options.cores as usize)
             .map(|c| self.groups_of_core(c))
@@ -827,20 +862,7 @@ impl Sim {
 
     fn step(&mut self) {
         let now = self.now;
-        // 1. Deliver what the network carries to now.
-        while let Some(packet) = self.net.next_due(now) {
-            self.deliver(packet);
-        }
-        // 2. Disk completions (a paused process sees them when it resumes).
-        for index in 0..self.nodes.len() {
-            if self.nodes[index].running() {
-                for core in 0..self.nodes[index].cores.len() {
-                    self.complete_disk(index, core);
-                }
-                self.finish_installs(index);
-            }
-        }
-        // 3. Faults, restarts, resumes.
+        // 1. Faults, restarts, resumes.
         if self.faults_on {
             self.inject_faults();
         }
@@ -854,7 +876,9 @@ impl Sim {
                 self.start_node(index);
             }
         }
-        // 4. Time, on each node's own clock.
+        // 2. Time, on each node's own clock, read before anything of this step is handled
+        //    (the runtime reads its clock after it collected a round's input and before it
+        //    handles it: a lease is judged, and granted, at a time no earlier than the input).
         for index in 0..self.nodes.len() {
             if self.nodes[index].running() {
                 let local = self.local_tick(index);
@@ -863,6 +887,19 @@ impl Sim {
                         driver.tick(local);
                     }
                 }
+            }
+        }
+        // 3. Deliver what the network carries to now.
+        while let Some(packet) = self.net.next_due(now) {
+            self.deliver(packet);
+        }
+        // 4. Disk completions (a paused process sees them when it resumes).
+        for index in 0..self.nodes.len() {
+            if self.nodes[index].running() {
+                for core in 0..self.nodes[index].cores.len() {
+                    self.complete_disk(index, core);
+                }
+                self.finish_installs(index);
             }
         }
         // 5. Clients.
@@ -879,8 +916,10 @@ impl Sim {
                 }
             }
         }
-        // 7. Every replica's invariants, and promises that only grow while a node runs.
+        // 7. Every replica's invariants, promises that only grow while a node runs, and at
+        //    most one master per group.
         self.check_invariants();
+        self.check_masters();
     }
 
     fn deliver(&mut self, packet: Packet) {
@@ -1085,10 +1124,20 @@ impl Sim {
             }
         }
         for result in applied.results {
+            if let ProposalResult::Committed {
+                group, instance, ..
+            } = &result
+            {
+                self.note_ack(index, *group, *instance);
+            }
             self.on_result(result);
         }
         for chosen in applied.chosen {
             self.on_chosen(index, chosen);
+        }
+        self.settle_acks(index);
+        for ready in applied.reads_ready {
+            self.serve_read(index, ready);
         }
         for (group, error) in applied.stopped {
             self.violate(format!(

@@ -23,6 +23,9 @@ pub fn transcript_config() -> Config {
         // with check quorum on, a follower whose clock stands still would stay loyal to its
         // last leader forever. `core_transcripts.rs` tests check quorum on its own.
         check_quorum: false,
+        // Leases likewise (a grant would block the next election until its clock moves on);
+        // `core_transcripts.rs` tests leases and reads on their own.
+        master_lease_ticks: 0,
         ..Config::default()
     }
 }
@@ -101,6 +104,7 @@ struct Applied {
     results: Vec<ProposalResult>,
     chosen: Vec<Chosen>,
     stopped: Vec<(GroupId, GroupError)>,
+    reads_ready: Vec<paxring_engine::core::ReadReady>,
 }
 
 impl driver::Apply for Applied {
@@ -115,6 +119,11 @@ impl driver::Apply for Applied {
 
     fn stopped(&mut self, group: GroupId, error: GroupError) {
         self.stopped.push((group, error));
+    }
+
+    fn read_ready(&mut self, ready: paxring_engine::core::ReadReady) -> Result<(), DriverError> {
+        self.reads_ready.push(ready);
+        Ok(())
     }
 }
 
@@ -617,6 +626,10 @@ pub fn describe(msg: &Message) -> String {
             info.map(|i| i.instance.0),
             offset + data.len() as u64
         ),
-        Message::CommitAck { ballot } => format!("CommitAck {ballot}"),
+        Message::CommitAck {
+            ballot,
+            lease,
+            granted,
+        } => format!("CommitAck {ballot} round {lease} granted {granted}"),
     }
 }

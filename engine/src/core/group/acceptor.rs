@@ -23,6 +23,12 @@ impl Group {
         ballot: Ballot,
         first: Instance,
     ) {
+        if ballot > self.promised && self.lease_refuses(ctx, from) {
+            // This acceptor granted another node the master lease (or restarted within a
+            // lease's length): no promise to anyone else until the grant ends.
+            ctx.stats.prepares_refused_lease += 1;
+            return;
+        }
         if ballot > self.promised && self.leader_alive(ctx, from) {
             // Leader stickiness: a live leadership is not deposed by a node that merely
             // timed out (it restarted, or was cut off); no reply, no promise.

@@ -19,6 +19,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 mod acceptor;
 mod install;
 mod learner;
+mod lease;
 mod proposer;
 mod relearn;
 
@@ -225,6 +226,25 @@ pub(super) struct Group {
     peer_heard_at: BTreeMap<NodeId, Tick>,
     /// When this follower last answered a Commit with a `CommitAck`.
     commit_acked_at: Tick,
+    // Master lease and reads (docs/PROTOCOL.md#master-lease, lease.rs).
+    /// The master lease this replica's acceptor granted: the holder (None: any node, after a
+    /// restart) and the tick of this node's clock at which the grant ends.
+    grant: Option<(Option<NodeId>, Tick)>,
+    /// Restarted with state: at the first tick, a grant to nobody for a lease's length.
+    grant_after_restart: bool,
+    /// This leadership's lease rounds and their answers (None while not leading).
+    lease: Option<lease::LeaderLease>,
+    /// Reads waiting for their confirmation or the applied point (only while leading).
+    reads: VecDeque<lease::PendingRead>,
+    /// One past the window this leadership's phase 1 recovered: reads are served only once the
+    /// applied point reaches it.
+    reads_from: Instance,
+    /// A read-index read waits for a lease round that has not been sent.
+    round_wanted: bool,
+    /// When this leader last sent a lease round.
+    last_round_at: Tick,
+    /// The master lease end last reported (a change is an output).
+    master_until_seen: Option<Tick>,
 }
 
 impl Group {
@@ -266,6 +286,14 @@ impl Group {
             leader_seen_at: None,
             peer_heard_at: BTreeMap::new(),
             commit_acked_at: Tick(0),
+            grant: None,
+            grant_after_restart: false,
+            lease: None,
+            reads: VecDeque::new(),
+            reads_from: Instance(0),
+            round_wanted: false,
+            last_round_at: Tick(0),
+            master_until_seen: None,
             elections_without_leader: 0,
             missing_promises: Vec::new(),
         }
@@ -314,6 +342,8 @@ impl Group {
             catchup_unavailable: self.catchup_unavailable,
             log_base_held_by: self.base_held_by,
             installing: self.install.as_ref().map(|i| i.status()),
+            master_until: self.master_until_seen,
+            lease_granted: self.grant,
         }
     }
 
@@ -509,6 +539,9 @@ impl Group {
                 if !self.inflight.is_empty() {
                     return fail("instances in flight while not leading".into());
                 }
+                if !self.reads.is_empty() || self.lease.is_some() {
+                    return fail("reads waiting or a lease held while not leading".into());
+                }
                 if matches!(self.role, Role::Candidate(_)) && self.relearn.is_some() {
                     return fail("a candidate while re-learning".into());
                 }
@@ -531,6 +564,11 @@ impl Group {
         damage: &[&Damage],
         state_lost: bool,
     ) {
+        if !records.is_empty() || state_lost {
+            // It may have granted a master lease before it stopped: it promises and grants
+            // nobody for a lease's length (docs/PROTOCOL.md#master-lease).
+            self.grant_after_restart = true;
+        }
         if !records.is_empty() {
             // A replica restarting with state listens first: its first election timer runs
             // two timeouts, so that a working leader (whose connections to it come back within
@@ -683,6 +721,7 @@ impl Group {
             return;
         }
         let now = ctx.now;
+        self.lease_first_tick(ctx);
         if self
             .catchup_deadline
             .is_some_and(|deadline| now >= deadline)
@@ -855,6 +894,8 @@ impl Group {
             ctx.broadcast(self.id, &msg);
             sent_accept = true;
         }
+        // Lease rounds (a Commit with a round number) and the reads they confirm.
+        self.lease_flush(ctx, ballot);
         if sent_accept {
             self.last_broadcast = ctx.now;
             self.commit_dirty = false;
@@ -868,6 +909,7 @@ impl Group {
                     ballot,
                     chosen_through: self.applied_next,
                     checksum,
+                    lease: 0,
                 },
             );
         }
@@ -912,18 +954,31 @@ impl Group {
                 ballot,
                 chosen_through,
                 checksum,
+                lease,
             } => {
                 self.observe(ctx, ballot);
                 if ballot >= self.promised {
                     self.leader_contact(ctx, ballot);
-                    // At most one ack per heartbeat interval: check quorum needs one per
-                    // election timeout, and under load Accepted replies already count.
-                    if ctx.config.check_quorum
+                    if lease > 0 && from != ctx.me {
+                        // A lease round: always answered (a read may wait on it).
+                        self.commit_acked_at = ctx.now;
+                        self.on_lease_round(ctx, from, ballot, lease);
+                    } else if ctx.config.check_quorum
                         && from != ctx.me
                         && ctx.now.0 >= self.commit_acked_at.0 + ctx.config.heartbeat_ticks
                     {
+                        // At most one ack per heartbeat interval: check quorum needs one per
+                        // election timeout, and under load Accepted replies already count.
                         self.commit_acked_at = ctx.now;
-                        ctx.send(self.id, from, Message::CommitAck { ballot });
+                        ctx.send(
+                            self.id,
+                            from,
+                            Message::CommitAck {
+                                ballot,
+                                lease: 0,
+                                granted: false,
+                            },
+                        );
                     }
                 }
                 self.on_commit(ctx, from, ballot, chosen_through);
@@ -974,8 +1029,12 @@ impl Group {
             Message::CheckpointChunk { info, offset, data } => {
                 self.on_checkpoint_chunk(ctx, from, info, offset, data)
             }
-            // Heard (counted above): nothing else to do.
-            Message::CommitAck { .. } => {}
+            // Heard (counted above); a lease round's answer counts toward the lease and reads.
+            Message::CommitAck {
+                ballot,
+                lease,
+                granted,
+            } => self.on_commit_ack(from, ballot, lease, granted),
         }
     }
 }

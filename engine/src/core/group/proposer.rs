@@ -182,6 +182,8 @@ impl Group {
             }
         }
         ctx.stats.leaderships_won += 1;
+        self.lease_start_leading();
+        self.reads_from = Instance(0);
         // A new leadership numbers from its own phase 1, never from an old one's position (an
         // old next_instance beyond the recovered window would leave holes no one fills).
         self.next_instance = self.applied_next;
@@ -251,6 +253,8 @@ impl Group {
         }
         self.next_instance = self.next_instance.max(highest).max(self.applied_next);
         self.phase1_end = known_end;
+        // Reads are served only once everything this recovery re-proposed is applied.
+        self.reads_from = self.reads_from.max(self.next_instance);
     }
 
     /// A leader whose phase 1 was cut continues it (same ballot) once everything below the
@@ -344,6 +348,14 @@ impl Group {
     }
 
     pub(super) fn start_prepare(&mut self, ctx: &mut Ctx<'_>) {
+        if self.lease_refuses(ctx, ctx.me) {
+            // This node's own acceptor granted another node the master lease: it cannot
+            // promise itself before the grant ends. Stand when it does.
+            ctx.stats.elections_deferred_lease += 1;
+            let until = self.grant.map_or(Tick(ctx.now.0 + 1), |(_, until)| until);
+            self.election_deadline = Some(until.max(Tick(ctx.now.0 + 1)));
+            return;
+        }
         let number = self.promised.number.max(self.max_seen.number) + 1;
         let ballot = Ballot {
             number,
@@ -362,6 +374,7 @@ impl Group {
             self.leader_hint = Some(ctx.me);
             self.next_instance = self.next_instance.max(self.applied_next);
             ctx.stats.leaderships_won += 1;
+            self.lease_start_leading();
             return;
         }
         let first = self.applied_next;
@@ -413,12 +426,17 @@ impl Group {
         if matches!(self.role, Role::Follower) {
             return;
         }
+        let was_leading = matches!(self.role, Role::Leader { .. });
         self.role = Role::Follower;
         self.continuation = None;
         self.phase1_end = None;
         self.fill_until = Instance(0);
         if self.leader_hint == Some(ctx.me) {
             self.leader_hint = None;
+        }
+        if was_leading {
+            self.lease_stop_leading(ctx);
+            self.note_master(ctx);
         }
         for (_, flight) in std::mem::take(&mut self.inflight) {
             for id in flight.proposals {
