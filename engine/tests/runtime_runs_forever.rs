@@ -7,16 +7,16 @@ mod common;
 
 use bytes::Bytes;
 use common::{
-    free_addrs, node_config, shutdown_all, start_nodes, wait_for, wait_for_leader, wait_until,
+    free_addrs, node_config, propose_many, shutdown_all, start_nodes, wait_for, wait_for_leader,
 };
 use paxring_engine::core::ACCEPT_WINDOW_INSTANCES;
-use paxring_engine::runtime::{Error, Node, NodeConfig, StateMachine, StateMachineFactory};
+use paxring_engine::runtime::{Node, NodeConfig, StateMachine, StateMachineFactory};
 use paxring_wal::{GroupId, Instance};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// What one node's state machines hold, per group: the applied (instance, commands), in
 /// order. It outlives a node's restart, standing in for the state machine's own durable store.
@@ -106,111 +106,6 @@ fn cluster(
         )
     });
     (dir, addrs, stores, nodes)
-}
-
-/// Proposes `count` commands of `bytes` bytes each to group 0 through whichever node leads
-/// it, up to `window` outstanding at a time (1: one command per instance); a command whose
-/// outcome is not Committed is sent again. Bounded in time (waiting for outcomes included).
-fn propose_many(nodes: &[Option<Node>], first: usize, count: usize, bytes: usize, window: usize) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut target = 0usize;
-    let mut pending: Vec<usize> = (first..first + count).collect();
-    let mut last_error = String::new();
-    let mut misses = 0u64;
-    // Each running node's view of group 0 and its cores' stuck reports, for a failure.
-    let stuck = || {
-        nodes
-            .iter()
-            .flatten()
-            .map(|n| {
-                let cores = n
-                    .stats()
-                    .cores
-                    .iter()
-                    .map(|c| {
-                        format!(
-                            "core {}: rounds {} write rounds {} durable writes {} records written {} executor backlog rounds {} held {:?} stuck {:?} accepts sent {} accepted sent {} messages received {}",
-                            c.core,
-                            c.rounds,
-                            c.write_rounds,
-                            c.durable_writes,
-                            c.records_written,
-                            c.executor_backlog_rounds,
-                            c.driver,
-                            c.stuck,
-                            c.protocol.accepts_sent,
-                            c.protocol.accepted_sent,
-                            c.protocol.messages_received
-                        )
-                    })
-                    .collect::<Vec<_>>();
-                format!(
-                    "node {}: leader {:?}, applied next {:?}, cores {cores:?}",
-                    n.config().node_id,
-                    n.leader_hint(GroupId(0)),
-                    n.applied_next(GroupId(0))
-                )
-            })
-            .collect::<Vec<_>>()
-    };
-    while !pending.is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "{} of {count} commands not committed within 120 s (last error: {last_error}); stuck: {:?}",
-            pending.len(),
-            stuck()
-        );
-        let Some(node) = nodes[target].as_ref() else {
-            target = (target + 1) % nodes.len();
-            continue;
-        };
-        let window: Vec<usize> = pending.iter().copied().take(window).collect();
-        let proposals: Vec<_> = window
-            .iter()
-            .map(|n| {
-                let mut command = format!("cmd-{n}-").into_bytes();
-                command.resize(bytes.max(command.len()), b'.');
-                node.propose(GroupId(0), Bytes::from(command))
-            })
-            .collect();
-        let mut failed = Vec::new();
-        for (n, proposal) in window.iter().zip(proposals) {
-            let Some(outcome) = wait_until(proposal, deadline) else {
-                panic!(
-                    "{} of {count} commands not committed within 120 s (cmd-{n} sent to node {}: no outcome); stuck: {:?}",
-                    pending.len(),
-                    target + 1,
-                    stuck()
-                );
-            };
-            match outcome {
-                Ok(_) => {}
-                Err(Error::NotLeader {
-                    leader: Some(leader),
-                }) if nodes[leader as usize - 1].is_some() => {
-                    target = leader as usize - 1;
-                    last_error = format!("node {}: not the leader, leader {leader}", target + 1);
-                    failed.push(*n);
-                }
-                Err(e @ (Error::NotLeader { .. } | Error::Overloaded | Error::Unknown(_))) => {
-                    last_error = format!("node {}: {e}", target + 1);
-                    failed.push(*n);
-                }
-                Err(other) => panic!("unexpected error: {other}"),
-            }
-        }
-        if !failed.is_empty() {
-            misses += 1;
-            if failed.len() == window.len() && misses % 3 == 0 {
-                // Hints can be stale for a moment: after a few misses, try the next node.
-                target = (target + 1) % nodes.len();
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        } else {
-            misses = 0;
-        }
-        pending.retain(|n| !window.contains(n) || failed.contains(n));
-    }
 }
 
 fn commands_applied(store: &Store) -> usize {

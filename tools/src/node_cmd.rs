@@ -218,7 +218,7 @@ const KEY_DOCS: &[(&str, &str)] = &[
     ),
     (
         "wal_purge",
-        "Purge the WAL below each group's state machine checkpoint (off by default in this version); a replica behind every peer's log base fetches a checkpoint.",
+        "Purge the WAL below each group's state machine checkpoint (on by default; false keeps the whole log); a replica behind every peer's log base fetches a checkpoint from a peer.",
     ),
     (
         "purge_every_ms",

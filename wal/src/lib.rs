@@ -29,6 +29,6 @@ pub use recovery::{recover_images, Damage, RecordLocation, Recovery};
 pub use ring::WAIT_FDS_MAX;
 pub use types::{Ballot, GroupId, Instance, Lsn, Record, RecordKind, RecordRef};
 pub use wal::{
-    inspect_dir, Backend, BackendInUse, PurgeReport, SyncMode, WaitOutcome, Wal, WalOptions,
-    WalStats,
+    inspect_dir, Backend, BackendInUse, PurgeReport, RunStop, SyncMode, WaitOutcome, Wal,
+    WalOptions, WalStats, RUN_GAP_BYTES_MAX, RUN_READ_BYTES_MAX,
 };

@@ -328,6 +328,100 @@ struct Preparation {
     handle: JoinHandle<Result<(), WalError>>,
 }
 
+/// Why [`Wal::read_chosen_run`] stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunStop {
+    /// It read every instance asked for.
+    End,
+    /// The log holds no chosen value for the next instance (`read_chosen` returns `None`
+    /// for it): the caller serves it from elsewhere, if at all.
+    Missing,
+    /// The next value would have taken the run past its byte budget; it was not appended.
+    BytesMax,
+}
+
+/// Most bytes of other records one coalesced read of [`Wal::read_chosen_run`] reads (and
+/// throws away) between two records it needs; a larger gap starts a new read.
+pub const RUN_GAP_BYTES_MAX: u64 = 64 << 10;
+/// Most bytes one coalesced read of [`Wal::read_chosen_run`] covers (a single larger record
+/// is read alone).
+pub const RUN_READ_BYTES_MAX: u64 = 1 << 20;
+/// Records are 8-byte aligned: a record's length exceeds header plus payload by less than this.
+const RECORD_ALIGN_BYTES: usize = 8;
+
+/// The state of one [`Wal::read_chosen_run`]: the records planned for the next covering read,
+/// and what was taken.
+struct ChosenRun {
+    group: GroupId,
+    /// Values appended by this run.
+    taken: usize,
+    /// Their payload bytes.
+    bytes: usize,
+    bytes_max: usize,
+    /// Planned records, in instance order, all on disk in one segment.
+    span: Vec<(Instance, RecordLocation)>,
+    /// The byte range covering them (meaningless while `span` is empty).
+    covered: (u64, u64),
+    /// The covering read's bytes (reused).
+    buffer: Vec<u8>,
+}
+
+impl ChosenRun {
+    /// The byte range covering the planned records.
+    fn range(&self) -> Option<(u64, u64)> {
+        (!self.span.is_empty()).then_some(self.covered)
+    }
+
+    /// Plans reading `location`'s record for `instance` in the next covering read.
+    fn plan(&mut self, instance: Instance, location: RecordLocation) {
+        let (lo, hi) = (location.offset, location.offset + u64::from(location.len));
+        self.covered = match self.range() {
+            Some((start, end)) => (start.min(lo), end.max(hi)),
+            None => (lo, hi),
+        };
+        self.span.push((instance, location));
+    }
+
+    /// True when `location` can join the planned read: nothing planned, or the same segment,
+    /// at most `RUN_GAP_BYTES_MAX` away from the range covered, and the range stays within
+    /// `RUN_READ_BYTES_MAX`.
+    fn joins(&self, location: &RecordLocation) -> bool {
+        let Some((start, end)) = self.range() else {
+            return true;
+        };
+        let (lo, hi) = (location.offset, location.offset + u64::from(location.len));
+        self.span[0].1.segment == location.segment
+            && lo <= end + RUN_GAP_BYTES_MAX
+            && hi + RUN_GAP_BYTES_MAX >= start
+            && hi.max(end) - lo.min(start) <= RUN_READ_BYTES_MAX
+    }
+
+    /// Appends `record`'s value for `instance` unless it would exceed the byte budget (after
+    /// the first value): then `Some(RunStop::BytesMax)`.
+    fn take(
+        &mut self,
+        instance: Instance,
+        record: Record,
+        out: &mut Vec<(Instance, Bytes)>,
+    ) -> Option<RunStop> {
+        debug_assert!(
+            record.group == self.group
+                && record.instance == instance
+                && matches!(record.kind, RecordKind::Accept | RecordKind::Chosen),
+            "the index resolved ({:?}, {instance:?}) to another record: {record:?}",
+            self.group
+        );
+        let len = record.payload.len();
+        if self.taken > 0 && self.bytes + len > self.bytes_max {
+            return Some(RunStop::BytesMax);
+        }
+        self.taken += 1;
+        self.bytes += len;
+        out.push((instance, record.payload));
+        None
+    }
+}
+
 /// Cut tail regions that `Wal::open_deferred` remembered and has not zeroed yet.
 struct PendingCut {
     regions: Vec<TailRegion>,
@@ -1150,39 +1244,50 @@ impl Wal {
         self.read_at(location)
     }
 
+    /// The bytes of the record at `location` when it is still in a write buffer (in the batch
+    /// accumulating, or in the write in flight); `None` when it is in its segment file.
+    fn buffered(&self, location: &RecordLocation) -> Option<&[u8]> {
+        let in_buffer = |buffer: usize, base: u64| {
+            let start = (location.offset - base) as usize;
+            &self.buffers[buffer][start..start + location.len as usize]
+        };
+        match (&self.batch, &self.inflight) {
+            (Some(batch), _) if batch.count > 0 && location.lsn >= batch.first_lsn => {
+                Some(in_buffer(batch.buffer, batch.offset))
+            }
+            (_, Some(flight)) if location.lsn >= flight.first_lsn => {
+                Some(in_buffer(flight.buffer, flight.offset))
+            }
+            _ => None,
+        }
+    }
+
+    /// Decodes the record at `location` from `bytes` (exactly its `location.len` bytes):
+    /// checksum, LSN and length verified by the format's one record decoder; a clear error
+    /// when they do not verify.
+    fn decode_at(&self, location: &RecordLocation, bytes: &[u8]) -> Result<Record, WalError> {
+        decode_record_at(self.opts.core, location.segment, location.lsn, bytes).ok_or_else(|| {
+            WalError::CorruptRead {
+                path: self.segment_path(location.segment),
+                offset: location.offset,
+            }
+        })
+    }
+
     /// The record at `location` (appended, possibly not yet durable).
     fn read_at(&self, location: RecordLocation) -> Result<Option<Record>, WalError> {
         self.check_poisoned()?;
-        let in_buffer = |buffer: usize, base: u64| {
-            let start = (location.offset - base) as usize;
-            let bytes = &self.buffers[buffer][start..start + location.len as usize];
-            decode_record_at(self.opts.core, location.segment, location.lsn, bytes)
-        };
-        let decoded = match (&self.batch, &self.inflight) {
-            (Some(batch), _) if batch.count > 0 && location.lsn >= batch.first_lsn => {
-                in_buffer(batch.buffer, batch.offset)
-            }
-            (_, Some(flight)) if location.lsn >= flight.first_lsn => {
-                in_buffer(flight.buffer, flight.offset)
-            }
-            _ => {
-                let Some(file) = self.segments.get(&location.segment) else {
-                    return Ok(None);
-                };
-                let mut bytes = vec![0u8; location.len as usize];
-                file.reader
-                    .read_exact_at(&mut bytes, location.offset)
-                    .map_err(|e| io_err("read record", &file.path, location.offset, e))?;
-                decode_record_at(self.opts.core, location.segment, location.lsn, &bytes)
-            }
-        };
-        match decoded {
-            Some(record) => Ok(Some(record)),
-            None => Err(WalError::CorruptRead {
-                path: self.segment_path(location.segment),
-                offset: location.offset,
-            }),
+        if let Some(bytes) = self.buffered(&location) {
+            return self.decode_at(&location, bytes).map(Some);
         }
+        let Some(file) = self.segments.get(&location.segment) else {
+            return Ok(None);
+        };
+        let mut bytes = vec![0u8; location.len as usize];
+        file.reader
+            .read_exact_at(&mut bytes, location.offset)
+            .map_err(|e| io_err("read record", &file.path, location.offset, e))?;
+        self.decode_at(&location, &bytes).map(Some)
     }
 
     /// Segment files this log holds now (the one being written included; spares not).
@@ -1214,6 +1319,115 @@ impl Wal {
             "the index resolved ({group:?}, {instance:?}) to another record: {value:?}"
         );
         Ok(value.map(|r| r.payload))
+    }
+
+    /// Streaming catch-up's read: the chosen values of `group`'s instances `first..end`, in
+    /// instance order, appended to `out` as `(instance, value)`, each exactly what
+    /// [`Wal::read_chosen`] returns for it, read with one `pread` per run of nearby records
+    /// instead of one per value.
+    ///
+    /// The index resolves each instance ([`LogIndex::resolve_chosen`]); consecutive locations
+    /// in the same segment file are coalesced into one covering read while each adds at most
+    /// [`RUN_GAP_BYTES_MAX`] bytes of other records (a group's records lie among other
+    /// groups' in the same writes) and the read stays within [`RUN_READ_BYTES_MAX`] bytes;
+    /// a record still in a write buffer is decoded from there. Every record is decoded and
+    /// verified (checksum, LSN, length) by the format's record decoder, as `read_chosen` does.
+    ///
+    /// Stops at `end` ([`RunStop::End`]), at the first instance the log holds no chosen value
+    /// for ([`RunStop::Missing`]: where `read_chosen` returns `None`), or before the value that
+    /// would take the payload bytes this call appended past `bytes_max`
+    /// ([`RunStop::BytesMax`]; the first value is always taken, however large). On an error
+    /// (a failed read, a record that does not verify, a poisoned log) `out` keeps the values
+    /// appended before it, all verified.
+    pub fn read_chosen_run(
+        &self,
+        group: GroupId,
+        first: Instance,
+        end: Instance,
+        bytes_max: usize,
+        out: &mut Vec<(Instance, Bytes)>,
+    ) -> Result<RunStop, WalError> {
+        self.check_poisoned()?;
+        let mut run = ChosenRun {
+            group,
+            taken: 0,
+            bytes: 0,
+            bytes_max,
+            span: Vec::new(),
+            covered: (0, 0),
+            buffer: Vec::new(),
+        };
+        // Lower bound of the payload bytes taken and planned (a record's length bounds its
+        // payload from below), to stop planning where the budget surely ends.
+        let mut planned_bytes = 0usize;
+        let mut instance = first.0;
+        let stop = loop {
+            if instance >= end.0 {
+                break RunStop::End;
+            }
+            let Some(location) = self.index.resolve_chosen(group, Instance(instance)) else {
+                break RunStop::Missing;
+            };
+            let payload_floor =
+                (location.len as usize).saturating_sub(RECORD_HEADER_BYTES + RECORD_ALIGN_BYTES);
+            if run.taken + run.span.len() > 0 && planned_bytes + payload_floor > bytes_max {
+                break RunStop::BytesMax;
+            }
+            let buffered = self.buffered(&location);
+            // Values go out in instance order: what is planned is read before a record that
+            // cannot join it (or sits in a write buffer) is taken.
+            if buffered.is_some() || !run.joins(&location) {
+                if let Some(stop) = self.flush_run(&mut run, out)? {
+                    return Ok(stop);
+                }
+            }
+            if let Some(bytes) = buffered {
+                let record = self.decode_at(&location, bytes)?;
+                if let Some(stop) = run.take(Instance(instance), record, out) {
+                    return Ok(stop);
+                }
+            } else {
+                run.plan(Instance(instance), location);
+            }
+            planned_bytes += payload_floor;
+            instance += 1;
+        };
+        Ok(self.flush_run(&mut run, out)?.unwrap_or(stop))
+    }
+
+    /// Reads and decodes the records `run` planned (one covering read), appending their values
+    /// to `out`; `Some` when the run stops there.
+    fn flush_run(
+        &self,
+        run: &mut ChosenRun,
+        out: &mut Vec<(Instance, Bytes)>,
+    ) -> Result<Option<RunStop>, WalError> {
+        let Some((start, end)) = run.range() else {
+            return Ok(None);
+        };
+        let segment = run.span[0].1.segment;
+        let Some(file) = self.segments.get(&segment) else {
+            // Gone (purged) since the index resolved it: read_chosen says None here too.
+            run.span.clear();
+            return Ok(Some(RunStop::Missing));
+        };
+        run.buffer.clear();
+        run.buffer.resize((end - start) as usize, 0);
+        file.reader
+            .read_exact_at(&mut run.buffer, start)
+            .map_err(|e| io_err("read records", &file.path, start, e))?;
+        let span = std::mem::take(&mut run.span);
+        for (instance, location) in &span {
+            let at = (location.offset - start) as usize;
+            let bytes = &run.buffer[at..at + location.len as usize];
+            let record = self.decode_at(location, bytes)?;
+            if let Some(stop) = run.take(*instance, record, out) {
+                return Ok(Some(stop));
+            }
+        }
+        run.span = span;
+        run.span.clear();
+        Ok(None)
     }
 
     fn segment_path(&self, segment: u64) -> PathBuf {
@@ -1539,6 +1753,329 @@ mod tests {
             accepted: Ballot::ZERO,
             payload,
         }
+    }
+
+    /// Appends `record`, writing what is pending first when the buffer is full.
+    fn put(wal: &mut Wal, record: RecordRef<'_>) {
+        loop {
+            match wal.append(record) {
+                Ok(_) => return,
+                Err(WalError::BufferFull { .. }) => {
+                    wal.submit().expect("submit");
+                    if wal.write_in_flight() {
+                        wal.wait(&[], Some(Duration::from_secs(5))).expect("wait");
+                    }
+                }
+                Err(other) => panic!("append: {other}"),
+            }
+        }
+    }
+
+    /// Submits and waits until everything appended is durable.
+    fn drain(wal: &mut Wal) {
+        for _ in 0..10_000 {
+            wal.submit().expect("submit");
+            if wal.durable_lsn() == wal.appended_lsn() {
+                return;
+            }
+            wal.wait(&[], Some(Duration::from_secs(5))).expect("wait");
+        }
+        panic!("not drained");
+    }
+
+    fn value(group: u32, instance: u64, tag: u8) -> Vec<u8> {
+        let len = 200 + ((instance * 97 + u64::from(group) * 31) % 1300) as usize;
+        (0..len)
+            .map(|i| (i as u64 ^ instance.wrapping_mul(131) ^ (u64::from(group) * 7)) as u8 ^ tag)
+            .collect()
+    }
+
+    fn accept(group: u32, instance: u64, ballot: Ballot, payload: &[u8]) -> RecordRef<'_> {
+        RecordRef {
+            kind: RecordKind::Accept,
+            group: GroupId(group),
+            instance: Instance(instance),
+            promised: ballot,
+            accepted: ballot,
+            payload,
+        }
+    }
+
+    fn mark(group: u32, instance: u64, ballot: Ballot, payload: &[u8]) -> RecordRef<'_> {
+        RecordRef {
+            kind: RecordKind::Chosen,
+            ..accept(group, instance, ballot, payload)
+        }
+    }
+
+    /// What `read_chosen` returns for `first..end`, one at a time, up to its first `None`.
+    fn one_by_one(wal: &Wal, group: GroupId, first: u64, end: u64) -> Vec<(Instance, Bytes)> {
+        let mut values = Vec::new();
+        for instance in first..end {
+            match wal
+                .read_chosen(group, Instance(instance))
+                .expect("read_chosen")
+            {
+                Some(value) => values.push((Instance(instance), value)),
+                None => break,
+            }
+        }
+        values
+    }
+
+    /// Groups 1-4 write a value and its chosen mark per instance, interleaved in the same
+    /// writes (an empty mark naming the Accept, or every fifth a mark carrying a newer value,
+    /// or every seventh of group 2 re-accepted at a higher ballot before the mark), group 9
+    /// once every eleven rounds (its records lie more than `RUN_GAP_BYTES_MAX` apart); group
+    /// 4's instance 150 is accepted but never marked.
+    fn write_interleaved(wal: &mut Wal, rounds: u64) {
+        let b1 = Ballot { number: 1, node: 1 };
+        let b2 = Ballot { number: 2, node: 2 };
+        for round in 0..rounds {
+            for group in 1..=4u32 {
+                let first = value(group, round, 0);
+                put(wal, accept(group, round, b1, &first));
+                if group == 4 && round == 150 {
+                    continue;
+                }
+                if group == 2 && round % 7 == 3 {
+                    let second = value(group, round, 0x55);
+                    put(wal, accept(group, round, b2, &second));
+                    put(wal, mark(group, round, b2, b""));
+                } else if round % 5 == 2 {
+                    put(wal, mark(group, round, b1, &value(group, round, 0xaa)));
+                } else {
+                    put(wal, mark(group, round, b1, b""));
+                }
+            }
+            if round % 11 == 0 {
+                let instance = round / 11;
+                let payload = value(9, instance, 0);
+                put(wal, accept(9, instance, b1, &payload));
+                put(wal, mark(9, instance, b1, b""));
+            }
+        }
+    }
+
+    /// A run of a group's chosen values, read with coalesced reads across segments (and from
+    /// the write buffer for the newest), is exactly what `read_chosen` returns one at a time,
+    /// from any start, for any end, before and after a reopen.
+    #[test]
+    fn read_chosen_run_matches_read_chosen() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let Some(mut wal) = open_or_skip(dir.path(), Backend::Auto) else {
+            return;
+        };
+        let rounds = 200;
+        write_interleaved(&mut wal, rounds - 2);
+        drain(&mut wal);
+        // The last rounds stay in the write buffer (appended, not submitted).
+        let before = wal.stats().writes;
+        let b1 = Ballot { number: 1, node: 1 };
+        for round in rounds - 2..rounds {
+            let payload = value(1, round, 0);
+            wal.append(accept(1, round, b1, &payload)).expect("append");
+            wal.append(mark(1, round, b1, b"")).expect("append");
+        }
+        assert!(wal.pending_records() > 0);
+        let segment_of = |wal: &Wal, group: u32, instance: u64| {
+            wal.index
+                .resolve_chosen(GroupId(group), Instance(instance))
+                .expect("resolved")
+                .segment
+        };
+        assert!(wal.segment_count() >= 2, "{} segments", wal.segment_count());
+        assert_ne!(segment_of(&wal, 1, 0), segment_of(&wal, 1, rounds - 3));
+        let check = |wal: &Wal| {
+            for group in [1u32, 2, 3, 4, 9, 5] {
+                let g = GroupId(group);
+                for (first, end) in [(0, rounds + 5), (0, 1), (37, 120), (140, 160), (0, 0)] {
+                    let expected = one_by_one(wal, g, first, end);
+                    let mut out = vec![(Instance(999), Bytes::from_static(b"kept"))];
+                    let stop = wal
+                        .read_chosen_run(g, Instance(first), Instance(end), usize::MAX, &mut out)
+                        .expect("read_chosen_run");
+                    assert_eq!(out[0].0, Instance(999), "earlier entries are kept");
+                    assert_eq!(out[1..], expected[..], "group {group} {first}..{end}");
+                    let stop_expected = if expected.len() as u64 == end.saturating_sub(first) {
+                        RunStop::End
+                    } else {
+                        RunStop::Missing
+                    };
+                    assert_eq!(stop, stop_expected, "group {group} {first}..{end}");
+                }
+            }
+            assert_eq!(one_by_one(wal, GroupId(4), 0, rounds).len(), 150);
+            assert_eq!(one_by_one(wal, GroupId(9), 0, rounds).len(), 18);
+        };
+        check(&wal);
+        assert_eq!(wal.stats().writes, before, "nothing more was written");
+        drain(&mut wal);
+        drop(wal);
+        let wal = open_or_skip(dir.path(), Backend::Auto).expect("reopen");
+        check(&wal);
+    }
+
+    /// A record damaged on disk inside a run is a clear error (`CorruptRead` naming its offset),
+    /// never a panic or wrong data: the values before it are kept, verified; a damaged length
+    /// field is an error too.
+    #[test]
+    fn read_chosen_run_reports_a_damaged_record() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let Some(mut wal) = open_or_skip(dir.path(), Backend::Auto) else {
+            return;
+        };
+        write_interleaved(&mut wal, 120);
+        drain(&mut wal);
+        let g = GroupId(3);
+        let expected = one_by_one(&wal, g, 0, 120);
+        assert_eq!(expected.len(), 120);
+        let mut first_damaged = None;
+        for (instance, at, bytes) in [
+            // A payload byte.
+            (40u64, RECORD_HEADER_BYTES as u64 + 5, vec![0x5au8]),
+            // The payload length field: far beyond the record.
+            (72, 8, u32::MAX.to_le_bytes().to_vec()),
+        ] {
+            let location = wal
+                .index
+                .resolve_chosen(g, Instance(instance))
+                .expect("resolved");
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(wal.segment_path(location.segment))
+                .expect("open segment");
+            let mut old = vec![0u8; bytes.len()];
+            wal.segments[&location.segment]
+                .reader
+                .read_exact_at(&mut old, location.offset + at)
+                .expect("read");
+            let mut new = bytes.clone();
+            if new == old {
+                new[0] ^= 0xff;
+            }
+            file.write_all_at(&new, location.offset + at)
+                .expect("damage");
+            let mut out = Vec::new();
+            let error = wal
+                .read_chosen_run(g, Instance(0), Instance(120), usize::MAX, &mut out)
+                .expect_err("a damaged record must be an error");
+            match &error {
+                // The first damaged record (instance 40's) ends every run from 0.
+                WalError::CorruptRead { offset, .. } => {
+                    assert_eq!(*offset, *first_damaged.get_or_insert(location.offset))
+                }
+                other => panic!("{other}"),
+            }
+            assert_eq!(
+                out[..],
+                expected[..40],
+                "values before the damage, unchanged"
+            );
+            // The single-value read says the same.
+            assert!(matches!(
+                wal.read_chosen(g, Instance(instance)),
+                Err(WalError::CorruptRead { .. })
+            ));
+            // A run starting after the damage is unaffected.
+            let mut out = Vec::new();
+            let stop = wal
+                .read_chosen_run(g, Instance(73), Instance(120), usize::MAX, &mut out)
+                .expect("run after the damage");
+            assert_eq!(stop, RunStop::End);
+            assert_eq!(out[..], expected[73..]);
+        }
+    }
+
+    /// A run stops before the value that would take it past `bytes_max` (the first value is
+    /// always taken), at an instance the log holds no chosen value for, and at its end.
+    #[test]
+    fn read_chosen_run_stops_at_bytes_max_and_at_a_missing_instance() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let Some(mut wal) = open_or_skip(dir.path(), Backend::Auto) else {
+            return;
+        };
+        let b1 = Ballot { number: 1, node: 1 };
+        let payload = [7u8; 100];
+        for instance in 0..20u64 {
+            put(&mut wal, accept(1, instance, b1, &payload));
+            put(&mut wal, accept(2, instance, b1, &payload));
+            if instance != 10 {
+                put(&mut wal, mark(1, instance, b1, b""));
+            }
+        }
+        drain(&mut wal);
+        let g = GroupId(1);
+        let run = |first: u64, end: u64, bytes_max: usize| {
+            let mut out = Vec::new();
+            let stop = wal
+                .read_chosen_run(g, Instance(first), Instance(end), bytes_max, &mut out)
+                .expect("read_chosen_run");
+            let instances: Vec<u64> = out.iter().map(|(i, _)| i.0).collect();
+            assert!(out.iter().all(|(_, v)| v[..] == payload[..]));
+            (stop, instances)
+        };
+        assert_eq!(run(0, 20, 350), (RunStop::BytesMax, vec![0, 1, 2]));
+        assert_eq!(run(0, 20, 300), (RunStop::BytesMax, vec![0, 1, 2]));
+        assert_eq!(run(0, 20, 299), (RunStop::BytesMax, vec![0, 1]));
+        assert_eq!(run(4, 20, 0), (RunStop::BytesMax, vec![4]));
+        assert_eq!(
+            run(0, 20, usize::MAX),
+            (RunStop::Missing, (0..10).collect())
+        );
+        assert_eq!(run(10, 20, usize::MAX), (RunStop::Missing, vec![]));
+        assert_eq!(run(11, 20, usize::MAX), (RunStop::End, (11..20).collect()));
+        assert_eq!(run(11, 30, 1000), (RunStop::Missing, (11..20).collect()));
+        assert_eq!(run(11, 30, 899), (RunStop::BytesMax, (11..19).collect()));
+        assert_eq!(run(3, 5, 100), (RunStop::BytesMax, vec![3]));
+        assert_eq!(run(3, 5, 200), (RunStop::End, vec![3, 4]));
+        assert_eq!(run(5, 5, 0), (RunStop::End, vec![]));
+        // A poisoned log refuses the run.
+        wal.poisoned = Some("test".into());
+        let mut out = Vec::new();
+        assert!(matches!(
+            wal.read_chosen_run(g, Instance(0), Instance(20), usize::MAX, &mut out),
+            Err(WalError::Poisoned { .. })
+        ));
+        assert!(out.is_empty());
+    }
+
+    /// Which records share one covering read: the same segment, at most `RUN_GAP_BYTES_MAX`
+    /// from the range covered (on either side), within `RUN_READ_BYTES_MAX` in all.
+    #[test]
+    fn chosen_run_coalesces_close_records_of_one_segment() {
+        let at = |segment: u64, offset: u64, len: u32| RecordLocation {
+            lsn: Lsn(1),
+            segment,
+            offset,
+            len,
+        };
+        let mut run = ChosenRun {
+            group: GroupId(1),
+            taken: 0,
+            bytes: 0,
+            bytes_max: usize::MAX,
+            span: Vec::new(),
+            covered: (0, 0),
+            buffer: Vec::new(),
+        };
+        assert!(run.joins(&at(3, 1 << 30, 64)), "anything starts a read");
+        run.plan(Instance(0), at(3, 100_000, 1000));
+        assert_eq!(run.range(), Some((100_000, 101_000)));
+        assert!(run.joins(&at(3, 101_000 + RUN_GAP_BYTES_MAX, 1000)));
+        assert!(!run.joins(&at(3, 101_001 + RUN_GAP_BYTES_MAX, 1000)));
+        assert!(run.joins(&at(3, 100_000 - RUN_GAP_BYTES_MAX - 1000, 1000)));
+        assert!(!run.joins(&at(3, 100_000 - RUN_GAP_BYTES_MAX - 1001, 1000)));
+        assert!(!run.joins(&at(4, 101_000, 1000)), "another segment");
+        run.plan(Instance(1), at(3, 140_000, 1000));
+        assert_eq!(run.range(), Some((100_000, 141_000)));
+        assert!(!run.joins(&at(3, 100_000 + RUN_READ_BYTES_MAX - 1000, 1000)));
+        run.plan(
+            Instance(2),
+            at(3, 100_000 + RUN_READ_BYTES_MAX - 60_000, 10_000),
+        );
+        assert!(run.joins(&at(3, 100_000 + RUN_READ_BYTES_MAX - 1000, 1000)));
+        assert!(!run.joins(&at(3, 100_000 + RUN_READ_BYTES_MAX - 1000, 1001)));
     }
 
     /// Zeroing a cut tail skips exactly the bytes written since open.

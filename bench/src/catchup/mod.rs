@@ -1246,13 +1246,17 @@ fn print_summary(run: &CatchupRunOut) {
     if let Some(p) = &run.read_probe {
         let per_value_us = |pass: &probe::ReadPass| ratio(pass.seconds * 1e6, pass.values as f64);
         println!(
-            "WAL read path alone (Wal::read_chosen, one value at a time, the serving leader's \
-             WAL after the run): cold {:.1} MB/s ({:.1} µs per value), warm {:.1} MB/s ({:.1} µs \
-             per value), {} missing; a reply of {:.0} entries costs {:.3} ms of reads cold",
+            "WAL read path alone (Wal::read_chosen_run, runs as the driver reads them, the \
+             serving leader's WAL after the run): cold {:.1} MB/s ({:.2} µs per value), warm \
+             {:.1} MB/s ({:.2} µs per value); one value at a time (Wal::read_chosen) warm {:.1} \
+             MB/s ({:.2} µs per value); {} missing; a reply of {:.0} entries costs {:.3} ms of \
+             reads cold",
             p.cold.mb_per_s,
             per_value_us(&p.cold),
             p.warm.mb_per_s,
             per_value_us(&p.warm),
+            p.warm_single.mb_per_s,
+            per_value_us(&p.warm_single),
             p.cold.missing,
             run.explain.entries_per_request,
             run.explain.entries_per_request * per_value_us(&p.cold) / 1e3,
@@ -1281,6 +1285,7 @@ fn run_read_probe(
         total.open_s += one.open_s;
         total.cold.add(&one.cold);
         total.warm.add(&one.warm);
+        total.warm_single.add(&one.warm_single);
     }
     Ok(total)
 }

@@ -1,15 +1,18 @@
 //! The WAL read path alone, for the catch-up report's "where the time goes": once the cluster
 //! has stopped, the WALs of the nodes that served the catch-up are opened again and every value
-//! the follower missed is read with `Wal::read_chosen`, one value at a time in instance order
-//! as the driver reads them for catch-up, and timed. A first pass runs after the segment files
-//! were dropped from the page cache (`POSIX_FADV_DONTNEED`: the catch-up read them cold, since
-//! the WAL writes with O_DIRECT), a second pass warm.
+//! the follower missed is read with `Wal::read_chosen_run` in instance order, in runs of at most
+//! `READ_VALUES_PER_ROUND` values and `READ_BYTES_PER_ROUND` bytes as the driver reads them for
+//! catch-up, and timed. A first pass runs after the segment files were dropped from the page
+//! cache (`POSIX_FADV_DONTNEED`: the catch-up read them cold, since the WAL writes with
+//! O_DIRECT), a second pass warm, and a third, warm, reads one value at a time with
+//! `Wal::read_chosen` (the path before runs, for comparison).
 //!
 //! Owns: the probe and its figures. Never: runs while a node owns the directory (the WAL's
 //! lock would refuse it), or touches another directory than the one it is given.
 
+use paxring_engine::driver::{READ_BYTES_PER_ROUND, READ_VALUES_PER_ROUND};
 use paxring_engine::runtime::{core_of_group, NodeConfig};
-use paxring_wal::{GroupId, Instance, Wal, WalOptions};
+use paxring_wal::{GroupId, Instance, RunStop, Wal, WalOptions};
 use serde::Serialize;
 use std::os::fd::AsRawFd;
 use std::path::Path;
@@ -53,6 +56,8 @@ pub struct ReadProbe {
     pub cold: ReadPass,
     /// Right after, with the files cached.
     pub warm: ReadPass,
+    /// Then one value at a time (`Wal::read_chosen`), warm.
+    pub warm_single: ReadPass,
 }
 
 /// Drops `dir`'s segment files from the page cache (advice only: errors are ignored, the
@@ -73,7 +78,51 @@ fn drop_cached(dir: &Path) {
     }
 }
 
-fn pass(wals: &[Wal], config: &NodeConfig, ranges: &[(u32, u64, u64)]) -> Result<ReadPass, String> {
+/// Reads the ranges in runs, as the driver does.
+fn run_pass(
+    wals: &[Wal],
+    config: &NodeConfig,
+    ranges: &[(u32, u64, u64)],
+) -> Result<ReadPass, String> {
+    let started = Instant::now();
+    let mut out = ReadPass::default();
+    let mut values = Vec::with_capacity(READ_VALUES_PER_ROUND);
+    for &(group, from, to) in ranges {
+        let wal = &wals[core_of_group(group, config.cores)];
+        let mut first = from;
+        while first < to {
+            let end = to.min(first + READ_VALUES_PER_ROUND as u64);
+            values.clear();
+            let stop = wal
+                .read_chosen_run(
+                    GroupId(group),
+                    Instance(first),
+                    Instance(end),
+                    READ_BYTES_PER_ROUND,
+                    &mut values,
+                )
+                .map_err(|e| format!("read_chosen_run({group}, {first}..{end}): {e}"))?;
+            out.values += values.len() as u64;
+            out.value_bytes += values.iter().map(|(_, v)| v.len() as u64).sum::<u64>();
+            first += values.len() as u64;
+            if stop == RunStop::Missing {
+                out.missing += 1;
+                first += 1;
+            }
+        }
+    }
+    out.seconds = started.elapsed().as_secs_f64();
+    out.values_per_s = out.values as f64 / out.seconds.max(1e-9);
+    out.mb_per_s = out.value_bytes as f64 / 1e6 / out.seconds.max(1e-9);
+    Ok(out)
+}
+
+/// Reads the ranges one value at a time.
+fn single_pass(
+    wals: &[Wal],
+    config: &NodeConfig,
+    ranges: &[(u32, u64, u64)],
+) -> Result<ReadPass, String> {
     let started = Instant::now();
     let mut out = ReadPass::default();
     for &(group, from, to) in ranges {
@@ -118,7 +167,13 @@ pub fn read_probe(config: &NodeConfig, ranges: &[(u32, u64, u64)]) -> Result<Rea
     for dir in &dirs {
         drop_cached(dir);
     }
-    let cold = pass(&wals, config, ranges)?;
-    let warm = pass(&wals, config, ranges)?;
-    Ok(ReadProbe { open_s, cold, warm })
+    let cold = run_pass(&wals, config, ranges)?;
+    let warm = run_pass(&wals, config, ranges)?;
+    let warm_single = single_pass(&wals, config, ranges)?;
+    Ok(ReadProbe {
+        open_s,
+        cold,
+        warm,
+        warm_single,
+    })
 }

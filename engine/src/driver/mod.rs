@@ -22,6 +22,9 @@ use paxring_net::{finish_frame, start_frame, Frame};
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 
+/// Why a [`Storage::read_chosen_run`] stopped (the WAL's own answer to the same question).
+pub use paxring_wal::RunStop;
+
 /// A failure of the storage under a driver (a failed write or fsync): fatal, never retried.
 #[derive(Debug, thiserror::Error)]
 #[error("{what}")]
@@ -95,6 +98,37 @@ pub trait Storage {
         group: GroupId,
         instance: Instance,
     ) -> Result<Option<Bytes>, StorageError>;
+
+    /// Streaming catch-up's read: the chosen values of `group`'s instances `first..end`, in
+    /// instance order, appended to `out` as `(instance, value)`, each what
+    /// [`Storage::read_chosen`] returns for it. Stops at `end` ([`RunStop::End`]), at the first
+    /// instance the storage holds no value for ([`RunStop::Missing`]), or before the value
+    /// that would take the payload bytes this call appended past `bytes_max`
+    /// ([`RunStop::BytesMax`]; the first value is always taken). On an error `out` keeps the
+    /// values appended before it (the driver serves them and counts the error). Default:
+    /// `read_chosen` one instance at a time (the WAL reads runs of records at once).
+    fn read_chosen_run(
+        &mut self,
+        group: GroupId,
+        first: Instance,
+        end: Instance,
+        bytes_max: usize,
+        out: &mut Vec<(Instance, Bytes)>,
+    ) -> Result<RunStop, StorageError> {
+        let start = out.len();
+        let mut bytes = 0usize;
+        for index in first.0..end.0 {
+            let Some(value) = self.read_chosen(group, Instance(index))? else {
+                return Ok(RunStop::Missing);
+            };
+            if out.len() > start && bytes + value.len() > bytes_max {
+                return Ok(RunStop::BytesMax);
+            }
+            bytes += value.len();
+            out.push((Instance(index), value));
+        }
+        Ok(RunStop::End)
+    }
 
     /// Checkpoint transfer, serving side (docs/PROTOCOL.md#checkpoint-transfer): at most
     /// `bytes_max` payload bytes of `group`'s checkpoint `instance` from `offset` — or, when
@@ -478,31 +512,39 @@ impl Driver {
                 break;
             };
             let mut entries = Vec::new();
-            let mut bytes = 0;
             let bytes_max = read.bytes_max.min(budget);
             let entries_max = read.entries_max.min(values_left);
-            let mut cut = false;
-            for index in read.first.0..read.end.0 {
-                if entries.len() >= entries_max {
-                    cut = entries_max < read.entries_max;
-                    break;
-                }
-                match storage.read_chosen(read.group, Instance(index + self.read_skew)) {
-                    Ok(Some(value)) => {
-                        if bytes + value.len() > bytes_max && !entries.is_empty() {
-                            cut = bytes_max < read.bytes_max;
-                            break;
-                        }
-                        bytes += value.len();
-                        entries.push((Instance(index), value));
-                    }
-                    Ok(None) => break,
-                    Err(_) => {
-                        self.stats.read_errors += 1;
-                        break;
-                    }
+            // One run of the group's instances: at most `entries_max` values, at most
+            // `bytes_max` bytes after the first (the storage reads nearby records at once).
+            let run_end = read
+                .end
+                .0
+                .min(read.first.0.saturating_add(entries_max as u64));
+            let skew = self.read_skew;
+            let stop = storage.read_chosen_run(
+                read.group,
+                Instance(read.first.0 + skew),
+                Instance(run_end.max(read.first.0) + skew),
+                bytes_max,
+                &mut entries,
+            );
+            if skew != 0 {
+                // The injected bug: each value read one instance on, served as its own.
+                for (instance, _) in &mut entries {
+                    *instance = Instance(instance.0 - skew);
                 }
             }
+            let cut = match stop {
+                // The run ended at the value limit before the request's end.
+                Ok(RunStop::End) => run_end < read.end.0 && entries_max < read.entries_max,
+                Ok(RunStop::BytesMax) => bytes_max < read.bytes_max,
+                Ok(RunStop::Missing) => false,
+                Err(_) => {
+                    self.stats.read_errors += 1;
+                    false
+                }
+            };
+            let bytes: usize = entries.iter().map(|(_, value)| value.len()).sum();
             self.stats.values_read += entries.len() as u64;
             self.stats.value_bytes_read += bytes as u64;
             budget = budget.saturating_sub(bytes.max(1));

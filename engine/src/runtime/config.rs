@@ -134,11 +134,13 @@ pub struct NodeConfig {
     #[serde(default = "defaults::purge_every_ms")]
     pub purge_every_ms: u64,
     /// Purge the WAL: each group's log base follows its state machine's checkpoint and the
-    /// segments below every group's base are removed. Off by default in this version: a
-    /// replica behind every peer's log base cannot catch up until checkpoint transfer exists
-    /// (docs/ARCHITECTURE.md#limits-of-this-version). Off, the purge pass still reports the
-    /// WAL's size and what would hold it.
-    #[serde(default)]
+    /// segments below every group's base are removed, so a node's WAL stays bounded. On by
+    /// default: a replica behind every peer's log base fetches a checkpoint from a peer
+    /// (docs/PROTOCOL.md#checkpoint-transfer), which in application mode needs the state
+    /// machine's `snapshot` and `restore`. A group whose state machine reports no checkpoint
+    /// (`checkpoint_instance` is `None`) keeps its whole log either way. Off, the purge pass
+    /// still reports the WAL's size and what would hold it.
+    #[serde(default = "defaults::yes")]
     pub wal_purge: bool,
     /// The disk a core's WAL should stay under, in bytes (0: no budget). Purge never
     /// removes what a group still needs: when the WAL is over budget, the groups holding its
@@ -310,7 +312,7 @@ impl NodeConfig {
                 catchup_serve_bytes_per_sec: 0,
                 checkpoint_mode: CheckpointModeConfig::default(),
                 purge_every_ms: defaults::purge_every_ms(),
-                wal_purge: false,
+                wal_purge: defaults::yes(),
                 wal_budget_bytes: 0,
                 purge_hold_for_peers_ms: defaults::purge_hold_for_peers_ms(),
                 check_quorum: true,
@@ -941,6 +943,15 @@ mod tests {
             );
             assert!(text.contains("fix:"), "{text} should say how to fix it");
         }
+    }
+
+    #[test]
+    fn wal_purge_is_on_by_default_in_code_and_in_toml() {
+        assert!(base().build().unwrap().wal_purge);
+        let text = "node_id = 1\ncluster_id = 1\nlisten = \"127.0.0.1:1\"\ndata_dir = \"/d\"\n";
+        assert!(NodeConfig::from_toml_str(text).unwrap().wal_purge);
+        let off = format!("{text}wal_purge = false\n");
+        assert!(!NodeConfig::from_toml_str(&off).unwrap().wal_purge);
     }
 
     #[test]

@@ -32,7 +32,7 @@ use crate::core::{
     value, CheckpointInfo, Chosen, Config as CoreConfig, CoreTable, FailReason, GroupError, NodeId,
     Prng, ProposalId, ProposalResult, Record, Start, Tick,
 };
-use crate::driver::{self, Driver, DriverError, StorageError};
+use crate::driver::{self, Driver, DriverError, RunStop, StorageError};
 
 /// What a core thread needs to start.
 pub(crate) struct CoreStart {
@@ -963,6 +963,28 @@ impl driver::Storage for WalStorage<'_> {
             );
             StorageError::new(format!("core {}: WAL read", self.core), e)
         })
+    }
+
+    fn read_chosen_run(
+        &mut self,
+        group: GroupId,
+        first: Instance,
+        end: Instance,
+        bytes_max: usize,
+        out: &mut Vec<(Instance, Bytes)>,
+    ) -> Result<RunStop, StorageError> {
+        let before = out.len();
+        self.wal
+            .read_chosen_run(group, first, end, bytes_max, out)
+            .map_err(|e| {
+                tracing::warn!(
+                    core = self.core,
+                    group = group.0,
+                    instance = first.0 + (out.len() - before) as u64,
+                    "catch-up read from the WAL failed (that reply stops there): {e}"
+                );
+                StorageError::new(format!("core {}: WAL read", self.core), e)
+            })
     }
 
     fn append(&mut self, lsn: Lsn, record: &Record) -> Result<(), StorageError> {
