@@ -594,3 +594,192 @@ fn check_quorum_keeps_a_live_leader_and_retires_an_isolated_one() {
         .iter()
         .any(|(n, r)| *n == NodeId(1) && !matches!(r, ProposalResult::Committed { .. })));
 }
+
+/// Leases on (the transcripts' default turns them off), with check quorum.
+fn lease_config() -> Config {
+    Config {
+        check_quorum: true,
+        // Longer than the election timeout (50): the grants, not stickiness, hold the next
+        // election back.
+        master_lease_ticks: 120,
+        clock_drift_ppm: 10_000,
+        ..config()
+    }
+}
+
+/// A master serves a lease read from its applied state with no message, a read-index read
+/// after one lease round, and a follower refuses reads; its followers grant it the lease and
+/// no other node becomes leader before every grant it needs has ended.
+#[test]
+fn a_master_serves_reads_and_no_other_leads_before_its_grants_end() {
+    let mut cluster = Cluster::new(3, lease_config());
+    cluster.elect(1);
+    cluster.tick_all(12); // a lease round, answered with grants
+    let until = cluster
+        .table(1)
+        .master_until(GROUP)
+        .expect("node 1 is master");
+    assert!(until > cluster.now(1));
+    assert_eq!(cluster.table(1).stats().master_terms, 1);
+    for follower in [2, 3] {
+        let (holder, _) = cluster
+            .table(follower)
+            .lease_granted(GROUP)
+            .expect("granted");
+        assert_eq!(holder, Some(NodeId(1)));
+    }
+    cluster.propose(1, 1, "a").unwrap();
+    cluster.settle();
+
+    // A lease read: no message, served at once with "a" applied.
+    let sent = cluster.table(1).stats().messages_sent;
+    cluster.read(1, 100, ReadMode::Lease).unwrap();
+    cluster.settle();
+    assert_eq!(
+        cluster.table(1).stats().messages_sent,
+        sent,
+        "a lease read sends nothing"
+    );
+    let (node, ready, applied) = *cluster.reads.last().expect("served");
+    assert_eq!(
+        (node, ready.id, ready.mode),
+        (NodeId(1), ProposalId(100), ReadMode::Lease)
+    );
+    assert_eq!(applied, 1);
+
+    // A read-index read: one lease round, then served.
+    let rounds = cluster.table(1).stats().lease_rounds_sent;
+    cluster.read(1, 101, ReadMode::Index).unwrap();
+    cluster.settle();
+    assert_eq!(cluster.table(1).stats().lease_rounds_sent, rounds + 1);
+    let (_, ready, _) = *cluster.reads.last().unwrap();
+    assert_eq!((ready.id, ready.mode), (ProposalId(101), ReadMode::Index));
+
+    // A follower refuses, naming the leader.
+    assert_eq!(
+        cluster.read(2, 102, ReadMode::Lease),
+        Err(FailReason::NotLeader {
+            leader_hint: Some(NodeId(1))
+        })
+    );
+
+    // Node 1 stops (its clock stands still, as a paused process's would): 2 and 3 elect a
+    // leader only once both their grants to node 1 have ended.
+    let grant_end = |cluster: &mut Cluster, n: u32| cluster.table(n).lease_granted(GROUP);
+    let ends: Vec<Tick> = [2, 3]
+        .iter()
+        .map(|n| grant_end(&mut cluster, *n).unwrap().1)
+        .collect();
+    cluster.isolate(1);
+    let mut new_leader = None;
+    for _ in 0..400 {
+        for n in [2u32, 3] {
+            let node = cluster.nodes.get_mut(&NodeId(n)).unwrap();
+            node.now += 1;
+            let now = node.now;
+            node.driver.as_mut().unwrap().tick(Tick(now));
+        }
+        cluster.settle();
+        if let Some(n) = [2u32, 3]
+            .into_iter()
+            .find(|n| cluster.table(*n).is_leader(GROUP))
+        {
+            new_leader = Some(n);
+            break;
+        }
+    }
+    let new_leader = new_leader.expect("2 or 3 leads after the grants end");
+    assert!(
+        cluster.now(2) >= ends[0] && cluster.now(3) >= ends[1],
+        "node {new_leader} led before the grants to node 1 ended"
+    );
+    let refused = cluster.table(2).stats().prepares_refused_lease
+        + cluster.table(3).stats().prepares_refused_lease
+        + cluster.table(2).stats().elections_deferred_lease
+        + cluster.table(3).stats().elections_deferred_lease;
+    assert!(refused >= 1, "the grants held an election back");
+    // Node 1's own clock decides: master until its lease ends, then not.
+    assert!(cluster.table(1).master_until(GROUP).is_some());
+    cluster.tick_node(1, until.0 - cluster.now(1).0);
+    assert_eq!(cluster.table(1).master_until(GROUP), None);
+}
+
+/// A new leader serves reads only once the window its phase 1 recovered is applied: a value
+/// the old leader chose (and answered) may not be applied here yet.
+#[test]
+fn a_new_leaders_read_waits_for_the_recovered_window() {
+    let mut cluster = Cluster::new(3, lease_config());
+    cluster.elect(1);
+    cluster.tick_all(12);
+    // Node 1 chooses "a" with node 2's acceptance; no Commit reaches node 2 before node 1 dies.
+    cluster.cut.insert((NodeId(1), NodeId(3)));
+    cluster.drop_if = Some(Box::new(|from, _, msg| {
+        from == NodeId(1) && matches!(msg, Message::Commit { .. })
+    }));
+    cluster.propose(1, 1, "a").unwrap();
+    cluster.settle();
+    assert_eq!(cluster.committed().len(), 1, "node 1 answered Committed");
+    assert!(cluster.applied(2).is_empty(), "node 2 has not applied it");
+    cluster.crash(1);
+    cluster.cut.clear();
+    // No Accept gets through for now: whoever leads next cannot have its recovered window
+    // chosen yet.
+    cluster.drop_if = Some(Box::new(|_, _, msg| matches!(msg, Message::Accept { .. })));
+    let mut leader = None;
+    for _ in 0..600 {
+        cluster.tick_all(1);
+        leader = cluster.leader();
+        if leader.is_some() {
+            break;
+        }
+    }
+    let leader = leader.expect("2 or 3 leads once the grants to node 1 ended");
+    cluster.tick_all(12); // its lease rounds pass: it is master
+    assert!(cluster.table(leader).master_until(GROUP).is_some());
+    cluster.read(leader, 200, ReadMode::Lease).unwrap();
+    cluster.settle();
+    assert!(
+        cluster
+            .reads
+            .iter()
+            .all(|(_, r, _)| r.id != ProposalId(200)),
+        "served before the recovered window was applied"
+    );
+    cluster.drop_if = None;
+    cluster.tick_all(40);
+    let (_, ready, applied) = *cluster
+        .reads
+        .iter()
+        .find(|(_, r, _)| r.id == ProposalId(200))
+        .expect("the read is served");
+    assert!(
+        applied >= 1,
+        "served at applied {applied} ({:?}) without the acknowledged value",
+        ready.mode
+    );
+}
+
+/// A replica restarted with state promises and grants nobody for a lease's length (it may
+/// have granted a lease before the crash).
+#[test]
+fn a_restarted_replica_promises_nobody_for_a_lease() {
+    let mut cluster = Cluster::new(3, lease_config());
+    cluster.elect(1);
+    cluster.tick_all(12);
+    cluster.propose(1, 1, "a").unwrap();
+    cluster.settle();
+    cluster.crash(2);
+    cluster.restart(2, &[]);
+    let now = cluster.now(2);
+    let (holder, end) = cluster
+        .table(2)
+        .lease_granted(GROUP)
+        .expect("a restart grant");
+    assert_eq!(holder, None);
+    assert_eq!(end.0, now.0 + 120);
+    // Node 3 stands at once: node 2 ignores its Prepare.
+    cluster.isolate(1);
+    cluster.tick_node(3, 200);
+    assert!(cluster.table(2).stats().prepares_refused_lease >= 1);
+    assert!(!cluster.table(3).is_leader(GROUP));
+}

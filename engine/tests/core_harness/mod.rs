@@ -147,6 +147,8 @@ pub struct Cluster {
     /// Nodes whose disk does not complete writes.
     pub stalled: BTreeSet<NodeId>,
     pub results: Vec<(NodeId, ProposalResult)>,
+    /// Reads served: the node, the read, and how many values that node had applied then.
+    pub reads: Vec<(NodeId, paxring_engine::core::ReadReady, usize)>,
     pub transcript: Vec<String>,
     /// Log the messages too (the transcript of a steady-state run).
     pub log_messages: bool,
@@ -194,6 +196,7 @@ impl Cluster {
             cut: BTreeSet::new(),
             stalled: BTreeSet::new(),
             results: Vec::new(),
+            reads: Vec::new(),
             transcript: Vec::new(),
             log_messages: false,
             drop_if: None,
@@ -324,6 +327,19 @@ impl Cluster {
         assert!(self.table(node).is_leader(GROUP), "node {node} did not win");
     }
 
+    /// A linearizable read of the group on `node`.
+    pub fn read(&mut self, node: u32, id: u64, mode: ReadMode) -> Result<(), FailReason> {
+        let group = self.group;
+        let result = self.table(node).read(group, ProposalId(id), mode);
+        self.note(format!("n{node} read #{id} {mode:?} -> {result:?}"));
+        result
+    }
+
+    /// This node's clock.
+    pub fn now(&self, node: u32) -> Tick {
+        Tick(self.nodes[&NodeId(node)].now)
+    }
+
     pub fn propose(&mut self, node: u32, id: u64, command: &str) -> Result<(), FailReason> {
         let group = self.group;
         let result = self.table(node).propose(
@@ -417,7 +433,8 @@ impl Cluster {
         moved |= !frames.0.is_empty()
             || !applied.results.is_empty()
             || !applied.chosen.is_empty()
-            || !applied.stopped.is_empty();
+            || !applied.stopped.is_empty()
+            || !applied.reads_ready.is_empty();
         for (to, frame) in frames.0 {
             let msg = decode_frame(&frame);
             match to {
@@ -445,6 +462,16 @@ impl Cluster {
         for result in applied.results {
             self.transcript.push(format!("{id} result {result:?}"));
             self.results.push((id, result));
+        }
+        for ready in applied.reads_ready {
+            let node = &self.nodes[&id];
+            self.transcript.push(format!(
+                "{id} serves read #{} ({:?}) at applied {}",
+                ready.id.0,
+                ready.mode,
+                node.applied.len()
+            ));
+            self.reads.push((id, ready, node.applied.len()));
         }
         for (group, error) in applied.stopped {
             self.transcript
