@@ -153,8 +153,11 @@ impl Group {
     }
 
     /// A new leadership starts its lease afresh (rounds and answers of an old one never count).
-    pub(super) fn lease_start_leading(&mut self) {
+    pub(super) fn lease_start_leading(&mut self, ctx: &Ctx<'_>) {
         self.lease = Some(LeaderLease::new());
+        // With leases on, the first round leaves with the first flush: a new leader becomes
+        // master (and can serve lease reads) one round trip after it won, not a heartbeat later.
+        self.round_wanted = ctx.config.master_lease_ticks > 0;
     }
 
     /// Leaving leadership: the lease ends and reads that wait fail (they were never served;

@@ -182,7 +182,7 @@ impl Group {
             }
         }
         ctx.stats.leaderships_won += 1;
-        self.lease_start_leading();
+        self.lease_start_leading(ctx);
         self.reads_from = Instance(0);
         // A new leadership numbers from its own phase 1, never from an old one's position (an
         // old next_instance beyond the recovered window would leave holes no one fills).
@@ -374,7 +374,7 @@ impl Group {
             self.leader_hint = Some(ctx.me);
             self.next_instance = self.next_instance.max(self.applied_next);
             ctx.stats.leaderships_won += 1;
-            self.lease_start_leading();
+            self.lease_start_leading(ctx);
             return;
         }
         let first = self.applied_next;
