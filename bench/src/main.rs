@@ -11,6 +11,7 @@ mod ceilings;
 mod cluster;
 mod compare;
 mod net;
+mod reads;
 mod report;
 mod rss;
 mod wal;
@@ -43,6 +44,9 @@ enum Command {
     /// A restarted follower catching up from its peers' WALs against the disk-read and
     /// loopback-stream ceilings, and the serving leader's p99 meanwhile.
     Catchup(catchup::CatchupArgs),
+    /// Lease, read-index and log reads on a 3-replica cluster against an in-process lookup
+    /// plus the client hop, and a read/write mix.
+    Reads(reads::ReadsArgs),
     /// One node of the cluster benchmark (started by the benchmark itself).
     #[command(hide = true)]
     NodeRole {
@@ -67,6 +71,7 @@ fn main() -> ExitCode {
         Some(Command::Wal(args)) => wal::run(args),
         Some(Command::Net(args)) => net::run(args),
         Some(Command::Catchup(args)) => catchup::run(args),
+        Some(Command::Reads(args)) => reads::run(args),
         Some(Command::NodeRole { spec }) => cluster::node::run(&spec),
     }
 }

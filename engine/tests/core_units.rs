@@ -245,6 +245,11 @@ fn restart_keeps_promise_and_acceptance_and_continues_lsns() {
     )
     .unwrap();
     assert_eq!(restarted.next_lsn(), Lsn(3));
+    // A restarted acceptor promises nobody for a master lease (it may have granted one before
+    // it stopped): its clock moves past that first.
+    let lease = Config::default().master_lease_ticks;
+    restarted.tick(Tick(1));
+    restarted.tick(Tick(1 + lease));
     // The promise survives: a lower Prepare is rejected.
     restarted.on_message(
         NodeId(3),

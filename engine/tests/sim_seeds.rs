@@ -71,6 +71,14 @@ fn three_nodes_swarm_faults() {
         );
     }
     assert!(summary.corrupt_refused > 0, "corrupted frames were refused");
+    // Reads ran both ways, each checked by read-linearizable; pauses caught masters.
+    assert!(
+        summary.reads_lease > 0 && summary.reads_index > 0,
+        "reads: lease {} index {}",
+        summary.reads_lease,
+        summary.reads_index
+    );
+    assert!(summary.faults.get("targeted-pause").copied().unwrap_or(0) > 0);
     // Steady state: one round trip per commit (no Prepare once a leader is stable).
     assert!(
         summary.rtts_per_commit() < 1.05,

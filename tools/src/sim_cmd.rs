@@ -244,7 +244,7 @@ pub fn run(args: SimArgs) -> ExitCode {
         summary.seeds as f64 / seconds.max(1e-9),
     );
     println!(
-        "commits {} instances {} frames/commit {:.2} sends/encode {:.2} durable-writes/instance/replica {:.3} rtts/commit(steady) {:.3} oversize-refused {} corrupt-refused {} catch-up-values-from-disk {}",
+        "commits {} instances {} frames/commit {:.2} sends/encode {:.2} durable-writes/instance/replica {:.3} rtts/commit(steady) {:.3} oversize-refused {} corrupt-refused {} catch-up-values-from-disk {} reads-lease {} reads-index {}",
         summary.commits,
         summary.instances,
         summary.messages_per_commit(),
@@ -254,6 +254,8 @@ pub fn run(args: SimArgs) -> ExitCode {
         summary.oversize_dropped,
         summary.corrupt_refused,
         summary.values_read_from_disk,
+        summary.reads_lease,
+        summary.reads_index,
     );
     let classes: Vec<String> = Fault::ALL
         .iter()

@@ -17,7 +17,7 @@ use base64::Engine as _;
 use hdrhistogram::serialization::Deserializer;
 use hdrhistogram::Histogram;
 use paxring_engine::runtime::{NodeConfig, SyncModeConfig};
-use proto::{Command, Counters, Event, NodeSpec, RunResult, RunSpec};
+use proto::{Command, Counters, Event, KvSpec, NodeSpec, RunResult, RunSpec};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, IsTerminal, Write};
 use std::net::{SocketAddr, TcpListener};
@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 /// Replicas in the benchmark's cluster.
 pub const REPLICAS: u32 = 3;
 /// Longest wait for every group to have a leader after a cluster starts.
-const LEADERS_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const LEADERS_TIMEOUT: Duration = Duration::from_secs(30);
 /// Interval of progress events and of the throughput-over-time series.
 const PROGRESS_MS: u64 = 250;
 
@@ -351,7 +351,7 @@ fn run_inner(args: &ClusterArgs) -> Result<(), String> {
         };
         cluster_no += 1;
         let dir = data_dir.join(format!("cluster-{cluster_no}"));
-        let mut cluster = Cluster::start(&dir, first.groups, depth, args)?;
+        let mut cluster = Cluster::start(&dir, first.groups, depth, &NodeOptions::of(args))?;
         let leaders = cluster.wait_leaders(first.groups)?;
         for point in &batch {
             index += 1;
@@ -587,7 +587,8 @@ fn summarize(
     })
 }
 
-fn ratio(a: f64, b: f64) -> f64 {
+/// `a / b`, NaN when `b` is not positive (no figure rather than a wrong one).
+pub(crate) fn ratio(a: f64, b: f64) -> f64 {
     if b > 0.0 {
         a / b
     } else {
@@ -607,22 +608,53 @@ fn free_addrs(count: usize) -> Result<Vec<SocketAddr>, String> {
         .collect()
 }
 
+/// How the node processes of a cluster run (the same for each).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct NodeOptions {
+    /// Core threads per node.
+    pub cores: usize,
+    /// The WAL's blocking backend.
+    pub blocking_wal: bool,
+    /// How a WAL write becomes durable (`None`: the runtime's default).
+    pub sync_mode: Option<SyncModeConfig>,
+    /// Run each node under strace, its summary in this directory.
+    pub strace_dir: Option<PathBuf>,
+    /// The key-value state machine and a client listener (the reads benchmark).
+    pub kv: Option<KvSpec>,
+}
+
+impl NodeOptions {
+    /// The options of the cluster benchmark's command line.
+    fn of(args: &ClusterArgs) -> NodeOptions {
+        NodeOptions {
+            cores: args.cores,
+            blocking_wal: args.blocking_wal,
+            sync_mode: args.sync_mode,
+            strace_dir: args.strace_dir.clone(),
+            kv: None,
+        }
+    }
+}
+
 /// Three node processes and their control channels.
-struct Cluster {
+pub(crate) struct Cluster {
     children: Vec<Child>,
     stdins: Vec<ChildStdin>,
     ids: Vec<u32>,
     events: Receiver<(usize, Option<Event>)>,
     /// Each node's memory when it reported Ready.
     started_memory: Vec<Option<Memory>>,
+    /// Where each node serves clients (with `NodeOptions::kv`).
+    client_addrs: Vec<Option<SocketAddr>>,
 }
 
 impl Cluster {
-    fn start(
+    /// Starts the three node processes (data in `dir/node-ID`) and waits until each is ready.
+    pub(crate) fn start(
         dir: &Path,
         groups: u32,
         depth: Option<u32>,
-        args: &ClusterArgs,
+        args: &NodeOptions,
     ) -> Result<Cluster, String> {
         let exe = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
         let addrs = free_addrs(REPLICAS as usize)?;
@@ -633,6 +665,7 @@ impl Cluster {
             ids: Vec::new(),
             events,
             started_memory: vec![None; addrs.len()],
+            client_addrs: vec![None; addrs.len()],
         };
         for (i, &listen) in addrs.iter().enumerate() {
             let id = i as u32 + 1;
@@ -652,6 +685,7 @@ impl Cluster {
                 blocking_wal: args.blocking_wal,
                 sync_mode: args.sync_mode,
                 cluster_id: 0x9A78_1B00 + u64::from(groups),
+                kv: args.kv,
             };
             let spec_json = serde_json::to_string(&spec).map_err(|e| e.to_string())?;
             let mut command = match &args.strace_dir {
@@ -703,8 +737,16 @@ impl Cluster {
         let deadline = Instant::now() + Duration::from_secs(60);
         while ready < REPLICAS {
             match cluster.next_event(deadline)? {
-                (i, Event::Ready { memory, .. }) => {
+                (
+                    i,
+                    Event::Ready {
+                        memory,
+                        client_addr,
+                        ..
+                    },
+                ) => {
                     cluster.started_memory[i] = memory;
+                    cluster.client_addrs[i] = client_addr;
                     ready += 1;
                 }
                 (i, Event::Error { message }) => {
@@ -714,6 +756,16 @@ impl Cluster {
             }
         }
         Ok(cluster)
+    }
+
+    /// Node ids, by index.
+    pub(crate) fn ids(&self) -> &[u32] {
+        &self.ids
+    }
+
+    /// Where each node serves clients, by index (`None` without `NodeOptions::kv`).
+    pub(crate) fn client_addrs(&self) -> &[Option<SocketAddr>] {
+        &self.client_addrs
     }
 
     fn send(&mut self, node: usize, command: &Command) -> Result<(), String> {
@@ -744,8 +796,55 @@ impl Cluster {
         }
     }
 
+    /// Every node's cumulative counters now (cores publish theirs every 20 ms), by index.
+    pub(crate) fn stats(&mut self) -> Result<Vec<Counters>, String> {
+        for i in 0..self.children.len() {
+            self.send(i, &Command::Stats)?;
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut out: Vec<Option<Counters>> = vec![None; self.children.len()];
+        while out.iter().any(Option::is_none) {
+            match self.next_event(deadline)? {
+                (i, Event::Stats(c)) => out[i] = Some(c),
+                (i, Event::Error { message }) => {
+                    return Err(format!("node {}: {message}", self.ids[i]))
+                }
+                _ => {}
+            }
+        }
+        Ok(out.into_iter().map(|c| c.expect("checked")).collect())
+    }
+
+    /// Each group's master (index into nodes) as the nodes report it (`Node::is_master`), or
+    /// `None` for a group no node is master of now.
+    pub(crate) fn masters(&mut self, groups: u32) -> Result<Vec<Option<usize>>, String> {
+        for i in 0..self.children.len() {
+            self.send(i, &Command::Masters)?;
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut master: Vec<Option<usize>> = vec![None; groups as usize];
+        let mut answers = 0;
+        while answers < self.children.len() {
+            match self.next_event(deadline)? {
+                (i, Event::Masters { groups: held }) => {
+                    answers += 1;
+                    for g in held {
+                        if let Some(slot) = master.get_mut(g as usize) {
+                            slot.get_or_insert(i);
+                        }
+                    }
+                }
+                (i, Event::Error { message }) => {
+                    return Err(format!("node {}: {message}", self.ids[i]))
+                }
+                _ => {}
+            }
+        }
+        Ok(master)
+    }
+
     /// Waits until every group has a leader; returns each group's leader (index into nodes).
-    fn wait_leaders(&mut self, groups: u32) -> Result<Vec<usize>, String> {
+    pub(crate) fn wait_leaders(&mut self, groups: u32) -> Result<Vec<usize>, String> {
         let deadline = Instant::now() + LEADERS_TIMEOUT;
         loop {
             for i in 0..self.children.len() {
@@ -875,7 +974,7 @@ impl Cluster {
     }
 
     /// Asks every node to quit, collects its final counters, and reaps it.
-    fn stop(mut self) -> Result<Vec<NodeFinal>, String> {
+    pub(crate) fn stop(mut self) -> Result<Vec<NodeFinal>, String> {
         for i in 0..self.children.len() {
             // A node that already left is reported by the wait below.
             let _ = self.send(i, &Command::Quit);

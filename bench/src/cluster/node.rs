@@ -19,6 +19,7 @@ use std::cell::{Cell, RefCell};
 use std::io::{BufRead, Write};
 use std::process::ExitCode;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Most open-loop proposals in flight per node; beyond it intended starts are skipped (counted).
@@ -106,11 +107,15 @@ pub fn run(spec_json: &str) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let factory: StateMachineFactory = Box::new(|_group| {
-        Ok(Box::new(Tally {
-            commands: 0,
-            checksum: 0,
-        }) as Box<dyn StateMachine>)
+    let kv = spec.kv;
+    let factory: StateMachineFactory = Box::new(move |_group| {
+        Ok(match kv {
+            Some(_) => Box::new(crate::reads::serve::Kv::default()) as Box<dyn StateMachine>,
+            None => Box::new(Tally {
+                commands: 0,
+                checksum: 0,
+            }) as Box<dyn StateMachine>,
+        })
     });
     let node = match Node::start(config, factory) {
         Ok(node) => node,
@@ -121,10 +126,25 @@ pub fn run(spec_json: &str) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let node = Arc::new(node);
+    // The reads benchmark's clients connect here (the cluster benchmark runs none).
+    let (server, client_addr) = match spec.kv {
+        Some(kv) => match crate::reads::serve::Server::start(node.clone(), kv) {
+            Ok((server, addr)) => (Some(server), Some(addr)),
+            Err(e) => {
+                emit(&Event::Error {
+                    message: format!("node {}: {e}", spec.id),
+                });
+                return ExitCode::from(1);
+            }
+        },
+        None => (None, None),
+    };
     emit(&Event::Ready {
         id: spec.id,
         pid: std::process::id(),
         memory: crate::rss::read_self(),
+        client_addr,
     });
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_time()
@@ -138,7 +158,6 @@ pub fn run(spec_json: &str) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let node = Rc::new(node);
     let stdin = std::io::stdin();
     for line in stdin.lock().lines() {
         let Ok(line) = line else { break };
@@ -162,6 +181,12 @@ pub fn run(spec_json: &str) -> ExitCode {
                 emit(&Event::Leaders { groups });
             }
             Command::Stats => emit(&Event::Stats(Counters::of(&node.stats()))),
+            Command::Masters => {
+                let groups = (0..spec.groups)
+                    .filter(|&g| node.is_master(GroupId(g)))
+                    .collect();
+                emit(&Event::Masters { groups });
+            }
             Command::Run(run) => {
                 let local = tokio::task::LocalSet::new();
                 let result = local.block_on(&runtime, run_point(node.clone(), run));
@@ -170,12 +195,16 @@ pub fn run(spec_json: &str) -> ExitCode {
             Command::Quit => break,
         }
     }
+    if let Some(server) = server {
+        server.stop();
+    }
     let counters = quiesce(&node);
     emit(&Event::Bye {
         counters,
         memory: crate::rss::read_self(),
     });
-    let node = Rc::try_unwrap(node).unwrap_or_else(|_| panic!("no load task outlives its run"));
+    let node = Arc::try_unwrap(node)
+        .unwrap_or_else(|_| panic!("no load task or client connection outlives its run"));
     if let Err(e) = node.shutdown() {
         eprintln!("node {}: {e}", spec.id);
         return ExitCode::from(1);
@@ -279,7 +308,7 @@ fn value_pool(value_bytes: usize) -> Bytes {
     Bytes::from(bytes)
 }
 
-async fn run_point(node: Rc<Node>, spec: RunSpec) -> RunResult {
+async fn run_point(node: Arc<Node>, spec: RunSpec) -> RunResult {
     let begin = Instant::now();
     let start = begin + Duration::from_secs_f64(spec.warmup_s.max(0.0));
     let end = start + Duration::from_secs_f64(spec.seconds.max(0.01));

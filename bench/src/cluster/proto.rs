@@ -33,6 +33,20 @@ pub struct NodeSpec {
     pub sync_mode: Option<paxring_engine::runtime::SyncModeConfig>,
     /// The cluster's id.
     pub cluster_id: u64,
+    /// Run the key-value state machine and serve clients over loopback TCP (the reads
+    /// benchmark); `None`: the counting state machine and no client listener.
+    #[serde(default)]
+    pub kv: Option<KvSpec>,
+}
+
+/// The reads benchmark's key-value store as one node process holds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvSpec {
+    /// Keys per group (0..keys_per_group); the client listener's in-process baseline map holds
+    /// each with its preload value (`reads::wire::preload_value`).
+    pub keys_per_group: u64,
+    /// Bytes of every value.
+    pub value_bytes: usize,
 }
 
 /// A command to a node process.
@@ -45,6 +59,8 @@ pub enum Command {
     Run(RunSpec),
     /// Answer with the node's cumulative counters.
     Stats,
+    /// Which groups is this node master of now (`Node::is_master`)?
+    Masters,
     /// Shut the node down and exit.
     Quit,
 }
@@ -81,9 +97,17 @@ pub enum Event {
         /// Its memory once the node started (None where /proc cannot be read).
         #[serde(default)]
         memory: Option<Memory>,
+        /// Where it serves clients (with `NodeSpec::kv` only).
+        #[serde(default)]
+        client_addr: Option<SocketAddr>,
     },
     /// The groups this node leads.
     Leaders {
+        /// Group ids.
+        groups: Vec<u32>,
+    },
+    /// The groups this node is master of (holds the master lease).
+    Masters {
         /// Group ids.
         groups: Vec<u32>,
     },
@@ -185,6 +209,18 @@ pub struct Counters {
     pub wal_write_p50_us: u64,
     /// Same, 99th percentile.
     pub wal_write_p99_us: u64,
+    /// Reads served by the master's lease (no message).
+    #[serde(default)]
+    pub reads_lease: u64,
+    /// Reads served after a read-index round.
+    #[serde(default)]
+    pub reads_index: u64,
+    /// Reads refused or failed.
+    #[serde(default)]
+    pub reads_failed: u64,
+    /// Lease rounds sent as leader.
+    #[serde(default)]
+    pub lease_rounds_sent: u64,
 }
 
 impl Counters {
@@ -203,6 +239,10 @@ impl Counters {
             c.commit_rtts_total += core.protocol.commit_rtts_total;
             c.commit_instances += core.protocol.commit_instances;
             c.proposals_committed += core.protocol.proposals_committed;
+            c.reads_lease += core.protocol.reads_lease;
+            c.reads_index += core.protocol.reads_index;
+            c.reads_failed += core.protocol.reads_failed;
+            c.lease_rounds_sent += core.protocol.lease_rounds_sent;
             if let Some(wal) = &core.wal {
                 c.wal_writes += wal.writes;
                 c.bytes_written += wal.bytes_written;
@@ -243,6 +283,12 @@ impl Counters {
                 .saturating_sub(earlier.applied_commands),
             wal_write_p50_us: self.wal_write_p50_us,
             wal_write_p99_us: self.wal_write_p99_us,
+            reads_lease: self.reads_lease.saturating_sub(earlier.reads_lease),
+            reads_index: self.reads_index.saturating_sub(earlier.reads_index),
+            reads_failed: self.reads_failed.saturating_sub(earlier.reads_failed),
+            lease_rounds_sent: self
+                .lease_rounds_sent
+                .saturating_sub(earlier.lease_rounds_sent),
         }
     }
 
@@ -263,6 +309,10 @@ impl Counters {
         self.applied_commands += other.applied_commands;
         self.wal_write_p50_us = self.wal_write_p50_us.max(other.wal_write_p50_us);
         self.wal_write_p99_us = self.wal_write_p99_us.max(other.wal_write_p99_us);
+        self.reads_lease += other.reads_lease;
+        self.reads_index += other.reads_index;
+        self.reads_failed += other.reads_failed;
+        self.lease_rounds_sent += other.lease_rounds_sent;
     }
 }
 

@@ -1264,6 +1264,10 @@ pub struct RunSummary {
     pub frames_sent: u64,
     /// Chosen values served to catch-up from the simulated disks.
     pub values_read_from_disk: u64,
+    /// Reads served by a master's lease.
+    pub reads_lease: u64,
+    /// Reads served after a read-index round.
+    pub reads_index: u64,
 }
 
 impl RunSummary {
@@ -1289,6 +1293,8 @@ impl RunSummary {
         self.frames_encoded += report.frames_encoded;
         self.frames_sent += report.frames_sent;
         self.values_read_from_disk += report.values_read_from_disk;
+        self.reads_lease += report.reads_lease;
+        self.reads_index += report.reads_index;
     }
 
     /// Frames per acknowledged commit.
