@@ -783,3 +783,37 @@ fn a_restarted_replica_promises_nobody_for_a_lease() {
     assert!(cluster.table(2).stats().prepares_refused_lease >= 1);
     assert!(!cluster.table(3).is_leader(GROUP));
 }
+
+/// A leader refused by one acceptor whose promise rose while it was cut off (it stood for
+/// election alone) prepares again at once above that promise while it still hears a quorum,
+/// and stays leader (`leader_reprepares`).
+#[test]
+fn a_leader_refused_by_a_returning_acceptor_prepares_again_and_stays() {
+    let config = Config {
+        check_quorum: true,
+        ..config()
+    };
+    let mut cluster = Cluster::new(3, config);
+    cluster.elect(1);
+    cluster.propose(1, 1, "a").unwrap();
+    cluster.settle();
+    cluster.isolate(3);
+    cluster.tick_all(200); // node 3 stands alone, raising its own promise
+    let raised = cluster.table(3).promised(GROUP).unwrap();
+    assert!(raised > cluster.table(1).promised(GROUP).unwrap());
+    cluster.rejoin(3);
+    cluster.propose(1, 2, "b").unwrap();
+    cluster.settle();
+    cluster.tick_all(60);
+    assert!(cluster.table(1).stats().leader_reprepares >= 1);
+    assert!(
+        cluster.table(1).is_leader(GROUP),
+        "the leader its peers hear stays"
+    );
+    assert!(cluster.table(1).promised(GROUP).unwrap() > raised);
+    cluster.propose(1, 3, "c").unwrap();
+    cluster.settle();
+    cluster.tick_all(20);
+    let committed: BTreeSet<u64> = cluster.committed().iter().map(|(id, _, _)| id.0).collect();
+    assert!(committed.contains(&3), "commits go on: {committed:?}");
+}
