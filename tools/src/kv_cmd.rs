@@ -11,7 +11,7 @@
 
 use crate::cluster_cmd::read_cluster;
 use crate::kv::client::{parse_addrs, Attempt, KvClient};
-use crate::kv::proto::{Request, Response};
+use crate::kv::proto::{GetMode, Request, Response};
 use crate::kv::state::Session;
 use crate::kv::value::Value;
 use serde::Serialize;
@@ -90,10 +90,16 @@ enum KvCommand {
         #[arg(long)]
         value_file: Option<PathBuf>,
     },
-    /// Reads KEY (through the log: linearizable).
+    /// Reads KEY (linearizable in every --mode).
     Get {
         /// The key.
         key: String,
+        /// How the read is served: `lease` (the master answers from its applied state, no
+        /// message while its lease holds, else as `index`), `index` (one round trip to a
+        /// quorum, no write) or `log` (proposed like a write: a durable write on every
+        /// replica). All answer the same value.
+        #[arg(long, value_enum, default_value_t = GetMode::Lease)]
+        mode: GetMode,
         /// Print only the value's bytes, as stored (nothing for an absent key), instead of the
         /// JSON answer: for binary values, e.g. `get --value-only KEY > FILE`.
         #[arg(long)]
@@ -156,6 +162,9 @@ struct LoadArgs {
     /// resends after an unknown outcome), in milliseconds.
     #[arg(long, default_value_t = 2000)]
     op_retry_ms: u64,
+    /// How the workload's gets are served: `lease`, `index` or `log` (as `get --mode`).
+    #[arg(long, value_enum, default_value_t = GetMode::Lease)]
+    get_mode: GetMode,
 }
 
 /// Writes a line to stdout; a closed pipe (e.g. `| head`) ends the command quietly.
@@ -272,7 +281,7 @@ fn addresses(addr: Option<&str>, cluster: Option<&Path>) -> Result<Vec<SocketAdd
 /// A key operation before its values were read.
 enum Pending {
     Put(String, Source),
-    Get(String),
+    Get(String, GetMode),
     Delete(String),
     Cas(String, Option<Source>, Source),
 }
@@ -304,10 +313,11 @@ fn run_kv(args: KvArgs) -> Result<ExitCode, String> {
         } => Pending::Put(key.clone(), Source::of(value, value_file, true)?),
         KvCommand::Get {
             key,
+            mode,
             value_only: only,
         } => {
             value_only = only;
-            Pending::Get(key)
+            Pending::Get(key, mode)
         }
         KvCommand::Delete { key } => Pending::Delete(key),
         KvCommand::Cas {
@@ -348,7 +358,10 @@ fn run_kv(args: KvArgs) -> Result<ExitCode, String> {
             Ok(value) => Request::Put { key, value },
             Err((status, reason)) => return Ok(report_not_sent(status, &reason)),
         },
-        Pending::Get(key) => Request::Get { key },
+        Pending::Get(key, mode) => Request::Get {
+            key,
+            mode: Some(mode),
+        },
         Pending::Delete(key) => Request::Delete { key },
         Pending::Cas(key, expected, new) => {
             let expected = match expected.map(read).transpose() {
@@ -371,7 +384,7 @@ fn run_kv(args: KvArgs) -> Result<ExitCode, String> {
                     out.write_all(value.as_bytes())
                         .and_then(|()| out.flush())
                         .map_err(|e| format!("cannot write to stdout: {e}"))?;
-                } else if let Request::Get { key } = &request {
+                } else if let Request::Get { key, .. } = &request {
                     eprintln!("paxring kv: {key:?} is absent");
                 }
                 return Ok(ExitCode::SUCCESS);
@@ -456,6 +469,30 @@ struct Tally {
     ok: AtomicU64,
     fail: AtomicU64,
     unknown: AtomicU64,
+    /// When each successful operation returned (ns since the start), for the longest time
+    /// with none (client-visible unavailability).
+    ok_returns: Mutex<Vec<u64>>,
+}
+
+/// The longest interval (ns) between consecutive successful returns, the last one to the end
+/// of the run included, with where it ended: (gap, end of the gap). (0, 0) with no success.
+fn longest_gap(returns: &mut [u64], end_ns: u64) -> (u64, u64) {
+    if returns.is_empty() {
+        return (0, 0);
+    }
+    returns.sort_unstable();
+    let mut best = (0, 0);
+    let mut previous = None;
+    for &at in returns.iter().chain(std::iter::once(&end_ns)) {
+        if let Some(before) = previous {
+            let gap = at.saturating_sub(before);
+            if gap > best.0 {
+                best = (gap, at);
+            }
+        }
+        previous = Some(at);
+    }
+    best
 }
 
 fn run_load(
@@ -500,6 +537,7 @@ fn run_load(
         let write_error = write_error.clone();
         let keys = args.keys;
         let retry_for = Duration::from_millis(args.op_retry_ms);
+        let get_mode = args.get_mode;
         let thread = std::thread::Builder::new()
             .name(format!("load-{client}"))
             .spawn(move || {
@@ -509,6 +547,7 @@ fn run_load(
                         seed ^ (u64::from(client) + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15),
                     ),
                     keys,
+                    get_mode,
                     start,
                     deadline: start + duration,
                     retry_for,
@@ -544,18 +583,30 @@ fn run_load(
     let p50_us = latencies.value_at_quantile(0.50) as f64 / 1000.0;
     let p99_us = latencies.value_at_quantile(0.99) as f64 / 1000.0;
     let ops_per_s = ok as f64 / elapsed;
+    let (gap_ns, gap_end_ns) = longest_gap(
+        &mut tally.ok_returns.lock().expect("lock"),
+        (elapsed * 1e9) as u64,
+    );
+    let longest_gap_ms = gap_ns as f64 / 1e6;
     out!(
-        "load: {} clients, {elapsed:.1} s, seed {seed}: {} ops, ok {ok} ({ops_per_s:.0} ops/s), fail {fail}, unknown {unknown}",
+        "load: {} clients, {elapsed:.1} s, seed {seed}, get mode {}: {} ops, ok {ok} ({ops_per_s:.0} ops/s), fail {fail}, unknown {unknown}",
         args.clients,
+        args.get_mode,
         ok + fail + unknown
     );
     out!("latency of ok ops: p50 {p50_us:.0} us, p99 {p99_us:.0} us");
     out!(
+        "longest time with no successful operation: {longest_gap_ms:.0} ms (ending {:.2} s into the run)",
+        gap_end_ns as f64 / 1e9
+    );
+    out!(
         "{}",
         serde_json::json!({
             "clients": args.clients, "seconds": elapsed, "seed": seed,
+            "get_mode": args.get_mode.as_str(),
             "ok": ok, "fail": fail, "unknown": unknown,
             "ok_per_s": ops_per_s, "p50_us": p50_us, "p99_us": p99_us,
+            "longest_gap_ms": longest_gap_ms,
         })
     );
     Ok(ExitCode::SUCCESS)
@@ -565,6 +616,7 @@ struct Worker {
     client: u32,
     rng: fastrand::Rng,
     keys: u32,
+    get_mode: GetMode,
     start: Instant,
     deadline: Instant,
     retry_for: Duration,
@@ -606,7 +658,10 @@ impl Worker {
                     value: Value::from(fresh),
                 }
             } else if choice < 8 {
-                Request::Get { key: key.clone() }
+                Request::Get {
+                    key: key.clone(),
+                    mode: Some(self.get_mode),
+                }
             } else {
                 Request::Cas {
                     key: key.clone(),
@@ -655,7 +710,7 @@ impl Worker {
                 }
                 ("put", key, Some(value), None, ok)
             }
-            Request::Get { key } => {
+            Request::Get { key, .. } => {
                 let read = response.and_then(|r| r.value.as_ref());
                 if response.is_some() {
                     seen.insert(key.clone(), read.cloned());
@@ -707,11 +762,24 @@ impl Worker {
         };
         counter.fetch_add(1, Ordering::Relaxed);
         if outcome == "ok" {
+            self.tally.ok_returns.lock().expect("lock").push(return_ns);
             let _ = self
                 .latencies
                 .lock()
                 .expect("lock")
                 .record((return_ns - call_ns).max(1));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::longest_gap;
+
+    #[test]
+    fn the_longest_gap_is_between_successes_or_up_to_the_end() {
+        assert_eq!(longest_gap(&mut [30, 10, 20], 100), (70, 100));
+        assert_eq!(longest_gap(&mut [10, 500, 20, 520], 530), (480, 500));
+        assert_eq!(longest_gap(&mut [], 100), (0, 0));
     }
 }

@@ -236,6 +236,14 @@ const KEY_DOCS: &[(&str, &str)] = &[
         "check_quorum",
         "Check quorum and leader stickiness: a leader that hears no quorum within an election timeout steps down, and a replica that hears a live leader ignores other nodes' Prepares.",
     ),
+    (
+        "master_lease_ms",
+        "The master lease, in milliseconds: a replica that granted its leader's lease promises and grants no other node for this long, and the leader serves lease reads (KV `get` mode \"lease\") with no message while a quorum's grants run. 0 turns leases off (reads use read index). The same on every node.",
+    ),
+    (
+        "clock_drift_ppm",
+        "The bound on any node's clock-rate drift from real time that leases assume, in parts per million (10000 = 1%). The same on every node.",
+    ),
     ("peers", "Every other member: its id and its peer address."),
 ];
 

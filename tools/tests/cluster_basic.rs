@@ -1,7 +1,7 @@
 //! Proves, with three real `paxring node` processes on 127.0.0.1 (started by `paxring cluster
 //! up`): proposals entering through every node commit (a follower answers `not_leader` naming
-//! the leader, the client follows it); reads through the log see the last write whichever node
-//! they enter; every replica applies the same sequence (identical applied_next and digest per
+//! the leader, the client follows it); reads (gets in the default `lease` mode) see the last
+//! write whichever node they enter; every replica applies the same sequence (identical applied_next and digest per
 //! group); the WAL made one durable write per writing round on every core; malformed client
 //! input gets `bad_request` without hurting the node; the `paxring kv` command works end to end
 //! (a cas that does not swap exits 4 with the value found).

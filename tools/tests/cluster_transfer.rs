@@ -24,7 +24,7 @@
 //!    received verifies and lies past every corrupted one, it finishes re-learning, the
 //!    snapshots match as in step 1 (every write acknowledged in the whole test is in the wiped
 //!    node's state), and a sample of 1,000 of them spread over the whole test reads back through
-//!    the client protocol (linearizable reads, through the leader's log).
+//!    the client protocol (linearizable reads: gets in the default `lease` mode).
 
 mod common;
 

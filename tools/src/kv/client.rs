@@ -276,7 +276,7 @@ impl KvClient {
     ) -> Attempt {
         let command = match request.clone() {
             Request::Put { key, value } => Command::Put { key, value },
-            Request::Get { key } => Command::Get { key },
+            Request::Get { key, .. } => Command::Get { key },
             Request::Delete { key } => Command::Delete { key },
             Request::Cas { key, expected, new } => Command::Cas { key, expected, new },
             _ => panic!("execute is for key operations"),

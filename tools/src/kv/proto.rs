@@ -31,10 +31,15 @@ pub enum Request {
         /// The value: a string, or `{"base64": ...}` for any bytes.
         value: Value,
     },
-    /// Reads `key` through the log.
+    /// Reads `key`: through the log, or by a linearizable read without a log write (see
+    /// [`GetMode`]).
     Get {
         /// The key.
         key: String,
+        /// How the read is served; absent means [`GetMode::Lease`] (lines of earlier clients
+        /// carry no mode).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mode: Option<GetMode>,
     },
     /// Removes `key`.
     Delete {
@@ -57,6 +62,70 @@ pub enum Request {
     Stats,
     /// Per group: applied_next, rolling digest of the applied sequence, checkpoint.
     Digest,
+}
+
+/// How a `get` is served (the request's `"mode"`: `"log"`, `"index"` or `"lease"`; absent is
+/// `lease`). All three are linearizable and answer the same value; they differ in cost.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum,
+)]
+#[serde(try_from = "String", into = "String")]
+pub enum GetMode {
+    /// Proposed to the key's group like a write: a durable write on every replica.
+    Log,
+    /// Read index: the leader confirms its leadership with one round trip to a quorum, then
+    /// answers from its applied state; no log write.
+    Index,
+    /// The master answers from its applied state with no message while it holds its lease
+    /// (without a valid lease the engine falls back to `index`); no log write.
+    #[default]
+    Lease,
+}
+
+impl GetMode {
+    /// The mode's name on the wire and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GetMode::Log => "log",
+            GetMode::Index => "index",
+            GetMode::Lease => "lease",
+        }
+    }
+}
+
+impl std::fmt::Display for GetMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for GetMode {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<GetMode, String> {
+        match text {
+            "log" => Ok(GetMode::Log),
+            "index" => Ok(GetMode::Index),
+            "lease" => Ok(GetMode::Lease),
+            other => Err(format!(
+                "unknown get mode {other:?} (use \"log\", \"index\" or \"lease\"; absent means \"lease\")"
+            )),
+        }
+    }
+}
+
+impl TryFrom<String> for GetMode {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<GetMode, String> {
+        text.parse()
+    }
+}
+
+impl From<GetMode> for String {
+    fn from(mode: GetMode) -> String {
+        mode.as_str().to_string()
+    }
 }
 
 /// One request line: the request and, for put/get/delete/cas, the optional session fields
@@ -96,7 +165,8 @@ impl RequestLine {
 }
 
 impl Request {
-    /// True for put, get, delete and cas (the requests that go through the log).
+    /// True for put, get, delete and cas (the requests about one key, which may carry a
+    /// session; a get served by `lease` or `index` records nothing in the session table).
     pub fn is_key_op(&self) -> bool {
         matches!(
             self,
@@ -289,7 +359,10 @@ mod tests {
             ),
             (
                 r#"{"op":"get","key":"k"}"#,
-                Request::Get { key: "k".into() },
+                Request::Get {
+                    key: "k".into(),
+                    mode: None,
+                },
             ),
             (
                 r#"{"op":"delete","key":"k"}"#,
@@ -344,6 +417,74 @@ mod tests {
             "",
         ] {
             assert!(serde_json::from_str::<Request>(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn get_modes_parse_as_documented() {
+        // Absent (or null): no mode (served as lease), and written back without one.
+        for text in [
+            r#"{"op":"get","key":"k"}"#,
+            r#"{"op":"get","key":"k","mode":null}"#,
+        ] {
+            let line: RequestLine = serde_json::from_str(text).unwrap();
+            assert_eq!(
+                line.request,
+                Request::Get {
+                    key: "k".into(),
+                    mode: None
+                }
+            );
+            assert_eq!(
+                serde_json::to_string(&line).unwrap(),
+                r#"{"op":"get","key":"k"}"#
+            );
+        }
+        assert_eq!(GetMode::default(), GetMode::Lease);
+        for (name, mode) in [
+            ("log", GetMode::Log),
+            ("index", GetMode::Index),
+            ("lease", GetMode::Lease),
+        ] {
+            let text = format!(r#"{{"op":"get","key":"k","mode":"{name}"}}"#);
+            let line: RequestLine = serde_json::from_str(&text).unwrap();
+            assert_eq!(
+                line.request,
+                Request::Get {
+                    key: "k".into(),
+                    mode: Some(mode)
+                },
+                "{text}"
+            );
+            assert_eq!(serde_json::to_string(&line).unwrap(), text);
+            assert_eq!(name.parse::<GetMode>(), Ok(mode));
+            assert_eq!(mode.to_string(), name);
+            // With a session, in any field order.
+            let text = format!(r#"{{"client":5,"seq":2,"mode":"{name}","key":"k","op":"get"}}"#);
+            let line: RequestLine = serde_json::from_str(&text).unwrap();
+            assert_eq!(line.session(), Ok(Some(Session { client: 5, seq: 2 })));
+        }
+        // Unknown modes are refused, naming the mode and the valid ones.
+        for bad in [
+            r#"{"op":"get","key":"k","mode":"fast"}"#,
+            r#"{"op":"get","key":"k","mode":"Lease"}"#,
+            r#"{"op":"get","key":"k","mode":""}"#,
+        ] {
+            let error = serde_json::from_str::<RequestLine>(bad)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.contains("unknown get mode")
+                    && error.contains(r#""log", "index" or "lease""#),
+                "{bad}: {error}"
+            );
+        }
+        for bad in [
+            r#"{"op":"get","key":"k","mode":1}"#,
+            r#"{"op":"put","key":"k","value":"v","mode":"log"}"#,
+            r#"{"op":"cas","key":"k","expected":null,"new":"n","mode":"lease"}"#,
+        ] {
+            assert!(serde_json::from_str::<RequestLine>(bad).is_err(), "{bad}");
         }
     }
 

@@ -1,17 +1,21 @@
 //! The KV client protocol server of one node: accepts TCP connections on the client port, reads
-//! request lines, proposes commands to the key's group and writes one response line each.
+//! request lines, proposes commands to the key's group (or, for a `get` in mode `lease` or
+//! `index`, asks the runtime for a linearizable read without a log write) and writes one
+//! response line each.
 //!
-//! Owns: the listener, one thread per connection (bounded count), the wait on each proposal
-//! (bounded in time). Never: answers a write before the runtime says it committed, crashes on a
-//! malformed line, holds more than the line limit ([`line_bytes_max`]) of a request, or
-//! proposes a command over the command limit ([`command_bytes_max`]).
+//! Owns: the listener, one thread per connection (bounded count), the wait on each proposal or
+//! read (bounded in time). Never: answers a write before the runtime says it committed, answers
+//! a read from the local map without the runtime's confirmation, records a read served without
+//! the log in the session table, crashes on a malformed line, holds more than the line limit
+//! ([`line_bytes_max`]) of a request, or proposes a command over the command limit
+//! ([`command_bytes_max`]).
 
 use super::proto::{
-    code, line_bytes_max, read_line_bounded, GroupDigest, LineRead, NodeAddr, Request, RequestLine,
-    Response,
+    code, line_bytes_max, read_line_bounded, GetMode, GroupDigest, LineRead, NodeAddr, Request,
+    RequestLine, Response,
 };
 use super::state::{command_bytes_max, group_of_key, Command, Outcome, SharedView};
-use paxring_engine::runtime::{Committed, Error, Node, Proposal};
+use paxring_engine::runtime::{Committed, Error, Node, Proposal, ReadMode};
 use paxring_wal::GroupId;
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -29,7 +33,7 @@ use std::time::{Duration, Instant};
 pub struct ServerLimits {
     /// Connections served at once; more are answered `overloaded` and closed.
     pub connections_max: usize,
-    /// Longest wait for a proposal's outcome before answering `unknown`.
+    /// Longest wait for a proposal's outcome (or a read's answer) before answering `unknown`.
     pub proposal_timeout: Duration,
 }
 
@@ -313,7 +317,13 @@ fn handle_line(line: &[u8], context: &ServerShared) -> serde_json::Value {
             return serde_json::json!({ "ok": true, "digests": digests });
         }
         Request::Put { key, value } => Command::Put { key, value },
-        Request::Get { key } => Command::Get { key },
+        Request::Get { key, mode } => match mode.unwrap_or_default() {
+            GetMode::Log => Command::Get { key },
+            // A read without the log: the session (validated above) is not recorded, since
+            // nothing is written; a resend simply reads again (docs/CLIENT.md).
+            GetMode::Index => return read(context, key, ReadMode::Index),
+            GetMode::Lease => return read(context, key, ReadMode::Lease),
+        },
         Request::Delete { key } => Command::Delete { key },
         Request::Cas { key, expected, new } => Command::Cas { key, expected, new },
     };
@@ -348,6 +358,39 @@ fn handle_line(line: &[u8], context: &ServerShared) -> serde_json::Value {
     match outcome {
         Ok(committed) => committed_json(&committed, is_cas),
         Err(error) => response_json(&error_response(error, &context.client_addrs)),
+    }
+}
+
+/// Answers a get of `key` by a linearizable read without a log write (`Node::read` in `mode`):
+/// the state machine's `query` answers what the logged get would (`KvState::query`), so the
+/// response is the same but for `instance`, which is the applied point the read was served at.
+fn read(context: &ServerShared, key: String, mode: ReadMode) -> serde_json::Value {
+    let node = &context.node;
+    let command = Command::Get { key };
+    let payload = command.payload_bytes();
+    if payload > context.command_bytes_max {
+        return response_json(&Response::error(
+            code::TOO_LARGE,
+            too_large_message(
+                payload,
+                context.command_bytes_max,
+                node.config().batch_bytes_max,
+            ),
+        ));
+    }
+    let group = group_of_key(command.key(), node.config().groups);
+    let max_bytes = (node.config().batch_bytes_max as usize).saturating_sub(16);
+    let answer = node.read(group, command.encode_for_log(None, max_bytes), mode);
+    match wait_timeout(answer, context.limits.proposal_timeout) {
+        Some(Ok(committed)) => committed_json(&committed, false),
+        Some(Err(error)) => response_json(&error_response(error, &context.client_addrs)),
+        None => response_json(&Response::error(
+            code::UNKNOWN,
+            format!(
+                "no answer to the read within {} ms; a read changes nothing: it may be resent",
+                context.limits.proposal_timeout.as_millis()
+            ),
+        )),
     }
 }
 
@@ -470,7 +513,8 @@ impl Wake for ThreadWaker {
     }
 }
 
-/// Waits for a proposal's outcome for at most `timeout` (`None`: still unknown).
+/// Waits for a proposal's outcome (or a read's answer) for at most `timeout` (`None`: still
+/// unknown).
 fn wait_timeout(mut proposal: Proposal, timeout: Duration) -> Option<Result<Committed, Error>> {
     let waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
     let mut cx = Context::from_waker(&waker);

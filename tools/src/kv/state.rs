@@ -84,6 +84,16 @@ impl Command {
         }
     }
 
+    /// The command's `op` name: put, get, delete or cas.
+    pub fn op_name(&self) -> &'static str {
+        match self {
+            Command::Put { .. } => "put",
+            Command::Get { .. } => "get",
+            Command::Delete { .. } => "delete",
+            Command::Cas { .. } => "cas",
+        }
+    }
+
     /// The bytes of the command's key and values together (what [`command_bytes_max`] bounds).
     pub fn payload_bytes(&self) -> usize {
         match self {
@@ -770,6 +780,17 @@ impl KvState {
         outcome
     }
 
+    /// What a get of `key` answers: the same outcome whether the get was applied from the log
+    /// or asked as a query.
+    fn get(&self, key: &str) -> Outcome {
+        Outcome {
+            value: self.map.get(key).cloned(),
+            done: true,
+            error: None,
+            stale: false,
+        }
+    }
+
     /// Executes one command on the map.
     fn run(&mut self, command: Command) -> Outcome {
         match command {
@@ -779,12 +800,7 @@ impl KvState {
                 error: None,
                 stale: false,
             },
-            Command::Get { key } => Outcome {
-                value: self.map.get(&key).cloned(),
-                done: true,
-                error: None,
-                stale: false,
-            },
+            Command::Get { key } => self.get(&key),
             Command::Delete { key } => Outcome {
                 value: self.map.remove(&key),
                 done: true,
@@ -895,6 +911,32 @@ impl StateMachine for KvState {
 
     fn checkpoint_instance(&self) -> Option<Instance> {
         self.checkpoint
+    }
+
+    /// Answers a get without the log: `query` is a get command in its log encoding (either
+    /// form, see [`Command::encode_for_log`]) without a session, and the answer is the bytes
+    /// applying that get from the log would return now ([`Outcome`]). Nothing changes: no
+    /// digest step, no session record. Any other command, a session, or bytes that are not a
+    /// command are an `InvalidInput` error.
+    fn query(&self, group: GroupId, query: &[u8]) -> std::io::Result<Bytes> {
+        let invalid =
+            |message: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, message);
+        if group != self.group {
+            return Err(invalid(format!(
+                "a query of group {} reached group {}",
+                group.0, self.group.0
+            )));
+        }
+        match Command::decode(query).map_err(invalid)? {
+            (Command::Get { key }, None) => Ok(self.get(&key).encode()),
+            (Command::Get { .. }, Some(_)) => Err(invalid(
+                "a get query carries no session: a read records nothing".into(),
+            )),
+            (other, _) => Err(invalid(format!(
+                "only a get can be a query, not {}: propose it to the log",
+                other.op_name()
+            ))),
+        }
     }
 
     /// Streams the snapshot bytes of the state as of the last applied instance (what the
@@ -1376,6 +1418,84 @@ mod tests {
         let out = apply(&mut state, 4, &[Bytes::from_static(b"{not json")]);
         assert!(out[0].error.is_some());
         assert!(!out[0].done);
+    }
+
+    #[test]
+    fn a_query_answers_as_a_logged_get_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = KvState::open(dir.path(), GroupId(0), never()).unwrap();
+        let binary = Value::from(vec![0u8, 0xff, b'"', 0x80]);
+        let put_bin = Command::Put {
+            key: "bin".into(),
+            value: binary.clone(),
+        }
+        .encode();
+        apply_raw(
+            &mut state,
+            1,
+            &[put("a", "1"), put_bin, put("", "empty key")],
+        );
+        let mut instance = 2;
+        for key in ["a", "bin", "", "missing"] {
+            let get = Command::Get { key: key.into() };
+            let before = (state.digest(), state.applied_next, state.session_list());
+            // The server's encoding (JSON for a get) and the binary form answer alike.
+            let answer = state.query(GroupId(0), &get.encode()).unwrap();
+            let binary_answer = state.query(GroupId(0), &get.encode_binary(None)).unwrap();
+            assert_eq!(answer, binary_answer, "{key:?}");
+            assert_eq!(
+                (state.digest(), state.applied_next, state.session_list()),
+                before,
+                "a query of {key:?} changed the state"
+            );
+            // Byte for byte what the same get answers through the log, with or without a
+            // session (which the logged get records).
+            let logged = apply_raw(&mut state, instance, &[get.encode()]);
+            let logged_in_session = apply_raw(
+                &mut state,
+                instance + 1,
+                &[get.encode_with(session(9, instance))],
+            );
+            instance += 2;
+            assert_eq!(logged, vec![answer.clone()], "{key:?}");
+            assert_eq!(logged_in_session, vec![answer.clone()], "{key:?}");
+            let outcome = Outcome::decode(&answer).unwrap();
+            let expected = match key {
+                "a" => Some(Value::from("1")),
+                "bin" => Some(binary.clone()),
+                "" => Some(Value::from("empty key")),
+                _ => None,
+            };
+            assert_eq!(outcome.value, expected, "{key:?}");
+            assert!(outcome.done && outcome.error.is_none() && !outcome.stale);
+        }
+        assert_eq!(state.session_list().len(), 1, "only logged gets recorded");
+
+        // Anything but a get without a session is refused, and changes nothing either.
+        let before = (state.digest(), state.applied_next, state.session_list());
+        for (query, needle) in [
+            (put("a", "2"), "only a get can be a query, not put"),
+            (Command::Delete { key: "a".into() }.encode(), "not delete"),
+            (
+                Command::Get { key: "a".into() }.encode_with(session(3, 1)),
+                "carries no session",
+            ),
+            (Bytes::from_static(b"{not json"), "not a KV command"),
+            (Bytes::new(), "not a KV command"),
+        ] {
+            let error = state.query(GroupId(0), &query).unwrap_err();
+            assert_eq!(error.kind(), std::io::ErrorKind::InvalidInput);
+            assert!(error.to_string().contains(needle), "{error}");
+        }
+        let error = state
+            .query(GroupId(1), &Command::Get { key: "a".into() }.encode())
+            .unwrap_err();
+        assert!(error.to_string().contains("reached group 0"), "{error}");
+        assert_eq!(
+            (state.digest(), state.applied_next, state.session_list()),
+            before
+        );
+        assert_eq!(state.value("a"), Some("1"));
     }
 
     #[test]

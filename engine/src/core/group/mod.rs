@@ -960,9 +960,13 @@ impl Group {
                 if ballot >= self.promised {
                     self.leader_contact(ctx, ballot);
                     if lease > 0 && from != ctx.me {
-                        // A lease round: always answered (a read may wait on it).
-                        self.commit_acked_at = ctx.now;
-                        self.on_lease_round(ctx, from, ballot, lease);
+                        // A lease round: always answered (a read may wait on it) — except by
+                        // a replica that re-learns: it may have forgotten a higher promise,
+                        // and its answer (and grant) says it gave none.
+                        if self.relearn.is_none() {
+                            self.commit_acked_at = ctx.now;
+                            self.on_lease_round(ctx, from, ballot, lease);
+                        }
                     } else if ctx.config.check_quorum
                         && from != ctx.me
                         && ctx.now.0 >= self.commit_acked_at.0 + ctx.config.heartbeat_ticks
