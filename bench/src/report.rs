@@ -557,6 +557,13 @@ pub fn write_report(run: &RunOut, path: &Path) -> Result<(), String> {
     std::fs::write(path, body).map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
+/// Writes `value` as pretty JSON (one trailing newline) to `path`, the benches' `--json`.
+pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), String> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| e.to_string())?;
+    std::fs::write(path, text + "\n")
+        .map_err(|e| format!("cannot write --json {}: {e}", path.display()))
+}
+
 #[cfg(test)]
 mod tests {
     //! Proves that sizes print in the units and that a CDF is monotone and ends at 1.

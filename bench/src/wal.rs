@@ -257,9 +257,7 @@ fn bench(args: WalBenchArgs) -> Result<(), String> {
     };
     print_table(&report);
     if let Some(path) = &args.json {
-        let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
-        std::fs::write(path, text + "\n")
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        crate::report::write_json(path, &report)?;
     }
     let _ = std::fs::remove_file(dir.join(BASELINE_FILE));
     match (args.keep, temp) {
@@ -552,9 +550,7 @@ fn compare_sync(dir: &Path, args: &WalBenchArgs, mut rss_log: RssLog) -> Result<
     );
     println!("{}", rss::summary_line(&report.rss));
     if let Some(path) = &args.json {
-        let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
-        std::fs::write(path, text + "\n")
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        crate::report::write_json(path, &report)?;
     }
     Ok(())
 }

@@ -421,9 +421,7 @@ fn run_inner(args: &ClusterArgs) -> Result<(), String> {
     print!("{}", report::table(&run));
     print!("{}", report::memory_text(&run));
     if let Some(path) = &args.json {
-        let text = serde_json::to_string_pretty(&run).map_err(|e| e.to_string())?;
-        std::fs::write(path, text + "\n")
-            .map_err(|e| format!("cannot write --json {}: {e}", path.display()))?;
+        crate::report::write_json(path, &run)?;
         eprintln!("wrote {}", path.display());
     }
     if let Some(path) = &args.report {
