@@ -107,8 +107,10 @@ fn reply_before_durable_breaks_the_safety_checkers_too() {
 }
 
 /// The targeted profile that finds ballot reuse (`paxring sim --no-swarm --faults
-/// crash,stall,loss,linkdelay,reorder`): 6 seeds in the first 3,000 (first 804) since
-/// check quorum and leader stickiness.
+/// crash,stall,loss,linkdelay,reorder`, short phases). Since master leases (a restarted node
+/// promises nobody, itself included, for a lease, so the crashed candidate rarely stands again
+/// with its forgotten ballot before another leader rises) it is rare: 3 seeds in the first
+/// 13,000 (none in the first 3,000; first 5,218), which the test replays.
 #[test]
 fn ballot_reuse_after_crash_is_caught_by_ballot_once() {
     let options = SimOptions {
@@ -117,7 +119,7 @@ fn ballot_reuse_after_crash_is_caught_by_ballot_once() {
         ..short(Bug::BallotReuseAfterCrash)
     };
     let (seed, violation) =
-        first_violation(&options, 800..811).expect("the known seed still finds it");
+        first_violation(&options, 5213..5224).expect("the known seed still finds it");
     assert!(violation.contains("ballot-once:"), "{violation}");
     eprintln!("ballot-reuse-after-crash: seed {seed}: {violation}");
 }
