@@ -246,7 +246,7 @@ pub(crate) fn run_with_mirrors(
                     .expect("a core only installs checkpoints of its own groups");
                 let result = install(exec, group, &info, &path, mirror.is_mirror_mode(group));
                 if result.is_ok() && mirror.is_mirror_mode(group) {
-                    mirror.installed(group);
+                    mirror.installed(group, info.instance, &path);
                 }
                 let _ = done.send(InstallDone {
                     group,

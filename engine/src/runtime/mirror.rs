@@ -51,9 +51,13 @@ pub(crate) struct MirrorStats {
     /// Checkpoints that could not be written (snapshot, write or fsync failed; the older one
     /// stays), and old ones that could not be pruned.
     pub failures: AtomicU64,
-    /// 1 once the group stopped being mirrored in this run (its queue was full, or the mirror
-    /// thread is gone): no more checkpoints until the next start.
+    /// 1 while the group is not mirrored (its queue was full, the mirror thread is gone, or
+    /// it could not restore an installed checkpoint): no more checkpoints until the next
+    /// start or the next checkpoint installed from a peer.
     pub dropped: AtomicU64,
+    /// Times the mirror restored a checkpoint the live state machine installed from a peer
+    /// (and went on from there).
+    pub resets: AtomicU64,
 }
 
 /// One group's mirror, made at start by [`prepare`].
@@ -266,12 +270,18 @@ fn list_checkpoints(dir: &Path, group: GroupId) -> Vec<(Instance, PathBuf)> {
 }
 
 /// A chosen value on its way to the mirror thread.
-pub(crate) struct MirrorMsg {
-    pub group: GroupId,
-    pub instance: Instance,
-    pub commands: Vec<Bytes>,
-    /// The group's rolling checksum through `instance`.
-    pub checksum: u32,
+pub(crate) enum MirrorMsg {
+    /// An applied value, for the group's mirror.
+    Apply {
+        group: GroupId,
+        instance: Instance,
+        commands: Vec<Bytes>,
+        /// The group's rolling checksum through `instance`.
+        checksum: u32,
+    },
+    /// The live state machine installed the checkpoint at `path` from a peer: the mirror
+    /// restores it too and continues after it.
+    Reset { group: GroupId, path: PathBuf },
 }
 
 /// The executor's side of the mirrors: where each mirror-mode group is, and the queue.
@@ -356,7 +366,7 @@ impl MirrorFeed {
         let Some(tx) = &self.tx else {
             return;
         };
-        match tx.try_send(MirrorMsg {
+        match tx.try_send(MirrorMsg::Apply {
             group,
             instance,
             commands,
@@ -383,16 +393,36 @@ impl MirrorFeed {
         }
     }
 
-    /// The live state machine of `group` installed a checkpoint received from a peer: the
-    /// mirror (behind it, with values it will never get) stops until the next start, which
-    /// restores it from the newest checkpoint file (the installed one at least).
-    pub(crate) fn installed(&mut self, group: GroupId) {
-        if matches!(self.next.get(&group.0), Some(Some(_))) {
-            tracing::warn!(
-                group = group.0,
-                "a checkpoint from a peer was installed: this group's mirror stops until the next start"
-            );
-            self.drop_group(group.0);
+    /// The live state machine of `group` installed the checkpoint at `path` (of `instance`)
+    /// received from a peer: the mirror, behind it with values it will never get, restores the
+    /// same checkpoint and is fed from the instance after it (a mirror dropped earlier comes
+    /// back too). If the mirror's queue is full the group stays unmirrored until the next
+    /// start, which restores the mirror from the newest checkpoint file.
+    pub(crate) fn installed(&mut self, group: GroupId, instance: Instance, path: &Path) {
+        if !self.is_mirror_mode(group) {
+            return;
+        }
+        let Some(tx) = &self.tx else {
+            return;
+        };
+        match tx.try_send(MirrorMsg::Reset {
+            group,
+            path: path.to_path_buf(),
+        }) {
+            Ok(()) => {
+                self.next.insert(group.0, Some(instance.0 + 1));
+                if let Some(progress) = self.progress.get(&group.0) {
+                    progress.mirror.dropped.store(0, Ordering::Release);
+                    progress.mirror.resets.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Err(_) => {
+                tracing::error!(
+                    group = group.0,
+                    "a checkpoint from a peer was installed and the mirror cannot follow (its queue is full or its thread is gone): this group's mirror stops until the next start"
+                );
+                self.drop_group(group.0);
+            }
         }
     }
 
@@ -417,6 +447,8 @@ impl MirrorFeed {
 
 struct MirrorState {
     machine: Box<dyn StateMachine>,
+    /// A reset failed: the mirror's state is unknown, it applies nothing more this run.
+    broken: bool,
     next: u64,
     every_instances: u64,
     progress: Arc<GroupProgress>,
@@ -434,6 +466,7 @@ fn run_mirrors(mirrors: Mirrors, rx: Receiver<MirrorMsg>) {
                 m.group.0,
                 MirrorState {
                     machine: m.machine,
+                    broken: false,
                     next: m.next,
                     every_instances: m.every_instances,
                     progress: m.progress,
@@ -442,16 +475,54 @@ fn run_mirrors(mirrors: Mirrors, rx: Receiver<MirrorMsg>) {
         })
         .collect();
     let mut results: Vec<Bytes> = Vec::new();
-    while let Ok(MirrorMsg {
-        group,
-        instance,
-        commands,
-        checksum,
-    }) = rx.recv()
-    {
+    while let Ok(message) = rx.recv() {
+        let (group, instance, commands, checksum) = match message {
+            MirrorMsg::Apply {
+                group,
+                instance,
+                commands,
+                checksum,
+            } => (group, instance, commands, checksum),
+            MirrorMsg::Reset { group, path } => {
+                let state = states
+                    .get_mut(&group.0)
+                    .expect("the executor resets only mirror-mode groups");
+                match restore_from(&path, group, state.machine.as_mut()) {
+                    Ok(instance) => {
+                        state.next = instance.0 + 1;
+                        state.broken = false;
+                        state
+                            .progress
+                            .mirror
+                            .applied_next
+                            .store(state.next, Ordering::Release);
+                        tracing::info!(
+                            group = group.0,
+                            instance = instance.0,
+                            "the mirror restored the checkpoint the live state machine installed and goes on from there"
+                        );
+                    }
+                    Err(e) => {
+                        // Its state is unknown now: it applies nothing more until the next
+                        // start (which restores it from the newest good checkpoint).
+                        state.broken = true;
+                        state.progress.mirror.dropped.store(1, Ordering::Release);
+                        tracing::error!(
+                            group = group.0,
+                            path = %path.display(),
+                            "the mirror cannot restore the installed checkpoint, so this group's mirror stops until the next start: {e}"
+                        );
+                    }
+                }
+                continue;
+            }
+        };
         let state = states
             .get_mut(&group.0)
             .expect("the executor feeds only mirror-mode groups");
+        if state.broken {
+            continue;
+        }
         assert_eq!(
             instance.0, state.next,
             "group {} mirror thread expected instance {} and got {}",
@@ -954,6 +1025,58 @@ mod tests {
         assert_eq!(restored(dir.path(), 29), expected(29));
         assert_eq!(restored(dir.path(), 39), expected(39));
         assert_eq!(progress.checkpoint_next.load(Ordering::Relaxed), 40);
+    }
+
+    #[test]
+    fn after_an_install_from_a_peer_the_mirror_restores_it_and_goes_on() {
+        // A peer's checkpoint at 49, made by a run of its own.
+        let peer = tempfile::tempdir().unwrap();
+        first_run(peer.path(), 55);
+        let peer_file = checkpoint::checkpoint_path(&checkpoint_dir(peer.path()), G, Instance(49));
+        let dir = tempfile::tempdir().unwrap();
+        let probe = Arc::new(Probe::default());
+        let mut machines = live_machine(&probe);
+        let mirrors = prepare(
+            &mut machines,
+            &mode(10, 64),
+            dir.path(),
+            &mut mirror_factory(&probe),
+        )
+        .unwrap();
+        let running = start(machines, mirrors);
+        running.feed(0..25);
+        // The received file lands among this node's checkpoints, as the runtime's transfer
+        // puts it; the live state machine installs it, and its mirror follows.
+        let path = checkpoint::checkpoint_path(&checkpoint_dir(dir.path()), G, Instance(49));
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::copy(&peer_file, &path).unwrap();
+        let (done, answer) = crossbeam_channel::bounded(1);
+        running
+            .tx
+            .send(ExecMsg::Install {
+                group: G,
+                info: crate::core::CheckpointInfo {
+                    instance: Instance(49),
+                    log_checksum: log_checksum_at(49),
+                    payload_bytes: 0,
+                    payload_crc: 0,
+                },
+                path,
+                done,
+            })
+            .unwrap();
+        let installed = answer.recv().unwrap();
+        assert!(installed.result.is_ok(), "{:?}", installed.result);
+        running.feed(50..75);
+        let progress = running.stop();
+        assert_eq!(progress.mirror.resets.load(Ordering::Relaxed), 1);
+        assert_eq!(progress.mirror.dropped.load(Ordering::Relaxed), 0);
+        assert_eq!(progress.mirror.applied_next.load(Ordering::Relaxed), 75);
+        // The mirror wrote its checkpoints after the installed one, and they restore the state
+        // the live one has (the peer's 0..=49, then 50..=69).
+        assert_eq!(files(dir.path()), vec![59, 69]);
+        assert_eq!(restored(dir.path(), 69), expected(69));
+        assert_eq!(progress.checkpoint_next.load(Ordering::Relaxed), 70);
     }
 
     #[test]
