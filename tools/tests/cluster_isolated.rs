@@ -8,13 +8,13 @@
 //! register). Needs root (`ip netns`); without it the test says so and does nothing else.
 mod common;
 
-use common::{exe, request};
+use common::{exe, request, RegisterWorkload};
 use nix::sched::{setns, CloneFlags};
-use serde_json::{json, Value};
+use serde_json::json;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const PEER_PORT: u16 = 7000;
@@ -183,13 +183,6 @@ impl Drop for Lab {
     }
 }
 
-fn read_value(answer: &Value) -> u64 {
-    answer["value"]
-        .as_str()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 #[test]
 fn an_isolated_master_never_serves_a_stale_lease_read() {
     let Some(lab) = Lab::up() else {
@@ -223,103 +216,29 @@ fn an_isolated_master_never_serves_a_stale_lease_read() {
     };
     let master = master.unwrap_or_else(|| panic!("no master:\n{}", lab.logs()));
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let newest_acked = Arc::new(AtomicU64::new(0));
-    let writer = {
-        let (lab, stop, newest_acked) = (lab.clone(), stop.clone(), newest_acked.clone());
-        std::thread::spawn(move || {
-            lab.enter_switch();
-            let mut target = 1u32;
-            let mut value = 1u64;
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                let answer = request(
-                    Lab::client_addr(target),
-                    &json!({"op":"put","key":key,"value":value.to_string()}),
-                    Duration::from_millis(400),
-                );
-                match answer {
-                    Ok(a) if a["ok"] == json!(true) => {
-                        newest_acked.store(value, Ordering::Release);
-                        value += 1;
-                    }
-                    Ok(a) if a["error"] == json!("not_leader") => {
-                        target = a["leader"]
-                            .as_u64()
-                            .map(|l| l as u32)
-                            .filter(|l| (1..=3).contains(l) && *l != target)
-                            .unwrap_or(target % 3 + 1);
-                    }
-                    // Refused or no answer in time: a new value next, elsewhere (values stay
-                    // increasing in log order: a lost put is chosen before the next or never).
-                    _ => {
-                        value += 1;
-                        target = target % 3 + 1;
-                        std::thread::sleep(Duration::from_millis(20));
-                    }
-                }
-            }
-        })
+    let nodes: Vec<(u32, SocketAddr)> = (1..=3).map(|id| (id, Lab::client_addr(id))).collect();
+    let enter = {
+        let lab = lab.clone();
+        move || lab.enter_switch()
     };
-    let reads_ok = Arc::new(AtomicU64::new(0));
-    let reads_ok_isolated = Arc::new(AtomicU64::new(0));
-    let isolated = Arc::new(AtomicBool::new(false));
-    let violations: Arc<Mutex<Vec<String>>> = Arc::default();
-    let reader = {
-        let (lab, stop, newest_acked) = (lab.clone(), stop.clone(), newest_acked.clone());
-        let (reads_ok, reads_ok_isolated, isolated, violations) = (
-            reads_ok.clone(),
-            reads_ok_isolated.clone(),
-            isolated.clone(),
-            violations.clone(),
-        );
-        std::thread::spawn(move || {
-            lab.enter_switch();
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                let floor = newest_acked.load(Ordering::Acquire);
-                let answer = request(
-                    Lab::client_addr(master),
-                    &json!({"op":"get","key":key,"mode":"lease"}),
-                    Duration::from_secs(5),
-                );
-                if let Ok(a) = answer {
-                    if a["ok"] == json!(true) {
-                        reads_ok.fetch_add(1, Ordering::Relaxed);
-                        if isolated.load(Ordering::Relaxed) {
-                            reads_ok_isolated.fetch_add(1, Ordering::Relaxed);
-                        }
-                        let got = read_value(&a);
-                        if got < floor {
-                            violations
-                                .lock()
-                                .unwrap()
-                                .push(format!("read {got} after {floor} was acknowledged: {a}"));
-                        }
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(2));
-            }
-        })
-    };
+    let work = RegisterWorkload::start(key, nodes, Lab::client_addr(master), enter);
 
     std::thread::sleep(Duration::from_millis(800));
-    let before = reads_ok.load(Ordering::Relaxed);
-    let acked_before = newest_acked.load(Ordering::Acquire);
+    let before = work.reads_ok.load(Ordering::Relaxed);
+    let acked_before = work.newest_acked.load(Ordering::Acquire);
     // Cut the master's peer link (its clients still reach it).
     let link = format!("p{master}");
     ip(&["-n", &lab.switch(), "link", "set", &link, "down"]).unwrap();
-    isolated.store(true, Ordering::Relaxed);
+    work.during.store(true, Ordering::Relaxed);
     std::thread::sleep(Duration::from_millis(2000));
-    let acked_isolated = newest_acked.load(Ordering::Acquire);
+    let acked_isolated = work.newest_acked.load(Ordering::Acquire);
     ip(&["-n", &lab.switch(), "link", "set", &link, "up"]).unwrap();
-    isolated.store(false, Ordering::Relaxed);
+    work.during.store(false, Ordering::Relaxed);
     std::thread::sleep(Duration::from_millis(1500));
-    stop.store(true, Ordering::Relaxed);
-    writer.join().unwrap();
-    reader.join().unwrap();
+    let reads_ok = work.reads_ok.load(Ordering::Relaxed);
+    let reads_isolated = work.reads_ok_during.load(Ordering::Relaxed);
+    let violations = work.stop();
 
-    let violations = violations.lock().unwrap().clone();
     assert!(
         violations.is_empty(),
         "stale lease reads from the isolated master:\n{}\n{}",
@@ -337,7 +256,6 @@ fn an_isolated_master_never_serves_a_stale_lease_read() {
     );
     eprintln!(
         "isolated master node {master}: {} lease reads ok ({} while cut off, none stale); writes acknowledged {acked_before} before, {acked_isolated} by the end of the cut",
-        reads_ok.load(Ordering::Relaxed),
-        reads_ok_isolated.load(Ordering::Relaxed),
+        reads_ok, reads_isolated,
     );
 }

@@ -477,3 +477,135 @@ pub fn assert_one_durable_write_per_round(stats: &Value) -> u64 {
     }
     total
 }
+
+/// A register workload for lease-read tests: one writer puts 1, 2, 3, ... under `key` through
+/// whichever node leads (short timeouts, following `not_leader`), and one reader asks only
+/// `reader_addr` for lease reads, checking each answer against the newest value acknowledged
+/// before the read began. A single writer of increasing values makes that check exactly
+/// linearizability of the register (a put whose outcome was unknown is either chosen before
+/// the next one or never, so values stay increasing in log order). `enter` runs first on each
+/// thread (e.g. to join a network namespace).
+pub struct RegisterWorkload {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// The newest value acknowledged so far.
+    pub newest_acked: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Lease reads answered ok.
+    pub reads_ok: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Set by the test around a fault: reads answered ok while it is set are counted apart.
+    pub during: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Lease reads answered ok while `during` was set.
+    pub reads_ok_during: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    violations: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl RegisterWorkload {
+    /// Starts the writer (over `nodes`: id and client address) and the reader.
+    pub fn start(
+        key: &'static str,
+        nodes: Vec<(u32, SocketAddr)>,
+        reader_addr: SocketAddr,
+        enter: impl Fn() + Send + Sync + 'static,
+    ) -> RegisterWorkload {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        use std::sync::{Arc, Mutex};
+        let enter = Arc::new(enter);
+        let work = RegisterWorkload {
+            stop: Arc::new(AtomicBool::new(false)),
+            newest_acked: Arc::new(AtomicU64::new(0)),
+            reads_ok: Arc::new(AtomicU64::new(0)),
+            during: Arc::new(AtomicBool::new(false)),
+            reads_ok_during: Arc::new(AtomicU64::new(0)),
+            violations: Arc::new(Mutex::new(Vec::new())),
+            threads: Vec::new(),
+        };
+        let writer = {
+            let (stop, newest_acked, enter) =
+                (work.stop.clone(), work.newest_acked.clone(), enter.clone());
+            std::thread::spawn(move || {
+                enter();
+                let mut target = 0usize;
+                let mut value = 1u64;
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    let answer = request(
+                        nodes[target].1,
+                        &json!({"op":"put","key":key,"value":value.to_string()}),
+                        Duration::from_millis(400),
+                    );
+                    match answer {
+                        Ok(a) if a["ok"] == json!(true) => {
+                            newest_acked.store(value, Ordering::Release);
+                            value += 1;
+                        }
+                        Ok(a) if a["error"] == json!("not_leader") => {
+                            target = a["leader"]
+                                .as_u64()
+                                .and_then(|l| nodes.iter().position(|n| u64::from(n.0) == l))
+                                .filter(|t| *t != target)
+                                .unwrap_or((target + 1) % nodes.len());
+                        }
+                        // Refused or no answer in time: a new value next, elsewhere.
+                        _ => {
+                            value += 1;
+                            target = (target + 1) % nodes.len();
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                    }
+                }
+            })
+        };
+        let reader = {
+            let (stop, newest_acked, enter) = (work.stop.clone(), work.newest_acked.clone(), enter);
+            let (reads_ok, during, reads_ok_during, violations) = (
+                work.reads_ok.clone(),
+                work.during.clone(),
+                work.reads_ok_during.clone(),
+                work.violations.clone(),
+            );
+            std::thread::spawn(move || {
+                enter();
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    let floor = newest_acked.load(Ordering::Acquire);
+                    let answer = request(
+                        reader_addr,
+                        &json!({"op":"get","key":key,"mode":"lease"}),
+                        Duration::from_secs(10),
+                    );
+                    if let Ok(a) = answer {
+                        if a["ok"] == json!(true) {
+                            reads_ok.fetch_add(1, Ordering::Relaxed);
+                            if during.load(Ordering::Relaxed) {
+                                reads_ok_during.fetch_add(1, Ordering::Relaxed);
+                            }
+                            let got = a["value"]
+                                .as_str()
+                                .and_then(|v| v.parse::<u64>().ok())
+                                .unwrap_or(0);
+                            if got < floor {
+                                violations.lock().unwrap().push(format!(
+                                    "read {got} after {floor} was acknowledged: {a}"
+                                ));
+                            }
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            })
+        };
+        let mut work = work;
+        work.threads = vec![writer, reader];
+        work
+    }
+
+    /// Stops both threads; the stale reads found (empty when the history is linearizable).
+    pub fn stop(self) -> Vec<String> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for thread in self.threads {
+            thread.join().unwrap();
+        }
+        let violations = self.violations.lock().unwrap().clone();
+        violations
+    }
+}
