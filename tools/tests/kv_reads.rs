@@ -367,9 +367,28 @@ fn a_lease_or_index_get_writes_nothing_and_a_log_get_writes_everywhere() {
         .unwrap();
         assert_eq!(answer["value"], json!("v"), "{mode}: {answer}");
     };
-    // The lease is up, and the cores are idle.
+    // The lease is up, and the cores are idle: the put's chosen marks, the state machine's
+    // snapshot and the purge pass's log-base record (purge is on by default) have been
+    // written; the WAL counters stand still for two seconds (a snapshot and a purge pass run
+    // at most once a second each).
     get_at_leader("lease");
-    let before = all_stats(&nodes);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut before = all_stats(&nodes);
+    let mut still = 0;
+    while still < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the WAL counters never stood still"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+        let now = all_stats(&nodes);
+        let same = now
+            .iter()
+            .zip(&before)
+            .all(|(a, b)| wal_counters(a) == wal_counters(b));
+        still = if same { still + 1 } else { 0 };
+        before = now;
+    }
 
     for _ in 0..GETS {
         get_at_leader("lease");
