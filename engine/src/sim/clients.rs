@@ -61,6 +61,24 @@ impl Sim {
         self.members[self.rng.below(self.members.len() as u64) as usize]
     }
 
+    /// A proposal or read refused at once: follow the hint (or try another node) soon, or back
+    /// off when the node is overloaded or the group stopped.
+    fn refused(&mut self, index: usize, reason: FailReason) {
+        let now = self.now;
+        match reason {
+            FailReason::NotLeader { leader_hint } => {
+                let other = self.random_member();
+                let client = &mut self.clients[index];
+                client.target = leader_hint.unwrap_or(other);
+                client.next_at = Tick(now.0 + 5 + self.rng.below(20));
+            }
+            _ => {
+                let wait = 20 + self.rng.below(20);
+                self.clients[index].next_at = Tick(now.0 + wait);
+            }
+        }
+    }
+
     pub(super) fn client_step(&mut self, index: usize) {
         let now = self.now;
         let client = &mut self.clients[index];
@@ -114,16 +132,7 @@ impl Sim {
                     client.outstanding.insert(id, now);
                     client.next_at = Tick(now.0 + self.rng.below(3));
                 }
-                Err(FailReason::NotLeader { leader_hint }) => {
-                    let other = self.random_member();
-                    let client = &mut self.clients[index];
-                    client.target = leader_hint.unwrap_or(other);
-                    client.next_at = Tick(now.0 + 5 + self.rng.below(20));
-                }
-                Err(_) => {
-                    let wait = 20 + self.rng.below(20);
-                    self.clients[index].next_at = Tick(now.0 + wait);
-                }
+                Err(reason) => self.refused(index, reason),
             }
             return;
         }
@@ -167,16 +176,7 @@ impl Sim {
                     .insert(id, (client_id, command.clone()));
                 *self.checks.proposed.entry(command).or_default() += 1;
             }
-            Err(FailReason::NotLeader { leader_hint }) => {
-                let other = self.random_member();
-                let client = &mut self.clients[index];
-                client.target = leader_hint.unwrap_or(other);
-                client.next_at = Tick(now.0 + 5 + self.rng.below(20));
-            }
-            Err(_) => {
-                let wait = 20 + self.rng.below(20);
-                self.clients[index].next_at = Tick(now.0 + wait);
-            }
+            Err(reason) => self.refused(index, reason),
         }
     }
 }
