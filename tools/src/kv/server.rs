@@ -327,16 +327,8 @@ fn handle_line(line: &[u8], context: &ServerShared) -> serde_json::Value {
         Request::Delete { key } => Command::Delete { key },
         Request::Cas { key, expected, new } => Command::Cas { key, expected, new },
     };
-    let payload = command.payload_bytes();
-    if payload > context.command_bytes_max {
-        return response_json(&Response::error(
-            code::TOO_LARGE,
-            too_large_message(
-                payload,
-                context.command_bytes_max,
-                node.config().batch_bytes_max,
-            ),
-        ));
+    if let Some(refusal) = too_large(context, &command) {
+        return refusal;
     }
     let group = group_of_key(command.key(), groups);
     let is_cas = matches!(command, Command::Cas { .. });
@@ -361,22 +353,29 @@ fn handle_line(line: &[u8], context: &ServerShared) -> serde_json::Value {
     }
 }
 
+/// The `too_large` answer when `command`'s key and values exceed this cluster's limit.
+fn too_large(context: &ServerShared, command: &Command) -> Option<serde_json::Value> {
+    let payload = command.payload_bytes();
+    (payload > context.command_bytes_max).then(|| {
+        response_json(&Response::error(
+            code::TOO_LARGE,
+            too_large_message(
+                payload,
+                context.command_bytes_max,
+                context.node.config().batch_bytes_max,
+            ),
+        ))
+    })
+}
+
 /// Answers a get of `key` by a linearizable read without a log write (`Node::read` in `mode`):
 /// the state machine's `query` answers what the logged get would (`KvState::query`), so the
 /// response is the same but for `instance`, which is the applied point the read was served at.
 fn read(context: &ServerShared, key: String, mode: ReadMode) -> serde_json::Value {
     let node = &context.node;
     let command = Command::Get { key };
-    let payload = command.payload_bytes();
-    if payload > context.command_bytes_max {
-        return response_json(&Response::error(
-            code::TOO_LARGE,
-            too_large_message(
-                payload,
-                context.command_bytes_max,
-                node.config().batch_bytes_max,
-            ),
-        ));
+    if let Some(refusal) = too_large(context, &command) {
+        return refusal;
     }
     let group = group_of_key(command.key(), node.config().groups);
     let max_bytes = (node.config().batch_bytes_max as usize).saturating_sub(16);
