@@ -94,6 +94,9 @@ pub enum ConfigError {
 }
 
 impl NetConfig {
+    /// The default of `outbound_down_bytes_max`: 4 MiB.
+    pub const OUTBOUND_DOWN_BYTES_MAX_DEFAULT: usize = 4 << 20;
+
     /// A configuration with the defaults for everything but identity and addresses.
     pub fn new(
         cluster_id: u64,
@@ -110,7 +113,7 @@ impl NetConfig {
             inbox_capacity: 65_536,
             outbound_capacity: 65_536,
             outbound_bytes_max: 64 << 20,
-            outbound_down_bytes_max: 4 << 20,
+            outbound_down_bytes_max: Self::OUTBOUND_DOWN_BYTES_MAX_DEFAULT,
             send_batch_capacity: 1024,
             handshake_timeout: Duration::from_secs(5),
             peer_dead_timeout: Duration::from_secs(10),

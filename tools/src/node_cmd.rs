@@ -205,6 +205,10 @@ const KEY_DOCS: &[(&str, &str)] = &[
         "Frames queued per core inbox before the network thread stops reading.",
     ),
     (
+        "outbound_down_bytes_max",
+        "Bytes of frames kept for a peer while its connection is down (the newest); a returning peer catches up the rest from the log or a checkpoint.",
+    ),
+    (
         "catchup_window_instances",
         "Streaming catch-up's window per group: values a lagging replica has asked for beyond its applied point (each request asks for half).",
     ),

@@ -110,6 +110,11 @@ pub struct NodeConfig {
     /// Frames queued per core inbox before the network thread stops reading (back-pressure).
     #[serde(default = "defaults::inbox_frames_max")]
     pub inbox_frames_max: usize,
+    /// Bytes of frames kept for a peer while its connection is down (the newest; older ones
+    /// are dropped and counted in `outbound_dropped_stale_frames`): a peer that returns gets
+    /// at most this much backlog, and catches up the rest by catch-up or a checkpoint.
+    #[serde(default = "defaults::outbound_down_bytes_max")]
+    pub outbound_down_bytes_max: usize,
     /// Streaming catch-up's window per group (docs/PROTOCOL.md#streaming-catch-up): values a
     /// lagging replica has asked for beyond its applied point (bounds its memory).
     #[serde(default = "defaults::catchup_window_instances")]
@@ -223,6 +228,9 @@ mod defaults {
     pub fn inbox_frames_max() -> usize {
         65_536
     }
+    pub fn outbound_down_bytes_max() -> usize {
+        paxring_net::NetConfig::OUTBOUND_DOWN_BYTES_MAX_DEFAULT
+    }
     pub fn purge_every_ms() -> u64 {
         1000
     }
@@ -307,6 +315,7 @@ impl NodeConfig {
                 heartbeat_ticks: defaults::heartbeat_ticks(),
                 frame_bytes_max: defaults::frame_bytes_max(),
                 inbox_frames_max: defaults::inbox_frames_max(),
+                outbound_down_bytes_max: defaults::outbound_down_bytes_max(),
                 catchup_window_instances: defaults::catchup_window_instances(),
                 catchup_window_bytes: defaults::catchup_window_bytes(),
                 catchup_serve_bytes_per_sec: 0,
@@ -487,6 +496,13 @@ impl NodeConfig {
                 "keep frame_bytes_max at least 4 KiB above batch_bytes_max",
             ));
         }
+        if self.outbound_down_bytes_max == 0 {
+            return Err(invalid(
+                "outbound_down_bytes_max",
+                "0 keeps nothing for a peer that is down".to_string(),
+                "set at least one frame's worth (the default is 4 MiB)",
+            ));
+        }
         if self.purge_every_ms == 0 {
             return Err(invalid(
                 "purge_every_ms",
@@ -649,6 +665,8 @@ impl NodeConfigBuilder {
         clock_drift_ppm: u32,
         /// Sets `inbox_frames_max`.
         inbox_frames_max: usize,
+        /// Sets `outbound_down_bytes_max`.
+        outbound_down_bytes_max: usize,
         /// Sets `catchup_window_instances`.
         catchup_window_instances: u32,
         /// Sets `catchup_window_bytes`.
@@ -932,6 +950,7 @@ mod tests {
             (base().heartbeat_ticks(100), "heartbeat_ticks"),
             (base().tick_ms(0), "tick_ms"),
             (base().purge_every_ms(0), "purge_every_ms"),
+            (base().outbound_down_bytes_max(0), "outbound_down_bytes_max"),
             (base().wal_budget_bytes(64 << 20), "wal_budget_bytes"),
         ];
         for (builder, field) in cases {

@@ -105,7 +105,9 @@ impl Node {
         .map_err(StartError::Identity)?;
         tracing::info!(
             incarnation = decision.identity.incarnation,
-            state_lost = decision.state_lost,
+            // Whether the file still says a re-learn may be pending: a core whose WAL holds
+            // records ignores it (its WAL carries any re-learn obligation).
+            relearn_pending = decision.state_lost,
             "node identity"
         );
         let mut cores_with_records = 0;
@@ -158,6 +160,7 @@ impl Node {
         );
         net_config.max_frame_bytes = config.frame_bytes_max;
         net_config.inbox_capacity = config.inbox_frames_max;
+        net_config.outbound_down_bytes_max = config.outbound_down_bytes_max;
         let group_count = groups;
         let route: paxring_net::Route =
             Arc::new(move |group: u32| (group < group_count).then(|| core_of_group(group, cores)));
