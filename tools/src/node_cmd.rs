@@ -230,7 +230,7 @@ const KEY_DOCS: &[(&str, &str)] = &[
     ),
     (
         "wal_budget_bytes",
-        "Disk each core's WAL should stay under, in bytes (0 = none); over it, what holds the oldest segment is logged and shown in stats.",
+        "Disk each core's WAL stays under, in bytes (0 = none): a proposal it has no room for is refused (overloaded) until purge makes room; what holds the oldest segment is logged and shown in stats.",
     ),
     (
         "purge_hold_for_peers_ms",

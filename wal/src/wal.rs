@@ -1225,6 +1225,12 @@ impl Wal {
         Lsn(self.next_lsn.0 - 1)
     }
 
+    /// Bytes left in the segment the next write goes to (after the last write issued): what
+    /// the log can still take before it needs another segment file.
+    pub fn segment_bytes_left(&self) -> u64 {
+        self.opts.segment_bytes.saturating_sub(self.next_write.1)
+    }
+
     /// True when a write is in flight.
     pub fn write_in_flight(&self) -> bool {
         self.inflight.is_some()

@@ -147,9 +147,12 @@ pub struct NodeConfig {
     /// still reports the WAL's size and what would hold it.
     #[serde(default = "defaults::yes")]
     pub wal_purge: bool,
-    /// The disk a core's WAL should stay under, in bytes (0: no budget). Purge never
-    /// removes what a group still needs: when the WAL is over budget, the groups holding its
-    /// oldest segment (and why) are logged once per interval and shown in stats.
+    /// The disk a core's WAL stays under, in bytes (0: no budget), counting the segments it
+    /// holds (docs/ARCHITECTURE.md, "WAL budget"). Purge never removes what a group still
+    /// needs; instead, a proposal the WAL has no room for within the budget (counting what
+    /// the proposals already admitted may take) is refused with `Overloaded` until purge makes
+    /// room, and the groups holding the oldest segment (and why) are logged once per interval
+    /// and shown in stats. At least two segments and four writes of `round_bytes_max`.
     #[serde(default)]
     pub wal_budget_bytes: u64,
     /// Purge holds for lagging peers (docs/PROTOCOL.md#log-base-and-purge): a group's log base
@@ -510,14 +513,15 @@ impl NodeConfig {
                 "use at least 1 (the default is 1000)",
             ));
         }
-        if self.wal_budget_bytes != 0 && self.wal_budget_bytes < 2 * self.segment_bytes {
+        let budget_min = 2 * self.segment_bytes + 4 * self.round_bytes_max as u64;
+        if self.wal_budget_bytes != 0 && self.wal_budget_bytes < budget_min {
             return Err(invalid(
                 "wal_budget_bytes",
                 format!(
-                    "{} is below two segments of segment_bytes = {}",
-                    self.wal_budget_bytes, self.segment_bytes
+                    "{} is below two segments of segment_bytes = {} and four writes of round_bytes_max = {} ({budget_min})",
+                    self.wal_budget_bytes, self.segment_bytes, self.round_bytes_max
                 ),
-                "use 0 (no budget) or at least two segments (the segment being written and one more)",
+                "use 0 (no budget) or at least that: the segment being written, one more, and room for the writes in progress and the proposals admitted",
             ));
         }
         if self.proposal_queue_max == 0 {

@@ -67,6 +67,8 @@ const PROPOSALS_PER_ROUND_MAX: usize = 16 * 1024;
 const PUBLISH_EVERY: Duration = Duration::from_millis(20);
 /// How soon a core looks again when its executor's queue was full.
 const EXECUTOR_RETRY: Duration = Duration::from_micros(200);
+/// While proposals are refused for the WAL budget, a purge pass at most this often.
+const BUDGET_PURGE_EVERY: Duration = Duration::from_millis(20);
 /// Most inbound frames taken in one round.
 const FRAMES_PER_ROUND_MAX: usize = 16 * 1024;
 
@@ -146,6 +148,14 @@ struct Core {
     purge_on: bool,
     /// The WAL budget in bytes (0: none).
     wal_budget: u64,
+    /// With a budget: the WAL bytes reserved for each proposal admitted and not yet chosen
+    /// or failed (`budget_reserved` is their sum); see `admit_within_budget`.
+    budget_pending: HashMap<ProposalId, u64>,
+    budget_reserved: u64,
+    /// Proposals refused for the budget at the last stuck check (to log a new refusal once).
+    budget_refused_seen: u64,
+    /// Proposals refused for the budget at the last purge pass.
+    budget_refused_at_purge: u64,
     /// Log-base records appended and not yet durable: (group, base, Lsn). The WAL's floor
     /// for the group rises only once its record is durable.
     bases_pending: Vec<(GroupId, Instance, Lsn)>,
@@ -328,6 +338,10 @@ impl Core {
                 purge_every: Duration::from_millis(config.purge_every_ms),
                 purge_on: config.wal_purge,
                 wal_budget: config.wal_budget_bytes,
+                budget_pending: HashMap::new(),
+                budget_reserved: 0,
+                budget_refused_seen: 0,
+                budget_refused_at_purge: 0,
                 bases_pending: Vec::new(),
                 segments_seen: 0,
                 relogs_pending: Vec::new(),
@@ -430,10 +444,17 @@ impl Core {
                 .bases_pending
                 .last()
                 .is_some_and(|(_, _, lsn)| *lsn <= self.wal.durable_lsn());
+            // While proposals are refused for the WAL budget, room comes only from purge: it
+            // runs often, so that the state machines' checkpoints free it as they come.
+            let refusing = self.snapshot.proposals_refused_wal_budget
+                > self.budget_refused_at_purge
+                && purged_at.elapsed() >= BUDGET_PURGE_EVERY;
             if purged_at.elapsed() >= self.purge_every
+                || refusing
                 || (self.purge_on && (segments > self.segments_seen || bases_durable))
             {
                 self.segments_seen = segments;
+                self.budget_refused_at_purge = self.snapshot.proposals_refused_wal_budget;
                 purged_at = Instant::now();
                 if let Err(e) = self.purge() {
                     // Not a durability failure (a failed write poisons the WAL and the next
@@ -467,6 +488,8 @@ impl Core {
         let mut apply = ExecApply {
             core: self.index,
             replies: &mut self.replies,
+            budget_pending: &mut self.budget_pending,
+            budget_reserved: &mut self.budget_reserved,
             read_queries: &mut self.read_queries,
             backlog: &mut self.exec_backlog,
             batch_bytes_max: self.batch_bytes_max,
@@ -576,6 +599,11 @@ impl Core {
                 let _ = proposal.reply.send(Err(Error::Overloaded));
                 continue;
             }
+            if !self.admit_within_budget(proposal.command.len()) {
+                self.snapshot.proposals_refused_wal_budget += 1;
+                let _ = proposal.reply.send(Err(Error::Overloaded));
+                continue;
+            }
             if self.linger.is_zero() {
                 self.propose(proposal);
             } else {
@@ -596,6 +624,39 @@ impl Core {
                 self.propose(proposal);
             }
         }
+    }
+
+    /// WAL bytes a proposal of `bytes` may take at most: its command (and its length) twice
+    /// over, once in its Accept record and once in a chosen mark that names it, in records
+    /// of their own, each in a write of its own (a write takes whole blocks).
+    fn budget_cost(bytes: usize) -> u64 {
+        2 * (paxring_wal::BLOCK_BYTES as u64 + bytes as u64)
+    }
+
+    /// With `wal_budget_bytes` set (docs/ARCHITECTURE.md, "WAL budget"): whether a proposal
+    /// of `bytes` fits the room the WAL has left within its budget, after what every
+    /// proposal admitted and not yet chosen may take and two rounds' writes (the one in
+    /// flight and the one being filled, which may hold other records: votes for another
+    /// node's leader, marks, log-base records). Refused proposals get `Overloaded`; room
+    /// comes back when purge removes a segment.
+    fn admit_within_budget(&mut self, bytes: usize) -> bool {
+        if self.wal_budget == 0 {
+            return true;
+        }
+        let room = self.budget_room();
+        let need = self
+            .budget_reserved
+            .saturating_add(Self::budget_cost(bytes))
+            .saturating_add(2 * self.wal.options().buffer_bytes as u64);
+        need <= room
+    }
+
+    /// Bytes the WAL may still write within its budget: what is left of the segment being
+    /// written, plus the segments it may still add.
+    fn budget_room(&self) -> u64 {
+        let segment = self.wal.options().segment_bytes;
+        let held = self.wal.segment_count() as u64 * segment;
+        self.wal_budget.saturating_sub(held) + self.wal.segment_bytes_left()
     }
 
     /// When lingering proposals must be released, if any wait.
@@ -633,6 +694,11 @@ impl Core {
         match self.driver.propose(group, id, proposal.command) {
             Ok(()) => {
                 self.replies.insert(id, proposal.reply);
+                if self.wal_budget != 0 {
+                    let cost = Self::budget_cost(bytes);
+                    self.budget_pending.insert(id, cost);
+                    self.budget_reserved += cost;
+                }
             }
             Err(reason) => {
                 let _ = proposal.reply.send(Err(fail_error(
@@ -777,6 +843,8 @@ impl Core {
             wal_bytes,
             budget_bytes: self.wal_budget,
             over_budget: self.wal_budget != 0 && wal_bytes > self.wal_budget,
+            budget_room_bytes: purge.budget_room_bytes,
+            budget_reserved_bytes: purge.budget_reserved_bytes,
             segments_purged: self.wal.stats().segments_purged,
             lowest_base,
             oldest_segment: report.oldest_segment,
@@ -802,6 +870,29 @@ impl Core {
                     ),
                 ));
             }
+        }
+        let refused = self.snapshot.proposals_refused_wal_budget;
+        if refused > self.budget_refused_seen {
+            let purge = &self.snapshot.purge;
+            stuck.push((
+                GroupId(u32::MAX),
+                format!(
+                    "core {}: WAL at its budget ({} bytes in {} segments, budget {}; {} bytes of room, {} reserved for proposals in flight): {} new proposals refused (overloaded) since the last check; the oldest segment is held by {}",
+                    self.index,
+                    purge.wal_bytes,
+                    purge.segments,
+                    self.wal_budget,
+                    self.budget_room(),
+                    self.budget_reserved,
+                    refused - self.budget_refused_seen,
+                    if purge.held_back_by.is_empty() {
+                        "the segment being written".to_string()
+                    } else {
+                        purge.held_back_by.join(", ")
+                    }
+                ),
+            ));
+            self.budget_refused_seen = refused;
         }
         let purge = &self.snapshot.purge;
         if purge.over_budget {
@@ -849,6 +940,10 @@ impl Core {
         self.snapshot.records_written = wal.records;
         self.snapshot.groups_per_write = wal.groups_per_write.mean;
         self.snapshot.wal = Some(wal);
+        if self.wal_budget != 0 {
+            self.snapshot.purge.budget_room_bytes = self.budget_room();
+            self.snapshot.purge.budget_reserved_bytes = self.budget_reserved;
+        }
         self.snapshot.protocol = self.driver.table().stats().clone();
         self.snapshot.driver = self.driver.stats().clone();
         let table = self.driver.table();
@@ -1048,6 +1143,9 @@ fn tick_instant(started: Instant, tick: Duration, at: Tick) -> Instant {
 struct ExecApply<'a> {
     core: usize,
     replies: &'a mut HashMap<ProposalId, Reply>,
+    /// WAL budget reservations of proposals not yet chosen (released on their result).
+    budget_pending: &'a mut HashMap<ProposalId, u64>,
+    budget_reserved: &'a mut u64,
     read_queries: &'a mut HashMap<ProposalId, Bytes>,
     backlog: &'a mut VecDeque<ExecMsg>,
     batch_bytes_max: usize,
@@ -1056,8 +1154,23 @@ struct ExecApply<'a> {
     tick: Duration,
 }
 
+impl ExecApply<'_> {
+    /// A proposal's result arrived: its values are in the WAL (or never will be).
+    fn release(&mut self, id: ProposalId) {
+        if let Some(cost) = self.budget_pending.remove(&id) {
+            *self.budget_reserved -= cost;
+        }
+    }
+}
+
 impl driver::Apply for ExecApply<'_> {
     fn result(&mut self, result: ProposalResult) {
+        let id = match &result {
+            ProposalResult::Committed { id, .. }
+            | ProposalResult::Failed { id, .. }
+            | ProposalResult::Unknown { id, .. } => *id,
+        };
+        self.release(id);
         match result {
             ProposalResult::Committed {
                 id,

@@ -94,6 +94,10 @@ struct GroupExec {
     last_checksum: Option<u32>,
 }
 
+/// How long the executor waits for a message before it looks at its state machines'
+/// checkpoints anyway.
+const IDLE_CHECKPOINT_POLL: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Runs until the queue closes (its core stopped); then fails every waiter as unknown, and
 /// waits for the mirror thread (if any) to apply what it was handed and end.
 ///
@@ -131,7 +135,27 @@ pub(crate) fn run_with_mirrors(
         })
         .collect();
     let mut results: Vec<Bytes> = Vec::new();
-    while let Ok(message) = queue.recv() {
+    loop {
+        let message = match queue.recv_timeout(IDLE_CHECKPOINT_POLL) {
+            Ok(message) => message,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                // Nothing to apply: a state machine may still have finished a checkpoint on
+                // its own (in the background, or on a timer). Purge follows it without waiting
+                // for the next value, which a core refusing writes for its WAL budget would
+                // never send.
+                for (group, exec) in &groups {
+                    if mirror.is_mirror_mode(GroupId(*group)) {
+                        continue;
+                    }
+                    let checkpoint_next = exec.machine.checkpoint_instance().map_or(0, |i| i.0 + 1);
+                    exec.progress
+                        .checkpoint_next
+                        .fetch_max(checkpoint_next, Ordering::AcqRel);
+                }
+                continue;
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+        };
         match message {
             ExecMsg::Waiter {
                 group,

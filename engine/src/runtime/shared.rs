@@ -105,6 +105,9 @@ pub struct CoreSnapshot {
     pub proposals_received: u64,
     /// Rounds in which chosen values waited for the executor's queue.
     pub executor_backlog_rounds: u64,
+    /// Proposals refused (`Overloaded`) because the WAL had no room for them within
+    /// `wal_budget_bytes` (docs/ARCHITECTURE.md, "WAL budget").
+    pub proposals_refused_wal_budget: u64,
     /// The WAL's own counters.
     pub wal: Option<WalStats>,
     /// The protocol counters.
@@ -133,6 +136,12 @@ pub struct PurgeSnapshot {
     pub budget_bytes: u64,
     /// The WAL is over its budget and purge cannot bring it under.
     pub over_budget: bool,
+    /// Bytes the WAL may still write within its budget (what is left of the segment being
+    /// written and of the segments it may still add), at the last round; 0 without a budget.
+    pub budget_room_bytes: u64,
+    /// Bytes reserved for the proposals admitted and not yet chosen (each counted as if it
+    /// took two WAL blocks of its own plus its command), at the last round.
+    pub budget_reserved_bytes: u64,
     /// Segments removed so far.
     pub segments_purged: u64,
     /// The lowest log base of this core's groups (what the WAL may purge below), with its group.

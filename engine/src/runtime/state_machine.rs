@@ -35,7 +35,9 @@ pub trait StateMachine: Send + 'static {
 
     /// The highest instance whose effects are durably stored in the state machine's own storage
     /// (its checkpoint), or `None` when it holds nothing durable. Called at start (to skip the
-    /// replay below it) and after applies, to let the WAL purge what no one needs.
+    /// replay below it), after applies, and every 50 ms while nothing is applied (a checkpoint
+    /// taken in the background counts without waiting for the next value), to let the WAL
+    /// purge what no one needs.
     fn checkpoint_instance(&self) -> Option<Instance>;
 
     /// Writes the whole state as of the last applied instance to `out` (streamed). Called on the
