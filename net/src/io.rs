@@ -94,6 +94,17 @@ pub(crate) fn set_liveness(fd: RawFd, dead_after: Duration) -> io::Result<()> {
     Ok(())
 }
 
+/// Shuts a listening socket down, so that an accept in progress on it returns (with an error)
+/// and no new connection is accepted; the descriptor stays open (its owner closes it).
+///
+/// `fd` must be an open socket owned by a listener the caller holds for the whole call.
+pub(crate) fn shutdown_listener(fd: RawFd) -> io::Result<()> {
+    // SAFETY: the caller holds the listener that owns `fd`, so it stays open for the borrow,
+    // which ends with this function; SockRef neither closes nor keeps it.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    socket2::SockRef::from(&borrowed).shutdown(std::net::Shutdown::Both)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -272,7 +272,11 @@ fn thread_main(setup: Setup) {
                         node = setup.cfg.node_id,
                         "network thread on io_uring (tokio-uring)"
                     );
-                    runtime.block_on(node_main::<Uring>(setup));
+                    if !runtime.block_on(node_main::<Uring>(setup)) {
+                        // Some operation may still be in flight: dropping the runtime would free
+                        // its buffers under the kernel (see `Ctx::spawn_io`).
+                        std::mem::forget(runtime);
+                    }
                 }
                 Err(source) if setup.cfg.backend == BackendChoice::Auto => {
                     run_epoll(setup, Some(source))
@@ -307,7 +311,8 @@ fn run_epoll(setup: Setup, uring_error: Option<io::Error>) {
         }
     };
     let local = tokio::task::LocalSet::new();
-    local.block_on(&runtime, node_main::<Epoll>(setup));
+    // Readiness-based: no operation owns a buffer, so the runtime always drops safely.
+    let _ = local.block_on(&runtime, node_main::<Epoll>(setup));
 }
 
 /// Per-peer outbound state, shared by the dispatcher and the peer's connection task.
@@ -487,10 +492,18 @@ struct Ctx {
     /// Rate limit of the warnings about connections that open with something other than a
     /// handshake (their sender is unknown, so one limiter serves them all).
     handshake_garbage_log: RefCell<LogLimiter>,
+    /// The tasks that read or accept (see [`Ctx::spawn_io`]): all are awaited at shutdown.
+    io_tasks: RefCell<Vec<tokio::task::JoinHandle<()>>>,
+    /// Notified (all waiters) at shutdown: peer loops stop waiting to reconnect.
+    stop_wake: Notify,
 }
 
 /// How long shutdown waits for writes in flight to complete.
 const SHUTDOWN_WRITE_GRACE: Duration = Duration::from_millis(200);
+/// How long shutdown waits for every reading or accepting task to end once their sockets are
+/// shut down (they end within microseconds; past this the runtime is leaked, never dropped
+/// with an operation in flight: see `node_main`).
+const SHUTDOWN_TASKS_GRACE: Duration = Duration::from_secs(5);
 
 /// The most inbound connections open at once (authenticated or not); more are closed at once.
 const INBOUND_CONNECTIONS_MAX: usize = 1024;
@@ -510,6 +523,20 @@ impl Drop for LiveGuard {
 }
 
 impl Ctx {
+    /// Spawns a task that reads from or accepts on a socket, and keeps its handle: shutdown
+    /// shuts every socket down and then awaits every such task, so that no read or accept is
+    /// in flight when the runtime is dropped. (tokio-uring frees the buffers of operations
+    /// whose futures were dropped when its runtime drops, before the kernel is done with them:
+    /// an accept or a read completing after that writes into freed memory.) So a future of
+    /// such an operation is never dropped before it completes: on a timeout the socket is shut
+    /// down and the operation awaited (`io_timeout`).
+    fn spawn_io(&self, task: impl std::future::Future<Output = ()> + 'static) {
+        let handle = tokio::task::spawn_local(task);
+        let mut tasks = self.io_tasks.borrow_mut();
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(handle);
+    }
+
     fn register<S: Stream>(self: &Rc<Self>, stream: &Rc<S>) -> LiveGuard {
         let id = self.next_live.get();
         self.next_live.set(id + 1);
@@ -589,7 +616,9 @@ fn backoff_delay(min: Duration, max: Duration, attempt: u32, state: &mut u64) ->
     delay.mul_f64(0.5 + fraction / 2.0)
 }
 
-async fn node_main<B: Backend>(setup: Setup) {
+/// Runs the network thread until `shutdown`; returns whether every task that reads or accepts
+/// ended (else the caller must not drop the runtime: see [`Ctx::spawn_io`]).
+async fn node_main<B: Backend>(setup: Setup) -> bool {
     let Setup {
         cfg,
         listener,
@@ -604,7 +633,7 @@ async fn node_main<B: Backend>(setup: Setup) {
         Ok(listener) => listener,
         Err(source) => {
             let _ = ready_tx.send(Err(NetError::Runtime { source }));
-            return;
+            return true;
         }
     };
     let peers = cfg
@@ -650,10 +679,13 @@ async fn node_main<B: Backend>(setup: Setup) {
         writes_in_flight: Cell::new(0),
         writes_idle: Notify::new(),
         handshake_garbage_log: RefCell::new(LogLimiter::new(GARBAGE_LOG_EVERY)),
+        io_tasks: RefCell::new(Vec::new()),
+        stop_wake: Notify::new(),
     });
-    tokio::task::spawn_local(accept_loop::<B>(ctx.clone(), listener));
+    let listener = Rc::new(listener);
+    ctx.spawn_io(accept_loop::<B>(ctx.clone(), listener.clone()));
     for peer in 0..ctx.peers.len() {
-        tokio::task::spawn_local(peer_loop::<B>(ctx.clone(), peer));
+        ctx.spawn_io(peer_loop::<B>(ctx.clone(), peer));
     }
     tokio::task::spawn_local(dispatch(ctx.clone(), batch_rx));
     let _ = ready_tx.send(Ok(B::NAME));
@@ -668,14 +700,35 @@ async fn node_main<B: Backend>(setup: Setup) {
     if ctx.writes_in_flight.get() > 0 {
         let _ = tokio::time::timeout(SHUTDOWN_WRITE_GRACE, ctx.writes_idle.notified()).await;
     }
-    let closers: Vec<Box<dyn Fn()>> = ctx
-        .live
-        .borrow_mut()
-        .drain()
-        .map(|(_, closer)| closer)
-        .collect();
-    for close in closers {
-        close();
+    ctx.stop_wake.notify_waiters();
+    B::close_listener(&listener);
+    // Every socket is shut down (again and again: a connection accepted or opened meanwhile
+    // is too), so every read and accept in progress ends, and every task that reads or
+    // accepts is awaited.
+    let deadline = Instant::now() + SHUTDOWN_TASKS_GRACE;
+    loop {
+        let closers: Vec<Box<dyn Fn()>> = ctx
+            .live
+            .borrow_mut()
+            .drain()
+            .map(|(_, closer)| closer)
+            .collect();
+        for close in closers {
+            close();
+        }
+        ctx.io_tasks.borrow_mut().retain(|t| !t.is_finished());
+        if ctx.io_tasks.borrow().is_empty() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            tracing::error!(
+                node = ctx.cfg.node_id,
+                tasks = ctx.io_tasks.borrow().len(),
+                "network tasks still reading or accepting {SHUTDOWN_TASKS_GRACE:?} after shutdown; the runtime is leaked rather than dropped under them"
+            );
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 
@@ -804,7 +857,7 @@ fn enqueue(ctx: &Ctx, peer: usize, frame: Bytes, body_bytes: u32, touched: &mut 
 async fn peer_loop<B: Backend>(ctx: Rc<Ctx>, peer: usize) {
     let mut attempt: u32 = 0;
     let mut ever_connected = false;
-    loop {
+    while !ctx.stopping.get() {
         match connect_peer::<B>(&ctx, peer).await {
             Ok(stream) => {
                 if ever_connected {
@@ -829,26 +882,70 @@ async fn peer_loop<B: Backend>(ctx: Rc<Ctx>, peer: usize) {
                 tracing::debug!(node = ctx.cfg.node_id, peer = ctx.peers[peer].node_id, %err, "connect failed");
             }
         }
-        tokio::time::sleep(ctx.backoff(attempt)).await;
+        let stopped = ctx.stop_wake.notified();
+        if ctx.stopping.get() {
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(ctx.backoff(attempt)) => {}
+            _ = stopped => return,
+        }
         attempt = attempt.saturating_add(1);
     }
+}
+
+/// Runs `io`, an operation on `stream`, for at most `limit` (`None` past it, or at shutdown).
+/// Then the stream is shut down and `io` still awaited to its end, never dropped while the
+/// kernel may still write into its buffer (see [`Ctx::spawn_io`]).
+async fn io_timeout<S: Stream, T>(
+    ctx: &Ctx,
+    stream: &S,
+    limit: Duration,
+    io: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    let stopped = ctx.stop_wake.notified();
+    tokio::pin!(io);
+    tokio::pin!(stopped);
+    if !ctx.stopping.get() {
+        tokio::select! {
+            out = &mut io => return Some(out),
+            _ = tokio::time::sleep(limit) => {}
+            _ = &mut stopped => {}
+        }
+    }
+    stream.close();
+    let _ = io.await;
+    None
 }
 
 /// Connects and completes the client side of the handshake within the handshake timeout.
 async fn connect_peer<B: Backend>(ctx: &Rc<Ctx>, peer: usize) -> io::Result<B::Stream> {
     let out = &ctx.peers[peer];
-    let attempt = async {
-        let stream = B::connect(out.addr).await?;
+    let deadline = tokio::time::Instant::now() + ctx.cfg.handshake_timeout;
+    // A connect writes nothing into this process's memory: dropping it on a timeout is safe.
+    let stream = match tokio::time::timeout_at(deadline, B::connect(out.addr)).await {
+        Ok(result) => result?,
+        Err(_) => {
+            bump(&ctx.stats.handshake_timeouts);
+            tracing::warn!(
+                node = ctx.cfg.node_id,
+                peer = out.node_id,
+                "handshake with peer timed out"
+            );
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+    };
+    let handshake = async {
         B::set_liveness(&stream, ctx.cfg.peer_dead_timeout)?;
         let hello = Bytes::copy_from_slice(&ctx.hello(HelloStatus::Hello));
         let (result, _) = stream.write_all_vectored(vec![hello]).await;
         result?;
-        let buf = read_at_least(&stream, BytesMut::with_capacity(HELLO_BYTES), HELLO_BYTES).await?;
-        Ok::<_, io::Error>((stream, buf))
+        read_at_least(&stream, BytesMut::with_capacity(HELLO_BYTES), HELLO_BYTES).await
     };
-    let (stream, buf) = match tokio::time::timeout(ctx.cfg.handshake_timeout, attempt).await {
-        Ok(result) => result?,
-        Err(_) => {
+    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+    let buf = match io_timeout(ctx, &stream, left, handshake).await {
+        Some(result) => result?,
+        None => {
             bump(&ctx.stats.handshake_timeouts);
             tracing::warn!(
                 node = ctx.cfg.node_id,
@@ -940,14 +1037,17 @@ async fn write_loop<S: Stream>(ctx: &Rc<Ctx>, peer: usize, stream: &Rc<S>) {
             tokio::select! {
                 biased;
                 _ = dead.notified() => {
-                    watcher.abort();
+                    // The watcher's read ended (that is what it notifies).
+                    let _ = watcher.await;
                     return;
                 }
                 _ = out.wake.notified() => {}
             }
         }
         if ctx.stopping.get() {
-            watcher.abort();
+            // Its read ends once the stream is shut down; it is never dropped in flight.
+            stream.close();
+            let _ = watcher.await;
             return;
         }
         let (bufs, frames, bytes) = take_write(ctx, peer);
@@ -966,7 +1066,8 @@ async fn write_loop<S: Stream>(ctx: &Rc<Ctx>, peer: usize, stream: &Rc<S>) {
             Err(err) => {
                 add(&counters.lost_on_disconnect_frames, frames);
                 tracing::warn!(node = ctx.cfg.node_id, peer = out.node_id, %err, frames, "write to peer failed; reconnecting");
-                watcher.abort();
+                stream.close();
+                let _ = watcher.await;
                 return;
             }
         }
@@ -1050,9 +1151,17 @@ async fn watch_outbound<S: Stream>(ctx: Rc<Ctx>, peer: usize, stream: Rc<S>, dea
 // ---------------------------------------------------------------------------------------------
 // Inbound
 
-async fn accept_loop<B: Backend>(ctx: Rc<Ctx>, listener: B::Listener) {
+async fn accept_loop<B: Backend>(ctx: Rc<Ctx>, listener: Rc<B::Listener>) {
     loop {
-        match B::accept(&listener).await {
+        let accepted = B::accept(&listener).await;
+        if ctx.stopping.get() {
+            // Shutdown shut the listener down, which ended this accept.
+            if let Ok((stream, _)) = accepted {
+                stream.close();
+            }
+            return;
+        }
+        match accepted {
             Ok((stream, addr)) => {
                 bump(&ctx.stats.connections_accepted);
                 if ctx.inbound_live.get() >= INBOUND_CONNECTIONS_MAX {
@@ -1060,7 +1169,7 @@ async fn accept_loop<B: Backend>(ctx: Rc<Ctx>, listener: B::Listener) {
                     stream.close();
                     continue;
                 }
-                tokio::task::spawn_local(serve_inbound::<B>(ctx.clone(), stream, addr));
+                ctx.spawn_io(serve_inbound::<B>(ctx.clone(), stream, addr));
             }
             Err(err) => {
                 // EMFILE and friends: wait a little instead of spinning.
@@ -1128,14 +1237,14 @@ async fn accept_handshake<S: Stream>(
         BytesMut::with_capacity(HELLO_BYTES * 2),
         HELLO_BYTES,
     );
-    let mut buf = match tokio::time::timeout(ctx.cfg.handshake_timeout, read).await {
-        Ok(Ok(buf)) => buf,
-        Ok(Err(err)) => {
+    let mut buf = match io_timeout(ctx, stream, ctx.cfg.handshake_timeout, read).await {
+        Some(Ok(buf)) => buf,
+        Some(Err(err)) => {
             bump(&ctx.stats.handshake_errors);
             tracing::warn!(node = ctx.cfg.node_id, %addr, %err, "connection closed before its handshake");
             return None;
         }
-        Err(_) => {
+        None => {
             bump(&ctx.stats.handshake_timeouts);
             tracing::warn!(node = ctx.cfg.node_id, %addr, "handshake timed out; closing");
             return None;
@@ -1190,7 +1299,9 @@ async fn accept_handshake<S: Stream>(
                 .map_or(HelloStatus::Hello, |(status, _)| *status),
         ),
     );
-    let written = tokio::time::timeout(
+    let written = io_timeout(
+        ctx,
+        stream,
         ctx.cfg.handshake_timeout,
         stream.write_all_vectored(vec![reply]),
     )
@@ -1201,12 +1312,12 @@ async fn accept_handshake<S: Stream>(
         return None;
     }
     match written {
-        Ok((Ok(()), _)) => {}
-        Ok((Err(err), _)) => {
+        Some((Ok(()), _)) => {}
+        Some((Err(err), _)) => {
             tracing::warn!(node = ctx.cfg.node_id, %addr, %err, "handshake reply failed");
             return None;
         }
-        Err(_) => {
+        None => {
             bump(&ctx.stats.handshake_timeouts);
             tracing::warn!(node = ctx.cfg.node_id, %addr, "handshake reply timed out");
             return None;

@@ -38,6 +38,8 @@ pub(crate) trait Backend: 'static {
     async fn connect(addr: SocketAddr) -> io::Result<Self::Stream>;
     /// Sets keepalive and the user timeout (see `io::set_liveness`).
     fn set_liveness(stream: &Self::Stream, dead_after: Duration) -> io::Result<()>;
+    /// Stops `listener` (at shutdown): an accept in progress returns with an error.
+    fn close_listener(listener: &Self::Listener);
 }
 
 /// Drops the first `n` bytes of `bufs` (after a partial vectored write).
@@ -137,6 +139,10 @@ impl Backend for Uring {
     fn set_liveness(stream: &Self::Stream, dead_after: Duration) -> io::Result<()> {
         crate::io::set_liveness(stream.as_raw_fd(), dead_after)
     }
+
+    fn close_listener(listener: &Self::Listener) {
+        let _ = crate::io::shutdown_listener(listener.as_raw_fd());
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -212,6 +218,10 @@ impl Backend for Epoll {
 
     fn set_liveness(stream: &Self::Stream, dead_after: Duration) -> io::Result<()> {
         crate::io::set_liveness(stream.as_raw_fd(), dead_after)
+    }
+
+    fn close_listener(listener: &Self::Listener) {
+        let _ = crate::io::shutdown_listener(listener.as_raw_fd());
     }
 }
 
