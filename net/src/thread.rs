@@ -922,8 +922,17 @@ async fn io_timeout<S: Stream, T>(
 async fn connect_peer<B: Backend>(ctx: &Rc<Ctx>, peer: usize) -> io::Result<B::Stream> {
     let out = &ctx.peers[peer];
     let deadline = tokio::time::Instant::now() + ctx.cfg.handshake_timeout;
-    // A connect writes nothing into this process's memory: dropping it on a timeout is safe.
-    let stream = match tokio::time::timeout_at(deadline, B::connect(out.addr)).await {
+    // A connect writes nothing into this process's memory: dropping it on a timeout or at
+    // shutdown is safe.
+    let stopped = ctx.stop_wake.notified();
+    if ctx.stopping.get() {
+        return Err(io::ErrorKind::Interrupted.into());
+    }
+    let connect = tokio::select! {
+        connect = tokio::time::timeout_at(deadline, B::connect(out.addr)) => connect,
+        _ = stopped => return Err(io::ErrorKind::Interrupted.into()),
+    };
+    let stream = match connect {
         Ok(result) => result?,
         Err(_) => {
             bump(&ctx.stats.handshake_timeouts);

@@ -7,8 +7,9 @@
 //! a full inbox stops reading without losing frames; a down peer costs bounded memory (frames and
 //! bytes) and, when it returns, gets the newest frames rather than a stale backlog; a connected
 //! peer that stops reading makes new frames drop, within the byte cap; a node
-//! that shuts down mid-stream lets its stalled write finish, so peers see whole frames only; one
-//! peer cannot hold more than eight connections.
+//! that shuts down mid-stream lets its stalled write finish, so peers see whole frames only; a
+//! node that shuts down with reads and an accept pending shuts every socket down and ends at
+//! once; one peer cannot hold more than eight connections.
 //! Every wait is bounded by a deadline.
 
 use bytes::Bytes;
@@ -562,6 +563,50 @@ fn bad_input_closes_only_that_connection_and_is_counted() {
         assert_eq!(collect(&mut a.inboxes, 100, DEADLINE).len(), 100);
         a.thread.shutdown();
         b.thread.shutdown();
+    }
+}
+
+/// Shutdown with a read in flight on each side (an inbound connection that never sends its
+/// handshake, an outbound one whose peer never answers) and the accept pending: every socket is
+/// shut down (both silent ends see EOF) and the thread ends at once, not after a handshake
+/// timeout and not by leaking its runtime (which it does only after 5 s: on io_uring a dropped
+/// runtime frees the buffers of operations still in flight, see `Ctx::spawn_io`).
+#[test]
+fn shutdown_ends_pending_reads_and_accepts_first() {
+    for backend in backends() {
+        let addrs = free_addrs(1);
+        let silent_peer = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut cfg = config(
+            8,
+            1,
+            addrs[0],
+            vec![(2, silent_peer.local_addr().unwrap())],
+            backend,
+        );
+        cfg.handshake_timeout = Duration::from_secs(60);
+        let a = start(cfg, 1, route_mod(1));
+        // Our outbound connection: accepted, never answered.
+        silent_peer.set_nonblocking(false).unwrap();
+        let (mut outbound, _) = silent_peer.accept().unwrap();
+        outbound.set_read_timeout(Some(DEADLINE)).unwrap();
+        // An inbound connection that never sends its handshake.
+        let mut inbound = TcpStream::connect(addrs[0]).unwrap();
+        inbound.set_read_timeout(Some(DEADLINE)).unwrap();
+        wait_until("the inbound connection accepted", || {
+            a.handle.stats().connections_accepted == 1
+        });
+        let began = Instant::now();
+        a.thread.shutdown();
+        let took = began.elapsed();
+        assert!(
+            took < Duration::from_secs(4),
+            "{backend:?}: shutdown took {took:?} (a handshake timeout is 60 s; the runtime is leaked after 5 s)"
+        );
+        // The outbound connection had sent its hello: the silent peer reads it, then EOF.
+        let mut hello = [0u8; HELLO_BYTES];
+        outbound.read_exact(&mut hello).unwrap();
+        assert_closed(outbound);
+        assert_closed(inbound);
     }
 }
 
