@@ -590,7 +590,7 @@ fn shutdown_ends_pending_reads_and_accepts_first() {
         let (mut outbound, _) = silent_peer.accept().unwrap();
         outbound.set_read_timeout(Some(DEADLINE)).unwrap();
         // An inbound connection that never sends its handshake.
-        let mut inbound = TcpStream::connect(addrs[0]).unwrap();
+        let inbound = TcpStream::connect(addrs[0]).unwrap();
         inbound.set_read_timeout(Some(DEADLINE)).unwrap();
         wait_until("the inbound connection accepted", || {
             a.handle.stats().connections_accepted == 1
