@@ -2,7 +2,7 @@
 //! `CoreTable` API as the runtime: steady state (1 RTT, one durable record per instance per
 //! replica, compared against `testdata/transcript_steady.txt`), prepare rejected, duelling
 //! proposers, leader crash mid-pipeline, partitioned minority, restart after losing unsynced
-//! writes, and a damaged WAL record (re-learn before voting).
+//! writes, a damaged WAL record (re-learn before voting), and a replica whose storage is full.
 //!
 //! Regenerate the steady-state transcript with `UPDATE_TRANSCRIPTS=1 cargo test -p
 //! paxring-engine --test core_transcripts` and review the diff.
@@ -816,4 +816,79 @@ fn a_leader_refused_by_a_returning_acceptor_prepares_again_and_stays() {
     cluster.tick_all(20);
     let committed: BTreeSet<u64> = cluster.committed().iter().map(|(id, _, _)| id.0).collect();
     assert!(committed.contains(&3), "commits go on: {committed:?}");
+}
+
+/// docs/PROTOCOL.md#storage-full: a replica whose storage is full withholds its votes on
+/// another node's instances (a lost message: the value is chosen by the others), asks for no
+/// catch-up, and catches up once it has room; with two of three full nothing is chosen until
+/// one has room again; a full leader refuses proposals but still votes on its own instances.
+#[test]
+fn a_full_replica_withholds_votes_and_catches_up_once_it_has_room() {
+    let mut cluster = Cluster::new(3, config());
+    cluster.elect(1);
+    cluster.propose(1, 1, "a").unwrap();
+    cluster.settle();
+    cluster.tick_all(12);
+
+    // Node 2 full: the value is chosen by nodes 1 and 3; node 2 voted on nothing new.
+    cluster.table(2).set_storage_full(true);
+    cluster.propose(1, 2, "b").unwrap();
+    cluster.settle();
+    cluster.tick_all(12);
+    let committed = |cluster: &Cluster| -> BTreeSet<u64> {
+        cluster.committed().iter().map(|(id, _, _)| id.0).collect()
+    };
+    assert!(committed(&cluster).contains(&2), "chosen without node 2");
+    assert!(cluster.table(2).stats().accepts_withheld_storage_full >= 1);
+    assert!(
+        cluster.applied(2).len() < cluster.applied(1).len(),
+        "node 2 did not learn the value it did not store"
+    );
+
+    // Nodes 2 and 3 full: no quorum stores the next value, so it is not chosen.
+    cluster.table(3).set_storage_full(true);
+    cluster.propose(1, 3, "c").unwrap();
+    cluster.settle();
+    cluster.tick_all(40);
+    assert!(
+        !committed(&cluster).contains(&3),
+        "chosen with two of three full"
+    );
+    assert!(cluster.table(3).stats().accepts_withheld_storage_full >= 1);
+    assert!(cluster.table(2).stats().catchups_deferred_storage_full >= 1);
+
+    // Room again on node 3: the leader's retransmission gets its vote.
+    cluster.table(3).set_storage_full(false);
+    cluster.tick_all(40);
+    cluster.settle();
+    assert!(
+        committed(&cluster).contains(&3),
+        "chosen once node 3 has room"
+    );
+
+    // Room again on node 2: it catches up to the others.
+    cluster.table(2).set_storage_full(false);
+    cluster.tick_all(60);
+    cluster.settle();
+    assert_eq!(cluster.applied(2), cluster.applied(1), "node 2 caught up");
+    assert_eq!(commands(&cluster.applied(2)), ["a", "b", "c"]);
+
+    // A full leader refuses proposals, and its own vote still counts for what is in flight.
+    cluster.table(1).set_storage_full(true);
+    assert_eq!(
+        cluster.propose(1, 4, "d"),
+        Err(FailReason::Overloaded),
+        "a full leader takes no proposal"
+    );
+    assert_eq!(cluster.table(1).stats().proposals_refused_storage_full, 1);
+    cluster.table(1).set_storage_full(false);
+    cluster.propose(1, 5, "e").unwrap();
+    cluster.table(1).set_storage_full(true);
+    cluster.table(3).set_storage_full(true);
+    cluster.settle();
+    cluster.tick_all(20);
+    assert!(
+        committed(&cluster).contains(&5),
+        "the full leader's own vote and node 2's choose its admitted value"
+    );
 }

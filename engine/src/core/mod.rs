@@ -445,4 +445,7 @@ pub struct Bugs {
     /// arrival, forgetting the window its phase 1 recovered (values an earlier leader chose
     /// and acknowledged may not be applied yet).
     pub read_before_applied: bool,
+    /// A replica whose storage is full still votes, answering Accepted without writing the
+    /// Accept record (to save the room it lacks).
+    pub vote_while_full: bool,
 }

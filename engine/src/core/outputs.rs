@@ -544,6 +544,16 @@ pub struct CoreStats {
     /// Elections this node put off because its own acceptor granted another node its lease.
     #[serde(default)]
     pub elections_deferred_lease: u64,
+    /// Accepts this replica did not vote on because its storage was full
+    /// (docs/PROTOCOL.md#storage-full).
+    #[serde(default)]
+    pub accepts_withheld_storage_full: u64,
+    /// Catch-up requests put off because the storage was full.
+    #[serde(default)]
+    pub catchups_deferred_storage_full: u64,
+    /// Proposals refused (`Overloaded`) because the storage was full.
+    #[serde(default)]
+    pub proposals_refused_storage_full: u64,
     /// Times this node became master of a group.
     #[serde(default)]
     pub master_terms: u64,

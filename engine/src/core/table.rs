@@ -32,6 +32,8 @@ pub struct CoreTable {
     stats: CoreStats,
     incarnation: u64,
     restored_lsn: Lsn,
+    /// Set by the driver: the storage has no room for more values (see `Ctx::storage_full`).
+    storage_full: bool,
     /// Debug builds check the invariants at every poll and panic on a broken one (the
     /// simulator turns this off: its checker reports it, with the seed).
     #[cfg_attr(not(debug_assertions), allow(dead_code))]
@@ -63,6 +65,7 @@ macro_rules! ctx {
             stats: &mut $self.stats,
             incarnation: $self.incarnation,
             restored_lsn: $self.restored_lsn,
+            storage_full: $self.storage_full,
             #[cfg(feature = "sim-bugs")]
             bugs: $self.bugs,
         }
@@ -148,6 +151,7 @@ impl CoreTable {
             stats: CoreStats::default(),
             incarnation: start.incarnation,
             restored_lsn: Lsn(recovery.next_lsn.0.max(1)),
+            storage_full: false,
             panic_on_broken_invariant: true,
             #[cfg(feature = "sim-bugs")]
             bugs,
@@ -218,6 +222,18 @@ impl CoreTable {
     /// with its own checker, the simulator, turns it off and reports instead).
     pub fn set_panic_on_broken_invariant(&mut self, on: bool) {
         self.panic_on_broken_invariant = on;
+    }
+
+    /// The driver's storage has no room for more values (`true`), or has room again: while
+    /// full, this core's groups vote on no new instance, ask for no catch-up and take no
+    /// proposal (docs/PROTOCOL.md#storage-full).
+    pub fn set_storage_full(&mut self, full: bool) {
+        self.storage_full = full;
+    }
+
+    /// Whether the storage was last said to be full.
+    pub fn storage_full(&self) -> bool {
+        self.storage_full
     }
 
     /// The promise of `group` (None for a group this core does not own).

@@ -426,6 +426,13 @@ impl Core {
                 ticks_done = now_ticks;
                 self.driver.tick(Tick(ticks_done));
             }
+            if self.wal_budget != 0 {
+                // Less room than the two writes kept back for what cannot be refused: this
+                // replica stops voting on new instances and asking for catch-up until purge
+                // makes room (docs/PROTOCOL.md#storage-full).
+                let full = self.budget_room() < 2 * self.wal.options().buffer_bytes as u64;
+                self.driver.table_mut().set_storage_full(full);
+            }
             self.take_frames();
             self.take_proposals();
             self.round()?;
@@ -446,15 +453,14 @@ impl Core {
                 .is_some_and(|(_, _, lsn)| *lsn <= self.wal.durable_lsn());
             // While proposals are refused for the WAL budget, room comes only from purge: it
             // runs often, so that the state machines' checkpoints free it as they come.
-            let refusing = self.snapshot.proposals_refused_wal_budget
-                > self.budget_refused_at_purge
+            let refusing = self.budget_pressure() > self.budget_refused_at_purge
                 && purged_at.elapsed() >= BUDGET_PURGE_EVERY;
             if purged_at.elapsed() >= self.purge_every
                 || refusing
                 || (self.purge_on && (segments > self.segments_seen || bases_durable))
             {
                 self.segments_seen = segments;
-                self.budget_refused_at_purge = self.snapshot.proposals_refused_wal_budget;
+                self.budget_refused_at_purge = self.budget_pressure();
                 purged_at = Instant::now();
                 if let Err(e) = self.purge() {
                     // Not a durability failure (a failed write poisons the WAL and the next
@@ -649,6 +655,12 @@ impl Core {
             .saturating_add(Self::budget_cost(bytes))
             .saturating_add(2 * self.wal.options().buffer_bytes as u64);
         need <= room
+    }
+
+    /// Proposals refused and votes withheld for the WAL budget so far.
+    fn budget_pressure(&self) -> u64 {
+        self.snapshot.proposals_refused_wal_budget
+            + self.driver.table().stats().accepts_withheld_storage_full
     }
 
     /// Bytes the WAL may still write within its budget: what is left of the segment being
@@ -871,13 +883,13 @@ impl Core {
                 ));
             }
         }
-        let refused = self.snapshot.proposals_refused_wal_budget;
+        let refused = self.budget_pressure();
         if refused > self.budget_refused_seen {
             let purge = &self.snapshot.purge;
             stuck.push((
                 GroupId(u32::MAX),
                 format!(
-                    "core {}: WAL at its budget ({} bytes in {} segments, budget {}; {} bytes of room, {} reserved for proposals in flight): {} new proposals refused (overloaded) since the last check; the oldest segment is held by {}",
+                    "core {}: WAL at its budget ({} bytes in {} segments, budget {}; {} bytes of room, {} reserved for proposals in flight): {} new proposals refused (overloaded) or votes withheld since the last check; the oldest segment is held by {}",
                     self.index,
                     purge.wal_bytes,
                     purge.segments,

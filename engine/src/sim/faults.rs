@@ -59,6 +59,9 @@ pub enum Fault {
     /// that times out may depose a live leader, as before they existed; reads go through read
     /// index): many more elections.
     Restless,
+    /// Disk: a node's storage is full for a while (a WAL at its budget): it votes on no new
+    /// instance, asks for no catch-up and refuses proposals until it has room again.
+    DiskFull,
 }
 
 /// The largest clock-rate skew the simulator gives a node, in parts per million (±10%):
@@ -67,7 +70,7 @@ pub const SKEW_PPM_MAX: u64 = 100_000;
 
 impl Fault {
     /// Every fault, in the order of `--faults` names.
-    pub const ALL: [Fault; 22] = [
+    pub const ALL: [Fault; 23] = [
         Fault::Loss,
         Fault::Dup,
         Fault::Reorder,
@@ -90,6 +93,7 @@ impl Fault {
         Fault::Wipe,
         Fault::KindLoss,
         Fault::Restless,
+        Fault::DiskFull,
     ];
 
     /// The `--faults` name.
@@ -117,6 +121,7 @@ impl Fault {
             Fault::Wipe => "wipe",
             Fault::KindLoss => "kindloss",
             Fault::Restless => "restless",
+            Fault::DiskFull => "diskfull",
         }
     }
 
@@ -188,6 +193,8 @@ pub struct Profile {
     pub fsync_error_one_in: u64,
     /// PowerLoss: one tick in this many (only while every replica is whole).
     pub power_loss_one_in: u64,
+    /// DiskFull: one tick in this many fills a node's storage (for 50..650 ticks).
+    pub disk_full_one_in: u64,
 }
 
 impl Profile {
@@ -206,6 +213,7 @@ impl Profile {
             stall_one_in: 150,
             fsync_error_one_in: 400,
             power_loss_one_in: 2500,
+            disk_full_one_in: 800,
         }
     }
 
@@ -214,11 +222,11 @@ impl Profile {
     pub fn swarm(seed: u64, allowed: &BTreeSet<Fault>) -> Profile {
         let mut rng = Prng::new(seed ^ 0x5A4A_12F0_0D5E_ED00);
         let mut faults = BTreeSet::new();
-        // KindLoss and Restless came later: their coins are drawn last, so that the other
-        // classes and rates of a seed stay what they were before they existed.
+        // KindLoss, Restless and DiskFull came later: their coins are drawn last, so that the
+        // other classes and rates of a seed stay what they were before they existed.
         for fault in Fault::ALL
             .into_iter()
-            .filter(|f| !matches!(f, Fault::KindLoss | Fault::Restless))
+            .filter(|f| !matches!(f, Fault::KindLoss | Fault::Restless | Fault::DiskFull))
         {
             if allowed.contains(&fault) && rng.chance(1, 2) {
                 faults.insert(fault);
@@ -238,12 +246,17 @@ impl Profile {
             stall_one_in: between(30, 400),
             fsync_error_one_in: between(100, 2000),
             power_loss_one_in: between(1000, 5000),
+            disk_full_one_in: 800,
         };
         if allowed.contains(&Fault::KindLoss) && rng.chance(1, 2) {
             profile.faults.insert(Fault::KindLoss);
         }
         if allowed.contains(&Fault::Restless) && rng.chance(1, 2) {
             profile.faults.insert(Fault::Restless);
+        }
+        if allowed.contains(&Fault::DiskFull) && rng.chance(1, 2) {
+            profile.faults.insert(Fault::DiskFull);
+            profile.disk_full_one_in = 200 + rng.below(1801);
         }
         profile
     }
@@ -277,6 +290,7 @@ impl fmt::Display for Profile {
                 Fault::Stall => format!("1/{}w", self.stall_one_in),
                 Fault::FsyncError => format!("1/{}w", self.fsync_error_one_in),
                 Fault::PowerLoss => format!("1/{}t", self.power_loss_one_in),
+                Fault::DiskFull => format!("1/{}t", self.disk_full_one_in),
                 _ => String::new(),
             };
             if rate.is_empty() {
@@ -334,12 +348,14 @@ pub enum Bug {
     LeaseIgnoresDrift,
     /// A read is served at the leader's own applied point, forgetting its recovered window.
     ReadBeforeApplied,
+    /// A replica whose storage is full answers Accepted without writing the Accept record.
+    VoteWhileFull,
 }
 
 #[cfg(feature = "sim-bugs")]
 impl Bug {
     /// Every bug.
-    pub const ALL: [Bug; 19] = [
+    pub const ALL: [Bug; 20] = [
         Bug::ForgetPromise,
         Bug::ReplyBeforeDurable,
         Bug::SkipPrepareOnNewLeader,
@@ -359,6 +375,7 @@ impl Bug {
         Bug::SubmitOnlyOnAppend,
         Bug::LeaseIgnoresDrift,
         Bug::ReadBeforeApplied,
+        Bug::VoteWhileFull,
     ];
 
     /// The `--bug` name.
@@ -383,6 +400,7 @@ impl Bug {
             Bug::SubmitOnlyOnAppend => "submit-only-on-append",
             Bug::LeaseIgnoresDrift => "lease-ignores-drift",
             Bug::ReadBeforeApplied => "read-before-applied",
+            Bug::VoteWhileFull => "vote-while-full",
         }
     }
 
@@ -421,6 +439,7 @@ impl Bug {
             Bug::SubmitOnlyOnAppend => bugs.submit_only_on_append = true,
             Bug::LeaseIgnoresDrift => bugs.lease_ignores_drift = true,
             Bug::ReadBeforeApplied => bugs.read_before_applied = true,
+            Bug::VoteWhileFull => bugs.vote_while_full = true,
         }
         bugs
     }
@@ -511,6 +530,15 @@ impl super::Sim {
                 self.trace(&("pause", index, until.0));
             }
         }
+        if p.has(Fault::DiskFull) && self.rng.chance(1, p.disk_full_one_in) {
+            let index = self.rng.below(n as u64) as usize;
+            if self.nodes[index].up && self.nodes[index].full_until.is_none() {
+                let until = super::Tick(self.now.0 + 50 + self.rng.below(600));
+                self.nodes[index].full_until = Some(until);
+                self.count("diskfull");
+                self.trace(&("disk-full", index, until.0));
+            }
+        }
         if p.has(Fault::PowerLoss)
             && self.others_whole(usize::MAX)
             && self.rng.chance(1, p.power_loss_one_in)
@@ -572,6 +600,7 @@ impl super::Sim {
                 node.frames_sent_before += driver.stats().frames_sent;
                 node.accepts_encoded_before += driver.stats().accepts_encoded;
                 node.values_read_before += driver.stats().values_read;
+                node.withheld_full_before += driver.table().stats().accepts_withheld_storage_full;
                 node.commit_transmissions_before +=
                     driver.table().stats().commit_accept_transmissions;
             }

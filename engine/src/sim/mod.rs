@@ -278,6 +278,8 @@ struct Node {
     cores: Vec<SimCore>,
     restart_at: Option<Tick>,
     paused_until: Option<Tick>,
+    /// Its storage is full until then (`Fault::DiskFull`).
+    full_until: Option<Tick>,
     /// Clock rate deviation in parts per million (the node's ticks run at 1 + ppm/1e6).
     skew_ppm: i64,
     incarnation: u64,
@@ -309,6 +311,8 @@ struct Node {
     accepts_encoded_before: u64,
     /// Chosen values its drivers read from disk for catch-up before its last crash.
     values_read_before: u64,
+    /// Votes withheld for a full storage by its earlier incarnations (`Fault::DiskFull`).
+    withheld_full_before: u64,
     /// Accept transmissions of commit instances its cores counted before its last crash.
     commit_transmissions_before: u64,
 }
@@ -552,6 +556,7 @@ impl Sim {
                     .collect(),
                 restart_at: None,
                 paused_until: None,
+                full_until: None,
                 skew_ppm,
                 incarnation: 0,
                 relearn_pending: false, // the cluster's bootstrap: empty state is legitimate
@@ -568,6 +573,7 @@ impl Sim {
                 frames_sent_before: 0,
                 accepts_encoded_before: 0,
                 values_read_before: 0,
+                withheld_full_before: 0,
                 commit_transmissions_before: 0,
             });
         }
@@ -591,12 +597,17 @@ impl Sim {
             self.report.frames_encoded += node.frames_encoded_before;
             self.report.frames_sent += node.frames_sent_before;
             self.report.values_read_from_disk += node.values_read_before;
+            let mut withheld = node.withheld_full_before;
             for core in &node.cores {
                 if let Some(driver) = &core.driver {
                     self.report.frames_encoded += driver.stats().frames_encoded;
                     self.report.frames_sent += driver.stats().frames_sent;
                     self.report.values_read_from_disk += driver.stats().values_read;
+                    withheld += driver.table().stats().accepts_withheld_storage_full;
                 }
+            }
+            if withheld > 0 {
+                *self.report.faults.entry("votes-withheld-full").or_default() += withheld;
             }
         }
         self.report
@@ -856,6 +867,7 @@ impl Sim {
                 self.start_node(index);
             }
             self.nodes[index].paused_until = None;
+            self.nodes[index].full_until = None;
         }
         self.trace(&"heal");
     }
@@ -874,6 +886,18 @@ impl Sim {
             }
             if !self.nodes[index].up && self.nodes[index].restart_at.is_some_and(|t| t <= now) {
                 self.start_node(index);
+            }
+            let node = &mut self.nodes[index];
+            if node.full_until.is_some_and(|t| t <= now) {
+                node.full_until = None;
+                self.trace(&("disk-room", index));
+            }
+            let node = &mut self.nodes[index];
+            let full = node.full_until.is_some();
+            for core in &mut node.cores {
+                if let Some(driver) = core.driver.as_mut() {
+                    driver.table_mut().set_storage_full(full);
+                }
             }
         }
         // 2. Time, on each node's own clock, read before anything of this step is handled

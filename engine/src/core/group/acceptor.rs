@@ -188,9 +188,33 @@ impl Group {
         let raised = ballot > self.promised;
         self.promised = ballot;
         self.leader_contact(ctx, ballot);
-        let votes = instance >= self.applied_next
+        let mut votes = instance >= self.applied_next
             && !self.chosen.contains_key(&instance)
             && instance.0 < self.applied_next.0 + ACCEPT_WINDOW_INSTANCES;
+        // A leader's own vote on its own instance is never withheld: it admitted the proposal
+        // when it had room (the runtime reserves it), and no one sends it that Accept again.
+        if votes && ctx.storage_full && from != ctx.me {
+            #[cfg(feature = "sim-bugs")]
+            if ctx.bugs.vote_while_full {
+                // The bug: a vote with nothing written to justify it.
+                ctx.stats.accepted_sent += u64::from(from != ctx.me);
+                ctx.send(
+                    self.id,
+                    from,
+                    Message::Accepted {
+                        ballot,
+                        instance,
+                        value_crc: crc32fast::hash(&value),
+                    },
+                );
+                self.on_commit(ctx, from, ballot, chosen_through);
+                return;
+            }
+            // No room for the value: no vote (a lost message to the leader, which sends the
+            // Accept again); the promise raise below is persisted on its own (a small record).
+            ctx.stats.accepts_withheld_storage_full += 1;
+            votes = false;
+        }
         if raised && !votes {
             // The higher promise must be durable even without an Accept record to carry it:
             // a repeated Prepare with this ballot is answered from it.

@@ -298,6 +298,11 @@ impl Group {
         if peer == ctx.me || self.install.is_some() {
             return;
         }
+        if ctx.storage_full {
+            // No room for the values: asked again at the next Commit or reply once there is.
+            ctx.stats.catchups_deferred_storage_full += 1;
+            return;
+        }
         let window = u64::from(ctx.config.catchup_window_instances);
         let pending = self.catchup_deadline.is_some();
         let asked_end = match &self.catchup_stream {

@@ -696,6 +696,10 @@ impl Group {
         if value::encoded_len([&command]) > ctx.config.batch_bytes_max as usize {
             return Err(FailReason::TooLarge);
         }
+        if ctx.storage_full {
+            ctx.stats.proposals_refused_storage_full += 1;
+            return Err(FailReason::Overloaded);
+        }
         let arrived_leading = match self.role {
             Role::Leader { .. } => true,
             Role::Candidate(_) => false,
