@@ -6,6 +6,7 @@
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+mod budget;
 mod catchup;
 mod ceilings;
 mod cluster;
@@ -44,6 +45,9 @@ enum Command {
     /// A restarted follower catching up from its peers' WALs against the disk-read and
     /// loopback-stream ceilings, and the serving leader's p99 meanwhile.
     Catchup(catchup::CatchupArgs),
+    /// The WAL budget under a soak: each node's disk peak against its budget while many
+    /// budgets are written, and the throughput against the same load without a budget.
+    Budget(budget::BudgetArgs),
     /// Lease, read-index and log reads on a 3-replica cluster against an in-process lookup
     /// plus the client hop, and a read/write mix.
     Reads(reads::ReadsArgs),
@@ -71,6 +75,7 @@ fn main() -> ExitCode {
         Some(Command::Wal(args)) => wal::run(args),
         Some(Command::Net(args)) => net::run(args),
         Some(Command::Catchup(args)) => catchup::run(args),
+        Some(Command::Budget(args)) => budget::run(args),
         Some(Command::Reads(args)) => reads::run(args),
         Some(Command::NodeRole { spec }) => cluster::node::run(&spec),
     }

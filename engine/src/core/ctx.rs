@@ -31,6 +31,9 @@ pub(super) struct Ctx<'a> {
     /// (docs/PROTOCOL.md#storage-full). Votes withheld are messages lost, which Paxos
     /// tolerates.
     pub storage_full: bool,
+    /// The storage is short of room: log bases move past what lagging peers asked for (purge
+    /// holds are released; a peer pushed behind the base fetches a checkpoint instead).
+    pub purge_holds_released: bool,
     #[cfg(feature = "sim-bugs")]
     pub bugs: super::Bugs,
 }

@@ -554,6 +554,10 @@ pub struct CoreStats {
     /// Proposals refused (`Overloaded`) because the storage was full.
     #[serde(default)]
     pub proposals_refused_storage_full: u64,
+    /// Log-base moves that passed over purge holds for lagging peers because the storage was
+    /// short of room.
+    #[serde(default)]
+    pub purge_holds_released: u64,
     /// Times this node became master of a group.
     #[serde(default)]
     pub master_terms: u64,

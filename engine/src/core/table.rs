@@ -34,6 +34,8 @@ pub struct CoreTable {
     restored_lsn: Lsn,
     /// Set by the driver: the storage has no room for more values (see `Ctx::storage_full`).
     storage_full: bool,
+    /// Set by the driver: purge holds for lagging peers are released (storage short of room).
+    purge_holds_released: bool,
     /// Debug builds check the invariants at every poll and panic on a broken one (the
     /// simulator turns this off: its checker reports it, with the seed).
     #[cfg_attr(not(debug_assertions), allow(dead_code))]
@@ -66,6 +68,7 @@ macro_rules! ctx {
             incarnation: $self.incarnation,
             restored_lsn: $self.restored_lsn,
             storage_full: $self.storage_full,
+            purge_holds_released: $self.purge_holds_released,
             #[cfg(feature = "sim-bugs")]
             bugs: $self.bugs,
         }
@@ -152,6 +155,7 @@ impl CoreTable {
             incarnation: start.incarnation,
             restored_lsn: Lsn(recovery.next_lsn.0.max(1)),
             storage_full: false,
+            purge_holds_released: false,
             panic_on_broken_invariant: true,
             #[cfg(feature = "sim-bugs")]
             bugs,
@@ -229,6 +233,12 @@ impl CoreTable {
     /// proposal (docs/PROTOCOL.md#storage-full).
     pub fn set_storage_full(&mut self, full: bool) {
         self.storage_full = full;
+    }
+
+    /// The storage is short of room (`true`): log bases move past what lagging peers asked
+    /// for, so that purge frees the WAL (docs/PROTOCOL.md#log-base-and-purge).
+    pub fn set_purge_holds_released(&mut self, released: bool) {
+        self.purge_holds_released = released;
     }
 
     /// Whether the storage was last said to be full.

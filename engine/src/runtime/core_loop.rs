@@ -430,8 +430,13 @@ impl Core {
                 // Less room than the two writes kept back for what cannot be refused: this
                 // replica stops voting on new instances and asking for catch-up until purge
                 // makes room (docs/PROTOCOL.md#storage-full).
-                let full = self.budget_room() < 2 * self.wal.options().buffer_bytes as u64;
+                let room = self.budget_room();
+                let full = room < 2 * self.wal.options().buffer_bytes as u64;
                 self.driver.table_mut().set_storage_full(full);
+                // Under half the budget left: purge no longer waits for lagging peers.
+                self.driver
+                    .table_mut()
+                    .set_purge_holds_released(room < self.wal_budget / 2);
             }
             self.take_frames();
             self.take_proposals();

@@ -395,7 +395,10 @@ impl Group {
         self.peer_needs
             .retain(|_, (_, at)| hold > 0 && ctx.now.0 < at.0.saturating_add(hold));
         self.base_held_by = None;
-        if let Some((peer, need)) = self
+        if ctx.purge_holds_released {
+            // The storage is short of room: the budget wins over a lagging peer's comfort.
+            ctx.stats.purge_holds_released += 1;
+        } else if let Some((peer, need)) = self
             .peer_needs
             .iter()
             .map(|(peer, (need, _))| (*peer, *need))
