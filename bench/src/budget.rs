@@ -15,7 +15,6 @@ use clap::Args;
 use paxring_engine::runtime::{Error, Node, NodeConfig, StateMachine, StateMachineFactory};
 use paxring_wal::{GroupId, Instance};
 use serde::Serialize;
-use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -143,19 +142,8 @@ pub fn run(args: BudgetArgs) -> ExitCode {
     }
 }
 
-fn free_addrs(count: usize) -> Result<Vec<SocketAddr>, String> {
-    let listeners: Vec<TcpListener> = (0..count)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("cannot bind 127.0.0.1:0: {e}"))?;
-    listeners
-        .iter()
-        .map(|l| l.local_addr().map_err(|e| e.to_string()))
-        .collect()
-}
-
 fn start_nodes(args: &BudgetArgs, dir: &Path, budget: u64) -> Result<Vec<Arc<Node>>, String> {
-    let addrs = free_addrs(3)?;
+    let addrs = crate::cluster::free_addrs(3)?;
     let mut nodes = Vec::new();
     for index in 0..3usize {
         let id = index as u32 + 1;

@@ -11,7 +11,7 @@
 mod common;
 
 use bytes::Bytes;
-use common::{free_addrs, node_config, wait_for, wait_until};
+use common::{free_addrs, node_config, segment_bytes_on_disk, wait_for, wait_until};
 use paxring_engine::runtime::{Error, Node, StateMachine, StateMachineFactory};
 use paxring_wal::{GroupId, Instance};
 use std::path::{Path, PathBuf};
@@ -77,21 +77,6 @@ fn start(dir: &Path, budget: u64) -> Node {
         }) as Box<dyn StateMachine>)
     });
     Node::start(config, factory).expect("node starts")
-}
-
-/// Bytes of segment files (not spares, not a segment still being prepared) in `wal_dir`.
-fn segment_bytes_on_disk(wal_dir: &Path) -> u64 {
-    std::fs::read_dir(wal_dir)
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.ok())
-        .filter(|e| {
-            let name = e.file_name().to_string_lossy().to_string();
-            name.ends_with(".wal") && !name.contains("spare")
-        })
-        .filter_map(|e| e.metadata().ok())
-        .map(|m| m.len())
-        .sum()
 }
 
 struct Outcome {

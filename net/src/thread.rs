@@ -918,6 +918,17 @@ async fn io_timeout<S: Stream, T>(
     None
 }
 
+/// Counts and logs an outbound handshake that did not finish in time.
+fn handshake_timed_out(ctx: &Ctx, out: &PeerOut) -> io::Error {
+    bump(&ctx.stats.handshake_timeouts);
+    tracing::warn!(
+        node = ctx.cfg.node_id,
+        peer = out.node_id,
+        "handshake with peer timed out"
+    );
+    io::ErrorKind::TimedOut.into()
+}
+
 /// Connects and completes the client side of the handshake within the handshake timeout.
 async fn connect_peer<B: Backend>(ctx: &Rc<Ctx>, peer: usize) -> io::Result<B::Stream> {
     let out = &ctx.peers[peer];
@@ -934,15 +945,7 @@ async fn connect_peer<B: Backend>(ctx: &Rc<Ctx>, peer: usize) -> io::Result<B::S
     };
     let stream = match connect {
         Ok(result) => result?,
-        Err(_) => {
-            bump(&ctx.stats.handshake_timeouts);
-            tracing::warn!(
-                node = ctx.cfg.node_id,
-                peer = out.node_id,
-                "handshake with peer timed out"
-            );
-            return Err(io::ErrorKind::TimedOut.into());
-        }
+        Err(_) => return Err(handshake_timed_out(ctx, out)),
     };
     let handshake = async {
         B::set_liveness(&stream, ctx.cfg.peer_dead_timeout)?;
@@ -954,15 +957,7 @@ async fn connect_peer<B: Backend>(ctx: &Rc<Ctx>, peer: usize) -> io::Result<B::S
     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
     let buf = match io_timeout(ctx, &stream, left, handshake).await {
         Some(result) => result?,
-        None => {
-            bump(&ctx.stats.handshake_timeouts);
-            tracing::warn!(
-                node = ctx.cfg.node_id,
-                peer = out.node_id,
-                "handshake with peer timed out"
-            );
-            return Err(io::ErrorKind::TimedOut.into());
-        }
+        None => return Err(handshake_timed_out(ctx, out)),
     };
     let refuse = |reason: String| {
         tracing::warn!(node = ctx.cfg.node_id, peer = out.node_id, addr = %out.addr, "peer handshake failed: {reason}");

@@ -37,7 +37,7 @@ use load::{Phase, PhaseClock, PhaseLoad, StopOnDrop};
 use paxring_engine::runtime::{Node, NodeConfig, NodeStats, StateMachine, StateMachineFactory};
 use paxring_wal::{GroupId, Instance};
 use serde::Serialize;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Mutex;
@@ -648,17 +648,6 @@ impl StateMachine for Count {
     fn checkpoint_instance(&self) -> Option<Instance> {
         None
     }
-}
-
-fn free_addrs(count: usize) -> Result<Vec<SocketAddr>, String> {
-    let listeners: Vec<TcpListener> = (0..count)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("cannot bind 127.0.0.1:0: {e}"))?;
-    listeners
-        .iter()
-        .map(|l| l.local_addr().map_err(|e| e.to_string()))
-        .collect()
 }
 
 /// How every node of the run is configured.
@@ -1315,7 +1304,7 @@ fn run_inner(args: &CatchupArgs) -> Result<(), String> {
     sample(&rss_log, "ceilings measured");
 
     let plan = ClusterPlan {
-        addrs: free_addrs(REPLICAS)?,
+        addrs: crate::cluster::free_addrs(REPLICAS)?,
         dir: data_dir.join("cluster"),
         groups: args.groups,
         cores: args.cores,

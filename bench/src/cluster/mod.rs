@@ -595,7 +595,7 @@ pub(crate) fn ratio(a: f64, b: f64) -> f64 {
 }
 
 /// Free loopback ports (bound, read and released; a tiny race with other programs remains).
-fn free_addrs(count: usize) -> Result<Vec<SocketAddr>, String> {
+pub(crate) fn free_addrs(count: usize) -> Result<Vec<SocketAddr>, String> {
     let listeners: Vec<TcpListener> = (0..count)
         .map(|_| TcpListener::bind("127.0.0.1:0"))
         .collect::<Result<_, _>>()

@@ -230,3 +230,20 @@ pub fn propose_many(
         pending.retain(|n| !window.contains(n) || failed.contains(n));
     }
 }
+
+/// Bytes of WAL segment files in `wal_dir` (not spares kept for recycling, not a segment still
+/// being prepared).
+#[allow(dead_code)] // not every test binary samples disk use
+pub fn segment_bytes_on_disk(wal_dir: &Path) -> u64 {
+    std::fs::read_dir(wal_dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            name.ends_with(".wal") && !name.contains("spare")
+        })
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum()
+}
