@@ -179,21 +179,6 @@ fn start_nodes(args: &BudgetArgs, dir: &Path, budget: u64) -> Result<Vec<Arc<Nod
     Ok(nodes)
 }
 
-/// Bytes of segment files (not spares, not one still being prepared) in `wal_dir`.
-fn segments_on_disk(wal_dir: &Path) -> u64 {
-    std::fs::read_dir(wal_dir)
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.ok())
-        .filter(|e| {
-            let name = e.file_name().to_string_lossy().to_string();
-            name.ends_with(".wal") && !name.contains("spare")
-        })
-        .filter_map(|e| e.metadata().ok())
-        .map(|m| m.len())
-        .sum()
-}
-
 fn leader(nodes: &[Arc<Node>]) -> Result<usize, String> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -239,7 +224,7 @@ fn load(
             let mut peaks = vec![0u64; dirs.len()];
             while !stop.load(Ordering::Acquire) {
                 for (peak, dir) in peaks.iter_mut().zip(&dirs) {
-                    *peak = (*peak).max(segments_on_disk(dir));
+                    *peak = (*peak).max(paxring_wal::segfile::segment_files_bytes(dir));
                 }
                 std::thread::sleep(Duration::from_millis(5));
             }

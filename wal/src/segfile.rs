@@ -38,6 +38,20 @@ pub fn parse_segment_name(name: &str) -> Option<(u32, u64)> {
     Some((core.parse().ok()?, segment.parse().ok()?))
 }
 
+/// Bytes of the segment files in `dir` (what a WAL holds on disk; spares kept for recycling
+/// and segments still being prepared are not counted). A directory that cannot be read, or a
+/// file that vanishes meanwhile (a purge), counts as nothing.
+pub fn segment_files_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter(|e| parse_segment_name(&e.file_name().to_string_lossy()).is_some())
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum()
+}
+
 /// Name of a segment being prepared (never read by recovery; removed at open).
 pub fn preparing_name(core: u32, segment: u64) -> String {
     format!("{}.preparing", segment_name(core, segment))
@@ -297,6 +311,18 @@ pub fn cores_in_dir(dir: &Path) -> Result<Vec<u32>, WalError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn segment_files_bytes_counts_segments_only() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(segment_name(0, 1)), vec![0u8; 4096]).unwrap();
+        std::fs::write(dir.path().join(segment_name(0, 2)), vec![0u8; 8192]).unwrap();
+        std::fs::write(dir.path().join(spare_name(0, 1)), vec![0u8; 4096]).unwrap();
+        std::fs::write(dir.path().join(preparing_name(0, 3)), vec![0u8; 4096]).unwrap();
+        std::fs::write(dir.path().join("IDENTITY"), b"x").unwrap();
+        assert_eq!(segment_files_bytes(dir.path()), 12288);
+        assert_eq!(segment_files_bytes(&dir.path().join("missing")), 0);
+    }
 
     #[test]
     fn names_round_trip_and_sort_in_segment_order() {

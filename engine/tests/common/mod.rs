@@ -235,15 +235,5 @@ pub fn propose_many(
 /// being prepared).
 #[allow(dead_code)] // not every test binary samples disk use
 pub fn segment_bytes_on_disk(wal_dir: &Path) -> u64 {
-    std::fs::read_dir(wal_dir)
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.ok())
-        .filter(|e| {
-            let name = e.file_name().to_string_lossy().to_string();
-            name.ends_with(".wal") && !name.contains("spare")
-        })
-        .filter_map(|e| e.metadata().ok())
-        .map(|m| m.len())
-        .sum()
+    paxring_wal::segfile::segment_files_bytes(wal_dir)
 }
