@@ -3,8 +3,9 @@
 //! 400 ms lags far behind writers that propose as fast as they can, so purge cannot keep up
 //! by itself. With `wal_budget_bytes` set, the core refuses proposals (`Overloaded`) whenever
 //! its WAL has no room for them, and the segments it holds never exceed the budget, sampled on
-//! disk every 2 ms, while writing goes on (many times the budget in all). Without a budget,
-//! the same load takes the WAL well past it (the measurement can fail).
+//! disk every 2 ms, while writing goes on (several times the budget in all). The control: the
+//! same writers, no budget and no checkpoint within the run, take the WAL well past it (the
+//! measurement can fail).
 //!
 //! One node, one group: every record in its WAL comes from its own proposals, so the bound is
 //! exact (a follower also writes what another node's leader sends it).
@@ -28,9 +29,10 @@ const COMMAND_BYTES: usize = 4096;
 const WRITERS: usize = 4;
 
 /// Keeps nothing but its applied point; it "takes" a checkpoint (of everything applied) on a
-/// timer of its own, every `CHECKPOINT_EVERY`, as a state machine that snapshots in the
+/// timer of its own, every `every` (`CHECKPOINT_EVERY`), as a state machine that snapshots in the
 /// background does: its checkpoint instance moves only then.
 struct LaggingCheckpoints {
+    every: Duration,
     applied: Option<Instance>,
     /// The instance of the last checkpoint, and when it was taken.
     checkpoint: Mutex<(Option<Instance>, Instant)>,
@@ -50,14 +52,14 @@ impl StateMachine for LaggingCheckpoints {
 
     fn checkpoint_instance(&self) -> Option<Instance> {
         let mut checkpoint = self.checkpoint.lock().unwrap();
-        if checkpoint.1.elapsed() >= CHECKPOINT_EVERY {
+        if checkpoint.1.elapsed() >= self.every {
             *checkpoint = (self.applied, Instant::now());
         }
         checkpoint.0
     }
 }
 
-fn start(dir: &Path, budget: u64) -> Node {
+fn start(dir: &Path, budget: u64, every: Duration) -> Node {
     let addrs = free_addrs(1);
     let config = node_config(1, &addrs, dir, 31 + budget.min(1))
         .cores(1)
@@ -70,8 +72,9 @@ fn start(dir: &Path, budget: u64) -> Node {
         .wal_budget_bytes(budget)
         .build()
         .expect("a valid config");
-    let factory: StateMachineFactory = Box::new(|_group: GroupId| {
+    let factory: StateMachineFactory = Box::new(move |_group: GroupId| {
         Ok(Box::new(LaggingCheckpoints {
+            every,
             applied: None,
             checkpoint: Mutex::new((None, Instant::now())),
         }) as Box<dyn StateMachine>)
@@ -88,9 +91,9 @@ struct Outcome {
 }
 
 /// Runs the writers against a fresh node for `run`, sampling its WAL directory.
-fn load(budget: u64, run: Duration) -> Outcome {
+fn load(budget: u64, every: Duration, run: Duration) -> Outcome {
     let dir = tempfile::tempdir().unwrap();
-    let node = Arc::new(start(dir.path(), budget));
+    let node = Arc::new(start(dir.path(), budget, every));
     wait_for("a leader", 30, || node.leader_hint(GroupId(0)).is_some());
     let wal_dir: PathBuf = dir.path().join("node-1").join("wal").join("core-0");
     let stop = Arc::new(AtomicBool::new(false));
@@ -175,7 +178,7 @@ fn load(budget: u64, run: Duration) -> Outcome {
 #[test]
 fn the_wal_budget_holds_writes_back_while_checkpoints_lag() {
     let run = Duration::from_secs(4);
-    let held = load(BUDGET, run);
+    let held = load(BUDGET, CHECKPOINT_EVERY, run);
     let written = held.committed * COMMAND_BYTES as u64;
     eprintln!(
         "budget {BUDGET}: {} committed ({written} bytes), {} refused (counter {}), peak {} bytes of segments on disk, {} held at a publish",
@@ -200,12 +203,14 @@ fn the_wal_budget_holds_writes_back_while_checkpoints_lag() {
         held.refused_counter
     );
     assert!(
-        written >= 4 * BUDGET,
+        written >= 2 * BUDGET,
         "writing went on under the budget: {written} bytes committed"
     );
 
-    // The control: the same load without a budget takes the WAL well past it.
-    let free = load(0, run);
+    // The control: the same writers without a budget take the WAL well past it.
+    // Its checkpoints never come within the run: whatever is written stays (on a loaded
+    // machine a 400 ms cadence alone can keep the WAL near the budget, which proves nothing).
+    let free = load(0, Duration::from_secs(3600), run);
     eprintln!(
         "no budget: {} committed, {} refused, peak {} bytes of segments on disk",
         free.committed, free.refused, free.disk_peak
