@@ -395,18 +395,21 @@ impl Group {
         self.peer_needs
             .retain(|_, (_, at)| hold > 0 && ctx.now.0 < at.0.saturating_add(hold));
         self.base_held_by = None;
-        if ctx.purge_holds_released {
-            // The storage is short of room: the budget wins over a lagging peer's comfort.
-            ctx.stats.purge_holds_released += 1;
-        } else if let Some((peer, need)) = self
+        if let Some((peer, need)) = self
             .peer_needs
             .iter()
             .map(|(peer, (need, _))| (*peer, *need))
             .min_by_key(|(_, need)| *need)
         {
             if need < below {
-                below = need;
-                self.base_held_by = Some((peer, need));
+                if ctx.purge_holds_released {
+                    // The storage is short of room: the budget wins over a lagging peer's
+                    // comfort (counted only where a hold would have kept the base lower).
+                    ctx.stats.purge_holds_released += 1;
+                } else {
+                    below = need;
+                    self.base_held_by = Some((peer, need));
+                }
             }
         }
         if below <= self.log_base || self.relearn.is_some() || self.stopped {
