@@ -270,3 +270,23 @@ fn lease_ignores_drift_is_caught_by_master_overlap() {
     assert!(violation.contains("master-overlap:"), "{violation}");
     eprintln!("lease-ignores-drift: seed {seed}: {violation}");
 }
+
+/// The pre-fix repair rule (damage anywhere below the Lsn a re-learn's start recovered to
+/// counts as repaired) found by the long run on the swarm profile: seed 69420 has a power loss
+/// that sends every replica re-learning (a pooled target, below a leader's own Accept for an
+/// acknowledged value), then a bit flip in that Accept record; the leader restarts without
+/// re-learning, and its next ballot chooses a no-op over the acknowledged value. The replay
+/// with the bug is caught by `acknowledged`; the same seed passes with the fix.
+#[test]
+fn repair_covers_later_damage_is_caught_by_acknowledged() {
+    let seed = 69420;
+    let violation = run_seed(&short(Bug::RepairCoversLaterDamage), seed)
+        .violation
+        .expect("seed 69420 finds it");
+    assert!(violation.contains("acknowledged:"), "{violation}");
+    let fixed = SimOptions {
+        bug: None,
+        ..short(Bug::RepairCoversLaterDamage)
+    };
+    assert_eq!(run_seed(&fixed, seed).violation, None);
+}

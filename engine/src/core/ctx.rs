@@ -26,6 +26,9 @@ pub(super) struct Ctx<'a> {
     pub incarnation: u64,
     /// The Lsn every damage this start found lies below (the restore's `next_lsn`).
     pub restored_lsn: Lsn,
+    /// The mid-log damaged runs `(first, last)` this start found (not a cut tail: its Lsns
+    /// are written again); a repair record lists them.
+    pub restored_damage: &'a [(Lsn, Lsn)],
     /// The storage has no room for more values (a WAL at its budget): this replica votes on
     /// no new instance, asks for no catch-up and takes no proposal until it has room
     /// (docs/PROTOCOL.md#storage-full). Votes withheld are messages lost, which Paxos

@@ -448,4 +448,7 @@ pub struct Bugs {
     /// A replica whose storage is full still votes, answering Accepted without writing the
     /// Accept record (to save the room it lacks).
     pub vote_while_full: bool,
+    /// Pre-fix repair records: damage anywhere below the Lsn a re-learn's start recovered to
+    /// counts as repaired, including records that were intact then and damaged later.
+    pub repair_covers_later_damage: bool,
 }

@@ -32,6 +32,8 @@ pub struct CoreTable {
     stats: CoreStats,
     incarnation: u64,
     restored_lsn: Lsn,
+    /// The mid-log damaged runs recovery found at this start (see `Ctx::restored_damage`).
+    restored_damage: Vec<(Lsn, Lsn)>,
     /// Set by the driver: the storage has no room for more values (see `Ctx::storage_full`).
     storage_full: bool,
     /// Set by the driver: purge holds for lagging peers are released (storage short of room).
@@ -67,6 +69,7 @@ macro_rules! ctx {
             stats: &mut $self.stats,
             incarnation: $self.incarnation,
             restored_lsn: $self.restored_lsn,
+            restored_damage: &$self.restored_damage,
             storage_full: $self.storage_full,
             purge_holds_released: $self.purge_holds_released,
             #[cfg(feature = "sim-bugs")]
@@ -154,6 +157,11 @@ impl CoreTable {
             stats: CoreStats::default(),
             incarnation: start.incarnation,
             restored_lsn: Lsn(recovery.next_lsn.0.max(1)),
+            restored_damage: recovery
+                .damaged
+                .iter()
+                .map(|d| (d.first_lsn, d.last_lsn))
+                .collect(),
             storage_full: false,
             purge_holds_released: false,
             panic_on_broken_invariant: true,

@@ -350,12 +350,14 @@ pub enum Bug {
     ReadBeforeApplied,
     /// A replica whose storage is full answers Accepted without writing the Accept record.
     VoteWhileFull,
+    /// A repair record covers all damage below the Lsn its start recovered to.
+    RepairCoversLaterDamage,
 }
 
 #[cfg(feature = "sim-bugs")]
 impl Bug {
     /// Every bug.
-    pub const ALL: [Bug; 20] = [
+    pub const ALL: [Bug; 21] = [
         Bug::ForgetPromise,
         Bug::ReplyBeforeDurable,
         Bug::SkipPrepareOnNewLeader,
@@ -376,6 +378,7 @@ impl Bug {
         Bug::LeaseIgnoresDrift,
         Bug::ReadBeforeApplied,
         Bug::VoteWhileFull,
+        Bug::RepairCoversLaterDamage,
     ];
 
     /// The `--bug` name.
@@ -401,6 +404,7 @@ impl Bug {
             Bug::LeaseIgnoresDrift => "lease-ignores-drift",
             Bug::ReadBeforeApplied => "read-before-applied",
             Bug::VoteWhileFull => "vote-while-full",
+            Bug::RepairCoversLaterDamage => "repair-covers-later-damage",
         }
     }
 
@@ -440,6 +444,7 @@ impl Bug {
             Bug::LeaseIgnoresDrift => bugs.lease_ignores_drift = true,
             Bug::ReadBeforeApplied => bugs.read_before_applied = true,
             Bug::VoteWhileFull => bugs.vote_while_full = true,
+            Bug::RepairCoversLaterDamage => bugs.repair_covers_later_damage = true,
         }
         bugs
     }

@@ -24,8 +24,16 @@ mod proposer;
 mod relearn;
 
 /// The payload tag of a repair record (a `Meta` record a group writes when it finished
-/// re-learning: damage below the Lsn that follows the tag is repaired for this group).
-const REPAIR_TAG: &[u8; 4] = b"RPR1";
+/// re-learning): the Lsn the start recovered to (u64), then the number (u32) and the
+/// `(first, last)` Lsns (u64 each) of the mid-log damaged runs that start found. Those runs are
+/// repaired for this group; damage found later anywhere else is new, even below that Lsn.
+const REPAIR_TAG: &[u8; 4] = b"RPR2";
+/// The first repair records named only the Lsn (damage below it counted as repaired, which
+/// also covered records that were intact then and damaged later): they cover nothing now.
+const REPAIR_TAG_V1: &[u8; 4] = b"RPR1";
+/// A repair record lists at most this many damaged runs; a start with more lists none (its
+/// damage is then re-learned again at the next restart, which is safe).
+pub(super) const REPAIR_RUNS_MAX: usize = 1024;
 /// The payload tag of a re-learn record (a `Meta` record a group writes when it starts
 /// re-learning, in its first write: the obligation survives a crash even after the WAL has
 /// zeroed the damaged tail that caused it). One byte follows: 1 if the state was lost.
@@ -584,7 +592,10 @@ impl Group {
         }
         let mut marks: Vec<(Instance, Ballot, Bytes)> = Vec::new();
         let mut highest = None;
-        // Damage below this Lsn was repaired by an earlier re-learn of this group.
+        // Damaged runs an earlier re-learn of this group repaired (and the Lsn its start
+        // recovered to, which the pre-fix rule took as covering everything below it).
+        let mut repaired: Vec<(Lsn, Lsn)> = Vec::new();
+        #[cfg_attr(not(feature = "sim-bugs"), allow(unused_variables, unused_mut))]
         let mut repaired_below = Lsn::ZERO;
         // A re-learn that began and did not finish (Some(state lost)).
         let mut unfinished: Option<bool> = None;
@@ -615,8 +626,9 @@ impl Group {
                         if base.is_none_or(|(b, _)| below > b) {
                             base = Some((below, checksum));
                         }
-                    } else if let Some(lsn) = repair_lsn(&record.payload) {
+                    } else if let Some((lsn, runs)) = repair_runs(&record.payload) {
                         repaired_below = repaired_below.max(lsn);
+                        repaired.extend(runs);
                         self.promised = self.promised.max(record.promised);
                         unfinished = None;
                     } else if let Some(lost) = relearn_lost(&record.payload) {
@@ -629,8 +641,26 @@ impl Group {
         // recovery reads from a damaged record are hints, and a wrong one would let a group
         // vote on what it forgot (docs/PROTOCOL.md#restart).
         let lost = state_lost || unfinished == Some(true);
-        let mut damaged =
-            lost || unfinished.is_some() || damage.iter().any(|d| d.last_lsn >= repaired_below);
+        // A damaged run is repaired only if an earlier re-learn found that very run: a record
+        // intact then and damaged since is new damage (it may hold a vote this replica gave
+        // after that re-learn's target), whatever its Lsn.
+        #[allow(unused_mut)]
+        let mut covered = |d: &&Damage| {
+            repaired
+                .iter()
+                .any(|(first, last)| *first <= d.first_lsn && d.last_lsn <= *last)
+        };
+        #[cfg(feature = "sim-bugs")]
+        let pre_fix = |d: &&Damage| d.last_lsn < repaired_below;
+        #[cfg(feature = "sim-bugs")]
+        let covered = |d: &&Damage| {
+            if ctx.bugs.repair_covers_later_damage {
+                pre_fix(d)
+            } else {
+                covered(d)
+            }
+        };
+        let mut damaged = lost || unfinished.is_some() || damage.iter().any(|d| !covered(d));
         let mut unresolved: BTreeSet<Instance> = BTreeSet::new();
         if let Some((below, checksum)) = base {
             // Everything below the base is in the state machine's checkpoint; the log (what
@@ -1161,9 +1191,45 @@ fn log_base(payload: &[u8]) -> Option<(Instance, u32)> {
     Some((Instance(below), checksum))
 }
 
-/// The Lsn a repair record names (None if the payload is not one).
-fn repair_lsn(payload: &[u8]) -> Option<Lsn> {
+/// What a repair record says: the Lsn its start recovered to and the damaged runs it
+/// repaired (None if the payload is not a repair record; a first-format record repairs no
+/// run).
+fn repair_runs(payload: &[u8]) -> Option<(Lsn, Vec<(Lsn, Lsn)>)> {
+    if let Some(rest) = payload.strip_prefix(REPAIR_TAG_V1.as_slice()) {
+        let bytes: [u8; 8] = rest.try_into().ok()?;
+        return Some((Lsn(u64::from_le_bytes(bytes)), Vec::new()));
+    }
     let rest = payload.strip_prefix(REPAIR_TAG.as_slice())?;
-    let bytes: [u8; 8] = rest.try_into().ok()?;
-    Some(Lsn(u64::from_le_bytes(bytes)))
+    let lsn = Lsn(u64::from_le_bytes(rest.get(..8)?.try_into().ok()?));
+    let count = u32::from_le_bytes(rest.get(8..12)?.try_into().ok()?) as usize;
+    let runs = rest.get(12..)?;
+    if runs.len() != count.checked_mul(16)? {
+        return None;
+    }
+    let runs = runs
+        .chunks_exact(16)
+        .map(|run| {
+            let first = u64::from_le_bytes(run[..8].try_into().expect("8 bytes"));
+            let last = u64::from_le_bytes(run[8..].try_into().expect("8 bytes"));
+            (Lsn(first), Lsn(last))
+        })
+        .collect();
+    Some((lsn, runs))
+}
+
+/// A repair record's payload: `restored` and the damaged `runs` (none past `REPAIR_RUNS_MAX`).
+pub(super) fn repair_payload(restored: Lsn, runs: &[(Lsn, Lsn)]) -> Vec<u8> {
+    let runs = if runs.len() > REPAIR_RUNS_MAX {
+        &[][..]
+    } else {
+        runs
+    };
+    let mut payload = REPAIR_TAG.to_vec();
+    payload.extend_from_slice(&restored.0.to_le_bytes());
+    payload.extend_from_slice(&(runs.len() as u32).to_le_bytes());
+    for (first, last) in runs {
+        payload.extend_from_slice(&first.0.to_le_bytes());
+        payload.extend_from_slice(&last.0.to_le_bytes());
+    }
+    payload
 }

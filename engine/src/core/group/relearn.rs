@@ -85,10 +85,9 @@ impl Group {
             self.persist_promise(ctx, first);
         }
         // The repair record: what was re-learned is in this log again (chosen marks carry
-        // the values), so damage below the Lsn this start recovered to is not re-learned
-        // again at the next restart.
-        let mut payload = REPAIR_TAG.to_vec();
-        payload.extend_from_slice(&ctx.restored_lsn.0.to_le_bytes());
+        // the values), so the damaged runs this start found are not re-learned again at the
+        // next restart. Only those runs: a record intact now and damaged later is new damage.
+        let payload = repair_payload(ctx.restored_lsn, ctx.restored_damage);
         self.append_meta(ctx, payload);
         ctx.stats.groups_repaired += 1;
         self.election_deadline = Some(ctx.election_deadline());
