@@ -37,6 +37,9 @@ pub(super) struct Ctx<'a> {
     /// The storage is short of room: log bases move past what lagging peers asked for (purge
     /// holds are released; a peer pushed behind the base fetches a checkpoint instead).
     pub purge_holds_released: bool,
+    /// Bytes of chosen values learned from others that may still be logged (`u64::MAX`: no
+    /// bound): each payload logged takes its bytes from it (docs/PROTOCOL.md#storage-full).
+    pub log_room: &'a mut u64,
     #[cfg(feature = "sim-bugs")]
     pub bugs: super::Bugs,
 }

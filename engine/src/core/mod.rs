@@ -451,4 +451,7 @@ pub struct Bugs {
     /// Pre-fix repair records: damage anywhere below the Lsn a re-learn's start recovered to
     /// counts as repaired, including records that were intact then and damaged later.
     pub repair_covers_later_damage: bool,
+    /// Chosen values learned from others are logged (Chosen marks with their payload) whatever
+    /// room the storage has left.
+    pub log_ignores_room: bool,
 }

@@ -548,9 +548,10 @@ pub struct CoreStats {
     /// (docs/PROTOCOL.md#storage-full).
     #[serde(default)]
     pub accepts_withheld_storage_full: u64,
-    /// Catch-up requests put off because the storage was full.
+    /// Chosen values learned from other nodes (by catch-up, or in a reply) that were applied
+    /// but not logged, because the storage had no room for them (docs/PROTOCOL.md#storage-full).
     #[serde(default)]
-    pub catchups_deferred_storage_full: u64,
+    pub chosen_unlogged_storage_short: u64,
     /// Proposals refused (`Overloaded`) because the storage was full.
     #[serde(default)]
     pub proposals_refused_storage_full: u64,

@@ -38,6 +38,9 @@ pub struct CoreTable {
     storage_full: bool,
     /// Set by the driver: purge holds for lagging peers are released (storage short of room).
     purge_holds_released: bool,
+    /// Bytes of chosen values learned from others this core may still log (`u64::MAX`: no
+    /// bound); see `set_storage_room`.
+    log_room: u64,
     /// Debug builds check the invariants at every poll and panic on a broken one (the
     /// simulator turns this off: its checker reports it, with the seed).
     #[cfg_attr(not(debug_assertions), allow(dead_code))]
@@ -72,6 +75,7 @@ macro_rules! ctx {
             restored_damage: &$self.restored_damage,
             storage_full: $self.storage_full,
             purge_holds_released: $self.purge_holds_released,
+            log_room: &mut $self.log_room,
             #[cfg(feature = "sim-bugs")]
             bugs: $self.bugs,
         }
@@ -164,6 +168,7 @@ impl CoreTable {
                 .collect(),
             storage_full: false,
             purge_holds_released: false,
+            log_room: u64::MAX,
             panic_on_broken_invariant: true,
             #[cfg(feature = "sim-bugs")]
             bugs,
@@ -247,6 +252,42 @@ impl CoreTable {
     /// for, so that purge frees the WAL (docs/PROTOCOL.md#log-base-and-purge).
     pub fn set_purge_holds_released(&mut self, released: bool) {
         self.purge_holds_released = released;
+    }
+
+    /// The bytes of values the driver's storage can still take (`None`: no bound), given
+    /// before each round and before the first tick (docs/PROTOCOL.md#storage-full). Chosen
+    /// values this core learns from other nodes are logged (Chosen marks with their payload)
+    /// only within it, less the marks not yet written; those beyond it are applied without
+    /// being logged (`chosen_unlogged_storage_short`). Marks already waiting beyond a smaller
+    /// room lose their payload the same way. A group that re-learns logs what it learns
+    /// whatever the room: its repair record vouches for it.
+    pub fn set_storage_room(&mut self, room: Option<u64>) {
+        let Some(room) = room else {
+            self.log_room = u64::MAX;
+            return;
+        };
+        #[cfg(feature = "sim-bugs")]
+        if self.bugs.log_ignores_room {
+            self.log_room = u64::MAX;
+            return;
+        }
+        let mut left = room;
+        let groups = &self.groups;
+        let stats = &mut self.stats;
+        self.marks.retain(|mark| {
+            let bytes = mark.payload.len() as u64;
+            if bytes == 0 || groups.get(&mark.group).is_some_and(|g| g.is_relearning()) {
+                return true;
+            }
+            if bytes <= left {
+                left -= bytes;
+                true
+            } else {
+                stats.chosen_unlogged_storage_short += 1;
+                false
+            }
+        });
+        self.log_room = left;
     }
 
     /// Whether the storage was last said to be full.

@@ -422,21 +422,11 @@ impl Core {
             self.collect_proposals();
             let now_ticks =
                 (self.started.elapsed().as_nanos() / self.tick.as_nanos().max(1)) as u64;
+            // The storage's room before anything of this round is handled.
+            self.set_storage_state();
             if now_ticks > ticks_done {
                 ticks_done = now_ticks;
                 self.driver.tick(Tick(ticks_done));
-            }
-            if self.wal_budget != 0 {
-                // Less room than the two writes kept back for what cannot be refused: this
-                // replica stops voting on new instances and asking for catch-up until purge
-                // makes room (docs/PROTOCOL.md#storage-full).
-                let room = self.budget_room();
-                let full = room < 2 * self.wal.options().buffer_bytes as u64;
-                self.driver.table_mut().set_storage_full(full);
-                // Under half the budget left: purge no longer waits for lagging peers.
-                self.driver
-                    .table_mut()
-                    .set_purge_holds_released(room < self.wal_budget / 2);
             }
             self.take_frames();
             self.take_proposals();
@@ -637,6 +627,28 @@ impl Core {
         }
     }
 
+    /// With a WAL budget, tells the core about its storage (docs/PROTOCOL.md#storage-full):
+    /// full while the room is less than the two writes kept back for what cannot be refused
+    /// (it then votes on no other node's instance and takes no proposal), and the room left
+    /// beyond them and the proposals admitted, within which chosen values learned from other
+    /// nodes are logged (beyond it they are applied unlogged, so a replica that lags always
+    /// catches up and its checkpoints free the WAL). Under half the budget left, purge no
+    /// longer waits for lagging peers.
+    fn set_storage_state(&mut self) {
+        if self.wal_budget == 0 {
+            return;
+        }
+        let room = self.budget_room();
+        let kept_back = 2 * self.wal.options().buffer_bytes as u64;
+        let table = self.driver.table_mut();
+        table.set_storage_full(room < kept_back);
+        table.set_storage_room(Some(
+            room.saturating_sub(kept_back)
+                .saturating_sub(self.budget_reserved),
+        ));
+        table.set_purge_holds_released(room < self.wal_budget / 2);
+    }
+
     /// WAL bytes a proposal of `bytes` may take at most: its command (and its length) twice
     /// over, once in its Accept record and once in a chosen mark that names it, in records
     /// of their own, each in a write of its own (a write takes whole blocks).
@@ -673,7 +685,13 @@ impl Core {
     fn budget_room(&self) -> u64 {
         let segment = self.wal.options().segment_bytes;
         let held = self.wal.segment_count() as u64 * segment;
-        self.wal_budget.saturating_sub(held) + self.wal.segment_bytes_left()
+        if held > self.wal_budget {
+            // Over the budget (a restart opens the segment prepared ahead as one of its own,
+            // or a write the core could not refuse went over): no room, not even the rest of
+            // the segment being written, or every new segment would offer its own rest.
+            return 0;
+        }
+        self.wal_budget - held + self.wal.segment_bytes_left()
     }
 
     /// When lingering proposals must be released, if any wait.

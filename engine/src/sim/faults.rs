@@ -62,6 +62,10 @@ pub enum Fault {
     /// Disk: a node's storage is full for a while (a WAL at its budget): it votes on no new
     /// instance, asks for no catch-up and refuses proposals until it has room again.
     DiskFull,
+    /// Disk: a node's storage is short of room for a while (a WAL near its budget): it has
+    /// room for 0..4 values, and chosen values it learns from others beyond that are applied
+    /// without being logged.
+    LowRoom,
 }
 
 /// The largest clock-rate skew the simulator gives a node, in parts per million (±10%):
@@ -70,7 +74,7 @@ pub const SKEW_PPM_MAX: u64 = 100_000;
 
 impl Fault {
     /// Every fault, in the order of `--faults` names.
-    pub const ALL: [Fault; 23] = [
+    pub const ALL: [Fault; 24] = [
         Fault::Loss,
         Fault::Dup,
         Fault::Reorder,
@@ -94,6 +98,7 @@ impl Fault {
         Fault::KindLoss,
         Fault::Restless,
         Fault::DiskFull,
+        Fault::LowRoom,
     ];
 
     /// The `--faults` name.
@@ -122,6 +127,7 @@ impl Fault {
             Fault::KindLoss => "kindloss",
             Fault::Restless => "restless",
             Fault::DiskFull => "diskfull",
+            Fault::LowRoom => "lowroom",
         }
     }
 
@@ -195,6 +201,8 @@ pub struct Profile {
     pub power_loss_one_in: u64,
     /// DiskFull: one tick in this many fills a node's storage (for 50..650 ticks).
     pub disk_full_one_in: u64,
+    /// LowRoom: one tick in this many leaves a node's storage short of room (50..650 ticks).
+    pub low_room_one_in: u64,
 }
 
 impl Profile {
@@ -214,6 +222,7 @@ impl Profile {
             fsync_error_one_in: 400,
             power_loss_one_in: 2500,
             disk_full_one_in: 800,
+            low_room_one_in: 800,
         }
     }
 
@@ -222,12 +231,14 @@ impl Profile {
     pub fn swarm(seed: u64, allowed: &BTreeSet<Fault>) -> Profile {
         let mut rng = Prng::new(seed ^ 0x5A4A_12F0_0D5E_ED00);
         let mut faults = BTreeSet::new();
-        // KindLoss, Restless and DiskFull came later: their coins are drawn last, so that the
-        // other classes and rates of a seed stay what they were before they existed.
-        for fault in Fault::ALL
-            .into_iter()
-            .filter(|f| !matches!(f, Fault::KindLoss | Fault::Restless | Fault::DiskFull))
-        {
+        // KindLoss, Restless, DiskFull and LowRoom came later: their coins are drawn last, so
+        // that the other classes and rates of a seed stay what they were before they existed.
+        for fault in Fault::ALL.into_iter().filter(|f| {
+            !matches!(
+                f,
+                Fault::KindLoss | Fault::Restless | Fault::DiskFull | Fault::LowRoom
+            )
+        }) {
             if allowed.contains(&fault) && rng.chance(1, 2) {
                 faults.insert(fault);
             }
@@ -247,6 +258,7 @@ impl Profile {
             fsync_error_one_in: between(100, 2000),
             power_loss_one_in: between(1000, 5000),
             disk_full_one_in: 800,
+            low_room_one_in: 800,
         };
         if allowed.contains(&Fault::KindLoss) && rng.chance(1, 2) {
             profile.faults.insert(Fault::KindLoss);
@@ -257,6 +269,10 @@ impl Profile {
         if allowed.contains(&Fault::DiskFull) && rng.chance(1, 2) {
             profile.faults.insert(Fault::DiskFull);
             profile.disk_full_one_in = 200 + rng.below(1801);
+        }
+        if allowed.contains(&Fault::LowRoom) && rng.chance(1, 2) {
+            profile.faults.insert(Fault::LowRoom);
+            profile.low_room_one_in = 200 + rng.below(1801);
         }
         profile
     }
@@ -291,6 +307,7 @@ impl fmt::Display for Profile {
                 Fault::FsyncError => format!("1/{}w", self.fsync_error_one_in),
                 Fault::PowerLoss => format!("1/{}t", self.power_loss_one_in),
                 Fault::DiskFull => format!("1/{}t", self.disk_full_one_in),
+                Fault::LowRoom => format!("1/{}t", self.low_room_one_in),
                 _ => String::new(),
             };
             if rate.is_empty() {
@@ -352,12 +369,14 @@ pub enum Bug {
     VoteWhileFull,
     /// A repair record covers all damage below the Lsn its start recovered to.
     RepairCoversLaterDamage,
+    /// Chosen values a replica learned from others are logged whatever room its storage has.
+    LogIgnoresRoom,
 }
 
 #[cfg(feature = "sim-bugs")]
 impl Bug {
     /// Every bug.
-    pub const ALL: [Bug; 21] = [
+    pub const ALL: [Bug; 22] = [
         Bug::ForgetPromise,
         Bug::ReplyBeforeDurable,
         Bug::SkipPrepareOnNewLeader,
@@ -379,6 +398,7 @@ impl Bug {
         Bug::ReadBeforeApplied,
         Bug::VoteWhileFull,
         Bug::RepairCoversLaterDamage,
+        Bug::LogIgnoresRoom,
     ];
 
     /// The `--bug` name.
@@ -405,6 +425,7 @@ impl Bug {
             Bug::ReadBeforeApplied => "read-before-applied",
             Bug::VoteWhileFull => "vote-while-full",
             Bug::RepairCoversLaterDamage => "repair-covers-later-damage",
+            Bug::LogIgnoresRoom => "log-ignores-room",
         }
     }
 
@@ -445,6 +466,7 @@ impl Bug {
             Bug::ReadBeforeApplied => bugs.read_before_applied = true,
             Bug::VoteWhileFull => bugs.vote_while_full = true,
             Bug::RepairCoversLaterDamage => bugs.repair_covers_later_damage = true,
+            Bug::LogIgnoresRoom => bugs.log_ignores_room = true,
         }
         bugs
     }
@@ -544,6 +566,16 @@ impl super::Sim {
                 self.trace(&("disk-full", index, until.0));
             }
         }
+        if p.has(Fault::LowRoom) && self.rng.chance(1, p.low_room_one_in) {
+            let index = self.rng.below(n as u64) as usize;
+            if self.nodes[index].up && self.nodes[index].short_until.is_none() {
+                let until = super::Tick(self.now.0 + 50 + self.rng.below(600));
+                let room = self.rng.below(4 * u64::from(super::SIM_BATCH_BYTES) + 1);
+                self.nodes[index].short_until = Some((until, room));
+                self.count("lowroom");
+                self.trace(&("low-room", index, until.0, room));
+            }
+        }
         if p.has(Fault::PowerLoss)
             && self.others_whole(usize::MAX)
             && self.rng.chance(1, p.power_loss_one_in)
@@ -606,6 +638,7 @@ impl super::Sim {
                 node.accepts_encoded_before += driver.stats().accepts_encoded;
                 node.values_read_before += driver.stats().values_read;
                 node.withheld_full_before += driver.table().stats().accepts_withheld_storage_full;
+                node.unlogged_before += driver.table().stats().chosen_unlogged_storage_short;
                 node.commit_transmissions_before +=
                     driver.table().stats().commit_accept_transmissions;
             }

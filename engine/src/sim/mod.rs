@@ -235,7 +235,7 @@ pub struct SeedReport {
 }
 
 /// The simulator's value limit (bytes).
-const SIM_BATCH_BYTES: u32 = 1024;
+pub(super) const SIM_BATCH_BYTES: u32 = 1024;
 /// The simulator's frame limit (the receiving codec refuses larger bodies).
 const SIM_MESSAGE_BYTES: u32 = SIM_BATCH_BYTES + crate::core::MESSAGE_OVERHEAD_BYTES;
 /// Ticks after the heal phase with clients stopped, for replicas to converge.
@@ -261,6 +261,12 @@ struct SimCore {
     /// Groups this core's table had repaired when last looked at (a repair can finish while
     /// a frame is delivered, between rounds: compare with this, not with the round's start).
     repairs_seen: u64,
+    /// Payload bytes of Chosen marks (values learned from others) its rounds logged in this
+    /// step, re-learning groups aside (`log-room` checker).
+    logged_this_step: u64,
+    /// Its groups that were re-learning at the end of its last round (their marks are
+    /// logged whatever the room, also in the round where they finish).
+    relearning_seen: BTreeSet<GroupId>,
 }
 
 /// A state machine's state: the next instance it applies and a digest of all it applied.
@@ -280,6 +286,11 @@ struct Node {
     paused_until: Option<Tick>,
     /// Its storage is full until then (`Fault::DiskFull`).
     full_until: Option<Tick>,
+    /// Its storage is short of room until then, with this many bytes of room for values
+    /// (`Fault::LowRoom`).
+    short_until: Option<(Tick, u64)>,
+    /// The room its cores were given at this step (`None`: no bound; `Some(0)` while full).
+    room: Option<u64>,
     /// Clock rate deviation in parts per million (the node's ticks run at 1 + ppm/1e6).
     skew_ppm: i64,
     incarnation: u64,
@@ -313,6 +324,9 @@ struct Node {
     values_read_before: u64,
     /// Votes withheld for a full storage by its earlier incarnations (`Fault::DiskFull`).
     withheld_full_before: u64,
+    /// Values learned from others and applied unlogged by its earlier incarnations
+    /// (`Fault::LowRoom`, `Fault::DiskFull`).
+    unlogged_before: u64,
     /// Accept transmissions of commit instances its cores counted before its last crash.
     commit_transmissions_before: u64,
 }
@@ -320,6 +334,15 @@ struct Node {
 impl Node {
     fn running(&self) -> bool {
         self.up && self.paused_until.is_none()
+    }
+
+    /// The room its storage has for values: none while full, a few values while short.
+    fn storage_room(&self) -> Option<u64> {
+        if self.full_until.is_some() {
+            Some(0)
+        } else {
+            self.short_until.map(|(_, room)| room)
+        }
     }
 }
 
@@ -552,11 +575,15 @@ impl Sim {
                         repair_pending: None,
                         wins_seen: 0,
                         repairs_seen: 0,
+                        logged_this_step: 0,
+                        relearning_seen: BTreeSet::new(),
                     })
                     .collect(),
                 restart_at: None,
                 paused_until: None,
                 full_until: None,
+                short_until: None,
+                room: None,
                 skew_ppm,
                 incarnation: 0,
                 relearn_pending: false, // the cluster's bootstrap: empty state is legitimate
@@ -574,6 +601,7 @@ impl Sim {
                 accepts_encoded_before: 0,
                 values_read_before: 0,
                 withheld_full_before: 0,
+                unlogged_before: 0,
                 commit_transmissions_before: 0,
             });
         }
@@ -598,16 +626,25 @@ impl Sim {
             self.report.frames_sent += node.frames_sent_before;
             self.report.values_read_from_disk += node.values_read_before;
             let mut withheld = node.withheld_full_before;
+            let mut unlogged = node.unlogged_before;
             for core in &node.cores {
                 if let Some(driver) = &core.driver {
                     self.report.frames_encoded += driver.stats().frames_encoded;
                     self.report.frames_sent += driver.stats().frames_sent;
                     self.report.values_read_from_disk += driver.stats().values_read;
                     withheld += driver.table().stats().accepts_withheld_storage_full;
+                    unlogged += driver.table().stats().chosen_unlogged_storage_short;
                 }
             }
             if withheld > 0 {
                 *self.report.faults.entry("votes-withheld-full").or_default() += withheld;
+            }
+            if unlogged > 0 {
+                *self
+                    .report
+                    .faults
+                    .entry("values-unlogged-short")
+                    .or_default() += unlogged;
             }
         }
         self.report
@@ -659,6 +696,7 @@ impl Sim {
         let mut summary = Vec::new();
         let mut recovered: Vec<Record> = Vec::new();
         let mut purged = 0u64;
+        let (full_at_start, room_at_start) = (node.full_until.is_some(), node.storage_room());
         for (c, core) in node.cores.iter_mut().enumerate() {
             #[allow(unused_mut)]
             let mut recovery = core.disk.recover();
@@ -718,6 +756,9 @@ impl Sim {
             )
             .expect("simulator config is valid");
             table.set_panic_on_broken_invariant(false); // the invariant checker reports it
+                                                        // The storage's state is known from the start.
+            table.set_storage_full(full_at_start);
+            table.set_storage_room(room_at_start);
             let mut driver = Driver::new(table);
             // The executor's replay rule: each group's state machine resumes from its
             // checkpoint; values below it are not applied again.
@@ -732,6 +773,7 @@ impl Sim {
             core.repair_pending = None;
             core.wins_seen = 0;
             core.repairs_seen = 0;
+            core.relearning_seen.clear();
             summary.push((
                 recovery.records.len(),
                 recovery.damaged.len(),
@@ -868,6 +910,7 @@ impl Sim {
             }
             self.nodes[index].paused_until = None;
             self.nodes[index].full_until = None;
+            self.nodes[index].short_until = None;
         }
         self.trace(&"heal");
     }
@@ -893,10 +936,18 @@ impl Sim {
                 self.trace(&("disk-room", index));
             }
             let node = &mut self.nodes[index];
+            if node.short_until.is_some_and(|(t, _)| t <= now) {
+                node.short_until = None;
+                self.trace(&("disk-room", index));
+            }
+            let node = &mut self.nodes[index];
             let full = node.full_until.is_some();
+            node.room = node.storage_room();
             for core in &mut node.cores {
+                core.logged_this_step = 0;
                 if let Some(driver) = core.driver.as_mut() {
                     driver.table_mut().set_storage_full(full);
+                    driver.table_mut().set_storage_room(node.room);
                 }
             }
         }
@@ -1080,7 +1131,7 @@ impl Sim {
         } else {
             None
         };
-        let result = {
+        let (result, logged) = {
             let node = &mut self.nodes[index];
             let sim_core = &mut node.cores[core];
             let Some(driver) = sim_core.driver.as_mut() else {
@@ -1098,6 +1149,13 @@ impl Sim {
                     }
                 }
             }
+            let staged_before = sim_core.staged.len();
+            let mut relearning: BTreeSet<GroupId> = driver
+                .table()
+                .groups()
+                .filter(|g| driver.table().is_relearning(*g))
+                .collect();
+            relearning.append(&mut sim_core.relearning_seen);
             let mut storage = SimStorage {
                 staged: &mut sim_core.staged,
                 submit_requested: &mut sim_core.submit_requested,
@@ -1106,6 +1164,22 @@ impl Sim {
                 transfers: &mut node.transfers,
             };
             let result = driver.round(&mut storage, &mut frames, &mut applied);
+            // `log-room`: what this round logged of values learned from others.
+            sim_core.relearning_seen = driver
+                .table()
+                .groups()
+                .filter(|g| driver.table().is_relearning(*g))
+                .collect();
+            relearning.extend(sim_core.relearning_seen.iter().copied());
+            sim_core.logged_this_step += sim_core.staged
+                [staged_before.min(sim_core.staged.len())..]
+                .iter()
+                .filter(|(_, r)| {
+                    r.kind == crate::core::RecordKind::Chosen && !relearning.contains(&r.group)
+                })
+                .map(|(_, r)| r.payload.len() as u64)
+                .sum::<u64>();
+            let logged = sim_core.logged_this_step;
             // A repair record (finished during this round or while a frame was delivered
             // before it) is appended by now: the fault atlas waits until it is durable.
             let repaired = driver.table().stats().groups_repaired;
@@ -1126,11 +1200,22 @@ impl Sim {
             if new_win {
                 self.nodes[index].won_at = Some(self.now);
             }
-            result
+            (result, logged)
         };
         if let Err(error) = result {
             self.violate(format!("driver: node {} core {core}: {error}", index + 1));
             return;
+        }
+        // `log-room`: a core short of room logs, of the values it learned from other nodes,
+        // no more bytes in a step than the room it was given (docs/PROTOCOL.md#storage-full).
+        if let Some(room) = self.nodes[index].room {
+            if logged > room {
+                self.violate(format!(
+                    "log-room: node {} core {core} logged {logged} bytes of values learned from others in one step with {room} bytes of room",
+                    index + 1
+                ));
+                return;
+            }
         }
         self.start_installs(index);
         let from = self.nodes[index].id;

@@ -298,11 +298,6 @@ impl Group {
         if peer == ctx.me || self.install.is_some() {
             return;
         }
-        if ctx.storage_full {
-            // No room for the values: asked again at the next Commit or reply once there is.
-            ctx.stats.catchups_deferred_storage_full += 1;
-            return;
-        }
         let window = u64::from(ctx.config.catchup_window_instances);
         let pending = self.catchup_deadline.is_some();
         let asked_end = match &self.catchup_stream {
@@ -404,14 +399,33 @@ impl Group {
             Some((ballot, accepted)) if accepted == value => (ballot, Bytes::new()),
             _ => (Ballot::ZERO, value.clone()),
         };
-        ctx.defer_mark(Record {
-            kind: RecordKind::Chosen,
-            group: self.id,
-            instance,
-            promised: self.promised,
-            accepted,
-            payload,
-        });
+        // A value this replica does not hold in an Accept record is logged only within the
+        // storage's room (docs/PROTOCOL.md#storage-full); beyond it, it is applied without
+        // being logged (a restart before the next checkpoint fetches it again). It voted for
+        // none of those, so forgetting them is safe. What a re-learn learns is always logged:
+        // its repair record vouches for it.
+        #[allow(unused_mut)]
+        let mut log =
+            payload.is_empty() || self.relearn.is_some() || payload.len() as u64 <= *ctx.log_room;
+        #[cfg(feature = "sim-bugs")]
+        if ctx.bugs.log_ignores_room {
+            log = true;
+        }
+        if log {
+            if !payload.is_empty() && self.relearn.is_none() && *ctx.log_room != u64::MAX {
+                *ctx.log_room = ctx.log_room.saturating_sub(payload.len() as u64);
+            }
+            ctx.defer_mark(Record {
+                kind: RecordKind::Chosen,
+                group: self.id,
+                instance,
+                promised: self.promised,
+                accepted,
+                payload,
+            });
+        } else {
+            ctx.stats.chosen_unlogged_storage_short += 1;
+        }
         self.chosen.insert(instance, value.clone());
         let mut same_as_flight = true;
         if let Some(flight) = self.inflight.remove(&instance) {
