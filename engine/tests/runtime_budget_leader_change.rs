@@ -18,7 +18,7 @@
 mod common;
 
 use bytes::Bytes;
-use common::{free_addrs, node_config, segment_bytes_on_disk, wait_until};
+use common::{free_addrs, node_config, sample_disk_peaks, wait_until};
 use paxring_engine::runtime::{Error, Node, StateMachine, StateMachineFactory};
 use paxring_wal::{GroupId, Instance};
 use std::io::{Read, Write};
@@ -232,20 +232,7 @@ fn every_wal_stays_within_its_budget_across_a_leader_change_and_a_catch_up() {
         .collect();
     let stop = Arc::new(AtomicBool::new(false));
     let committed = Arc::new(AtomicU64::new(0));
-    let sampler = {
-        let stop = stop.clone();
-        let wal_dirs = wal_dirs.clone();
-        std::thread::spawn(move || {
-            let mut peaks = vec![0u64; wal_dirs.len()];
-            while !stop.load(Ordering::Acquire) {
-                for (peak, wal_dir) in peaks.iter_mut().zip(&wal_dirs) {
-                    *peak = (*peak).max(segment_bytes_on_disk(wal_dir));
-                }
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            peaks
-        })
-    };
+    let sampler = sample_disk_peaks(wal_dirs.clone(), stop.clone(), Duration::from_millis(2));
     let writers: Vec<_> = (0..WRITERS)
         .map(|w| {
             let nodes = nodes.clone();

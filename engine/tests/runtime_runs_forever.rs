@@ -7,8 +7,8 @@ mod common;
 
 use bytes::Bytes;
 use common::{
-    free_addrs, node_config, propose_many, segment_bytes_on_disk, shutdown_all, start_nodes,
-    wait_for, wait_for_leader,
+    free_addrs, node_config, propose_many, sample_disk_peaks, shutdown_all, start_nodes, wait_for,
+    wait_for_leader,
 };
 use paxring_engine::core::ACCEPT_WINDOW_INSTANCES;
 use paxring_engine::runtime::{Node, NodeConfig, StateMachine, StateMachineFactory};
@@ -204,27 +204,18 @@ fn purge_keeps_the_wal_under_its_budget_and_a_restart_starts_at_the_log_base() {
     // A sampler watches the segment files on disk (not the spares kept for recycling) of
     // every node while the load runs.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let sampler = {
-        let stop = stop.clone();
-        let dirs: Vec<_> = (1..=3)
+    let sampler = sample_disk_peaks(
+        (1..=3)
             .map(|id| {
                 dir.path()
                     .join(format!("node-{id}"))
                     .join("wal")
                     .join("core-0")
             })
-            .collect();
-        std::thread::spawn(move || {
-            let mut peaks = vec![0u64; dirs.len()];
-            while !stop.load(std::sync::atomic::Ordering::Acquire) {
-                for (peak, wal_dir) in peaks.iter_mut().zip(&dirs) {
-                    *peak = (*peak).max(segment_bytes_on_disk(wal_dir));
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            peaks
-        })
-    };
+            .collect(),
+        stop.clone(),
+        Duration::from_millis(5),
+    );
     let leader = nodes
         .iter()
         .flatten()

@@ -12,7 +12,7 @@
 mod common;
 
 use bytes::Bytes;
-use common::{free_addrs, node_config, segment_bytes_on_disk, wait_for, wait_until};
+use common::{free_addrs, node_config, sample_disk_peaks, wait_for, wait_until};
 use paxring_engine::runtime::{Error, Node, StateMachine, StateMachineFactory};
 use paxring_wal::{GroupId, Instance};
 use std::path::{Path, PathBuf};
@@ -99,18 +99,11 @@ fn load(budget: u64, every: Duration, run: Duration) -> Outcome {
     let stop = Arc::new(AtomicBool::new(false));
     let committed = Arc::new(AtomicU64::new(0));
     let refused = Arc::new(AtomicU64::new(0));
-    let sampler = {
-        let stop = stop.clone();
-        let wal_dir = wal_dir.clone();
-        std::thread::spawn(move || {
-            let mut peak = 0;
-            while !stop.load(Ordering::Acquire) {
-                peak = peak.max(segment_bytes_on_disk(&wal_dir));
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            peak
-        })
-    };
+    let sampler = sample_disk_peaks(
+        vec![wal_dir.clone()],
+        stop.clone(),
+        Duration::from_millis(2),
+    );
     let writers: Vec<_> = (0..WRITERS)
         .map(|w| {
             let node = node.clone();
@@ -151,7 +144,7 @@ fn load(budget: u64, every: Duration, run: Duration) -> Outcome {
     for writer in writers {
         writer.join().unwrap();
     }
-    let disk_peak = sampler.join().unwrap();
+    let disk_peak = sampler.join().unwrap()[0];
     // The counters are published every 20 ms.
     std::thread::sleep(Duration::from_millis(100));
     let refused_counter = node

@@ -9,8 +9,9 @@ use paxring_engine::runtime::{Committed, Error, Node, NodeConfig, NodeConfigBuil
 use paxring_wal::GroupId;
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 use std::thread::Thread;
@@ -236,4 +237,23 @@ pub fn propose_many(
 #[allow(dead_code)] // not every test binary samples disk use
 pub fn segment_bytes_on_disk(wal_dir: &Path) -> u64 {
     paxring_wal::segfile::segment_files_bytes(wal_dir)
+}
+
+/// A thread that samples the segment files on disk of every WAL directory in `wal_dirs`
+/// every `every` until `stop` is set; it returns each directory's peak.
+pub fn sample_disk_peaks(
+    wal_dirs: Vec<PathBuf>,
+    stop: Arc<AtomicBool>,
+    every: Duration,
+) -> std::thread::JoinHandle<Vec<u64>> {
+    std::thread::spawn(move || {
+        let mut peaks = vec![0u64; wal_dirs.len()];
+        while !stop.load(Ordering::Acquire) {
+            for (peak, wal_dir) in peaks.iter_mut().zip(&wal_dirs) {
+                *peak = (*peak).max(segment_bytes_on_disk(wal_dir));
+            }
+            std::thread::sleep(every);
+        }
+        peaks
+    })
 }
