@@ -1111,6 +1111,15 @@ impl Sim {
             &mut node.durable_accepts,
             done.records.iter(),
         );
+        // A leader counts its own vote once its Accept record is durable: state it relied on,
+        // as an Accepted it sent would be (the `durable-state` checker then asks a restart to
+        // recover it or re-learn; it missed seed 69420 of the long run without this).
+        for record in &done.records {
+            if record.kind == crate::core::RecordKind::Accept && record.accepted.node == node.id.0 {
+                node.acked_accepts
+                    .insert((record.group, record.instance, record.accepted));
+            }
+        }
         if let Some(driver) = &mut sim_core.driver {
             driver.durable(done.last_lsn);
         }
