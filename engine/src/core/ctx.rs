@@ -30,9 +30,9 @@ pub(super) struct Ctx<'a> {
     /// are written again); a repair record lists them.
     pub restored_damage: &'a [(Lsn, Lsn)],
     /// The storage has no room for more values (a WAL at its budget): this replica votes on
-    /// no new instance, asks for no catch-up and takes no proposal until it has room
-    /// (docs/PROTOCOL.md#storage-full). Votes withheld are messages lost, which Paxos
-    /// tolerates.
+    /// no new instance and takes no proposal until it has room (docs/PROTOCOL.md#storage-full).
+    /// Votes withheld are messages lost, which Paxos tolerates. It still learns (what it logs
+    /// of that is bounded by `log_room`).
     pub storage_full: bool,
     /// The storage is short of room: log bases move past what lagging peers asked for (purge
     /// holds are released; a peer pushed behind the base fetches a checkpoint instead).

@@ -242,8 +242,8 @@ impl CoreTable {
     }
 
     /// The driver's storage has no room for more values (`true`), or has room again: while
-    /// full, this core's groups vote on no new instance, ask for no catch-up and take no
-    /// proposal (docs/PROTOCOL.md#storage-full).
+    /// full, this core's groups vote on no new instance and take no proposal; they still learn
+    /// chosen values, logging them within `set_storage_room` (docs/PROTOCOL.md#storage-full).
     pub fn set_storage_full(&mut self, full: bool) {
         self.storage_full = full;
     }

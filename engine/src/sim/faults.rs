@@ -60,7 +60,8 @@ pub enum Fault {
     /// index): many more elections.
     Restless,
     /// Disk: a node's storage is full for a while (a WAL at its budget): it votes on no new
-    /// instance, asks for no catch-up and refuses proposals until it has room again.
+    /// instance, refuses proposals and logs none of the values it learns from others (room
+    /// 0: it applies them unlogged) until it has room again.
     DiskFull,
     /// Disk: a node's storage is short of room for a while (a WAL near its budget): it has
     /// room for 0..4 values, and chosen values it learns from others beyond that are applied
