@@ -644,21 +644,14 @@ impl Group {
         // A damaged run is repaired only if an earlier re-learn found that very run: a record
         // intact then and damaged since is new damage (it may hold a vote this replica gave
         // after that re-learn's target), whatever its Lsn.
-        #[allow(unused_mut)]
-        let mut covered = |d: &&Damage| {
+        let covered = |d: &&Damage| {
+            #[cfg(feature = "sim-bugs")]
+            if ctx.bugs.repair_covers_later_damage {
+                return d.last_lsn < repaired_below; // the pre-fix rule
+            }
             repaired
                 .iter()
                 .any(|(first, last)| *first <= d.first_lsn && d.last_lsn <= *last)
-        };
-        #[cfg(feature = "sim-bugs")]
-        let pre_fix = |d: &&Damage| d.last_lsn < repaired_below;
-        #[cfg(feature = "sim-bugs")]
-        let covered = |d: &&Damage| {
-            if ctx.bugs.repair_covers_later_damage {
-                pre_fix(d)
-            } else {
-                covered(d)
-            }
         };
         let mut damaged = lost || unfinished.is_some() || damage.iter().any(|d| !covered(d));
         let mut unresolved: BTreeSet<Instance> = BTreeSet::new();
