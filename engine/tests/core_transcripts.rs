@@ -936,3 +936,112 @@ fn values_learned_beyond_the_storage_room_are_applied_unlogged() {
     assert!(logged[0] as u64 <= one + 3);
     assert!(cluster.table(2).stats().chosen_unlogged_storage_short >= 9);
 }
+
+/// A replica that applied values without logging them (short of room) cannot serve them once
+/// memory no longer keeps them: its catch-up replies name the first instance above them as
+/// its base, so a replica that needs one fetches a checkpoint instead of asking the same peer
+/// again and again (`serve-over-unlogged-hole`: the simulator's seed 203787 never converged).
+#[test]
+fn a_replica_names_values_it_applied_unlogged_as_below_its_base() {
+    let (base, entries, needed) = unlogged_hole_reply(|cluster| cluster);
+    assert_eq!(entries, 0, "node 2 holds none of those values");
+    assert!(
+        base > needed,
+        "node 2 names a base above what node 3 needs (it cannot serve it): {base:?}"
+    );
+}
+
+/// The pre-fix reply (`serve-over-unlogged-hole`) names the log base, below what node 3
+/// needs: node 3 would ask node 2 again instead of fetching a checkpoint.
+#[cfg(feature = "sim-bugs")]
+#[test]
+fn before_the_fix_a_replica_named_its_log_base_over_an_unlogged_hole() {
+    let (base, entries, needed) = unlogged_hole_reply(|cluster| {
+        cluster.with_bugs(Bugs {
+            serve_over_unlogged_hole: true,
+            ..Bugs::default()
+        })
+    });
+    assert_eq!(entries, 0);
+    assert!(base <= needed, "{base:?} {needed:?}");
+}
+
+/// Node 2 catches up with no storage room (every value applied unlogged) while node 3 hears
+/// nothing; then node 3 asks node 2 for what it lacks. Returns node 2's reply (the base it
+/// names, its entry count) and node 3's applied point.
+fn unlogged_hole_reply(setup: impl FnOnce(Cluster) -> Cluster) -> (Instance, usize, Instance) {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    let cluster = Cluster::new(
+        5,
+        Config {
+            chosen_retained_max: paxring_engine::core::CHOSEN_RETAINED_MIN,
+            ..config()
+        },
+    );
+    let mut cluster = setup(cluster);
+    cluster.elect(1);
+    cluster.propose(1, 1, "a").unwrap();
+    cluster.settle();
+    cluster.tick_all(12);
+    // Node 3 hears nothing from here on (it stays behind); node 2 is cut off while nodes 1,
+    // 4 and 5 choose values, then comes back with no room and learns them without logging
+    // them.
+    let to_3: Rc<RefCell<Vec<(NodeId, Message)>>> = Rc::default();
+    let seen = to_3.clone();
+    cluster.drop_if = Some(Box::new(move |from, to, msg| {
+        if to == NodeId(3) {
+            seen.borrow_mut().push((from, msg.clone()));
+            return true;
+        }
+        false
+    }));
+    cluster.isolate(2);
+    for id in 2..100 {
+        cluster.propose(1, id, &format!("value-{id:02}")).unwrap();
+        cluster.settle();
+    }
+    cluster.tick_all(12);
+    cluster.table(2).set_storage_room(Some(0));
+    cluster.rejoin(2);
+    cluster.tick_all(60);
+    cluster.settle();
+    assert_eq!(cluster.applied(2), cluster.applied(1), "node 2 caught up");
+    let unlogged = cluster.table(2).stats().chosen_unlogged_storage_short;
+    assert!(
+        unlogged >= 90,
+        "unlogged {unlogged}, applied {:?}",
+        cluster.applied(2).len()
+    );
+    let group = cluster.group;
+    let applied_3 = cluster.table(3).applied_next(group).unwrap();
+    let applied_2 = cluster.table(2).applied_next(group).unwrap();
+    assert!(applied_3.0 + 90 < applied_2.0, "node 3 is behind");
+    // Node 3 asks node 2 for what it lacks.
+    to_3.borrow_mut().clear();
+    cluster.net.push_back((
+        NodeId(3),
+        NodeId(2),
+        Message::CatchupRequest {
+            from: applied_3,
+            request: 0,
+            until: Instance(0),
+            entries_max: 64,
+            bytes_max: 1 << 20,
+        },
+    ));
+    cluster.settle();
+    let replies: Vec<(Instance, usize)> = to_3
+        .borrow()
+        .iter()
+        .filter_map(|(from, msg)| match msg {
+            Message::CatchupReply {
+                log_base, entries, ..
+            } if *from == NodeId(2) => Some((*log_base, entries.len())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(replies.len(), 1, "one reply: {replies:?} (group {group:?})");
+    let (base, entries) = replies[0];
+    (base, entries, applied_3)
+}

@@ -278,3 +278,23 @@ fn lease_ignores_drift_is_caught_by_master_overlap() {
 fn log_ignores_room_is_caught_by_log_room() {
     caught_by(Bug::LogIgnoresRoom, 10, "log-room");
 }
+
+/// A replica short of room applies values it learns without logging them; the pre-fix
+/// catch-up replies still named its log base as the lowest value it serves, so a replica that
+/// needed one of those values (behind after a fail-stop) asked the leader again and again and
+/// never caught up. Found by the 100k-seed run at seed 203787 (one violation in its first
+/// 4,168 seeds, `converge`); the test replays that seed.
+#[test]
+fn serve_over_unlogged_hole_is_caught_by_converge() {
+    let options = short(Bug::ServeOverUnloggedHole);
+    let (seed, violation) =
+        first_violation(&options, 203787..203788).expect("the known seed still finds it");
+    assert!(violation.contains("converge:"), "{violation}");
+    eprintln!("serve-over-unlogged-hole: seed {seed}: {violation}");
+    // Without the bug the same seed converges.
+    let fixed = SimOptions {
+        bug: None,
+        ..short(Bug::ServeOverUnloggedHole)
+    };
+    assert_eq!(run_seed(&fixed, 203787).violation, None);
+}

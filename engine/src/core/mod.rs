@@ -454,4 +454,8 @@ pub struct Bugs {
     /// Chosen values learned from others are logged (Chosen marks with their payload) whatever
     /// room the storage has left.
     pub log_ignores_room: bool,
+    /// Pre-fix catch-up replies: a replica that applied values without logging them (short
+    /// of room) still names its log base as the lowest value it serves, so a peer that needs
+    /// one of them asks it again and again instead of fetching a checkpoint.
+    pub serve_over_unlogged_hole: bool,
 }

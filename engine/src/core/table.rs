@@ -272,7 +272,7 @@ impl CoreTable {
             return;
         }
         let mut left = room;
-        let groups = &self.groups;
+        let groups = &mut self.groups;
         let stats = &mut self.stats;
         self.marks.retain(|mark| {
             let bytes = mark.payload.len() as u64;
@@ -284,6 +284,9 @@ impl CoreTable {
                 true
             } else {
                 stats.chosen_unlogged_storage_short += 1;
+                if let Some(group) = groups.get_mut(&mark.group) {
+                    group.note_unlogged(mark.instance);
+                }
                 false
             }
         });

@@ -372,12 +372,14 @@ pub enum Bug {
     RepairCoversLaterDamage,
     /// Chosen values a replica learned from others are logged whatever room its storage has.
     LogIgnoresRoom,
+    /// Catch-up replies name the log base although values above it were applied unlogged.
+    ServeOverUnloggedHole,
 }
 
 #[cfg(feature = "sim-bugs")]
 impl Bug {
     /// Every bug.
-    pub const ALL: [Bug; 22] = [
+    pub const ALL: [Bug; 23] = [
         Bug::ForgetPromise,
         Bug::ReplyBeforeDurable,
         Bug::SkipPrepareOnNewLeader,
@@ -400,6 +402,7 @@ impl Bug {
         Bug::VoteWhileFull,
         Bug::RepairCoversLaterDamage,
         Bug::LogIgnoresRoom,
+        Bug::ServeOverUnloggedHole,
     ];
 
     /// The `--bug` name.
@@ -427,6 +430,7 @@ impl Bug {
             Bug::VoteWhileFull => "vote-while-full",
             Bug::RepairCoversLaterDamage => "repair-covers-later-damage",
             Bug::LogIgnoresRoom => "log-ignores-room",
+            Bug::ServeOverUnloggedHole => "serve-over-unlogged-hole",
         }
     }
 
@@ -468,6 +472,7 @@ impl Bug {
             Bug::VoteWhileFull => bugs.vote_while_full = true,
             Bug::RepairCoversLaterDamage => bugs.repair_covers_later_damage = true,
             Bug::LogIgnoresRoom => bugs.log_ignores_room = true,
+            Bug::ServeOverUnloggedHole => bugs.serve_over_unlogged_hole = true,
         }
         bugs
     }

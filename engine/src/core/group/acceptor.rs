@@ -232,7 +232,7 @@ impl Group {
                     request: 0,
                     applied_next: self.applied_next,
                     high: self.held_end(),
-                    log_base: self.log_base,
+                    log_base: self.serve_base(ctx),
                     relearning: false,
                     state_lost: false,
                     promised: self.promised,

@@ -67,7 +67,7 @@ impl Group {
             .first_key_value()
             .map_or(self.applied_next, |(i, _)| *i)
             .min(self.applied_next);
-        if first < in_memory && first >= self.log_base {
+        if first < in_memory && first >= self.serve_base(ctx) {
             // Older than what memory keeps, but in the log: the driver reads it from storage
             // (within its per-round read budget) and calls `serve_read` (streaming catch-up
             // from the WAL).
@@ -166,7 +166,7 @@ impl Group {
                     request,
                     applied_next: self.applied_next,
                     high: self.held_end(),
-                    log_base: self.log_base,
+                    log_base: self.serve_base(ctx),
                     relearning: self.relearn.is_some(),
                     state_lost: self.relearn.as_ref().is_some_and(|r| r.lost),
                     promised: self.promised,
@@ -425,6 +425,7 @@ impl Group {
             });
         } else {
             ctx.stats.chosen_unlogged_storage_short += 1;
+            self.note_unlogged(instance);
         }
         self.chosen.insert(instance, value.clone());
         let mut same_as_flight = true;

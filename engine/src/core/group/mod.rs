@@ -194,6 +194,11 @@ pub(super) struct Group {
     /// The lowest instance this replica's log holds (the WAL may purge below it; what is
     /// below is in the state machine's checkpoint).
     log_base: Instance,
+    /// One past the highest instance this replica applied without logging it (storage short
+    /// of room, docs/PROTOCOL.md#storage-full): its log cannot serve anything below this,
+    /// so catch-up replies name it as the base ([`Group::serve_base`]). Not persisted: after
+    /// a restart the replica's applied point is below any such hole.
+    unlogged_end: Instance,
     /// A checkpoint transfer in progress (docs/PROTOCOL.md#checkpoint-transfer).
     install: Option<install::Install>,
     relearn: Option<Relearn>,
@@ -273,6 +278,7 @@ impl Group {
             peer_needs: BTreeMap::new(),
             base_held_by: None,
             log_base: Instance(0),
+            unlogged_end: Instance(0),
             install: None,
             relearn: None,
             stopped: false,
@@ -388,6 +394,24 @@ impl Group {
     /// The lowest instance this replica's log holds.
     pub fn log_base(&self) -> Instance {
         self.log_base
+    }
+
+    /// The lowest instance from which this replica can serve every applied value from its
+    /// log: its log base, or above the last value it applied without logging it. Catch-up
+    /// replies report this as the peer's base, so a replica that needs a value below it
+    /// fetches a checkpoint instead of asking here again and again.
+    pub(super) fn serve_base(&self, ctx: &Ctx<'_>) -> Instance {
+        #[cfg(feature = "sim-bugs")]
+        if ctx.bugs.serve_over_unlogged_hole {
+            return self.log_base; // the pre-fix answer
+        }
+        let _ = ctx;
+        self.log_base.max(self.unlogged_end)
+    }
+
+    /// This replica applies `instance` without logging it (storage short of room).
+    pub(crate) fn note_unlogged(&mut self, instance: Instance) {
+        self.unlogged_end = self.unlogged_end.max(Instance(instance.0 + 1));
     }
 
     /// Moves the log base up to `below` (at most the applied point; the caller's state
