@@ -744,6 +744,51 @@ mod tests {
         assert!(violation.contains("state-machine:"), "{violation}");
     }
 
+    /// The durable-state checker holds a leader to its own durable Accept records (its vote,
+    /// counted without a message): a restart that recovers none of them and does not re-learn
+    /// is reported, one that recovers them is not. (The repair bug of seed 69420 lost such a
+    /// record; `repair-covers-later-damage` rarely reaches it in the simulator, so this drives
+    /// the checker directly through the disk's completion path.)
+    #[test]
+    fn durable_state_checker_reports_a_lost_own_accept_record() {
+        use crate::core::{Ballot, Lsn, Record, RecordKind};
+        let options = SimOptions {
+            swarm: false,
+            faults: Default::default(),
+            ..SimOptions::default()
+        };
+        let run = |recover_it: bool| {
+            let mut sim = Sim::new(options.clone(), 1);
+            let me = sim.nodes[0].id.0;
+            let own = Ballot {
+                number: 3,
+                node: me,
+            };
+            let record = Record {
+                kind: RecordKind::Accept,
+                group: GroupId(0),
+                instance: Instance(5),
+                promised: own,
+                accepted: own,
+                payload: Bytes::from_static(b"v"),
+            };
+            let now = sim.now;
+            // The record goes straight to the disk (no table wrote it: no driver to tell).
+            sim.nodes[0].cores[0].driver = None;
+            sim.nodes[0].cores[0]
+                .disk
+                .submit(Lsn(1), vec![record.clone()], now);
+            sim.complete_disk(0, 0);
+            let recovered = if recover_it { vec![record] } else { Vec::new() };
+            sim.check_durable_state(0, &recovered);
+            sim.checks.violation
+        };
+        let violation = run(false).expect("reported");
+        assert!(violation.contains("durable-state:"), "{violation}");
+        assert!(violation.contains("accepting instance 5"), "{violation}");
+        assert_eq!(run(true), None, "recovered: nothing to report");
+    }
+
     /// The identity-once checker fires when one proposal identity is chosen at two instances
     /// of a group (a proposer that re-proposed a value it already had chosen).
     #[test]
