@@ -48,6 +48,8 @@ counters! {
     reconnects,
     /// Outbound connection or handshake attempts that failed.
     connect_failures,
+    /// Reconnect backoffs cut short because the peer connected to us meanwhile (it is up).
+    reconnects_early,
     /// Inbound connections from the peer closed for undecodable bytes (checksum, oversize,
     /// truncation at end of stream).
     decode_errors,

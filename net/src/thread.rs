@@ -325,6 +325,13 @@ struct PeerOut {
     connected: Cell<bool>,
     /// Woken when frames are queued.
     wake: Notify,
+    /// Woken when the peer opens a connection to us while our connection to it is down: it
+    /// is up again, so the reconnect backoff ends at once (a restarted peer is reached in
+    /// microseconds, not after up to `reconnect_backoff_max`).
+    peer_back: Notify,
+    /// Whether the peer loop sleeps in a reconnect backoff now (only then is `peer_back`
+    /// notified: a permit stored while connected would cut the next backoff short).
+    backing_off: Cell<bool>,
     /// The largest body the peer accepts (from its handshake; ours until then).
     max_frame_bytes: Cell<u32>,
     /// Rate limit of the error line for frames dropped because they exceed `max_frame_bytes`.
@@ -645,6 +652,8 @@ async fn node_main<B: Backend>(setup: Setup) -> bool {
             queue: RefCell::new(OutQueue::default()),
             connected: Cell::new(false),
             wake: Notify::new(),
+            peer_back: Notify::new(),
+            backing_off: Cell::new(false),
             max_frame_bytes: Cell::new(cfg.max_frame_bytes),
             oversize_log: RefCell::new(LogLimiter::new(OVERSIZE_LOG_EVERY)),
             garbage_log: RefCell::new(LogLimiter::new(GARBAGE_LOG_EVERY)),
@@ -886,11 +895,27 @@ async fn peer_loop<B: Backend>(ctx: Rc<Ctx>, peer: usize) {
         if ctx.stopping.get() {
             return;
         }
-        tokio::select! {
-            _ = tokio::time::sleep(ctx.backoff(attempt)) => {}
+        let out = &ctx.peers[peer];
+        out.backing_off.set(true);
+        let back = tokio::select! {
+            _ = tokio::time::sleep(ctx.backoff(attempt)) => false,
+            _ = out.peer_back.notified() => true,
             _ = stopped => return,
+        };
+        out.backing_off.set(false);
+        if back {
+            // The peer just connected to us: it is up, so try at once and start the backoff
+            // over.
+            bump(&ctx.counters(peer).reconnects_early);
+            tracing::debug!(
+                node = ctx.cfg.node_id,
+                peer = ctx.peers[peer].node_id,
+                "the peer connected to us: reconnecting at once"
+            );
+            attempt = 0;
+        } else {
+            attempt = attempt.saturating_add(1);
         }
-        attempt = attempt.saturating_add(1);
     }
 }
 
@@ -1211,6 +1236,10 @@ async fn serve_inbound<B: Backend>(ctx: Rc<Ctx>, stream: B::Stream, addr: Socket
     }
     ctx.inbound_per_peer.borrow_mut()[peer] += 1;
     let _peer_slot = PeerInboundSlot(ctx.clone(), peer);
+    if ctx.peers[peer].backing_off.get() {
+        // Our connection to it is down and waiting out a backoff: the peer is back.
+        ctx.peers[peer].peer_back.notify_one();
+    }
     if let Err(err) = B::set_liveness(&stream, ctx.cfg.peer_dead_timeout) {
         tracing::warn!(node = ctx.cfg.node_id, %addr, %err, "cannot set keepalive on an inbound connection");
     }

@@ -968,3 +968,38 @@ fn one_peer_cannot_hold_more_than_eight_connections() {
         a.thread.shutdown();
     }
 }
+
+/// A node whose connection to a peer is down waits out a reconnect backoff; when the peer
+/// comes back and connects to it, the backoff ends at once (the peer is up): here a backoff of
+/// a minute or more ends within seconds, and the early reconnect is counted.
+#[test]
+fn a_peer_that_connects_to_us_ends_our_reconnect_backoff() {
+    for backend in backends() {
+        let addrs = free_addrs(2);
+        let mut cfg_a = config(7, 1, addrs[0], vec![(2, addrs[1])], backend);
+        cfg_a.reconnect_backoff_min = Duration::from_secs(120);
+        cfg_a.reconnect_backoff_max = Duration::from_secs(120);
+        let a = start(cfg_a, 1, route_mod(1));
+        // Node 2 is not up yet: node 1's first attempt fails and it backs off (60-120 s).
+        wait_until("a connect failure", || {
+            a.handle.stats().peers[0].counters.connect_failures >= 1
+        });
+        assert!(!a.handle.stats().peers[0].connected);
+        let b = start(
+            config(7, 2, addrs[1], vec![(1, addrs[0])], backend),
+            1,
+            route_mod(1),
+        );
+        let end = Instant::now() + Duration::from_secs(10);
+        while !a.handle.stats().peers[0].connected {
+            assert!(
+                Instant::now() < end,
+                "{backend:?}: node 1 still waits out its backoff after node 2 connected to it"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(a.handle.stats().peers[0].counters.reconnects_early, 1);
+        a.thread.shutdown();
+        b.thread.shutdown();
+    }
+}
