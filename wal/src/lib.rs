@@ -30,5 +30,6 @@ pub use ring::WAIT_FDS_MAX;
 pub use types::{Ballot, GroupId, Instance, Lsn, Record, RecordKind, RecordRef};
 pub use wal::{
     inspect_dir, Backend, BackendInUse, PurgeReport, RunStop, SyncMode, WaitOutcome, Wal,
-    WalOptions, WalStats, RUN_GAP_BYTES_MAX, RUN_READ_BYTES_MAX,
+    WalOptions, WalStats, RUN_GAP_BYTES_MAX, RUN_READ_BYTES_MAX, WRITES_IN_FLIGHT_DEFAULT,
+    WRITES_IN_FLIGHT_MAX,
 };

@@ -26,10 +26,11 @@ const TAG_TIMEOUT_REMOVE: u64 = 5;
 /// A reaped completion, decoded from its user data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Completion {
-    /// The batch write finished with this result (bytes or -errno).
-    Write(i32),
-    /// The linked fdatasync finished with this result.
-    Sync(i32),
+    /// The batch write with this sequence number finished with this result (bytes or -errno).
+    Write(u64, i32),
+    /// The fdatasync linked to the batch write with this sequence number finished with this
+    /// result.
+    Sync(u64, i32),
     /// A watched fd became ready (or the poll failed).
     Poll(RawFd, i32),
     /// A wake-up timeout of this generation fired (or was cancelled).
@@ -45,8 +46,8 @@ fn user_data(tag: u64, value: u64) -> u64 {
 fn decode(data: u64, result: i32) -> Completion {
     let value = data & ((1 << TAG_SHIFT) - 1);
     match data >> TAG_SHIFT {
-        TAG_WRITE => Completion::Write(result),
-        TAG_SYNC => Completion::Sync(result),
+        TAG_WRITE => Completion::Write(value, result),
+        TAG_SYNC => Completion::Sync(value, result),
         TAG_POLL => Completion::Poll(value as u32 as RawFd, result),
         TAG_TIMEOUT => Completion::Timeout(value, result),
         _ => Completion::Other,
@@ -100,7 +101,8 @@ impl Ring {
     }
 
     /// Queues one write of `len` bytes from `buffer` at `offset` of `fd`: with RWF_DSYNC when
-    /// `dsync`, else linked to an fdatasync. Does not submit.
+    /// `dsync`, else linked to an fdatasync. Its completions carry `seq` (several writes may be
+    /// in flight). Does not submit.
     ///
     /// # Safety
     /// `buffer..buffer + len` must stay valid and unmodified until the write's completion (and,
@@ -112,19 +114,20 @@ impl Ring {
         len: u32,
         offset: u64,
         dsync: bool,
+        seq: u64,
     ) -> io::Result<()> {
         let write = opcode::Write::new(types::Fd(fd), buffer, len)
             .offset(offset)
             .rw_flags(if dsync { libc::RWF_DSYNC } else { 0 })
             .build()
-            .user_data(user_data(TAG_WRITE, 0));
+            .user_data(user_data(TAG_WRITE, seq));
         if dsync {
             return self.push(&write);
         }
         let sync = opcode::Fsync::new(types::Fd(fd))
             .flags(types::FsyncFlags::DATASYNC)
             .build()
-            .user_data(user_data(TAG_SYNC, 0));
+            .user_data(user_data(TAG_SYNC, seq));
         // Both entries must land in the same submission for the link to hold.
         let free = {
             let queue = self.ring.submission();
@@ -296,10 +299,10 @@ mod tests {
     #[test]
     fn user_data_round_trips() {
         assert_eq!(
-            decode(user_data(TAG_WRITE, 0), 4096),
-            Completion::Write(4096)
+            decode(user_data(TAG_WRITE, 3), 4096),
+            Completion::Write(3, 4096)
         );
-        assert_eq!(decode(user_data(TAG_SYNC, 0), -5), Completion::Sync(-5));
+        assert_eq!(decode(user_data(TAG_SYNC, 7), -5), Completion::Sync(7, -5));
         assert_eq!(decode(user_data(TAG_POLL, 17), 1), Completion::Poll(17, 1));
         assert_eq!(
             decode(user_data(TAG_TIMEOUT, 9), -62),

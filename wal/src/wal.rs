@@ -19,7 +19,7 @@ use bytes::Bytes;
 use hdrhistogram::Histogram;
 use memmap2::{Mmap, MmapMut};
 use serde::Serialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -32,6 +32,11 @@ use std::time::{Duration, Instant};
 pub const SEGMENT_BYTES_DEFAULT: u64 = 64 << 20;
 /// Default size of one round's write buffer.
 pub const BUFFER_BYTES_DEFAULT: usize = 1 << 20;
+/// Default number of batch writes a log keeps in flight at once (one: a round's write goes
+/// out when the last one completed).
+pub const WRITES_IN_FLIGHT_DEFAULT: usize = 1;
+/// Most batch writes a log may keep in flight at once.
+pub const WRITES_IN_FLIGHT_MAX: usize = 8;
 /// Smallest segment accepted.
 pub const SEGMENT_BYTES_MIN: u64 = 64 << 10;
 /// Spare (purged) segment files kept for recycling.
@@ -86,6 +91,13 @@ pub struct WalOptions {
     pub sync_mode: SyncMode,
     /// Which I/O backend to use.
     pub backend: Backend,
+    /// How many batch writes may be in flight at once (1..=[`WRITES_IN_FLIGHT_MAX`]; each
+    /// costs one more write buffer of `buffer_bytes`). The durable point still moves in Lsn
+    /// order: a write is acknowledged only once every earlier one is durable. With more than
+    /// one, a crash can leave a later write whole after an earlier one that did not land;
+    /// recovery reports the gap as damage (docs/WAL_FORMAT.md#recovery). The blocking backend
+    /// has one write in flight whatever this says.
+    pub writes_in_flight: usize,
 }
 
 impl WalOptions {
@@ -98,11 +110,18 @@ impl WalOptions {
             buffer_bytes: BUFFER_BYTES_DEFAULT,
             sync_mode: SYNC_MODE_DEFAULT,
             backend: Backend::Auto,
+            writes_in_flight: WRITES_IN_FLIGHT_DEFAULT,
         }
     }
 
     fn validate(&self) -> Result<(), WalError> {
         let block = BLOCK_BYTES as u64;
+        if !(1..=WRITES_IN_FLIGHT_MAX).contains(&self.writes_in_flight) {
+            return Err(WalError::Config(format!(
+                "writes_in_flight = {} must be 1..={WRITES_IN_FLIGHT_MAX}",
+                self.writes_in_flight
+            )));
+        }
         if self.buffer_bytes % BLOCK_BYTES != 0 || self.buffer_bytes < 2 * BLOCK_BYTES {
             return Err(WalError::Config(format!(
                 "buffer_bytes = {} must be a multiple of 4096 and at least 8192",
@@ -295,8 +314,13 @@ struct Batch {
     groups: u64,
 }
 
-/// The write the kernel owns.
+/// A write the kernel owns.
 struct InFlight {
+    /// Names its completions (`Completion::Write` / `Sync`).
+    seq: u64,
+    /// Durable (its write completed with RWF_DSYNC, or its linked fdatasync completed), but
+    /// not yet acknowledged when an earlier write is still in flight.
+    done: bool,
     buffer: usize,
     segment: u64,
     offset: u64,
@@ -443,10 +467,14 @@ struct PendingCut {
 pub struct Wal {
     opts: WalOptions,
     io: Io,
-    buffers: [MmapMut; 2],
+    /// `writes_in_flight + 1` write buffers: one accumulates, the others may be in flight.
+    buffers: Vec<MmapMut>,
     acc_buffer: usize,
     batch: Option<Batch>,
-    inflight: Option<InFlight>,
+    /// Writes in flight, oldest (lowest Lsns) first.
+    inflight: VecDeque<InFlight>,
+    /// The next write's sequence number.
+    next_seq: u64,
     next_write: (u64, u64),
     segments: BTreeMap<u64, SegmentFile>,
     index: LogIndex,
@@ -601,12 +629,12 @@ impl Wal {
             recover_images(opts.core, &images)
         };
         let io = Self::open_backend(opts.backend)?;
-        let buffers = [
-            MmapMut::map_anon(opts.buffer_bytes)
-                .map_err(|e| io_err("mmap write buffer", &opts.dir, 0, e))?,
-            MmapMut::map_anon(opts.buffer_bytes)
-                .map_err(|e| io_err("mmap write buffer", &opts.dir, 0, e))?,
-        ];
+        let buffers = (0..opts.writes_in_flight + 1)
+            .map(|_| {
+                MmapMut::map_anon(opts.buffer_bytes)
+                    .map_err(|e| io_err("mmap write buffer", &opts.dir, 0, e))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let mut counters = Counters::new();
         if listing.segments.is_empty() {
             let path = opts.dir.join(segfile::segment_name(opts.core, 1));
@@ -673,7 +701,8 @@ impl Wal {
             buffers,
             acc_buffer: 0,
             batch: None,
-            inflight: None,
+            inflight: VecDeque::new(),
+            next_seq: 1,
             next_write: resume,
             segments,
             index: LogIndex::from_recovery(&recovery),
@@ -858,15 +887,15 @@ impl Wal {
         });
     }
 
-    /// Issues ONE write of everything appended since the last write, unless a write is in
-    /// flight (then the batch keeps accumulating and goes out at the first `submit` after that
-    /// write's completion has been reaped).
+    /// Issues ONE write of everything appended since the last write, unless
+    /// `writes_in_flight` writes are in flight (then the batch keeps accumulating and goes out
+    /// at the first `submit` after one of them has been reaped).
     pub fn submit(&mut self) -> Result<(), WalError> {
         self.check_poisoned()?;
-        if self.inflight.is_some() {
+        if !self.inflight.is_empty() {
             self.reap()?;
         }
-        if self.inflight.is_some() {
+        if self.inflight.len() >= self.opts.writes_in_flight {
             return Ok(());
         }
         let Some(batch) = self.batch.take() else {
@@ -901,7 +930,11 @@ impl Wal {
         );
         let groups = batch.groups;
         let record_overhead = batch.records_bytes as u64 - batch.payload_bytes;
+        let seq = self.next_seq;
+        self.next_seq += 1;
         let inflight = InFlight {
+            seq,
+            done: false,
             buffer: batch.buffer,
             segment: batch.segment,
             offset: batch.offset,
@@ -928,7 +961,13 @@ impl Wal {
             range.1 = batch.offset + len as u64;
         }
         self.next_write = (batch.segment, batch.offset + len as u64);
-        self.acc_buffer = 1 - batch.buffer;
+        // The next batch accumulates in a buffer no write in flight uses (there are
+        // `writes_in_flight + 1` and at most `writes_in_flight` are in flight, this one
+        // included).
+        let busy = |b: usize| b == batch.buffer || self.inflight.iter().any(|f| f.buffer == b);
+        self.acc_buffer = (0..self.buffers.len())
+            .find(|b| !busy(*b))
+            .expect("a free write buffer");
         let segment = &self.segments[&batch.segment];
         let dsync = self.opts.sync_mode == SyncMode::Dsync;
         let fd = segment.direct.as_raw_fd();
@@ -937,10 +976,11 @@ impl Wal {
                 let pointer = self.buffers[inflight.buffer].as_ptr();
                 // SAFETY: the buffer is one of `self.buffers`, mapped for the life of `self`;
                 // from here until the write's completion is reaped (`reap`; `Drop` waits for
-                // it) it is the in-flight buffer, which `append` never writes (appends go to
-                // `acc_buffer`, the other one) and only `read` reads.
-                let pushed =
-                    unsafe { ring.push_write(fd, pointer, len as u32, inflight.offset, dsync) };
+                // it) it is an in-flight buffer, which `append` never writes (appends go to
+                // `acc_buffer`, never a buffer in flight) and only `read` reads.
+                let pushed = unsafe {
+                    ring.push_write(fd, pointer, len as u32, inflight.offset, dsync, seq)
+                };
                 pushed.and_then(|()| ring.submit())
             }
             Io::Blocking => {
@@ -951,9 +991,9 @@ impl Wal {
         let path = segment.path.clone();
         let offset = inflight.offset;
         let blocking = matches!(self.io, Io::Blocking);
-        self.inflight = Some(inflight);
+        self.inflight.push_back(inflight);
         if let Err(source) = result {
-            if let Some(flight) = self.inflight.as_mut() {
+            if let Some(flight) = self.inflight.back_mut() {
                 // Nothing more will be reaped for this write. With io_uring we cannot tell
                 // whether the kernel took the entry, so the buffers are never unmapped (`Drop`
                 // leaks them) rather than risk the kernel reading freed memory.
@@ -964,7 +1004,11 @@ impl Wal {
             return Err(self.poison(error));
         }
         if blocking {
-            if let Err(error) = self.complete_inflight() {
+            if let Some(flight) = self.inflight.back_mut() {
+                flight.write_reaped = true;
+                flight.done = true;
+            }
+            if let Err(error) = self.acknowledge_done() {
                 return Err(self.poison(error));
             }
         }
@@ -985,9 +1029,19 @@ impl Wal {
         }
     }
 
-    /// Counts the write in flight as durable. When the cut tails must be zeroed first (see
-    /// `PendingCut::zero_before_ack`) and that fails, the write stays unacknowledged and the
-    /// error is fatal: a restart could drop the write, so it must never count as durable.
+    /// Acknowledges the writes in flight that are durable, oldest first, up to the first one
+    /// that is not: the durable point moves in Lsn order (a write that completed before an
+    /// earlier one waits for it).
+    fn acknowledge_done(&mut self) -> Result<(), WalError> {
+        while self.inflight.front().is_some_and(|f| f.done) {
+            self.complete_inflight()?;
+        }
+        Ok(())
+    }
+
+    /// Counts the oldest write in flight as durable. When the cut tails must be zeroed first
+    /// (see `PendingCut::zero_before_ack`) and that fails, the write stays unacknowledged and
+    /// the error is fatal: a restart could drop the write, so it must never count as durable.
     fn complete_inflight(&mut self) -> Result<(), WalError> {
         if self.cut_tails.as_ref().is_some_and(|p| p.zero_before_ack) {
             self.zero_pending_cut().map_err(|error| match error {
@@ -1004,7 +1058,7 @@ impl Wal {
                 other => other,
             })?;
         }
-        let flight = self.inflight.take().expect("a write in flight");
+        let flight = self.inflight.pop_front().expect("a write in flight");
         assert!(flight.last_lsn > self.durable_lsn, "durable LSN only grows");
         assert_eq!(
             flight.first_lsn.0,
@@ -1037,14 +1091,17 @@ impl Wal {
         ring.reap(&mut self.completions);
         let completions = std::mem::take(&mut self.completions);
         let mut failure = None;
-        let mut unacknowledged = None;
         for completion in &completions {
             match *completion {
-                Completion::Write(result) => {
-                    let flight = self
-                        .inflight
-                        .as_mut()
-                        .expect("write completion without a write");
+                Completion::Write(seq, result) => {
+                    let dsync = self.opts.sync_mode == SyncMode::Dsync;
+                    let Some(flight) = self.inflight.iter_mut().find(|f| f.seq == seq) else {
+                        failure.get_or_insert((
+                            seq,
+                            io::Error::other(format!("completion of write {seq}, not in flight")),
+                        ));
+                        continue;
+                    };
                     flight.write_reaped = true;
                     let expected = flight.len;
                     if result < 0 || result as usize != expected {
@@ -1056,26 +1113,16 @@ impl Wal {
                                 format!("short write: {result} of {expected} bytes"),
                             )
                         };
-                        failure.get_or_insert(source);
-                    } else if self.opts.sync_mode == SyncMode::Dsync
-                        && failure.is_none()
-                        && unacknowledged.is_none()
-                    {
-                        if let Err(error) = self.complete_inflight() {
-                            unacknowledged = Some(error);
-                        }
+                        failure.get_or_insert((seq, source));
+                    } else if dsync {
+                        flight.done = true;
                     }
                 }
-                Completion::Sync(result) => {
+                Completion::Sync(seq, result) => {
                     if result < 0 {
-                        failure.get_or_insert(io::Error::from_raw_os_error(-result));
-                    } else if failure.is_none()
-                        && unacknowledged.is_none()
-                        && self.inflight.is_some()
-                    {
-                        if let Err(error) = self.complete_inflight() {
-                            unacknowledged = Some(error);
-                        }
+                        failure.get_or_insert((seq, io::Error::from_raw_os_error(-result)));
+                    } else if let Some(flight) = self.inflight.iter_mut().find(|f| f.seq == seq) {
+                        flight.done = true;
                     }
                 }
                 Completion::Poll(fd, _) => {
@@ -1094,15 +1141,16 @@ impl Wal {
         }
         self.completions = completions;
         self.completions.clear();
-        if let Some(source) = failure {
-            let (path, offset) = match &self.inflight {
+        if let Some((seq, source)) = failure {
+            // Nothing after a failed write is acknowledged: the log is poisoned.
+            let (path, offset) = match self.inflight.iter().find(|f| f.seq == seq) {
                 Some(flight) => (self.segments[&flight.segment].path.clone(), flight.offset),
                 None => (self.opts.dir.clone(), 0),
             };
             let error = self.durable_error(&path, offset, source);
             return Err(self.poison(error));
         }
-        if let Some(error) = unacknowledged {
+        if let Err(error) = self.acknowledge_done() {
             return Err(self.poison(error));
         }
         Ok(())
@@ -1160,7 +1208,8 @@ impl Wal {
                     let woken = self.write_completed
                         || self.timed_out
                         || self.ready_fds.iter().any(|fd| fds.contains(fd));
-                    let can_wake = self.inflight.is_some() || !fds.is_empty() || timeout.is_some();
+                    let can_wake =
+                        !self.inflight.is_empty() || !fds.is_empty() || timeout.is_some();
                     if woken || !can_wake {
                         return Ok(self.outcome(fds));
                     }
@@ -1201,10 +1250,11 @@ impl Wal {
         Ok(self.durable_lsn)
     }
 
-    /// The write in flight, if any: how long ago it was issued, and its LSNs, segment and
-    /// offset (for a stuck report: no reply that depends on it can leave until it completes).
+    /// The oldest write in flight, if any: how long ago it was issued, and its LSNs, segment
+    /// and offset (for a stuck report: no reply that depends on it can leave until it
+    /// completes).
     pub fn write_in_flight_since(&self) -> Option<(std::time::Duration, Lsn, Lsn, u64, u64)> {
-        self.inflight.as_ref().map(|f| {
+        self.inflight.front().map(|f| {
             (
                 f.issued.elapsed(),
                 f.first_lsn,
@@ -1233,7 +1283,18 @@ impl Wal {
 
     /// True when a write is in flight.
     pub fn write_in_flight(&self) -> bool {
-        self.inflight.is_some()
+        !self.inflight.is_empty()
+    }
+
+    /// Writes in flight now.
+    pub fn writes_in_flight(&self) -> usize {
+        self.inflight.len()
+    }
+
+    /// True when a `submit` now would issue a write (the batch holds records and fewer than
+    /// `writes_in_flight` writes are in flight; completions not yet reaped are not counted).
+    pub fn can_issue(&self) -> bool {
+        self.pending_records() > 0 && self.inflight.len() < self.opts.writes_in_flight
     }
 
     /// Records appended and not yet handed to a write.
@@ -1257,15 +1318,15 @@ impl Wal {
             let start = (location.offset - base) as usize;
             &self.buffers[buffer][start..start + location.len as usize]
         };
-        match (&self.batch, &self.inflight) {
-            (Some(batch), _) if batch.count > 0 && location.lsn >= batch.first_lsn => {
-                Some(in_buffer(batch.buffer, batch.offset))
+        if let Some(batch) = &self.batch {
+            if batch.count > 0 && location.lsn >= batch.first_lsn {
+                return Some(in_buffer(batch.buffer, batch.offset));
             }
-            (_, Some(flight)) if location.lsn >= flight.first_lsn => {
-                Some(in_buffer(flight.buffer, flight.offset))
-            }
-            _ => None,
         }
+        self.inflight
+            .iter()
+            .find(|f| f.first_lsn <= location.lsn && location.lsn <= f.last_lsn)
+            .map(|f| in_buffer(f.buffer, f.offset))
     }
 
     /// Decodes the record at `location` from `bytes` (exactly its `location.len` bytes):
@@ -1456,7 +1517,7 @@ impl Wal {
         self.check_poisoned()?;
         let mut report = PurgeReport::default();
         let mut oldest_live = self.next_write.0;
-        if let Some(flight) = &self.inflight {
+        if let Some(flight) = self.inflight.front() {
             oldest_live = oldest_live.min(flight.segment);
         }
         let candidates: Vec<u64> = self.segments.keys().copied().collect();
@@ -1683,40 +1744,29 @@ impl Wal {
 
 impl Drop for Wal {
     fn drop(&mut self) {
-        // The kernel may still read the in-flight buffer: wait for the write's completion before
-        // the buffers are unmapped.
+        // The kernel may still read the in-flight buffers: wait for every write's completion
+        // before the buffers are unmapped.
         if let Io::Uring(ring) = &mut self.io {
             let mut completions = Vec::new();
-            while self.inflight.as_ref().is_some_and(|f| !f.write_reaped) {
+            while self.inflight.iter().any(|f| !f.write_reaped) {
                 if ring.submit_and_wait_one().is_err() {
                     // Cannot wait: leak the buffers rather than unmap memory the kernel may use.
-                    if let (Ok(first), Ok(second)) = (
-                        MmapMut::map_anon(BLOCK_BYTES),
-                        MmapMut::map_anon(BLOCK_BYTES),
-                    ) {
-                        std::mem::forget(std::mem::replace(&mut self.buffers, [first, second]));
-                    }
+                    self.leak_buffers_on_drop = true;
                     break;
                 }
                 ring.reap(&mut completions);
-                if completions
-                    .iter()
-                    .any(|c| matches!(c, Completion::Write(_)))
-                {
-                    if let Some(flight) = self.inflight.as_mut() {
-                        flight.write_reaped = true;
+                for completion in &completions {
+                    if let Completion::Write(seq, _) = completion {
+                        if let Some(flight) = self.inflight.iter_mut().find(|f| f.seq == *seq) {
+                            flight.write_reaped = true;
+                        }
                     }
                 }
                 completions.clear();
             }
         }
         if self.leak_buffers_on_drop {
-            if let (Ok(first), Ok(second)) = (
-                MmapMut::map_anon(BLOCK_BYTES),
-                MmapMut::map_anon(BLOCK_BYTES),
-            ) {
-                std::mem::forget(std::mem::replace(&mut self.buffers, [first, second]));
-            }
+            std::mem::forget(std::mem::take(&mut self.buffers));
         }
         if let Some(preparation) = self.preparation.take() {
             let _ = preparation.handle.join();

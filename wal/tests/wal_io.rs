@@ -157,6 +157,102 @@ fn double_buffering_accumulates_while_a_write_is_in_flight() {
     assert_eq!(wal.stats().durable_writes, 40);
 }
 
+/// With `writes_in_flight` > 1 a log issues a new write while earlier ones are in flight
+/// (up to the bound, never more), the durable point only moves in Lsn order and never past a
+/// write still in flight, records in any in-flight buffer read back, every write is exactly one
+/// durable write, and a reopen recovers everything.
+fn several_writes_in_flight(sync_mode: SyncMode) {
+    let Some(dir) = direct_io_dir(&format!("several_in_flight {sync_mode:?}")) else {
+        return;
+    };
+    let mut opts = small_options(dir.path(), Backend::Auto, sync_mode);
+    opts.writes_in_flight = 4;
+    let (mut wal, _) = Wal::open(opts.clone()).expect("open");
+    if wal.backend() != BackendInUse::Uring {
+        eprintln!("\n**********\nSKIPPED several_in_flight: io_uring unavailable\n**********\n");
+        return;
+    }
+    let rounds = 400u64;
+    let mut most_in_flight = 0;
+    let mut durable = Lsn(0);
+    for round in 0..rounds {
+        for group in 0..3u32 {
+            let body = payload(group, round, 200 + group as usize);
+            wal.append(record(group, round, &body)).expect("append");
+        }
+        wal.submit().expect("submit");
+        let in_flight = wal.writes_in_flight();
+        assert!(in_flight <= 4, "{in_flight} writes in flight");
+        most_in_flight = most_in_flight.max(in_flight);
+        // Every record appended so far reads back, in flight or not.
+        let back = wal
+            .read(GroupId(2), Instance(round))
+            .expect("read")
+            .expect("present");
+        assert_eq!(back.payload.as_ref(), payload(2, round, 202).as_slice());
+        let now = wal.poll().expect("poll");
+        assert!(now >= durable, "the durable point never moves back");
+        durable = now;
+        if let Some((_, first, _, _, _)) = wal.write_in_flight_since() {
+            assert!(
+                durable < first,
+                "durable {durable:?} reaches a write still in flight from {first:?}"
+            );
+        }
+        if wal.pending_records() > 0 && !wal.can_issue() {
+            // All four in flight: wait for one before the next round.
+            wal.wait(&[], Some(Duration::from_secs(5))).expect("wait");
+        }
+    }
+    drain(&mut wal);
+    assert!(
+        most_in_flight >= 2,
+        "never more than one write in flight ({most_in_flight})"
+    );
+    let stats = wal.stats();
+    assert_eq!(stats.durable_writes, stats.writes, "one durable write each");
+    assert_eq!(stats.records, rounds * 3);
+    drop(wal);
+    let (_, recovery) = Wal::open(opts).expect("reopen");
+    assert!(recovery.is_clean(), "{recovery:?}");
+    assert_eq!(recovery.records.len() as u64, rounds * 3);
+    for (lsn, rec) in &recovery.records {
+        let round = (lsn.0 - 1) / 3;
+        let group = ((lsn.0 - 1) % 3) as u32;
+        assert_eq!((rec.group, rec.instance), (GroupId(group), Instance(round)));
+        assert_eq!(
+            rec.payload.as_ref(),
+            payload(group, round, 200 + group as usize)
+        );
+    }
+}
+
+#[test]
+fn several_writes_in_flight_dsync() {
+    several_writes_in_flight(SyncMode::Dsync);
+}
+
+#[test]
+fn several_writes_in_flight_fdatasync() {
+    several_writes_in_flight(SyncMode::Fdatasync);
+}
+
+#[test]
+fn writes_in_flight_out_of_range_is_refused() {
+    let Some(dir) = direct_io_dir("writes_in_flight_range") else {
+        return;
+    };
+    for bad in [0, paxring_wal::WRITES_IN_FLIGHT_MAX + 1] {
+        let mut opts = small_options(dir.path(), Backend::Auto, SyncMode::Dsync);
+        opts.writes_in_flight = bad;
+        match Wal::open(opts) {
+            Err(WalError::Config(message)) => assert!(message.contains("writes_in_flight")),
+            Err(other) => panic!("{bad}: {other}"),
+            Ok(_) => panic!("{bad} writes in flight accepted"),
+        }
+    }
+}
+
 #[test]
 fn buffer_full_loses_nothing_and_oversized_records_are_refused() {
     let Some(dir) = direct_io_dir("buffer_full") else {
@@ -540,4 +636,44 @@ fn read_chosen_serves_marked_values_from_the_log() {
     }
     let (wal, _) = Wal::open(opts).expect("reopen");
     check(&wal);
+}
+
+/// With several writes in flight a crash can leave a later write whole after an earlier one
+/// that never landed. Recovery must report the hole as damage (its Lsns exact), never skip it
+/// as junk, and keep the later records: nothing in the hole was acknowledged (the durable
+/// point never passed it), and the engine re-learns what it may have forgotten.
+#[test]
+fn a_write_that_did_not_land_before_one_that_did_is_reported_as_damage() {
+    use std::os::unix::fs::FileExt;
+    let Some(dir) = direct_io_dir("hole_before_a_later_write") else {
+        return;
+    };
+    let opts = small_options(dir.path(), Backend::Auto, SyncMode::Dsync);
+    let (mut wal, _) = Wal::open(opts.clone()).expect("open");
+    // Ten rounds of three small records: one 4 KiB batch each, after the 4 KiB segment header.
+    for round in 0..10u64 {
+        for group in 0..3u32 {
+            wal.append(record(group, round, &payload(group, round, 100)))
+                .expect("append");
+        }
+        assert_eq!(drain(&mut wal), 1);
+    }
+    drop(wal);
+    // The ninth round's write (Lsns 25..=27) did not land: zeroes where it was.
+    let path = dir.path().join(paxring_wal::segfile::segment_name(2, 1));
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .expect("segment");
+    file.write_all_at(&[0u8; 4096], 4096 * 9).expect("zero");
+    file.sync_all().expect("sync");
+    drop(file);
+    let (_, recovery) = Wal::open(opts).expect("reopen");
+    assert_eq!(recovery.damaged.len(), 1, "{recovery:?}");
+    let damage = &recovery.damaged[0];
+    assert_eq!((damage.first_lsn, damage.last_lsn), (Lsn(25), Lsn(27)));
+    assert!(recovery.tail_damage.is_none());
+    let lsns: Vec<u64> = recovery.records.iter().map(|(l, _)| l.0).collect();
+    assert_eq!(lsns, (1..=24).chain(28..=30).collect::<Vec<u64>>());
+    assert_eq!(recovery.next_lsn, Lsn(31));
 }

@@ -197,6 +197,7 @@ impl Core {
                 WalBackendConfig::Uring => paxring_wal::Backend::Uring,
                 WalBackendConfig::Blocking => paxring_wal::Backend::Blocking,
             },
+            writes_in_flight: paxring_wal::WRITES_IN_FLIGHT_DEFAULT,
         })
         .map_err(|e| StartError::Wal {
             core: start.core,
