@@ -75,6 +75,10 @@ pub struct WalBenchArgs {
     /// Segment file size.
     #[arg(long, default_value_t = 64 << 20)]
     segment_bytes: u64,
+    /// Batch writes the WAL keeps in flight at once (`WalOptions::writes_in_flight`; the
+    /// baseline always has one).
+    #[arg(long, default_value_t = paxring_wal::WRITES_IN_FLIGHT_DEFAULT)]
+    writes_in_flight: usize,
 }
 
 #[derive(Serialize, Default)]
@@ -102,6 +106,7 @@ struct Report {
     seconds: f64,
     sync_mode: SyncMode,
     backend: paxring_wal::BackendInUse,
+    writes_in_flight: usize,
     rounds: u64,
     durable_writes: u64,
     durable_writes_per_round: f64,
@@ -188,6 +193,7 @@ fn bench(args: WalBenchArgs) -> Result<(), String> {
         BackendArg::Uring => Backend::Uring,
         BackendArg::Blocking => Backend::Blocking,
     };
+    opts.writes_in_flight = args.writes_in_flight;
     // The two sides alternate in slices of at most SLICE_SECONDS, so both see the same (shared,
     // noisy) disk: the ratio compares like with like even when the machine's speed drifts.
     let slices = (args.seconds / SLICE_SECONDS).ceil().max(1.0) as u32;
@@ -229,6 +235,7 @@ fn bench(args: WalBenchArgs) -> Result<(), String> {
         seconds: args.seconds,
         sync_mode: stats.sync_mode,
         backend: stats.backend,
+        writes_in_flight: args.writes_in_flight,
         rounds: stats.writes,
         durable_writes: stats.durable_writes,
         durable_writes_per_round: stats.durable_writes as f64 / stats.writes.max(1) as f64,
@@ -345,8 +352,9 @@ impl WalRunner {
             self.fill_time += fill_start.elapsed();
             self.wal.submit()?;
             if self.wal.pending_records() > 0 {
-                // A write is in flight and the next round is full: sleep until it completes.
-                while self.wal.write_in_flight() {
+                // As many writes are in flight as the log allows and the next round is full:
+                // sleep until one completes.
+                while self.wal.write_in_flight() && !self.wal.can_issue() {
                     self.wal.wait(&[], None)?;
                 }
                 self.wal.submit()?;
@@ -571,8 +579,8 @@ struct Baseline {
 
 fn print_table(r: &Report) {
     println!(
-        "paxring-bench wal: {} s per phase, round {} B, record payload {} B, {} groups, {:?}, {:?}",
-        r.seconds, r.round_bytes, r.record_bytes, r.groups, r.sync_mode, r.backend
+        "paxring-bench wal: {} s per phase, round {} B, record payload {} B, {} groups, {:?}, {:?}, {} write(s) in flight",
+        r.seconds, r.round_bytes, r.record_bytes, r.groups, r.sync_mode, r.backend, r.writes_in_flight
     );
     println!("{:<28} {:>14} {:>14}", "", "wal", "raw baseline");
     println!(
