@@ -193,6 +193,10 @@ const KEY_DOCS: &[(&str, &str)] = &[
         "round_bytes_max",
         "Largest WAL write of one round, in bytes (a multiple of 4096).",
     ),
+    (
+        "wal_writes_in_flight",
+        "WAL writes a core keeps in flight at once (1..=8; each costs one more buffer of round_bytes_max).",
+    ),
     ("tick_ms", "Length of one protocol tick, in milliseconds."),
     (
         "election_timeout_ticks",

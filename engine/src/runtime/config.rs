@@ -95,6 +95,11 @@ pub struct NodeConfig {
     /// Largest WAL write of one round, in bytes (a multiple of 4096).
     #[serde(default = "defaults::round_bytes_max")]
     pub round_bytes_max: usize,
+    /// WAL writes a core keeps in flight at once (1..=8; each costs one more write buffer of
+    /// `round_bytes_max`). A reply that depends on a record still leaves only once every
+    /// earlier record is durable (docs/WAL_FORMAT.md, several writes in flight).
+    #[serde(default = "defaults::wal_writes_in_flight")]
+    pub wal_writes_in_flight: usize,
     /// Length of one protocol tick, in milliseconds.
     #[serde(default = "defaults::tick_ms")]
     pub tick_ms: u64,
@@ -210,6 +215,9 @@ mod defaults {
     pub fn round_bytes_max() -> usize {
         4 * 1024 * 1024
     }
+    pub fn wal_writes_in_flight() -> usize {
+        paxring_wal::WRITES_IN_FLIGHT_DEFAULT
+    }
     pub fn tick_ms() -> u64 {
         10
     }
@@ -313,6 +321,7 @@ impl NodeConfig {
                 wal_backend: WalBackendConfig::default(),
                 segment_bytes: defaults::segment_bytes(),
                 round_bytes_max: defaults::round_bytes_max(),
+                wal_writes_in_flight: defaults::wal_writes_in_flight(),
                 tick_ms: defaults::tick_ms(),
                 election_timeout_ticks: defaults::election_timeout_ticks(),
                 heartbeat_ticks: defaults::heartbeat_ticks(),
@@ -469,6 +478,14 @@ impl NodeConfig {
                 "use a multiple of 4096, at least 65536",
             ));
         }
+        const _: () = assert!(paxring_wal::WRITES_IN_FLIGHT_MAX == 8, "the message below");
+        if !(1..=paxring_wal::WRITES_IN_FLIGHT_MAX).contains(&self.wal_writes_in_flight) {
+            return Err(invalid(
+                "wal_writes_in_flight",
+                format!("is {}", self.wal_writes_in_flight),
+                "use 1..=8",
+            ));
+        }
         if self.segment_bytes % 4096 != 0 || self.segment_bytes < 4 * self.round_bytes_max as u64 {
             return Err(invalid(
                 "segment_bytes",
@@ -513,12 +530,14 @@ impl NodeConfig {
                 "use at least 1 (the default is 1000)",
             ));
         }
-        let budget_min = 2 * self.segment_bytes + 4 * self.round_bytes_max as u64;
+        // Twice the writes a core keeps back (those in flight and the one being filled).
+        let writes = 2 * (self.wal_writes_in_flight as u64 + 1);
+        let budget_min = 2 * self.segment_bytes + writes * self.round_bytes_max as u64;
         if self.wal_budget_bytes != 0 && self.wal_budget_bytes < budget_min {
             return Err(invalid(
                 "wal_budget_bytes",
                 format!(
-                    "{} is below two segments of segment_bytes = {} and four writes of round_bytes_max = {} ({budget_min})",
+                    "{} is below two segments of segment_bytes = {} and {writes} writes of round_bytes_max = {} ({budget_min})",
                     self.wal_budget_bytes, self.segment_bytes, self.round_bytes_max
                 ),
                 "use 0 (no budget) or at least that: the segment being written, one more, and room for the writes in progress and the proposals admitted",
@@ -645,6 +664,8 @@ impl NodeConfigBuilder {
         segment_bytes: u64,
         /// Sets `round_bytes_max`.
         round_bytes_max: usize,
+        /// Sets `wal_writes_in_flight`.
+        wal_writes_in_flight: usize,
         /// Sets `tick_ms`.
         tick_ms: u64,
         /// Sets `election_timeout_ticks`.

@@ -197,7 +197,7 @@ impl Core {
                 WalBackendConfig::Uring => paxring_wal::Backend::Uring,
                 WalBackendConfig::Blocking => paxring_wal::Backend::Blocking,
             },
-            writes_in_flight: paxring_wal::WRITES_IN_FLIGHT_DEFAULT,
+            writes_in_flight: config.wal_writes_in_flight,
         })
         .map_err(|e| StartError::Wal {
             core: start.core,
@@ -640,7 +640,7 @@ impl Core {
             return;
         }
         let room = self.budget_room();
-        let kept_back = 2 * self.wal.options().buffer_bytes as u64;
+        let kept_back = self.writes_kept_back();
         let table = self.driver.table_mut();
         table.set_storage_full(room < kept_back);
         table.set_storage_room(Some(
@@ -671,8 +671,15 @@ impl Core {
         let need = self
             .budget_reserved
             .saturating_add(Self::budget_cost(bytes))
-            .saturating_add(2 * self.wal.options().buffer_bytes as u64);
+            .saturating_add(self.writes_kept_back());
         need <= room
+    }
+
+    /// The WAL bytes the budget keeps back for writes: those that may be in flight and the
+    /// one being filled (each a write of at most `round_bytes_max`).
+    fn writes_kept_back(&self) -> u64 {
+        let options = self.wal.options();
+        (options.writes_in_flight as u64 + 1) * options.buffer_bytes as u64
     }
 
     /// Proposals refused and votes withheld for the WAL budget so far.
@@ -1150,7 +1157,7 @@ impl driver::Storage for WalStorage<'_> {
     }
 
     fn batch_waiting(&self) -> bool {
-        !self.wal.write_in_flight() && self.wal.pending_records() > 0
+        self.wal.can_issue()
     }
 }
 
