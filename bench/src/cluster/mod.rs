@@ -125,6 +125,10 @@ pub struct ClusterArgs {
     /// then fdatasync). Default: the runtime's default.
     #[arg(long, value_parser = parse_sync_mode)]
     pub sync_mode: Option<SyncModeConfig>,
+    /// WAL writes each core keeps in flight (the runtime's `wal_writes_in_flight`; default:
+    /// its default).
+    #[arg(long)]
+    pub wal_writes_in_flight: Option<usize>,
     /// Skip the ceilings (ratios are then absent). For tests.
     #[arg(long, hide = true)]
     pub skip_ceilings: bool,
@@ -615,6 +619,8 @@ pub(crate) struct NodeOptions {
     pub blocking_wal: bool,
     /// How a WAL write becomes durable (`None`: the runtime's default).
     pub sync_mode: Option<SyncModeConfig>,
+    /// WAL writes each core keeps in flight (`None`: the runtime's default).
+    pub wal_writes_in_flight: Option<usize>,
     /// Run each node under strace, its summary in this directory.
     pub strace_dir: Option<PathBuf>,
     /// The key-value state machine and a client listener (the reads benchmark).
@@ -628,6 +634,7 @@ impl NodeOptions {
             cores: args.cores,
             blocking_wal: args.blocking_wal,
             sync_mode: args.sync_mode,
+            wal_writes_in_flight: args.wal_writes_in_flight,
             strace_dir: args.strace_dir.clone(),
             kv: None,
         }
@@ -682,6 +689,7 @@ impl Cluster {
                 cores: args.cores,
                 blocking_wal: args.blocking_wal,
                 sync_mode: args.sync_mode,
+                wal_writes_in_flight: args.wal_writes_in_flight,
                 cluster_id: 0x9A78_1B00 + u64::from(groups),
                 kv: args.kv,
             };

@@ -95,6 +95,9 @@ pub fn run(spec_json: &str) -> ExitCode {
     if let Some(mode) = spec.sync_mode {
         builder = builder.sync_mode(mode);
     }
+    if let Some(writes) = spec.wal_writes_in_flight {
+        builder = builder.wal_writes_in_flight(writes);
+    }
     for (id, addr) in &spec.peers {
         builder = builder.peer(*id, *addr);
     }

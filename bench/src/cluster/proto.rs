@@ -31,6 +31,9 @@ pub struct NodeSpec {
     pub blocking_wal: bool,
     /// How a WAL write becomes durable; `None` keeps the runtime's default.
     pub sync_mode: Option<paxring_engine::runtime::SyncModeConfig>,
+    /// WAL writes each core keeps in flight; `None` keeps the runtime's default.
+    #[serde(default)]
+    pub wal_writes_in_flight: Option<usize>,
     /// The cluster's id.
     pub cluster_id: u64,
     /// Run the key-value state machine and serve clients over loopback TCP (the reads
