@@ -298,3 +298,18 @@ fn serve_over_unlogged_hole_is_caught_by_converge() {
     };
     assert_eq!(run_seed(&fixed, 203787).violation, None);
 }
+
+/// With several disk writes in flight, the disk reports a write durable once it landed,
+/// though an earlier one has not: replies for records in the earlier write leave too early
+/// (`paxring sim --writes-in-flight 4 --bug durable-out-of-order`: every one of the first 8
+/// seeds).
+#[test]
+fn durable_out_of_order_is_caught_by_durable_before_reply() {
+    let options = SimOptions {
+        writes_in_flight: 4,
+        ..short(Bug::DurableOutOfOrder)
+    };
+    let (seed, violation) = first_violation(&options, 1..6).expect("caught in 5 seeds");
+    assert!(violation.contains("durable-before-reply:"), "{violation}");
+    eprintln!("durable-out-of-order: seed {seed}: {violation}");
+}

@@ -137,6 +137,24 @@ fn every_fault_class_at_once() {
     assert!(summary.faults.get("crash").copied().unwrap_or(0) > 0);
 }
 
+/// Four disk writes in flight per core (the node's `wal_writes_in_flight`), swarm faults:
+/// writes overlap, crashes leave holes before writes that landed (reported as damage at the
+/// restart), and no checker reports anything.
+#[test]
+fn four_disk_writes_in_flight() {
+    let summary = run(
+        &SimOptions {
+            writes_in_flight: 4,
+            ..short()
+        },
+        1..81,
+    );
+    assert!(summary.commits > 0);
+    let count = |what: &str| summary.faults.get(what).copied().unwrap_or(0);
+    assert!(count("write-overlapped") > 0, "{:?}", summary.faults);
+    assert!(count("write-hole") > 0, "{:?}", summary.faults);
+}
+
 #[test]
 fn same_seed_same_trace() {
     let options = short();

@@ -61,6 +61,10 @@ pub struct SimArgs {
     /// violation is a bug.
     #[arg(long)]
     purge: bool,
+    /// Disk writes each simulated core keeps in flight (the node's `wal_writes_in_flight`):
+    /// a later write may land before an earlier one, and a crash keeps what landed.
+    #[arg(long, default_value_t = 1)]
+    writes_in_flight: usize,
     /// Print one line per seed (trace hash, commits, fault profile).
     #[arg(long)]
     verbose: bool,
@@ -140,6 +144,7 @@ pub fn run(args: SimArgs) -> ExitCode {
         heal_ticks: args.heal_ticks,
         log: args.log,
         purge: args.purge,
+        writes_in_flight: args.writes_in_flight,
         ..SimOptions::default()
     };
     #[cfg(feature = "sim-bugs")]

@@ -1,8 +1,10 @@
 //! A simulated disk: one WAL segment image holding the real encoded batches.
 //!
 //! Owns: the bytes of one core's log (written with the WAL's `encode_batch`, read back at
-//! restart with the WAL's `recover_images`), the one write in flight, and the disk fault model:
-//! a crash loses unsynced writes or tears the write in flight; a flipped bit, a zeroed sector,
+//! restart with the WAL's `recover_images`), the writes in flight (one, or up to
+//! `writes_in_flight`, completed in Lsn order), and the disk fault model: a crash loses
+//! unsynced writes or tears the write in flight (with several, keeps those that landed and
+//! leaves holes where the others were); a flipped bit, a zeroed sector,
 //! a lost write or a misdirected write in the durable log; a rotted last write; a failed write
 //! (fsync error). Must never touch a real file or clock.
 use crate::core::{GroupId, Instance, Lsn, Prng, Record, RecordRef, Recovery, Tick};
@@ -36,11 +38,24 @@ struct Write {
 pub struct SimDisk {
     image: Vec<u8>,
     durable: Vec<Batch>,
-    in_flight: Option<Write>,
+    /// Writes in flight, oldest first (their bytes are in `image` already; a crash decides
+    /// which of them landed).
+    in_flight: std::collections::VecDeque<Write>,
+    /// How many writes may be in flight at once (0 is taken as 1), as the WAL's
+    /// `writes_in_flight`: each has its own latency, so a later one may land first, but
+    /// completions are reported in Lsn order only.
+    pub writes_in_flight: usize,
+    /// The injected bug `durable-out-of-order`: a write that landed is reported durable
+    /// although an earlier one has not.
+    #[cfg(feature = "sim-bugs")]
+    pub ack_out_of_order: bool,
     /// Completed (synced) writes since the simulation began.
     pub syncs: u64,
     /// Bytes lost to the torn-write and bit-flip faults so far.
     pub faults_injected: u64,
+    /// Crashes that left a write whole after an earlier one that did not land (a hole the
+    /// next recovery reports as damage).
+    pub holes: u64,
     /// The bytes the last recovery cut at `cut_at`: not zeroed until a write completes (the
     /// runtime zeroes a cut tail only once its first write, which carries the re-learn
     /// records, is durable), so a crash before that finds them again.
@@ -82,14 +97,28 @@ pub struct Completed {
 }
 
 impl SimDisk {
-    /// True while a write is in flight (the next round's records wait, as in the runtime).
+    /// An empty disk that keeps up to `writes_in_flight` writes in flight.
+    pub fn new(writes_in_flight: usize) -> SimDisk {
+        SimDisk {
+            writes_in_flight,
+            ..SimDisk::default()
+        }
+    }
+
+    /// True while as many writes as allowed are in flight (the next round's records wait, as
+    /// in the runtime).
     pub fn busy(&self) -> bool {
-        self.in_flight.is_some()
+        self.in_flight.len() >= self.writes_in_flight.max(1)
+    }
+
+    /// Writes in flight now.
+    pub fn writes_pending(&self) -> usize {
+        self.in_flight.len()
     }
 
     /// Starts one write of `records` (consecutive Lsns from `first_lsn`), done at `done_at`.
     pub fn submit(&mut self, first_lsn: Lsn, records: Vec<Record>, done_at: Tick) {
-        assert!(!self.busy(), "one write in flight at a time");
+        assert!(!self.busy(), "no more writes in flight than allowed");
         assert!(!records.is_empty());
         let refs: Vec<RecordRef<'_>> = records.iter().map(|r| r.as_ref()).collect();
         let start = self.image.len();
@@ -118,7 +147,7 @@ impl SimDisk {
             last_lsn: Lsn(first_lsn.0 + records.len() as u64 - 1),
         };
         assert!(batch.records_end <= batch.end);
-        self.in_flight = Some(Write {
+        self.in_flight.push_back(Write {
             batch,
             records,
             locations,
@@ -126,12 +155,20 @@ impl SimDisk {
         });
     }
 
-    /// Completes the write in flight if its time has come.
+    /// Completes the oldest write in flight if its time has come (a later one that landed
+    /// first waits for it: the durable point moves in Lsn order only).
     pub fn complete(&mut self, now: Tick) -> Option<Completed> {
-        if self.in_flight.as_ref()?.done_at > now {
+        #[allow(unused_mut)]
+        let mut at = 0;
+        #[cfg(feature = "sim-bugs")]
+        if self.ack_out_of_order {
+            // The bug: the first write that landed, wherever it is in the queue.
+            at = self.in_flight.iter().position(|w| w.done_at <= now)?;
+        }
+        if self.in_flight.get(at)?.done_at > now {
             return None;
         }
-        let write = self.in_flight.take().expect("checked above");
+        let write = self.in_flight.remove(at).expect("checked above");
         let batch = write.locations[0].lsn;
         for (location, record) in write.locations.iter().zip(&write.records) {
             self.index.note(*location, &record.as_ref(), batch);
@@ -145,13 +182,70 @@ impl SimDisk {
         })
     }
 
-    /// A crash: the write in flight is lost, or (torn) only a prefix of it reaches the disk;
-    /// then the durable log takes the damage asked for. Returns how many faults landed.
-    pub fn crash(&mut self, rng: &mut Prng, damage: CrashDamage) -> u64 {
+    /// The bytes a place of the image held before this life wrote it: the cut tail's, where
+    /// the last recovery cut (not zeroed until a write completes), else zeros.
+    fn unwritten(&self, from: usize, to: usize) -> Vec<u8> {
+        (from..to)
+            .map(|at| {
+                at.checked_sub(self.cut_at)
+                    .and_then(|i| self.cut.get(i).copied())
+                    .unwrap_or(0)
+            })
+            .collect()
+    }
+
+    /// A crash with several writes in flight: each write whose time had come (`done_at <=
+    /// now`) landed whole, acknowledged or not; of the others, the first is torn (a prefix
+    /// landed) when `torn`, and the rest did not land (their places hold what they held
+    /// before). The image ends after the last byte that landed. Returns whether one tore.
+    fn crash_writes_in_flight(&mut self, now: Tick, rng: &mut Prng, torn: bool) -> bool {
+        let writes: Vec<Write> = self.in_flight.drain(..).collect();
+        let durable_end = self.durable.last().map_or(0, |b| b.end);
+        let mut end = durable_end;
+        let mut tore = false;
+        let mut holes: Vec<(usize, usize)> = Vec::new();
+        let mut hole_made = false;
+        for write in &writes {
+            let batch = write.batch;
+            if write.done_at <= now {
+                end = batch.end;
+                hole_made |= !holes.is_empty();
+            } else if torn && !tore {
+                let len = batch.records_end - batch.start;
+                let keep = 1 + rng.below(len as u64 - 1) as usize;
+                holes.push((batch.start + keep, batch.end));
+                end = batch.start + keep;
+                tore = true;
+                self.faults_injected += 1;
+            } else {
+                holes.push((batch.start, batch.end));
+            }
+        }
+        for (from, to) in holes {
+            let to = to.min(end);
+            if from < to {
+                let before = self.unwritten(from, to);
+                self.image[from..to].copy_from_slice(&before);
+            }
+        }
+        self.image.truncate(end);
+        self.holes += u64::from(hole_made);
+        tore
+    }
+
+    /// A crash: the write in flight is lost, or (torn) only a prefix of it reaches the disk
+    /// (with several in flight, see `crash_writes_in_flight`); then the durable log takes the
+    /// damage asked for. Returns how many faults landed.
+    pub fn crash(&mut self, now: Tick, rng: &mut Prng, damage: CrashDamage) -> u64 {
         let before = self.faults_injected;
         let durable_end = self.durable.last().map_or(0, |b| b.end);
-        let tore = damage.torn && self.in_flight.is_some();
-        if let Some(write) = self.in_flight.take() {
+        let several = self.in_flight.len() > 1;
+        let tore = if several {
+            self.crash_writes_in_flight(now, rng, damage.torn)
+        } else {
+            damage.torn && !self.in_flight.is_empty()
+        };
+        if let Some(write) = self.in_flight.pop_front() {
             if damage.torn {
                 // Cut inside the records (a tear that only loses padding loses nothing).
                 let len = write.batch.records_end - write.batch.start;
@@ -239,7 +333,23 @@ impl SimDisk {
     /// The write in flight fails (an fsync error): its bytes may be partly on the disk (a torn
     /// prefix, when `torn`) but it is not durable. Returns the Lsn it would have made durable.
     pub fn fail_write(&mut self, rng: &mut Prng, torn: bool) -> Option<Lsn> {
-        let write = self.in_flight.take()?;
+        let write = self.in_flight.pop_front()?;
+        if !self.in_flight.is_empty() {
+            // Later writes follow it in the image: its place keeps a torn prefix or what it
+            // held before, theirs stay (the crash that follows decides what they did).
+            let from = if torn {
+                let len = write.batch.records_end - write.batch.start;
+                write.batch.start + 1 + rng.below(len as u64 - 1) as usize
+            } else {
+                write.batch.start
+            };
+            let before = self.unwritten(from, write.batch.end);
+            self.image[from..write.batch.end].copy_from_slice(&before);
+            // The failed write's place is part of no write now: the crash keeps the later
+            // writes' places as they are.
+            self.faults_injected += 1;
+            return Some(write.batch.last_lsn);
+        }
         if torn {
             let len = write.batch.records_end - write.batch.start;
             let keep = 1 + rng.below(len as u64 - 1) as usize;
@@ -270,7 +380,11 @@ impl SimDisk {
 
     /// When the write in flight completes, if one is in flight.
     pub fn done_at(&self) -> Option<Tick> {
-        self.in_flight.as_ref().map(|w| w.done_at)
+        #[cfg(feature = "sim-bugs")]
+        if self.ack_out_of_order {
+            return self.in_flight.iter().map(|w| w.done_at).min();
+        }
+        self.in_flight.front().map(|w| w.done_at)
     }
 
     /// Restart: runs the WAL's real recovery over the image and continues where it says.
@@ -360,7 +474,7 @@ mod tests {
             assert_eq!(read(3), None);
         };
         check(&disk);
-        disk.crash(&mut rng, CrashDamage::default());
+        disk.crash(Tick(0), &mut rng, CrashDamage::default());
         disk.recover();
         check(&disk);
     }
@@ -375,6 +489,7 @@ mod tests {
         assert!(disk.complete(Tick(1)).is_some());
         disk.submit(Lsn(3), vec![record(2)], Tick(5));
         disk.crash(
+            Tick(0),
             &mut rng,
             CrashDamage {
                 torn: true,
@@ -388,9 +503,50 @@ mod tests {
         assert!(disk.complete(Tick(6)).is_some());
         disk.submit(Lsn(4), vec![record(4)], Tick(7));
         assert!(disk.complete(Tick(7)).is_some());
-        disk.crash(&mut rng, CrashDamage::default());
+        disk.crash(Tick(0), &mut rng, CrashDamage::default());
         let recovery = disk.recover();
         assert_eq!(recovery.records.len(), 4, "{recovery:?}");
         assert_eq!(recovery.next_lsn, Lsn(5));
+    }
+
+    /// Several writes in flight: a later write that lands first is not reported before the
+    /// earlier one (completions in Lsn order), and a crash then keeps it whole while the
+    /// earlier one is lost: recovery reports the hole as damage with its exact Lsns and keeps
+    /// the later records (the WAL's rule, docs/WAL_FORMAT.md).
+    #[test]
+    fn several_writes_in_flight_land_out_of_order_and_a_hole_is_damage() {
+        let mut rng = Prng::new(1);
+        let mut disk = SimDisk::new(3);
+        disk.submit(Lsn(1), vec![record(0)], Tick(1));
+        assert!(disk.complete(Tick(1)).is_some());
+        disk.submit(Lsn(2), vec![record(1), record(2)], Tick(50));
+        assert!(!disk.busy());
+        disk.submit(Lsn(4), vec![record(3)], Tick(10));
+        disk.submit(Lsn(5), vec![record(4)], Tick(60));
+        assert!(disk.busy(), "three in flight");
+        assert!(
+            disk.complete(Tick(20)).is_none(),
+            "Lsn 4 landed, 2..=3 did not"
+        );
+        disk.crash(Tick(20), &mut rng, CrashDamage::default());
+        let recovery = disk.recover();
+        assert_eq!(recovery.damaged.len(), 1, "{recovery:?}");
+        let hole = &recovery.damaged[0];
+        assert_eq!((hole.first_lsn, hole.last_lsn), (Lsn(2), Lsn(3)));
+        let lsns: Vec<u64> = recovery.records.iter().map(|(l, _)| l.0).collect();
+        assert_eq!(
+            lsns,
+            vec![1, 4],
+            "the write that landed stays; the last did not land"
+        );
+        assert_eq!(recovery.next_lsn, Lsn(5));
+        assert!(recovery.tail_damage.is_none());
+        // In order, once the first is due, both come.
+        let mut disk = SimDisk::new(2);
+        disk.submit(Lsn(1), vec![record(0)], Tick(30));
+        disk.submit(Lsn(2), vec![record(1)], Tick(10));
+        assert!(disk.complete(Tick(10)).is_none());
+        assert_eq!(disk.complete(Tick(30)).map(|c| c.last_lsn), Some(Lsn(1)));
+        assert_eq!(disk.complete(Tick(30)).map(|c| c.last_lsn), Some(Lsn(2)));
     }
 }

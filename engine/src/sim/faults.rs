@@ -374,12 +374,15 @@ pub enum Bug {
     LogIgnoresRoom,
     /// Catch-up replies name the log base although values above it were applied unlogged.
     ServeOverUnloggedHole,
+    /// With several disk writes in flight, a write that landed is reported durable before an
+    /// earlier one (the durable point jumps over a hole).
+    DurableOutOfOrder,
 }
 
 #[cfg(feature = "sim-bugs")]
 impl Bug {
     /// Every bug.
-    pub const ALL: [Bug; 23] = [
+    pub const ALL: [Bug; 24] = [
         Bug::ForgetPromise,
         Bug::ReplyBeforeDurable,
         Bug::SkipPrepareOnNewLeader,
@@ -403,6 +406,7 @@ impl Bug {
         Bug::RepairCoversLaterDamage,
         Bug::LogIgnoresRoom,
         Bug::ServeOverUnloggedHole,
+        Bug::DurableOutOfOrder,
     ];
 
     /// The `--bug` name.
@@ -431,6 +435,7 @@ impl Bug {
             Bug::RepairCoversLaterDamage => "repair-covers-later-damage",
             Bug::LogIgnoresRoom => "log-ignores-room",
             Bug::ServeOverUnloggedHole => "serve-over-unlogged-hole",
+            Bug::DurableOutOfOrder => "durable-out-of-order",
         }
     }
 
@@ -473,6 +478,7 @@ impl Bug {
             Bug::RepairCoversLaterDamage => bugs.repair_covers_later_damage = true,
             Bug::LogIgnoresRoom => bugs.log_ignores_room = true,
             Bug::ServeOverUnloggedHole => bugs.serve_over_unlogged_hole = true,
+            Bug::DurableOutOfOrder => {} // the simulated disk's own (SimDisk::ack_out_of_order)
         }
         bugs
     }
@@ -630,8 +636,10 @@ impl super::Sim {
             50 + self.rng.below(400)
         };
         let restart = super::Tick(self.now.0 + delay);
+        let now = self.now;
         self.drop_acks(index);
         let mut landed = 0;
+        let mut holes_made = 0;
         let node = &mut self.nodes[index];
         node.up = false;
         node.paused_until = None;
@@ -649,7 +657,12 @@ impl super::Sim {
                     driver.table().stats().commit_accept_transmissions;
             }
             core.staged.clear();
-            landed += core.disk.crash(&mut self.rng, damage);
+            let holes = core.disk.holes;
+            landed += core.disk.crash(now, &mut self.rng, damage);
+            holes_made += core.disk.holes - holes;
+        }
+        if holes_made > 0 {
+            *self.report.faults.entry("write-hole").or_default() += holes_made;
         }
         for (on, name) in [
             (damage.torn, "torn"),
@@ -669,9 +682,16 @@ impl super::Sim {
     /// The node's data directory is gone: WALs, state machine checkpoints, identity file (the
     /// next start finds no identity and no WAL: its state was lost).
     pub(super) fn wipe(&mut self, index: usize) {
+        let writes_in_flight = self.options.writes_in_flight;
+        #[cfg(feature = "sim-bugs")]
+        let ack_out_of_order = self.options.bug == Some(Bug::DurableOutOfOrder);
         let node = &mut self.nodes[index];
         for core in &mut node.cores {
-            core.disk = super::disk::SimDisk::default();
+            core.disk = super::disk::SimDisk::new(writes_in_flight);
+            #[cfg(feature = "sim-bugs")]
+            {
+                core.disk.ack_out_of_order = ack_out_of_order;
+            }
         }
         node.checkpoints.clear();
         node.relearn_pending = true;

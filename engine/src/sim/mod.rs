@@ -76,6 +76,11 @@ pub struct SimOptions {
     /// seeds with it on may end in `no progress` / `converge` (liveness), never in a safety
     /// violation.
     pub purge: bool,
+    /// Disk writes each simulated core keeps in flight (the runtime's `wal_writes_in_flight`):
+    /// each with its own latency, so a later one may land first; completions come in Lsn order
+    /// only, and a crash keeps every write whose time had come, acknowledged or not (a hole
+    /// before one is reported as damage at the restart). 1 by default.
+    pub writes_in_flight: usize,
     /// Keep a readable event log in the report (for replaying one seed).
     pub log: bool,
 }
@@ -96,6 +101,7 @@ impl Default for SimOptions {
             bug: None,
             check_durable_replies: true,
             purge: false,
+            writes_in_flight: 1,
             log: false,
         }
     }
@@ -121,6 +127,9 @@ impl SimOptions {
         }
         if self.purge {
             extra.push_str(" --purge");
+        }
+        if self.writes_in_flight > 1 {
+            extra.push_str(&format!(" --writes-in-flight {}", self.writes_in_flight));
         }
         if self.clients_per_group != SimOptions::default().clients_per_group {
             extra.push_str(&format!(" --clients {}", self.clients_per_group));
@@ -250,7 +259,8 @@ const LOG_BASE_EVERY_TICKS: u64 = 50;
 struct SimCore {
     driver: Option<Driver>,
     disk: SimDisk,
-    /// Records appended but not yet written (the disk has one write in flight at a time).
+    /// Records appended but not yet written (the disk has `writes_in_flight` writes in
+    /// flight at most).
     staged: Vec<(Lsn, Record)>,
     /// A submit found the disk idle this round (the staged records go out at its end).
     submit_requested: bool,
@@ -569,7 +579,16 @@ impl Sim {
                 cores: (0..sim.options.cores)
                     .map(|_| SimCore {
                         driver: None,
-                        disk: SimDisk::default(),
+                        disk: {
+                            #[allow(unused_mut)]
+                            let mut disk = SimDisk::new(sim.options.writes_in_flight);
+                            #[cfg(feature = "sim-bugs")]
+                            {
+                                disk.ack_out_of_order =
+                                    sim.options.bug == Some(Bug::DurableOutOfOrder);
+                            }
+                            disk
+                        },
                         staged: Vec::new(),
                         submit_requested: false,
                         repair_pending: None,
@@ -1281,6 +1300,9 @@ impl Sim {
         }
         let records = staged.into_iter().map(|(_, r)| r).collect();
         sim_core.disk.submit(first, records, Tick(now.0 + latency));
+        if sim_core.disk.writes_pending() > 1 {
+            self.count("write-overlapped");
+        }
         if stall {
             self.count("stall");
         }
