@@ -313,3 +313,44 @@ fn durable_out_of_order_is_caught_by_durable_before_reply() {
     assert!(violation.contains("durable-before-reply:"), "{violation}");
     eprintln!("durable-out-of-order: seed {seed}: {violation}");
 }
+
+/// A follower (non-voting replica) that votes, counted by leaders toward a quorum of the
+/// voters (`paxring sim --followers 1 --bug follower-votes`): `non-voter-silent` reports its
+/// first vote (every one of the first 20 seeds).
+#[test]
+fn follower_votes_is_caught_by_non_voter_silent() {
+    let options = SimOptions {
+        followers: 1,
+        ..short(Bug::FollowerVotes)
+    };
+    let (seed, violation) = first_violation(&options, 1..6).expect("caught in 5 seeds");
+    assert!(violation.contains("non-voter-silent:"), "{violation}");
+    eprintln!("follower-votes: seed {seed}: {violation}");
+}
+
+/// The same bug with `non-voter-silent` off breaks safety itself: a leader and the follower
+/// make a "quorum" that no other voter's quorum meets, and two values end up chosen or two
+/// proposals acknowledged at one place (`--skip-non-voter-check`: 19 of the first 40 seeds,
+/// first at seed 2, reported by committed-once, state-machine, stopped or read-linearizable).
+#[test]
+fn follower_votes_breaks_the_safety_checkers_too() {
+    let options = SimOptions {
+        followers: 1,
+        check_non_voters: false,
+        ..short(Bug::FollowerVotes)
+    };
+    let (seed, violation) = first_violation(&options, 1..21).expect("caught in 20 seeds");
+    let safety = [
+        "committed-once:",
+        "state-machine:",
+        "stopped:",
+        "read-linearizable:",
+        "agreement:",
+        "acknowledged:",
+    ];
+    assert!(
+        safety.iter().any(|c| violation.contains(c)),
+        "expected a safety checker: {violation}"
+    );
+    eprintln!("follower-votes without its checker: seed {seed}: {violation}");
+}

@@ -155,6 +155,32 @@ fn four_disk_writes_in_flight() {
     assert!(count("write-hole") > 0, "{:?}", summary.faults);
 }
 
+/// One follower (non-voting replica) next to three voters, under every fault class: no
+/// violation, the follower converges with the voters (`converge` covers every node), it kept
+/// the leaders' Accepts without voting, and no vote of a non-voter ever reached a leader.
+#[test]
+fn one_follower_under_every_fault_class() {
+    let summary = run(
+        &SimOptions {
+            followers: 1,
+            ..short()
+        },
+        1..61,
+    );
+    assert!(summary.commits > 0);
+    let count = |what: &str| summary.faults.get(what).copied().unwrap_or(0);
+    for fault in Fault::ALL {
+        assert!(
+            summary.classes_on.get(fault.name()).copied().unwrap_or(0) > 0,
+            "{} was never on: {:?}",
+            fault.name(),
+            summary.classes_on
+        );
+    }
+    assert!(count("follower-accepts-kept") > 0, "{:?}", summary.faults);
+    assert_eq!(count("non-voter-votes-dropped"), 0, "{:?}", summary.faults);
+}
+
 #[test]
 fn same_seed_same_trace() {
     let options = short();

@@ -38,9 +38,12 @@ enum ClusterCommand {
 
 #[derive(clap::Args, Debug)]
 struct UpArgs {
-    /// Number of nodes (ids 1..=N).
+    /// Number of voting nodes (ids 1..=N).
     #[arg(long, default_value_t = 3)]
     nodes: u32,
+    /// Followers (non-voting replicas) after the voters: ids N+1..=N+F.
+    #[arg(long, default_value_t = 0)]
+    followers: u32,
     /// Number of Paxos groups.
     #[arg(long, default_value_t = 1)]
     groups: u32,
@@ -107,6 +110,9 @@ pub struct ClusterNode {
     pub data_dir: PathBuf,
     /// The node's config file.
     pub config: PathBuf,
+    /// A follower: a non-voting replica (docs/PROTOCOL.md#followers).
+    #[serde(default)]
+    pub follower: bool,
 }
 
 /// Runs `paxring cluster`.
@@ -172,6 +178,12 @@ fn cluster_up(args: &UpArgs) -> Result<(), String> {
     if args.nodes == 0 || args.nodes > 9 {
         return Err(format!("--nodes {} (fix: use 1 to 9)", args.nodes));
     }
+    if args.nodes + args.followers > 16 {
+        return Err(format!(
+            "--nodes {} --followers {} (fix: at most 16 nodes in all)",
+            args.nodes, args.followers
+        ));
+    }
     std::fs::create_dir_all(&args.dir)
         .map_err(|e| format!("cannot create {}: {e}", args.dir.display()))?;
     let dir = args
@@ -185,7 +197,8 @@ fn cluster_up(args: &UpArgs) -> Result<(), String> {
             dir.display()
         ));
     }
-    let count = args.nodes as usize;
+    let count = (args.nodes + args.followers) as usize;
+    let voters = args.nodes as usize;
     let addrs = free_addrs(2 * count)?;
     let (peer_addrs, client_addrs) = addrs.split_at(count);
     let mut nodes = Vec::with_capacity(count);
@@ -197,13 +210,16 @@ fn cluster_up(args: &UpArgs) -> Result<(), String> {
             .cluster_id(args.cluster_id)
             .groups(args.groups)
             .cores(args.cores)
-            .pin_cores(args.pin_cores);
+            .pin_cores(args.pin_cores)
+            .follower(index >= voters);
         if let Some(bytes) = args.segment_bytes {
             builder = builder.segment_bytes(bytes);
         }
         for (other, addr) in peer_addrs.iter().enumerate() {
-            if other != index {
+            if other != index && other < voters {
                 builder = builder.peer(other as u32 + 1, *addr);
+            } else if other != index {
+                builder = builder.follower_peer(other as u32 + 1, *addr);
             }
         }
         let node = builder.build().map_err(|e| e.to_string())?;
@@ -238,6 +254,7 @@ fn cluster_up(args: &UpArgs) -> Result<(), String> {
             pid: 0,
             data_dir,
             config,
+            follower: index >= voters,
         });
     }
     let mut children = Vec::with_capacity(count);
@@ -257,8 +274,9 @@ fn cluster_up(args: &UpArgs) -> Result<(), String> {
     }
     for node in &cluster.nodes {
         println!(
-            "node {}: pid {} peer {} client {} config {}",
+            "node {}{}: pid {} peer {} client {} config {}",
             node.id,
+            if node.follower { " (follower)" } else { "" },
             node.pid,
             node.peer_addr,
             node.client_addr,

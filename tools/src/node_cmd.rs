@@ -252,7 +252,14 @@ const KEY_DOCS: &[(&str, &str)] = &[
         "clock_drift_ppm",
         "The bound on any node's clock-rate drift from real time that leases assume, in parts per million (10000 = 1%). The same on every node.",
     ),
-    ("peers", "Every other member: its id and its peer address."),
+    (
+        "peers",
+        "Every other member: its id, its peer address, and `follower = true` for a non-voting replica.",
+    ),
+    (
+        "follower",
+        "This node is a follower: a non-voting replica that applies chosen values but never votes or leads.",
+    ),
 ];
 
 /// A node file for node 1 of a three-node cluster on 127.0.0.1 with every key at its default,

@@ -28,6 +28,9 @@ pub struct SimArgs {
     /// Replicas per group: 3 or 5.
     #[arg(long, default_value_t = 3)]
     nodes: u32,
+    /// Followers (non-voting replicas) next to the voters: 0 to 2.
+    #[arg(long, default_value_t = 0)]
+    followers: u32,
     /// Core threads per node (groups spread over them as the runtime does).
     #[arg(long, default_value_t = 2)]
     cores: u32,
@@ -85,6 +88,11 @@ pub struct SimArgs {
     #[cfg(feature = "sim-bugs")]
     #[arg(long)]
     skip_durable_check: bool,
+    /// Turn off the non-voter-silent checker (to see whether the other checkers catch
+    /// `--bug follower-votes` on their own).
+    #[cfg(feature = "sim-bugs")]
+    #[arg(long)]
+    skip_non_voter_check: bool,
 }
 
 /// Runs `paxring sim`.
@@ -98,6 +106,13 @@ pub fn run(args: SimArgs) -> ExitCode {
     };
     if args.nodes != 3 && args.nodes != 5 {
         eprintln!("paxring sim: --nodes must be 3 or 5 (got {})", args.nodes);
+        return ExitCode::from(2);
+    }
+    if args.followers > 2 {
+        eprintln!(
+            "paxring sim: --followers must be 0..=2 (got {})",
+            args.followers
+        );
         return ExitCode::from(2);
     }
     if args.groups == 0 || args.groups > 1024 {
@@ -134,6 +149,7 @@ pub fn run(args: SimArgs) -> ExitCode {
     #[allow(unused_mut)]
     let mut options = SimOptions {
         nodes: args.nodes,
+        followers: args.followers,
         cores: args.cores,
         groups: args.groups,
         clients_per_group: args.clients,
@@ -150,6 +166,7 @@ pub fn run(args: SimArgs) -> ExitCode {
     #[cfg(feature = "sim-bugs")]
     {
         options.check_durable_replies = !args.skip_durable_check;
+        options.check_non_voters = !args.skip_non_voter_check;
     }
     #[cfg(feature = "sim-bugs")]
     if let Some(name) = &args.bug {
@@ -254,7 +271,7 @@ pub fn run(args: SimArgs) -> ExitCode {
         summary.instances,
         summary.messages_per_commit(),
         summary.sends_per_encode(),
-        summary.durable_writes_per_instance_per_replica(options.nodes),
+        summary.durable_writes_per_instance_per_replica(options.nodes + options.followers),
         summary.rtts_per_commit(),
         summary.oversize_dropped,
         summary.corrupt_refused,

@@ -12,7 +12,12 @@ use std::collections::VecDeque;
 /// What a group needs from its table while it handles one input.
 pub(super) struct Ctx<'a> {
     pub me: NodeId,
+    /// The voters (docs/PROTOCOL.md#followers).
     pub members: &'a [NodeId],
+    /// The non-voting followers.
+    pub followers: &'a [NodeId],
+    /// This node votes.
+    pub voter: bool,
     pub config: &'a Config,
     pub now: Tick,
     pub rng: &'a mut Prng,
@@ -109,7 +114,7 @@ impl Ctx<'_> {
         }
     }
 
-    /// Sends to every member, this node included (through the loopback).
+    /// Sends to every node, this one included (through the loopback) when it votes.
     pub fn broadcast(&mut self, group: GroupId, msg: &Message) {
         if self.members.contains(&self.me) {
             self.local.push_back((group, msg.clone()));
@@ -117,9 +122,15 @@ impl Ctx<'_> {
         self.broadcast_peers(group, msg);
     }
 
-    /// Sends to every member but this node: one output, encoded once by the driver.
+    /// Nodes but this one, voters and followers: the destinations of a broadcast.
+    pub fn peer_count(&self) -> usize {
+        self.members.len() + self.followers.len() - 1
+    }
+
+    /// Sends to every node but this one (voters and followers): one output, encoded once by
+    /// the driver.
     pub fn broadcast_peers(&mut self, group: GroupId, msg: &Message) {
-        let peers = self.members.iter().filter(|m| **m != self.me).count();
+        let peers = self.peer_count();
         if peers == 0 {
             return;
         }

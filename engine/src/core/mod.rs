@@ -77,6 +77,69 @@ impl fmt::Display for NodeId {
     }
 }
 
+/// Who takes part in a core's groups (docs/PROTOCOL.md#followers): the **voters**, whose
+/// promises and acceptances make the quorums, and the **followers**, non-voting replicas that
+/// receive the leader's Accepts and Commits, learn and apply chosen values in order and serve
+/// catch-up, but never promise, accept, stand for election or grant a lease. Every node of a
+/// cluster must be given the same membership; this node appears in exactly one of the lists.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Membership {
+    /// The voting members (at least one).
+    pub voters: Vec<NodeId>,
+    /// The non-voting followers (maybe none).
+    pub followers: Vec<NodeId>,
+}
+
+impl Membership {
+    /// Voters only.
+    pub fn voters(voters: &[NodeId]) -> Membership {
+        Membership {
+            voters: voters.to_vec(),
+            followers: Vec::new(),
+        }
+    }
+
+    /// The same voters with `followers` added.
+    pub fn with_followers(mut self, followers: &[NodeId]) -> Membership {
+        self.followers = followers.to_vec();
+        self
+    }
+
+    /// Every node: the voters, then the followers.
+    pub fn all(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.voters.iter().chain(self.followers.iter()).copied()
+    }
+
+    /// Whether `node` votes.
+    pub fn is_voter(&self, node: NodeId) -> bool {
+        self.voters.contains(&node)
+    }
+}
+
+impl From<&[NodeId]> for Membership {
+    fn from(voters: &[NodeId]) -> Membership {
+        Membership::voters(voters)
+    }
+}
+
+impl From<&Vec<NodeId>> for Membership {
+    fn from(voters: &Vec<NodeId>) -> Membership {
+        Membership::voters(voters)
+    }
+}
+
+impl<const N: usize> From<&[NodeId; N]> for Membership {
+    fn from(voters: &[NodeId; N]) -> Membership {
+        Membership::voters(voters)
+    }
+}
+
+impl From<&Membership> for Membership {
+    fn from(membership: &Membership) -> Membership {
+        membership.clone()
+    }
+}
+
 /// The caller's id for one proposed command; echoed in its [`ProposalResult`].
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
@@ -231,8 +294,9 @@ pub enum ConfigError {
     /// `chosen_retained_max` below `CHOSEN_RETAINED_MIN`.
     #[error("chosen_retained_max = {0}: must be at least {CHOSEN_RETAINED_MIN}")]
     Retained(u64),
-    /// This node is not among the members, members repeat, or there are none.
-    #[error("membership: node {me} must appear exactly once among {count} distinct members")]
+    /// This node is not among the members (voters and followers), a node repeats, or there
+    /// is no voter.
+    #[error("membership: node {me} must appear exactly once among {count} distinct members (voters and followers), with at least one voter")]
     Membership {
         /// This node.
         me: u32,
@@ -458,4 +522,7 @@ pub struct Bugs {
     /// of room) still names its log base as the lowest value it serves, so a peer that needs
     /// one of them asks it again and again instead of fetching a checkpoint.
     pub serve_over_unlogged_hole: bool,
+    /// A follower (non-voting) answers Accepts as an acceptor does, and leaders count any
+    /// node's vote toward a quorum of the voters.
+    pub follower_votes: bool,
 }

@@ -154,7 +154,8 @@ pub struct Start {
 pub struct GroupStatus {
     /// The group.
     pub group: GroupId,
-    /// "leader", "candidate", "follower" or "stopped".
+    /// "leader", "candidate", "follower" (a voter that does not lead), "non-voting" (a
+    /// follower node, docs/PROTOCOL.md#followers) or "stopped".
     pub role: String,
     /// The node believed to lead, if any.
     pub leader_hint: Option<NodeId>,
@@ -190,6 +191,17 @@ pub struct GroupStatus {
     /// lease's length after a restart) and the tick of this node's clock when the grant ends.
     #[serde(default)]
     pub lease_granted: Option<(Option<NodeId>, Tick)>,
+    /// The highest "every instance below this is chosen" this replica heard from a leader or
+    /// a peer: `chosen_heard - applied_next` is how far it lags ([`GroupStatus::lag`]).
+    #[serde(default)]
+    pub chosen_heard: Instance,
+}
+
+impl GroupStatus {
+    /// Instances chosen (as far as this replica heard) that it has not applied yet.
+    pub fn lag(&self) -> u64 {
+        self.chosen_heard.0.saturating_sub(self.applied_next.0)
+    }
 }
 
 /// A checkpoint transfer in progress.
@@ -523,6 +535,20 @@ pub struct CoreStats {
     /// quorum).
     #[serde(default)]
     pub leader_stepdowns_no_quorum: u64,
+    /// Promises, Accepteds, Rejects and CommitAcks from nodes that do not vote, dropped
+    /// (docs/PROTOCOL.md#followers).
+    #[serde(default)]
+    pub votes_from_non_voters: u64,
+    /// Prepares a follower (non-voting) ignored.
+    #[serde(default)]
+    pub prepares_ignored_non_voter: u64,
+    /// Accepts a follower (non-voting) kept without voting.
+    #[serde(default)]
+    pub accepts_observed_non_voter: u64,
+    /// Restarts of a follower's group with lost or damaged state that did not re-learn (a
+    /// follower never voted; catch-up fills its log).
+    #[serde(default)]
+    pub relearns_skipped_non_voter: u64,
     /// Leaders refused by one acceptor's higher promise while they still heard a quorum,
     /// that prepared again at once above it.
     #[serde(default)]

@@ -9,7 +9,7 @@ use super::ctx::Ctx;
 use super::group::Group;
 use super::outputs::{CoreStats, FailReason, GroupStatus, Outputs, Start};
 use super::wal_types::{GroupId, Instance, Lsn, Record, Recovery};
-use super::{Config, ConfigError, Message, NodeId, Prng, ProposalId, Tick};
+use super::{Config, ConfigError, Membership, Message, NodeId, Prng, ProposalId, Tick};
 use bytes::Bytes;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -18,7 +18,12 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 pub struct CoreTable {
     config: Config,
     me: NodeId,
+    /// The voters (docs/PROTOCOL.md#followers).
     members: Vec<NodeId>,
+    /// The non-voting followers.
+    followers: Vec<NodeId>,
+    /// This node votes (it is among `members`).
+    voter: bool,
     groups: BTreeMap<GroupId, Group>,
     prng: Prng,
     now: Tick,
@@ -60,6 +65,8 @@ macro_rules! ctx {
         Ctx {
             me: $self.me,
             members: &$self.members,
+            followers: &$self.followers,
+            voter: $self.voter,
             config: &$self.config,
             now: $self.now,
             rng: &mut $self.prng,
@@ -87,7 +94,7 @@ impl CoreTable {
     pub fn new(
         config: Config,
         me: NodeId,
-        members: &[NodeId],
+        members: impl Into<Membership>,
         groups: &[GroupId],
         prng: Prng,
     ) -> Result<CoreTable, ConfigError> {
@@ -105,7 +112,7 @@ impl CoreTable {
     pub fn restore(
         config: Config,
         me: NodeId,
-        members: &[NodeId],
+        members: impl Into<Membership>,
         groups: &[GroupId],
         recovery: &Recovery,
         prng: Prng,
@@ -129,7 +136,7 @@ impl CoreTable {
     pub fn restore_with(
         config: Config,
         me: NodeId,
-        members: &[NodeId],
+        members: impl Into<Membership>,
         groups: &[GroupId],
         recovery: &Recovery,
         prng: Prng,
@@ -137,17 +144,19 @@ impl CoreTable {
         #[cfg(feature = "sim-bugs")] bugs: super::Bugs,
     ) -> Result<CoreTable, ConfigError> {
         config.validate()?;
-        let distinct: BTreeSet<NodeId> = members.iter().copied().collect();
-        if distinct.len() != members.len() || !distinct.contains(&me) {
-            return Err(ConfigError::Membership {
-                me: me.0,
-                count: members.len(),
-            });
+        let membership: Membership = members.into();
+        let distinct: BTreeSet<NodeId> = membership.all().collect();
+        let count = membership.voters.len() + membership.followers.len();
+        if distinct.len() != count || !distinct.contains(&me) || membership.voters.is_empty() {
+            return Err(ConfigError::Membership { me: me.0, count });
         }
+        let voter = membership.is_voter(me);
         let mut table = CoreTable {
             config,
             me,
-            members: members.to_vec(),
+            members: membership.voters,
+            followers: membership.followers,
+            voter,
             groups: BTreeMap::new(),
             prng,
             now: Tick(0),
@@ -220,7 +229,7 @@ impl CoreTable {
         let needed = self.members.len() - (self.members.len() / 2 + 1) + 1;
         self.groups
             .get(&group)
-            .map(|g| g.status(me, &self.members, needed))
+            .map(|g| g.status(me, &self.members, needed, self.voter))
     }
 
     /// Every group that cannot make progress by itself, with the reason (for the runtime's
@@ -315,6 +324,15 @@ impl CoreTable {
             ));
         }
         Ok(())
+    }
+
+    /// How far this core's groups lag: instances heard chosen and not applied yet, summed
+    /// over the groups and for the group that lags most.
+    pub fn lag(&self) -> (u64, u64) {
+        self.groups.values().fold((0, 0), |(sum, max), g| {
+            let lag = g.lag();
+            (sum + lag, max.max(lag))
+        })
     }
 
     /// Groups of this core that are re-learning now.
@@ -607,14 +625,25 @@ impl CoreTable {
         self.me
     }
 
-    /// The members (this node included).
+    /// The voting members (this node included when it votes).
     pub fn members(&self) -> &[NodeId] {
         &self.members
     }
 
-    /// How many members are not this node (the destinations of a broadcast).
+    /// The non-voting followers (docs/PROTOCOL.md#followers).
+    pub fn followers(&self) -> &[NodeId] {
+        &self.followers
+    }
+
+    /// Whether this node votes (false: a follower).
+    pub fn is_voter(&self) -> bool {
+        self.voter
+    }
+
+    /// How many nodes are not this node, voters and followers (the destinations of a
+    /// broadcast).
     pub fn peers(&self) -> usize {
-        self.members.iter().filter(|m| **m != self.me).count()
+        self.members.len() + self.followers.len() - 1
     }
 
     /// The injected bugs (simulator only).

@@ -41,6 +41,11 @@ pub struct PeerConfig {
     pub id: u32,
     /// The peer's address for replication traffic (may be a proxy in tests).
     pub addr: SocketAddr,
+    /// The peer is a follower: a non-voting replica that receives and applies chosen values
+    /// but never votes, leads or grants a lease (docs/PROTOCOL.md#followers). Every node must
+    /// list the same followers.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub follower: bool,
 }
 
 /// Everything a node needs to start. Field names are the TOML keys.
@@ -56,6 +61,10 @@ pub struct NodeConfig {
     /// Every other member, each with its own address.
     #[serde(default)]
     pub peers: Vec<PeerConfig>,
+    /// This node is a follower: a non-voting replica (docs/PROTOCOL.md#followers). Its peers
+    /// list it with `follower = true`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub follower: bool,
     /// Directory for the WAL (one subdirectory per core) and the application's state.
     pub data_dir: PathBuf,
     /// Number of core threads; each owns a WAL and a fixed set of groups.
@@ -308,6 +317,7 @@ impl NodeConfig {
                 cluster_id: 1,
                 listen,
                 peers: Vec::new(),
+                follower: false,
                 data_dir: data_dir.into(),
                 cores: defaults::cores(),
                 pin_cores: defaults::yes(),
@@ -374,12 +384,35 @@ impl NodeConfig {
         toml::to_string_pretty(self).expect("a NodeConfig always serializes to TOML")
     }
 
-    /// Every member's node id, this node's included, sorted.
+    /// Every voting member's node id, this node's included when it votes, sorted.
     pub fn members(&self) -> Vec<u32> {
-        let mut members: Vec<u32> = self.peers.iter().map(|p| p.id).collect();
-        members.push(self.node_id);
+        let mut members: Vec<u32> = self
+            .peers
+            .iter()
+            .filter(|p| !p.follower)
+            .map(|p| p.id)
+            .collect();
+        if !self.follower {
+            members.push(self.node_id);
+        }
         members.sort_unstable();
         members
+    }
+
+    /// Every follower's node id (non-voting replicas), this node's included when it is one,
+    /// sorted.
+    pub fn followers(&self) -> Vec<u32> {
+        let mut followers: Vec<u32> = self
+            .peers
+            .iter()
+            .filter(|p| p.follower)
+            .map(|p| p.id)
+            .collect();
+        if self.follower {
+            followers.push(self.node_id);
+        }
+        followers.sort_unstable();
+        followers
     }
 
     /// The length of a tick.
@@ -427,11 +460,26 @@ impl NodeConfig {
                 ));
             }
         }
-        if self.peers.len() + 1 > 9 {
+        let voters = self.members().len();
+        if voters == 0 {
+            return Err(invalid(
+                "follower",
+                "every node is a follower".into(),
+                "a cluster needs voters: set follower = true only on non-voting replicas",
+            ));
+        }
+        if voters > 9 {
             return Err(invalid(
                 "peers",
-                format!("{} members", self.peers.len() + 1),
-                "use at most 9 members",
+                format!("{voters} voting members"),
+                "use at most 9 voting members (followers do not count)",
+            ));
+        }
+        if self.peers.len() + 1 > 16 {
+            return Err(invalid(
+                "peers",
+                format!("{} nodes", self.peers.len() + 1),
+                "use at most 16 nodes, voters and followers together",
             ));
         }
         if self.cores == 0 || self.cores > 64 {
@@ -700,9 +748,29 @@ impl NodeConfigBuilder {
         catchup_serve_bytes_per_sec: u64,
     }
 
-    /// Adds a peer.
+    /// Adds a peer (a voter).
     pub fn peer(mut self, id: u32, addr: SocketAddr) -> Self {
-        self.config.peers.push(PeerConfig { id, addr });
+        self.config.peers.push(PeerConfig {
+            id,
+            addr,
+            follower: false,
+        });
+        self
+    }
+
+    /// Adds a peer that is a follower (non-voting, docs/PROTOCOL.md#followers).
+    pub fn follower_peer(mut self, id: u32, addr: SocketAddr) -> Self {
+        self.config.peers.push(PeerConfig {
+            id,
+            addr,
+            follower: true,
+        });
+        self
+    }
+
+    /// Makes this node a follower (non-voting).
+    pub fn follower(mut self, follower: bool) -> Self {
+        self.config.follower = follower;
         self
     }
 

@@ -29,8 +29,8 @@ use super::transfer::CheckpointStore;
 use super::wake::Wake;
 use crate::core::GroupStatus;
 use crate::core::{
-    value, CheckpointInfo, Chosen, Config as CoreConfig, CoreTable, FailReason, GroupError, NodeId,
-    Prng, ProposalId, ProposalResult, Record, Start, Tick,
+    value, CheckpointInfo, Chosen, Config as CoreConfig, CoreTable, FailReason, GroupError,
+    Membership, NodeId, Prng, ProposalId, ProposalResult, Record, Start, Tick,
 };
 use crate::driver::{self, Driver, DriverError, RunStop, StorageError};
 
@@ -240,7 +240,9 @@ impl Core {
             master_lease_ticks: config.master_lease_ticks(),
             clock_drift_ppm: config.clock_drift_ppm,
         };
-        let members: Vec<NodeId> = config.members().into_iter().map(NodeId).collect();
+        let voters: Vec<NodeId> = config.members().into_iter().map(NodeId).collect();
+        let followers: Vec<NodeId> = config.followers().into_iter().map(NodeId).collect();
+        let members = Membership::voters(&voters).with_followers(&followers);
         let seed = seed_for(config.node_id, start.core);
         let had_records = !recovery.records.is_empty();
         let state_lost = start.state_lost && !had_records;
@@ -994,6 +996,10 @@ impl Core {
             let hint = table.leader_hint(group).map_or(0, |n| u64::from(n.0));
             self.shared.leader_hints[group.0 as usize].store(hint, Ordering::Release);
         }
+        let (lag, lag_max) = table.lag();
+        self.snapshot.lag_instances = lag;
+        self.snapshot.lag_instances_max = lag_max;
+        self.snapshot.voter = table.is_voter();
         {
             let me = table.node().0;
             let mut masters = self.shared.masters.lock().expect("masters lock");

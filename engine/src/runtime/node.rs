@@ -58,6 +58,8 @@ pub struct NodeStats {
     pub master_events_dropped: u64,
     /// Sums over the cores.
     pub totals: NodeTotals,
+    /// This node is a follower: a non-voting replica (docs/PROTOCOL.md#followers).
+    pub follower: bool,
     /// The fatal error that stopped the node, if any.
     pub fatal: Option<String>,
 }
@@ -79,6 +81,11 @@ pub struct NodeTotals {
     pub commits: u64,
     /// Sequential network round trips per committed instance led by this node.
     pub rtts_per_commit: f64,
+    /// Instances heard chosen and not applied yet, over every group (how far this replica
+    /// lags; docs/PROTOCOL.md#followers).
+    pub lag_instances: u64,
+    /// The same for the group that lags most.
+    pub lag_instances_max: u64,
 }
 
 impl Node {
@@ -441,6 +448,8 @@ impl Node {
             totals.commits += core.protocol.proposals_committed;
             rtts += core.protocol.commit_rtts_total;
             commit_instances += core.protocol.commit_instances;
+            totals.lag_instances += core.lag_instances;
+            totals.lag_instances_max = totals.lag_instances_max.max(core.lag_instances_max);
         }
         if totals.write_rounds > 0 {
             totals.durable_writes_per_round =
@@ -458,6 +467,7 @@ impl Node {
             applied_commands: self.shared.applied_commands.load(Ordering::Relaxed),
             master_events_dropped: self.shared.master_events_dropped.load(Ordering::Relaxed),
             totals,
+            follower: self.config.follower,
             fatal: self.fatal_error().map(|f| f.to_string()),
         }
     }

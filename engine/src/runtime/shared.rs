@@ -112,6 +112,13 @@ pub struct CoreSnapshot {
     pub wal: Option<WalStats>,
     /// The protocol counters.
     pub protocol: CoreStats,
+    /// This node votes (false: a follower, docs/PROTOCOL.md#followers).
+    pub voter: bool,
+    /// Instances this core's groups heard chosen and have not applied yet, summed over the
+    /// groups (how far this replica lags; a follower's lag, docs/PROTOCOL.md#followers).
+    pub lag_instances: u64,
+    /// The same for the group that lags most.
+    pub lag_instances_max: u64,
     /// The round driver's counters (frames encoded and sent, value bytes copied).
     pub driver: crate::driver::DriverStats,
     /// Groups that cannot make progress by themselves, with the reason (at most

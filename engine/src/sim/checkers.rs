@@ -94,6 +94,27 @@ impl Sim {
             self.violate("codec: the driver encoded a body that does not decode".into());
             return;
         };
+        // `non-voter-silent`: a follower (non-voting) never promises, accepts, refuses or
+        // answers a lease round: its word must never count toward a quorum
+        // (docs/PROTOCOL.md#followers).
+        if self.options.check_non_voters
+            && !self.voters.contains(&self.nodes[index].id)
+            && matches!(
+                msg,
+                Message::Promise { .. }
+                    | Message::Accepted { .. }
+                    | Message::Reject { .. }
+                    | Message::CommitAck { .. }
+            )
+        {
+            let id = self.nodes[index].id;
+            self.violate(format!(
+                "non-voter-silent: follower {id} sent a {} for group {}",
+                msg.name(),
+                group.0
+            ));
+            return;
+        }
         // `ballot-once`: the proposer of a ballot proposes one value per instance, whatever
         // happened to it (a restart that reuses a ballot breaks this first).
         if let Message::Accept {

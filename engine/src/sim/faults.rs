@@ -377,12 +377,14 @@ pub enum Bug {
     /// With several disk writes in flight, a write that landed is reported durable before an
     /// earlier one (the durable point jumps over a hole).
     DurableOutOfOrder,
+    /// A follower (non-voting) votes, and leaders count its votes (needs `--followers`).
+    FollowerVotes,
 }
 
 #[cfg(feature = "sim-bugs")]
 impl Bug {
     /// Every bug.
-    pub const ALL: [Bug; 24] = [
+    pub const ALL: [Bug; 25] = [
         Bug::ForgetPromise,
         Bug::ReplyBeforeDurable,
         Bug::SkipPrepareOnNewLeader,
@@ -407,6 +409,7 @@ impl Bug {
         Bug::LogIgnoresRoom,
         Bug::ServeOverUnloggedHole,
         Bug::DurableOutOfOrder,
+        Bug::FollowerVotes,
     ];
 
     /// The `--bug` name.
@@ -436,6 +439,7 @@ impl Bug {
             Bug::LogIgnoresRoom => "log-ignores-room",
             Bug::ServeOverUnloggedHole => "serve-over-unlogged-hole",
             Bug::DurableOutOfOrder => "durable-out-of-order",
+            Bug::FollowerVotes => "follower-votes",
         }
     }
 
@@ -478,6 +482,7 @@ impl Bug {
             Bug::RepairCoversLaterDamage => bugs.repair_covers_later_damage = true,
             Bug::LogIgnoresRoom => bugs.log_ignores_room = true,
             Bug::ServeOverUnloggedHole => bugs.serve_over_unlogged_hole = true,
+            Bug::FollowerVotes => bugs.follower_votes = true,
             Bug::DurableOutOfOrder => {} // the simulated disk's own (SimDisk::ack_out_of_order)
         }
         bugs

@@ -29,8 +29,8 @@ pub use faults::{Fault, Profile, SKEW_PPM_MAX};
 pub use faults::Bug;
 
 use crate::core::{
-    core_of_group, Ballot, Chosen, Config, CoreTable, GroupError, GroupId, Instance, Lsn, Message,
-    NodeId, Prng, ProposalResult, Record, RecordKind, Start, Tick,
+    core_of_group, Ballot, Chosen, Config, CoreTable, GroupError, GroupId, Instance, Lsn,
+    Membership, Message, NodeId, Prng, ProposalResult, Record, RecordKind, Start, Tick,
 };
 use crate::driver::{self, Driver, StorageError};
 use bytes::Bytes;
@@ -45,8 +45,11 @@ use std::hash::{Hash, Hasher};
 /// What one simulation run looks like (the same for every seed of a run).
 #[derive(Clone, Debug)]
 pub struct SimOptions {
-    /// Replicas (3 or 5).
+    /// Voting replicas (3 or 5).
     pub nodes: u32,
+    /// Followers (non-voting replicas, docs/PROTOCOL.md#followers) after the voters: node ids
+    /// `nodes + 1 ..= nodes + followers`. 0 by default (traces unchanged).
+    pub followers: u32,
     /// Core threads per node (groups spread over them by `core_of_group`).
     pub cores: u32,
     /// Paxos groups.
@@ -70,6 +73,9 @@ pub struct SimOptions {
     /// Run the durable-before-reply and durable-state checkers (off only to show that the
     /// other checkers catch a bug's consequences on their own).
     pub check_durable_replies: bool,
+    /// Run the non-voter-silent checker (off only to show that the safety checkers catch a
+    /// follower's counted votes on their own).
+    pub check_non_voters: bool,
     /// Log bases follow the state machines' checkpoints (the runtime's purge pass with
     /// `purge` on): restart then starts each group at its base. Off by default: until
     /// checkpoint transfer exists, a replica behind every peer's base cannot catch up, so
@@ -89,6 +95,7 @@ impl Default for SimOptions {
     fn default() -> Self {
         SimOptions {
             nodes: 3,
+            followers: 0,
             cores: 2,
             groups: 4,
             pipeline: 8,
@@ -100,6 +107,7 @@ impl Default for SimOptions {
             #[cfg(feature = "sim-bugs")]
             bug: None,
             check_durable_replies: true,
+            check_non_voters: true,
             purge: false,
             writes_in_flight: 1,
             log: false,
@@ -122,6 +130,9 @@ impl SimOptions {
         if !self.check_durable_replies {
             extra.push_str(" --skip-durable-check");
         }
+        if !self.check_non_voters {
+            extra.push_str(" --skip-non-voter-check");
+        }
         if !self.swarm {
             extra.push_str(" --no-swarm");
         }
@@ -130,6 +141,9 @@ impl SimOptions {
         }
         if self.writes_in_flight > 1 {
             extra.push_str(&format!(" --writes-in-flight {}", self.writes_in_flight));
+        }
+        if self.followers > 0 {
+            extra.push_str(&format!(" --followers {}", self.followers));
         }
         if self.clients_per_group != SimOptions::default().clients_per_group {
             extra.push_str(&format!(" --clients {}", self.clients_per_group));
@@ -363,7 +377,10 @@ struct Sim {
     rng: Prng,
     now: Tick,
     nodes: Vec<Node>,
+    /// Every node, voters then followers (the network, the clients and the faults reach all).
     members: Vec<NodeId>,
+    /// The voting nodes (the rest of `members` are followers).
+    voters: Vec<NodeId>,
     net: SimNet,
     decoder: Decoder,
     faults_on: bool,
@@ -524,7 +541,10 @@ fn digest_step(digest: u64, instance: Instance, value: &[u8]) -> u64 {
 impl Sim {
     fn new(options: SimOptions, seed: u64) -> Sim {
         assert!(options.nodes >= 1 && options.groups >= 1 && options.cores >= 1);
-        let members: Vec<NodeId> = (1..=options.nodes).map(NodeId).collect();
+        let members: Vec<NodeId> = (1..=options.nodes + options.followers)
+            .map(NodeId)
+            .collect();
+        let voters: Vec<NodeId> = (1..=options.nodes).map(NodeId).collect();
         let profile = options.profile(seed);
         let mut rng = Prng::new(seed ^ 0x5EED_0000_0000_0000);
         let net = SimNet::new(&members, &profile, &mut rng);
@@ -534,6 +554,7 @@ impl Sim {
             now: Tick(0),
             nodes: Vec::new(),
             members: members.clone(),
+            voters,
             net,
             decoder: Decoder::new(SIM_MESSAGE_BYTES),
             faults_on: true,
@@ -648,6 +669,17 @@ impl Sim {
             let mut unlogged = node.unlogged_before;
             for core in &node.cores {
                 if let Some(driver) = &core.driver {
+                    // Followers at work (since their last start): Accepts kept without a
+                    // vote, and votes that leaders dropped because a non-voter sent them.
+                    let stats = driver.table().stats();
+                    for (what, count) in [
+                        ("follower-accepts-kept", stats.accepts_observed_non_voter),
+                        ("non-voter-votes-dropped", stats.votes_from_non_voters),
+                    ] {
+                        if count > 0 {
+                            *self.report.faults.entry(what).or_default() += count;
+                        }
+                    }
                     self.report.frames_encoded += driver.stats().frames_encoded;
                     self.report.frames_sent += driver.stats().frames_sent;
                     self.report.values_read_from_disk += driver.stats().values_read;
@@ -703,7 +735,13 @@ impl Sim {
         let core_groups: Vec<Vec<GroupId>> = (0..self.options.cores as usize)
             .map(|c| self.groups_of_core(c))
             .collect();
-        let members = self.members.clone();
+        let followers: Vec<NodeId> = self
+            .members
+            .iter()
+            .copied()
+            .filter(|n| !self.voters.contains(n))
+            .collect();
+        let members = Membership::voters(&self.voters).with_followers(&followers);
         #[cfg(feature = "sim-bugs")]
         let bugs = self.options.bug.map(|b| b.flags()).unwrap_or_default();
         let node = &mut self.nodes[index];

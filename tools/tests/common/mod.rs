@@ -141,6 +141,17 @@ impl TestCluster {
     /// `paxring cluster up` with 3 nodes in a fresh temp dir, `env` added to the environment
     /// of `cluster up` (so of every node it starts, e.g. `RUST_LOG`).
     pub fn up_with_env(groups: u32, cores: usize, env: &[(&str, &str)]) -> TestCluster {
+        TestCluster::up_with_followers(groups, cores, 0, env)
+    }
+
+    /// `paxring cluster up` with 3 voting nodes and `followers` non-voting ones (ids 4..) in a
+    /// fresh temp dir, `env` added to the environment of every node.
+    pub fn up_with_followers(
+        groups: u32,
+        cores: usize,
+        followers: u32,
+        env: &[(&str, &str)],
+    ) -> TestCluster {
         let dir = tempfile::Builder::new()
             .prefix("paxring-cluster-")
             .tempdir()
@@ -157,6 +168,8 @@ impl TestCluster {
                 "up",
                 "--nodes",
                 "3",
+                "--followers",
+                &followers.to_string(),
                 "--groups",
                 &groups.to_string(),
                 "--cores",
@@ -278,7 +291,11 @@ impl TestCluster {
     /// Every node's log (for failure messages).
     pub fn logs(&self) -> String {
         let mut text = String::new();
-        for id in 1..=3 {
+        let ids: Vec<u32> = self
+            .try_nodes()
+            .map(|nodes| nodes.iter().map(|n| n.id).collect())
+            .unwrap_or_else(|_| vec![1, 2, 3]);
+        for id in ids {
             let path = self.dir.path().join(format!("node-{id}/node.log"));
             let log = std::fs::read_to_string(&path).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(30).collect();

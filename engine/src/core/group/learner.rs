@@ -12,6 +12,7 @@ impl Group {
         ballot: Ballot,
         chosen_through: Instance,
     ) {
+        self.chosen_heard = self.chosen_heard.max(chosen_through);
         let end = chosen_through
             .0
             .min(self.applied_next.0 + ACCEPT_WINDOW_INSTANCES);
@@ -20,7 +21,11 @@ impl Group {
             if self.chosen.contains_key(&instance) {
                 continue;
             }
-            match self.accepted.get(&instance) {
+            let held = self
+                .accepted
+                .get(&instance)
+                .or_else(|| self.observed.get(&instance));
+            match held {
                 Some((accepted, value)) if *accepted == ballot => {
                     let value = value.clone();
                     self.learn(ctx, instance, value, from);
@@ -31,6 +36,43 @@ impl Group {
         if self.applied_next < chosen_through && from != ctx.me {
             self.request_catchup(ctx, from, chosen_through);
         }
+    }
+
+    /// A follower (non-voting) gets a leader's Accept: it keeps the value, never votes, and
+    /// learns what the Accept's `chosen_through` covers (docs/PROTOCOL.md#followers). What it
+    /// keeps is bounded by the acceptance window above its applied point.
+    pub(super) fn on_accept_non_voter(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        from: NodeId,
+        ballot: Ballot,
+        instance: Instance,
+        value: Bytes,
+        chosen_through: Instance,
+    ) {
+        ctx.stats.accepts_observed_non_voter += 1;
+        self.observe(ctx, ballot);
+        if ballot >= self.max_seen {
+            self.leader_contact(ctx, ballot);
+        }
+        while let Some(entry) = self.observed.first_entry() {
+            if *entry.key() >= self.applied_next {
+                break;
+            }
+            entry.remove();
+        }
+        let keeps = instance >= self.applied_next
+            && instance.0 < self.applied_next.0 + ACCEPT_WINDOW_INSTANCES
+            && !self.chosen.contains_key(&instance);
+        if keeps {
+            match self.observed.get(&instance) {
+                Some((seen, _)) if *seen > ballot => {}
+                _ => {
+                    self.observed.insert(instance, (ballot, value));
+                }
+            }
+        }
+        self.on_commit(ctx, from, ballot, chosen_through);
     }
 
     pub(super) fn on_catchup_request(
@@ -225,6 +267,7 @@ impl Group {
             Some(_) => {} // another peer's stream is in progress: it keeps its deadline
             None => self.catchup_deadline = None,
         }
+        self.chosen_heard = self.chosen_heard.max(report.applied_next);
         if entries.is_empty() && !ahead && report.applied_next > self.applied_next {
             if report.log_base > self.applied_next && from != ctx.me && self.install.is_none() {
                 // The peer serves nothing from this replica's point on (its log starts
@@ -258,7 +301,9 @@ impl Group {
             if ctx.bugs.relearn_target_too_low {
                 matches = true; // pre-fix: any reply counted, request ids did not exist
             }
-            if relearn.target.is_none() && from != ctx.me && matches {
+            // Only voters' reports count: a follower never voted (docs/PROTOCOL.md#followers).
+            if relearn.target.is_none() && from != ctx.me && matches && ctx.members.contains(&from)
+            {
                 relearn.reports.insert(from, report);
             }
         }
@@ -392,6 +437,7 @@ impl Group {
         if instance < self.applied_next {
             return; // applied and pruned; the checksum comparison covers it
         }
+        self.observed.remove(&instance);
         // The mark carries the value unless this node's Accept record already holds it.
         // The mark names that record's ballot, so restart can tell it from an older Accept
         // when the newer one was damaged.

@@ -172,7 +172,13 @@ pub(super) struct Group {
     // Acceptor (docs/PROTOCOL.md#acceptor).
     promised: Ballot,
     accepted: BTreeMap<Instance, (Ballot, Bytes)>,
+    /// A follower's copy of the leader's Accepts (never a vote, never logged): the value of
+    /// `(ballot, instance)`, learned when a Commit with that ballot covers the instance.
+    observed: BTreeMap<Instance, (Ballot, Bytes)>,
     // Learner.
+    /// The highest "every instance below this is chosen" heard from a leader or a peer
+    /// (stats: how far this replica lags).
+    chosen_heard: Instance,
     chosen: BTreeMap<Instance, Bytes>,
     applied_next: Instance,
     checksum: u32,
@@ -266,6 +272,8 @@ impl Group {
             id,
             promised: Ballot::ZERO,
             accepted: BTreeMap::new(),
+            observed: BTreeMap::new(),
+            chosen_heard: Instance(0),
             chosen: BTreeMap::new(),
             applied_next: Instance(0),
             checksum: 0,
@@ -314,11 +322,18 @@ impl Group {
     }
 
     /// What this group is doing (for stats and the stuck-state log line).
-    pub fn status(&self, me: NodeId, members: &[NodeId], needed: usize) -> GroupStatus {
+    pub fn status(
+        &self,
+        me: NodeId,
+        members: &[NodeId],
+        needed: usize,
+        voter: bool,
+    ) -> GroupStatus {
         let role = if self.stopped {
             "stopped"
         } else {
             match self.role {
+                Role::Follower if !voter => "non-voting",
                 Role::Follower => "follower",
                 Role::Candidate(_) => "candidate",
                 Role::Leader { .. } => "leader",
@@ -358,6 +373,7 @@ impl Group {
             installing: self.install.as_ref().map(|i| i.status()),
             master_until: self.master_until_seen,
             lease_granted: self.grant,
+            chosen_heard: self.chosen_heard,
         }
     }
 
@@ -491,6 +507,10 @@ impl Group {
 
     pub fn applied_next(&self) -> Instance {
         self.applied_next
+    }
+
+    pub fn lag(&self) -> u64 {
+        self.chosen_heard.0.saturating_sub(self.applied_next.0)
     }
 
     pub fn is_relearning(&self) -> bool {
@@ -715,7 +735,11 @@ impl Group {
         damaged |= !unresolved.is_empty();
         self.max_seen = self.promised;
         self.apply_ready(ctx);
-        if damaged {
+        if damaged && !ctx.voter {
+            // A follower never voted: nothing it lost can be part of a quorum, so it does not
+            // re-learn; catch-up fills whatever its log lacks (docs/PROTOCOL.md#followers).
+            ctx.stats.relearns_skipped_non_voter += 1;
+        } else if damaged {
             ctx.stats.groups_relearning += 1;
             self.relearn_episodes += 1;
             self.relearn = Some(Relearn {
@@ -813,8 +837,9 @@ impl Group {
             Role::Follower => {
                 // A replica fetching a checkpoint, or being brought forward by a catch-up
                 // stream, is far behind: it does not stand (it would lead from behind and
-                // depose a leader that is serving it).
+                // depose a leader that is serving it). A non-voting follower never stands.
                 if now >= deadline
+                    && ctx.voter
                     && self.relearn.is_none()
                     && self.install.is_none()
                     && !self.catching_up(now, ctx.config.election_timeout_ticks)
@@ -945,7 +970,7 @@ impl Group {
                 value: flight.value.clone(),
                 chosen_through,
             };
-            ctx.stats.accepts_sent += ctx.members.len() as u64 - 1;
+            ctx.stats.accepts_sent += ctx.peer_count() as u64;
             // The leader's own acceptance goes through its acceptor (loopback) and is written
             // in the same round: its write overlaps the round trip.
             ctx.broadcast(self.id, &msg);
@@ -978,6 +1003,51 @@ impl Group {
         }
         if from != ctx.me {
             self.peer_heard_at.insert(from, ctx.now);
+        }
+        #[allow(unused_mut)]
+        let mut votes_checked = true;
+        #[cfg(feature = "sim-bugs")]
+        if ctx.bugs.follower_votes {
+            votes_checked = false; // followers act as acceptors and their votes count
+        }
+        if votes_checked {
+            let vote = matches!(
+                msg,
+                Message::Promise { .. }
+                    | Message::Accepted { .. }
+                    | Message::Reject { .. }
+                    | Message::CommitAck { .. }
+            );
+            if vote && !ctx.members.contains(&from) {
+                // Only voters make quorums (docs/PROTOCOL.md#followers).
+                ctx.stats.votes_from_non_voters += 1;
+                return;
+            }
+            if !ctx.voter {
+                match msg {
+                    Message::Prepare { .. } => {
+                        ctx.stats.prepares_ignored_non_voter += 1;
+                        return;
+                    }
+                    Message::Accept {
+                        ballot,
+                        instance,
+                        value,
+                        chosen_through,
+                    } => {
+                        self.on_accept_non_voter(
+                            ctx,
+                            from,
+                            ballot,
+                            instance,
+                            value,
+                            chosen_through,
+                        );
+                        return;
+                    }
+                    _ => {}
+                }
+            }
         }
         match msg {
             Message::Prepare { ballot, first } => self.on_prepare(ctx, from, ballot, first),
@@ -1016,7 +1086,9 @@ impl Group {
                 self.observe(ctx, ballot);
                 if ballot >= self.promised {
                     self.leader_contact(ctx, ballot);
-                    if lease > 0 && from != ctx.me {
+                    if !ctx.voter {
+                        // A follower neither grants leases nor answers heartbeats.
+                    } else if lease > 0 && from != ctx.me {
                         // A lease round: always answered (a read may wait on it) — except by
                         // a replica that re-learns: it may have forgotten a higher promise,
                         // and its answer (and grant) says it gave none.
