@@ -110,7 +110,7 @@ pub struct ClusterNode {
     pub data_dir: PathBuf,
     /// The node's config file.
     pub config: PathBuf,
-    /// A follower: a non-voting replica (docs/PROTOCOL.md#followers).
+    /// A follower: a non-voting replica (docs/PROTOCOL.md#follower-nodes).
     #[serde(default)]
     pub follower: bool,
 }

@@ -1,6 +1,6 @@
 //! Proves, with real `paxring node` processes on 127.0.0.1 (three voters and one follower,
 //! started by `paxring cluster up --followers 1`), that a follower (a non-voting replica,
-//! docs/PROTOCOL.md#followers):
+//! docs/PROTOCOL.md#follower-nodes):
 //! - applies exactly what the voters apply (same applied point and digest in every group);
 //! - never votes, leads or takes a proposal (it answers `not_leader` naming the leader, and
 //!   no voter ever dropped a vote from it because it sent none);

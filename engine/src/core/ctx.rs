@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 /// What a group needs from its table while it handles one input.
 pub(super) struct Ctx<'a> {
     pub me: NodeId,
-    /// The voters (docs/PROTOCOL.md#followers).
+    /// The voters (docs/PROTOCOL.md#follower-nodes).
     pub members: &'a [NodeId],
     /// The non-voting followers.
     pub followers: &'a [NodeId],

@@ -77,7 +77,7 @@ impl fmt::Display for NodeId {
     }
 }
 
-/// Who takes part in a core's groups (docs/PROTOCOL.md#followers): the **voters**, whose
+/// Who takes part in a core's groups (docs/PROTOCOL.md#follower-nodes): the **voters**, whose
 /// promises and acceptances make the quorums, and the **followers**, non-voting replicas that
 /// receive the leader's Accepts and Commits, learn and apply chosen values in order and serve
 /// catch-up, but never promise, accept, stand for election or grant a lease. Every node of a

@@ -155,7 +155,7 @@ pub struct GroupStatus {
     /// The group.
     pub group: GroupId,
     /// "leader", "candidate", "follower" (a voter that does not lead), "non-voting" (a
-    /// follower node, docs/PROTOCOL.md#followers) or "stopped".
+    /// follower node, docs/PROTOCOL.md#follower-nodes) or "stopped".
     pub role: String,
     /// The node believed to lead, if any.
     pub leader_hint: Option<NodeId>,
@@ -536,7 +536,7 @@ pub struct CoreStats {
     #[serde(default)]
     pub leader_stepdowns_no_quorum: u64,
     /// Promises, Accepteds, Rejects and CommitAcks from nodes that do not vote, dropped
-    /// (docs/PROTOCOL.md#followers).
+    /// (docs/PROTOCOL.md#follower-nodes).
     #[serde(default)]
     pub votes_from_non_voters: u64,
     /// Prepares a follower (non-voting) ignored.

@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 pub struct CoreTable {
     config: Config,
     me: NodeId,
-    /// The voters (docs/PROTOCOL.md#followers).
+    /// The voters (docs/PROTOCOL.md#follower-nodes).
     members: Vec<NodeId>,
     /// The non-voting followers.
     followers: Vec<NodeId>,
@@ -630,7 +630,7 @@ impl CoreTable {
         &self.members
     }
 
-    /// The non-voting followers (docs/PROTOCOL.md#followers).
+    /// The non-voting followers (docs/PROTOCOL.md#follower-nodes).
     pub fn followers(&self) -> &[NodeId] {
         &self.followers
     }

@@ -42,7 +42,7 @@ pub struct PeerConfig {
     /// The peer's address for replication traffic (may be a proxy in tests).
     pub addr: SocketAddr,
     /// The peer is a follower: a non-voting replica that receives and applies chosen values
-    /// but never votes, leads or grants a lease (docs/PROTOCOL.md#followers). Every node must
+    /// but never votes, leads or grants a lease (docs/PROTOCOL.md#follower-nodes). Every node must
     /// list the same followers.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub follower: bool,
@@ -61,7 +61,7 @@ pub struct NodeConfig {
     /// Every other member, each with its own address.
     #[serde(default)]
     pub peers: Vec<PeerConfig>,
-    /// This node is a follower: a non-voting replica (docs/PROTOCOL.md#followers). Its peers
+    /// This node is a follower: a non-voting replica (docs/PROTOCOL.md#follower-nodes). Its peers
     /// list it with `follower = true`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub follower: bool,
@@ -758,7 +758,7 @@ impl NodeConfigBuilder {
         self
     }
 
-    /// Adds a peer that is a follower (non-voting, docs/PROTOCOL.md#followers).
+    /// Adds a peer that is a follower (non-voting, docs/PROTOCOL.md#follower-nodes).
     pub fn follower_peer(mut self, id: u32, addr: SocketAddr) -> Self {
         self.config.peers.push(PeerConfig {
             id,

@@ -58,7 +58,7 @@ pub struct NodeStats {
     pub master_events_dropped: u64,
     /// Sums over the cores.
     pub totals: NodeTotals,
-    /// This node is a follower: a non-voting replica (docs/PROTOCOL.md#followers).
+    /// This node is a follower: a non-voting replica (docs/PROTOCOL.md#follower-nodes).
     pub follower: bool,
     /// The fatal error that stopped the node, if any.
     pub fatal: Option<String>,
@@ -82,7 +82,7 @@ pub struct NodeTotals {
     /// Sequential network round trips per committed instance led by this node.
     pub rtts_per_commit: f64,
     /// Instances heard chosen and not applied yet, over every group (how far this replica
-    /// lags; docs/PROTOCOL.md#followers).
+    /// lags; docs/PROTOCOL.md#follower-nodes).
     pub lag_instances: u64,
     /// The same for the group that lags most.
     pub lag_instances_max: u64,

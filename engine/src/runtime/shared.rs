@@ -112,10 +112,10 @@ pub struct CoreSnapshot {
     pub wal: Option<WalStats>,
     /// The protocol counters.
     pub protocol: CoreStats,
-    /// This node votes (false: a follower, docs/PROTOCOL.md#followers).
+    /// This node votes (false: a follower, docs/PROTOCOL.md#follower-nodes).
     pub voter: bool,
     /// Instances this core's groups heard chosen and have not applied yet, summed over the
-    /// groups (how far this replica lags; a follower's lag, docs/PROTOCOL.md#followers).
+    /// groups (how far this replica lags; a follower's lag, docs/PROTOCOL.md#follower-nodes).
     pub lag_instances: u64,
     /// The same for the group that lags most.
     pub lag_instances_max: u64,

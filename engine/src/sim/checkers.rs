@@ -96,7 +96,7 @@ impl Sim {
         };
         // `non-voter-silent`: a follower (non-voting) never promises, accepts, refuses or
         // answers a lease round: its word must never count toward a quorum
-        // (docs/PROTOCOL.md#followers).
+        // (docs/PROTOCOL.md#follower-nodes).
         if self.options.check_non_voters
             && !self.voters.contains(&self.nodes[index].id)
             && matches!(
@@ -109,7 +109,7 @@ impl Sim {
         {
             let id = self.nodes[index].id;
             self.violate(format!(
-                "non-voter-silent: follower {id} sent a {} for group {}",
+                "non-voter-silent: follower node {id} (non-voting) sent a {} for group {}",
                 msg.name(),
                 group.0
             ));

@@ -47,7 +47,7 @@ use std::hash::{Hash, Hasher};
 pub struct SimOptions {
     /// Voting replicas (3 or 5).
     pub nodes: u32,
-    /// Followers (non-voting replicas, docs/PROTOCOL.md#followers) after the voters: node ids
+    /// Followers (non-voting replicas, docs/PROTOCOL.md#follower-nodes) after the voters: node ids
     /// `nodes + 1 ..= nodes + followers`. 0 by default (traces unchanged).
     pub followers: u32,
     /// Core threads per node (groups spread over them by `core_of_group`).

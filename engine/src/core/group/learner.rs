@@ -39,7 +39,7 @@ impl Group {
     }
 
     /// A follower (non-voting) gets a leader's Accept: it keeps the value, never votes, and
-    /// learns what the Accept's `chosen_through` covers (docs/PROTOCOL.md#followers). What it
+    /// learns what the Accept's `chosen_through` covers (docs/PROTOCOL.md#follower-nodes). What it
     /// keeps is bounded by the acceptance window above its applied point.
     pub(super) fn on_accept_non_voter(
         &mut self,
@@ -301,7 +301,7 @@ impl Group {
             if ctx.bugs.relearn_target_too_low {
                 matches = true; // pre-fix: any reply counted, request ids did not exist
             }
-            // Only voters' reports count: a follower never voted (docs/PROTOCOL.md#followers).
+            // Only voters' reports count: a follower never voted (docs/PROTOCOL.md#follower-nodes).
             if relearn.target.is_none() && from != ctx.me && matches && ctx.members.contains(&from)
             {
                 relearn.reports.insert(from, report);

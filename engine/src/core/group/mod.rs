@@ -737,7 +737,7 @@ impl Group {
         self.apply_ready(ctx);
         if damaged && !ctx.voter {
             // A follower never voted: nothing it lost can be part of a quorum, so it does not
-            // re-learn; catch-up fills whatever its log lacks (docs/PROTOCOL.md#followers).
+            // re-learn; catch-up fills whatever its log lacks (docs/PROTOCOL.md#follower-nodes).
             ctx.stats.relearns_skipped_non_voter += 1;
         } else if damaged {
             ctx.stats.groups_relearning += 1;
@@ -1019,7 +1019,7 @@ impl Group {
                     | Message::CommitAck { .. }
             );
             if vote && !ctx.members.contains(&from) {
-                // Only voters make quorums (docs/PROTOCOL.md#followers).
+                // Only voters make quorums (docs/PROTOCOL.md#follower-nodes).
                 ctx.stats.votes_from_non_voters += 1;
                 return;
             }
