@@ -65,6 +65,49 @@ pub struct ReplicaOut {
     pub rss_over_time: Vec<(f64, u64, u64)>,
 }
 
+/// One follower's share of a point (`--followers N`): how well a non-voting replica keeps up
+/// with the voters' commit rate. Every figure is measured in the follower's own process.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FollowerOut {
+    /// Node id.
+    pub id: u32,
+    /// Length of its window (its own clock, aligned with the voters' within milliseconds), s.
+    pub seconds: f64,
+    /// Commands its executors applied in the window (`applied_commands` delta).
+    pub applied_commands: u64,
+    /// `applied_commands / seconds`.
+    pub applied_per_s: f64,
+    /// `applied_per_s` / the voters' `commits_per_s` over the same window (1.0: it keeps up).
+    pub applied_vs_commits: f64,
+    /// Instances heard chosen and not applied, over every group, at the window's end.
+    pub lag_instances_end: u64,
+    /// The same for the group that lags most, at the window's end.
+    pub lag_instances_max_end: u64,
+    /// `lag_instances` once the voters' clients drained (after the coordinator waited up to
+    /// `drain_wait_s` for it to reach 0 and for the follower's applied count to reach the
+    /// voters').
+    pub lag_instances_drained: u64,
+    /// `lag_instances_max` at the same moment.
+    pub lag_instances_max_drained: u64,
+    /// The most commands any voter had applied minus the follower's, at the same moment
+    /// (cumulative since the cluster started; 0: it applied everything the voters did).
+    pub applied_behind_drained: u64,
+    /// How long the coordinator waited after the drain for the above, s.
+    pub drain_wait_s: f64,
+    /// CPU seconds of its process in the window.
+    pub cpu_s: f64,
+    /// CPU µs of its process per voters' commit (not in the point's `cpu_us_per_commit`).
+    pub cpu_us_per_commit: f64,
+    /// Durable writes in the window (a follower keeps the leader's Accepts in its WAL).
+    pub durable_writes: u64,
+    /// WAL bytes written in the window.
+    pub bytes_written: u64,
+    /// The process's VmRSS right after the point's load, bytes (0: not read).
+    pub rss_bytes: u64,
+    /// Its RssAnon at the same moment, bytes (0: not read).
+    pub rss_anon_bytes: u64,
+}
+
 /// One point's figures. The issue's schema plus extra fields.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PointOut {
@@ -102,9 +145,10 @@ pub struct PointOut {
     pub commands_per_instance: f64,
     /// WAL bytes written by all replicas / (3 x committed application bytes).
     pub write_amplification: f64,
-    /// CPU microseconds (all 3 processes, load generators included) per commit.
+    /// CPU microseconds (all 3 voter processes, load generators included) per commit.
     pub cpu_us_per_commit: f64,
-    /// CPU seconds per second of all 3 processes (the machine has as many as it has CPUs).
+    /// CPU seconds per second of the 3 voter processes (the machine has as many as it has
+    /// CPUs; followers' CPU is in `followers`).
     pub cpu_cores_busy: f64,
     /// (3 x payload MB/s) / disk MB/s of 3 concurrent 1 MiB writers with fdatasync.
     pub bandwidth_vs_disk: f64,
@@ -126,8 +170,11 @@ pub struct PointOut {
     pub unknown: u64,
     /// Open-loop starts skipped because too many were in flight.
     pub open_loop_skipped: u64,
-    /// Per replica.
+    /// Per replica (the voters: every figure above is theirs).
     pub replicas: Vec<ReplicaOut>,
+    /// Per follower (`--followers N`; empty without).
+    #[serde(default)]
+    pub followers: Vec<FollowerOut>,
     /// (seconds into the window, commits/s over the last interval).
     pub throughput_over_time: Vec<(f64, f64)>,
     /// (latency µs, fraction of commits at or below it).
@@ -141,6 +188,9 @@ pub struct NodeFinal {
     pub id: u32,
     /// Process id of what the coordinator started (the node, or strace around it).
     pub pid: u32,
+    /// The node is a follower (a non-voting replica).
+    #[serde(default)]
+    pub follower: bool,
     /// Durable writes since the node started.
     pub durable_writes: u64,
     /// WAL batch writes since the node started.
@@ -288,23 +338,32 @@ pub fn memory_text(run: &RunOut) -> String {
     // Every point ran on its own cluster, and each cluster's nodes are listed in order.
     let mut offset = 0;
     for p in &run.points {
-        let end = (offset + p.replicas.len()).min(run.nodes_final.len());
+        let end = (offset + p.replicas.len() + p.followers.len()).min(run.nodes_final.len());
         let finals = &run.nodes_final[offset.min(end)..end];
         offset = end;
-        for r in &p.replicas {
-            let Some(f) = finals.iter().find(|f| f.id == r.id) else {
+        let nodes = p
+            .replicas
+            .iter()
+            .map(|r| (r.id, r.rss_bytes, r.rss_anon_bytes, ""))
+            .chain(
+                p.followers
+                    .iter()
+                    .map(|f| (f.id, f.rss_bytes, f.rss_anon_bytes, " (follower)")),
+            );
+        for (id, rss_bytes, rss_anon_bytes, role) in nodes {
+            let Some(f) = finals.iter().find(|f| f.id == id) else {
                 continue;
             };
             let _ = writeln!(
                 s,
-                "  {:<22} node {}: {} / {} / {}; peak {}; heap {} / {}",
+                "  {:<22} node {}{role}: {} / {} / {}; peak {}; heap {} / {}",
                 point_name(p),
-                r.id,
+                id,
                 rss::mib_text(f.rss_bytes_start),
-                rss::mib_text(r.rss_bytes),
+                rss::mib_text(rss_bytes),
                 rss::mib_text(f.rss_bytes_end),
                 rss::mib_text(f.rss_hwm_bytes),
-                rss::mib_text(r.rss_anon_bytes),
+                rss::mib_text(rss_anon_bytes),
                 rss::mib_text(f.rss_anon_bytes_end)
             );
         }
@@ -313,8 +372,38 @@ pub fn memory_text(run: &RunOut) -> String {
     s
 }
 
-/// The line printed when a point finishes.
+/// The lines printed when a point finishes: the voters' figures, then one line per follower.
 pub fn point_line(label: &str, p: &PointOut) -> String {
+    let mut s = voters_line(label, p);
+    for f in &p.followers {
+        s.push('\n');
+        s.push_str(&follower_line(f, p.commits_per_s));
+    }
+    s
+}
+
+/// One follower's figures against the voters' commits/s.
+pub fn follower_line(f: &FollowerOut, commits_per_s: f64) -> String {
+    format!(
+        "  follower {}: applied {:.0}/s = {} x commits/s ({:.0}); lag at window end {} instances \
+         (worst group {}); after drain {} (worst group {}, {} commands behind the voters, \
+         waited {:.2} s); CPU {:.2} s = {} µs per commit (not in cpuµs)",
+        f.id,
+        f.applied_per_s,
+        num(f.applied_vs_commits, 3),
+        commits_per_s,
+        f.lag_instances_end,
+        f.lag_instances_max_end,
+        f.lag_instances_drained,
+        f.lag_instances_max_drained,
+        f.applied_behind_drained,
+        f.drain_wait_s,
+        f.cpu_s,
+        num(f.cpu_us_per_commit, 2)
+    )
+}
+
+fn voters_line(label: &str, p: &PointOut) -> String {
     format!(
         "{label}: {:.0} commits/s, {:.2} MB/s, p50 {} p99 {}, WAL write p50 {} p99 {}, {} durable writes/round, CPU {:.2} cores, largest node RSS {}{}",
         p.commits_per_s,
@@ -377,6 +466,51 @@ pub fn table(run: &RunOut) -> String {
          rec/rnd, grp/rnd: records and groups per WAL write; rtt: round trips per committed instance; \
          wamp: WAL bytes / payload bytes; cpuµs: CPU µs of the 3 processes per commit; \
          bw/disk: 3 x payload MB/s / disk MB/s (3 writers, 1 MiB); p50/floor: p50 / (fsync p50 (4 KiB, 3 writers) + RTT p50)"
+    );
+    if run.points.iter().any(|p| !p.followers.is_empty()) {
+        s.push_str(&followers_table(run));
+    }
+    s
+}
+
+/// The followers' figures, point by point (only printed when a point had followers).
+fn followers_table(run: &RunOut) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:>6} {:>8} {:>4} {:>7} | {:>4} {:>10} {:>10} {:>7} | {:>8} {:>8} | {:>8} {:>8} {:>8} | {:>7}",
+        "groups", "value", "pipe", "clients", "node", "commits/s", "applied/s", "ratio",
+        "lag end", "max end", "lag drn", "max drn", "behind", "cpuµs"
+    );
+    for p in &run.points {
+        for f in &p.followers {
+            let _ = writeln!(
+                s,
+                "{:>6} {:>8} {:>4} {:>7} | {:>4} {:>10.0} {:>10.0} {:>7} | {:>8} {:>8} | {:>8} {:>8} {:>8} | {:>7}",
+                p.groups,
+                bytes_text(p.value_bytes),
+                p.pipeline_depth,
+                p.clients,
+                f.id,
+                p.commits_per_s,
+                f.applied_per_s,
+                num(f.applied_vs_commits, 3),
+                f.lag_instances_end,
+                f.lag_instances_max_end,
+                f.lag_instances_drained,
+                f.lag_instances_max_drained,
+                f.applied_behind_drained,
+                num(f.cpu_us_per_commit, 2),
+            );
+        }
+    }
+    let _ = writeln!(
+        s,
+        "followers (non-voting, not in the figures above): applied/s: commands the follower \
+         applied per second of the window; ratio: applied/s / the voters' commits/s; lag end, \
+         max end: instances heard chosen and not applied at the window's end (all groups, worst \
+         group); lag drn, max drn, behind: the same after the drain, and commands the follower \
+         had applied fewer than the voters; cpuµs: the follower's CPU µs per voters' commit"
     );
     s
 }

@@ -1,6 +1,8 @@
 //! `paxring-bench` / `paxring-bench cluster`: a 3-replica cluster of separate processes on
 //! 127.0.0.1, data on the real disk, driven through the embedding API inside each node process,
-//! measured against the machine's ceilings taken in the same run.
+//! measured against the machine's ceilings taken in the same run. With `--followers N`, N more
+//! processes are non-voting followers: they run no clients, lead nothing, and are measured
+//! apart (applied commands per second against the voters' commits per second, lag, CPU).
 //!
 //! Owns: the matrix, the coordinator (starting, commanding and stopping node processes) and the
 //! per-point arithmetic. Never: kills a process it did not start, leaves a node process behind
@@ -11,7 +13,7 @@ pub mod node;
 pub mod proto;
 
 use crate::ceilings;
-use crate::report::{self, LatencyUs, NodeFinal, PointOut, ReplicaOut, RunOut};
+use crate::report::{self, FollowerOut, LatencyUs, NodeFinal, PointOut, ReplicaOut, RunOut};
 use crate::rss::{Memory, RssLog};
 use base64::Engine as _;
 use hdrhistogram::serialization::Deserializer;
@@ -26,8 +28,13 @@ use std::process::{Child, ChildStdin, ExitCode, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-/// Replicas in the benchmark's cluster.
+/// Replicas in the benchmark's cluster (the voters; followers come on top).
 pub const REPLICAS: u32 = 3;
+/// Most followers `--followers` accepts (node ids 4 and 5).
+pub const FOLLOWERS_MAX: u32 = 2;
+/// Longest wait, after a point's clients drained, for each follower to apply what the voters
+/// applied.
+const FOLLOWER_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest wait for every group to have a leader after a cluster starts.
 pub(crate) const LEADERS_TIMEOUT: Duration = Duration::from_secs(30);
 /// Interval of progress events and of the throughput-over-time series.
@@ -129,6 +136,11 @@ pub struct ClusterArgs {
     /// its default).
     #[arg(long)]
     pub wal_writes_in_flight: Option<usize>,
+    /// Non-voting followers next to the 3 voters (at most 2; node ids 4, 5). They run no
+    /// clients and lead nothing; each point reports their applied commands per second against
+    /// the voters' commits per second, their lag and their CPU apart from the voters'.
+    #[arg(long, default_value_t = 0)]
+    pub followers: u32,
     /// Skip the ceilings (ratios are then absent). For tests.
     #[arg(long, hide = true)]
     pub skip_ceilings: bool,
@@ -280,6 +292,12 @@ fn validate(args: &ClusterArgs) -> Result<(), String> {
             ));
         }
     }
+    if args.followers > FOLLOWERS_MAX {
+        return Err(format!(
+            "--followers {}: use 0..={FOLLOWERS_MAX}",
+            args.followers
+        ));
+    }
     if args.cores == 0 || args.cores > 64 {
         return Err(format!("--cores {}: use 1..=64", args.cores));
     }
@@ -326,8 +344,12 @@ fn run_inner(args: &ClusterArgs) -> Result<(), String> {
     let data_dir = data.path().to_path_buf();
     eprintln!(
         "paxring-bench: {} points ({profile} profile), {seconds} s each after {warmup} s warm-up; \
-         3 replicas on 127.0.0.1; data in {}",
+         3 replicas{} on 127.0.0.1; data in {}",
         points.len(),
+        match args.followers {
+            0 => String::new(),
+            n => format!(" and {n} follower{}", if n == 1 { "" } else { "s" }),
+        },
         data_dir.display()
     );
 
@@ -368,7 +390,14 @@ fn run_inner(args: &ClusterArgs) -> Result<(), String> {
                 point.clients
             );
             let results = cluster.run_point(point, &leaders, args.rate, warmup, seconds, &label)?;
-            let out = summarize(point, depth.unwrap_or(default_depth), args.rate, &results)?;
+            let drained = cluster.drain_followers()?;
+            let out = summarize(
+                point,
+                depth.unwrap_or(default_depth),
+                args.rate,
+                &results,
+                &drained,
+            )?;
             let clear = if std::io::stderr().is_terminal() {
                 "\r"
             } else {
@@ -440,20 +469,78 @@ fn run_inner(args: &ClusterArgs) -> Result<(), String> {
 }
 
 /// A replica's outcome for one point.
+#[derive(Clone)]
 struct NodeRun {
     id: u32,
+    /// A follower (measured apart from the voters).
+    follower: bool,
     result: RunResult,
     timeline: Vec<(f64, u64)>,
     /// (seconds into the window, VmRSS bytes, RssAnon bytes) at each progress event.
     memory: Vec<(f64, u64, u64)>,
 }
 
+/// A follower's state once a point's clients drained (`Cluster::drain_followers`).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct Drained {
+    id: u32,
+    lag_instances: u64,
+    lag_instances_max: u64,
+    /// The most commands any voter applied minus the follower's (cumulative).
+    applied_behind: u64,
+    waited_s: f64,
+}
+
+/// A follower's applied commands per second over its window, and that rate over the voters'
+/// commits per second (NaN without a window or without commits: no figure rather than 0).
+fn keeps_up(applied: u64, seconds: f64, commits_per_s: f64) -> (f64, f64) {
+    let applied_per_s = ratio(applied as f64, seconds);
+    (applied_per_s, ratio(applied_per_s, commits_per_s))
+}
+
+/// The follower's figures of one point: its own window's counters and CPU against the voters'
+/// commits, and its state after the drain.
+fn follower_out(
+    run: &NodeRun,
+    drained: Option<&Drained>,
+    commits_per_s: f64,
+    commits: u64,
+) -> FollowerOut {
+    let r = &run.result;
+    let (applied_per_s, applied_vs_commits) =
+        keeps_up(r.counters.applied_commands, r.elapsed_s, commits_per_s);
+    let d = drained.copied().unwrap_or_default();
+    FollowerOut {
+        id: run.id,
+        seconds: r.elapsed_s,
+        applied_commands: r.counters.applied_commands,
+        applied_per_s,
+        applied_vs_commits,
+        lag_instances_end: r.counters.lag_instances,
+        lag_instances_max_end: r.counters.lag_instances_max,
+        lag_instances_drained: d.lag_instances,
+        lag_instances_max_drained: d.lag_instances_max,
+        applied_behind_drained: d.applied_behind,
+        drain_wait_s: d.waited_s,
+        cpu_s: r.cpu_s,
+        cpu_us_per_commit: ratio(r.cpu_s * 1e6, commits as f64),
+        durable_writes: r.counters.durable_writes,
+        bytes_written: r.counters.bytes_written,
+        rss_bytes: r.memory.map_or(0, |m| m.rss_bytes),
+        rss_anon_bytes: r.memory.and_then(|m| m.anon_bytes).unwrap_or(0),
+    }
+}
+
 fn summarize(
     point: &Point,
     depth: u32,
     rate: Option<f64>,
-    runs: &[NodeRun],
+    all_runs: &[NodeRun],
+    drained: &[Drained],
 ) -> Result<PointOut, String> {
+    // Every figure but `followers` is the voters': followers run no clients, and their WAL
+    // writes and CPU would change what dw/cmt, wamp and cpuµs mean.
+    let runs: Vec<&NodeRun> = all_runs.iter().filter(|r| !r.follower).collect();
     let mut histogram = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("bounds");
     let mut counters = Counters::default();
     let mut commits = 0u64;
@@ -462,7 +549,7 @@ fn summarize(
     let mut refusals = proto::Refusals::default();
     let mut skipped = 0;
     let mut replicas = Vec::new();
-    for run in runs {
+    for run in &runs {
         let r = &run.result;
         if !r.histogram_b64.is_empty() {
             let bytes = base64::engine::general_purpose::STANDARD
@@ -522,7 +609,7 @@ fn summarize(
     };
     let replicas_n = runs.len().max(1) as f64;
     let mut timeline: BTreeMap<u64, u64> = BTreeMap::new();
-    for run in runs {
+    for run in &runs {
         for &(t, c) in &run.timeline {
             *timeline.entry((t * 1000.0).round() as u64).or_default() += c;
         }
@@ -541,6 +628,14 @@ fn summarize(
         previous = Some((ms, c));
     }
     let cdf = report::cdf_points(&histogram);
+    let followers = all_runs
+        .iter()
+        .filter(|r| r.follower)
+        .map(|run| {
+            let d = drained.iter().find(|d| d.id == run.id);
+            follower_out(run, d, commits_per_s, commits)
+        })
+        .collect();
     Ok(PointOut {
         groups: point.groups,
         value_bytes: point.value_bytes,
@@ -584,6 +679,7 @@ fn summarize(
         unknown: refusals.unknown + refusals.other,
         open_loop_skipped: skipped,
         replicas,
+        followers,
         throughput_over_time: throughput,
         latency_cdf: cdf,
     })
@@ -625,6 +721,8 @@ pub(crate) struct NodeOptions {
     pub strace_dir: Option<PathBuf>,
     /// The key-value state machine and a client listener (the reads benchmark).
     pub kv: Option<KvSpec>,
+    /// Followers next to the `REPLICAS` voters (node ids `REPLICAS + 1..`).
+    pub followers: u32,
 }
 
 impl NodeOptions {
@@ -637,15 +735,18 @@ impl NodeOptions {
             wal_writes_in_flight: args.wal_writes_in_flight,
             strace_dir: args.strace_dir.clone(),
             kv: None,
+            followers: args.followers,
         }
     }
 }
 
-/// Three node processes and their control channels.
+/// The node processes (three voters, then any followers) and their control channels.
 pub(crate) struct Cluster {
     children: Vec<Child>,
     stdins: Vec<ChildStdin>,
     ids: Vec<u32>,
+    /// Whether each node is a follower, by index.
+    follower: Vec<bool>,
     events: Receiver<(usize, Option<Event>)>,
     /// Each node's memory when it reported Ready.
     started_memory: Vec<Option<Memory>>,
@@ -654,7 +755,8 @@ pub(crate) struct Cluster {
 }
 
 impl Cluster {
-    /// Starts the three node processes (data in `dir/node-ID`) and waits until each is ready.
+    /// Starts the three voters and `args.followers` followers (data in `dir/node-ID`) and waits
+    /// until each is ready.
     pub(crate) fn start(
         dir: &Path,
         groups: u32,
@@ -662,12 +764,18 @@ impl Cluster {
         args: &NodeOptions,
     ) -> Result<Cluster, String> {
         let exe = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
-        let addrs = free_addrs(REPLICAS as usize)?;
+        let addrs = free_addrs((REPLICAS + args.followers) as usize)?;
+        let is_follower = |i: usize| i >= REPLICAS as usize;
+        let follower_ids: Vec<u32> = (0..addrs.len())
+            .filter(|&i| is_follower(i))
+            .map(|i| i as u32 + 1)
+            .collect();
         let (tx, events) = std::sync::mpsc::channel();
         let mut cluster = Cluster {
             children: Vec::new(),
             stdins: Vec::new(),
             ids: Vec::new(),
+            follower: Vec::new(),
             events,
             started_memory: vec![None; addrs.len()],
             client_addrs: vec![None; addrs.len()],
@@ -692,6 +800,8 @@ impl Cluster {
                 wal_writes_in_flight: args.wal_writes_in_flight,
                 cluster_id: 0x9A78_1B00 + u64::from(groups),
                 kv: args.kv,
+                follower: is_follower(i),
+                follower_peers: follower_ids.iter().copied().filter(|&f| f != id).collect(),
             };
             let spec_json = serde_json::to_string(&spec).map_err(|e| e.to_string())?;
             let mut command = match &args.strace_dir {
@@ -738,10 +848,11 @@ impl Cluster {
             cluster.children.push(child);
             cluster.stdins.push(stdin);
             cluster.ids.push(id);
+            cluster.follower.push(is_follower(i));
         }
         let mut ready = 0;
         let deadline = Instant::now() + Duration::from_secs(60);
-        while ready < REPLICAS {
+        while ready < cluster.children.len() {
             match cluster.next_event(deadline)? {
                 (
                     i,
@@ -862,6 +973,12 @@ impl Cluster {
                 match self.next_event(deadline)? {
                     (i, Event::Leaders { groups: led }) => {
                         answers += 1;
+                        if let (true, Some(g)) = (self.follower[i], led.first()) {
+                            return Err(format!(
+                                "node {} is a follower but reports leading group {g}",
+                                self.ids[i]
+                            ));
+                        }
                         for g in led {
                             if let Some(slot) = leader.get_mut(g as usize) {
                                 slot.get_or_insert(i);
@@ -972,11 +1089,58 @@ impl Cluster {
             .enumerate()
             .map(|(i, ((r, timeline), memory))| NodeRun {
                 id: self.ids[i],
+                follower: self.follower[i],
                 result: r.expect("every result arrived"),
                 timeline,
                 memory,
             })
             .collect())
+    }
+
+    /// After a point (its clients drained), waits (bounded) until every follower reports no
+    /// lag and has applied as many commands as the voter that applied most, while the voters'
+    /// figure stays put over two polls; returns each follower's state at that moment (or at
+    /// the timeout). Empty without followers.
+    fn drain_followers(&mut self) -> Result<Vec<Drained>, String> {
+        if !self.follower.contains(&true) {
+            return Ok(Vec::new());
+        }
+        let begin = Instant::now();
+        let mut previous_voters_applied = None;
+        let mut settled_polls = 0;
+        loop {
+            let stats = self.stats()?;
+            let voters_applied = stats
+                .iter()
+                .zip(&self.follower)
+                .filter(|(_, &f)| !f)
+                .map(|(c, _)| c.applied_commands)
+                .max()
+                .unwrap_or(0);
+            let drained: Vec<Drained> = stats
+                .iter()
+                .zip(self.ids.iter().zip(&self.follower))
+                .filter(|(_, (_, &f))| f)
+                .map(|(c, (&id, _))| Drained {
+                    id,
+                    lag_instances: c.lag_instances,
+                    lag_instances_max: c.lag_instances_max,
+                    applied_behind: voters_applied.saturating_sub(c.applied_commands),
+                    waited_s: begin.elapsed().as_secs_f64(),
+                })
+                .collect();
+            let caught_up = previous_voters_applied == Some(voters_applied)
+                && drained
+                    .iter()
+                    .all(|d| d.lag_instances == 0 && d.applied_behind == 0);
+            settled_polls = if caught_up { settled_polls + 1 } else { 0 };
+            if settled_polls >= 2 || begin.elapsed() >= FOLLOWER_DRAIN_TIMEOUT {
+                return Ok(drained);
+            }
+            previous_voters_applied = Some(voters_applied);
+            // Cores publish their snapshots every 20 ms.
+            std::thread::sleep(Duration::from_millis(25));
+        }
     }
 
     /// Asks every node to quit, collects its final counters, and reaps it.
@@ -1014,6 +1178,7 @@ impl Cluster {
             out.push(NodeFinal {
                 id: self.ids[i],
                 pid: child.id(),
+                follower: self.follower[i],
                 durable_writes: counters.durable_writes,
                 wal_writes: counters.wal_writes,
                 rss_bytes_start: started.map_or(0, |m| m.rss_bytes),
@@ -1137,5 +1302,91 @@ mod tests {
         assert!(validate(&args(&["--seconds=-1"])).is_err());
         assert!(validate(&args(&["--seconds", "0"])).is_err());
         assert!(validate(&args(&["--report", "out.svg", "--rate", "1000"])).is_ok());
+        assert!(validate(&args(&["--followers", "3"])).is_err());
+        assert!(validate(&args(&["--followers", "2"])).is_ok());
+        assert_eq!(args(&[]).followers, 0);
+    }
+
+    #[test]
+    fn keeps_up_divides_rates() {
+        let (per_s, vs) = keeps_up(9_900, 4.0, 2_500.0);
+        assert!((per_s - 2_475.0).abs() < 1e-9);
+        assert!((vs - 0.99).abs() < 1e-12);
+        // No window or no commits: no figure, never 0 or infinity.
+        assert!(keeps_up(10, 0.0, 100.0).0.is_nan());
+        assert!(keeps_up(10, 1.0, 0.0).1.is_nan());
+    }
+
+    fn node_run(id: u32, follower: bool, commits: u64, applied: u64, cpu_s: f64) -> NodeRun {
+        NodeRun {
+            id,
+            follower,
+            result: RunResult {
+                commits,
+                refusals: proto::Refusals::default(),
+                histogram_b64: String::new(),
+                counters: Counters {
+                    durable_writes: 100,
+                    write_rounds: 100,
+                    applied_commands: applied,
+                    lag_instances: if follower { 7 } else { 0 },
+                    lag_instances_max: if follower { 3 } else { 0 },
+                    ..Counters::default()
+                },
+                cpu_s,
+                elapsed_s: 2.0,
+                open_loop_skipped: 0,
+                memory: None,
+            },
+            timeline: Vec::new(),
+            memory: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn followers_are_measured_apart_from_the_voters() {
+        let point = Point {
+            groups: 4,
+            value_bytes: 100,
+            pipeline: Pipeline::Default,
+            clients: 8,
+        };
+        let voters = [
+            node_run(1, false, 600, 1000, 0.5),
+            node_run(2, false, 400, 1000, 0.3),
+            node_run(3, false, 0, 1000, 0.2),
+        ];
+        let summary = |runs: &[NodeRun], drained: &[Drained]| {
+            summarize(&point, 8, None, runs, drained).expect("summarizes")
+        };
+        let alone = summary(&voters, &[]);
+        let mut runs = voters.to_vec();
+        runs.push(node_run(4, true, 0, 950, 0.4));
+        let drained = [Drained {
+            id: 4,
+            lag_instances: 0,
+            lag_instances_max: 0,
+            applied_behind: 2,
+            waited_s: 0.1,
+        }];
+        let with = summary(&runs, &drained);
+        // The voters' figures do not move with a follower next to them.
+        assert_eq!(with.commits, 1000);
+        assert_eq!(with.commits_per_s, alone.commits_per_s);
+        assert_eq!(with.cpu_us_per_commit, alone.cpu_us_per_commit);
+        assert!((with.cpu_us_per_commit - 1000.0).abs() < 1e-9);
+        assert_eq!(
+            with.durable_writes_per_commit,
+            alone.durable_writes_per_commit
+        );
+        assert_eq!(with.replicas.len(), 3);
+        assert!(alone.followers.is_empty());
+        let f = &with.followers[0];
+        assert_eq!(f.id, 4);
+        assert!((f.applied_per_s - 475.0).abs() < 1e-9);
+        assert!((f.applied_vs_commits - 0.95).abs() < 1e-12);
+        assert_eq!((f.lag_instances_end, f.lag_instances_max_end), (7, 3));
+        assert_eq!((f.lag_instances_drained, f.applied_behind_drained), (0, 2));
+        assert!((f.cpu_us_per_commit - 400.0).abs() < 1e-9);
     }
 }

@@ -1,7 +1,8 @@
 //! The node role: one replica of the benchmark's cluster, in its own process. It embeds a
 //! [`Node`] with a minimal state machine and runs the load generator through the embedding API
 //! (as an application would), taking commands from stdin and answering on stdout, one JSON
-//! object per line (see `proto`).
+//! object per line (see `proto`). A follower (`NodeSpec::follower`) runs the same role with no
+//! clients: it only measures its counters and CPU over each point's window.
 //!
 //! Owns: the node process, its load generator and its latency histogram. Never: proposes to a
 //! group it does not lead (a `NotLeader` answer is counted, not forwarded), grows a queue
@@ -98,8 +99,14 @@ pub fn run(spec_json: &str) -> ExitCode {
     if let Some(writes) = spec.wal_writes_in_flight {
         builder = builder.wal_writes_in_flight(writes);
     }
+    // A follower never votes or leads; every node lists the same followers.
+    builder = builder.follower(spec.follower);
     for (id, addr) in &spec.peers {
-        builder = builder.peer(*id, *addr);
+        builder = if spec.follower_peers.contains(id) {
+            builder.follower_peer(*id, *addr)
+        } else {
+            builder.peer(*id, *addr)
+        };
     }
     let config = match builder.build() {
         Ok(config) => config,

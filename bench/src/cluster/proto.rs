@@ -13,7 +13,7 @@ use std::path::PathBuf;
 /// How the coordinator starts one node process (passed as one JSON argument).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct NodeSpec {
-    /// This node's id (1..=3).
+    /// This node's id (1..=3 for the voters, 4.. for the followers).
     pub id: u32,
     /// Where it listens for peers.
     pub listen: SocketAddr,
@@ -40,6 +40,12 @@ pub struct NodeSpec {
     /// benchmark); `None`: the counting state machine and no client listener.
     #[serde(default)]
     pub kv: Option<KvSpec>,
+    /// This node is a follower (a non-voting replica: it never leads, runs no clients).
+    #[serde(default)]
+    pub follower: bool,
+    /// The ids of the peers (in `peers`) that are followers; every node lists the same.
+    #[serde(default)]
+    pub follower_peers: Vec<u32>,
 }
 
 /// The reads benchmark's key-value store as one node process holds it.
@@ -224,6 +230,13 @@ pub struct Counters {
     /// Lease rounds sent as leader.
     #[serde(default)]
     pub lease_rounds_sent: u64,
+    /// Instances heard chosen and not applied yet, over every group, at the snapshot. Not a
+    /// delta: `since` keeps the later value, `add` sums.
+    #[serde(default)]
+    pub lag_instances: u64,
+    /// The same for the group that lags most, at the snapshot (`add` keeps the largest).
+    #[serde(default)]
+    pub lag_instances_max: u64,
 }
 
 impl Counters {
@@ -231,6 +244,8 @@ impl Counters {
     pub fn of(stats: &NodeStats) -> Counters {
         let mut c = Counters {
             applied_commands: stats.applied_commands,
+            lag_instances: stats.totals.lag_instances,
+            lag_instances_max: stats.totals.lag_instances_max,
             ..Counters::default()
         };
         for core in &stats.cores {
@@ -292,6 +307,8 @@ impl Counters {
             lease_rounds_sent: self
                 .lease_rounds_sent
                 .saturating_sub(earlier.lease_rounds_sent),
+            lag_instances: self.lag_instances,
+            lag_instances_max: self.lag_instances_max,
         }
     }
 
@@ -316,6 +333,8 @@ impl Counters {
         self.reads_index += other.reads_index;
         self.reads_failed += other.reads_failed;
         self.lease_rounds_sent += other.lease_rounds_sent;
+        self.lag_instances += other.lag_instances;
+        self.lag_instances_max = self.lag_instances_max.max(other.lag_instances_max);
     }
 }
 
@@ -373,6 +392,38 @@ mod tests {
     }
 
     #[test]
+    fn node_spec_without_follower_fields_parses() {
+        let spec = NodeSpec {
+            id: 4,
+            listen: "127.0.0.1:7004".parse().unwrap(),
+            peers: vec![(1, "127.0.0.1:7001".parse().unwrap())],
+            dir: PathBuf::from("node-4"),
+            groups: 2,
+            pipeline_depth: None,
+            cores: 1,
+            blocking_wal: false,
+            sync_mode: None,
+            wal_writes_in_flight: None,
+            cluster_id: 7,
+            kv: None,
+            follower: true,
+            follower_peers: vec![5],
+        };
+        let line = serde_json::to_string(&spec).unwrap();
+        let back: NodeSpec = serde_json::from_str(&line).unwrap();
+        assert!(back.follower);
+        assert_eq!(back.follower_peers, vec![5]);
+        // A spec written before followers existed: a voter with voting peers.
+        let mut old: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let map = old.as_object_mut().unwrap();
+        map.remove("follower");
+        map.remove("follower_peers");
+        let back: NodeSpec = serde_json::from_value(old).unwrap();
+        assert!(!back.follower);
+        assert!(back.follower_peers.is_empty());
+    }
+
+    #[test]
     fn counters_since() {
         let a = Counters {
             durable_writes: 10,
@@ -391,5 +442,27 @@ mod tests {
         assert_eq!(d.write_rounds, 14);
         assert_eq!(d.records, 60);
         assert_eq!(a.since(&b).durable_writes, 0);
+    }
+
+    #[test]
+    fn lag_is_a_gauge() {
+        let before = Counters {
+            applied_commands: 100,
+            lag_instances: 40,
+            lag_instances_max: 9,
+            ..Counters::default()
+        };
+        let after = Counters {
+            applied_commands: 350,
+            lag_instances: 3,
+            lag_instances_max: 2,
+            ..Counters::default()
+        };
+        let d = after.since(&before);
+        assert_eq!(d.applied_commands, 250);
+        assert_eq!((d.lag_instances, d.lag_instances_max), (3, 2));
+        let mut sum = d;
+        sum.add(&before);
+        assert_eq!((sum.lag_instances, sum.lag_instances_max), (43, 9));
     }
 }
