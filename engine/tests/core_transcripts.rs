@@ -375,11 +375,13 @@ fn codec_round_trips_every_kind() {
             }),
             offset: 4096,
             data: bytes::Bytes::from_static(b"image"),
+            configs: bytes::Bytes::from_static(b"history"),
         },
         Message::CheckpointChunk {
             info: None,
             offset: 0,
             data: bytes::Bytes::new(),
+            configs: bytes::Bytes::new(),
         },
     ];
     for message in messages {

@@ -354,3 +354,38 @@ fn follower_votes_breaks_the_safety_checkers_too() {
     );
     eprintln!("follower-votes without its checker: seed {seed}: {violation}");
 }
+
+/// A membership change that governs from the next instance instead of `MEMBERSHIP_DELAY`
+/// later (`paxring sim --followers 2 --membership --bug config-at-once`): a leader opens
+/// instances whose configuration it cannot know yet, and the invariant checker reports it
+/// (every one of the first 8 seeds).
+#[test]
+fn config_at_once_is_caught_by_the_invariant_checker() {
+    let options = SimOptions {
+        followers: 2,
+        membership: true,
+        ..short(Bug::ConfigAtOnce)
+    };
+    let (seed, violation) = first_violation(&options, 1..6).expect("caught in 5 seeds");
+    assert!(violation.contains("invariant:"), "{violation}");
+    eprintln!("config-at-once: seed {seed}: {violation}");
+}
+
+/// A leader that reaches a configuration boundary without asking the new voters to promise
+/// its ballot (`--bug config-boundary-skips-prepare`): the invariant checker reports an
+/// instance in flight without a quorum of its configuration's voters behind the ballot
+/// (every one of the first 4 seeds).
+#[test]
+fn config_boundary_skips_prepare_is_caught_by_the_invariant_checker() {
+    let options = SimOptions {
+        followers: 2,
+        membership: true,
+        ..short(Bug::ConfigBoundarySkipsPrepare)
+    };
+    let (seed, violation) = first_violation(&options, 1..6).expect("caught in 5 seeds");
+    assert!(
+        violation.contains("invariant:") && violation.contains("without a quorum"),
+        "{violation}"
+    );
+    eprintln!("config-boundary-skips-prepare: seed {seed}: {violation}");
+}

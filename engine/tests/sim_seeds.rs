@@ -181,6 +181,60 @@ fn one_follower_under_every_fault_class() {
     assert_eq!(count("non-voter-votes-dropped"), 0, "{:?}", summary.faults);
 }
 
+/// Membership changes through the log (docs/PROTOCOL.md#membership-change) under every fault
+/// class: three voters and two follower nodes, leaders asked now and then for a random
+/// membership of 3..=5 voters among the five (arbitrary jumps, not single steps): no
+/// violation (agreement, acknowledged changes, the invariant that every instance in flight
+/// has a quorum of its own configuration's voters behind the leader's ballot), every group
+/// converges on every node, and changes were chosen.
+#[test]
+fn membership_changes_under_every_fault_class() {
+    let summary = run(
+        &SimOptions {
+            followers: 2,
+            membership: true,
+            ..short()
+        },
+        1..61,
+    );
+    let count = |what: &str| summary.faults.get(what).copied().unwrap_or(0);
+    for fault in Fault::ALL {
+        assert!(
+            summary.classes_on.get(fault.name()).copied().unwrap_or(0) > 0,
+            "{} was never on: {:?}",
+            fault.name(),
+            summary.classes_on
+        );
+    }
+    assert!(
+        count("membership-change-committed") > 20,
+        "{:?}",
+        summary.faults
+    );
+}
+
+/// The same with purge: log bases carry the configuration history, and checkpoint transfers
+/// carry it to replicas behind every peer's base.
+#[test]
+fn membership_changes_with_purge_and_checkpoint_transfer() {
+    let summary = run(
+        &SimOptions {
+            followers: 2,
+            membership: true,
+            purge: true,
+            ..short()
+        },
+        1..41,
+    );
+    let count = |what: &str| summary.faults.get(what).copied().unwrap_or(0);
+    assert!(
+        count("membership-change-committed") > 10,
+        "{:?}",
+        summary.faults
+    );
+    assert!(count("checkpoint-transfer") > 0, "{:?}", summary.faults);
+}
+
 #[test]
 fn same_seed_same_trace() {
     let options = short();

@@ -68,6 +68,10 @@ pub struct SimArgs {
     /// a later write may land before an earlier one, and a crash keeps what landed.
     #[arg(long, default_value_t = 1)]
     writes_in_flight: usize,
+    /// Membership changes during the safety phase: leaders are asked for random memberships
+    /// of 3..=5 voters among every node (`--nodes` + `--followers`), the others following.
+    #[arg(long)]
+    membership: bool,
     /// Print one line per seed (trace hash, commits, fault profile).
     #[arg(long)]
     verbose: bool,
@@ -161,6 +165,7 @@ pub fn run(args: SimArgs) -> ExitCode {
         log: args.log,
         purge: args.purge,
         writes_in_flight: args.writes_in_flight,
+        membership: args.membership,
         ..SimOptions::default()
     };
     #[cfg(feature = "sim-bugs")]

@@ -12,12 +12,11 @@ use std::collections::VecDeque;
 /// What a group needs from its table while it handles one input.
 pub(super) struct Ctx<'a> {
     pub me: NodeId,
-    /// The voters (docs/PROTOCOL.md#follower-nodes).
+    /// The cluster's initial voters (docs/PROTOCOL.md#follower-nodes); a group's own
+    /// configuration history starts with them (docs/PROTOCOL.md#membership-change).
     pub members: &'a [NodeId],
-    /// The non-voting followers.
+    /// The initial non-voting followers.
     pub followers: &'a [NodeId],
-    /// This node votes.
-    pub voter: bool,
     pub config: &'a Config,
     pub now: Tick,
     pub rng: &'a mut Prng,
@@ -50,17 +49,6 @@ pub(super) struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    /// Majority of the members.
-    pub fn quorum(&self) -> usize {
-        self.members.len() / 2 + 1
-    }
-
-    /// Peers whose reports a re-learning replica needs (members - quorum + 1): together with
-    /// any quorum but itself they always share a member.
-    pub fn relearn_needed(&self) -> usize {
-        self.members.len() - self.quorum() + 1
-    }
-
     /// Appends a record; returns its Lsn.
     pub fn append(&mut self, record: Record) -> Lsn {
         let lsn = *self.next_lsn;
@@ -116,9 +104,8 @@ impl Ctx<'_> {
 
     /// Sends to every node, this one included (through the loopback) when it votes.
     pub fn broadcast(&mut self, group: GroupId, msg: &Message) {
-        if self.members.contains(&self.me) {
-            self.local.push_back((group, msg.clone()));
-        }
+        // Through its own acceptor, which decides by the group's membership whether it votes.
+        self.local.push_back((group, msg.clone()));
         self.broadcast_peers(group, msg);
     }
 

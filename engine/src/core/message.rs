@@ -143,6 +143,9 @@ pub enum Message {
         offset: u64,
         /// Payload bytes.
         data: Bytes,
+        /// The group's configuration history at the checkpoint (docs/PROTOCOL.md#membership-change;
+        /// empty: the cluster's initial configuration, never changed).
+        configs: Bytes,
     },
     /// A follower's answer to a leader's `Commit` (its heartbeat) with check quorum on: the
     /// leader hears from its followers while idle (docs/PROTOCOL.md#leader-stickiness-and-check-quorum).
@@ -361,7 +364,12 @@ impl Message {
                 out.put_u64_le(*offset);
                 out.put_u64_le(need.0);
             }
-            Message::CheckpointChunk { info, offset, data } => {
+            Message::CheckpointChunk {
+                info,
+                offset,
+                data,
+                configs,
+            } => {
                 out.put_u8(u8::from(info.is_some()));
                 let info = info.unwrap_or(CheckpointInfo {
                     instance: Instance(0),
@@ -375,6 +383,7 @@ impl Message {
                 out.put_u32_le(info.payload_crc);
                 out.put_u64_le(*offset);
                 put_bytes(out, data);
+                put_bytes(out, configs);
             }
             Message::CommitAck {
                 ballot,
@@ -514,10 +523,12 @@ impl Message {
                 };
                 let offset = reader.u64()?;
                 let data = reader.value()?;
+                let configs = reader.value()?;
                 Message::CheckpointChunk {
                     info: some.then_some(info),
                     offset,
                     data,
+                    configs,
                 }
             }
             11 => Message::CommitAck {
@@ -544,7 +555,7 @@ pub fn promise_entry_bytes(value_len: usize) -> usize {
 /// Encoded bytes of a CatchupReply (kind byte included) before its entries.
 pub const CATCHUP_REPLY_HEADER_BYTES: usize = 1 + 8 + 8 + 8 + 8 + 8 + 1 + 1 + 12 + 4 + 4;
 /// Encoded bytes of a CheckpointChunk (kind byte included) before its data.
-pub const CHECKPOINT_CHUNK_HEADER_BYTES: usize = 1 + 1 + 8 + 4 + 8 + 4 + 8 + 4;
+pub const CHECKPOINT_CHUNK_HEADER_BYTES: usize = 1 + 1 + 8 + 4 + 8 + 4 + 8 + 4 + 4;
 /// Encoded bytes of one CatchupReply entry carrying a value of `value_len` bytes.
 pub fn catchup_entry_bytes(value_len: usize) -> usize {
     8 + 4 + value_len

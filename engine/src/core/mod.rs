@@ -525,4 +525,11 @@ pub struct Bugs {
     /// A follower (non-voting) answers Accepts as an acceptor does, and leaders count any
     /// node's vote toward a quorum of the voters.
     pub follower_votes: bool,
+    /// A membership change governs from the next instance on instead of
+    /// `MEMBERSHIP_DELAY` later: a leader opens instances whose configuration it does not
+    /// know yet.
+    pub config_at_once: bool,
+    /// A leader counts the new voters' Accepteds at a configuration boundary without asking
+    /// them to promise its ballot first (no phase 1 continuation there).
+    pub config_boundary_skips_prepare: bool,
 }

@@ -74,6 +74,10 @@ pub enum FailReason {
     TooLarge,
     /// The group is stopped by an error (see [`GroupError`]).
     Stopped,
+    /// A membership change with no voter or a node listed twice.
+    BadMembership,
+    /// Another membership change is queued, in flight, or not in effect yet.
+    MembershipChangePending,
 }
 
 /// The outcome of one proposal.
@@ -195,6 +199,16 @@ pub struct GroupStatus {
     /// a peer: `chosen_heard - applied_next` is how far it lags ([`GroupStatus::lag`]).
     #[serde(default)]
     pub chosen_heard: Instance,
+    /// The voters of the newest configuration this replica knows
+    /// (docs/PROTOCOL.md#membership-change).
+    #[serde(default)]
+    pub voters: Vec<NodeId>,
+    /// Its follower nodes.
+    #[serde(default)]
+    pub followers: Vec<NodeId>,
+    /// The first instance it governs (0: the initial configuration).
+    #[serde(default)]
+    pub members_from: Instance,
 }
 
 impl GroupStatus {
@@ -549,6 +563,18 @@ pub struct CoreStats {
     /// follower never voted; catch-up fills its log).
     #[serde(default)]
     pub relearns_skipped_non_voter: u64,
+    /// Membership changes this node proposed as leader.
+    #[serde(default)]
+    pub membership_changes_proposed: u64,
+    /// Membership changes applied (each governs from `MEMBERSHIP_DELAY` instances later on).
+    #[serde(default)]
+    pub membership_changes_applied: u64,
+    /// Membership-change values chosen that name no voter or a node twice (applied as no-ops).
+    #[serde(default)]
+    pub membership_changes_invalid: u64,
+    /// Leaders that stepped down at a configuration boundary that removed them.
+    #[serde(default)]
+    pub leader_stepdowns_removed: u64,
     /// Leaders refused by one acceptor's higher promise while they still heard a quorum,
     /// that prepared again at once above it.
     #[serde(default)]

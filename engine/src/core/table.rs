@@ -66,7 +66,6 @@ macro_rules! ctx {
             me: $self.me,
             members: &$self.members,
             followers: &$self.followers,
-            voter: $self.voter,
             config: &$self.config,
             now: $self.now,
             rng: &mut $self.prng,
@@ -226,10 +225,7 @@ impl CoreTable {
     /// What `group` is doing (None for a group this core does not own).
     pub fn group_status(&self, group: GroupId) -> Option<GroupStatus> {
         let me = self.me;
-        let needed = self.members.len() - (self.members.len() / 2 + 1) + 1;
-        self.groups
-            .get(&group)
-            .map(|g| g.status(me, &self.members, needed, self.voter))
+        self.groups.get(&group).map(|g| g.status(me))
     }
 
     /// Every group that cannot make progress by itself, with the reason (for the runtime's
@@ -335,9 +331,13 @@ impl CoreTable {
         })
     }
 
-    /// Groups of this core that are re-learning now.
+    /// Groups of this core that are re-learning now, or owe a re-learn before their first
+    /// vote (lost or damaged state found while this node did not vote in them).
     pub fn relearning_count(&self) -> usize {
-        self.groups.values().filter(|g| g.is_relearning()).count()
+        self.groups
+            .values()
+            .filter(|g| g.is_relearning() || g.owes_relearn())
+            .count()
     }
 
     /// The node's incarnation this table was started with.
@@ -404,6 +404,26 @@ impl CoreTable {
         result
     }
 
+    /// Proposes a change of `group`'s membership to `members` (docs/PROTOCOL.md#membership-change):
+    /// refused at once when this node does not lead (`NotLeader`), `members` has no voter or
+    /// names a node twice (`BadMembership`), or another change is queued, in flight or not in
+    /// effect yet (`MembershipChangePending`). The change is a value of its own; its outcome
+    /// arrives in `Outputs::results` like a command's (Committed when chosen), and it governs
+    /// from `MEMBERSHIP_DELAY` instances after its instance on (an idle leader fills the gap
+    /// with no-ops). Every node the change names must be reachable by the driver's network.
+    pub fn change_membership(
+        &mut self,
+        group: GroupId,
+        id: ProposalId,
+        members: Membership,
+    ) -> Result<(), FailReason> {
+        let Some(state) = self.groups.get_mut(&group) else {
+            return Err(FailReason::UnknownGroup);
+        };
+        let mut ctx = ctx!(self);
+        state.propose_membership(&mut ctx, id, members)
+    }
+
     /// A linearizable read of `group` (docs/PROTOCOL.md#reads): refused at once (nothing
     /// queued) when this node does not lead the group (`NotLeader` with a hint), too many reads
     /// wait (`Overloaded`), or the group is unknown or stopped. Otherwise it appears in
@@ -435,10 +455,9 @@ impl CoreTable {
         let ignore_drift = self.bugs.lease_ignores_drift;
         #[cfg(not(feature = "sim-bugs"))]
         let ignore_drift = false;
-        let quorum = self.members.len() / 2 + 1;
         self.groups
             .get(&group)?
-            .master_until_at(&self.config, quorum, self.now, ignore_drift)
+            .master_until_at(&self.config, self.now, ignore_drift)
     }
 
     /// The master lease this node's acceptor grants for `group` now: the holder (None: any
@@ -603,6 +622,12 @@ impl CoreTable {
     /// True while `group` re-learns after WAL damage (it neither promises nor accepts).
     pub fn is_relearning(&self, group: GroupId) -> bool {
         self.groups.get(&group).is_some_and(|g| g.is_relearning())
+    }
+
+    /// Whether `group` found lost or damaged state at this start while this node did not vote
+    /// in it: it re-learns before its first vote (docs/PROTOCOL.md#membership-change).
+    pub fn owes_relearn(&self, group: GroupId) -> bool {
+        self.groups.get(&group).is_some_and(|g| g.owes_relearn())
     }
 
     /// The protocol counters.

@@ -86,7 +86,58 @@ pub struct ValueError {
     pub len: usize,
 }
 
-/// Splits a value into its commands (zero-copy slices of `value`).
+/// The command count that marks a membership-change value (docs/PROTOCOL.md#membership-change):
+/// the identity follows as in any value, then `u32` voter count, the voters (`u32` each),
+/// `u32` follower count and the followers. It carries no command for the state machine.
+pub const CONFIG_MARKER: u32 = u32::MAX;
+
+/// Most nodes a membership-change value may name (voters and followers together).
+pub const CONFIG_NODES_MAX: usize = 64;
+
+/// Encodes a membership change to `voters` and `followers`, proposed as `identity`.
+pub fn encode_config(identity: Identity, voters: &[u32], followers: &[u32]) -> Bytes {
+    let mut out = Vec::with_capacity(VALUE_HEADER_BYTES + 8 + 4 * (voters.len() + followers.len()));
+    out.put_u32_le(CONFIG_MARKER);
+    out.put_u32_le(identity.node);
+    out.put_u64_le(identity.incarnation);
+    out.put_u64_le(identity.seq);
+    for list in [voters, followers] {
+        out.put_u32_le(u32::try_from(list.len()).expect("node count fits u32"));
+        for node in list {
+            out.put_u32_le(*node);
+        }
+    }
+    Bytes::from(out)
+}
+
+/// The voters and followers a membership-change value names (None when the value is not one,
+/// or does not follow the layout).
+pub fn config(value: &[u8]) -> Option<(Vec<u32>, Vec<u32>)> {
+    if read_u32(value, 0)? != CONFIG_MARKER || value.len() < VALUE_HEADER_BYTES {
+        return None;
+    }
+    let mut offset = VALUE_HEADER_BYTES;
+    let mut lists = [Vec::new(), Vec::new()];
+    for list in &mut lists {
+        let count = read_u32(value, offset)? as usize;
+        offset += 4;
+        if count > CONFIG_NODES_MAX {
+            return None;
+        }
+        for _ in 0..count {
+            list.push(read_u32(value, offset)?);
+            offset += 4;
+        }
+    }
+    if offset != value.len() {
+        return None;
+    }
+    let [voters, followers] = lists;
+    Some((voters, followers))
+}
+
+/// Splits a value into its commands (zero-copy slices of `value`). A membership-change value
+/// has none.
 pub fn decode(value: &Bytes) -> Result<Vec<Bytes>, ValueError> {
     let error = |offset| ValueError {
         offset,
@@ -95,6 +146,12 @@ pub fn decode(value: &Bytes) -> Result<Vec<Bytes>, ValueError> {
     let count = read_u32(value, 0).ok_or(error(0))? as usize;
     if value.len() < VALUE_HEADER_BYTES {
         return Err(error(4));
+    }
+    if count == CONFIG_MARKER as usize {
+        return match config(value) {
+            Some(_) => Ok(Vec::new()),
+            None => Err(error(VALUE_HEADER_BYTES)),
+        };
     }
     // Each command takes at least 4 bytes: refuse counts the input cannot hold.
     if count > (value.len() - VALUE_HEADER_BYTES) / 4 {
@@ -166,6 +223,28 @@ mod tests {
         let mut trailing = value.to_vec();
         trailing.push(0);
         assert!(decode(&Bytes::from(trailing)).is_err());
+    }
+
+    #[test]
+    fn a_membership_change_round_trips_and_carries_no_command() {
+        let who = Identity {
+            node: 2,
+            incarnation: 5,
+            seq: 11,
+        };
+        let value = encode_config(who, &[1, 2, 4], &[3]);
+        assert_eq!(config(&value), Some((vec![1, 2, 4], vec![3])));
+        assert_eq!(identity(&value), Some(who));
+        assert_eq!(decode(&value).unwrap(), Vec::<Bytes>::new());
+        assert_eq!(config(&encode(&[Bytes::from_static(b"x")])), None);
+        assert_eq!(config(&noop()), None);
+        let mut cut = value.to_vec();
+        cut.pop();
+        assert_eq!(config(&cut), None);
+        assert!(decode(&Bytes::from(cut)).is_err());
+        let mut long = value.to_vec();
+        long.push(0);
+        assert_eq!(config(&long), None);
     }
 
     #[test]

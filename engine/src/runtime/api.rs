@@ -63,6 +63,9 @@ pub enum Error {
     /// The state machine could not answer a read (its `query` failed); nothing changed.
     #[error("the state machine could not answer the read: {0}")]
     Query(String),
+    /// A membership change was refused (docs/PROTOCOL.md#membership-change); nothing changed.
+    #[error("membership change refused: {0}")]
+    Membership(String),
     /// The node has stopped (fatal error or shutdown); nothing new is accepted.
     #[error("node stopped: {0}")]
     Stopped(String),

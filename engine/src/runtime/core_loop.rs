@@ -1351,6 +1351,12 @@ fn fail_error(
         FailReason::Stopped => {
             Error::Stopped("the group stopped on an error (see the node's log)".into())
         }
+        FailReason::BadMembership => Error::Membership(
+            "a membership needs at least one voter and names each node once".into(),
+        ),
+        FailReason::MembershipChangePending => Error::Membership(
+            "another membership change of this group is queued, in flight or not in effect yet; retry when it is".into(),
+        ),
     }
 }
 

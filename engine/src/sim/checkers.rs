@@ -6,7 +6,7 @@
 //! the checker that reported it (tests assert the name). Must never do I/O.
 use super::{digest_step, Sim, SmState, CHECKPOINT_ONE_IN};
 use crate::core::value::{self, Identity};
-use crate::core::{Chosen, GroupId, Instance, Message, ProposalId, ProposalResult, Tick};
+use crate::core::{Chosen, GroupId, Instance, Message, NodeId, ProposalId, ProposalResult, Tick};
 use bytes::Bytes;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -37,6 +37,13 @@ pub(super) struct Checkers {
     /// The value (its crc) every Accept sent for (group, instance, ballot) carried: one ballot
     /// proposes at most one value per instance.
     pub accepts_sent: BTreeMap<(GroupId, Instance, crate::core::Ballot), u32>,
+    /// Membership changes handed to a leader and not yet answered: (group, membership).
+    pub changes: BTreeMap<ProposalId, (GroupId, crate::core::Membership)>,
+    /// Membership changes acknowledged Committed, per (group, instance).
+    pub acked_changes: BTreeMap<(GroupId, Instance), crate::core::Membership>,
+    /// Every node that has been a voter of some group (the initial voters and every voter of
+    /// a chosen membership change): the others never vote.
+    pub ever_voters: std::collections::BTreeSet<NodeId>,
 }
 
 impl Checkers {
@@ -98,7 +105,7 @@ impl Sim {
         // answers a lease round: its word must never count toward a quorum
         // (docs/PROTOCOL.md#follower-nodes).
         if self.options.check_non_voters
-            && !self.voters.contains(&self.nodes[index].id)
+            && !self.checks.ever_voters.contains(&self.nodes[index].id)
             && matches!(
                 msg,
                 Message::Promise { .. }
@@ -343,7 +350,7 @@ impl Sim {
             .into_iter()
             .filter(|g| {
                 self.table_of(index, *g)
-                    .is_some_and(|t| t.is_relearning(*g))
+                    .is_some_and(|t| t.is_relearning(*g) || t.owes_relearn(*g))
             })
             .collect();
         let check = self.options.check_durable_replies;
@@ -399,6 +406,17 @@ impl Sim {
                 return;
             }
         }
+        if let Some((group, members)) = self.checks.changes.remove(&id) {
+            // A membership change: Committed names where its value is chosen.
+            if let ProposalResult::Committed { instance, .. } = result {
+                self.count("membership-change-committed");
+                if let Some(value) = self.checks.chosen.get(&(group, instance)).cloned() {
+                    self.check_change(group, instance, &members, &value);
+                }
+                self.checks.acked_changes.insert((group, instance), members);
+            }
+            return;
+        }
         let Some((client_id, command)) = self.checks.proposals.remove(&id) else {
             self.violate(format!(
                 "acknowledged: a result for proposal {} that is not outstanding",
@@ -444,6 +462,29 @@ impl Sim {
                 // this proposal... both may be chosen, as two proposals).
                 self.retry_later(client_id, group, command);
             }
+        }
+    }
+
+    /// `acknowledged` for a membership change: the value chosen where it was told Committed
+    /// is that change.
+    fn check_change(
+        &mut self,
+        group: GroupId,
+        instance: Instance,
+        members: &crate::core::Membership,
+        value: &Bytes,
+    ) {
+        let named = value::config(value).map(|(voters, followers)| {
+            (
+                voters.into_iter().map(NodeId).collect::<Vec<_>>(),
+                followers.into_iter().map(NodeId).collect::<Vec<_>>(),
+            )
+        });
+        if named != Some((members.voters.clone(), members.followers.clone())) {
+            self.violate(format!(
+                "acknowledged: a membership change to {:?} was told Committed at group {group} instance {instance}, where another value is chosen",
+                members.voters
+            ));
         }
     }
 
@@ -551,6 +592,14 @@ impl Sim {
             }
         }
         self.checks.chosen.insert((group, instance), value.clone());
+        if let Some((voters, _)) = value::config(&value) {
+            self.checks
+                .ever_voters
+                .extend(voters.into_iter().map(NodeId));
+            if let Some(members) = self.checks.acked_changes.get(&(group, instance)).cloned() {
+                self.check_change(group, instance, &members, &value);
+            }
+        }
         if let Some(acks) = self.checks.acked.get(&(group, instance)).cloned() {
             for (index, command) in acks {
                 self.check_ack(group, instance, index, &command, &value);
@@ -665,6 +714,7 @@ impl Sim {
             .checks
             .acked
             .keys()
+            .chain(self.checks.acked_changes.keys())
             .find(|key| !self.checks.chosen.contains_key(key))
             .copied();
         if let Some((group, instance)) = unchosen {

@@ -379,12 +379,16 @@ pub enum Bug {
     DurableOutOfOrder,
     /// A follower (non-voting) votes, and leaders count its votes (needs `--followers`).
     FollowerVotes,
+    /// A membership change governs from the next instance (needs `--membership`).
+    ConfigAtOnce,
+    /// No phase 1 continuation at a configuration boundary (needs `--membership`).
+    ConfigBoundarySkipsPrepare,
 }
 
 #[cfg(feature = "sim-bugs")]
 impl Bug {
     /// Every bug.
-    pub const ALL: [Bug; 25] = [
+    pub const ALL: [Bug; 27] = [
         Bug::ForgetPromise,
         Bug::ReplyBeforeDurable,
         Bug::SkipPrepareOnNewLeader,
@@ -410,6 +414,8 @@ impl Bug {
         Bug::ServeOverUnloggedHole,
         Bug::DurableOutOfOrder,
         Bug::FollowerVotes,
+        Bug::ConfigAtOnce,
+        Bug::ConfigBoundarySkipsPrepare,
     ];
 
     /// The `--bug` name.
@@ -440,6 +446,8 @@ impl Bug {
             Bug::ServeOverUnloggedHole => "serve-over-unlogged-hole",
             Bug::DurableOutOfOrder => "durable-out-of-order",
             Bug::FollowerVotes => "follower-votes",
+            Bug::ConfigAtOnce => "config-at-once",
+            Bug::ConfigBoundarySkipsPrepare => "config-boundary-skips-prepare",
         }
     }
 
@@ -483,6 +491,8 @@ impl Bug {
             Bug::LogIgnoresRoom => bugs.log_ignores_room = true,
             Bug::ServeOverUnloggedHole => bugs.serve_over_unlogged_hole = true,
             Bug::FollowerVotes => bugs.follower_votes = true,
+            Bug::ConfigAtOnce => bugs.config_at_once = true,
+            Bug::ConfigBoundarySkipsPrepare => bugs.config_boundary_skips_prepare = true,
             Bug::DurableOutOfOrder => {} // the simulated disk's own (SimDisk::ack_out_of_order)
         }
         bugs

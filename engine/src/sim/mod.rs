@@ -30,7 +30,7 @@ pub use faults::Bug;
 
 use crate::core::{
     core_of_group, Ballot, Chosen, Config, CoreTable, GroupError, GroupId, Instance, Lsn,
-    Membership, Message, NodeId, Prng, ProposalResult, Record, RecordKind, Start, Tick,
+    Membership, Message, NodeId, Prng, ProposalId, ProposalResult, Record, RecordKind, Start, Tick,
 };
 use crate::driver::{self, Driver, StorageError};
 use bytes::Bytes;
@@ -87,6 +87,11 @@ pub struct SimOptions {
     /// only, and a crash keeps every write whose time had come, acknowledged or not (a hole
     /// before one is reported as damage at the restart). 1 by default.
     pub writes_in_flight: usize,
+    /// Membership changes (docs/PROTOCOL.md#membership-change): during the safety phase, every
+    /// 100..500 ticks the leader of a random group is asked to change its membership to 3..=5
+    /// random voters among every node (`nodes + followers`), the others following. Off by
+    /// default (traces unchanged).
+    pub membership: bool,
     /// Keep a readable event log in the report (for replaying one seed).
     pub log: bool,
 }
@@ -110,6 +115,7 @@ impl Default for SimOptions {
             check_non_voters: true,
             purge: false,
             writes_in_flight: 1,
+            membership: false,
             log: false,
         }
     }
@@ -144,6 +150,9 @@ impl SimOptions {
         }
         if self.followers > 0 {
             extra.push_str(&format!(" --followers {}", self.followers));
+        }
+        if self.membership {
+            extra.push_str(" --membership");
         }
         if self.clients_per_group != SimOptions::default().clients_per_group {
             extra.push_str(&format!(" --clients {}", self.clients_per_group));
@@ -396,6 +405,8 @@ struct Sim {
     /// This seed's master lease (drawn from the seed on its own, 40..=160 ticks: shorter and
     /// longer than the election timeout, so that either may end a leadership first).
     lease_ticks: u64,
+    /// When `--membership` next asks a leader for a change.
+    next_change_at: Tick,
     hasher: std::collections::hash_map::DefaultHasher,
     report: SeedReport,
 }
@@ -545,6 +556,7 @@ impl Sim {
             .map(NodeId)
             .collect();
         let voters: Vec<NodeId> = (1..=options.nodes).map(NodeId).collect();
+        let initial_voters = voters.clone();
         let profile = options.profile(seed);
         let mut rng = Prng::new(seed ^ 0x5EED_0000_0000_0000);
         let net = SimNet::new(&members, &profile, &mut rng);
@@ -563,9 +575,13 @@ impl Sim {
             proposal_next: 1,
             last_command: BTreeMap::new(),
             disk_latency: Vec::new(),
-            checks: Checkers::default(),
+            checks: Checkers {
+                ever_voters: initial_voters.iter().copied().collect(),
+                ..Checkers::default()
+            },
             reads: reads::ReadChecks::default(),
             lease_ticks: 40 + Prng::new(seed ^ 0x1EA5_E000_0000_0000).below(121),
+            next_change_at: Tick(200),
             hasher: std::collections::hash_map::DefaultHasher::new(),
             report: SeedReport {
                 profile: format!(
@@ -899,6 +915,9 @@ impl Sim {
                 self.check_rtts();
                 self.clients_on = false;
             }
+            if self.options.membership && t <= safety_end {
+                self.step_membership();
+            }
             self.step();
             if self.checks.violation.is_some() {
                 return;
@@ -940,6 +959,51 @@ impl Sim {
             }
         }
         counters
+    }
+
+    /// Now and then, asks the leader of a random group for a random membership of 3..=5
+    /// voters among every node (the others following): arbitrary jumps, not single steps,
+    /// so that only the protocol's own rules keep quorums safe.
+    fn step_membership(&mut self) {
+        if self.now < self.next_change_at {
+            return;
+        }
+        self.next_change_at = Tick(self.now.0 + 100 + self.rng.below(401));
+        let group = GroupId(self.rng.below(u64::from(self.options.groups)) as u32);
+        let Some(index) = (0..self.nodes.len())
+            .find(|i| self.table_of(*i, group).is_some_and(|t| t.is_leader(group)))
+        else {
+            return;
+        };
+        let mut pool = self.members.clone();
+        for i in (1..pool.len()).rev() {
+            let j = self.rng.below(i as u64 + 1) as usize;
+            pool.swap(i, j);
+        }
+        let most = pool.len().clamp(1, 5);
+        let count = (3 + self.rng.below(3) as usize).min(most);
+        let mut voters = pool[..count].to_vec();
+        let mut followers = pool[count..].to_vec();
+        voters.sort_unstable();
+        followers.sort_unstable();
+        let members = Membership { voters, followers };
+        let id = ProposalId(self.proposal_next);
+        self.proposal_next += 1;
+        let core = core_of_group(group.0, self.options.cores as usize);
+        let Some(driver) = self.nodes[index].cores[core].driver.as_mut() else {
+            return;
+        };
+        let result = driver
+            .table_mut()
+            .change_membership(group, id, members.clone());
+        self.trace(&("membership", index, group.0, id.0, result.is_ok()));
+        match result {
+            Ok(()) => {
+                self.count("membership-change");
+                self.checks.changes.insert(id, (group, members));
+            }
+            Err(_) => self.count("membership-refused"),
+        }
     }
 
     fn table_of(&self, index: usize, group: GroupId) -> Option<&CoreTable> {

@@ -648,7 +648,9 @@ pub fn describe(msg: &Message) -> String {
         Message::CheckpointRequest {
             instance, offset, ..
         } => format!("CheckpointRequest {instance:?} from byte {offset}"),
-        Message::CheckpointChunk { info, offset, data } => format!(
+        Message::CheckpointChunk {
+            info, offset, data, ..
+        } => format!(
             "CheckpointChunk {:?} bytes {offset}..{}",
             info.map(|i| i.instance.0),
             offset + data.len() as u64

@@ -498,6 +498,8 @@ pub fn error_response(error: Error, client_addrs: &BTreeMap<u32, SocketAddr>) ->
         Error::Stopped(_) => Response::error(code::STOPPED, message),
         // A read the state machine refused changed nothing: the caller may retry.
         Error::Query(_) => Response::error(code::BAD_REQUEST, message),
+        // A refused membership change changed nothing.
+        Error::Membership(_) => Response::error(code::BAD_REQUEST, message),
         Error::Unknown(_) | Error::Config(_) | Error::Start(_) => {
             Response::error(code::UNKNOWN, message)
         }

@@ -27,6 +27,9 @@ pub(super) struct Install {
     /// When the outstanding request is re-sent.
     deadline: Tick,
     stalls: u32,
+    /// The configuration history the peer sent with the checkpoint (None: its initial
+    /// configuration, never changed).
+    configs: Option<Vec<membership::ConfigEntry>>,
 }
 
 impl Install {
@@ -65,6 +68,7 @@ impl Group {
             installing: false,
             deadline: Tick(ctx.now.0 + ctx.config.retransmit_ticks),
             stalls: 0,
+            configs: None,
         });
         self.ask_chunk(ctx);
     }
@@ -125,8 +129,14 @@ impl Group {
         // Once installed it streams on from after the checkpoint it fetches (or its point).
         let next = instance.map_or(need, |i| Instance(i.0 + 1));
         self.note_peer_need(ctx, from, next);
+        // Room for the configuration history the chunk carries (at most the whole history).
+        let history = if self.history_is_initial() {
+            0
+        } else {
+            membership::encode_history(&self.configs).len()
+        };
         let bytes_max = (ctx.config.message_bytes_max as usize)
-            .saturating_sub(CHECKPOINT_CHUNK_HEADER_BYTES)
+            .saturating_sub(CHECKPOINT_CHUNK_HEADER_BYTES + history)
             .clamp(1, CHECKPOINT_CHUNK_BYTES_MAX);
         ctx.stats.checkpoint_reads_served += 1;
         ctx.out.checkpoint_reads.push(CheckpointRead {
@@ -147,15 +157,25 @@ impl Group {
         piece: Option<(CheckpointInfo, u64, Bytes)>,
     ) {
         let msg = match piece {
-            Some((info, offset, data)) => Message::CheckpointChunk {
-                info: Some(info),
-                offset,
-                data,
-            },
+            Some((info, offset, data)) => {
+                let base = Instance(info.instance.0 + 1);
+                let configs = if self.history_is_initial() {
+                    Bytes::new()
+                } else {
+                    Bytes::from(membership::encode_history(&self.history_for_base(base)))
+                };
+                Message::CheckpointChunk {
+                    info: Some(info),
+                    offset,
+                    data,
+                    configs,
+                }
+            }
             None => Message::CheckpointChunk {
                 info: None,
                 offset: 0,
                 data: Bytes::new(),
+                configs: Bytes::new(),
             },
         };
         ctx.send(self.id, to, msg);
@@ -168,6 +188,7 @@ impl Group {
         info: Option<CheckpointInfo>,
         offset: u64,
         data: Bytes,
+        configs: Bytes,
     ) {
         ctx.stats.checkpoint_chunks_received += 1;
         let Some(install) = &mut self.install else {
@@ -204,6 +225,22 @@ impl Group {
             self.abandon_install(ctx);
             return;
         }
+        let history = if configs.is_empty() {
+            None
+        } else {
+            match membership::decode_history(&configs) {
+                Some(history) => Some(history),
+                None => {
+                    // A history that does not parse: a broken peer.
+                    self.abandon_install(ctx);
+                    return;
+                }
+            }
+        };
+        let Some(install) = &mut self.install else {
+            return;
+        };
+        install.configs = history;
         install.received += data.len() as u64;
         install.stalls = 0;
         ctx.stats.checkpoint_bytes_received += data.len() as u64;
@@ -225,7 +262,9 @@ impl Group {
     /// from the instance after it, with the checkpoint's rolling checksum, and its log starts
     /// there (a log-base record, which carries the promise).
     pub(crate) fn installed(&mut self, ctx: &mut Ctx<'_>, info: CheckpointInfo) {
-        let from = self.install.take().map(|i| (i.peer, i.peer_applied));
+        let taken = self.install.take();
+        let configs = taken.as_ref().and_then(|i| i.configs.clone());
+        let from = taken.map(|i| (i.peer, i.peer_applied));
         let base = Instance(info.instance.0 + 1);
         if base <= self.applied_next || self.stopped {
             return;
@@ -245,9 +284,13 @@ impl Group {
         self.catchup_unavailable = None;
         self.catchup_deadline = None;
         self.catchup_stream = None;
-        let mut payload = BASE_TAG.to_vec();
-        payload.extend_from_slice(&base.0.to_le_bytes());
-        payload.extend_from_slice(&info.log_checksum.to_le_bytes());
+        // The membership at the checkpoint: the peer's history for this base, or the initial
+        // configuration (kept as the first entry) when the peer's never changed.
+        match configs {
+            Some(configs) => self.configs = configs,
+            None => self.configs.truncate(1),
+        }
+        let payload = self.base_payload(base, info.log_checksum);
         self.append_meta(ctx, payload);
         if let Some((theirs, peer)) = pending {
             // A peer announced its checksum through the checkpoint's instance: compare.

@@ -294,6 +294,9 @@ impl Group {
                 self.check(ctx, last, checksum, from);
             }
         }
+        // Only voters' reports count: a follower node never voted
+        // (docs/PROTOCOL.md#follower-nodes).
+        let voter = self.may_vote(from);
         if let Some(relearn) = &mut self.relearn {
             #[allow(unused_mut)]
             let mut matches = request != 0 && request == relearn.request;
@@ -301,9 +304,7 @@ impl Group {
             if ctx.bugs.relearn_target_too_low {
                 matches = true; // pre-fix: any reply counted, request ids did not exist
             }
-            // Only voters' reports count: a follower never voted (docs/PROTOCOL.md#follower-nodes).
-            if relearn.target.is_none() && from != ctx.me && matches && ctx.members.contains(&from)
-            {
+            if relearn.target.is_none() && from != ctx.me && matches && voter {
                 relearn.reports.insert(from, report);
             }
         }
@@ -531,6 +532,10 @@ impl Group {
             });
             ctx.stats.instances_applied += 1;
             self.applied_next = Instance(instance.0 + 1);
+            if value.get(..4) == Some(&value::CONFIG_MARKER.to_le_bytes()[..]) {
+                let value = value.clone();
+                self.config_applied(ctx, instance, &value);
+            }
             if let Some((theirs, from)) = self.pending_checks.remove(&instance) {
                 self.check(ctx, instance, theirs, from);
             }

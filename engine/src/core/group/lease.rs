@@ -48,12 +48,24 @@ impl LeaderLease {
         }
     }
 
-    /// The highest round that `quorum` members (this node included) answered (`acked`) or
-    /// granted (`granted`).
-    fn quorum_round(map: &BTreeMap<NodeId, u64>, quorum: usize) -> u64 {
-        let mut rounds: Vec<u64> = map.values().copied().collect();
+    /// The highest round that a quorum of `voters` (this node included when it is one)
+    /// answered (`acked`) or granted (`granted`).
+    fn quorum_round(map: &BTreeMap<NodeId, u64>, voters: &[NodeId]) -> u64 {
+        let mut rounds: Vec<u64> = voters.iter().filter_map(|v| map.get(v).copied()).collect();
         rounds.sort_unstable_by(|a, b| b.cmp(a));
-        rounds.get(quorum.saturating_sub(1)).copied().unwrap_or(0)
+        let quorum = voters.len() / 2 + 1;
+        rounds.get(quorum - 1).copied().unwrap_or(0)
+    }
+
+    /// The highest round that a quorum of every configuration in `configs` answered or
+    /// granted (a master must hold its lease in the configuration it serves from and in every
+    /// one it already knows will follow, docs/PROTOCOL.md#membership-change).
+    fn quorum_round_all(map: &BTreeMap<NodeId, u64>, configs: &[membership::ConfigEntry]) -> u64 {
+        configs
+            .iter()
+            .map(|c| LeaderLease::quorum_round(map, &c.members.voters))
+            .min()
+            .unwrap_or(0)
     }
 
     fn sent_at(&self, round: u64) -> Option<Tick> {
@@ -227,14 +239,13 @@ impl Group {
         let ignore_drift = ctx.bugs.lease_ignores_drift;
         #[cfg(not(feature = "sim-bugs"))]
         let ignore_drift = false;
-        self.master_until_at(ctx.config, ctx.quorum(), ctx.now, ignore_drift)
+        self.master_until_at(ctx.config, ctx.now, ignore_drift)
     }
 
     /// `master_until` at `now` (`ignore_drift`: the injected bug `lease-ignores-drift`).
     pub fn master_until_at(
         &self,
         config: &crate::core::Config,
-        quorum: usize,
         now: Tick,
         ignore_drift: bool,
     ) -> Option<Tick> {
@@ -242,7 +253,8 @@ impl Group {
             return None;
         }
         let lease = self.lease.as_ref()?;
-        let round = LeaderLease::quorum_round(&lease.granted, quorum);
+        let round =
+            LeaderLease::quorum_round_all(&lease.granted, self.configs_from(self.applied_next));
         if round == 0 {
             return None;
         }
@@ -307,10 +319,9 @@ impl Group {
             self.send_lease_round(ctx, ballot);
         }
         if !self.reads.is_empty() {
-            let confirmed = self
-                .lease
-                .as_ref()
-                .map_or(0, |l| LeaderLease::quorum_round(&l.acked, ctx.quorum()));
+            let confirmed = self.lease.as_ref().map_or(0, |l| {
+                LeaderLease::quorum_round_all(&l.acked, self.configs_from(self.applied_next))
+            });
             // Reads wait while a cut phase 1 is being continued: values beyond the cut may
             // have been chosen by an earlier leadership and are not yet recovered.
             let recovered = self.phase1_end.is_none() && self.continuation.is_none();

@@ -11,8 +11,8 @@ use super::outputs::{
 };
 use super::value::{self, Identity};
 use super::wal_types::{Ballot, Damage, GroupId, Instance, Lsn, Record, RecordKind};
-use super::{NodeId, ProposalId, Tick};
-use super::{ACCEPT_WINDOW_INSTANCES, CATCHUP_BATCH_MAX, PROMISE_SPAN_INSTANCES};
+use super::{Membership, NodeId, ProposalId, Tick};
+use super::{ACCEPT_WINDOW_INSTANCES, CATCHUP_BATCH_MAX, PIPELINE_MAX, PROMISE_SPAN_INSTANCES};
 use bytes::Bytes;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -20,6 +20,7 @@ mod acceptor;
 mod install;
 mod learner;
 mod lease;
+pub(crate) mod membership;
 mod proposer;
 mod relearn;
 
@@ -43,6 +44,10 @@ const RELEARN_TAG: &[u8; 4] = b"RLN1";
 /// value below it (u32) follow, and the record's `promised` carries the promise (the Promise
 /// records below the base may be purged). docs/PROTOCOL.md#log-base-and-purge.
 const BASE_TAG: &[u8; 4] = b"BAS1";
+/// A log-base record of a group whose membership changed: as `BAS1`, then the configuration
+/// history the base needs (`membership::encode_history`: the configuration in effect at the
+/// base and the changes applied below it that take effect after it).
+const BASE_TAG_CONFIGS: &[u8; 4] = b"BAS2";
 /// Catch-up that found nothing to learn from a peer that is ahead backs off, doubling from
 /// the retransmit interval up to this many election timeouts (never a tight loop).
 const CATCHUP_BACKOFF_ELECTIONS_MAX: u64 = 16;
@@ -179,6 +184,21 @@ pub(super) struct Group {
     /// The highest "every instance below this is chosen" heard from a leader or a peer
     /// (stats: how far this replica lags).
     chosen_heard: Instance,
+    /// The configurations of this group, oldest first (the first from instance 0 or the log
+    /// base), docs/PROTOCOL.md#membership-change.
+    configs: Vec<membership::ConfigEntry>,
+    /// A membership change a leader was asked for, not opened yet.
+    config_queued: Option<(ProposalId, Membership)>,
+    /// This start found lost or damaged state (whether the state was lost, and the re-learn
+    /// floor): a configuration applied later that newly counts this node as a voter makes it
+    /// re-learn then.
+    relearn_owed: Option<(bool, Instance)>,
+    /// This leadership's phase 1 collections: the first instance each covered and who promised
+    /// (the first phase 1, then each continuation).
+    promisers: Vec<(Instance, BTreeSet<NodeId>)>,
+    /// This start found lost or damaged state while this node did not vote (as far as it
+    /// knew): the first time it finds itself a voter it re-learns before anything else.
+    owed_pending: bool,
     chosen: BTreeMap<Instance, Bytes>,
     applied_next: Instance,
     checksum: u32,
@@ -274,6 +294,11 @@ impl Group {
             accepted: BTreeMap::new(),
             observed: BTreeMap::new(),
             chosen_heard: Instance(0),
+            configs: Vec::new(),
+            config_queued: None,
+            relearn_owed: None,
+            owed_pending: false,
+            promisers: Vec::new(),
             chosen: BTreeMap::new(),
             applied_next: Instance(0),
             checksum: 0,
@@ -322,17 +347,16 @@ impl Group {
     }
 
     /// What this group is doing (for stats and the stuck-state log line).
-    pub fn status(
-        &self,
-        me: NodeId,
-        members: &[NodeId],
-        needed: usize,
-        voter: bool,
-    ) -> GroupStatus {
+    pub fn status(&self, me: NodeId) -> GroupStatus {
+        let voter = self.votes(me);
+        let latest = self.latest_config();
+        let members: &[NodeId] = &latest.voters;
+        let needed = members.len() - membership::quorum_of(latest) + 1;
         let role = if self.stopped {
             "stopped"
         } else {
             match self.role {
+                Role::Follower if !voter && !latest.all().any(|n| n == me) => "removed",
                 Role::Follower if !voter => "non-voting",
                 Role::Follower => "follower",
                 Role::Candidate(_) => "candidate",
@@ -374,6 +398,9 @@ impl Group {
             master_until: self.master_until_seen,
             lease_granted: self.grant,
             chosen_heard: self.chosen_heard,
+            voters: latest.voters.clone(),
+            followers: latest.followers.clone(),
+            members_from: self.configs.last().map_or(Instance(0), |c| c.from),
         }
     }
 
@@ -392,9 +419,7 @@ impl Group {
         {
             return None;
         }
-        let mut payload = BASE_TAG.to_vec();
-        payload.extend_from_slice(&self.log_base.0.to_le_bytes());
-        payload.extend_from_slice(&self.checksum.to_le_bytes());
+        let payload = self.base_payload(self.log_base, self.checksum);
         Some(self.append_meta(ctx, payload))
     }
 
@@ -469,9 +494,7 @@ impl Group {
             *self.checksums.get(&Instance(below.0 - 1))?
         };
         self.log_base = below;
-        let mut payload = BASE_TAG.to_vec();
-        payload.extend_from_slice(&below.0.to_le_bytes());
-        payload.extend_from_slice(&checksum.to_le_bytes());
+        let payload = self.base_payload(below, checksum);
         #[cfg(feature = "sim-bugs")]
         if ctx.bugs.base_forgets_promise {
             return Some(ctx.append(Record {
@@ -557,6 +580,28 @@ impl Group {
                 self.applied_next.0
             ));
         }
+        // Every instance a leader has in flight is covered by a phase 1 whose promisers include
+        // a quorum of the voters of that instance's configuration (the latest collection from
+        // at or below it; docs/PROTOCOL.md#membership-change).
+        if matches!(self.role, Role::Leader { .. }) {
+            for instance in self.inflight.keys() {
+                let config = self.config_at(*instance);
+                let promised = self
+                    .promisers
+                    .iter()
+                    .rev()
+                    .find(|(first, _)| first <= instance)
+                    .map_or(0, |(_, who)| {
+                        config.voters.iter().filter(|v| who.contains(v)).count()
+                    });
+                if promised < membership::quorum_of(config) {
+                    return fail(format!(
+                        "instance {} in flight without a quorum of its configuration's voters ({:?}) promising this leadership's ballot ({promised} did)",
+                        instance.0, config.voters
+                    ));
+                }
+            }
+        }
         match &self.role {
             Role::Leader { ballot, .. } => {
                 if self.relearn.is_some() {
@@ -622,6 +667,14 @@ impl Group {
         damage: &[&Damage],
         state_lost: bool,
     ) {
+        // The cluster's initial configuration, until a log-base record or a change says more.
+        self.configs = vec![membership::ConfigEntry {
+            from: Instance(0),
+            members: Membership {
+                voters: ctx.members.to_vec(),
+                followers: ctx.followers.to_vec(),
+            },
+        }];
         if !records.is_empty() || state_lost {
             // It may have granted a master lease before it stopped: it promises and grants
             // nobody for a lease's length (docs/PROTOCOL.md#master-lease).
@@ -643,8 +696,9 @@ impl Group {
         let mut repaired_below = Lsn::ZERO;
         // A re-learn that began and did not finish (Some(state lost)).
         let mut unfinished: Option<bool> = None;
-        // The highest log base recorded, with the rolling checksum below it.
-        let mut base: Option<(Instance, u32)> = None;
+        // The highest log base recorded, with the rolling checksum below it and the
+        // configurations it carries.
+        let mut base: Option<(Instance, u32, Option<Vec<membership::ConfigEntry>>)> = None;
         for record in records {
             assert_eq!(record.group, self.id);
             highest = highest.max(Some(record.instance));
@@ -665,10 +719,10 @@ impl Group {
                     marks.push((record.instance, record.accepted, record.payload.clone()))
                 }
                 RecordKind::Meta => {
-                    if let Some((below, checksum)) = log_base(&record.payload) {
+                    if let Some((below, checksum, configs)) = log_base_full(&record.payload) {
                         self.promised = self.promised.max(record.promised);
-                        if base.is_none_or(|(b, _)| below > b) {
-                            base = Some((below, checksum));
+                        if base.as_ref().is_none_or(|(b, _, _)| below > *b) {
+                            base = Some((below, checksum, configs));
                         }
                     } else if let Some((lsn, runs)) = repair_runs(&record.payload) {
                         repaired_below = repaired_below.max(lsn);
@@ -699,9 +753,12 @@ impl Group {
         };
         let mut damaged = lost || unfinished.is_some() || damage.iter().any(|d| !covered(d));
         let mut unresolved: BTreeSet<Instance> = BTreeSet::new();
-        if let Some((below, checksum)) = base {
+        if let Some((below, checksum, configs)) = base {
             // Everything below the base is in the state machine's checkpoint; the log (what
             // the WAL did not purge yet) starts there.
+            if let Some(configs) = configs {
+                self.configs = configs;
+            }
             self.log_base = below;
             self.applied_next = below;
             self.checksum = checksum;
@@ -735,30 +792,48 @@ impl Group {
         damaged |= !unresolved.is_empty();
         self.max_seen = self.promised;
         self.apply_ready(ctx);
-        if damaged && !ctx.voter {
-            // A follower never voted: nothing it lost can be part of a quorum, so it does not
-            // re-learn; catch-up fills whatever its log lacks (docs/PROTOCOL.md#follower-nodes).
+        let floor = Instance(highest.map_or(0, |i| i.0 + 1));
+        if damaged {
+            // Owed for this process's life: a configuration learned later that counts this
+            // node as a voter makes it re-learn then (docs/PROTOCOL.md#membership-change).
+            self.relearn_owed = Some((lost, floor));
+        }
+        if damaged && !self.votes(ctx.me) {
+            // A follower never voted as far as this replica knows: it does not re-learn now;
+            // catch-up fills whatever its log lacks (docs/PROTOCOL.md#follower-nodes). The
+            // obligation is written down all the same (the damage may have taken the change
+            // that made it a voter).
             ctx.stats.relearns_skipped_non_voter += 1;
-        } else if damaged {
-            ctx.stats.groups_relearning += 1;
-            self.relearn_episodes += 1;
-            self.relearn = Some(Relearn {
-                target: None,
-                floor: Instance(highest.map_or(0, |i| i.0 + 1)),
-                reports: BTreeMap::new(),
-                promise_floor: Ballot::ZERO,
-                asked_at: None,
-                started_at: None,
-                // Unique across restarts (the incarnation) and episodes; never 0.
-                request: (ctx.incarnation << 32) | (self.relearn_episodes & 0xFFFF_FFFF),
-                pooled: false,
-                lost,
-            });
-            // The obligation goes to disk in the first write (docs/PROTOCOL.md#re-learning).
+            self.owed_pending = true;
             let mut payload = RELEARN_TAG.to_vec();
             payload.push(u8::from(lost));
             self.append_meta(ctx, payload);
+        } else if damaged {
+            self.start_relearn(ctx, lost, floor);
         }
+    }
+
+    /// Starts re-learning (docs/PROTOCOL.md#re-learning): no vote until the target is applied.
+    pub(super) fn start_relearn(&mut self, ctx: &mut Ctx<'_>, lost: bool, floor: Instance) {
+        self.owed_pending = false;
+        ctx.stats.groups_relearning += 1;
+        self.relearn_episodes += 1;
+        self.relearn = Some(Relearn {
+            target: None,
+            floor,
+            reports: BTreeMap::new(),
+            promise_floor: Ballot::ZERO,
+            asked_at: None,
+            started_at: None,
+            // Unique across restarts (the incarnation) and episodes; never 0.
+            request: (ctx.incarnation << 32) | (self.relearn_episodes & 0xFFFF_FFFF),
+            pooled: false,
+            lost,
+        });
+        // The obligation goes to disk in the first write (docs/PROTOCOL.md#re-learning).
+        let mut payload = RELEARN_TAG.to_vec();
+        payload.push(u8::from(lost));
+        self.append_meta(ctx, payload);
     }
 
     pub fn propose(
@@ -823,6 +898,7 @@ impl Group {
             }
         }
         self.install_tick(ctx);
+        let voter = self.acts_as_voter(ctx);
         self.relearn_ask(ctx);
         let deadline = match self.election_deadline {
             Some(deadline) => deadline,
@@ -839,7 +915,7 @@ impl Group {
                 // stream, is far behind: it does not stand (it would lead from behind and
                 // depose a leader that is serving it). A non-voting follower never stands.
                 if now >= deadline
-                    && ctx.voter
+                    && voter
                     && self.relearn.is_none()
                     && self.install.is_none()
                     && !self.catching_up(now, ctx.config.election_timeout_ticks)
@@ -854,7 +930,9 @@ impl Group {
                 } else if now.0 >= candidate.sent_at.0 + retransmit {
                     candidate.sent_at = now;
                     candidate.rounds += 1;
-                    resend_prepare(ctx, self.id, candidate);
+                    let index = self.configs.partition_point(|c| c.from <= candidate.first);
+                    let voters = &self.configs[index.saturating_sub(1)].members.voters;
+                    resend_prepare(ctx, self.id, candidate, voters);
                 }
             }
             Role::Leader { ballot, .. } => {
@@ -876,10 +954,13 @@ impl Group {
                     if now.0 >= cont.sent_at.0 + retransmit {
                         cont.sent_at = now;
                         cont.rounds += 1;
-                        resend_prepare(ctx, self.id, cont);
+                        let index = self.configs.partition_point(|c| c.from <= cont.first);
+                        let voters = &self.configs[index.saturating_sub(1)].members.voters;
+                        resend_prepare(ctx, self.id, cont, voters);
                     }
                 }
                 let chosen_through = self.applied_next;
+                let configs = &self.configs;
                 for (instance, flight) in self.inflight.iter_mut() {
                     let Some(sent_at) = flight.sent_at else {
                         continue;
@@ -895,7 +976,9 @@ impl Group {
                         value: flight.value.clone(),
                         chosen_through,
                     };
-                    for &to in ctx.members {
+                    let index = configs.partition_point(|c| c.from <= *instance);
+                    let voters = &configs[index.saturating_sub(1)].members.voters;
+                    for &to in voters {
                         if !flight.accepted_by.contains(&to) && to != ctx.me {
                             ctx.stats.accepts_sent += 1;
                             ctx.stats.messages_sent += 1;
@@ -944,6 +1027,9 @@ impl Group {
                 && phase1_end.is_none_or(|end| g.next_instance < end)
                 && (!old_window || g.inflight.len() < ctx.config.pipeline_depth as usize)
         };
+        if self.config_queued.is_some() && may_open(self) {
+            self.open_config(ctx);
+        }
         while !self.queue.is_empty() && may_open(self) {
             self.open_instance(ctx);
         }
@@ -1018,15 +1104,32 @@ impl Group {
                     | Message::Reject { .. }
                     | Message::CommitAck { .. }
             );
-            if vote && !ctx.members.contains(&from) {
+            if vote && !self.may_vote(from) {
                 // Only voters make quorums (docs/PROTOCOL.md#follower-nodes).
                 ctx.stats.votes_from_non_voters += 1;
                 return;
             }
-            if !ctx.voter {
+            if !self.acts_as_voter(ctx) {
                 match msg {
-                    Message::Prepare { .. } => {
+                    Message::Prepare { first, .. } => {
                         ctx.stats.prepares_ignored_non_voter += 1;
+                        if first < self.applied_next && from != ctx.me {
+                            // The candidate is behind what this node applied (it may not
+                            // know the membership that no longer counts this node): no vote,
+                            // but the values it lacks, so that it learns what governs now.
+                            self.on_catchup_request(
+                                ctx,
+                                from,
+                                first,
+                                0,
+                                Instance(0),
+                                Window::one_reply(),
+                            );
+                        } else if first > self.applied_next && from != ctx.me {
+                            // The candidate is ahead: a membership this node has not applied
+                            // yet may count it as a voter. It catches up to find out.
+                            self.request_catchup(ctx, from, first);
+                        }
                         return;
                     }
                     Message::Accept {
@@ -1086,8 +1189,8 @@ impl Group {
                 self.observe(ctx, ballot);
                 if ballot >= self.promised {
                     self.leader_contact(ctx, ballot);
-                    if !ctx.voter {
-                        // A follower neither grants leases nor answers heartbeats.
+                    if !self.acts_as_voter(ctx) {
+                        // A follower node neither grants leases nor answers heartbeats.
                     } else if lease > 0 && from != ctx.me {
                         // A lease round: always answered (a read may wait on it) — except by
                         // a replica that re-learns: it may have forgotten a higher promise,
@@ -1159,9 +1262,12 @@ impl Group {
                 offset,
                 need,
             } => self.on_checkpoint_request(ctx, from, instance, offset, need),
-            Message::CheckpointChunk { info, offset, data } => {
-                self.on_checkpoint_chunk(ctx, from, info, offset, data)
-            }
+            Message::CheckpointChunk {
+                info,
+                offset,
+                data,
+                configs,
+            } => self.on_checkpoint_chunk(ctx, from, info, offset, data, configs),
             // Heard (counted above); a lease round's answer counts toward the lease and reads.
             Message::CommitAck {
                 ballot,
@@ -1185,15 +1291,15 @@ fn flight(value: Bytes, proposals: Vec<ProposalId>, prepare_rtts: u32) -> InFlig
     }
 }
 
-/// Sends (or re-sends) a candidate's Prepare to every member that has not promised, each
-/// held until the candidate's own promise record is durable.
-fn resend_prepare(ctx: &mut Ctx<'_>, group: GroupId, candidate: &Candidate) {
+/// Sends (or re-sends) a candidate's Prepare to every voter of `voters` (the configuration
+/// at its first instance) that has not promised, each held until the candidate's own promise
+/// record is durable.
+fn resend_prepare(ctx: &mut Ctx<'_>, group: GroupId, candidate: &Candidate, voters: &[NodeId]) {
     let msg = Message::Prepare {
         ballot: candidate.ballot,
         first: candidate.first,
     };
-    let missing: Vec<NodeId> = ctx
-        .members
+    let missing: Vec<NodeId> = voters
         .iter()
         .copied()
         .filter(|n| !candidate.promises.contains_key(n))
@@ -1271,13 +1377,26 @@ pub fn log_base_of(record: &Record) -> Option<(Instance, u32)> {
 
 /// The base and checksum a log-base record names (None if the payload is not one).
 fn log_base(payload: &[u8]) -> Option<(Instance, u32)> {
-    let rest = payload.strip_prefix(BASE_TAG.as_slice())?;
-    if rest.len() != 12 {
+    log_base_full(payload).map(|(below, checksum, _)| (below, checksum))
+}
+
+/// The base, checksum and (second format) configuration history a log-base record names.
+fn log_base_full(payload: &[u8]) -> Option<(Instance, u32, Option<Vec<membership::ConfigEntry>>)> {
+    let (rest, with_configs) = match payload.strip_prefix(BASE_TAG.as_slice()) {
+        Some(rest) => (rest, false),
+        None => (payload.strip_prefix(BASE_TAG_CONFIGS.as_slice())?, true),
+    };
+    if rest.len() < 12 || (!with_configs && rest.len() != 12) {
         return None;
     }
     let below = u64::from_le_bytes(rest[..8].try_into().ok()?);
-    let checksum = u32::from_le_bytes(rest[8..].try_into().ok()?);
-    Some((Instance(below), checksum))
+    let checksum = u32::from_le_bytes(rest[8..12].try_into().ok()?);
+    let configs = if with_configs {
+        Some(membership::decode_history(&rest[12..])?)
+    } else {
+        None
+    };
+    Some((Instance(below), checksum, configs))
 }
 
 /// What a repair record says: the Lsn its start recovered to and the damaged runs it

@@ -86,8 +86,9 @@ impl Group {
     /// last election timeout. Peers count from the moment it won (their Promises).
     pub(super) fn hears_quorum(&self, ctx: &Ctx<'_>) -> bool {
         let timeout = ctx.config.election_timeout_ticks;
-        let heard = ctx
-            .members
+        let latest = self.latest_config();
+        let heard = latest
+            .voters
             .iter()
             .filter(|n| **n != ctx.me)
             .filter(|n| {
@@ -96,7 +97,7 @@ impl Group {
                     .is_some_and(|at| ctx.now.0 < at.0.saturating_add(timeout))
             })
             .count();
-        heard + 1 >= ctx.quorum()
+        heard + usize::from(latest.is_voter(ctx.me)) >= membership::quorum_of(latest)
     }
 
     /// Leader stickiness: a Prepare from `from` is ignored while this replica knows a live
@@ -128,7 +129,6 @@ impl Group {
         applied_next: Instance,
         info: PromiseInfo,
     ) {
-        let quorum = ctx.quorum();
         // A candidate's phase 1, or a leader's continuation of it: the same collection.
         let (collecting, continuing) = match &mut self.role {
             Role::Candidate(candidate) if candidate.ballot == ballot => (candidate, false),
@@ -151,12 +151,27 @@ impl Group {
             self.request_catchup(ctx, from, applied_next);
             return;
         }
+        // Promises count toward a quorum of the configuration at the first instance they
+        // cover (up to the next boundary, where a continuation asks the next one).
+        let index = self.configs.partition_point(|c| c.from <= collecting.first);
+        let config = &self.configs[index.saturating_sub(1)].members;
+        #[allow(unused_mut)]
+        let mut counts = config.is_voter(from);
+        #[cfg(feature = "sim-bugs")]
+        if ctx.bugs.follower_votes {
+            counts = true; // any node's promise counts
+        }
+        if !counts {
+            return;
+        }
         collecting.promises.insert(from, info);
-        if collecting.promises.len() < quorum {
+        if collecting.promises.len() < membership::quorum_of(config) {
             return;
         }
         if continuing {
             let cont = self.continuation.take().expect("collecting a continuation");
+            self.promisers
+                .push((cont.first, cont.promises.keys().copied().collect()));
             self.recover_window(ctx, cont.first, cont.promises);
         } else {
             self.become_leader(ctx);
@@ -188,6 +203,10 @@ impl Group {
         // old next_instance beyond the recovered window would leave holes no one fills).
         self.next_instance = self.applied_next;
         self.phase1_end = None;
+        self.promisers = vec![(
+            candidate.first,
+            candidate.promises.keys().copied().collect(),
+        )];
         self.recover_window(ctx, candidate.first, candidate.promises);
         self.commit_dirty = true;
     }
@@ -202,7 +221,7 @@ impl Group {
     ) {
         // A cut Promise reports `first ..= its last entry`: beyond that the leader knows
         // nothing of that acceptor yet.
-        let known_end: Option<Instance> = promises
+        let cut_end: Option<Instance> = promises
             .values()
             .filter(|p| p.truncated)
             .map(|p| {
@@ -211,6 +230,26 @@ impl Group {
                     .map_or(Instance(first.0 + 1), |e| Instance(e.instance.0 + 1))
             })
             .min();
+        // These promises are a quorum of the configuration at `first` only: from the next
+        // boundary on (a change this replica applied, or one among the values it is about to
+        // re-propose or learn) another configuration governs, whose voters a continuation
+        // asks (docs/PROTOCOL.md#membership-change).
+        let reported_change = promises
+            .values()
+            .flat_map(|p| p.entries.iter())
+            .filter(|e| e.instance >= first && value::config(&e.value).is_some())
+            .map(|e| Instance(e.instance.0.saturating_add(membership::MEMBERSHIP_DELAY)))
+            .min();
+        #[allow(unused_mut)]
+        let mut boundary = [self.boundary_after(first), reported_change]
+            .into_iter()
+            .flatten()
+            .min();
+        #[cfg(feature = "sim-bugs")]
+        if ctx.bugs.config_boundary_skips_prepare {
+            boundary = None;
+        }
+        let known_end = [cut_end, boundary].into_iter().flatten().min();
         let mut chosen: BTreeMap<Instance, Bytes> = BTreeMap::new();
         let mut best: BTreeMap<Instance, (Ballot, Bytes)> = BTreeMap::new();
         for info in promises.into_values() {
@@ -266,6 +305,13 @@ impl Group {
         if self.continuation.is_some() || self.applied_next < end {
             return;
         }
+        if !self.config_at(end).is_voter(ctx.me) {
+            // A configuration that does not count this node as a voter governs from here: it
+            // stops leading (every instance below is chosen) and says so in its status.
+            ctx.stats.leader_stepdowns_removed += 1;
+            self.step_down(ctx);
+            return;
+        }
         ctx.stats.phase1_continuations += 1;
         let cont = Candidate {
             ballot,
@@ -307,8 +353,21 @@ impl Group {
             ctx.stats.accepted_stale += 1;
             return;
         }
+        // Only the voters of the instance's configuration count.
+        let index = self.configs.partition_point(|c| c.from <= instance);
+        let config = &self.configs[index.saturating_sub(1)].members;
+        #[allow(unused_mut)]
+        let mut counts = config.is_voter(from);
+        #[cfg(feature = "sim-bugs")]
+        if ctx.bugs.follower_votes {
+            counts = true; // any node's vote counts
+        }
+        if !counts {
+            ctx.stats.votes_from_non_voters += 1;
+            return;
+        }
         flight.accepted_by.insert(from);
-        if flight.accepted_by.len() >= ctx.quorum() {
+        if flight.accepted_by.len() >= membership::quorum_of(config) {
             let value = flight.value.clone();
             self.learn(ctx, instance, value, ctx.me);
         }
@@ -408,7 +467,8 @@ impl Group {
             promise_lsn,
             rounds: 1,
         };
-        resend_prepare(ctx, self.id, &candidate);
+        let voters = self.config_at(first).voters.clone();
+        resend_prepare(ctx, self.id, &candidate, &voters);
         self.role = Role::Candidate(candidate);
     }
 
@@ -416,8 +476,9 @@ impl Group {
     /// chosen), queued ones fail (they were never proposed).
     pub(super) fn step_down(&mut self, ctx: &mut Ctx<'_>) {
         if let Role::Candidate(candidate) = &self.role {
-            self.missing_promises = ctx
-                .members
+            self.missing_promises = self
+                .config_at(candidate.first)
+                .voters
                 .iter()
                 .copied()
                 .filter(|n| !candidate.promises.contains_key(n))
@@ -430,6 +491,7 @@ impl Group {
         self.role = Role::Follower;
         self.continuation = None;
         self.phase1_end = None;
+        self.promisers.clear();
         self.fill_until = Instance(0);
         if self.leader_hint == Some(ctx.me) {
             self.leader_hint = None;
@@ -446,6 +508,13 @@ impl Group {
             }
         }
         let leader_hint = self.leader_hint;
+        if let Some((id, _)) = self.config_queued.take() {
+            ctx.out.results.push(ProposalResult::Failed {
+                id,
+                group: self.id,
+                reason: FailReason::NotLeader { leader_hint },
+            });
+        }
         for queued in std::mem::take(&mut self.queue) {
             ctx.out.results.push(ProposalResult::Failed {
                 id: queued.id,

@@ -14,14 +14,37 @@ impl Group {
     ///   last write (power loss) make progress. A replica whose whole state was lost pools
     ///   only when every report says the same (a cluster created anew).
     pub(super) fn relearn_evaluate(&mut self, ctx: &mut Ctx<'_>) {
-        let needed = ctx.relearn_needed();
         let depth = u64::from(ctx.config.pipeline_depth);
         let timeout = ctx.config.election_timeout_ticks;
         let now = ctx.now;
         let applied = self.applied_next;
-        let single = ctx.members.len() == 1;
+        // Every configuration this replica may have voted in (from its applied point on, those
+        // that count it as a voter) needs `voters - quorum + 1` reports from its other voters
+        // (docs/PROTOCOL.md#membership-change).
+        let needs = self.relearn_needs(ctx.me);
+        let single = needs.iter().all(|(voters, _)| voters.len() <= 1);
         let Some(relearn) = &mut self.relearn else {
             return;
+        };
+        let enough = |sure_only: bool| {
+            needs.iter().all(|(voters, needed)| {
+                // A target from sure reports alone also needs the reporters to be a quorum
+                // without this replica (with an even number of voters, `voters - quorum + 1`
+                // of them cannot choose the instances up to the target on their own, and the
+                // re-learning voters would wait for each other for ever); fewer pool instead.
+                let quorum = voters.len() / 2 + 1;
+                let needed = if sure_only && quorum < voters.len() {
+                    (*needed).max(quorum)
+                } else {
+                    *needed
+                };
+                relearn
+                    .reports
+                    .iter()
+                    .filter(|(from, r)| voters.contains(from) && (!sure_only || !r.relearning))
+                    .count()
+                    >= needed
+            })
         };
         if single && relearn.target.is_none() {
             // A cluster of one has no one to re-learn from and no one who voted with it.
@@ -29,7 +52,7 @@ impl Group {
             relearn.pooled = true;
             return;
         }
-        if relearn.target.is_some() || relearn.reports.len() < needed {
+        if relearn.target.is_some() || !enough(false) {
             return;
         }
         relearn.promise_floor = relearn
@@ -46,7 +69,7 @@ impl Group {
             return;
         }
         let sure: Vec<&Report> = relearn.reports.values().filter(|r| !r.relearning).collect();
-        if sure.len() >= needed {
+        if enough(true) {
             let high = sure.iter().map(|r| r.high).max().unwrap_or_default();
             let base = relearn.floor.max(high);
             relearn.target = Some(Instance(base.0 + depth));
@@ -71,6 +94,25 @@ impl Group {
             return;
         };
         if self.applied_next < target {
+            return;
+        }
+        // Catching up may have taught this replica configurations it may have voted in whose
+        // voters did not report: it asks them, and fixes a target again from all reports.
+        let needs = self.relearn_needs(ctx.me);
+        let covered = needs.iter().all(|(voters, needed)| {
+            relearn
+                .reports
+                .keys()
+                .filter(|from| voters.contains(from))
+                .count()
+                >= *needed
+        });
+        if !covered && !needs.iter().all(|(voters, _)| voters.len() <= 1) {
+            if let Some(relearn) = &mut self.relearn {
+                relearn.target = None;
+                relearn.pooled = false;
+                relearn.asked_at = None;
+            }
             return;
         }
         let floor = relearn.promise_floor;
@@ -107,6 +149,7 @@ impl Group {
         self.finish_relearn(ctx);
         let from = self.applied_next;
         let leader = self.leader_hint.filter(|n| *n != ctx.me);
+        let voters = self.known_voters(ctx.me);
         let Some(relearn) = &mut self.relearn else {
             return;
         };
@@ -115,12 +158,7 @@ impl Group {
                 self.catchup_deadline = Some(Tick(now.0 + ctx.config.retransmit_ticks));
                 let peers: Vec<NodeId> = match leader {
                     Some(leader) => vec![leader],
-                    None => ctx
-                        .members
-                        .iter()
-                        .copied()
-                        .filter(|n| *n != ctx.me)
-                        .collect(),
+                    None => voters,
                 };
                 for peer in peers {
                     ask_catchup(ctx, self.id, peer, from, 0, target, Window::one_reply());
@@ -136,11 +174,9 @@ impl Group {
         }
         relearn.asked_at = Some(now);
         let request = relearn.request;
-        let missing: Vec<NodeId> = ctx
-            .members
-            .iter()
-            .copied()
-            .filter(|n| *n != ctx.me && !relearn.reports.contains_key(n))
+        let missing: Vec<NodeId> = voters
+            .into_iter()
+            .filter(|n| !relearn.reports.contains_key(n))
             .collect();
         for peer in missing {
             ask_catchup(
