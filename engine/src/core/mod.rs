@@ -43,6 +43,7 @@ pub mod value;
 mod wal_types;
 
 pub use group::log_base_of;
+pub use group::membership::MEMBERSHIP_DELAY;
 pub use message::{CheckpointInfo, DecodeError, Message, PromiseEntry, MESSAGE_KIND_MAX};
 pub use outputs::{
     Broadcast, CheckpointRead, CheckpointWrite, Chosen, CoreStats, FailReason, GroupError,

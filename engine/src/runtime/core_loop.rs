@@ -16,7 +16,7 @@ use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use paxring_net::{Dest, Frame, Inbox, NetHandle};
 use paxring_wal::{GroupId, Instance, Lsn, Wal, WalError, WalOptions};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -123,6 +123,9 @@ struct Core {
     replies: HashMap<ProposalId, Reply>,
     /// The queries of reads handed to the driver, by id (their replies wait in `replies`).
     read_queries: HashMap<ProposalId, Bytes>,
+    /// Membership changes in flight: answered when chosen (their value has no command for the
+    /// executor to answer).
+    membership_ids: HashSet<ProposalId>,
     /// Proposals and reads taken from the queue this round, handed in after the clock is read.
     arrived: Vec<ProposalMsg>,
     exec_backlog: VecDeque<ExecMsg>,
@@ -323,6 +326,7 @@ impl Core {
                 exec_backlog: VecDeque::new(),
                 frames: Vec::new(),
                 read_queries: HashMap::new(),
+                membership_ids: HashSet::new(),
                 arrived: Vec::new(),
                 net_batch: Vec::new(),
                 snapshot: CoreSnapshot {
@@ -495,6 +499,7 @@ impl Core {
             budget_pending: &mut self.budget_pending,
             budget_reserved: &mut self.budget_reserved,
             read_queries: &mut self.read_queries,
+            membership_ids: &mut self.membership_ids,
             backlog: &mut self.exec_backlog,
             batch_bytes_max: self.batch_bytes_max,
             shared: &self.shared,
@@ -592,8 +597,12 @@ impl Core {
 
     fn take_proposals(&mut self) {
         let arrived = std::mem::take(&mut self.arrived);
-        for proposal in arrived {
+        for mut proposal in arrived {
             self.snapshot.proposals_received += 1;
+            if let Some(members) = proposal.membership.take() {
+                self.change_membership(proposal, members);
+                continue;
+            }
             if let Some(mode) = proposal.read {
                 // Reads are never held back to batch (they write nothing).
                 self.read(proposal, mode);
@@ -721,6 +730,31 @@ impl Core {
             }
             Err(reason) => {
                 let _ = read.reply.send(Err(fail_error(
+                    reason,
+                    group,
+                    self.index,
+                    0,
+                    self.batch_bytes_max,
+                )));
+            }
+        }
+    }
+
+    fn change_membership(&mut self, proposal: ProposalMsg, members: crate::core::Membership) {
+        let group = proposal.group;
+        let id = ProposalId(self.next_proposal);
+        self.next_proposal += 1;
+        match self
+            .driver
+            .table_mut()
+            .change_membership(group, id, members)
+        {
+            Ok(()) => {
+                self.replies.insert(id, proposal.reply);
+                self.membership_ids.insert(id);
+            }
+            Err(reason) => {
+                let _ = proposal.reply.send(Err(fail_error(
                     reason,
                     group,
                     self.index,
@@ -1196,6 +1230,7 @@ struct ExecApply<'a> {
     budget_pending: &'a mut HashMap<ProposalId, u64>,
     budget_reserved: &'a mut u64,
     read_queries: &'a mut HashMap<ProposalId, Bytes>,
+    membership_ids: &'a mut HashSet<ProposalId>,
     backlog: &'a mut VecDeque<ExecMsg>,
     batch_bytes_max: usize,
     shared: &'a Shared,
@@ -1220,6 +1255,27 @@ impl driver::Apply for ExecApply<'_> {
             | ProposalResult::Unknown { id, .. } => *id,
         };
         self.release(id);
+        if self.membership_ids.remove(&id) {
+            if let ProposalResult::Committed {
+                id,
+                group,
+                instance,
+                index,
+            } = result
+            {
+                // A membership change: chosen is its outcome (it governs from
+                // `instance + MEMBERSHIP_DELAY` on); the executor has nothing to answer.
+                if let Some(reply) = self.replies.remove(&id) {
+                    let _ = reply.send(Ok(super::Committed {
+                        group,
+                        instance,
+                        index,
+                        result: Bytes::new(),
+                    }));
+                }
+                return;
+            }
+        }
         match result {
             ProposalResult::Committed {
                 id,

@@ -21,7 +21,7 @@ use super::executor::{self, GroupProgress};
 use super::identity;
 use super::mirror;
 use super::shared::{CoreSnapshot, MasterEvent, MasterInfo, ProposalMsg, Shared};
-use crate::core::ReadMode;
+use crate::core::{NodeId, ReadMode};
 
 /// Master events queued per subscriber.
 const MASTER_EVENTS_QUEUED: usize = 1024;
@@ -314,6 +314,42 @@ impl Node {
         self.read(group, query, mode).wait()
     }
 
+    /// Changes `group`'s membership to `voters` and `followers` (node ids; docs/PROTOCOL.md#membership-change).
+    /// The change is a value of its own, chosen like a command: the returned [`Proposal`]
+    /// completes with the instance it was chosen at once it is chosen, and the new membership
+    /// governs from `instance + MEMBERSHIP_DELAY` on (256 instances later; the leader fills
+    /// them with no-ops when idle, so that takes a few round trips). Refused at once
+    /// (`Error::Membership`) when a node it names is not this node or one of its configured
+    /// peers (the network knows no other address), it names no voter or a node twice, or
+    /// another change of the group is not in effect yet; `NotLeader` on a node that does not
+    /// lead the group. Add a node as a follower first, make it a voter once it caught up, then
+    /// remove the one it replaces: each step keeps a quorum of the old voters in the new set.
+    pub fn change_membership(&self, group: GroupId, voters: &[u32], followers: &[u32]) -> Proposal {
+        if group.0 >= self.config.groups {
+            return Proposal::ready(Err(Error::NoSuchGroup(group.0, self.config.groups)));
+        }
+        let known: std::collections::BTreeSet<u32> = self
+            .config
+            .peers
+            .iter()
+            .map(|p| p.id)
+            .chain([self.config.node_id])
+            .collect();
+        if let Some(unknown) = voters.iter().chain(followers).find(|n| !known.contains(n)) {
+            return Proposal::ready(Err(Error::Membership(format!(
+                "node {unknown} is not in this node's config (add it to every node's peers first)"
+            ))));
+        }
+        if self.shared.stopping.load(Ordering::Acquire) {
+            return Proposal::ready(Err(Error::Stopped(self.stop_reason())));
+        }
+        let members = crate::core::Membership {
+            voters: voters.iter().copied().map(NodeId).collect(),
+            followers: followers.iter().copied().map(NodeId).collect(),
+        };
+        self.send_msg(group, Bytes::new(), None, Some(members))
+    }
+
     /// Whether this node is the master of `group` now: it leads and holds a master lease
     /// (docs/PROTOCOL.md#master-lease). At most one node of a cluster is master of a group at
     /// any moment, under the configured clock-drift bound.
@@ -347,6 +383,16 @@ impl Node {
     }
 
     fn send_to_core(&self, group: GroupId, command: Bytes, read: Option<ReadMode>) -> Proposal {
+        self.send_msg(group, command, read, None)
+    }
+
+    fn send_msg(
+        &self,
+        group: GroupId,
+        command: Bytes,
+        read: Option<ReadMode>,
+        membership: Option<crate::core::Membership>,
+    ) -> Proposal {
         let core = &self.cores[core_of_group(group.0, self.config.cores)];
         let (proposal, reply) = Proposal::pending();
         match core.proposals.try_send(ProposalMsg {
@@ -354,6 +400,7 @@ impl Node {
             command,
             reply,
             read,
+            membership,
         }) {
             Ok(()) => {
                 core.wake.notify();

@@ -22,6 +22,8 @@ pub(crate) struct ProposalMsg {
     /// Set for a read (docs/PROTOCOL.md#reads): not proposed, answered by the state machine's
     /// `query` once confirmed.
     pub read: Option<crate::core::ReadMode>,
+    /// Set for a membership change (docs/PROTOCOL.md#membership-change): `command` is empty.
+    pub membership: Option<crate::core::Membership>,
 }
 
 /// This node became or stopped being the master of a group (docs/PROTOCOL.md#master-lease).

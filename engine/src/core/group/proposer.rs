@@ -86,7 +86,9 @@ impl Group {
     /// last election timeout. Peers count from the moment it won (their Promises).
     pub(super) fn hears_quorum(&self, ctx: &Ctx<'_>) -> bool {
         let timeout = ctx.config.election_timeout_ticks;
-        let latest = self.latest_config();
+        // The configuration of the instances it is committing now (a later one's voters are
+        // asked at its boundary, docs/PROTOCOL.md#membership-change).
+        let latest = self.config_at(self.applied_next);
         let heard = latest
             .voters
             .iter()
