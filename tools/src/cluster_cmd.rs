@@ -1,11 +1,12 @@
-//! `paxring cluster up|down|restart`: a local cluster of separate `paxring node` processes on
-//! 127.0.0.1, described by `DIR/cluster.json`.
+//! `paxring cluster up|down|restart|add|remove|replace|members`: a local cluster of separate
+//! `paxring node` processes on 127.0.0.1, described by `DIR/cluster.json`, and membership
+//! changes of its groups (docs/PROTOCOL.md#membership-change).
 //!
 //! Owns: the cluster directory layout (`DIR/node-ID/{config.toml,node.log,data}`,
 //! `DIR/cluster.json`) and the node processes it starts. Never: signals a process that is not
 //! one of the pids in `cluster.json` still running `paxring node`; every wait is bounded.
 
-use crate::kv::proto::{NodeAddr, Request};
+use crate::kv::proto::{code, GroupMembers, NodeAddr, Request, Response};
 use crate::node_cmd::NodeFile;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -32,6 +33,17 @@ enum ClusterCommand {
     Up(UpArgs),
     /// Stops every node of the cluster (SIGTERM, then SIGKILL after a bounded wait).
     Down(DirArgs),
+    /// Makes a node a voter of every group (or of `--group`): a follower node listed in the
+    /// configs, caught up by now (docs/PROTOCOL.md#membership-change).
+    Add(MemberArgs),
+    /// Removes a node from every group (or from `--group`): it neither votes nor follows there.
+    Remove(MemberArgs),
+    /// Replaces voter `--old` by `--new` in every group (or in `--group`), in one change: the
+    /// other voters stay a quorum of the new set while the old node is dead and the new one
+    /// catches up.
+    Replace(ReplaceArgs),
+    /// Prints every group's membership as the nodes know it.
+    Members(DirArgs),
     /// Restarts one node from its config and records its new pid.
     Restart(RestartArgs),
 }
@@ -73,6 +85,41 @@ struct DirArgs {
     /// The cluster's directory.
     #[arg(long)]
     dir: PathBuf,
+}
+
+#[derive(clap::Args, Debug)]
+struct MemberArgs {
+    /// The cluster's directory.
+    #[arg(long)]
+    dir: PathBuf,
+    /// The node.
+    #[arg(long)]
+    node: u32,
+    /// Only this group (default: every group).
+    #[arg(long)]
+    group: Option<u32>,
+    /// Seconds to wait for every change to be chosen.
+    #[arg(long, default_value_t = 60)]
+    wait_seconds: u64,
+}
+
+#[derive(clap::Args, Debug)]
+struct ReplaceArgs {
+    /// The cluster's directory.
+    #[arg(long)]
+    dir: PathBuf,
+    /// The voter to replace.
+    #[arg(long)]
+    old: u32,
+    /// The node that takes its place (a follower node the configs list).
+    #[arg(long)]
+    new: u32,
+    /// Only this group (default: every group).
+    #[arg(long)]
+    group: Option<u32>,
+    /// Seconds to wait for every change to be chosen.
+    #[arg(long, default_value_t = 120)]
+    wait_seconds: u64,
 }
 
 #[derive(clap::Args, Debug)]
@@ -121,6 +168,46 @@ pub fn run(args: ClusterArgs) -> ExitCode {
         ClusterCommand::Up(up) => cluster_up(&up),
         ClusterCommand::Down(down) => cluster_down(&down.dir),
         ClusterCommand::Restart(restart) => cluster_restart(&restart),
+        ClusterCommand::Add(args) => {
+            let node = args.node;
+            change_groups(&args.dir, args.group, args.wait_seconds, &|m| {
+                let mut m = m.clone();
+                m.followers.retain(|n| *n != node);
+                if !m.voters.contains(&node) {
+                    m.voters.push(node);
+                    m.voters.sort_unstable();
+                }
+                m
+            })
+        }
+        ClusterCommand::Remove(args) => {
+            let node = args.node;
+            change_groups(&args.dir, args.group, args.wait_seconds, &|m| {
+                let mut m = m.clone();
+                m.voters.retain(|n| *n != node);
+                m.followers.retain(|n| *n != node);
+                m
+            })
+        }
+        ClusterCommand::Replace(args) => {
+            // One change: the other voters stay a quorum of the new set even while the old
+            // node is dead and the new one re-learns (a node whose data directory was empty
+            // at its start re-learns before its first vote).
+            let (old, new) = (args.old, args.new);
+            change_groups(&args.dir, args.group, args.wait_seconds, &|m| {
+                let mut m = m.clone();
+                m.followers.retain(|n| *n != new && *n != old);
+                if m.voters.contains(&old) {
+                    m.voters.retain(|n| *n != old);
+                    if !m.voters.contains(&new) {
+                        m.voters.push(new);
+                    }
+                    m.voters.sort_unstable();
+                }
+                m
+            })
+        }
+        ClusterCommand::Members(args) => print_members(&args.dir),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -363,6 +450,164 @@ fn ask_id(addr: SocketAddr) -> Result<u32, String> {
     response
         .node_id
         .ok_or_else(|| format!("id answer without node_id: {line}"))
+}
+
+/// One request to one node's client address, one response line (bounded waits).
+fn ask(addr: SocketAddr, request: &Request, wait: Duration) -> Result<Response, String> {
+    let mut stream =
+        TcpStream::connect_timeout(&addr, Duration::from_millis(500)).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(wait))
+        .map_err(|e| e.to_string())?;
+    let mut line = serde_json::to_vec(request).expect("serializes");
+    line.push(b'\n');
+    stream.write_all(&line).map_err(|e| e.to_string())?;
+    let mut answer = String::new();
+    BufReader::new(&stream)
+        .take(16 << 20)
+        .read_line(&mut answer)
+        .map_err(|e| e.to_string())?;
+    serde_json::from_str(&answer).map_err(|e| format!("bad answer {answer:?}: {e}"))
+}
+
+/// Every running node's `id` answer (nodes that do not answer are left out).
+fn ids(cluster: &ClusterFile) -> Vec<(u32, SocketAddr, Response)> {
+    cluster
+        .nodes
+        .iter()
+        .filter_map(|n| {
+            ask(n.client_addr, &Request::Id, Duration::from_secs(2))
+                .ok()
+                .map(|r| (n.id, n.client_addr, r))
+        })
+        .collect()
+}
+
+/// Changes the membership of every group (or of `only`) to `change(current)`, through each
+/// group's leader: follows `not_leader`, waits while another change of the group is not in
+/// effect yet, and waits until the nodes know the new membership. Bounded by `wait_seconds`.
+fn change_groups(
+    dir: &Path,
+    only: Option<u32>,
+    wait_seconds: u64,
+    change: &dyn Fn(&GroupMembers) -> GroupMembers,
+) -> Result<(), String> {
+    let cluster = read_cluster(dir)?;
+    let deadline = Instant::now() + Duration::from_secs(wait_seconds);
+    let answers = ids(&cluster);
+    let groups = answers
+        .iter()
+        .find_map(|(_, _, r)| r.groups)
+        .ok_or("no node answers (fix: `paxring cluster up` or `restart`)")?;
+    if only.is_some_and(|g| g >= groups) {
+        return Err(format!(
+            "--group {} (the cluster has groups 0..{groups})",
+            only.unwrap_or(0)
+        ));
+    }
+    for group in (0..groups).filter(|g| only.is_none_or(|o| o == *g)) {
+        let mut last = String::new();
+        loop {
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "group {group}: not changed within {wait_seconds} s (last: {last})"
+                ));
+            }
+            let answers = ids(&cluster);
+            // The membership the group's leader knows (it has applied the most), else any.
+            let leader = answers
+                .iter()
+                .find_map(|(_, _, r)| r.leaders.as_ref()?.get(group as usize).copied().flatten());
+            let current = answers
+                .iter()
+                .filter(|(id, _, _)| Some(*id) == leader)
+                .chain(answers.iter())
+                .find_map(|(_, _, r)| r.memberships.as_ref()?.get(group as usize)?.clone());
+            let (Some(leader), Some(current)) = (leader, current) else {
+                last = "no leader known yet".into();
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            };
+            let wanted = change(&current);
+            if wanted.voters == current.voters && wanted.followers == current.followers {
+                println!(
+                    "group {group}: voters {:?} followers {:?} (unchanged)",
+                    current.voters, current.followers
+                );
+                break;
+            }
+            let Some((_, addr, _)) = answers.iter().find(|(id, _, _)| *id == leader) else {
+                last = format!("the leader, node {leader}, does not answer");
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            };
+            let request = Request::Membership {
+                group,
+                voters: wanted.voters.clone(),
+                followers: wanted.followers.clone(),
+            };
+            match ask(*addr, &request, Duration::from_secs(15)) {
+                Ok(answer) if answer.ok => {
+                    println!(
+                        "group {group}: voters {:?} followers {:?}, chosen at instance {}, governs from {}",
+                        wanted.voters,
+                        wanted.followers,
+                        answer.instance.unwrap_or_default(),
+                        answer.governs_from.unwrap_or_default()
+                    );
+                    // Wait until the leader knows it (it publishes the newest membership).
+                    while Instant::now() < deadline {
+                        let known = ask(*addr, &Request::Id, Duration::from_secs(2))
+                            .ok()
+                            .and_then(|r| r.memberships?.get(group as usize)?.clone());
+                        if known.is_some_and(|k| {
+                            k.voters == wanted.voters && k.followers == wanted.followers
+                        }) {
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    break;
+                }
+                Ok(answer) => {
+                    last = answer.message.clone().unwrap_or_default();
+                    match answer.error.as_deref() {
+                        // Another change is not in effect yet, or the leader moved: again.
+                        Some(code::MEMBERSHIP) if last.contains("not in effect") => {}
+                        Some(code::NOT_LEADER) | Some(code::OVERLOADED) | Some(code::UNKNOWN) => {}
+                        _ => return Err(format!("group {group}: {last}")),
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => {
+                    last = e;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `paxring cluster members`: each group's membership as each running node knows it.
+fn print_members(dir: &Path) -> Result<(), String> {
+    let cluster = read_cluster(dir)?;
+    let answers = ids(&cluster);
+    if answers.is_empty() {
+        return Err("no node answers".into());
+    }
+    for (id, _, answer) in &answers {
+        for (group, members) in answer.memberships.iter().flatten().enumerate() {
+            match members {
+                Some(m) => println!(
+                    "node {id} group {group}: voters {:?} followers {:?} from instance {}",
+                    m.voters, m.followers, m.from
+                ),
+                None => println!("node {id} group {group}: not known yet"),
+            }
+        }
+    }
+    Ok(())
 }
 
 /// True when `pid` is alive (not a zombie) and runs `paxring node`.

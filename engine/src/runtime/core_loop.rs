@@ -126,6 +126,8 @@ struct Core {
     /// Membership changes in flight: answered when chosen (their value has no command for the
     /// executor to answer).
     membership_ids: HashSet<ProposalId>,
+    /// Membership changes and installs counted at the last publish of memberships.
+    memberships_seen: Option<u64>,
     /// Proposals and reads taken from the queue this round, handed in after the clock is read.
     arrived: Vec<ProposalMsg>,
     exec_backlog: VecDeque<ExecMsg>,
@@ -327,6 +329,7 @@ impl Core {
                 frames: Vec::new(),
                 read_queries: HashMap::new(),
                 membership_ids: HashSet::new(),
+                memberships_seen: None,
                 arrived: Vec::new(),
                 net_batch: Vec::new(),
                 snapshot: CoreSnapshot {
@@ -1029,6 +1032,26 @@ impl Core {
         for group in table.groups() {
             let hint = table.leader_hint(group).map_or(0, |n| u64::from(n.0));
             self.shared.leader_hints[group.0 as usize].store(hint, Ordering::Release);
+        }
+        let changes =
+            table.stats().membership_changes_applied + table.stats().checkpoints_installed;
+        if self.memberships_seen != Some(changes) {
+            // Published when a change or an install may have changed one (and at the first
+            // publish): computing every group's status each time would cost a round.
+            self.memberships_seen = Some(changes);
+            let mut memberships = self.shared.memberships.lock().expect("memberships lock");
+            for group in table.groups() {
+                if let (Some(status), Some(slot)) = (
+                    table.group_status(group),
+                    memberships.get_mut(group.0 as usize),
+                ) {
+                    *slot = Some(super::shared::GroupMembership {
+                        voters: status.voters.iter().map(|n| n.0).collect(),
+                        followers: status.followers.iter().map(|n| n.0).collect(),
+                        from: status.members_from.0,
+                    });
+                }
+            }
         }
         let (lag, lag_max) = table.lag();
         self.snapshot.lag_instances = lag;

@@ -26,5 +26,5 @@ pub use config::{
     core_of_group, ConfigError, NodeConfig, NodeConfigBuilder, PeerConfig, SyncModeConfig,
 };
 pub use node::{Node, NodeStats, NodeTotals};
-pub use shared::{CoreSnapshot, MasterEvent, MasterInfo};
+pub use shared::{CoreSnapshot, GroupMembership, MasterEvent, MasterInfo};
 pub use state_machine::{CheckpointMode, StateMachine, StateMachineFactory};

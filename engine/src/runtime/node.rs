@@ -130,6 +130,7 @@ impl Node {
                 .collect(),
             applied_commands: Arc::new(AtomicU64::new(0)),
             masters: Mutex::new(vec![None; groups as usize]),
+            memberships: Mutex::new(vec![None; groups as usize]),
             master_subscribers: Mutex::new(Vec::new()),
             master_events_dropped: AtomicU64::new(0),
         });
@@ -451,6 +452,18 @@ impl Node {
             .get(group.0 as usize)?
             .load(Ordering::Acquire);
         (hint != 0).then_some(hint as u32)
+    }
+
+    /// `group`'s newest configuration as this node knows it (docs/PROTOCOL.md#membership-change):
+    /// voters, follower nodes, and the first instance it governs (it may lie ahead of the
+    /// applied point: a change governs 256 instances after its own).
+    pub fn membership(&self, group: GroupId) -> Option<super::GroupMembership> {
+        self.shared
+            .memberships
+            .lock()
+            .expect("memberships lock")
+            .get(group.0 as usize)?
+            .clone()
     }
 
     /// The first instance of `group` not yet applied by its executor.

@@ -26,6 +26,17 @@ pub(crate) struct ProposalMsg {
     pub membership: Option<crate::core::Membership>,
 }
 
+/// A group's newest configuration as one node knows it (docs/PROTOCOL.md#membership-change).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct GroupMembership {
+    /// The voters.
+    pub voters: Vec<u32>,
+    /// The follower nodes (non-voting).
+    pub followers: Vec<u32>,
+    /// The first instance it governs (0: the configs' initial membership).
+    pub from: u64,
+}
+
 /// This node became or stopped being the master of a group (docs/PROTOCOL.md#master-lease).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MasterEvent {
@@ -63,6 +74,9 @@ pub(crate) struct Shared {
     pub applied_commands: Arc<AtomicU64>,
     /// Each group's master as this node knows it, published by its core with its counters.
     pub masters: Mutex<Vec<Option<MasterInfo>>>,
+    /// Each group's newest configuration as this node knows it (docs/PROTOCOL.md#membership-change),
+    /// published by its core when it changes.
+    pub memberships: Mutex<Vec<Option<GroupMembership>>>,
     /// Subscribers to this node's master changes (a full subscriber misses events; counted).
     pub master_subscribers: Mutex<Vec<crossbeam_channel::Sender<MasterEvent>>>,
     /// Master events a full subscriber did not take.

@@ -62,6 +62,17 @@ pub enum Request {
     Stats,
     /// Per group: applied_next, rolling digest of the applied sequence, checkpoint.
     Digest,
+    /// Changes `group`'s membership (docs/PROTOCOL.md#membership-change); only the group's
+    /// leader takes it (`not_leader` otherwise).
+    Membership {
+        /// The group.
+        group: u32,
+        /// The new voters (node ids).
+        voters: Vec<u32>,
+        /// The new follower nodes (non-voting).
+        #[serde(default)]
+        followers: Vec<u32>,
+    },
 }
 
 /// How a `get` is served (the request's `"mode"`: `"log"`, `"index"` or `"lease"`; absent is
@@ -196,6 +207,9 @@ pub mod code {
     /// The request's session already applied a request with a higher seq: this copy did not
     /// execute, and whether an earlier copy of it did cannot be told any more.
     pub const STALE: &str = "stale";
+    /// A membership change was refused: another one of the group is not in effect yet, or it
+    /// names an unknown node, no voter, or a node twice. Nothing changed.
+    pub const MEMBERSHIP: &str = "membership";
 }
 
 /// One response line, as a client reads it (fields absent in a response are `None`).
@@ -251,6 +265,23 @@ pub struct Response {
     /// digest: one entry per group.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digests: Option<Vec<GroupDigest>>,
+    /// id: per group, its newest membership as this node knows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memberships: Option<Vec<Option<GroupMembers>>>,
+    /// membership: the first instance the change governs (its instance + 256).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub governs_from: Option<u64>,
+}
+
+/// One group's membership in an `id` response.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupMembers {
+    /// The voters.
+    pub voters: Vec<u32>,
+    /// The follower nodes (non-voting).
+    pub followers: Vec<u32>,
+    /// The first instance it governs.
+    pub from: u64,
 }
 
 /// A node's id and client address.
@@ -402,6 +433,14 @@ mod tests {
             (r#"{"op":"id"}"#, Request::Id),
             (r#"{"op":"stats"}"#, Request::Stats),
             (r#"{"op":"digest"}"#, Request::Digest),
+            (
+                r#"{"op":"membership","group":2,"voters":[2,3,4],"followers":[1]}"#,
+                Request::Membership {
+                    group: 2,
+                    voters: vec![2, 3, 4],
+                    followers: vec![1],
+                },
+            ),
         ];
         for (text, request) in cases {
             assert_eq!(serde_json::from_str::<Request>(text).unwrap(), request);

@@ -282,11 +282,22 @@ fn handle_line(line: &[u8], context: &ServerShared) -> serde_json::Value {
                     addr: *addr,
                 })
                 .collect();
+            let memberships: Vec<Option<crate::kv::proto::GroupMembers>> = (0..groups)
+                .map(|g| {
+                    node.membership(GroupId(g))
+                        .map(|m| crate::kv::proto::GroupMembers {
+                            voters: m.voters,
+                            followers: m.followers,
+                            from: m.from,
+                        })
+                })
+                .collect();
             return serde_json::json!({
                 "ok": true,
                 "node_id": node.config().node_id,
                 "groups": groups,
                 "leaders": leaders,
+                "memberships": memberships,
                 "client_addrs": client_addrs,
                 "command_bytes_max": context.command_bytes_max,
                 "line_bytes_max": context.line_bytes_max,
@@ -315,6 +326,33 @@ fn handle_line(line: &[u8], context: &ServerShared) -> serde_json::Value {
                 })
                 .collect();
             return serde_json::json!({ "ok": true, "digests": digests });
+        }
+        Request::Membership {
+            group,
+            voters,
+            followers,
+        } => {
+            if group >= groups {
+                return response_json(&Response::error(
+                    code::BAD_REQUEST,
+                    format!("group {group} does not exist (groups are 0..{groups})"),
+                ));
+            }
+            let proposal = node.change_membership(GroupId(group), &voters, &followers);
+            return match wait_timeout(proposal, context.limits.proposal_timeout) {
+                Some(Ok(committed)) => serde_json::json!({
+                    "ok": true,
+                    "group": group,
+                    "instance": committed.instance.0,
+                    "governs_from": committed.instance.0 + paxring_engine::core::MEMBERSHIP_DELAY,
+                }),
+                Some(Err(error)) => response_json(&error_response(error, &context.client_addrs)),
+                None => response_json(&Response::error(
+                    code::UNKNOWN,
+                    "no outcome within the proposal timeout: the change may or may not be chosen"
+                        .to_string(),
+                )),
+            };
         }
         Request::Put { key, value } => Command::Put { key, value },
         Request::Get { key, mode } => match mode.unwrap_or_default() {
@@ -499,7 +537,7 @@ pub fn error_response(error: Error, client_addrs: &BTreeMap<u32, SocketAddr>) ->
         // A read the state machine refused changed nothing: the caller may retry.
         Error::Query(_) => Response::error(code::BAD_REQUEST, message),
         // A refused membership change changed nothing.
-        Error::Membership(_) => Response::error(code::BAD_REQUEST, message),
+        Error::Membership(_) => Response::error(code::MEMBERSHIP, message),
         Error::Unknown(_) | Error::Config(_) | Error::Start(_) => {
             Response::error(code::UNKNOWN, message)
         }

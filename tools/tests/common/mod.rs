@@ -9,6 +9,7 @@
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::{json, Value};
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -624,5 +625,133 @@ impl RegisterWorkload {
         }
         let violations = self.violations.lock().unwrap().clone();
         violations
+    }
+}
+
+/// One history line, checked for the documented fields.
+#[derive(Debug, Clone)]
+#[allow(dead_code)]
+pub struct Op {
+    pub op: String,
+    pub key: String,
+    pub value: Option<String>,
+    pub ok: Option<bool>,
+    pub call_ns: u64,
+    pub return_ns: u64,
+    pub outcome: String,
+}
+
+pub fn parse_history(path: &std::path::Path) -> Vec<Op> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let fields = [
+        "client",
+        "op",
+        "key",
+        "value",
+        "expected",
+        "ok",
+        "call_ns",
+        "return_ns",
+        "outcome",
+    ];
+    text.lines()
+        .map(|line| {
+            let v: Value = serde_json::from_str(line).unwrap();
+            let object = v.as_object().unwrap();
+            assert_eq!(object.len(), fields.len(), "{line}");
+            for field in fields {
+                assert!(object.contains_key(field), "{line} lacks {field}");
+            }
+            let op = Op {
+                op: v["op"].as_str().unwrap().to_string(),
+                key: v["key"].as_str().unwrap().to_string(),
+                value: v["value"].as_str().map(String::from),
+                ok: v["ok"].as_bool(),
+                call_ns: v["call_ns"].as_u64().unwrap(),
+                return_ns: v["return_ns"].as_u64().unwrap(),
+                outcome: v["outcome"].as_str().unwrap().to_string(),
+            };
+            assert!(["put", "get", "cas"].contains(&op.op.as_str()), "{line}");
+            assert!(
+                ["ok", "fail", "unknown"].contains(&op.outcome.as_str()),
+                "{line}"
+            );
+            assert!(op.call_ns <= op.return_ns, "{line}");
+            assert_eq!(
+                op.outcome == "unknown",
+                op.ok.is_none(),
+                "ok is null exactly when unknown: {line}"
+            );
+            op
+        })
+        .collect()
+}
+
+/// The history's writes and reads against the final state: no acknowledged write is lost or
+/// overwritten by a write that ended before it began, and every read saw a real write.
+pub fn check_history(path: &std::path::Path, nodes: &[NodeInfo]) {
+    let ops = parse_history(path);
+    assert!(!ops.is_empty());
+    // Values are unique per operation, so a value names its write.
+    let mut writer_of: HashMap<String, &Op> = HashMap::new();
+    for op in ops.iter().filter(|o| o.op != "get") {
+        let value = op.value.clone().expect("a write has a value");
+        assert!(
+            writer_of.insert(value, op).is_none(),
+            "values are unique per operation"
+        );
+    }
+    let may_have_written =
+        |op: &Op| op.outcome == "unknown" || (op.outcome == "ok" && op.ok == Some(true));
+    let acknowledged = |op: &Op| op.outcome == "ok" && op.ok == Some(true) && op.op != "get";
+
+    for read in ops.iter().filter(|o| o.op == "get" && o.outcome == "ok") {
+        if let Some(value) = &read.value {
+            let write = writer_of
+                .get(value)
+                .unwrap_or_else(|| panic!("read {value:?} that no one wrote"));
+            assert!(
+                may_have_written(write),
+                "read {value:?} from a write that failed: {write:?}"
+            );
+            assert!(
+                write.call_ns < read.return_ns,
+                "read {value:?} before its write began"
+            );
+            assert_eq!(write.key, read.key);
+        }
+    }
+
+    let keys: std::collections::BTreeSet<&str> = ops.iter().map(|o| o.key.as_str()).collect();
+    for (i, key) in keys.into_iter().enumerate() {
+        let last = match get(nodes, i % 3, key) {
+            Outcome::Ok(answer) => answer["value"].as_str().map(String::from),
+            other => panic!("final get {key}: {other:?}"),
+        };
+        let acked: Vec<&Op> = ops
+            .iter()
+            .filter(|o| o.key == key && acknowledged(o))
+            .collect();
+        match last {
+            None => assert!(
+                acked.is_empty(),
+                "{key} is absent but writes were acknowledged: {acked:?}"
+            ),
+            Some(value) => {
+                let write = writer_of
+                    .get(&value)
+                    .unwrap_or_else(|| panic!("{key} holds {value:?} that no one wrote"));
+                assert!(
+                    may_have_written(write),
+                    "{key} holds the value of a failed write"
+                );
+                for later in acked {
+                    assert!(
+                        later.call_ns <= write.return_ns,
+                        "{key}: acknowledged {later:?} began after {write:?} ended, yet {value:?} is the final value: a write was lost"
+                    );
+                }
+            }
+        }
     }
 }
