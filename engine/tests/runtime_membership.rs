@@ -202,5 +202,8 @@ fn a_follower_node_replaces_a_voter_through_the_log() {
         .map(|c| c.protocol.membership_changes_applied)
         .sum();
     assert_eq!(applied_changes, 1);
+    let known = status.memberships[0].clone().expect("published");
+    assert_eq!(known.voters, voters, "{known:?}");
+    assert_eq!(known.followers, vec![removed], "{known:?}");
     shutdown_all(nodes);
 }

@@ -1045,11 +1045,31 @@ impl Core {
                     table.group_status(group),
                     memberships.get_mut(group.0 as usize),
                 ) {
-                    *slot = Some(super::shared::GroupMembership {
+                    let now = super::shared::GroupMembership {
                         voters: status.voters.iter().map(|n| n.0).collect(),
                         followers: status.followers.iter().map(|n| n.0).collect(),
                         from: status.members_from.0,
-                    });
+                    };
+                    if slot.as_ref().is_some_and(|before| *before != now) {
+                        let me = table.node().0;
+                        let role = if now.voters.contains(&me) {
+                            "a voter"
+                        } else if now.followers.contains(&me) {
+                            "a follower node (it does not vote)"
+                        } else {
+                            "not a member (it neither votes nor follows)"
+                        };
+                        tracing::warn!(
+                            core = self.index,
+                            group = group.0,
+                            voters = ?now.voters,
+                            followers = ?now.followers,
+                            from = now.from,
+                            "the group's membership changed: this node is {role} from instance {}",
+                            now.from
+                        );
+                    }
+                    *slot = Some(now);
                 }
             }
         }

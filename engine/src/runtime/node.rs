@@ -60,6 +60,9 @@ pub struct NodeStats {
     pub totals: NodeTotals,
     /// This node is a follower: a non-voting replica (docs/PROTOCOL.md#follower-nodes).
     pub follower: bool,
+    /// Per group, its newest membership as this node knows it
+    /// (docs/PROTOCOL.md#membership-change).
+    pub memberships: Vec<Option<super::GroupMembership>>,
     /// The fatal error that stopped the node, if any.
     pub fatal: Option<String>,
 }
@@ -528,6 +531,12 @@ impl Node {
             master_events_dropped: self.shared.master_events_dropped.load(Ordering::Relaxed),
             totals,
             follower: self.config.follower,
+            memberships: self
+                .shared
+                .memberships
+                .lock()
+                .expect("memberships lock")
+                .clone(),
             fatal: self.fatal_error().map(|f| f.to_string()),
         }
     }
