@@ -31,20 +31,26 @@ fn run(options: &SimOptions, seeds: std::ops::Range<u64>) -> RunSummary {
     summary
 }
 
+/// Swarm testing switched every fault class on in at least `seeds` seeds.
+fn assert_every_class_on(summary: &RunSummary, seeds: u64) {
+    for fault in Fault::ALL {
+        let on = summary.classes_on.get(fault.name()).copied().unwrap_or(0);
+        assert!(
+            on >= seeds,
+            "{} was on in {on} seeds, fewer than {seeds}: {:?}",
+            fault.name(),
+            summary.classes_on
+        );
+    }
+}
+
 #[test]
 fn three_nodes_swarm_faults() {
     let summary = run(&short(), 1..201);
     assert_eq!(summary.violations, 0);
     assert!(summary.commits > 0);
     // Swarm testing switched every class on in some seeds, and the faults landed.
-    for fault in Fault::ALL {
-        assert!(
-            summary.classes_on.get(fault.name()).copied().unwrap_or(0) > 20,
-            "{} was on in too few seeds: {:?}",
-            fault.name(),
-            summary.classes_on
-        );
-    }
+    assert_every_class_on(&summary, 21);
     for injected in [
         "crash",
         "torn",
@@ -169,14 +175,7 @@ fn one_follower_under_every_fault_class() {
     );
     assert!(summary.commits > 0);
     let count = |what: &str| summary.faults.get(what).copied().unwrap_or(0);
-    for fault in Fault::ALL {
-        assert!(
-            summary.classes_on.get(fault.name()).copied().unwrap_or(0) > 0,
-            "{} was never on: {:?}",
-            fault.name(),
-            summary.classes_on
-        );
-    }
+    assert_every_class_on(&summary, 1);
     assert!(count("follower-accepts-kept") > 0, "{:?}", summary.faults);
     assert_eq!(count("non-voter-votes-dropped"), 0, "{:?}", summary.faults);
 }
@@ -198,14 +197,7 @@ fn membership_changes_under_every_fault_class() {
         1..61,
     );
     let count = |what: &str| summary.faults.get(what).copied().unwrap_or(0);
-    for fault in Fault::ALL {
-        assert!(
-            summary.classes_on.get(fault.name()).copied().unwrap_or(0) > 0,
-            "{} was never on: {:?}",
-            fault.name(),
-            summary.classes_on
-        );
-    }
+    assert_every_class_on(&summary, 1);
     assert!(
         count("membership-change-committed") > 20,
         "{:?}",

@@ -13,7 +13,6 @@ mod common;
 use common::*;
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -53,49 +52,10 @@ fn wait_leader(cluster: &TestCluster, group: usize) -> u32 {
 #[test]
 fn kill_follower_and_leader_under_load() {
     let mut cluster = TestCluster::up(4, 1);
-    let history = cluster.path().join("history.jsonl");
-    let summary = cluster.path().join("load.out");
-    let load = Command::new(exe())
-        .args([
-            "kv",
-            "--addr",
-            &cluster.addr_list(),
-            "load",
-            "--clients",
-            "4",
-            "--seconds",
-            "16",
-            "--keys",
-            "20",
-        ])
-        .arg("--history")
-        .arg(&history)
-        .args(["--seed", "5"])
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&summary).unwrap())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start the load");
-    cluster.children.push(load);
-
+    let (history, summary) = start_load(&mut cluster, 16, 5);
     // A writer of unique keys, so that "every acknowledged write is present" is exact.
     let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let stop = stop.clone();
-        let nodes = cluster.nodes();
-        std::thread::spawn(move || {
-            let mut acked = Vec::new();
-            let mut i = 0u32;
-            while !stop.load(Ordering::Acquire) && i < 100_000 {
-                let (key, value) = (format!("u{i}"), format!("w{i}"));
-                if let Outcome::Ok(_) = put(&nodes, i as usize % 3, &key, &value) {
-                    acked.push((key, value));
-                }
-                i += 1;
-            }
-            acked
-        })
-    };
+    let writer = unique_writer(cluster.nodes(), stop.clone());
 
     std::thread::sleep(Duration::from_secs(2));
     let leader = wait_leader(&cluster, 0);
@@ -110,19 +70,11 @@ fn kill_follower_and_leader_under_load() {
     cluster.restart(leader);
 
     // The load ends on its own after 16 s; bounded wait.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = cluster.children[0].try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "the load did not end");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let (succeeded, summary_text) = wait_load(&mut cluster, &summary);
     stop.store(true, Ordering::Release);
     let acked = writer.join().unwrap();
-    let summary_text = std::fs::read_to_string(&summary).unwrap();
     eprintln!("load under kill -9 (follower {follower}, then leader {leader}):\n{summary_text}");
-    assert!(status.success(), "load failed: {summary_text}");
+    assert!(succeeded, "load failed: {summary_text}");
     let summary_json: Value = serde_json::from_str(summary_text.lines().last().unwrap()).unwrap();
     assert!(
         summary_json["ok"].as_u64().unwrap() > 100,

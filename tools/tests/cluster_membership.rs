@@ -11,58 +11,18 @@ mod common;
 
 use common::*;
 use serde_json::{json, Value};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[test]
 fn a_dead_voter_is_replaced_by_a_spare_under_load() {
     let mut cluster = TestCluster::up_with_followers(4, 1, 1, &[]);
-    let history = cluster.path().join("history.jsonl");
-    let summary = cluster.path().join("load.out");
-    let load = Command::new(exe())
-        .args([
-            "kv",
-            "--addr",
-            &cluster.addr_list(),
-            "load",
-            "--clients",
-            "4",
-            "--seconds",
-            "14",
-            "--keys",
-            "20",
-        ])
-        .arg("--history")
-        .arg(&history)
-        .args(["--seed", "7"])
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&summary).unwrap())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start the load");
-    cluster.children.push(load);
-
-    // A writer of unique keys, so that "every acknowledged write is present" is exact; it
-    // enters through the voters that stay (a dead node only slows it).
+    let (history, summary) = start_load(&mut cluster, 14, 7);
+    // Unique keys through the voters that stay (a dead node only slows the writer).
     let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let stop = stop.clone();
-        let nodes: Vec<NodeInfo> = cluster.nodes().into_iter().filter(|n| n.id != 1).collect();
-        std::thread::spawn(move || {
-            let mut acked = Vec::new();
-            let mut i = 0u32;
-            while !stop.load(Ordering::Acquire) && i < 100_000 {
-                let (key, value) = (format!("u{i}"), format!("w{i}"));
-                if let Outcome::Ok(_) = put(&nodes, i as usize % nodes.len(), &key, &value) {
-                    acked.push((key, value));
-                }
-                i += 1;
-            }
-            acked
-        })
-    };
+    let survivors: Vec<NodeInfo> = cluster.nodes().into_iter().filter(|n| n.id != 1).collect();
+    let writer = unique_writer(survivors, stop.clone());
 
     std::thread::sleep(Duration::from_secs(2));
     // Node 1 dies and loses its disk.
@@ -99,20 +59,11 @@ fn a_dead_voter_is_replaced_by_a_spare_under_load() {
         "{stdout}"
     );
 
-    // The load ends on its own; bounded wait.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = cluster.children[0].try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "the load did not end");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let (succeeded, summary_text) = wait_load(&mut cluster, &summary);
     stop.store(true, Ordering::Release);
     let acked = writer.join().unwrap();
-    let summary_text = std::fs::read_to_string(&summary).unwrap();
     eprintln!("load while node 1 was replaced by node 4:\n{summary_text}");
-    assert!(status.success(), "load failed: {summary_text}");
+    assert!(succeeded, "load failed: {summary_text}");
     let summary_json: Value = serde_json::from_str(summary_text.lines().last().unwrap()).unwrap();
     assert!(
         summary_json["ok"].as_u64().unwrap() > 100,

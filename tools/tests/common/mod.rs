@@ -755,3 +755,65 @@ pub fn check_history(path: &std::path::Path, nodes: &[NodeInfo]) {
         }
     }
 }
+
+/// Starts `paxring kv load` (4 clients, 20 keys, `seconds`, `seed`) against every node of
+/// `cluster`, recording its history; the child joins `cluster.children` (index 0 when it is the
+/// first). Returns the history file and the file its summary goes to.
+pub fn start_load(cluster: &mut TestCluster, seconds: u32, seed: u32) -> (PathBuf, PathBuf) {
+    let history = cluster.path().join("history.jsonl");
+    let summary = cluster.path().join("load.out");
+    let load = Command::new(exe())
+        .args([
+            "kv",
+            "--addr",
+            &cluster.addr_list(),
+            "load",
+            "--clients",
+            "4",
+        ])
+        .args(["--seconds", &seconds.to_string(), "--keys", "20"])
+        .arg("--history")
+        .arg(&history)
+        .args(["--seed", &seed.to_string()])
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&summary).unwrap())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start the load");
+    cluster.children.push(load);
+    (history, summary)
+}
+
+/// A writer of unique keys through `nodes` until `stop` (at most 100,000 writes), so that
+/// "every acknowledged write is present" is exact; returns the acknowledged (key, value)s.
+pub fn unique_writer(
+    nodes: Vec<NodeInfo>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Vec<(String, String)>> {
+    std::thread::spawn(move || {
+        let mut acked = Vec::new();
+        let mut i = 0u32;
+        while !stop.load(std::sync::atomic::Ordering::Acquire) && i < 100_000 {
+            let (key, value) = (format!("u{i}"), format!("w{i}"));
+            if let Outcome::Ok(_) = put(&nodes, i as usize % nodes.len(), &key, &value) {
+                acked.push((key, value));
+            }
+            i += 1;
+        }
+        acked
+    })
+}
+
+/// Waits (at most 60 s) for the load started first (`cluster.children[0]`) to end; returns
+/// whether it succeeded and its summary text.
+pub fn wait_load(cluster: &mut TestCluster, summary: &Path) -> (bool, String) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = cluster.children[0].try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the load did not end");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    (status.success(), std::fs::read_to_string(summary).unwrap())
+}

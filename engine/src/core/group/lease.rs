@@ -276,14 +276,7 @@ impl Group {
         id: ProposalId,
         mode: ReadMode,
     ) -> Result<(), FailReason> {
-        if self.stopped {
-            return Err(FailReason::Stopped);
-        }
-        if !matches!(self.role, Role::Leader { .. }) {
-            return Err(FailReason::NotLeader {
-                leader_hint: self.leader_hint.filter(|n| *n != ctx.me),
-            });
-        }
+        self.refuse_unless_leading(ctx)?;
         if self.reads.len() >= ctx.config.proposal_queue_max as usize {
             return Err(FailReason::Overloaded);
         }

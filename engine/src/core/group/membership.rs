@@ -94,6 +94,23 @@ pub(crate) fn valid(members: &Membership) -> bool {
     !members.voters.is_empty() && distinct.len() == members.voters.len() + members.followers.len()
 }
 
+/// The configuration of `configs` (oldest first) in effect at `instance` (a free function, so
+/// that callers holding another field of the group mutably can use it).
+pub(crate) fn config_in(configs: &[ConfigEntry], instance: Instance) -> &Membership {
+    let index = configs.partition_point(|c| c.from <= instance);
+    &configs[index.saturating_sub(1)].members
+}
+
+/// Whether a vote (Promise or Accepted) of `from` counts in `config`: only its voters'.
+pub(crate) fn vote_counts(ctx: &Ctx<'_>, config: &Membership, from: NodeId) -> bool {
+    #[cfg(feature = "sim-bugs")]
+    if ctx.bugs.follower_votes {
+        return true; // any node's vote counts
+    }
+    let _ = ctx;
+    config.is_voter(from)
+}
+
 /// Majority of `members`' voters.
 pub(crate) fn quorum_of(members: &Membership) -> usize {
     members.voters.len() / 2 + 1
@@ -102,8 +119,7 @@ pub(crate) fn quorum_of(members: &Membership) -> usize {
 impl Group {
     /// The configuration in effect at `instance`.
     pub(super) fn config_at(&self, instance: Instance) -> &Membership {
-        let index = self.configs.partition_point(|c| c.from <= instance);
-        &self.configs[index.saturating_sub(1)].members
+        config_in(&self.configs, instance)
     }
 
     /// The configurations in effect from `instance` on, as far as this replica knows.
@@ -312,14 +328,7 @@ impl Group {
         id: ProposalId,
         members: Membership,
     ) -> Result<(), FailReason> {
-        if self.stopped {
-            return Err(FailReason::Stopped);
-        }
-        if !matches!(self.role, Role::Leader { .. }) {
-            return Err(FailReason::NotLeader {
-                leader_hint: self.leader_hint.filter(|n| *n != ctx.me),
-            });
-        }
+        self.refuse_unless_leading(ctx)?;
         if !valid(&members) {
             return Err(FailReason::BadMembership);
         }

@@ -930,8 +930,7 @@ impl Group {
                 } else if now.0 >= candidate.sent_at.0 + retransmit {
                     candidate.sent_at = now;
                     candidate.rounds += 1;
-                    let index = self.configs.partition_point(|c| c.from <= candidate.first);
-                    let voters = &self.configs[index.saturating_sub(1)].members.voters;
+                    let voters = &membership::config_in(&self.configs, candidate.first).voters;
                     resend_prepare(ctx, self.id, candidate, voters);
                 }
             }
@@ -954,8 +953,7 @@ impl Group {
                     if now.0 >= cont.sent_at.0 + retransmit {
                         cont.sent_at = now;
                         cont.rounds += 1;
-                        let index = self.configs.partition_point(|c| c.from <= cont.first);
-                        let voters = &self.configs[index.saturating_sub(1)].members.voters;
+                        let voters = &membership::config_in(&self.configs, cont.first).voters;
                         resend_prepare(ctx, self.id, cont, voters);
                     }
                 }
@@ -976,8 +974,7 @@ impl Group {
                         value: flight.value.clone(),
                         chosen_through,
                     };
-                    let index = configs.partition_point(|c| c.from <= *instance);
-                    let voters = &configs[index.saturating_sub(1)].members.voters;
+                    let voters = &membership::config_in(configs, *instance).voters;
                     for &to in voters {
                         if !flight.accepted_by.contains(&to) && to != ctx.me {
                             ctx.stats.accepts_sent += 1;

@@ -84,6 +84,19 @@ impl Group {
 
     /// Check quorum: this leader heard from enough peers (with itself, a quorum) within the
     /// last election timeout. Peers count from the moment it won (their Promises).
+    /// Refuses a request that only a leader takes: `Stopped`, or `NotLeader` with a hint.
+    pub(super) fn refuse_unless_leading(&self, ctx: &Ctx<'_>) -> Result<(), FailReason> {
+        if self.stopped {
+            return Err(FailReason::Stopped);
+        }
+        if !matches!(self.role, Role::Leader { .. }) {
+            return Err(FailReason::NotLeader {
+                leader_hint: self.leader_hint.filter(|n| *n != ctx.me),
+            });
+        }
+        Ok(())
+    }
+
     pub(super) fn hears_quorum(&self, ctx: &Ctx<'_>) -> bool {
         let timeout = ctx.config.election_timeout_ticks;
         // The configuration of the instances it is committing now (a later one's voters are
@@ -155,15 +168,8 @@ impl Group {
         }
         // Promises count toward a quorum of the configuration at the first instance they
         // cover (up to the next boundary, where a continuation asks the next one).
-        let index = self.configs.partition_point(|c| c.from <= collecting.first);
-        let config = &self.configs[index.saturating_sub(1)].members;
-        #[allow(unused_mut)]
-        let mut counts = config.is_voter(from);
-        #[cfg(feature = "sim-bugs")]
-        if ctx.bugs.follower_votes {
-            counts = true; // any node's promise counts
-        }
-        if !counts {
+        let config = membership::config_in(&self.configs, collecting.first);
+        if !membership::vote_counts(ctx, config, from) {
             return;
         }
         collecting.promises.insert(from, info);
@@ -356,15 +362,8 @@ impl Group {
             return;
         }
         // Only the voters of the instance's configuration count.
-        let index = self.configs.partition_point(|c| c.from <= instance);
-        let config = &self.configs[index.saturating_sub(1)].members;
-        #[allow(unused_mut)]
-        let mut counts = config.is_voter(from);
-        #[cfg(feature = "sim-bugs")]
-        if ctx.bugs.follower_votes {
-            counts = true; // any node's vote counts
-        }
-        if !counts {
+        let config = membership::config_in(&self.configs, instance);
+        if !membership::vote_counts(ctx, config, from) {
             ctx.stats.votes_from_non_voters += 1;
             return;
         }
