@@ -140,6 +140,10 @@ struct RestartArgs {
 pub struct ClusterFile {
     /// One entry per node.
     pub nodes: Vec<ClusterNode>,
+    /// Per group, its membership as the last `paxring cluster add|remove|replace` left it
+    /// (absent until one ran: the configs' voters and follower nodes).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub memberships: Vec<GroupMembers>,
 }
 
 /// One node of `cluster.json`.
@@ -350,7 +354,10 @@ fn cluster_up(args: &UpArgs) -> Result<(), String> {
         node.pid = child.id();
         children.push(child);
     }
-    let cluster = ClusterFile { nodes };
+    let cluster = ClusterFile {
+        nodes,
+        memberships: Vec::new(),
+    };
     write_cluster(&dir, &cluster)?;
     let deadline = Instant::now() + Duration::from_secs(args.wait_seconds);
     for (node, child) in cluster.nodes.iter().zip(&mut children) {
@@ -492,6 +499,37 @@ fn change_groups(
     wait_seconds: u64,
     change: &dyn Fn(&GroupMembers) -> GroupMembers,
 ) -> Result<(), String> {
+    change_each_group(dir, only, wait_seconds, change)?;
+    // Record every group's membership as the nodes now know it in cluster.json.
+    let mut cluster = read_cluster(dir)?;
+    let answers = ids(&cluster);
+    let groups = answers.iter().find_map(|(_, _, r)| r.groups).unwrap_or(0);
+    let memberships: Option<Vec<GroupMembers>> = (0..groups as usize)
+        .map(|g| {
+            let leader = answers
+                .iter()
+                .find_map(|(_, _, r)| r.leaders.as_ref()?.get(g).copied().flatten());
+            answers
+                .iter()
+                .filter(|(id, _, _)| Some(*id) == leader)
+                .chain(answers.iter())
+                .find_map(|(_, _, r)| r.memberships.as_ref()?.get(g)?.clone())
+        })
+        .collect();
+    if let Some(memberships) = memberships {
+        cluster.memberships = memberships;
+        write_cluster(dir, &cluster)?;
+    }
+    Ok(())
+}
+
+/// [`change_groups`] without the record.
+fn change_each_group(
+    dir: &Path,
+    only: Option<u32>,
+    wait_seconds: u64,
+    change: &dyn Fn(&GroupMembers) -> GroupMembers,
+) -> Result<(), String> {
     let cluster = read_cluster(dir)?;
     let deadline = Instant::now() + Duration::from_secs(wait_seconds);
     let answers = ids(&cluster);
@@ -555,14 +593,20 @@ fn change_groups(
                         answer.instance.unwrap_or_default(),
                         answer.governs_from.unwrap_or_default()
                     );
-                    // Wait until the leader knows it (it publishes the newest membership).
-                    while Instant::now() < deadline {
-                        let known = ask(*addr, &Request::Id, Duration::from_secs(2))
+                    // Wait until it is in effect: the leader applied up to where it governs
+                    // (it fills the gap with no-ops when idle).
+                    let governs = answer.governs_from.unwrap_or_default();
+                    loop {
+                        if Instant::now() >= deadline {
+                            return Err(format!(
+                                "group {group}: chosen, but not in effect within {wait_seconds} s (governs from instance {governs})"
+                            ));
+                        }
+                        let applied = ask(*addr, &Request::Digest, Duration::from_secs(2))
                             .ok()
-                            .and_then(|r| r.memberships?.get(group as usize)?.clone());
-                        if known.is_some_and(|k| {
-                            k.voters == wanted.voters && k.followers == wanted.followers
-                        }) {
+                            .and_then(|r| r.digests?.get(group as usize).map(|d| d.applied_next));
+                        if applied.is_some_and(|a| a >= governs) {
+                            println!("group {group}: in effect (applied through {})", governs);
                             break;
                         }
                         std::thread::sleep(Duration::from_millis(50));

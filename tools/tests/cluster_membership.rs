@@ -89,6 +89,18 @@ fn a_dead_voter_is_replaced_by_a_spare_under_load() {
             assert_eq!(members["followers"], json!([]), "{members}");
         }
     }
+    // cluster.json records the new membership of every group.
+    let file: Value = serde_json::from_str(
+        &std::fs::read_to_string(cluster.path().join("cluster.json")).unwrap(),
+    )
+    .unwrap();
+    let recorded = file["memberships"]
+        .as_array()
+        .expect("memberships recorded");
+    assert_eq!(recorded.len(), 4, "{file}");
+    for members in recorded {
+        assert_eq!(members["voters"], json!([2, 3, 4]), "{file}");
+    }
     let (converged, readings) = wait_converged(&nodes, Duration::from_secs(60));
     assert!(
         converged,
