@@ -5,7 +5,8 @@
 //! later, and from then on the group commits with a quorum that exists only in the new
 //! configuration (the removed voter and another old voter down), every running node applying
 //! the same sequence. Refusals are clear: a node the config does not list, no voter, a node
-//! that does not lead.
+//! that does not lead. And that a follower node serves stale reads within their bound
+//! (docs/PROTOCOL.md#stale-reads) and refuses them once it no longer hears a leader.
 mod common;
 
 use bytes::Bytes;
@@ -19,6 +20,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const GROUP: GroupId = GroupId(0);
+
+/// The two tests run one after the other: each picks its loopback ports a moment before its
+/// nodes bind them, and two clusters picking at once could pick the same ones.
+static SERIAL: Mutex<()> = Mutex::new(());
 const FOLLOWER: u32 = 4;
 
 type Log = Arc<Mutex<Vec<(u64, Vec<Bytes>)>>>;
@@ -46,12 +51,17 @@ impl StateMachine for Recorder {
     fn checkpoint_instance(&self) -> Option<Instance> {
         None
     }
+
+    /// The number of values applied so far.
+    fn query(&self, _group: GroupId, _query: &[u8]) -> std::io::Result<Bytes> {
+        Ok(Bytes::from(self.log.lock().unwrap().len().to_string()))
+    }
 }
 
 /// Node `id` of voters 1..=3 and follower node 4, one group, one core.
-fn start(id: u32, addrs: &[SocketAddr], dir: &Path, log: &Log) -> Node {
+fn start(id: u32, addrs: &[SocketAddr], dir: &Path, log: &Log, cluster_id: u64) -> Node {
     let mut builder = NodeConfig::builder(id, addrs[id as usize - 1], dir.join(format!("n{id}")))
-        .cluster_id(0x4E4B_0015)
+        .cluster_id(cluster_id)
         .groups(1)
         .cores(1)
         .pin_cores(false)
@@ -92,11 +102,20 @@ fn leader(nodes: &[Option<Node>]) -> u32 {
 
 #[test]
 fn a_follower_node_replaces_a_voter_through_the_log() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let addrs = free_addrs(4);
     let logs: Vec<Log> = (0..4).map(|_| Log::default()).collect();
     let mut nodes: Vec<Option<Node>> = (1..=4u32)
-        .map(|id| Some(start(id, &addrs, dir.path(), &logs[id as usize - 1])))
+        .map(|id| {
+            Some(start(
+                id,
+                &addrs,
+                dir.path(),
+                &logs[id as usize - 1],
+                0x4E4B_0015,
+            ))
+        })
         .collect();
     wait_for_leader(&nodes, GROUP);
     propose_many(&nodes, 0, 20, 16, 4);
@@ -104,6 +123,20 @@ fn a_follower_node_replaces_a_voter_through_the_log() {
     let lead = leader(&nodes);
     assert_ne!(lead, FOLLOWER, "a follower node never leads");
     let node = |id: u32| nodes[id as usize - 1].as_ref().unwrap();
+    // A new cluster's voters re-learn first (an empty data directory cannot be told from a
+    // lost disk); a change made while two of them still do could leave two re-learning voters
+    // of a three-voter configuration waiting for each other (docs/PROTOCOL.md#membership-change).
+    wait_for("the voters' first re-learn", 30, || {
+        (1..=3).all(|id| {
+            node(id)
+                .stats()
+                .cores
+                .iter()
+                .map(|c| c.protocol.groups_repaired)
+                .sum::<u64>()
+                >= 1
+        })
+    });
     let deadline = || Instant::now() + Duration::from_secs(30);
 
     // Refusals: an unknown node, no voter, and a node that does not lead.
@@ -205,5 +238,88 @@ fn a_follower_node_replaces_a_voter_through_the_log() {
     let known = status.memberships[0].clone().expect("published");
     assert_eq!(known.voters, voters, "{known:?}");
     assert_eq!(known.followers, vec![removed], "{known:?}");
+    shutdown_all(nodes);
+}
+
+#[test]
+fn a_follower_node_serves_stale_reads_within_their_bound() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let addrs = free_addrs(4);
+    let logs: Vec<Log> = (0..4).map(|_| Log::default()).collect();
+    let mut nodes: Vec<Option<Node>> = (1..=4u32)
+        .map(|id| {
+            Some(start(
+                id,
+                &addrs,
+                dir.path(),
+                &logs[id as usize - 1],
+                0x4E4B_0016,
+            ))
+        })
+        .collect();
+    wait_for_leader(&nodes, GROUP);
+    propose_many(&nodes, 0, 20, 16, 4);
+    let lead = leader(&nodes);
+    let follower = nodes[FOLLOWER as usize - 1].as_ref().unwrap();
+    let deadline = || Instant::now() + Duration::from_secs(10);
+
+    // Linearizable reads need the leader; a stale read is served by the follower node itself,
+    // and once the leader's next message arrived it reflects every acknowledged write.
+    let linearizable = wait_until(
+        follower.read(GROUP, Bytes::new(), paxring_engine::core::ReadMode::Lease),
+        deadline(),
+    );
+    assert!(
+        matches!(linearizable, Some(Err(Error::NotLeader { .. }))),
+        "{linearizable:?}"
+    );
+    let applied_by_leader = logs[lead as usize - 1].lock().unwrap().len();
+    let mut served = 0usize;
+    wait_for(
+        "a stale read reflecting the acknowledged writes",
+        10,
+        || {
+            let answer = wait_until(
+                follower.read_stale(GROUP, Bytes::new(), Duration::from_millis(500)),
+                deadline(),
+            );
+            if let Some(Ok(committed)) = answer {
+                served = String::from_utf8_lossy(&committed.result).parse().unwrap();
+            }
+            served >= applied_by_leader
+        },
+    );
+
+    // Every voter stops: the follower node hears no leader, so a read with a 200 ms bound is
+    // refused once 200 ms have passed, while a bound of an hour is still served.
+    for voter in nodes.iter_mut().take(3) {
+        voter.take().unwrap().shutdown().unwrap();
+    }
+    let follower = nodes[FOLLOWER as usize - 1].as_ref().unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    let refused = wait_until(
+        follower.read_stale(GROUP, Bytes::new(), Duration::from_millis(200)),
+        deadline(),
+    );
+    assert!(
+        matches!(refused, Some(Err(Error::TooStale { max_ms: 200 }))),
+        "{refused:?}"
+    );
+    let old = wait_until(
+        follower.read_stale(GROUP, Bytes::new(), Duration::from_secs(3600)),
+        deadline(),
+    );
+    assert!(matches!(old, Some(Ok(_))), "{old:?}");
+    // The counter (published every 20 ms) shows the refusal.
+    wait_for("the refusal counted", 5, || {
+        let stats = follower.stats();
+        stats
+            .cores
+            .iter()
+            .map(|c| c.protocol.reads_refused_stale)
+            .sum::<u64>()
+            >= 1
+    });
     shutdown_all(nodes);
 }

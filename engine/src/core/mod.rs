@@ -407,7 +407,8 @@ impl Config {
     }
 }
 
-/// How a linearizable read is confirmed (docs/PROTOCOL.md#reads). Neither writes the log.
+/// How a read is confirmed (docs/PROTOCOL.md#reads). None writes the log; `Lease` and `Index`
+/// are linearizable, `Stale` is bounded in staleness.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum ReadMode {
     /// Served by the master from its applied state with no message, while its lease holds;
@@ -416,6 +417,15 @@ pub enum ReadMode {
     /// Read index: one lease round to a quorum confirms that this node still leads, then the
     /// read is served once the applied point reaches what was chosen when it arrived.
     Index,
+    /// Served at once by any replica (a follower node included) from its applied state, if
+    /// within the last `max_ticks` ticks of its clock it received a message of the leader it
+    /// follows and had applied everything that message said was chosen; refused
+    /// (`TooStale`) otherwise. The answer reflects every value the leader had applied when it
+    /// sent that message (docs/PROTOCOL.md#stale-reads). Not linearizable.
+    Stale {
+        /// The staleness bound, in ticks.
+        max_ticks: u64,
+    },
 }
 
 /// A small deterministic generator (splitmix64), seeded by the driver. The core's only source

@@ -78,6 +78,9 @@ pub enum FailReason {
     BadMembership,
     /// Another membership change is queued, in flight, or not in effect yet.
     MembershipChangePending,
+    /// A stale read whose bound this replica cannot meet: it has not heard from a leader, with
+    /// everything that leader said chosen applied, within the bound.
+    TooStale,
 }
 
 /// The outcome of one proposal.
@@ -572,6 +575,12 @@ pub struct CoreStats {
     /// Membership-change values chosen that name no voter or a node twice (applied as no-ops).
     #[serde(default)]
     pub membership_changes_invalid: u64,
+    /// Stale reads refused because this replica was not fresh enough for their bound.
+    #[serde(default)]
+    pub reads_refused_stale: u64,
+    /// Stale reads served.
+    #[serde(default)]
+    pub reads_stale: u64,
     /// Leaders that stepped down at a configuration boundary that removed them.
     #[serde(default)]
     pub leader_stepdowns_removed: u64,

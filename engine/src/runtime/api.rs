@@ -63,6 +63,13 @@ pub enum Error {
     /// The state machine could not answer a read (its `query` failed); nothing changed.
     #[error("the state machine could not answer the read: {0}")]
     Query(String),
+    /// A stale read could not meet its bound: this node has not heard from a leader, with
+    /// everything it said chosen applied, within it (docs/PROTOCOL.md#stale-reads).
+    #[error("too stale: this node has not heard from its leader within {max_ms} ms with everything it said chosen applied")]
+    TooStale {
+        /// The bound asked for, in milliseconds.
+        max_ms: u64,
+    },
     /// A membership change was refused (docs/PROTOCOL.md#membership-change); nothing changed.
     #[error("membership change refused: {0}")]
     Membership(String),

@@ -732,13 +732,15 @@ impl Core {
                 self.read_queries.insert(id, read.command);
             }
             Err(reason) => {
-                let _ = read.reply.send(Err(fail_error(
-                    reason,
-                    group,
-                    self.index,
-                    0,
-                    self.batch_bytes_max,
-                )));
+                let error = match (reason, mode) {
+                    (FailReason::TooStale, crate::core::ReadMode::Stale { max_ticks }) => {
+                        Error::TooStale {
+                            max_ms: max_ticks.saturating_mul(self.tick.as_millis() as u64),
+                        }
+                    }
+                    (reason, _) => fail_error(reason, group, self.index, 0, self.batch_bytes_max),
+                };
+                let _ = read.reply.send(Err(error));
             }
         }
     }
@@ -1450,6 +1452,7 @@ fn fail_error(
         FailReason::Stopped => {
             Error::Stopped("the group stopped on an error (see the node's log)".into())
         }
+        FailReason::TooStale => Error::TooStale { max_ms: 0 },
         FailReason::BadMembership => Error::Membership(
             "a membership needs at least one voter and names each node once".into(),
         ),

@@ -308,6 +308,21 @@ impl Node {
         self.send_to_core(group, query, Some(mode))
     }
 
+    /// A read of `group` served at once by this node, follower nodes included, from its applied
+    /// state, with a staleness bound instead of linearizability (docs/PROTOCOL.md#stale-reads):
+    /// served only if within `max` this node received a message of the leader it follows and
+    /// had applied everything that message said was chosen, so the answer reflects every value
+    /// that leader had applied when it sent it; `Error::TooStale` otherwise (ask the master
+    /// for a linearizable read). Answered by the state machine's `query`.
+    pub fn read_stale(&self, group: GroupId, query: Bytes, max: Duration) -> Proposal {
+        if group.0 >= self.config.groups {
+            return Proposal::ready(Err(Error::NoSuchGroup(group.0, self.config.groups)));
+        }
+        let tick = self.config.tick_ms.max(1) as u128;
+        let max_ticks = u64::try_from(max.as_millis().div_ceil(tick)).unwrap_or(u64::MAX);
+        self.send_to_core(group, query, Some(ReadMode::Stale { max_ticks }))
+    }
+
     /// [`Node::read`], blocking until the answer.
     pub fn read_blocking(
         &self,

@@ -538,6 +538,8 @@ pub fn error_response(error: Error, client_addrs: &BTreeMap<u32, SocketAddr>) ->
         Error::Query(_) => Response::error(code::BAD_REQUEST, message),
         // A refused membership change changed nothing.
         Error::Membership(_) => Response::error(code::MEMBERSHIP, message),
+        // The KV sample issues no stale read (its gets are linearizable).
+        Error::TooStale { .. } => Response::error(code::BAD_REQUEST, message),
         Error::Unknown(_) | Error::Config(_) | Error::Start(_) => {
             Response::error(code::UNKNOWN, message)
         }

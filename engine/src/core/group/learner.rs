@@ -35,6 +35,9 @@ impl Group {
         }
         if self.applied_next < chosen_through && from != ctx.me {
             self.request_catchup(ctx, from, chosen_through);
+        } else if from != ctx.me && ballot.node == from.0 && ballot >= self.max_seen {
+            // The leader it follows said what was chosen, and all of it is applied here.
+            self.fresh_at = Some(ctx.now);
         }
     }
 

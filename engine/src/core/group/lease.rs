@@ -276,6 +276,26 @@ impl Group {
         id: ProposalId,
         mode: ReadMode,
     ) -> Result<(), FailReason> {
+        if let ReadMode::Stale { max_ticks } = mode {
+            if self.stopped {
+                return Err(FailReason::Stopped);
+            }
+            let fresh = self.is_leader()
+                || self
+                    .fresh_at
+                    .is_some_and(|at| ctx.now.0 <= at.0.saturating_add(max_ticks));
+            if !fresh {
+                ctx.stats.reads_refused_stale += 1;
+                return Err(FailReason::TooStale);
+            }
+            ctx.stats.reads_stale += 1;
+            ctx.out.reads_ready.push(ReadReady {
+                id,
+                group: self.id,
+                mode,
+            });
+            return Ok(());
+        }
         self.refuse_unless_leading(ctx)?;
         if self.reads.len() >= ctx.config.proposal_queue_max as usize {
             return Err(FailReason::Overloaded);

@@ -193,6 +193,10 @@ pub(super) struct Group {
     /// floor): a configuration applied later that newly counts this node as a voter makes it
     /// re-learn then.
     relearn_owed: Option<(bool, Instance)>,
+    /// When this replica last received a message of the leader it follows (an Accept or a
+    /// Commit) and had applied everything the message said was chosen: a stale read is served
+    /// within its bound of this (docs/PROTOCOL.md#stale-reads).
+    fresh_at: Option<Tick>,
     /// This leadership's phase 1 collections: the first instance each covered and who promised
     /// (the first phase 1, then each continuation).
     promisers: Vec<(Instance, BTreeSet<NodeId>)>,
@@ -299,6 +303,7 @@ impl Group {
             relearn_owed: None,
             owed_pending: false,
             promisers: Vec::new(),
+            fresh_at: None,
             chosen: BTreeMap::new(),
             applied_next: Instance(0),
             checksum: 0,
