@@ -90,16 +90,21 @@ enum KvCommand {
         #[arg(long)]
         value_file: Option<PathBuf>,
     },
-    /// Reads KEY (linearizable in every --mode).
+    /// Reads KEY (linearizable in every --mode but `stale`).
     Get {
         /// The key.
         key: String,
         /// How the read is served: `lease` (the master answers from its applied state, no
         /// message while its lease holds, else as `index`), `index` (one round trip to a
         /// quorum, no write) or `log` (proposed like a write: a durable write on every
-        /// replica). All answer the same value.
+        /// replica); these three answer the same value. `stale`: the node asked answers from
+        /// its own applied state, follower nodes included, if it heard its leader within
+        /// `--max-stale-ms` (not linearizable).
         #[arg(long, value_enum, default_value_t = GetMode::Lease)]
         mode: GetMode,
+        /// With `--mode stale`: the staleness bound in milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        max_stale_ms: u64,
         /// Print only the value's bytes, as stored (nothing for an absent key), instead of the
         /// JSON answer: for binary values, e.g. `get --value-only KEY > FILE`.
         #[arg(long)]
@@ -281,7 +286,7 @@ fn addresses(addr: Option<&str>, cluster: Option<&Path>) -> Result<Vec<SocketAdd
 /// A key operation before its values were read.
 enum Pending {
     Put(String, Source),
-    Get(String, GetMode),
+    Get(String, GetMode, u64),
     Delete(String),
     Cas(String, Option<Source>, Source),
 }
@@ -314,10 +319,11 @@ fn run_kv(args: KvArgs) -> Result<ExitCode, String> {
         KvCommand::Get {
             key,
             mode,
+            max_stale_ms,
             value_only: only,
         } => {
             value_only = only;
-            Pending::Get(key, mode)
+            Pending::Get(key, mode, max_stale_ms)
         }
         KvCommand::Delete { key } => Pending::Delete(key),
         KvCommand::Cas {
@@ -358,9 +364,10 @@ fn run_kv(args: KvArgs) -> Result<ExitCode, String> {
             Ok(value) => Request::Put { key, value },
             Err((status, reason)) => return Ok(report_not_sent(status, &reason)),
         },
-        Pending::Get(key, mode) => Request::Get {
+        Pending::Get(key, mode, max_stale_ms) => Request::Get {
             key,
             mode: Some(mode),
+            max_stale_ms: (mode == GetMode::Stale).then_some(max_stale_ms),
         },
         Pending::Delete(key) => Request::Delete { key },
         Pending::Cas(key, expected, new) => {
@@ -661,6 +668,7 @@ impl Worker {
                 Request::Get {
                     key: key.clone(),
                     mode: Some(self.get_mode),
+                    max_stale_ms: None,
                 }
             } else {
                 Request::Cas {

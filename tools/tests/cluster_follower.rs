@@ -69,6 +69,24 @@ fn a_follower_applies_what_the_voters_apply_and_never_votes() {
         assert_ne!(answer["leader"], json!(FOLLOWER), "{answer}");
     }
 
+    // A stale get is served by the follower node itself (docs/PROTOCOL.md#stale-reads); a
+    // linearizable one names the leader.
+    let stale = request(
+        follower.client_addr,
+        &json!({"op":"get","key":"a-7","mode":"stale","max_stale_ms":5000}),
+        Duration::from_secs(12),
+    )
+    .expect("answer");
+    assert_eq!(stale["ok"], json!(true), "{stale}");
+    assert_eq!(stale["value"], json!("v-a-7"), "{stale}");
+    let linearizable = request(
+        follower.client_addr,
+        &json!({"op":"get","key":"a-7"}),
+        Duration::from_secs(12),
+    )
+    .expect("answer");
+    assert_eq!(linearizable["error"], json!("not_leader"), "{linearizable}");
+
     let seen = stats(follower.client_addr);
     assert_eq!(seen["follower"], json!(true), "{seen}");
     for core in seen["cores"].as_array().unwrap() {

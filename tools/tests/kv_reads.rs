@@ -229,7 +229,7 @@ fn gets_answer_alike_in_every_mode_and_followers_refuse_them_as_puts() {
         let message = answer["message"].as_str().unwrap();
         assert!(
             message.contains(r#"unknown get mode "fast""#)
-                && message.contains(r#""log", "index" or "lease""#),
+                && message.contains(r#""log", "index", "lease" or "stale""#),
             "{message}"
         );
     }

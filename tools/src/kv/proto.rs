@@ -40,6 +40,9 @@ pub enum Request {
         /// carry no mode).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         mode: Option<GetMode>,
+        /// With mode `stale`: the staleness bound in milliseconds (absent: 1000).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_stale_ms: Option<u64>,
     },
     /// Removes `key`.
     Delete {
@@ -91,6 +94,10 @@ pub enum GetMode {
     /// (without a valid lease the engine falls back to `index`); no log write.
     #[default]
     Lease,
+    /// Any node, follower nodes included, answers from its applied state with no message if it
+    /// heard its leader, with everything said chosen applied, within `max_stale_ms`
+    /// (docs/PROTOCOL.md#stale-reads): not linearizable; `too_stale` otherwise.
+    Stale,
 }
 
 impl GetMode {
@@ -100,6 +107,7 @@ impl GetMode {
             GetMode::Log => "log",
             GetMode::Index => "index",
             GetMode::Lease => "lease",
+            GetMode::Stale => "stale",
         }
     }
 }
@@ -118,8 +126,9 @@ impl std::str::FromStr for GetMode {
             "log" => Ok(GetMode::Log),
             "index" => Ok(GetMode::Index),
             "lease" => Ok(GetMode::Lease),
+            "stale" => Ok(GetMode::Stale),
             other => Err(format!(
-                "unknown get mode {other:?} (use \"log\", \"index\" or \"lease\"; absent means \"lease\")"
+                "unknown get mode {other:?} (use \"log\", \"index\", \"lease\" or \"stale\"; absent means \"lease\")"
             )),
         }
     }
@@ -210,6 +219,9 @@ pub mod code {
     /// A membership change was refused: another one of the group is not in effect yet, or it
     /// names an unknown node, no voter, or a node twice. Nothing changed.
     pub const MEMBERSHIP: &str = "membership";
+    /// A `get` in mode `stale` this node cannot serve within its bound (it has not heard its
+    /// leader, with everything said chosen applied, within it). Nothing changed.
+    pub const TOO_STALE: &str = "too_stale";
 }
 
 /// One response line, as a client reads it (fields absent in a response are `None`).
@@ -393,6 +405,7 @@ mod tests {
                 Request::Get {
                     key: "k".into(),
                     mode: None,
+                    max_stale_ms: None,
                 },
             ),
             (
@@ -471,7 +484,8 @@ mod tests {
                 line.request,
                 Request::Get {
                     key: "k".into(),
-                    mode: None
+                    mode: None,
+                    max_stale_ms: None,
                 }
             );
             assert_eq!(
@@ -491,7 +505,8 @@ mod tests {
                 line.request,
                 Request::Get {
                     key: "k".into(),
-                    mode: Some(mode)
+                    mode: Some(mode),
+                    max_stale_ms: None,
                 },
                 "{text}"
             );
@@ -514,7 +529,7 @@ mod tests {
                 .to_string();
             assert!(
                 error.contains("unknown get mode")
-                    && error.contains(r#""log", "index" or "lease""#),
+                    && error.contains(r#""log", "index", "lease" or "stale""#),
                 "{bad}: {error}"
             );
         }

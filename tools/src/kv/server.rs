@@ -355,12 +355,20 @@ fn handle_line(line: &[u8], context: &ServerShared) -> serde_json::Value {
             };
         }
         Request::Put { key, value } => Command::Put { key, value },
-        Request::Get { key, mode } => match mode.unwrap_or_default() {
+        Request::Get {
+            key,
+            mode,
+            max_stale_ms,
+        } => match mode.unwrap_or_default() {
+            GetMode::Stale => {
+                let max = Duration::from_millis(max_stale_ms.unwrap_or(1000));
+                return read(context, key, ReadHow::Stale(max));
+            }
             GetMode::Log => Command::Get { key },
             // A read without the log: the session (validated above) is not recorded, since
             // nothing is written; a resend simply reads again (docs/CLIENT.md).
-            GetMode::Index => return read(context, key, ReadMode::Index),
-            GetMode::Lease => return read(context, key, ReadMode::Lease),
+            GetMode::Index => return read(context, key, ReadHow::Mode(ReadMode::Index)),
+            GetMode::Lease => return read(context, key, ReadHow::Mode(ReadMode::Lease)),
         },
         Request::Delete { key } => Command::Delete { key },
         Request::Cas { key, expected, new } => Command::Cas { key, expected, new },
@@ -409,7 +417,15 @@ fn too_large(context: &ServerShared, command: &Command) -> Option<serde_json::Va
 /// Answers a get of `key` by a linearizable read without a log write (`Node::read` in `mode`):
 /// the state machine's `query` answers what the logged get would (`KvState::query`), so the
 /// response is the same but for `instance`, which is the applied point the read was served at.
-fn read(context: &ServerShared, key: String, mode: ReadMode) -> serde_json::Value {
+/// How a `get` that writes nothing is served.
+enum ReadHow {
+    /// Linearizable: by lease or read index.
+    Mode(ReadMode),
+    /// Within a staleness bound, by this node whatever its role.
+    Stale(Duration),
+}
+
+fn read(context: &ServerShared, key: String, how: ReadHow) -> serde_json::Value {
     let node = &context.node;
     let command = Command::Get { key };
     if let Some(refusal) = too_large(context, &command) {
@@ -417,7 +433,11 @@ fn read(context: &ServerShared, key: String, mode: ReadMode) -> serde_json::Valu
     }
     let group = group_of_key(command.key(), node.config().groups);
     let max_bytes = (node.config().batch_bytes_max as usize).saturating_sub(16);
-    let answer = node.read(group, command.encode_for_log(None, max_bytes), mode);
+    let query = command.encode_for_log(None, max_bytes);
+    let answer = match how {
+        ReadHow::Mode(mode) => node.read(group, query, mode),
+        ReadHow::Stale(max) => node.read_stale(group, query, max),
+    };
     match wait_timeout(answer, context.limits.proposal_timeout) {
         Some(Ok(committed)) => committed_json(&committed, false),
         Some(Err(error)) => response_json(&error_response(error, &context.client_addrs)),
@@ -538,8 +558,7 @@ pub fn error_response(error: Error, client_addrs: &BTreeMap<u32, SocketAddr>) ->
         Error::Query(_) => Response::error(code::BAD_REQUEST, message),
         // A refused membership change changed nothing.
         Error::Membership(_) => Response::error(code::MEMBERSHIP, message),
-        // The KV sample issues no stale read (its gets are linearizable).
-        Error::TooStale { .. } => Response::error(code::BAD_REQUEST, message),
+        Error::TooStale { .. } => Response::error(code::TOO_STALE, message),
         Error::Unknown(_) | Error::Config(_) | Error::Start(_) => {
             Response::error(code::UNKNOWN, message)
         }
