@@ -164,6 +164,19 @@ impl Group {
                 } else {
                     Bytes::from(membership::encode_history(&self.history_for_base(base)))
                 };
+                // The history may have grown since the read was sized: the chunk carries less
+                // data then (the requester asks for the rest from where it stops), never more
+                // than the frame limit.
+                let room = (ctx.config.message_bytes_max as usize)
+                    .saturating_sub(CHECKPOINT_CHUNK_HEADER_BYTES + configs.len());
+                if room == 0 && !data.is_empty() {
+                    return; // no room at all: the requester asks again
+                }
+                let data = if data.len() > room {
+                    data.slice(..room)
+                } else {
+                    data
+                };
                 Message::CheckpointChunk {
                     info: Some(info),
                     offset,
