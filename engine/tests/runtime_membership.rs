@@ -100,25 +100,23 @@ fn leader(nodes: &[Option<Node>]) -> u32 {
     found.unwrap()
 }
 
+/// Voters 1..=3 and follower node 4 in `dir`, a leader elected and 20 commands committed.
+fn four_nodes(dir: &Path, cluster_id: u64) -> (Vec<Option<Node>>, Vec<Log>) {
+    let addrs = free_addrs(4);
+    let logs: Vec<Log> = (0..4).map(|_| Log::default()).collect();
+    let nodes: Vec<Option<Node>> = (1..=4u32)
+        .map(|id| Some(start(id, &addrs, dir, &logs[id as usize - 1], cluster_id)))
+        .collect();
+    wait_for_leader(&nodes, GROUP);
+    propose_many(&nodes, 0, 20, 16, 4);
+    (nodes, logs)
+}
+
 #[test]
 fn a_follower_node_replaces_a_voter_through_the_log() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
-    let addrs = free_addrs(4);
-    let logs: Vec<Log> = (0..4).map(|_| Log::default()).collect();
-    let mut nodes: Vec<Option<Node>> = (1..=4u32)
-        .map(|id| {
-            Some(start(
-                id,
-                &addrs,
-                dir.path(),
-                &logs[id as usize - 1],
-                0x4E4B_0015,
-            ))
-        })
-        .collect();
-    wait_for_leader(&nodes, GROUP);
-    propose_many(&nodes, 0, 20, 16, 4);
+    let (mut nodes, logs) = four_nodes(dir.path(), 0x4E4B_0015);
 
     let lead = leader(&nodes);
     assert_ne!(lead, FOLLOWER, "a follower node never leads");
@@ -245,21 +243,7 @@ fn a_follower_node_replaces_a_voter_through_the_log() {
 fn a_follower_node_serves_stale_reads_within_their_bound() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
-    let addrs = free_addrs(4);
-    let logs: Vec<Log> = (0..4).map(|_| Log::default()).collect();
-    let mut nodes: Vec<Option<Node>> = (1..=4u32)
-        .map(|id| {
-            Some(start(
-                id,
-                &addrs,
-                dir.path(),
-                &logs[id as usize - 1],
-                0x4E4B_0016,
-            ))
-        })
-        .collect();
-    wait_for_leader(&nodes, GROUP);
-    propose_many(&nodes, 0, 20, 16, 4);
+    let (mut nodes, logs) = four_nodes(dir.path(), 0x4E4B_0016);
     let lead = leader(&nodes);
     let follower = nodes[FOLLOWER as usize - 1].as_ref().unwrap();
     let deadline = || Instant::now() + Duration::from_secs(10);
