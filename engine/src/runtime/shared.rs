@@ -128,7 +128,9 @@ pub struct CoreSnapshot {
     pub wal: Option<WalStats>,
     /// The protocol counters.
     pub protocol: CoreStats,
-    /// This node votes (false: a follower, docs/PROTOCOL.md#follower-nodes).
+    /// This node votes in the configs' initial membership (false: a follower node,
+    /// docs/PROTOCOL.md#follower-nodes). After membership changes a group's own voters are in
+    /// `NodeStats::memberships`.
     pub voter: bool,
     /// Instances this core's groups heard chosen and have not applied yet, summed over the
     /// groups (how far this replica lags; a follower's lag, docs/PROTOCOL.md#follower-nodes).
